@@ -1,0 +1,97 @@
+//! The api's one error type. Every failure leaves as `{"error": {"code", "message"}}`
+//! with a stable machine-readable code; 5xx bodies never carry internal detail (that
+//! goes to the log).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// A backing service failed: 503, detail logged only.
+    pub fn unavailable(service: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %err, service, "backing service error");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{service} is unavailable; retry later"),
+        )
+    }
+
+    /// A bug or corrupt data: 500, detail logged only.
+    pub fn internal(err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<taskq_core::ValidationError> for ApiError {
+    fn from(e: taskq_core::ValidationError) -> Self {
+        match e {
+            taskq_core::ValidationError::PayloadTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string())
+            }
+            taskq_core::ValidationError::Field { .. } => {
+                Self::bad_request("invalid_field", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<taskq_store::Error> for ApiError {
+    fn from(e: taskq_store::Error) -> Self {
+        match e {
+            taskq_store::Error::Mongo(_) => Self::unavailable("mongodb", &e),
+            _ => Self::internal(&e),
+        }
+    }
+}
+
+impl From<taskq_redis::BrokerError> for ApiError {
+    fn from(e: taskq_redis::BrokerError) -> Self {
+        Self::unavailable("redis", &e)
+    }
+}

@@ -1,0 +1,243 @@
+//! taskq's HTTP api.
+//!
+//! [`app`] builds the router from an [`AppState`]; [`run`] wires it to Redis and MongoDB
+//! from [`ApiArgs`] and serves it until SIGTERM or SIGINT, draining in-flight requests.
+//! A submit is answered 2xx only after the record is in MongoDB and the task in Redis.
+
+mod error;
+mod extract;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use clap::Parser;
+use serde_json::json;
+use taskq_core::Limits;
+use taskq_redis::{Broker, RedisConfig};
+use taskq_store::Store;
+use taskq_telemetry::LogFormat;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+/// Command line and environment of `taskq-api`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskq-api", version, about = "taskq's HTTP api")]
+pub struct ApiArgs {
+    /// Address to serve on.
+    #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Redis URL; a comma-separated list of seed nodes for a cluster.
+    #[arg(long, env = "TASKQ_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Talk to a Redis Cluster (implied by several URLs).
+    #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+    /// MongoDB connection string.
+    #[arg(long, env = "TASKQ_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    pub mongodb_uri: String,
+    /// MongoDB database holding the task records.
+    #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
+    pub mongodb_database: String,
+    /// Largest task payload, in bytes of compact JSON.
+    #[arg(long, env = "TASKQ_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Largest request body, in bytes (bounds batch submits).
+    #[arg(long, env = "TASKQ_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most tasks in one batch submit.
+    #[arg(long, env = "TASKQ_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// `max_attempts` of tasks that give none.
+    #[arg(long, env = "TASKQ_DEFAULT_MAX_ATTEMPTS", default_value_t = 5)]
+    pub default_max_attempts: u32,
+    /// `timeout_ms` of tasks that give none.
+    #[arg(long, env = "TASKQ_DEFAULT_TIMEOUT_MS", default_value_t = 600_000)]
+    pub default_timeout_ms: u64,
+    /// Longest time one request may take before it is answered 503.
+    #[arg(long, env = "TASKQ_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ApiArgs {
+    /// The submit limits, checked: says what to fix.
+    pub fn limits(&self) -> Result<Limits, String> {
+        let d = Limits::default();
+        if !(1..=d.max_attempts).contains(&self.default_max_attempts) {
+            return Err(format!("TASKQ_DEFAULT_MAX_ATTEMPTS must be 1 to {}", d.max_attempts));
+        }
+        if !(1..=d.max_timeout_ms).contains(&self.default_timeout_ms) {
+            return Err(format!("TASKQ_DEFAULT_TIMEOUT_MS must be 1 to {}", d.max_timeout_ms));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_body_bytes {
+            return Err("TASKQ_MAX_PAYLOAD_BYTES must be at least 1 and at most TASKQ_MAX_BODY_BYTES".into());
+        }
+        if !(1..=100_000).contains(&self.max_batch) {
+            return Err("TASKQ_MAX_BATCH must be 1 to 100000".into());
+        }
+        Ok(Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            default_max_attempts: self.default_max_attempts,
+            default_timeout_ms: self.default_timeout_ms,
+            ..d
+        })
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub broker: Broker,
+    pub store: Store,
+    pub limits: Arc<Limits>,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// Set when shutdown begins; `/readyz` then answers 503.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State with default limits.
+    pub fn new(broker: Broker, store: Store) -> Self {
+        Self {
+            broker,
+            store,
+            limits: Arc::new(Limits::default()),
+            max_batch: 1000,
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The api's router.
+pub fn app(state: AppState) -> Router {
+    let timeout = state.request_timeout;
+    Router::new()
+        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::submit_batch))
+        .route("/v1/tasks/{id}", get(tasks::get))
+        .route("/v1/tasks/{id}/retry", post(tasks::retry))
+        .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+                }))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "draining"})),
+        );
+    }
+    let checks = async {
+        state.broker.ping().await.map_err(|e| format!("redis: {e}"))?;
+        state.store.ping().await.map_err(|e| format!("mongodb: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), checks).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Ok(Err(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "redis or mongodb did not answer in time"})),
+        ),
+    }
+}
+
+/// Connects, creates indexes, serves until SIGTERM or SIGINT, then drains.
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let limits = args.limits().map_err(anyhow::Error::msg)?;
+    let broker = Broker::connect(&RedisConfig::from_urls(&args.redis_url, args.redis_cluster))
+        .await
+        .context("connecting to redis")?;
+    let store = Store::connect(&args.mongodb_uri, &args.mongodb_database)
+        .await
+        .context("connecting to mongodb")?;
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = store.ensure_indexes().await {
+        tracing::warn!(error = %e, "creating indexes failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    let state = AppState {
+        limits: Arc::new(limits),
+        max_batch: args.max_batch,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        ..AppState::new(broker, store)
+    };
+    let draining = state.draining.clone();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(addr = %args.listen, "api listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            draining.store(true, Ordering::Relaxed);
+            tracing::info!("draining in-flight requests");
+        })
+        .await
+        .context("serving")?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+        _ = term => {}
+    }
+    token.cancel();
+}

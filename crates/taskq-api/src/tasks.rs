@@ -1,0 +1,258 @@
+//! Task endpoints: submit (single and batch), get, list and retry.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
+use taskq_redis::EnqueueItem;
+use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryParams};
+
+/// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it.
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewTask>,
+) -> Result<Response, ApiError> {
+    let rec = state
+        .limits
+        .admit(req, Utc::now(), traceparent(&headers))?;
+    persist(&state, std::slice::from_ref(&rec)).await?;
+    let location = format!("/v1/tasks/{}", rec.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(rec),
+    )
+        .into_response())
+}
+
+/// Writes records to MongoDB, then to Redis. When Redis fails the records are removed
+/// again, so no task whose submit was answered with an error ever runs.
+async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
+    match recs {
+        [] => return Ok(()),
+        [one] => state.store.insert(one).await?,
+        many => state.store.insert_many(many).await?,
+    }
+    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    if let Err(e) = state.broker.enqueue(&items).await {
+        let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+        if let Err(undo) = state.store.delete(&ids).await {
+            tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed");
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The body of `POST /v1/tasks/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub tasks: Vec<Value>,
+}
+
+/// One item's outcome in a batch answer.
+#[derive(Debug, Serialize)]
+pub struct BatchItem {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<TaskId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// `POST /v1/tasks/batch`: every valid item is accepted (one `insert_many`, one enqueue
+/// script call per queue), every invalid one is reported by index. 201 when all were
+/// accepted, 207 when some were, 400 when none was.
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<BatchRequest>,
+) -> Result<Response, ApiError> {
+    if req.tasks.is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "`tasks` is empty"));
+    }
+    if req.tasks.len() > state.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} tasks in one batch; the limit is {} (TASKQ_MAX_BATCH)",
+                req.tasks.len(),
+                state.max_batch
+            ),
+        ));
+    }
+    let now = Utc::now();
+    let tp = traceparent(&headers);
+    let mut accepted = Vec::new();
+    let mut items = Vec::with_capacity(req.tasks.len());
+    for (index, raw) in req.tasks.into_iter().enumerate() {
+        let admitted = serde_json::from_value::<NewTask>(raw)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+            .and_then(|t| state.limits.admit(t, now, tp.clone()).map_err(ApiError::from));
+        items.push(match admitted {
+            Ok(rec) => {
+                let item = BatchItem {
+                    index,
+                    id: Some(rec.id),
+                    status: Some(rec.status),
+                    error: None,
+                };
+                accepted.push(rec);
+                item
+            }
+            Err(e) => BatchItem {
+                index,
+                id: None,
+                status: None,
+                error: Some(e.body()["error"].clone()),
+            },
+        });
+    }
+    let rejected = items.len() - accepted.len();
+    persist(&state, &accepted).await?;
+    let status = match (accepted.len(), rejected) {
+        (_, 0) => StatusCode::CREATED,
+        (0, _) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    let mut body = json!({
+        "accepted": accepted.len(),
+        "rejected": rejected,
+        "results": items,
+    });
+    if accepted.is_empty() {
+        body["error"] = json!({"code": "invalid_request", "message": "no task in the batch is valid; see `results`"});
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+/// `GET /v1/tasks/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.get(id).await? {
+        Some(t) => Ok(Json(t.record)),
+        None => Err(ApiError::not_found(format!("no task {id}"))),
+    }
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Largest page.
+pub const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 50;
+
+/// `GET /v1/tasks`: newest first, filtered, paginated by an opaque cursor.
+pub async fn list(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_query", m);
+    let status = q
+        .status
+        .map(|s| s.parse::<TaskStatus>().map_err(|e| invalid(e.to_string())))
+        .transpose()?;
+    let queue = q
+        .queue
+        .map(|s| s.parse().map_err(|e: taskq_core::queue::InvalidQueueName| invalid(e.to_string())))
+        .transpose()?;
+    if let Some(k) = &q.kind
+        && (k.is_empty() || k.len() > taskq_core::validate::MAX_TYPE_LEN)
+    {
+        return Err(invalid("`type` must be 1-128 characters".into()));
+    }
+    let limit = match q.limit {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| invalid(format!("`limit` must be an integer from 1 to {MAX_PAGE}")))?,
+    };
+    let cursor = q
+        .cursor
+        .map(|c| c.parse::<TaskId>().map_err(|_| invalid("`cursor` is not a cursor from a previous page".into())))
+        .transpose()?;
+    let filter = ListFilter {
+        status,
+        kind: q.kind,
+        queue,
+    };
+    let page = state.store.list(&filter, limit, cursor).await?;
+    Ok(Json(json!({"tasks": page.tasks, "next_cursor": page.next_cursor})))
+}
+
+/// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskRecord>, ApiError> {
+    let id = parse_id(&id)?;
+    let now = Utc::now();
+    let stored = match state.store.requeue_dead(id, now).await? {
+        RequeueOutcome::Requeued(t) => t,
+        RequeueOutcome::NotFound => return Err(ApiError::not_found(format!("no task {id}"))),
+        RequeueOutcome::NotDead(status) => {
+            return Err(ApiError::conflict(format!(
+                "task {id} is {status}; only dead tasks can be retried"
+            )));
+        }
+    };
+    let mut item = EnqueueItem::from_record(&stored.record, stored.seq);
+    item.due_ms = now.timestamp_millis();
+    if let Err(e) = state.broker.enqueue(std::slice::from_ref(&item)).await {
+        // Put the record back to dead so the client can simply retry the call.
+        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, Utc::now());
+        if let Err(undo) = state.store.apply(std::slice::from_ref(&revert)).await {
+            tracing::error!(error = %undo, task = %id, "could not mark a failed retry dead again");
+        }
+        return Err(e.into());
+    }
+    Ok(Json(stored.record))
+}
+
+fn parse_id(s: &str) -> Result<TaskId, ApiError> {
+    s.parse()
+        .map_err(|e: taskq_core::id::InvalidTaskId| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+/// The W3C `traceparent` of the request, when well-formed.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let ok = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2);
+    ok.then(|| v.to_owned())
+}

@@ -1,0 +1,99 @@
+//! Every Redis key taskq uses, built in one place.
+//!
+//! All keys of one queue carry the hash tag `{queue}`, so each of them maps to the same
+//! Redis Cluster slot and every script touches exactly one slot. Per-task hashes are
+//! `taskq:{queue}:t:<id>`; scripts build those names from [`QueueKeys::task_prefix`],
+//! which shares the tag.
+
+use taskq_core::{Priority, QueueName, TaskId};
+
+/// Global set of every queue name that ever received a task (not hash-tagged: it is
+/// only read and written on its own, never inside a script).
+pub const QUEUES: &str = "taskq:queues";
+
+/// The keys of one queue.
+#[derive(Clone, Debug)]
+pub struct QueueKeys {
+    /// `taskq:{q}:` — the common prefix.
+    base: String,
+}
+
+impl QueueKeys {
+    pub fn new(queue: &QueueName) -> Self {
+        Self {
+            base: format!("taskq:{{{queue}}}:"),
+        }
+    }
+
+    /// Runnable task ids of one priority (a list: LPUSH to enqueue, RPOP to dequeue).
+    pub fn pending(&self, p: Priority) -> String {
+        format!("{}pending:{}", self.base, p.as_str())
+    }
+
+    /// The three pending lists, highest priority first.
+    pub fn pending_all(&self) -> [String; 3] {
+        Priority::ALL.map(|p| self.pending(p))
+    }
+
+    /// Tasks waiting for their `run_at` (sorted set scored by due time in ms).
+    pub fn scheduled(&self) -> String {
+        format!("{}scheduled", self.base)
+    }
+
+    /// Tasks waiting for their retry backoff (sorted set scored by due time in ms).
+    pub fn retry(&self) -> String {
+        format!("{}retry", self.base)
+    }
+
+    /// Running tasks (sorted set scored by lease deadline in ms).
+    pub fn lease(&self) -> String {
+        format!("{}lease", self.base)
+    }
+
+    /// Wake-up tokens (a list of at most one element) that idle workers block on.
+    pub fn wake(&self) -> String {
+        format!("{}wake", self.base)
+    }
+
+    /// Prefix of the per-task hashes; scripts append the task id.
+    pub fn task_prefix(&self) -> String {
+        format!("{}t:", self.base)
+    }
+
+    /// The hash of one task: `msg`, `state`, `prio`, `attempts`, `max`, `seq`, `lease`.
+    pub fn task(&self, id: &TaskId) -> String {
+        format!("{}t:{id}", self.base)
+    }
+}
+
+/// Index of a priority in [`QueueKeys::pending_all`] and in the task hash's `prio` field.
+pub fn priority_index(p: Priority) -> u8 {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_tag(key: &str) -> &str {
+        let start = key.find('{').map(|i| i + 1).unwrap_or(0);
+        let end = key[start..].find('}').map(|i| i + start).unwrap_or(key.len());
+        &key[start..end]
+    }
+
+    #[test]
+    fn every_queue_key_shares_the_hash_tag() {
+        let q: QueueName = "emails".parse().unwrap_or_default();
+        let k = QueueKeys::new(&q);
+        let id = TaskId::new();
+        let mut keys = vec![k.scheduled(), k.retry(), k.lease(), k.wake(), k.task(&id), k.task_prefix()];
+        keys.extend(k.pending_all());
+        for key in keys {
+            assert_eq!(slot_tag(&key), "emails", "{key}");
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! taskq's Redis broker.
+//!
+//! Redis holds the live state of every unfinished task: which tasks are runnable (three
+//! pending lists per queue, one per priority), which wait for a time (the scheduled and
+//! retry sorted sets), which are running and until when their lease lasts (the lease
+//! sorted set), and each task's message and counters (one hash per task). Every
+//! transition is one Lua script from [`scripts`], so concurrent workers, reapers and
+//! promoters never race. Finished tasks leave Redis; their records live in the store.
+//!
+//! The broker works against a single Redis or a Redis Cluster: every key of a queue
+//! carries the `{queue}` hash tag (see [`keys`]).
+
+pub mod keys;
+pub mod scripts;
+mod conn;
+mod wake;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::{AsyncCommands, Value};
+use taskq_core::{QueueName, TaskId, TaskMessage, TaskRecord};
+
+pub use conn::RedisConfig;
+use conn::{Conn, Source};
+pub use keys::QueueKeys;
+pub use wake::WakeListener;
+
+/// Errors from the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("invalid redis configuration: {0}")]
+    Config(String),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// A task to add to Redis.
+#[derive(Clone, Debug)]
+pub struct EnqueueItem {
+    pub msg: TaskMessage,
+    /// When it becomes runnable (ms since the epoch); at or before now means at once.
+    pub due_ms: i64,
+    /// The task's transition counter after this enqueue (1 for a new task).
+    pub seq: u64,
+    /// Attempts already made (0 for a new task).
+    pub attempts: u32,
+}
+
+impl EnqueueItem {
+    /// The enqueue of a record as the store holds it with `seq`.
+    pub fn from_record(rec: &TaskRecord, seq: u64) -> Self {
+        Self {
+            msg: rec.message(),
+            due_ms: rec.scheduled_at.timestamp_millis(),
+            seq,
+            attempts: rec.attempts,
+        }
+    }
+}
+
+/// A task taken from a queue, with the lease of this attempt.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub msg: TaskMessage,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    /// The task's transition counter after it started running.
+    pub seq: u64,
+    /// Identifies this attempt's lease; acknowledgements carry it.
+    pub token: String,
+}
+
+/// A task the promoter made runnable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promoted {
+    pub id: TaskId,
+    pub seq: u64,
+    /// True when it came from the retry set, false when from the scheduled set.
+    pub from_retry: bool,
+    pub attempts: u32,
+}
+
+/// A task whose lease expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub id: TaskId,
+    pub seq: u64,
+    pub attempts: u32,
+    /// True when it went back to its queue, false when its attempts were used up.
+    pub requeued: bool,
+}
+
+/// How a failed attempt ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Retry at this time (ms since the epoch).
+    RetryAt(i64),
+    /// No more attempts.
+    Dead,
+}
+
+/// Task counts of one queue, as Redis sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queued: u64,
+    pub scheduled: u64,
+    pub retrying: u64,
+    pub running: u64,
+}
+
+/// The handle every component uses to talk to Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    conn: Conn,
+    source: Source,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects to a single Redis (lazily: the first command opens the connection, so a
+    /// process can start while Redis is still coming up) or to a Redis Cluster.
+    pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        let (conn, source) = conn::open(config).await?;
+        Ok(Self { conn, source })
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Adds tasks: one script call per queue, issued concurrently. Returns, per item in
+    /// order, whether it was added (false: a task with that id is already in Redis).
+    pub async fn enqueue(&self, items: &[EnqueueItem]) -> Result<Vec<bool>> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            by_queue.entry(&item.msg.queue).or_default().push(i);
+        }
+        let now = taskq_core::now_ms();
+        let calls = by_queue.iter().map(|(queue, idx)| {
+            let keys = QueueKeys::new(queue);
+            let mut inv = scripts::ENQUEUE.prepare_invoke();
+            for k in keys.pending_all() {
+                inv.key(k);
+            }
+            inv.key(keys.scheduled()).key(keys.wake());
+            inv.arg(keys.task_prefix()).arg(now);
+            let mut encoded = Ok(());
+            for &i in idx {
+                let it = &items[i];
+                match serde_json::to_string(&it.msg) {
+                    Ok(msg) => {
+                        inv.arg(it.msg.id.to_string())
+                            .arg(keys::priority_index(it.msg.priority))
+                            .arg(it.due_ms)
+                            .arg(it.seq)
+                            .arg(it.attempts)
+                            .arg(it.msg.max_attempts)
+                            .arg(msg);
+                    }
+                    Err(e) => encoded = Err(BrokerError::Protocol(e.to_string())),
+                }
+            }
+            let mut c = self.conn.clone();
+            async move {
+                encoded?;
+                let added: Vec<i64> = inv.invoke_async(&mut c).await?;
+                Ok::<_, BrokerError>(added)
+            }
+        });
+        let results = futures::future::try_join_all(calls).await?;
+        let mut out = vec![false; items.len()];
+        for ((_, idx), added) in by_queue.iter().zip(results) {
+            for (&i, a) in idx.iter().zip(added) {
+                out[i] = a == 1;
+            }
+        }
+        let mut c = self.conn.clone();
+        let names: Vec<&str> = by_queue.keys().map(|q| q.as_str()).collect();
+        if !names.is_empty() {
+            let _: i64 = c.sadd(keys::QUEUES, names).await?;
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
+    /// `now + lease`.
+    pub async fn dequeue(
+        &self,
+        queue: &QueueName,
+        n: usize,
+        lease: Duration,
+        worker_id: &str,
+    ) -> Result<Vec<Leased>> {
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::DEQUEUE.prepare_invoke();
+        for k in keys.pending_all() {
+            inv.key(k);
+        }
+        inv.key(keys.lease()).key(keys.wake());
+        inv.arg(keys.task_prefix())
+            .arg(n)
+            .arg(deadline(lease))
+            .arg(worker_id);
+        let mut c = self.conn.clone();
+        let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
+        vals.chunks_exact(5)
+            .map(|v| {
+                let msg: TaskMessage = serde_json::from_slice(&bytes(&v[1])?)
+                    .map_err(|e| BrokerError::Protocol(format!("task message: {e}")))?;
+                Ok(Leased {
+                    msg,
+                    attempt: int(&v[2])? as u32,
+                    seq: int(&v[3])? as u64,
+                    token: string(&v[4])?,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends the leases of running attempts to `now + lease`. Returns the tasks whose
+    /// lease this worker no longer holds (it expired and was reaped).
+    pub async fn extend(
+        &self,
+        queue: &QueueName,
+        held: &[(TaskId, String)],
+        lease: Duration,
+    ) -> Result<Vec<TaskId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::EXTEND.prepare_invoke();
+        inv.key(keys.lease()).arg(keys.task_prefix()).arg(deadline(lease));
+        for (id, token) in held {
+            inv.arg(id.to_string()).arg(token);
+        }
+        let mut c = self.conn.clone();
+        let lost: Vec<String> = inv.invoke_async(&mut c).await?;
+        lost.iter()
+            .map(|s| s.parse().map_err(|e| BrokerError::Protocol(format!("{e}"))))
+            .collect()
+    }
+
+    /// Completes attempts. Returns the new seq per item, or `None` where the lease was
+    /// no longer held (the attempt's outcome is then discarded).
+    pub async fn ack(&self, queue: &QueueName, items: &[(TaskId, &str)]) -> Result<Vec<Option<u64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::ACK.prepare_invoke();
+        inv.key(keys.lease()).arg(keys.task_prefix());
+        for (id, token) in items {
+            inv.arg(id.to_string()).arg(*token);
+        }
+        self.seqs(inv).await
+    }
+
+    /// Fails attempts: each is retried at its time or dies. Returns the new seq per item,
+    /// or `None` where the lease was no longer held.
+    pub async fn fail(
+        &self,
+        queue: &QueueName,
+        items: &[(TaskId, &str, FailOutcome)],
+    ) -> Result<Vec<Option<u64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::FAIL.prepare_invoke();
+        inv.key(keys.lease()).key(keys.retry()).arg(keys.task_prefix());
+        for (id, token, outcome) in items {
+            let due = match outcome {
+                FailOutcome::RetryAt(ms) => (*ms).max(0),
+                FailOutcome::Dead => -1,
+            };
+            inv.arg(id.to_string()).arg(*token).arg(due);
+        }
+        self.seqs(inv).await
+    }
+
+    /// Gives leased tasks back to the head of their queue without counting the attempt.
+    pub async fn release(
+        &self,
+        queue: &QueueName,
+        items: &[(TaskId, &str)],
+    ) -> Result<Vec<Option<u64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::RELEASE.prepare_invoke();
+        for k in keys.pending_all() {
+            inv.key(k);
+        }
+        inv.key(keys.lease()).key(keys.wake()).arg(keys.task_prefix());
+        for (id, token) in items {
+            inv.arg(id.to_string()).arg(*token);
+        }
+        self.seqs(inv).await
+    }
+
+    async fn seqs(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<Option<u64>>> {
+        let mut c = self.conn.clone();
+        let seqs: Vec<i64> = inv.invoke_async(&mut c).await?;
+        Ok(seqs
+            .into_iter()
+            .map(|s| (s > 0).then_some(s as u64))
+            .collect())
+    }
+
+    /// Makes up to `limit` due scheduled and retrying tasks of `queue` runnable.
+    pub async fn promote(&self, queue: &QueueName, now_ms: i64, limit: usize) -> Result<Vec<Promoted>> {
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::PROMOTE.prepare_invoke();
+        inv.key(keys.scheduled()).key(keys.retry());
+        for k in keys.pending_all() {
+            inv.key(k);
+        }
+        inv.key(keys.wake())
+            .arg(keys.task_prefix())
+            .arg(now_ms)
+            .arg(limit);
+        let mut c = self.conn.clone();
+        let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
+        vals.chunks_exact(4)
+            .map(|v| {
+                Ok(Promoted {
+                    id: task_id(&v[0])?,
+                    seq: int(&v[1])? as u64,
+                    from_retry: int(&v[2])? == 2,
+                    attempts: int(&v[3]).unwrap_or(0) as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// Returns up to `limit` tasks of `queue` whose lease expired before `now_ms`.
+    pub async fn reap(&self, queue: &QueueName, now_ms: i64, limit: usize) -> Result<Vec<Reaped>> {
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::REAP.prepare_invoke();
+        inv.key(keys.lease());
+        for k in keys.pending_all() {
+            inv.key(k);
+        }
+        inv.key(keys.wake())
+            .arg(keys.task_prefix())
+            .arg(now_ms)
+            .arg(limit);
+        let mut c = self.conn.clone();
+        let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
+        vals.chunks_exact(4)
+            .map(|v| {
+                Ok(Reaped {
+                    id: task_id(&v[0])?,
+                    seq: int(&v[1])? as u64,
+                    attempts: int(&v[2])? as u32,
+                    requeued: int(&v[3])? == 1,
+                })
+            })
+            .collect()
+    }
+
+    /// How many tasks of `queue` are in each live state.
+    pub async fn counts(&self, queue: &QueueName) -> Result<QueueCounts> {
+        let keys = QueueKeys::new(queue);
+        let [h, n, l] = keys.pending_all();
+        let mut pipe = redis::pipe();
+        pipe.llen(h)
+            .llen(n)
+            .llen(l)
+            .zcard(keys.scheduled())
+            .zcard(keys.retry())
+            .zcard(keys.lease());
+        let mut c = self.conn.clone();
+        let (h, n, l, s, r, run): (u64, u64, u64, u64, u64, u64) = pipe.query_async(&mut c).await?;
+        Ok(QueueCounts {
+            queued: h + n + l,
+            scheduled: s,
+            retrying: r,
+            running: run,
+        })
+    }
+
+    /// Every queue that has received a task.
+    pub async fn queues(&self) -> Result<Vec<QueueName>> {
+        let mut c = self.conn.clone();
+        let names: Vec<String> = c.smembers(keys::QUEUES).await?;
+        let mut out: Vec<QueueName> = names.into_iter().filter_map(|n| n.parse().ok()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// A listener that idle workers block on until one of `queues` gets work.
+    pub async fn wake_listener(&self, queues: &[QueueName]) -> Result<WakeListener> {
+        WakeListener::new(&self.source, queues).await
+    }
+}
+
+fn deadline(lease: Duration) -> i64 {
+    taskq_core::now_ms() + lease.as_millis() as i64
+}
+
+fn bytes(v: &Value) -> Result<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        Value::SimpleString(s) => Ok(s.clone().into_bytes()),
+        other => Err(BrokerError::Protocol(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn string(v: &Value) -> Result<String> {
+    String::from_utf8(bytes(v)?).map_err(|e| BrokerError::Protocol(e.to_string()))
+}
+
+fn int(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| BrokerError::Protocol("expected an integer".into())),
+        other => Err(BrokerError::Protocol(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+fn task_id(v: &Value) -> Result<TaskId> {
+    string(v)?
+        .parse()
+        .map_err(|e| BrokerError::Protocol(format!("{e}")))
+}

@@ -1,0 +1,185 @@
+//! The completion loop: acknowledges finished attempts in Redis in batches (one script
+//! call per queue and outcome kind for everything that finished since the last call),
+//! then queues their records for the store.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use taskq_core::{Backoff, QueueName, TaskEvent, TaskId, TaskStatus};
+use taskq_redis::{BrokerError, FailOutcome};
+use taskq_store::{StatusUpdate, UpdateWriter};
+use tokio::sync::mpsc;
+
+use crate::executor::Outcome;
+use crate::handler::HandlerError;
+use crate::worker::Shared;
+
+/// Most outcomes acknowledged in one round.
+const MAX_BATCH: usize = 512;
+
+/// A finished attempt.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub queue: QueueName,
+    pub id: TaskId,
+    pub token: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub outcome: Outcome,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, mut rx: mpsc::Receiver<Done>) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        let mut by_queue: BTreeMap<QueueName, Vec<Done>> = BTreeMap::new();
+        for d in buf.drain(..) {
+            by_queue.entry(d.queue.clone()).or_default().push(d);
+        }
+        for (queue, done) in by_queue {
+            let updates = complete(&shared, &queue, done).await;
+            if writer.send_many(updates).await.is_err() {
+                tracing::error!("status writer closed; completed states are not recorded");
+            }
+        }
+    }
+}
+
+async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<StatusUpdate> {
+    let worker = &shared.settings.worker_id;
+    let now = Utc::now();
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    let mut released = Vec::new();
+    for d in done {
+        match d.outcome {
+            Outcome::Succeeded(_) => ok.push(d),
+            Outcome::Failed(_) => failed.push(d),
+            Outcome::Released => released.push(d),
+        }
+    }
+    let mut updates = Vec::with_capacity(ok.len() + failed.len() + released.len());
+    let event = |status, attempt, error: Option<String>| TaskEvent {
+        status,
+        at: now,
+        attempt,
+        error,
+        worker: Some(worker.clone()),
+    };
+
+    if !ok.is_empty() {
+        let items: Vec<(TaskId, &str)> = ok.iter().map(|d| (d.id, d.token.as_str())).collect();
+        let seqs = retrying(shared, "ack", || shared.broker.ack(queue, &items)).await;
+        for (d, seq) in ok.into_iter().zip(seqs) {
+            let Some(seq) = seq else { continue };
+            let Outcome::Succeeded(result) = d.outcome else { continue };
+            shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            updates.push(StatusUpdate {
+                finished_at: Some(now),
+                result,
+                events: vec![event(TaskStatus::Succeeded, d.attempt, None)],
+                ..StatusUpdate::new(d.id, seq, TaskStatus::Succeeded, now)
+            });
+        }
+    }
+
+    if !failed.is_empty() {
+        // Computed before any await: the thread-local generator is not `Send`.
+        let plans: Vec<(FailOutcome, String)> = failed
+            .iter()
+            .map(|d| {
+                let Outcome::Failed(err) = &d.outcome else {
+                    return (FailOutcome::Dead, String::new());
+                };
+                let outcome = if err.is_retryable() && d.attempt < d.max_attempts {
+                    let delay = match err {
+                        HandlerError::RetryAfter { after, .. } => {
+                            (*after).min(Duration::from_millis(d.backoff.max_ms))
+                        }
+                        _ => d.backoff.delay(d.attempt, &mut rand::rng()),
+                    };
+                    FailOutcome::RetryAt(now.timestamp_millis() + delay.as_millis() as i64)
+                } else {
+                    FailOutcome::Dead
+                };
+                (outcome, err.to_string())
+            })
+            .collect();
+        let items: Vec<(TaskId, &str, FailOutcome)> = failed
+            .iter()
+            .zip(&plans)
+            .map(|(d, (o, _))| (d.id, d.token.as_str(), *o))
+            .collect();
+        let seqs = retrying(shared, "fail", || shared.broker.fail(queue, &items)).await;
+        for ((d, (outcome, error)), seq) in failed.iter().zip(plans).zip(seqs) {
+            let Some(seq) = seq else { continue };
+            let update = match outcome {
+                FailOutcome::RetryAt(ms) => {
+                    shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    StatusUpdate {
+                        scheduled_at: chrono::DateTime::from_timestamp_millis(ms),
+                        last_error: Some(error.clone()),
+                        events: vec![event(TaskStatus::Retrying, d.attempt, Some(error))],
+                        ..StatusUpdate::new(d.id, seq, TaskStatus::Retrying, now)
+                    }
+                }
+                FailOutcome::Dead => {
+                    shared.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    StatusUpdate {
+                        finished_at: Some(now),
+                        last_error: Some(error.clone()),
+                        events: vec![event(TaskStatus::Dead, d.attempt, Some(error))],
+                        ..StatusUpdate::new(d.id, seq, TaskStatus::Dead, now)
+                    }
+                }
+            };
+            tracing::debug!(task = %d.id, attempt = d.attempt, status = %update.status, "attempt failed");
+            updates.push(update);
+        }
+    }
+
+    if !released.is_empty() {
+        let items: Vec<(TaskId, &str)> = released.iter().map(|d| (d.id, d.token.as_str())).collect();
+        let seqs = retrying(shared, "release", || shared.broker.release(queue, &items)).await;
+        for (d, seq) in released.iter().zip(seqs) {
+            let Some(seq) = seq else { continue };
+            shared.stats.released.fetch_add(1, Ordering::Relaxed);
+            let attempts = d.attempt.saturating_sub(1);
+            updates.push(StatusUpdate {
+                attempts: Some(attempts),
+                events: vec![event(TaskStatus::Queued, attempts, None)],
+                ..StatusUpdate::new(d.id, seq, TaskStatus::Queued, now)
+            });
+        }
+    }
+    updates
+}
+
+/// Runs a broker call until it succeeds or the leases it concerns have surely expired
+/// (then the reaper owns those tasks and the attempt's outcome is dropped: at-least-once).
+async fn retrying<T, F, Fut>(shared: &Shared, what: &str, mut call: F) -> Vec<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Vec<Option<T>>, BrokerError>>,
+{
+    let give_up = tokio::time::Instant::now() + shared.settings.lease;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{what} failed until the leases expired; the tasks will rerun");
+                return Vec::new();
+            }
+        }
+    }
+}

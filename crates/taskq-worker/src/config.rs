@@ -1,0 +1,147 @@
+//! The worker's settings: a clap struct whose every flag is also a `TASKQ_*` variable,
+//! validated at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use taskq_core::{QueueSelection, QueueWeights};
+use taskq_telemetry::LogFormat;
+
+/// Command line and environment of `taskq-worker`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "taskq-worker", version, about = "Runs taskq tasks from Redis and records them in MongoDB")]
+pub struct WorkerArgs {
+    /// Address of the health and metrics server (`/livez`, `/readyz`, `/metrics`).
+    #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Redis URL; a comma-separated list of seed nodes for a cluster.
+    #[arg(long, env = "TASKQ_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Talk to a Redis Cluster (implied by several URLs).
+    #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+    /// MongoDB connection string.
+    #[arg(long, env = "TASKQ_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    pub mongodb_uri: String,
+    /// MongoDB database holding the task records.
+    #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
+    pub mongodb_database: String,
+    /// Queues to serve with weights, e.g. `critical=6,default=3,low=1`.
+    #[arg(long, env = "TASKQ_QUEUES", default_value = "default")]
+    pub queues: String,
+    /// Serve queues in strict weight order instead of weighted-random.
+    #[arg(long, env = "TASKQ_STRICT_PRIORITY", default_value_t = false)]
+    pub strict_priority: bool,
+    /// Tasks run at the same time (slots).
+    #[arg(long, env = "TASKQ_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Most tasks leased per dequeue call.
+    #[arg(long, env = "TASKQ_FETCH_BATCH", default_value_t = 64)]
+    pub fetch_batch: usize,
+    /// Visibility timeout: how long a lease lasts without a heartbeat.
+    #[arg(long, env = "TASKQ_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// How long running tasks may finish after SIGTERM before they are released.
+    #[arg(long, env = "TASKQ_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
+    /// How often due scheduled and retrying tasks are promoted.
+    #[arg(long, env = "TASKQ_PROMOTE_INTERVAL_MS", default_value_t = 200)]
+    pub promote_interval_ms: u64,
+    /// How often expired leases are reaped.
+    #[arg(long, env = "TASKQ_REAP_INTERVAL_MS", default_value_t = 1_000)]
+    pub reap_interval_ms: u64,
+    /// Status updates buffered for MongoDB before task processing waits.
+    #[arg(long, env = "TASKQ_WRITE_BUFFER", default_value_t = 10_000)]
+    pub write_buffer: usize,
+    /// URL prefixes the `http` handler may call (comma-separated). Empty disables it.
+    #[arg(long, env = "TASKQ_HTTP_ALLOW", default_value = "")]
+    pub http_allow: String,
+    /// Timeout of one `http` handler request.
+    #[arg(long, env = "TASKQ_HTTP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_timeout_ms: u64,
+    /// Identity of this worker in leases and records; defaults to host name and pid.
+    #[arg(long, env = "TASKQ_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Validated runtime settings of a [`crate::Worker`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub worker_id: String,
+    pub queues: QueueSelection,
+    pub concurrency: usize,
+    pub fetch_batch: usize,
+    pub lease: Duration,
+    pub shutdown_grace: Duration,
+    pub promote_interval: Duration,
+    pub reap_interval: Duration,
+    pub write_buffer: usize,
+}
+
+impl Settings {
+    /// Settings for `queues` with every other value at its default.
+    pub fn new(queues: QueueSelection) -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            queues,
+            concurrency: 16,
+            fetch_batch: 64,
+            lease: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            promote_interval: Duration::from_millis(200),
+            reap_interval: Duration::from_secs(1),
+            write_buffer: 10_000,
+        }
+    }
+}
+
+impl WorkerArgs {
+    /// Checks every value and says what to fix.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let weights: QueueWeights = self
+            .queues
+            .parse()
+            .map_err(|e| format!("TASKQ_QUEUES: {e}"))?;
+        check("TASKQ_CONCURRENCY", self.concurrency as u64, 1, 10_000)?;
+        check("TASKQ_FETCH_BATCH", self.fetch_batch as u64, 1, 1_000)?;
+        check("TASKQ_LEASE_MS", self.lease_ms, 1_000, 3_600_000)?;
+        check("TASKQ_SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 3_600_000)?;
+        check("TASKQ_PROMOTE_INTERVAL_MS", self.promote_interval_ms, 10, 60_000)?;
+        check("TASKQ_REAP_INTERVAL_MS", self.reap_interval_ms, 10, 600_000)?;
+        check("TASKQ_WRITE_BUFFER", self.write_buffer as u64, 16, 10_000_000)?;
+        check("TASKQ_HTTP_TIMEOUT_MS", self.http_timeout_ms, 1, 3_600_000)?;
+        Ok(Settings {
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            queues: QueueSelection::new(weights, self.strict_priority),
+            concurrency: self.concurrency,
+            fetch_batch: self.fetch_batch,
+            lease: Duration::from_millis(self.lease_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            promote_interval: Duration::from_millis(self.promote_interval_ms),
+            reap_interval: Duration::from_millis(self.reap_interval_ms),
+            write_buffer: self.write_buffer,
+        })
+    }
+}
+
+fn check(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name}={v} is out of range: use {min} to {max}"))
+    }
+}
+
+/// `<hostname>-<pid>`: unique among live workers, readable in records.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}

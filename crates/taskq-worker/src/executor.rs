@@ -1,0 +1,123 @@
+//! One attempt: records `running`, runs the handler in its own task (so a panic fails
+//! only this attempt), enforces the task's timeout, and hands the outcome to the
+//! completer. When the grace period of a shutdown ends, the attempt is cancelled and
+//! released instead.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use taskq_core::{TaskEvent, TaskStatus};
+use taskq_redis::Leased;
+use taskq_store::StatusUpdate;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::completer::Done;
+use crate::handler::{HandlerError, TaskContext};
+use crate::worker::{InFlight, RunCtx};
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Succeeded(Option<Value>),
+    Failed(HandlerError),
+    /// Stopped by shutdown; goes back to the queue without counting.
+    Released,
+}
+
+pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePermit) {
+    let shared = &ctx.shared;
+    let msg = &task.msg;
+    let now = Utc::now();
+    shared.stats.started.fetch_add(1, Ordering::Relaxed);
+    let running = StatusUpdate {
+        attempts: Some(task.attempt),
+        started_at: Some(now),
+        events: vec![TaskEvent {
+            status: TaskStatus::Running,
+            at: now,
+            attempt: task.attempt,
+            error: None,
+            worker: Some(shared.settings.worker_id.clone()),
+        }],
+        ..StatusUpdate::new(msg.id, task.seq, TaskStatus::Running, now)
+    };
+    if ctx.writer.send(running).await.is_err() {
+        tracing::error!(task = %msg.id, "status writer closed; the running state is not recorded");
+    }
+
+    let cancel = ctx.hard_stop.child_token();
+    shared.inflight().insert(
+        msg.id,
+        InFlight {
+            queue: msg.queue.clone(),
+            token: task.token.clone(),
+        },
+    );
+    let outcome = match shared.registry.get(&msg.kind) {
+        None => Outcome::Failed(HandlerError::retry(format!(
+            "no handler registered for type `{}` on this worker",
+            msg.kind
+        ))),
+        Some(handler) => {
+            let hctx = TaskContext {
+                id: msg.id,
+                queue: msg.queue.clone(),
+                kind: msg.kind.clone(),
+                payload: msg.payload.clone(),
+                attempt: task.attempt,
+                max_attempts: msg.max_attempts,
+                traceparent: msg.traceparent.clone(),
+                cancel: cancel.clone(),
+            };
+            let mut handle = tokio::spawn(handler.call(hctx));
+            let timeout = Duration::from_millis(msg.timeout_ms);
+            tokio::select! {
+                r = tokio::time::timeout(timeout, &mut handle) => match r {
+                    Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
+                    Ok(Ok(Err(e))) => Outcome::Failed(e),
+                    Ok(Err(join)) => Outcome::Failed(HandlerError::retry(join_failure(join))),
+                    Err(_) => {
+                        cancel.cancel();
+                        handle.abort();
+                        Outcome::Failed(HandlerError::retry(format!(
+                            "timed out after {} ms", msg.timeout_ms
+                        )))
+                    }
+                },
+                _ = ctx.hard_stop.cancelled() => {
+                    handle.abort();
+                    Outcome::Released
+                }
+            }
+        }
+    };
+    shared.inflight().remove(&msg.id);
+    let done = Done {
+        queue: msg.queue.clone(),
+        id: msg.id,
+        token: task.token,
+        attempt: task.attempt,
+        max_attempts: msg.max_attempts,
+        backoff: msg.backoff,
+        outcome,
+    };
+    if ctx.done.send(done).await.is_err() {
+        tracing::error!(task = %msg.id, "completer closed; the lease will expire and the task rerun");
+    }
+}
+
+fn join_failure(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "handler was aborted".to_owned();
+    }
+    let panic = e.into_panic();
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("handler panicked: {text}")
+}

@@ -1,0 +1,90 @@
+//! The fetch loop: leases as many tasks as there are free slots, in one script call,
+//! from the first queue (in weighted or strict order) that has work, and blocks on the
+//! queues' wake lists when all are empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor;
+use crate::worker::RunCtx;
+
+/// Longest idle wait before the queues are checked again without a wake-up.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a Redis error, so an outage does not become a busy loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
+    let shared = &ctx.shared;
+    let settings = &shared.settings;
+    let queues: Vec<_> = settings.queues.weights().names().cloned().collect();
+    let mut wake = loop {
+        match shared.broker.wake_listener(&queues).await {
+            Ok(w) => break w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the wake-up connection; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                }
+            }
+        }
+    };
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let mut rng = SmallRng::from_os_rng();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < settings.fetch_batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut leased = Vec::new();
+        let mut failed = false;
+        for queue in settings.queues.order(&mut rng) {
+            match shared
+                .broker
+                .dequeue(queue, permits.len(), settings.lease, &settings.worker_id)
+                .await
+            {
+                Ok(tasks) if tasks.is_empty() => continue,
+                Ok(tasks) => {
+                    leased = tasks;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %queue, "dequeue failed");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if leased.is_empty() {
+            drop(permits);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ERROR_PAUSE), if failed => {}
+                _ = wake.wait(IDLE_WAIT), if !failed => {}
+            }
+            continue;
+        }
+        for task in leased {
+            // The script never returns more tasks than permits were asked for.
+            let Some(permit) = permits.pop() else { break };
+            ctx.tracker.spawn(executor::run(ctx.clone(), task, permit));
+        }
+    }
+}

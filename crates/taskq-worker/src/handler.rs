@@ -1,0 +1,164 @@
+//! The handler API: what a task type runs, and how a handler says how its attempt ended.
+//!
+//! ```no_run
+//! use taskq_worker::{HandlerError, Registry, TaskContext};
+//!
+//! let mut registry = Registry::new();
+//! registry.register("resize", |ctx: TaskContext| async move {
+//!     let req: serde_json::Value = ctx.payload_as()?;
+//!     if req.get("url").is_none() {
+//!         // Retrying cannot fix a bad payload.
+//!         return Err(HandlerError::permanent("payload has no url"));
+//!     }
+//!     Ok(Some(serde_json::json!({"resized": true})))
+//! });
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use taskq_core::{QueueName, TaskId};
+use tokio_util::sync::CancellationToken;
+
+/// How an attempt failed. The worker turns it into a retry or a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again after the task's backoff delay, if attempts remain.
+    #[error("{0}")]
+    Retry(String),
+    /// Try again no sooner than the given delay (e.g. a `Retry-After`), if attempts remain.
+    #[error("{message}")]
+    RetryAfter { message: String, after: Duration },
+    /// Never retry: the task goes to the dead-letter queue now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry(message.into())
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent(message.into())
+    }
+
+    /// Whether another attempt may follow.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Permanent(_))
+    }
+}
+
+/// What a handler returns: an optional JSON result (stored in the task record) or how
+/// the attempt failed.
+pub type HandlerResult = Result<Option<Value>, HandlerError>;
+
+/// The future a handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
+
+/// Everything a handler learns about the attempt it runs.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    pub id: TaskId,
+    pub queue: QueueName,
+    /// The task type this handler was registered for.
+    pub kind: String,
+    pub payload: Value,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// W3C trace context of the submit request, when it had one.
+    pub traceparent: Option<String>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl TaskContext {
+    /// The payload decoded as `T`; a payload of the wrong shape is a permanent failure.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| HandlerError::permanent(format!("invalid payload: {e}")))
+    }
+
+    /// Resolves when the worker wants this attempt to stop (shutdown after the grace
+    /// period). A handler that can stop early should select on it.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// A context for calling a handler outside a worker, e.g. in a unit test.
+    pub fn for_test(kind: &str, payload: Value) -> Self {
+        Self {
+            id: TaskId::new(),
+            queue: QueueName::default_queue(),
+            kind: kind.to_owned(),
+            payload,
+            attempt: 1,
+            max_attempts: 1,
+            traceparent: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Runs one task type.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, ctx: TaskContext) -> HandlerFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, ctx: TaskContext) -> HandlerFuture {
+        Box::pin((self)(ctx))
+    }
+}
+
+/// Handlers by task type.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut types: Vec<&String> = self.handlers.keys().collect();
+        types.sort();
+        f.debug_struct("Registry").field("types", &types).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for `kind`, replacing any earlier one.
+    pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    /// The registered task types, sorted.
+    pub fn types(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        t.sort_unstable();
+        t
+    }
+}

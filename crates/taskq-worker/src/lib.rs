@@ -1,0 +1,32 @@
+//! taskq's worker library.
+//!
+//! A [`Worker`] leases tasks from the queues it serves, runs each with the handler
+//! registered for its type, and acknowledges the outcome in Redis; every state change
+//! goes to MongoDB through a bounded, batched writer so the store is never on a task's
+//! hot path. Custom workers build a [`Registry`] and call [`run`] (see `examples/`).
+//!
+//! Background loops, one file each: [`fetcher`](crate::fetcher) (lease work into free
+//! slots), `executor` (run one attempt: timeout, panic containment, cancellation),
+//! `completer` (acknowledge outcomes in batches), `heartbeat` (extend leases),
+//! `maintenance` (promote due tasks, reap expired leases) and `health` (probes).
+//!
+//! Shutdown order: stop fetching; let running attempts finish within the grace period;
+//! cancel and release the rest back to their queues; acknowledge everything; flush the
+//! store writer.
+
+mod builtin;
+mod completer;
+mod config;
+mod executor;
+mod fetcher;
+mod handler;
+mod health;
+mod heartbeat;
+mod maintenance;
+mod worker;
+
+pub use builtin::{HttpHandler, UrlAllowList, register_builtins};
+pub use config::{Settings, WorkerArgs, default_worker_id};
+pub use handler::{Handler, HandlerError, HandlerFuture, HandlerResult, Registry, TaskContext};
+pub use health::router as health_router;
+pub use worker::{Stats, Worker, run};

@@ -1,0 +1,274 @@
+//! The [`Worker`] and the state its loops share.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use taskq_core::{QueueName, TaskId};
+use taskq_redis::{Broker, RedisConfig};
+use taskq_store::{Store, UpdateWriter, WriterOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::completer::{self, Done};
+use crate::config::{Settings, WorkerArgs};
+use crate::handler::Registry;
+use crate::{fetcher, heartbeat, maintenance};
+
+/// Counters of what this worker did since it started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub released: AtomicU64,
+    pub promoted: AtomicU64,
+    pub reaped: AtomicU64,
+    pub leases_lost: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// One running attempt, as the heartbeat and cancellation see it.
+pub(crate) struct InFlight {
+    pub queue: QueueName,
+    pub token: String,
+}
+
+/// State shared by the worker's loops.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub broker: Broker,
+    pub store: Store,
+    pub registry: Registry,
+    pub inflight: std::sync::Mutex<HashMap<TaskId, InFlight>>,
+    pub stats: Stats,
+    /// Set once shutdown begins; readiness reports it.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, InFlight>> {
+        // A poisoned lock only means a panic elsewhere while holding it; the map is
+        // still consistent (every operation on it is a single insert or remove).
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Per-run handles the fetcher passes to every executor.
+pub(crate) struct RunCtx {
+    pub shared: Arc<Shared>,
+    pub writer: UpdateWriter,
+    pub done: mpsc::Sender<Done>,
+    /// Cancelled when the grace period ends: running attempts stop and are released.
+    pub hard_stop: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// A worker process's engine. Cheap to clone; [`Worker::run`] drives it.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.shared.settings.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub fn new(settings: Settings, broker: Broker, store: Store, registry: Registry) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                broker,
+                store,
+                registry,
+                inflight: Default::default(),
+                stats: Stats::default(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// Attempts running right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.inflight().len()
+    }
+
+    /// Whether Redis and MongoDB answer within `deadline` and the worker is not draining.
+    pub async fn ready(&self, deadline: Duration) -> Result<(), String> {
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
+        let checks = async {
+            self.shared.broker.ping().await.map_err(|e| format!("redis: {e}"))?;
+            self.shared.store.ping().await.map_err(|e| format!("mongodb: {e}"))
+        };
+        tokio::time::timeout(deadline, checks)
+            .await
+            .map_err(|_| "redis or mongodb did not answer in time".to_owned())?
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let (writer, writer_task) = UpdateWriter::spawn(
+            shared.store.clone(),
+            WriterOptions {
+                capacity: settings.write_buffer,
+                ..WriterOptions::default()
+            },
+        );
+        let (done_tx, done_rx) = mpsc::channel(settings.concurrency * 2 + 64);
+        let ctx = Arc::new(RunCtx {
+            shared: shared.clone(),
+            writer: writer.clone(),
+            done: done_tx,
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let completer = tokio::spawn(completer::run(shared.clone(), writer.clone(), done_rx));
+        let loops_stop = CancellationToken::new();
+        let maintenance = tokio::spawn(maintenance::run(
+            shared.clone(),
+            writer.clone(),
+            loops_stop.clone(),
+        ));
+        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), loops_stop.clone()));
+        tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
+
+        fetcher::run(ctx.clone(), shutdown).await;
+
+        shared.draining.store(true, Ordering::Relaxed);
+        let running = ctx.tracker.len();
+        tracing::info!(running, grace_ms = settings.shutdown_grace.as_millis() as u64, "draining");
+        ctx.tracker.close();
+        if tokio::time::timeout(settings.shutdown_grace, ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = ctx.tracker.len(),
+                "grace period over; releasing running tasks"
+            );
+            ctx.hard_stop.cancel();
+            ctx.tracker.wait().await;
+        }
+        loops_stop.cancel();
+        drop(ctx);
+        for (name, handle) in [
+            ("completer", completer),
+            ("maintenance", maintenance),
+            ("heartbeat", heartbeat),
+        ] {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "{name} loop ended abnormally");
+            }
+        }
+        drop(writer);
+        writer_task.shutdown().await;
+        tracing::info!("worker stopped");
+    }
+}
+
+/// Runs a worker process with `registry`: parses nothing, connects to Redis and MongoDB
+/// as `args` says, serves health and metrics, and stops on SIGTERM or SIGINT. Custom
+/// worker binaries call this from `main`.
+pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
+    let settings = args.settings().map_err(anyhow::Error::msg)?;
+    let broker = Broker::connect(&RedisConfig::from_urls(&args.redis_url, args.redis_cluster))
+        .await
+        .context("connecting to redis")?;
+    let store = taskq_store::Store::connect(&args.mongodb_uri, &args.mongodb_database)
+        .await
+        .context("connecting to mongodb")?;
+    ensure_indexes(&store).await;
+    let worker = Worker::new(settings, broker, store, registry);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(addr = %args.listen, "health server listening");
+    let server_stop = CancellationToken::new();
+    let server = {
+        let app = crate::health::router(worker.clone());
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    };
+    worker.run(shutdown).await;
+    server_stop.cancel();
+    server.await.context("health server task")?.context("health server")?;
+    Ok(())
+}
+
+/// Creates the store's indexes, retrying while MongoDB is still starting.
+async fn ensure_indexes(store: &Store) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "creating indexes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub(crate) async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}
