@@ -53,10 +53,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
-            Category::Syntax | Category::Eof | Category::Io => {
+            // serde_json reports some type mismatches (a number where a unit enum such as
+            // `priority` is expected) as syntax errors: malformed only if it is not JSON.
+            Category::Syntax | Category::Eof | Category::Io
+                if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() =>
+            {
                 ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
             }
+            _ => ApiError::bad_request("invalid_request", e.to_string()),
         }
     })
 }

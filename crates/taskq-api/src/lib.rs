@@ -110,6 +110,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Set when shutdown begins; `/readyz` then answers 503.
     pub draining: Arc<AtomicBool>,
+    /// Set once the store's indexes exist; `/readyz` answers 503 until then.
+    pub indexes_ready: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -123,6 +125,7 @@ impl AppState {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             draining: Arc::new(AtomicBool::new(false)),
+            indexes_ready: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -160,6 +163,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(json!({"status": "not_ready", "reason": "draining"})),
         );
     }
+    if !state.indexes_ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "creating mongodb indexes"})),
+        );
+    }
     let checks = async {
         state.broker.ping().await.map_err(|e| format!("redis: {e}"))?;
         state.store.ping().await.map_err(|e| format!("mongodb: {e}"))
@@ -186,17 +195,15 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.mongodb_uri, &args.mongodb_database)
         .await
         .context("connecting to mongodb")?;
-    let mut delay = Duration::from_millis(200);
-    while let Err(e) = store.ensure_indexes().await {
-        tracing::warn!(error = %e, "creating indexes failed; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    // Probes answer at once; readiness waits for the indexes.
+    let indexes_ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(taskq_store::ensure_indexes_with_retry(store.clone(), indexes_ready.clone()));
     let state = AppState {
         limits: Arc::new(limits),
         max_batch: args.max_batch,
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        indexes_ready,
         ..AppState::new(broker, store)
     };
     let draining = state.draining.clone();

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
@@ -23,7 +22,7 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let rec = state
         .limits
-        .admit(req, Utc::now(), traceparent(&headers))?;
+        .admit(req, taskq_core::now(), traceparent(&headers))?;
     persist(&state, std::slice::from_ref(&rec)).await?;
     let location = format!("/v1/tasks/{}", rec.id);
     Ok((
@@ -94,7 +93,7 @@ pub async fn submit_batch(
             ),
         ));
     }
-    let now = Utc::now();
+    let now = taskq_core::now();
     let tp = traceparent(&headers);
     let mut accepted = Vec::new();
     let mut items = Vec::with_capacity(req.tasks.len());
@@ -213,7 +212,7 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
-    let now = Utc::now();
+    let now = taskq_core::now();
     let stored = match state.store.requeue_dead(id, now).await? {
         RequeueOutcome::Requeued(t) => t,
         RequeueOutcome::NotFound => return Err(ApiError::not_found(format!("no task {id}"))),
@@ -227,7 +226,7 @@ pub async fn retry(
     item.due_ms = now.timestamp_millis();
     if let Err(e) = state.broker.enqueue(std::slice::from_ref(&item)).await {
         // Put the record back to dead so the client can simply retry the call.
-        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, Utc::now());
+        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, taskq_core::now());
         if let Err(undo) = state.store.apply(std::slice::from_ref(&revert)).await {
             tracing::error!(error = %undo, task = %id, "could not mark a failed retry dead again");
         }

@@ -20,6 +20,12 @@ pub use status::{Priority, TaskStatus};
 pub use task::{NewTask, TaskEvent, TaskMessage, TaskRecord};
 pub use validate::{Limits, ValidationError};
 
+/// The current time at millisecond precision, the precision every store keeps, so a
+/// record reads back exactly as it was written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(now_ms()).unwrap_or_else(chrono::Utc::now)
+}
+
 /// Milliseconds since the Unix epoch, the unit every Redis score and deadline uses.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

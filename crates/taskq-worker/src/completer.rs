@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
 use taskq_core::{Backoff, QueueName, TaskEvent, TaskId, TaskStatus};
 use taskq_redis::{BrokerError, FailOutcome};
 use taskq_store::{StatusUpdate, UpdateWriter};
@@ -51,7 +50,7 @@ pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, mut rx: mpsc:
 
 async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<StatusUpdate> {
     let worker = &shared.settings.worker_id;
-    let now = Utc::now();
+    let now = taskq_core::now();
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     let mut released = Vec::new();

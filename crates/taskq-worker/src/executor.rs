@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::Value;
 use taskq_core::{TaskEvent, TaskStatus};
 use taskq_redis::Leased;
@@ -30,7 +29,7 @@ pub(crate) enum Outcome {
 pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePermit) {
     let shared = &ctx.shared;
     let msg = &task.msg;
-    let now = Utc::now();
+    let now = taskq_core::now();
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
     let running = StatusUpdate {
         attempts: Some(task.attempt),

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use chrono::Utc;
 use taskq_core::{TaskEvent, TaskStatus};
 use taskq_store::{StatusUpdate, UpdateWriter};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,7 @@ pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, stop: Cancell
 async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
     for queue in shared.settings.queues.weights().names() {
         loop {
-            let now = Utc::now();
+            let now = taskq_core::now();
             let promoted = match shared.broker.promote(queue, now.timestamp_millis(), LIMIT).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -65,7 +64,7 @@ async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
 
 async fn reap_expired(shared: &Shared, writer: &UpdateWriter) {
     for queue in shared.settings.queues.weights().names() {
-        let now = Utc::now();
+        let now = taskq_core::now();
         let reaped = match shared.broker.reap(queue, now.timestamp_millis(), LIMIT).await {
             Ok(r) => r,
             Err(e) => {

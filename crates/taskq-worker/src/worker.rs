@@ -203,7 +203,10 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     let store = taskq_store::Store::connect(&args.mongodb_uri, &args.mongodb_database)
         .await
         .context("connecting to mongodb")?;
-    ensure_indexes(&store).await;
+    tokio::spawn(taskq_store::ensure_indexes_with_retry(
+        store.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
     let worker = Worker::new(settings, broker, store, registry);
 
     let shutdown = CancellationToken::new();
@@ -226,21 +229,6 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     server_stop.cancel();
     server.await.context("health server task")?.context("health server")?;
     Ok(())
-}
-
-/// Creates the store's indexes, retrying while MongoDB is still starting.
-async fn ensure_indexes(store: &Store) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match store.ensure_indexes().await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "creating indexes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -1,0 +1,25 @@
+//! taskq's MongoDB store: the system of record for tasks.
+//!
+//! - [`Store`] owns the `tasks` collection: inserting and deleting records, reading one
+//!   or a page of them, counting them by status, a manual retry of a dead task, and
+//!   [`Store::apply`], which records status updates that may arrive out of order.
+//! - [`UpdateWriter`] batches status updates from the worker slots of one process and
+//!   writes them with one round trip per batch, retrying (never dropping) while the
+//!   server is unreachable.
+//!
+//! The document layout is described in `doc.rs`; the ordering rule for status updates
+//! (a per-task `seq`) in [`StatusUpdate`].
+
+mod doc;
+mod error;
+mod store;
+mod update;
+mod writer;
+
+pub use error::{Error, Rejection, Result};
+pub use store::{
+    ListFilter, MAX_LIST_LIMIT, Page, RequeueOutcome, Store, StoreOptions, StoredTask, TASKS,
+    ensure_indexes_with_retry,
+};
+pub use update::StatusUpdate;
+pub use writer::{Unflushed, UpdateWriter, WriterClosed, WriterOptions, WriterStats, WriterTask};

@@ -1,0 +1,560 @@
+//! [`Store`]: every read and write of the `tasks` collection.
+//!
+//! No operation uses transactions or the MongoDB 8 `bulkWrite` command, so the same code
+//! runs against MongoDB 7, FerretDB and mongo-java-server. Atomicity comes from
+//! single-document operations: `findAndModify` for a manual retry, and seq-guarded
+//! updates (see [`crate::update`]) for status changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::raw::{RawArrayBuf, RawDocumentBuf};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
+
+use crate::doc::{date, event_doc, f, record_doc, stored_task};
+use crate::{Error, Rejection, Result, StatusUpdate};
+
+/// The collection holding one document per task.
+pub const TASKS: &str = "tasks";
+
+/// Largest page [`Store::list`] returns; larger limits are lowered to it.
+pub const MAX_LIST_LIMIT: u32 = 1_000;
+
+/// Most statements sent in one `update` command.
+const MAX_STATEMENTS: usize = 10_000;
+
+/// Budget for the statements of one `update` command: the server accepts a command of
+/// up to 16 MiB + 16 KiB; the rest of the command (name, flags, session, cluster time)
+/// fits comfortably in what is left.
+const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024 - 16 * 1024;
+
+/// Connection settings that are not part of the URI. Values given in the URI
+/// (`appName`, `serverSelectionTimeoutMS`, `connectTimeoutMS`) take precedence, so
+/// operators can tune them without a rebuild.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Reported to the server (shows up in its logs and `currentOp`).
+    pub app_name: String,
+    /// How long an operation waits for a usable server before failing.
+    pub server_selection_timeout: Duration,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            app_name: "taskq".to_owned(),
+            server_selection_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A record together with its transition counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTask {
+    pub record: TaskRecord,
+    /// The `seq` of the last update applied to the record (1 for a fresh insert).
+    pub seq: u64,
+}
+
+/// Which tasks [`Store::list`] returns; `None` fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub status: Option<TaskStatus>,
+    /// The task type.
+    pub kind: Option<String>,
+    pub queue: Option<QueueName>,
+}
+
+/// One page of [`Store::list`], newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<TaskId>,
+}
+
+/// What [`Store::requeue_dead`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RequeueOutcome {
+    /// The task was dead and is now queued; the record after the change.
+    Requeued(Box<StoredTask>),
+    /// The task exists but is not dead; its current status.
+    NotDead(TaskStatus),
+    NotFound,
+}
+
+/// Handle to the task store. Cheap to clone; clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Database,
+    tasks: Collection<Document>,
+}
+
+impl Store {
+    /// Builds a store for `database` on the deployment at `uri` with default
+    /// [`StoreOptions`]. Connecting is lazy: this fails only for a malformed URI (or an
+    /// SRV record that does not resolve); use [`Store::ping`] to check reachability.
+    pub async fn connect(uri: &str, database: &str) -> Result<Store> {
+        Self::connect_with(uri, database, &StoreOptions::default()).await
+    }
+
+    /// Like [`Store::connect`] with explicit options.
+    pub async fn connect_with(uri: &str, database: &str, opts: &StoreOptions) -> Result<Store> {
+        let mut co = ClientOptions::parse(uri).await?;
+        co.app_name.get_or_insert_with(|| opts.app_name.clone());
+        co.server_selection_timeout
+            .get_or_insert(opts.server_selection_timeout);
+        co.connect_timeout.get_or_insert(opts.connect_timeout);
+        let client = Client::with_options(co)?;
+        Ok(Self::from_database(client.database(database)))
+    }
+
+    /// A store over an existing database handle.
+    pub fn from_database(db: Database) -> Store {
+        let tasks = db.collection(TASKS);
+        Store { db, tasks }
+    }
+
+    /// The underlying database (for tests and administrative tools).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Creates the indexes the queries need. Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        let index = |name: &str, keys: Document| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        };
+        self.tasks
+            .create_indexes([
+                index("status_id", doc! { f::STATUS: 1, f::ID: -1 }),
+                index("queue_id", doc! { f::QUEUE: 1, f::ID: -1 }),
+                index("type_id", doc! { f::TYPE: 1, f::ID: -1 }),
+                index(
+                    "queue_status_id",
+                    doc! { f::QUEUE: 1, f::STATUS: 1, f::ID: -1 },
+                ),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Round trip to the server (for readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Writes a new record with `seq` 1.
+    pub async fn insert(&self, rec: &TaskRecord) -> Result<()> {
+        self.tasks.insert_one(record_doc(rec, 1)?).await?;
+        Ok(())
+    }
+
+    /// Writes new records with `seq` 1 in one unordered `insert_many`. On error some
+    /// records may have been written; [`Store::delete`] removes them.
+    pub async fn insert_many(&self, recs: &[TaskRecord]) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let docs = recs
+            .iter()
+            .map(|r| record_doc(r, 1))
+            .collect::<Result<Vec<_>>>()?;
+        self.tasks.insert_many(docs).ordered(false).await?;
+        Ok(())
+    }
+
+    /// Removes records (to undo a submit whose enqueue failed). Returns how many existed.
+    pub async fn delete(&self, ids: &[TaskId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let res = self
+            .tasks
+            .delete_many(doc! { f::ID: { "$in": ids } })
+            .await?;
+        Ok(res.deleted_count)
+    }
+
+    /// The record of one task.
+    pub async fn get(&self, id: TaskId) -> Result<Option<StoredTask>> {
+        let doc = self.tasks.find_one(doc! { f::ID: id.to_string() }).await?;
+        doc.as_ref().map(stored_task).transpose()
+    }
+
+    /// Tasks matching `filter`, newest first, at most `limit` (clamped to
+    /// 1..=[`MAX_LIST_LIMIT`]). `cursor` is the `next_cursor` of the previous page; the
+    /// next page holds the tasks older than it, so tasks created meanwhile (which have
+    /// larger ids) never shift or repeat entries of later pages.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        limit: u32,
+        cursor: Option<TaskId>,
+    ) -> Result<Page> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let mut q = Document::new();
+        if let Some(s) = filter.status {
+            q.insert(f::STATUS, s.as_str());
+        }
+        if let Some(k) = &filter.kind {
+            q.insert(f::TYPE, k.as_str());
+        }
+        if let Some(queue) = &filter.queue {
+            q.insert(f::QUEUE, queue.as_str());
+        }
+        if let Some(c) = cursor {
+            q.insert(f::ID, doc! { "$lt": c.to_string() });
+        }
+        // One extra document tells whether another page exists.
+        let docs: Vec<Document> = self
+            .tasks
+            .find(q)
+            .sort(doc! { f::ID: -1 })
+            .limit(i64::from(limit) + 1)
+            .await?
+            .try_collect()
+            .await?;
+        let more = docs.len() > limit as usize;
+        let tasks = docs
+            .iter()
+            .take(limit as usize)
+            .map(|d| stored_task(d).map(|s| s.record))
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if more {
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok(Page { tasks, next_cursor })
+    }
+
+    /// Records status updates in one round trip (more only beyond 10,000 statements or
+    /// 16 MiB). Updates may come in any order: each one's fields apply only if its `seq`
+    /// is larger than the stored one, while its events are always appended. Applying
+    /// the same slice twice has the effect of applying it once.
+    ///
+    /// Updates for tasks that do not exist are ignored. [`Error::Rejected`] lists the
+    /// updates the server refused; all others were applied. Any other error means some
+    /// unknown part was applied, and the whole slice may simply be retried.
+    pub async fn apply(&self, updates: &[StatusUpdate]) -> Result<()> {
+        let mut rejected = Vec::new();
+        let mut chunk = Chunk::default();
+        for u in updates {
+            let encoded = u.set_statement().and_then(|set| {
+                let mut out = vec![RawDocumentBuf::from_document(&set).map_err(|e| encode(u, e))?];
+                if let Some(ev) = u.events_statement() {
+                    out.push(RawDocumentBuf::from_document(&ev).map_err(|e| encode(u, e))?);
+                }
+                Ok(out)
+            });
+            let statements = match encoded {
+                Ok(s) => s,
+                Err(e) => {
+                    rejected.push(Rejection {
+                        id: u.id,
+                        code: None,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            for st in statements {
+                let size = st.as_bytes().len();
+                if size > MAX_STATEMENT_BYTES {
+                    rejected.push(Rejection {
+                        id: u.id,
+                        code: None,
+                        message: format!(
+                            "the update is {size} bytes; one update may be at most {MAX_STATEMENT_BYTES}"
+                        ),
+                    });
+                    continue;
+                }
+                if chunk.len() == MAX_STATEMENTS || chunk.bytes + size > MAX_STATEMENT_BYTES {
+                    self.send_updates(std::mem::take(&mut chunk), &mut rejected)
+                        .await?;
+                }
+                chunk.push(u.id, st, size);
+            }
+        }
+        if chunk.len() > 0 {
+            self.send_updates(chunk, &mut rejected).await?;
+        }
+        if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Rejected(rejected))
+        }
+    }
+
+    /// Sends one `update` command and collects its per-statement errors.
+    async fn send_updates(&self, chunk: Chunk, rejected: &mut Vec<Rejection>) -> Result<()> {
+        let mut cmd = RawDocumentBuf::new();
+        cmd.append("update", TASKS);
+        cmd.append("updates", chunk.statements);
+        cmd.append("ordered", false);
+        let reply = self.db.run_raw_command(cmd).await?;
+        check_write_reply(&reply, &chunk.ids, rejected)
+    }
+
+    /// Puts a dead task back in the queued state, atomically: status `queued`, attempts
+    /// 0, `finished_at` cleared, `scheduled_at` and `updated_at` set to `now`, `seq`
+    /// incremented, and a `queued` event appended. The caller re-enqueues the task in
+    /// the broker and must continue its transition counter above the returned `seq`.
+    pub async fn requeue_dead(&self, id: TaskId, now: DateTime<Utc>) -> Result<RequeueOutcome> {
+        let event = event_doc(&taskq_core::TaskEvent {
+            status: TaskStatus::Queued,
+            at: now,
+            attempt: 0,
+            error: None,
+            worker: None,
+        });
+        let updated = self
+            .tasks
+            .find_one_and_update(
+                doc! { f::ID: id.to_string(), f::STATUS: TaskStatus::Dead.as_str() },
+                doc! {
+                    "$set": {
+                        f::STATUS: TaskStatus::Queued.as_str(),
+                        f::ATTEMPTS: 0_i64,
+                        f::FINISHED_AT: Bson::Null,
+                        f::SCHEDULED_AT: date(now),
+                        f::UPDATED_AT: date(now),
+                    },
+                    "$inc": { f::SEQ: 1_i64 },
+                    "$push": { f::EVENTS: event },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(doc) = updated {
+            return Ok(RequeueOutcome::Requeued(Box::new(stored_task(&doc)?)));
+        }
+        let current = self
+            .tasks
+            .find_one(doc! { f::ID: id.to_string() })
+            .projection(doc! { f::STATUS: 1 })
+            .await?;
+        match current {
+            None => Ok(RequeueOutcome::NotFound),
+            Some(doc) => {
+                let status = doc
+                    .get_str(f::STATUS)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::Corrupt {
+                        id: id.to_string(),
+                        reason: "field `status` is missing or unknown".to_owned(),
+                    })?;
+                Ok(RequeueOutcome::NotDead(status))
+            }
+        }
+    }
+
+    /// How many tasks are in each status, optionally in one queue. Every status is
+    /// present in the map, with 0 when no task has it.
+    pub async fn count_by_status(
+        &self,
+        queue: Option<&QueueName>,
+    ) -> Result<HashMap<TaskStatus, u64>> {
+        let mut pipeline = Vec::new();
+        if let Some(q) = queue {
+            pipeline.push(doc! { "$match": { f::QUEUE: q.as_str() } });
+        }
+        pipeline.push(doc! { "$group": { "_id": format!("${}", f::STATUS), "n": { "$sum": 1 } } });
+        let groups: Vec<Document> = self.tasks.aggregate(pipeline).await?.try_collect().await?;
+        let mut counts: HashMap<TaskStatus, u64> =
+            TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+        for g in groups {
+            let status = match g.get("_id") {
+                Some(Bson::String(s)) => s.parse::<TaskStatus>().map_err(|e| Error::Corrupt {
+                    id: "<some task>".to_owned(),
+                    reason: format!("field `status`: {e}"),
+                })?,
+                other => {
+                    return Err(Error::Corrupt {
+                        id: "<some task>".to_owned(),
+                        reason: format!("field `status` is {other:?}"),
+                    });
+                }
+            };
+            let n = match g.get("n") {
+                Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+                Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+                Some(Bson::Double(n)) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
+                _ => None,
+            }
+            .ok_or_else(|| Error::Reply {
+                command: "aggregate",
+                reason: format!("count is not a non-negative integer: {g}"),
+            })?;
+            *counts.entry(status).or_default() += n;
+        }
+        Ok(counts)
+    }
+}
+
+/// Runs [`Store::ensure_indexes`] until it succeeds, then sets `ready`. Meant to be
+/// spawned at start-up so that a process whose database is not reachable yet still
+/// starts (and reports not-ready) instead of crashing. Retries back off from 200 ms to
+/// 10 s; each failure is logged.
+pub async fn ensure_indexes_with_retry(store: Store, ready: Arc<AtomicBool>) {
+    let mut delay = Duration::from_millis(200);
+    let mut failures = 0_u32;
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!(failures, "task store indexes are in place");
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(
+                    error = %e,
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "creating the task store indexes failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn encode(u: &StatusUpdate, e: impl std::fmt::Display) -> Error {
+    Error::Encode {
+        id: u.id,
+        reason: e.to_string(),
+    }
+}
+
+/// Statements of one `update` command and the task each belongs to.
+#[derive(Default)]
+struct Chunk {
+    statements: RawArrayBuf,
+    ids: Vec<TaskId>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn push(&mut self, id: TaskId, statement: RawDocumentBuf, size: usize) {
+        self.statements.push(statement);
+        self.ids.push(id);
+        // Element overhead in the array: type byte, decimal index, NUL.
+        self.bytes += size + 8;
+    }
+}
+
+/// Checks the reply of an `update` command: `ok` must be 1; each entry of
+/// `writeErrors` becomes a [`Rejection`] of the task at its index; a
+/// `writeConcernError` fails the whole command (retryable).
+fn check_write_reply(
+    reply: &Document,
+    ids: &[TaskId],
+    rejected: &mut Vec<Rejection>,
+) -> Result<()> {
+    let bad = |reason: String| Error::Reply {
+        command: "update",
+        reason,
+    };
+    let ok = match reply.get("ok") {
+        Some(Bson::Double(x)) => *x == 1.0,
+        Some(Bson::Int32(n)) => *n == 1,
+        Some(Bson::Int64(n)) => *n == 1,
+        Some(Bson::Boolean(b)) => *b,
+        _ => false,
+    };
+    if !ok {
+        return Err(bad(format!("not ok: {reply}")));
+    }
+    if let Some(wce) = reply.get("writeConcernError") {
+        return Err(bad(format!("write concern error: {wce}")));
+    }
+    let errors = match reply.get("writeErrors") {
+        None | Some(Bson::Null) => return Ok(()),
+        Some(Bson::Array(a)) => a,
+        Some(other) => return Err(bad(format!("`writeErrors` is {other}"))),
+    };
+    for e in errors {
+        let Bson::Document(e) = e else {
+            return Err(bad(format!("write error {e} is not a document")));
+        };
+        let index = match e.get("index") {
+            Some(Bson::Int32(i)) => usize::try_from(*i).ok(),
+            Some(Bson::Int64(i)) => usize::try_from(*i).ok(),
+            _ => None,
+        };
+        let Some(id) = index.and_then(|i| ids.get(i)) else {
+            return Err(bad(format!("write error without a valid index: {e}")));
+        };
+        let code = match e.get("code") {
+            Some(Bson::Int32(c)) => Some(i64::from(*c)),
+            Some(Bson::Int64(c)) => Some(*c),
+            _ => None,
+        };
+        let message = e.get_str("errmsg").unwrap_or("no message").to_owned();
+        rejected.push(Rejection {
+            id: *id,
+            code,
+            message,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_errors_name_their_task() {
+        let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
+        let mut rejected = Vec::new();
+        let reply = doc! {
+            "n": 2, "nModified": 2, "ok": 1.0,
+            "writeErrors": [ { "index": 2, "code": 17419, "errmsg": "too large" } ],
+        };
+        assert!(check_write_reply(&reply, &ids, &mut rejected).is_ok());
+        assert_eq!(
+            rejected,
+            vec![Rejection {
+                id: ids[2],
+                code: Some(17419),
+                message: "too large".into()
+            }]
+        );
+        assert!(check_write_reply(&doc! { "ok": 0.0 }, &ids, &mut rejected).is_err());
+        assert!(
+            check_write_reply(
+                &doc! { "ok": 1, "writeConcernError": { "code": 64 } },
+                &ids,
+                &mut rejected
+            )
+            .is_err()
+        );
+        let bad_index = doc! { "ok": 1, "writeErrors": [ { "index": 9, "code": 1 } ] };
+        assert!(check_write_reply(&bad_index, &ids, &mut rejected).is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! A TCP proxy that can cut the network on demand, to simulate a backing service (usually
+//! MongoDB) going away mid-run and coming back.
+//!
+//! The proxy runs on its own small tokio runtime rather than the test's, so it keeps
+//! forwarding while the test blocks (e.g. in a synchronous helper on a current-thread
+//! runtime), and it works from synchronous tests too. Invariants:
+//!
+//! - after [`ChaosProxy::cut`] returns, every connection that went through the proxy is
+//!   closed and the port no longer listens, so new connections are refused;
+//! - while cut, the port stays bound (but not listening) to a placeholder socket, so
+//!   another test asking the kernel for a free port cannot be handed it, and nothing can
+//!   connect to itself through it;
+//! - after [`ChaosProxy::restore`] returns, the same port accepts and forwards again;
+//! - dropping the proxy stops every task it spawned and closes every socket.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long `cut` and `restore` wait for the proxy task to acknowledge.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `restore` keeps retrying to re-bind the port.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests from the [`ChaosProxy`] handle to its accept loop, each acknowledged once done.
+#[derive(Debug)]
+enum Request {
+    Cut(std_mpsc::Sender<()>),
+    Restore(std_mpsc::Sender<io::Result<()>>),
+}
+
+/// A TCP proxy on a free loopback port that forwards to `upstream` until told to cut.
+#[derive(Debug)]
+pub struct ChaosProxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    requests: mpsc::UnboundedSender<Request>,
+    /// The proxy's own runtime; `None` only during drop.
+    runtime: Option<Runtime>,
+}
+
+impl ChaosProxy {
+    /// Starts forwarding connections on a free `127.0.0.1` port to `upstream`.
+    ///
+    /// Can be called from synchronous code and from inside any tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the proxy's runtime or listening socket cannot be created.
+    pub fn start(upstream: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("taskq-chaos-proxy")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the chaos proxy runtime: {e}"));
+        let listener = {
+            let _context = runtime.enter();
+            listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                .unwrap_or_else(|e| panic!("chaos proxy cannot listen on 127.0.0.1: {e}"))
+        };
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("cannot read the chaos proxy's address: {e}"));
+        let (requests, inbox) = mpsc::unbounded_channel();
+        runtime.spawn(serve(listener, addr, upstream, inbox));
+        Self {
+            addr,
+            upstream,
+            requests,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The address clients connect to (stable across cut and restore).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address connections are forwarded to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Cuts the network: closes every proxied connection and the listening port, so new
+    /// connections are refused until [`ChaosProxy::restore`]. Returns once all of that is
+    /// done. Cutting a cut proxy is a no-op.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the proxy task does not acknowledge within 10 s.
+    pub fn cut(&self) {
+        let (done, ack) = std_mpsc::channel();
+        self.send(Request::Cut(done));
+        ack.recv_timeout(ACK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("chaos proxy did not acknowledge cut: {e}"));
+    }
+
+    /// Restores the network: the same port accepts and forwards connections again.
+    /// Restoring a working proxy is a no-op.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the port cannot be bound again within 5 s or the proxy task does not
+    /// acknowledge.
+    pub fn restore(&self) {
+        let (done, ack) = std_mpsc::channel();
+        self.send(Request::Restore(done));
+        match ack.recv_timeout(ACK_TIMEOUT + REBIND_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("chaos proxy cannot listen on {} again: {e}", self.addr),
+            Err(e) => panic!("chaos proxy did not acknowledge restore: {e}"),
+        }
+    }
+
+    fn send(&self, request: Request) {
+        if self.requests.send(request).is_err() {
+            panic!("the chaos proxy task has stopped");
+        }
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        // Dropping the runtime cancels every task (and so closes every socket) without
+        // blocking, which matters when the proxy is dropped inside an async test.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR`, so the port can be bound again after a cut even
+/// while closed connections linger in TIME_WAIT.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind(addr)?.listen(1024)
+}
+
+/// A socket bound to `addr` with `SO_REUSEADDR` that does not listen: it refuses every
+/// connection while keeping the port reserved (the kernel never hands out a bound port
+/// for `bind(0)` or as a connection's source port).
+fn bind(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// The connections accepted since the last cut.
+#[derive(Debug, Default)]
+struct Generation {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Generation {
+    /// Closes every connection of this generation and waits until they are gone.
+    async fn close(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// The accept loop: forwards connections while listening, and handles cut and restore.
+/// Ends when the [`ChaosProxy`] handle is dropped.
+async fn serve(
+    listener: TcpListener,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    mut inbox: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut listener = Some(listener);
+    // Holds the port while cut; `None` while listening (or if the port could not be held).
+    let mut placeholder: Option<TcpSocket> = None;
+    let mut generation = Generation::default();
+    loop {
+        tokio::select! {
+            request = inbox.recv() => match request {
+                None => break,
+                Some(Request::Cut(done)) => {
+                    if listener.take().is_some() {
+                        placeholder = bind(addr).ok();
+                    }
+                    std::mem::take(&mut generation).close().await;
+                    let _ = done.send(());
+                }
+                Some(Request::Restore(done)) => {
+                    let result = match listener {
+                        Some(_) => Ok(()),
+                        None => {
+                            placeholder = None;
+                            rebind(addr).await.map(|l| listener = Some(l))
+                        }
+                    };
+                    let _ = done.send(result);
+                }
+            },
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok((client, _)) => {
+                    let cancel = generation.cancel.clone();
+                    generation.tracker.spawn(async move {
+                        tokio::select! {
+                            () = cancel.cancelled() => {}
+                            () = forward(client, upstream) => {}
+                        }
+                    });
+                }
+                // E.g. EMFILE: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+    generation.close().await;
+}
+
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let deadline = Instant::now() + REBIND_TIMEOUT;
+    loop {
+        match listen(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copies bytes both ways until either side closes. If the upstream refuses, the client
+/// connection is simply closed, as if the service were down.
+async fn forward(mut client: TcpStream, upstream: SocketAddr) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An echo server on a free port, running on the test's runtime.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind echo server");
+        let addr = listener.local_addr().expect("echo addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(stream: &mut TcpStream, message: &[u8]) -> io::Result<Vec<u8>> {
+        stream.write_all(message).await?;
+        let mut buf = vec![0; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        Ok(buf)
+    }
+
+    async fn connect_and_echo(addr: SocketAddr) -> io::Result<Vec<u8>> {
+        let mut stream = TcpStream::connect(addr).await?;
+        round_trip(&mut stream, b"hello").await
+    }
+
+    #[tokio::test]
+    async fn forwards_cuts_and_restores() {
+        let upstream = echo_server().await;
+        let proxy = ChaosProxy::start(upstream);
+        assert_eq!(proxy.upstream(), upstream);
+        assert_ne!(proxy.addr(), upstream);
+
+        let mut long_lived = TcpStream::connect(proxy.addr()).await.expect("connect");
+        assert_eq!(
+            round_trip(&mut long_lived, b"ping").await.ok(),
+            Some(b"ping".to_vec())
+        );
+
+        proxy.cut();
+        // The existing connection is closed: reads see EOF (or a reset).
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), long_lived.read(&mut buf))
+            .await
+            .expect("read after cut does not hang");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // New connections are refused.
+        assert!(TcpStream::connect(proxy.addr()).await.is_err());
+        proxy.cut();
+
+        proxy.restore();
+        assert_eq!(
+            connect_and_echo(proxy.addr()).await.ok(),
+            Some(b"hello".to_vec())
+        );
+        proxy.restore();
+
+        // A second cycle works as well.
+        proxy.cut();
+        assert!(connect_and_echo(proxy.addr()).await.is_err());
+        proxy.restore();
+        assert!(connect_and_echo(proxy.addr()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_proxy_closes_everything() {
+        let upstream = echo_server().await;
+        let proxy = ChaosProxy::start(upstream);
+        let addr = proxy.addr();
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        assert!(round_trip(&mut stream, b"x").await.is_ok());
+        drop(proxy);
+
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("read after drop does not hang");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let refused = crate::wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || async move { TcpStream::connect(addr).await.is_err() },
+        )
+        .await;
+        assert!(refused, "the proxy port still accepts after drop");
+    }
+
+    #[test]
+    fn works_without_a_runtime() {
+        let upstream = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let proxy = ChaosProxy::start(upstream.local_addr().expect("addr"));
+        let client = std::net::TcpStream::connect(proxy.addr()).expect("connect");
+        let (accepted, _) = upstream.accept().expect("proxied connection arrives");
+        drop((client, accepted));
+        proxy.cut();
+        assert!(std::net::TcpStream::connect(proxy.addr()).is_err());
+        proxy.restore();
+        assert!(std::net::TcpStream::connect(proxy.addr()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_closes_the_client() {
+        let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::free_port()));
+        let proxy = ChaosProxy::start(dead);
+        assert!(connect_and_echo(proxy.addr()).await.is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! A test environment: a fresh Redis, a fresh database, the api served in-process on a
+//! loopback port, and workers started on demand.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use taskq_api::AppState;
+use taskq_core::{QueueSelection, TaskId, TaskStatus};
+use taskq_redis::{Broker, RedisConfig};
+use taskq_store::Store;
+use taskq_testkit::{RedisServer, mongo_uri, unique_db_name};
+use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub redis: RedisServer,
+    pub db: String,
+    pub broker: Broker,
+    pub store: Store,
+    pub api: String,
+    pub http: reqwest::Client,
+    api_stop: CancellationToken,
+}
+
+pub struct RunningWorker {
+    pub worker: Worker,
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Graceful shutdown, waiting until the worker has flushed everything.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.handle.await.expect("worker task");
+    }
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(|s| s).await
+    }
+
+    /// Starts with the api state adjusted by `f`.
+    pub async fn start_with(f: impl FnOnce(AppState) -> AppState) -> Env {
+        let redis = RedisServer::start();
+        let db = unique_db_name("it");
+        let broker = Broker::connect(&RedisConfig::from_urls(&redis.url(), false))
+            .await
+            .expect("redis");
+        let store = Store::connect(&mongo_uri(), &db).await.expect("mongodb");
+        store.ensure_indexes().await.expect("indexes");
+        let state = f(AppState::new(broker.clone(), store.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let api = format!("http://{}", listener.local_addr().expect("addr"));
+        let api_stop = CancellationToken::new();
+        let stop = api_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, taskq_api::app(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .expect("api server");
+        });
+        Env {
+            redis,
+            db,
+            broker,
+            store,
+            api,
+            http: reqwest::Client::new(),
+            api_stop,
+        }
+    }
+
+    /// Worker settings for tests: short intervals, the given queues.
+    pub fn settings(queues: &str) -> Settings {
+        let mut s = Settings::new(QueueSelection::new(queues.parse().expect("queues"), false));
+        s.promote_interval = Duration::from_millis(50);
+        s.reap_interval = Duration::from_millis(100);
+        s
+    }
+
+    /// The built-in handlers.
+    pub fn builtins() -> Registry {
+        Self::builtins_allowing("http://127.0.0.1/")
+    }
+
+    /// The built-in handlers, with `allow` as the http handler's allow-list.
+    pub fn builtins_allowing(allow: &str) -> Registry {
+        let mut r = Registry::new();
+        let http = HttpHandler::new(
+            UrlAllowList::parse(allow).expect("allow"),
+            Duration::from_secs(5),
+        )
+        .expect("http handler");
+        register_builtins(&mut r, http);
+        r
+    }
+
+    /// Starts an in-process worker.
+    pub fn worker(&self, settings: Settings, registry: Registry) -> RunningWorker {
+        self.worker_with_store(settings, registry, self.store.clone())
+    }
+
+    pub fn worker_with_store(&self, settings: Settings, registry: Registry, store: Store) -> RunningWorker {
+        let worker = Worker::new(settings, self.broker.clone(), store, registry);
+        let stop = CancellationToken::new();
+        let w = worker.clone();
+        let s = stop.clone();
+        let handle = tokio::spawn(async move { w.run(s).await });
+        RunningWorker { worker, stop, handle }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.api)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits one task and returns its id.
+    pub async fn submit(&self, body: Value) -> TaskId {
+        let (status, v) = self.post("/v1/tasks", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["id"].as_str().expect("id").parse().expect("task id")
+    }
+
+    pub async fn record(&self, id: TaskId) -> Value {
+        let (status, v) = self.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Waits until the task's record shows `status`; returns the record.
+    pub async fn wait_status(&self, id: TaskId, status: TaskStatus, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.record(id).await;
+            if v["status"] == status.as_str() {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("task {id} did not become {status} within {timeout:?}; record: {v:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Records per status in the store.
+    pub async fn counts(&self) -> std::collections::HashMap<TaskStatus, u64> {
+        self.store.count_by_status(None).await.expect("counts")
+    }
+
+    pub async fn total_records(&self) -> u64 {
+        self.counts().await.values().sum()
+    }
+
+    /// Tasks in Redis, all states of the default queue.
+    pub async fn redis_total(&self, queue: &str) -> u64 {
+        let c = self.broker.counts(&queue.parse().expect("queue")).await.expect("counts");
+        c.queued + c.scheduled + c.retrying + c.running
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.api_stop.cancel();
+    }
+}
+
+/// A registry whose handlers record what ran, for order and exactly-once checks.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub runs: Arc<std::sync::Mutex<Vec<(TaskId, String, u32)>>>,
+}
+
+impl Recorder {
+    pub fn register(&self, registry: &mut Registry, kind: &str) {
+        let runs = self.runs.clone();
+        let k = kind.to_owned();
+        registry.register(kind, move |ctx: taskq_worker::TaskContext| {
+            let runs = runs.clone();
+            let k = k.clone();
+            async move {
+                runs.lock().expect("lock").push((ctx.id, k, ctx.attempt));
+                Ok(None)
+            }
+        });
+    }
+
+    pub fn runs(&self) -> Vec<(TaskId, String, u32)> {
+        self.runs.lock().expect("lock").clone()
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests, in one binary so they link once. Each test gets its own Redis
+//! server and its own MongoDB database.
+
+mod harness;
+
+mod bad_input;
+mod execute;
+mod lifecycle;
+mod query;
