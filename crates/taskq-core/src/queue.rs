@@ -166,7 +166,7 @@ impl QueueSelection {
         let mut pool: Vec<&(QueueName, u32)> = self.weights.0.iter().collect();
         if self.strict {
             // Stable: queues of equal weight keep their configured order.
-            pool.sort_by(|a, b| b.1.cmp(&a.1));
+            pool.sort_by_key(|e| std::cmp::Reverse(e.1));
             return pool.into_iter().map(|(q, _)| q).collect();
         }
         let mut out = Vec::with_capacity(pool.len());

@@ -78,7 +78,7 @@ impl ConnectionLike for Conn {
 pub(crate) enum Source {
     Single(redis::Client),
     /// A client whose response timeout leaves room for blocking commands.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// Longest blocking wait issued on a dedicated connection, in seconds.
@@ -98,7 +98,7 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
             .response_timeout(config.response_timeout + Duration::from_secs_f64(BLOCK_SECONDS))
             .connection_timeout(Duration::from_secs(5))
             .build()?;
-        Ok((Conn::Cluster(conn), Source::Cluster(blocking)))
+        Ok((Conn::Cluster(conn), Source::Cluster(Box::new(blocking))))
     } else {
         let [url] = config.urls.as_slice() else {
             return Err(BrokerError::Config(

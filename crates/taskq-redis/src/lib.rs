@@ -148,6 +148,12 @@ impl Broker {
         for (i, item) in items.iter().enumerate() {
             by_queue.entry(&item.msg.queue).or_default().push(i);
         }
+        // Registered first: if this fails nothing has been enqueued yet.
+        let names: Vec<&str> = by_queue.keys().map(|q| q.as_str()).collect();
+        if !names.is_empty() {
+            let mut c = self.conn.clone();
+            let _: i64 = c.sadd(keys::QUEUES, names).await?;
+        }
         let now = taskq_core::now_ms();
         let calls = by_queue.iter().map(|(queue, idx)| {
             let keys = QueueKeys::new(queue);
@@ -187,12 +193,26 @@ impl Broker {
                 out[i] = a == 1;
             }
         }
-        let mut c = self.conn.clone();
-        let names: Vec<&str> = by_queue.keys().map(|q| q.as_str()).collect();
-        if !names.is_empty() {
-            let _: i64 = c.sadd(keys::QUEUES, names).await?;
-        }
         Ok(out)
+    }
+
+    /// Removes tasks from Redis whatever their state: their hashes go, so the ids left
+    /// in lists and sets are skipped and dropped by the scripts. Undoes an enqueue whose
+    /// outcome is unknown (an error or a lost reply) when the submit fails.
+    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<()> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
+        for (q, id) in tasks {
+            by_queue.entry(q).or_default().push(QueueKeys::new(q).task(id));
+        }
+        let calls = by_queue.into_values().map(|keys| {
+            let mut c = self.conn.clone();
+            async move {
+                let _: i64 = c.del(keys).await?;
+                Ok::<_, BrokerError>(())
+            }
+        });
+        futures::future::try_join_all(calls).await?;
+        Ok(())
     }
 
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
