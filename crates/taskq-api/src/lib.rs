@@ -6,6 +6,7 @@
 
 mod error;
 mod extract;
+mod observe;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use taskq_core::Limits;
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::Store;
 use taskq_telemetry::LogFormat;
+use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
@@ -112,6 +114,7 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Set once the store's indexes exist; `/readyz` answers 503 until then.
     pub indexes_ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -126,6 +129,7 @@ impl AppState {
             request_timeout: Duration::from_secs(30),
             draining: Arc::new(AtomicBool::new(false)),
             indexes_ready: Arc::new(AtomicBool::new(true)),
+            metrics: Metrics::new(),
         }
     }
 }
@@ -140,6 +144,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(observe::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
@@ -148,6 +153,7 @@ pub fn app(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(TraceLayer::new_for_http())
+                .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
                 }))

@@ -73,6 +73,8 @@ pub struct Leased {
     pub seq: u64,
     /// Identifies this attempt's lease; acknowledgements carry it.
     pub token: String,
+    /// When the task last became runnable (submitted, due, or returned to the queue).
+    pub queued_at_ms: i64,
 }
 
 /// A task the promoter made runnable.
@@ -236,7 +238,7 @@ impl Broker {
             .arg(worker_id);
         let mut c = self.conn.clone();
         let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
-        vals.chunks_exact(5)
+        vals.chunks_exact(6)
             .map(|v| {
                 let msg: TaskMessage = serde_json::from_slice(&bytes(&v[1])?)
                     .map_err(|e| BrokerError::Protocol(format!("task message: {e}")))?;
@@ -245,6 +247,7 @@ impl Broker {
                     attempt: int(&v[2])? as u32,
                     seq: int(&v[3])? as u64,
                     token: string(&v[4])?,
+                    queued_at_ms: int(&v[5])?,
                 })
             })
             .collect()
@@ -326,7 +329,10 @@ impl Broker {
         for k in keys.pending_all() {
             inv.key(k);
         }
-        inv.key(keys.lease()).key(keys.wake()).arg(keys.task_prefix());
+        inv.key(keys.lease())
+            .key(keys.wake())
+            .arg(keys.task_prefix())
+            .arg(taskq_core::now_ms());
         for (id, token) in items {
             inv.arg(id.to_string()).arg(*token);
         }

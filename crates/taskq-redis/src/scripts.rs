@@ -4,8 +4,8 @@
 //! reap or promote the same task.
 //!
 //! Per-task hashes (`<task_prefix><id>`) hold `msg` (the JSON message), `state`, `prio`
-//! (0 high, 1 normal, 2 low), `attempts`, `max`, `seq` and `lease` (the token of the
-//! attempt that holds it). `seq` increases by one on every transition; the store uses it
+//! (0 high, 1 normal, 2 low), `attempts`, `max`, `seq`, `lease` (the token of the
+//! attempt that holds it) and `qat` (when it last became runnable, in ms). `seq` increases by one on every transition; the store uses it
 //! to ignore status updates that arrive out of order.
 
 use std::sync::LazyLock;
@@ -46,7 +46,7 @@ for i = 3, #ARGV, 7 do
     local state = 'queued'
     if due > now then state = 'scheduled' end
     redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
-      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5])
+      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
     if due > now then
       redis.call('ZADD', KEYS[4], due, id)
     else
@@ -68,7 +68,7 @@ return out
 ///
 /// KEYS: pending high, normal, low; lease; wake.
 /// ARGV: task prefix, n, lease deadline ms, worker id.
-/// Returns id, msg, attempts, seq, lease token per task. Leaves a wake token when work
+/// Returns id, msg, attempts, seq, lease token, queued-at ms per task. Leaves a wake token when work
 /// remains, so the next idle worker picks it up.
 pub static DEQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -81,7 +81,7 @@ for p = 1, 3 do
     if not ids then break end
     for _, id in ipairs(ids) do
       local k = pfx .. id
-      local vals = redis.call('HMGET', k, 'msg', 'state')
+      local vals = redis.call('HMGET', k, 'msg', 'state', 'qat')
       if vals[1] and vals[2] == 'queued' then
         local attempts = redis.call('HINCRBY', k, 'attempts', 1)
         local seq = redis.call('HINCRBY', k, 'seq', 1)
@@ -94,6 +94,7 @@ for p = 1, 3 do
         out[b + 3] = attempts
         out[b + 4] = seq
         out[b + 5] = token
+        out[b + 6] = tonumber(vals[3]) or 0
         got = got + 1
       end
     end
@@ -189,20 +190,20 @@ return out
 /// Gives leased tasks back without counting the attempt (graceful shutdown). They go to
 /// the head of their pending list so they run next.
 ///
-/// KEYS: pending high, normal, low; lease; wake. ARGV: task prefix, then id, token.
+/// KEYS: pending high, normal, low; lease; wake. ARGV: task prefix, now ms, then id, token.
 /// Returns the new seq per task, or 0 when the lease was no longer held.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         r"
 local out, woke = {}, false
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local k = ARGV[1] .. id
   if redis.call('HGET', k, 'lease') == ARGV[i + 1] then
     out[#out + 1] = redis.call('HINCRBY', k, 'seq', 1)
     redis.call('ZREM', KEYS[4], id)
     redis.call('HINCRBY', k, 'attempts', -1)
-    redis.call('HSET', k, 'state', 'queued')
+    redis.call('HSET', k, 'state', 'queued', 'qat', ARGV[2])
     redis.call('HDEL', k, 'lease')
     redis.call('RPUSH', KEYS[1 + tonumber(redis.call('HGET', k, 'prio'))], id)
     woke = true
@@ -234,7 +235,7 @@ for z = 1, 2 do
     local vals = redis.call('HMGET', k, 'prio', 'attempts')
     if vals[1] then
       local seq = redis.call('HINCRBY', k, 'seq', 1)
-      redis.call('HSET', k, 'state', 'queued')
+      redis.call('HSET', k, 'state', 'queued', 'qat', ARGV[2])
       redis.call('LPUSH', KEYS[3 + tonumber(vals[1])], id)
       out[#out + 1] = id
       out[#out + 1] = seq
@@ -272,7 +273,7 @@ for _, id in ipairs(ids) do
     if attempts >= tonumber(vals[3]) then
       redis.call('DEL', k)
     else
-      redis.call('HSET', k, 'state', 'queued')
+      redis.call('HSET', k, 'state', 'queued', 'qat', ARGV[2])
       redis.call('HDEL', k, 'lease')
       redis.call('RPUSH', KEYS[2 + tonumber(vals[1])], id)
       outcome = 1

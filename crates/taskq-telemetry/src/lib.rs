@@ -1,5 +1,8 @@
-//! Logging set-up shared by every taskq binary: an `RUST_LOG` filter (default `info`)
-//! and, with `TASKQ_LOG_FORMAT=json`, one JSON object per line.
+//! Telemetry shared by every taskq binary: logging (an `RUST_LOG` filter, default `info`,
+//! and with `TASKQ_LOG_FORMAT=json` one JSON object per line) and the Prometheus
+//! [`metrics`].
+
+pub mod metrics;
 
 use std::str::FromStr;
 

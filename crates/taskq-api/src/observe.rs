@@ -1,0 +1,54 @@
+//! Request metrics and the `/metrics` endpoint.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::future::join_all;
+use taskq_telemetry::metrics::CONTENT_TYPE;
+
+use crate::AppState;
+
+/// Counts and times every request by method, route template and status.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    // The route template, never the raw path: ids would explode the label set.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe_http(&method, &route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// `GET /metrics`: refreshes the queue-depth gauges from Redis, then encodes everything.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match state.broker.queues().await {
+        Ok(queues) => {
+            let counts = join_all(queues.iter().map(|q| state.broker.counts(q))).await;
+            for (q, c) in queues.iter().zip(counts) {
+                match c {
+                    Ok(c) => state.metrics.set_depth(
+                        q.as_str(),
+                        &[
+                            ("queued", c.queued),
+                            ("scheduled", c.scheduled),
+                            ("retrying", c.retrying),
+                            ("running", c.running),
+                        ],
+                    ),
+                    Err(e) => tracing::warn!(error = %e, queue = %q, "reading queue depth failed"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing queues failed"),
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.metrics.encode())
+}

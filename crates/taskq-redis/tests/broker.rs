@@ -1,0 +1,214 @@
+//! The broker's scripts against real Redis: a single server and a three-master cluster.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord};
+use taskq_redis::{Broker, EnqueueItem, FailOutcome, RedisConfig};
+use taskq_testkit::{RedisCluster, RedisServer};
+
+fn record(queue: &str, priority: &str, delay_ms: Option<i64>) -> TaskRecord {
+    let req: NewTask = serde_json::from_value(serde_json::json!({
+        "type": "t", "queue": queue, "priority": priority, "delay_ms": delay_ms,
+        "max_attempts": 2,
+    }))
+    .expect("request");
+    Limits::default()
+        .admit(req, taskq_core::now(), None)
+        .expect("valid")
+}
+
+fn q(name: &str) -> QueueName {
+    name.parse().expect("queue")
+}
+
+async fn single() -> (RedisServer, Broker) {
+    let server = RedisServer::start();
+    let broker = Broker::connect(&RedisConfig::from_urls(&server.url(), false))
+        .await
+        .expect("connect");
+    (server, broker)
+}
+
+async fn cluster() -> (RedisCluster, Broker) {
+    let cluster = RedisCluster::start();
+    let broker = Broker::connect(&RedisConfig::from_urls(&cluster.urls().join(","), true))
+        .await
+        .expect("connect");
+    (cluster, broker)
+}
+
+/// Priorities, lease tokens, retries, release and idempotent enqueue on one broker.
+async fn lifecycle(broker: &Broker, queue: &str) {
+    let recs: Vec<TaskRecord> = ["low", "normal", "high", "normal"]
+        .iter()
+        .map(|p| record(queue, p, None))
+        .collect();
+    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![true; 4]);
+    // Enqueueing the same ids again adds nothing (recovery relies on this).
+    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![false; 4]);
+
+    let leased = broker
+        .dequeue(&q(queue), 10, Duration::from_secs(30), "w1")
+        .await
+        .expect("dequeue");
+    let order: Vec<TaskId> = leased.iter().map(|l| l.msg.id).collect();
+    assert_eq!(order, vec![recs[2].id, recs[1].id, recs[3].id, recs[0].id]);
+    assert!(leased.iter().all(|l| l.attempt == 1 && l.seq == 2 && l.queued_at_ms > 0));
+    let counts = broker.counts(&q(queue)).await.expect("counts");
+    assert_eq!((counts.queued, counts.running), (0, 4));
+
+    // A stale token is refused; the right one acknowledges once.
+    let first = &leased[0];
+    assert_eq!(broker.ack(&q(queue), &[(first.msg.id, "w9:1")]).await.expect("ack"), vec![None]);
+    assert_eq!(
+        broker.ack(&q(queue), &[(first.msg.id, first.token.as_str())]).await.expect("ack"),
+        vec![Some(3)]
+    );
+    assert_eq!(
+        broker.ack(&q(queue), &[(first.msg.id, first.token.as_str())]).await.expect("ack"),
+        vec![None]
+    );
+
+    // Fail one into the retry set, kill another, release the last.
+    let due = taskq_core::now_ms() + 50;
+    let seqs = broker
+        .fail(
+            &q(queue),
+            &[
+                (leased[1].msg.id, leased[1].token.as_str(), FailOutcome::RetryAt(due)),
+                (leased[2].msg.id, leased[2].token.as_str(), FailOutcome::Dead),
+            ],
+        )
+        .await
+        .expect("fail");
+    assert_eq!(seqs, vec![Some(3), Some(3)]);
+    assert_eq!(
+        broker.release(&q(queue), &[(leased[3].msg.id, leased[3].token.as_str())]).await.expect("release"),
+        vec![Some(3)]
+    );
+    let counts = broker.counts(&q(queue)).await.expect("counts");
+    assert_eq!((counts.queued, counts.retrying, counts.running), (1, 1, 0));
+
+    // The released task comes back first and its attempt was not counted.
+    let again = broker
+        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
+        .await
+        .expect("dequeue");
+    assert_eq!(again[0].msg.id, leased[3].msg.id);
+    assert_eq!(again[0].attempt, 1);
+
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let promoted = broker
+        .promote(&q(queue), taskq_core::now_ms(), 100)
+        .await
+        .expect("promote");
+    assert_eq!(promoted.len(), 1);
+    assert!(promoted[0].from_retry);
+    assert_eq!(promoted[0].id, leased[1].msg.id);
+    let retry = broker
+        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
+        .await
+        .expect("dequeue");
+    assert_eq!(retry[0].attempt, 2);
+
+    // Removing a task makes every script skip it.
+    broker
+        .remove(&[(q(queue), retry[0].msg.id), (q(queue), again[0].msg.id)])
+        .await
+        .expect("remove");
+    let reaped = broker
+        .reap(&q(queue), taskq_core::now_ms() + 60_000, 100)
+        .await
+        .expect("reap");
+    assert!(reaped.is_empty(), "{reaped:?}");
+}
+
+/// Many concurrent reapers and promoters each take a task at most once.
+async fn concurrent_maintenance(broker: &Broker, queue: &str) {
+    let recs: Vec<TaskRecord> = (0..300).map(|_| record(queue, "normal", Some(300))).collect();
+    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    broker.enqueue(&items).await.expect("enqueue");
+    assert_eq!(broker.counts(&q(queue)).await.expect("counts").scheduled, 300);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let now = taskq_core::now_ms();
+    let qn = q(queue);
+    let promoters = (0..8).map(|_| broker.promote(&qn, now, 50));
+    let mut promoted = Vec::new();
+    for r in futures::future::join_all(promoters).await {
+        promoted.extend(r.expect("promote"));
+    }
+    // Whatever is left after eight callers of 50 each.
+    promoted.extend(broker.promote(&q(queue), now, 1000).await.expect("promote"));
+    let ids: HashSet<TaskId> = promoted.iter().map(|p| p.id).collect();
+    assert_eq!(promoted.len(), 300);
+    assert_eq!(ids.len(), 300);
+
+    let leased = broker
+        .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
+        .await
+        .expect("dequeue");
+    assert_eq!(leased.len(), 300);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let now = taskq_core::now_ms();
+    let reapers = (0..8).map(|_| broker.reap(&qn, now, 40));
+    let mut reaped = Vec::new();
+    for r in futures::future::join_all(reapers).await {
+        reaped.extend(r.expect("reap"));
+    }
+    reaped.extend(broker.reap(&q(queue), now, 1000).await.expect("reap"));
+    let ids: HashSet<TaskId> = reaped.iter().map(|r| r.id).collect();
+    assert_eq!((reaped.len(), ids.len()), (300, 300));
+    assert!(reaped.iter().all(|r| r.requeued && r.attempts == 1));
+    // The expired workers' acknowledgements are refused.
+    let acks: Vec<(TaskId, &str)> = leased.iter().map(|l| (l.msg.id, l.token.as_str())).collect();
+    assert!(broker.ack(&q(queue), &acks).await.expect("ack").iter().all(Option::is_none));
+    // Second expiry on the last attempt: dead, out of Redis.
+    let leased = broker
+        .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
+        .await
+        .expect("dequeue");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let reaped = broker.reap(&q(queue), taskq_core::now_ms(), 1000).await.expect("reap");
+    assert_eq!(leased.len(), 300);
+    assert!(reaped.iter().all(|r| !r.requeued && r.attempts == 2));
+    let c = broker.counts(&q(queue)).await.expect("counts");
+    assert_eq!(c.queued + c.running + c.scheduled + c.retrying, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_on_a_single_redis() {
+    let (_server, broker) = single().await;
+    lifecycle(&broker, "default").await;
+    concurrent_maintenance(&broker, "bulk").await;
+    assert_eq!(broker.queues().await.expect("queues"), vec![q("bulk"), q("default")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_on_a_redis_cluster() {
+    let (_cluster, broker) = cluster().await;
+    // Several queues, so the keys spread over the cluster's slots and nodes.
+    for name in ["default", "emails", "critical", "reports"] {
+        lifecycle(&broker, name).await;
+    }
+    concurrent_maintenance(&broker, "bulk").await;
+    // A batch across queues goes to several nodes in one call.
+    let recs: Vec<TaskRecord> = ["a", "b", "c", "d", "e"].iter().map(|n| record(n, "high", None)).collect();
+    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![true; 5]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wake_listener_wakes_on_enqueue_and_times_out_otherwise() {
+    let (_server, broker) = single().await;
+    let mut wake = broker.wake_listener(&[q("default"), q("other")]).await.expect("listener");
+    assert!(!wake.wait(Duration::from_millis(200)).await);
+    let rec = record("other", "normal", None);
+    broker.enqueue(&[EnqueueItem::from_record(&rec, 1)]).await.expect("enqueue");
+    assert!(wake.wait(Duration::from_secs(5)).await);
+    // A scheduled task wakes nobody until it is promoted.
+    let later = record("default", "normal", Some(60_000));
+    broker.enqueue(&[EnqueueItem::from_record(&later, 1)]).await.expect("enqueue");
+    assert!(!wake.wait(Duration::from_millis(300)).await);
+}

@@ -1,0 +1,242 @@
+//! Prometheus metrics of the api and the worker, in one registry per process.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` durations) and use
+//! the lifecycle's status names. Families only emit the series that were touched, so each
+//! binary shows the metrics of what it does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-task series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub queue: String,
+    /// Exported as the `type` label.
+    pub r#type: String,
+}
+
+/// Labels of per-queue series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+/// Labels of the queue-depth gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DepthLabels {
+    pub queue: String,
+    pub state: String,
+}
+
+/// Labels of HTTP request series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric taskq exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub submitted: Family<TaskLabels, Counter>,
+    pub started: Family<TaskLabels, Counter>,
+    pub succeeded: Family<TaskLabels, Counter>,
+    /// Failed attempts, retried or not.
+    pub failed: Family<TaskLabels, Counter>,
+    pub retried: Family<TaskLabels, Counter>,
+    pub dead: Family<TaskLabels, Counter>,
+    pub cancelled: Family<TaskLabels, Counter>,
+    /// Handler run time per attempt.
+    pub duration: HistFamily<TaskLabels>,
+    /// From runnable (submitted, due, or returned to the queue) to started.
+    pub wait: HistFamily<QueueLabels>,
+    pub depth: Family<DepthLabels, Gauge>,
+    pub lease_expirations: Family<QueueLabels, Counter>,
+    /// Heartbeats that failed or found the lease gone.
+    pub heartbeats_missed: Counter,
+    pub write_buffer_depth: Gauge,
+    pub flush_duration: Histogram,
+    pub flush_errors: Counter,
+    pub inflight: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistFamily<HttpLabels>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to ~105 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("taskq");
+        let submitted = Family::default();
+        let started = Family::default();
+        let succeeded = Family::default();
+        let failed = Family::default();
+        let retried = Family::default();
+        let dead = Family::default();
+        let cancelled = Family::default();
+        let duration: HistFamily<TaskLabels> = Family::new_with_constructor(seconds_histogram);
+        let wait: HistFamily<QueueLabels> = Family::new_with_constructor(seconds_histogram);
+        let depth = Family::default();
+        let lease_expirations = Family::default();
+        let heartbeats_missed = Counter::default();
+        let write_buffer_depth = Gauge::default();
+        let flush_duration = seconds_histogram();
+        let flush_errors = Counter::default();
+        let inflight = Gauge::default();
+        let http_requests = Family::default();
+        let http_duration: HistFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram);
+        let r = &mut registry;
+        r.register("tasks_submitted", "Tasks accepted by the api", submitted.clone());
+        r.register("tasks_started", "Attempts started", started.clone());
+        r.register("tasks_succeeded", "Tasks that succeeded", succeeded.clone());
+        r.register("tasks_failed", "Attempts that failed (retried or not)", failed.clone());
+        r.register("tasks_retried", "Failed attempts scheduled for a retry", retried.clone());
+        r.register("tasks_dead", "Tasks moved to the dead-letter queue", dead.clone());
+        r.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
+        r.register("task_duration_seconds", "Handler run time of one attempt", duration.clone());
+        r.register(
+            "task_wait_seconds",
+            "Time from runnable (submitted, due or requeued) to started",
+            wait.clone(),
+        );
+        r.register("queue_depth", "Tasks per queue and live state, as Redis holds them", depth.clone());
+        r.register(
+            "lease_expirations",
+            "Leases that expired and were reaped (a worker died or stalled)",
+            lease_expirations.clone(),
+        );
+        r.register(
+            "heartbeats_missed",
+            "Heartbeats that failed or found the lease lost",
+            heartbeats_missed.clone(),
+        );
+        r.register(
+            "store_write_buffer_depth",
+            "Status updates waiting for MongoDB",
+            write_buffer_depth.clone(),
+        );
+        r.register(
+            "store_flush_duration_seconds",
+            "Time of one batched MongoDB write",
+            flush_duration.clone(),
+        );
+        r.register("store_flush_errors", "Batched MongoDB writes that failed and were retried", flush_errors.clone());
+        r.register("worker_inflight", "Attempts running in this worker", inflight.clone());
+        r.register("http_requests", "HTTP requests served", http_requests.clone());
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            submitted,
+            started,
+            succeeded,
+            failed,
+            retried,
+            dead,
+            cancelled,
+            duration,
+            wait,
+            depth,
+            lease_expirations,
+            heartbeats_missed,
+            write_buffer_depth,
+            flush_duration,
+            flush_errors,
+            inflight,
+            http_requests,
+            http_duration,
+        })
+    }
+
+    /// Labels of a task.
+    pub fn task(queue: &str, kind: &str) -> TaskLabels {
+        TaskLabels {
+            queue: queue.to_owned(),
+            r#type: kind.to_owned(),
+        }
+    }
+
+    /// Labels of a queue.
+    pub fn queue(queue: &str) -> QueueLabels {
+        QueueLabels {
+            queue: queue.to_owned(),
+        }
+    }
+
+    /// Sets the depth gauges of one queue.
+    pub fn set_depth(&self, queue: &str, states: &[(&str, u64)]) {
+        for (state, n) in states {
+            self.depth
+                .get_or_create(&DepthLabels {
+                    queue: queue.to_owned(),
+                    state: (*state).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Records one served HTTP request.
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status: status.to_string(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_conventional_names() {
+        let m = Metrics::new();
+        m.submitted.get_or_create(&Metrics::task("default", "echo")).inc();
+        m.wait.get_or_create(&Metrics::queue("default")).observe(0.002);
+        m.set_depth("default", &[("queued", 3)]);
+        m.observe_http("POST", "/v1/tasks", 201, Duration::from_millis(3));
+        let text = m.encode();
+        for needle in [
+            "taskq_tasks_submitted_total{queue=\"default\",type=\"echo\"} 1",
+            "taskq_task_wait_seconds_count{queue=\"default\"} 1",
+            "taskq_queue_depth{queue=\"default\",state=\"queued\"} 3",
+            "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"} 1",
+            "taskq_worker_inflight 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
