@@ -10,6 +10,8 @@ use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
 
+use taskq_telemetry::metrics::Metrics;
+
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
@@ -43,11 +45,24 @@ async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> 
     }
     let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
     if let Err(e) = state.broker.enqueue(&items).await {
+        // Part of the batch may be in Redis (another queue's script, or a lost reply):
+        // take it out before the records go, so nothing answered with an error runs.
+        let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
+        if let Err(undo) = state.broker.remove(&tasks).await {
+            tracing::error!(error = %undo, count = tasks.len(), "could not remove tasks whose enqueue failed");
+        }
         let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
         if let Err(undo) = state.store.delete(&ids).await {
             tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed");
         }
         return Err(e.into());
+    }
+    for r in recs {
+        state
+            .metrics
+            .submitted
+            .get_or_create(&Metrics::task(r.queue.as_str(), &r.kind))
+            .inc();
     }
     Ok(())
 }
@@ -226,7 +241,7 @@ pub async fn retry(
     item.due_ms = now.timestamp_millis();
     if let Err(e) = state.broker.enqueue(std::slice::from_ref(&item)).await {
         // Put the record back to dead so the client can simply retry the call.
-        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, taskq_core::now());
+        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, 0, taskq_core::now());
         if let Err(undo) = state.store.apply(std::slice::from_ref(&revert)).await {
             tracing::error!(error = %undo, task = %id, "could not mark a failed retry dead again");
         }

@@ -3,16 +3,22 @@
 //!
 //! ```text
 //! { _id: "<uuid text>", queue, type, payload: "<compact JSON text>",
-//!   priority: "high|normal|low", status, attempts, max_attempts, timeout_ms,
+//!   priority: "high|normal|low",
+//!   st: { seq: Int64, status, attempts: Int64 },
+//!   max_attempts, timeout_ms,
 //!   backoff: { initial_ms, max_ms, multiplier, jitter },
 //!   last_error: string|null, result: "<JSON text>"|null,
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
-//!   events: [ { status, at, attempt, error?, worker? } ],
-//!   seq: Int64 }
+//!   events: [ { status, at, attempt, error?, worker? } ] }
 //! ```
 //!
 //! Invariants:
+//! - `st` is the record's live state and its fields are always in the order `seq`,
+//!   `status`, `attempts`. Status updates write it with `$max`, which compares embedded
+//!   documents field by field in order, so the state with the largest `seq` wins
+//!   whatever order the updates arrive in (see [`crate::update`]). Never reorder it,
+//!   and never write `st` with fields of a different type than Int64 `seq`.
 //! - `payload` and `result` are JSON *text*: user JSON may hold `$`-prefixed or dotted
 //!   keys and integers beyond Int64, which BSON documents cannot keep exactly.
 //! - Times are BSON dates, so they keep millisecond precision; finer parts are dropped.
@@ -35,8 +41,16 @@ pub(crate) mod f {
     pub const TYPE: &str = "type";
     pub const PAYLOAD: &str = "payload";
     pub const PRIORITY: &str = "priority";
+    /// The live-state subdocument `{ seq, status, attempts }`.
+    pub const ST: &str = "st";
+    /// Fields of `st`, in their required order.
+    pub const SEQ: &str = "seq";
     pub const STATUS: &str = "status";
     pub const ATTEMPTS: &str = "attempts";
+    /// Dotted paths into `st`, for queries and indexes.
+    pub const ST_SEQ: &str = "st.seq";
+    pub const ST_STATUS: &str = "st.status";
+    pub const ST_ATTEMPTS: &str = "st.attempts";
     pub const MAX_ATTEMPTS: &str = "max_attempts";
     pub const TIMEOUT_MS: &str = "timeout_ms";
     pub const BACKOFF: &str = "backoff";
@@ -49,7 +63,6 @@ pub(crate) mod f {
     pub const UPDATED_AT: &str = "updated_at";
     pub const TRACEPARENT: &str = "traceparent";
     pub const EVENTS: &str = "events";
-    pub const SEQ: &str = "seq";
 }
 
 /// A time as a BSON date (millisecond precision).
@@ -75,6 +88,20 @@ pub(crate) fn json_text(id: TaskId, field: &str, v: &Value) -> Result<String> {
 
 fn opt<T: Into<Bson>>(v: Option<T>) -> Bson {
     v.map_or(Bson::Null, Into::into)
+}
+
+/// The live-state subdocument `st`, fields in the order `$max` relies on.
+pub(crate) fn state_doc(
+    id: TaskId,
+    seq: u64,
+    status: taskq_core::TaskStatus,
+    attempts: u32,
+) -> Result<Document> {
+    Ok(doc! {
+        f::SEQ: int64(id, f::ST_SEQ, seq)?,
+        f::STATUS: status.as_str(),
+        f::ATTEMPTS: i64::from(attempts),
+    })
 }
 
 /// One history entry. Field order is fixed (see the module invariants).
@@ -106,8 +133,7 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         f::TYPE: rec.kind.as_str(),
         f::PAYLOAD: json_text(id, f::PAYLOAD, &rec.payload)?,
         f::PRIORITY: rec.priority.as_str(),
-        f::STATUS: rec.status.as_str(),
-        f::ATTEMPTS: i64::from(rec.attempts),
+        f::ST: state_doc(id, seq, rec.status, rec.attempts)?,
         f::MAX_ATTEMPTS: i64::from(rec.max_attempts),
         f::TIMEOUT_MS: int64(id, f::TIMEOUT_MS, rec.timeout_ms)?,
         f::BACKOFF: {
@@ -125,7 +151,6 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         f::UPDATED_AT: date(rec.updated_at),
         f::TRACEPARENT: opt(rec.traceparent.as_deref()),
         f::EVENTS: rec.events.iter().map(event_doc).collect::<Vec<_>>(),
-        f::SEQ: int64(id, f::SEQ, seq)?,
     })
 }
 
@@ -152,6 +177,8 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         multiplier: b.float("multiplier")?,
         jitter: b.float("jitter")?,
     };
+    let st_doc = r.doc(f::ST)?;
+    let st = r.nested(f::ST, st_doc);
     let mut events = Vec::new();
     // A record written without history has none (the model defaults it too).
     let stored_events = match r.get_opt(f::EVENTS) {
@@ -183,8 +210,8 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         kind: r.str(f::TYPE)?.to_owned(),
         payload: r.json(f::PAYLOAD)?,
         priority: r.priority(f::PRIORITY)?,
-        status: r.parse(f::STATUS)?,
-        attempts: r.uint(f::ATTEMPTS)?,
+        status: st.parse(f::STATUS)?,
+        attempts: st.uint(f::ATTEMPTS)?,
         max_attempts: r.uint(f::MAX_ATTEMPTS)?,
         timeout_ms: r.uint(f::TIMEOUT_MS)?,
         backoff,
@@ -198,7 +225,7 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         traceparent: r.opt_str(f::TRACEPARENT)?,
         events,
     };
-    let seq = r.uint(f::SEQ)?;
+    let seq = st.uint(f::SEQ)?;
     Ok(StoredTask { record, seq })
 }
 
@@ -434,6 +461,14 @@ mod tests {
             d.get_str("payload").ok(),
             Some(r#"{"$set":{"a.b":18446744073709551615},"x":[1.5,null]}"#)
         );
+        assert_eq!(
+            d.get_document("st").ok(),
+            Some(&doc! { "seq": 1_i64, "status": "running", "attempts": 2_i64 }),
+            "`st` keeps the field order `$max` relies on"
+        );
+        for gone in ["status", "attempts", "seq"] {
+            assert!(!d.contains_key(gone), "no top-level `{gone}`");
+        }
         let back = stored_task(&d)?;
         assert_eq!(back.seq, 1);
         assert_eq!(back.record, rec);
@@ -445,9 +480,23 @@ mod tests {
         let rec = record();
         let good = record_doc(&rec, 3)?;
         let cases: Vec<(&str, Bson, &str)> = vec![
-            ("status", "done".into(), "status"),
+            (
+                "st",
+                doc! { "seq": 3_i64, "status": "done", "attempts": 0_i64 }.into(),
+                "st.status",
+            ),
             ("payload", "{not json".into(), "payload"),
-            ("attempts", (-1_i64).into(), "attempts"),
+            (
+                "st",
+                doc! { "seq": 3_i64, "status": "queued", "attempts": -1_i64 }.into(),
+                "st.attempts",
+            ),
+            (
+                "st",
+                doc! { "status": "queued", "attempts": 0_i64 }.into(),
+                "st.seq",
+            ),
+            ("st", "queued".into(), "st"),
             ("created_at", "yesterday".into(), "created_at"),
             ("backoff", doc! { "initial_ms": 1 }.into(), "backoff.max_ms"),
             (
@@ -480,7 +529,11 @@ mod tests {
         rec.events.reverse();
         let mut d = record_doc(&rec, 1)?;
         d.remove("traceparent");
-        d.insert("attempts", 2_i32);
+        // Counters written by other tools may be Int32.
+        d.insert(
+            "st",
+            doc! { "seq": 1_i32, "status": "running", "attempts": 2_i32 },
+        );
         let back = stored_task(&d)?.record;
         assert_eq!(back.events[0].status, TaskStatus::Queued);
         assert_eq!(back.traceparent, None);

@@ -2,8 +2,8 @@
 //!
 //! No operation uses transactions or the MongoDB 8 `bulkWrite` command, so the same code
 //! runs against MongoDB 7, FerretDB and mongo-java-server. Atomicity comes from
-//! single-document operations: `findAndModify` for a manual retry, and seq-guarded
-//! updates (see [`crate::update`]) for status changes.
+//! single-document operations: `findAndModify` for a manual retry, and order-independent
+//! `$max` updates by `_id` (see [`crate::update`]) for status changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -140,12 +140,12 @@ impl Store {
         };
         self.tasks
             .create_indexes([
-                index("status_id", doc! { f::STATUS: 1, f::ID: -1 }),
+                index("status_id", doc! { f::ST_STATUS: 1, f::ID: -1 }),
                 index("queue_id", doc! { f::QUEUE: 1, f::ID: -1 }),
                 index("type_id", doc! { f::TYPE: 1, f::ID: -1 }),
                 index(
                     "queue_status_id",
-                    doc! { f::QUEUE: 1, f::STATUS: 1, f::ID: -1 },
+                    doc! { f::QUEUE: 1, f::ST_STATUS: 1, f::ID: -1 },
                 ),
             ])
             .await?;
@@ -210,7 +210,7 @@ impl Store {
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let mut q = Document::new();
         if let Some(s) = filter.status {
-            q.insert(f::STATUS, s.as_str());
+            q.insert(f::ST_STATUS, s.as_str());
         }
         if let Some(k) = &filter.kind {
             q.insert(f::TYPE, k.as_str());
@@ -244,10 +244,12 @@ impl Store {
         Ok(Page { tasks, next_cursor })
     }
 
-    /// Records status updates in one round trip (more only beyond 10,000 statements or
-    /// 16 MiB). Updates may come in any order: each one's fields apply only if its `seq`
-    /// is larger than the stored one, while its events are always appended. Applying
-    /// the same slice twice has the effect of applying it once.
+    /// Records status updates in one round trip (more only beyond 10,000 updates or
+    /// 16 MiB), one statement per update, each addressing its record by `_id` alone.
+    /// Updates may come in any order: the record keeps the status and attempts of the
+    /// update with the largest `seq`, each date moves forward to the latest one seen,
+    /// and events are always appended (see [`crate::update`]). Applying the same slice
+    /// twice has the effect of applying it once.
     ///
     /// Updates for tasks that do not exist are ignored. [`Error::Rejected`] lists the
     /// updates the server refused; all others were applied. Any other error means some
@@ -256,15 +258,11 @@ impl Store {
         let mut rejected = Vec::new();
         let mut chunk = Chunk::default();
         for u in updates {
-            let encoded = u.set_statement().and_then(|set| {
-                let mut out = vec![RawDocumentBuf::from_document(&set).map_err(|e| encode(u, e))?];
-                if let Some(ev) = u.events_statement() {
-                    out.push(RawDocumentBuf::from_document(&ev).map_err(|e| encode(u, e))?);
-                }
-                Ok(out)
-            });
-            let statements = match encoded {
-                Ok(s) => s,
+            let statement = u
+                .statement()
+                .and_then(|st| RawDocumentBuf::from_document(&st).map_err(|e| encode(u, e)));
+            let statement = match statement {
+                Ok(st) => st,
                 Err(e) => {
                     rejected.push(Rejection {
                         id: u.id,
@@ -274,24 +272,22 @@ impl Store {
                     continue;
                 }
             };
-            for st in statements {
-                let size = st.as_bytes().len();
-                if size > MAX_STATEMENT_BYTES {
-                    rejected.push(Rejection {
-                        id: u.id,
-                        code: None,
-                        message: format!(
-                            "the update is {size} bytes; one update may be at most {MAX_STATEMENT_BYTES}"
-                        ),
-                    });
-                    continue;
-                }
-                if chunk.len() == MAX_STATEMENTS || chunk.bytes + size > MAX_STATEMENT_BYTES {
-                    self.send_updates(std::mem::take(&mut chunk), &mut rejected)
-                        .await?;
-                }
-                chunk.push(u.id, st, size);
+            let size = statement.as_bytes().len();
+            if size > MAX_STATEMENT_BYTES {
+                rejected.push(Rejection {
+                    id: u.id,
+                    code: None,
+                    message: format!(
+                        "the update is {size} bytes; one update may be at most {MAX_STATEMENT_BYTES}"
+                    ),
+                });
+                continue;
             }
+            if chunk.len() == MAX_STATEMENTS || chunk.bytes + size > MAX_STATEMENT_BYTES {
+                self.send_updates(std::mem::take(&mut chunk), &mut rejected)
+                    .await?;
+            }
+            chunk.push(u.id, statement, size);
         }
         if chunk.len() > 0 {
             self.send_updates(chunk, &mut rejected).await?;
@@ -315,7 +311,8 @@ impl Store {
 
     /// Puts a dead task back in the queued state, atomically: status `queued`, attempts
     /// 0, `finished_at` cleared, `scheduled_at` and `updated_at` set to `now`, `seq`
-    /// incremented, and a `queued` event appended. The caller re-enqueues the task in
+    /// incremented, and a `queued` event appended. (The dates are `$set`, not `$max`ed:
+    /// this is the one write that may move them back.) The caller re-enqueues the task in
     /// the broker and must continue its transition counter above the returned `seq`.
     pub async fn requeue_dead(&self, id: TaskId, now: DateTime<Utc>) -> Result<RequeueOutcome> {
         let event = event_doc(&taskq_core::TaskEvent {
@@ -328,16 +325,18 @@ impl Store {
         let updated = self
             .tasks
             .find_one_and_update(
-                doc! { f::ID: id.to_string(), f::STATUS: TaskStatus::Dead.as_str() },
+                doc! { f::ID: id.to_string(), f::ST_STATUS: TaskStatus::Dead.as_str() },
+                // Dotted paths change the values of `st` in place, keeping its field
+                // order; `$inc` keeps `seq` an Int64.
                 doc! {
                     "$set": {
-                        f::STATUS: TaskStatus::Queued.as_str(),
-                        f::ATTEMPTS: 0_i64,
+                        f::ST_STATUS: TaskStatus::Queued.as_str(),
+                        f::ST_ATTEMPTS: 0_i64,
                         f::FINISHED_AT: Bson::Null,
                         f::SCHEDULED_AT: date(now),
                         f::UPDATED_AT: date(now),
                     },
-                    "$inc": { f::SEQ: 1_i64 },
+                    "$inc": { f::ST_SEQ: 1_i64 },
                     "$push": { f::EVENTS: event },
                 },
             )
@@ -349,18 +348,19 @@ impl Store {
         let current = self
             .tasks
             .find_one(doc! { f::ID: id.to_string() })
-            .projection(doc! { f::STATUS: 1 })
+            .projection(doc! { f::ST_STATUS: 1 })
             .await?;
         match current {
             None => Ok(RequeueOutcome::NotFound),
             Some(doc) => {
                 let status = doc
-                    .get_str(f::STATUS)
+                    .get_document(f::ST)
                     .ok()
+                    .and_then(|st| st.get_str(f::STATUS).ok())
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| Error::Corrupt {
                         id: id.to_string(),
-                        reason: "field `status` is missing or unknown".to_owned(),
+                        reason: format!("field `{}` is missing or unknown", f::ST_STATUS),
                     })?;
                 Ok(RequeueOutcome::NotDead(status))
             }
@@ -377,7 +377,8 @@ impl Store {
         if let Some(q) = queue {
             pipeline.push(doc! { "$match": { f::QUEUE: q.as_str() } });
         }
-        pipeline.push(doc! { "$group": { "_id": format!("${}", f::STATUS), "n": { "$sum": 1 } } });
+        pipeline
+            .push(doc! { "$group": { "_id": format!("${}", f::ST_STATUS), "n": { "$sum": 1 } } });
         let groups: Vec<Document> = self.tasks.aggregate(pipeline).await?.try_collect().await?;
         let mut counts: HashMap<TaskStatus, u64> =
             TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
@@ -385,12 +386,12 @@ impl Store {
             let status = match g.get("_id") {
                 Some(Bson::String(s)) => s.parse::<TaskStatus>().map_err(|e| Error::Corrupt {
                     id: "<some task>".to_owned(),
-                    reason: format!("field `status`: {e}"),
+                    reason: format!("field `{}`: {e}", f::ST_STATUS),
                 })?,
                 other => {
                     return Err(Error::Corrupt {
                         id: "<some task>".to_owned(),
-                        reason: format!("field `status` is {other:?}"),
+                        reason: format!("field `{}` is {other:?}", f::ST_STATUS),
                     });
                 }
             };

@@ -1,14 +1,32 @@
 //! Status updates: what the broker reports after each transition, how one update becomes
-//! write statements, and how updates for one task are merged before a flush.
+//! a write statement, and how updates for one task are merged before a flush.
+//!
+//! One update is one statement whose query is exactly `{ _id }` (so that every server,
+//! mongo-java-server included, finds the record through the `_id` index):
+//!
+//! ```text
+//! { q: { _id },
+//!   u: { $max: { st: { seq, status, attempts }, updated_at, started_at?, finished_at?,
+//!                scheduled_at? },
+//!        $set: { last_error?, result? },
+//!        $addToSet: { events: { $each: [ ... ] } } } }
+//! ```
 //!
 //! Invariants:
-//! - The record's `seq` only grows. The `$set` of an update is guarded by
-//!   `seq < update.seq`, so an update that arrives after a newer one is a no-op and the
-//!   status never goes backwards.
-//! - History is never lost: events are appended by a second, unguarded statement.
-//! - Both statements are idempotent (`$set` is guarded, events are appended with
-//!   `$addToSet`), so a batch may be re-sent after an ambiguous failure, such as a
-//!   connection cut after the server applied it, without duplicating history.
+//! - Order independence comes from `$max` instead of a guard in the query: `st` is
+//!   compared field by field in order, `seq` first, so the stored state is always the
+//!   one with the largest `seq`; an update that arrives after a newer one leaves `st`
+//!   as it is, and the status never goes backwards. `seq` is strictly increasing per
+//!   task, so two different states never share a `seq`.
+//! - The dates (`updated_at`, `started_at`, `finished_at`, `scheduled_at`) only grow:
+//!   each takes the latest time any update carried, whatever their order.
+//! - `last_error` and `result` are plain `$set`s: the last update to arrive that carries
+//!   one wins.
+//! - History is never lost: events are appended even when the update is stale.
+//! - The statement is idempotent (`$max` of the same value, `$set` of the same value,
+//!   events appended with `$addToSet`), so a batch may be re-sent after an ambiguous
+//!   failure, such as a connection cut after the server applied it, without
+//!   duplicating history.
 
 use std::collections::HashMap;
 
@@ -18,40 +36,46 @@ use serde_json::Value;
 use taskq_core::{TaskEvent, TaskId, TaskStatus};
 
 use crate::Result;
-use crate::doc::{date, event_doc, f, int64, json_text};
+use crate::doc::{date, event_doc, f, json_text, state_doc};
 
 /// One state change of one task, to be recorded in the store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusUpdate {
     pub id: TaskId,
-    /// The broker's per-task transition counter; strictly increasing per task. The store
-    /// applies the fields below only when this is larger than the stored `seq`, which
-    /// is 1 for a freshly inserted record: the first transition must carry 2 or more.
+    /// The broker's per-task transition counter; strictly increasing per task. The
+    /// store keeps the `status` and `attempts` of the update with the largest `seq`;
+    /// a freshly inserted record has `seq` 1, so the first transition must carry 2 or
+    /// more.
     pub seq: u64,
     pub status: TaskStatus,
-    /// When the change happened; becomes the record's `updated_at`.
+    /// The task's attempt count after this transition (0 before the first run).
+    pub attempts: u32,
+    /// When the change happened; `updated_at` becomes the latest of these.
     pub at: DateTime<Utc>,
-    pub attempts: Option<u32>,
+    /// `Some` moves `started_at` forward to it (dates only grow).
     pub started_at: Option<DateTime<Utc>>,
+    /// `Some` moves `finished_at` forward to it (dates only grow).
     pub finished_at: Option<DateTime<Utc>>,
+    /// `Some` moves `scheduled_at` forward to it (dates only grow).
     pub scheduled_at: Option<DateTime<Utc>>,
-    /// `Some` sets `last_error`.
+    /// `Some` sets `last_error`, even when the update is stale.
     pub last_error: Option<String>,
-    /// `Some` sets `result` (stored as JSON text).
+    /// `Some` sets `result` (stored as JSON text), even when the update is stale.
     pub result: Option<Value>,
     /// History entries to append. Appended even when the update is stale.
     pub events: Vec<TaskEvent>,
 }
 
 impl StatusUpdate {
-    /// An update that only changes the status (no optional fields, no events).
-    pub fn new(id: TaskId, seq: u64, status: TaskStatus, at: DateTime<Utc>) -> Self {
+    /// An update that only changes the status and attempt count (no optional fields,
+    /// no events).
+    pub fn new(id: TaskId, seq: u64, status: TaskStatus, attempts: u32, at: DateTime<Utc>) -> Self {
         Self {
             id,
             seq,
             status,
+            attempts,
             at,
-            attempts: None,
             started_at: None,
             finished_at: None,
             scheduled_at: None,
@@ -61,71 +85,69 @@ impl StatusUpdate {
         }
     }
 
-    /// Folds `later` (an update for the same task with a seq ≥ `self.seq`) into `self`:
-    /// status, seq and time come from `later`, each optional field from `later` when it
-    /// has one, and the events of `later` follow those of `self`.
+    /// Folds `later` (an update for the same task with a seq ≥ `self.seq`) into `self`
+    /// the way the store would apply both: seq, status and attempts come from `later`,
+    /// each date is the latest of the two, `last_error` and `result` come from `later`
+    /// when it has one, and the events of `later` follow those of `self`.
     fn absorb(&mut self, later: StatusUpdate) {
         debug_assert_eq!(self.id, later.id);
         self.seq = later.seq;
         self.status = later.status;
-        self.at = later.at;
+        self.attempts = later.attempts;
+        self.at = self.at.max(later.at);
+        fn latest<T: Ord>(mine: &mut Option<T>, theirs: Option<T>) {
+            // `None` < `Some`: a missing date never wins.
+            if theirs > *mine {
+                *mine = theirs;
+            }
+        }
         fn keep<T>(mine: &mut Option<T>, theirs: Option<T>) {
             if theirs.is_some() {
                 *mine = theirs;
             }
         }
-        keep(&mut self.attempts, later.attempts);
-        keep(&mut self.started_at, later.started_at);
-        keep(&mut self.finished_at, later.finished_at);
-        keep(&mut self.scheduled_at, later.scheduled_at);
+        latest(&mut self.started_at, later.started_at);
+        latest(&mut self.finished_at, later.finished_at);
+        latest(&mut self.scheduled_at, later.scheduled_at);
         keep(&mut self.last_error, later.last_error);
         keep(&mut self.result, later.result);
         self.events.extend(later.events);
     }
 
-    /// The guarded `$set` statement (an element of an `update` command's `updates`).
-    pub(crate) fn set_statement(&self) -> Result<Document> {
-        let seq = int64(self.id, f::SEQ, self.seq)?;
-        let mut set = doc! {
-            f::STATUS: self.status.as_str(),
-            f::SEQ: seq,
+    /// The update's one statement (an element of an `update` command's `updates`).
+    /// Its query is exactly `{ _id }`; see the module documentation.
+    pub(crate) fn statement(&self) -> Result<Document> {
+        let mut max = doc! {
+            f::ST: state_doc(self.id, self.seq, self.status, self.attempts)?,
             f::UPDATED_AT: date(self.at),
         };
-        if let Some(a) = self.attempts {
-            set.insert(f::ATTEMPTS, i64::from(a));
-        }
         if let Some(t) = self.started_at {
-            set.insert(f::STARTED_AT, date(t));
+            max.insert(f::STARTED_AT, date(t));
         }
         if let Some(t) = self.finished_at {
-            set.insert(f::FINISHED_AT, date(t));
+            max.insert(f::FINISHED_AT, date(t));
         }
         if let Some(t) = self.scheduled_at {
-            set.insert(f::SCHEDULED_AT, date(t));
+            max.insert(f::SCHEDULED_AT, date(t));
         }
+        let mut set = Document::new();
         if let Some(e) = &self.last_error {
             set.insert(f::LAST_ERROR, e.as_str());
         }
         if let Some(v) = &self.result {
             set.insert(f::RESULT, json_text(self.id, f::RESULT, v)?);
         }
-        Ok(doc! {
-            "q": { f::ID: self.id.to_string(), f::SEQ: { "$lt": seq } },
-            "u": { "$set": set },
-            "upsert": false,
-            "multi": false,
-        })
-    }
-
-    /// The unguarded statement appending the events, if there are any.
-    pub(crate) fn events_statement(&self) -> Option<Document> {
-        if self.events.is_empty() {
-            return None;
+        let mut u = doc! { "$max": max };
+        if !set.is_empty() {
+            u.insert("$set", set);
         }
-        let events: Vec<Bson> = self.events.iter().map(|e| event_doc(e).into()).collect();
-        Some(doc! {
+        if !self.events.is_empty() {
+            let events: Vec<Bson> = self.events.iter().map(|e| event_doc(e).into()).collect();
+            u.insert("$addToSet", doc! { f::EVENTS: { "$each": events } });
+        }
+        Ok(doc! {
             "q": { f::ID: self.id.to_string() },
-            "u": { "$addToSet": { f::EVENTS: { "$each": events } } },
+            "u": u,
             "upsert": false,
             "multi": false,
         })
@@ -188,15 +210,14 @@ mod tests {
     fn coalesces_per_task_in_seq_order() {
         let a = TaskId::new();
         let b = TaskId::new();
-        let mut running = StatusUpdate::new(a, 2, TaskStatus::Running, t(1));
-        running.attempts = Some(1);
+        let mut running = StatusUpdate::new(a, 2, TaskStatus::Running, 1, t(1));
         running.started_at = Some(t(1));
         running.events = vec![ev(TaskStatus::Running, 1, 1)];
-        let mut done = StatusUpdate::new(a, 3, TaskStatus::Succeeded, t(2));
+        let mut done = StatusUpdate::new(a, 3, TaskStatus::Succeeded, 1, t(2));
         done.finished_at = Some(t(2));
         done.result = Some(serde_json::json!({"ok": true}));
         done.events = vec![ev(TaskStatus::Succeeded, 2, 1)];
-        let other = StatusUpdate::new(b, 2, TaskStatus::Running, t(1));
+        let other = StatusUpdate::new(b, 2, TaskStatus::Running, 1, t(1));
 
         // The later update arrives first: the merge still follows seq.
         let out = coalesce(vec![done.clone(), other.clone(), running.clone()]);
@@ -205,8 +226,8 @@ mod tests {
         assert_eq!(*n, 2);
         assert_eq!(m.seq, 3);
         assert_eq!(m.status, TaskStatus::Succeeded);
+        assert_eq!(m.attempts, 1);
         assert_eq!(m.at, t(2));
-        assert_eq!(m.attempts, Some(1));
         assert_eq!(m.started_at, Some(t(1)));
         assert_eq!(m.finished_at, Some(t(2)));
         assert_eq!(m.result, done.result);
@@ -218,45 +239,88 @@ mod tests {
     }
 
     #[test]
-    fn later_some_overrides_earlier_some() {
+    fn merge_takes_newest_state_latest_dates_and_last_error() {
         let a = TaskId::new();
-        let mut first = StatusUpdate::new(a, 2, TaskStatus::Retrying, t(1));
+        let mut first = StatusUpdate::new(a, 2, TaskStatus::Retrying, 1, t(5));
         first.last_error = Some("boom".into());
         first.scheduled_at = Some(t(10));
-        let mut second = StatusUpdate::new(a, 4, TaskStatus::Dead, t(2));
+        // Newer by seq, but its clock is behind and it schedules earlier.
+        let mut second = StatusUpdate::new(a, 4, TaskStatus::Dead, 2, t(3));
         second.last_error = Some("bang".into());
-        let out = coalesce(vec![first, second]);
-        assert_eq!(out[0].0.last_error.as_deref(), Some("bang"));
-        assert_eq!(out[0].0.scheduled_at, Some(t(10)));
-        assert_eq!(out[0].0.status, TaskStatus::Dead);
+        second.scheduled_at = Some(t(7));
+        let out = coalesce(vec![second, first]);
+        let m = &out[0].0;
+        assert_eq!((m.seq, m.status, m.attempts), (4, TaskStatus::Dead, 2));
+        assert_eq!(m.last_error.as_deref(), Some("bang"));
+        assert_eq!(m.at, t(5), "dates take the max, as `$max` would");
+        assert_eq!(m.scheduled_at, Some(t(10)));
+        assert_eq!(m.finished_at, None);
     }
 
     #[test]
-    fn statements_have_the_documented_shape() -> Result<()> {
+    fn statement_has_the_documented_shape() -> Result<()> {
         let a = TaskId::new();
-        let mut u = StatusUpdate::new(a, 7, TaskStatus::Succeeded, t(5));
+        let mut u = StatusUpdate::new(a, 7, TaskStatus::Succeeded, 3, t(5));
         u.result = Some(serde_json::json!({"$k.x": 18446744073709551615u64}));
-        let set = u.set_statement()?;
+        u.finished_at = Some(t(5));
+        u.events = vec![ev(TaskStatus::Succeeded, 5, 3)];
         assert_eq!(
-            set,
+            u.statement()?,
             doc! {
-                "q": { "_id": a.to_string(), "seq": { "$lt": 7_i64 } },
-                "u": { "$set": {
-                    "status": "succeeded",
-                    "seq": 7_i64,
-                    "updated_at": date(t(5)),
-                    "result": "{\"$k.x\":18446744073709551615}",
-                } },
+                "q": { "_id": a.to_string() },
+                "u": {
+                    "$max": {
+                        "st": { "seq": 7_i64, "status": "succeeded", "attempts": 3_i64 },
+                        "updated_at": date(t(5)),
+                        "finished_at": date(t(5)),
+                    },
+                    "$set": { "result": "{\"$k.x\":18446744073709551615}" },
+                    "$addToSet": { "events": { "$each": [ {
+                        "status": "succeeded",
+                        "at": date(t(5)),
+                        "attempt": 3_i64,
+                        "worker": "w1",
+                    } ] } },
+                },
                 "upsert": false,
                 "multi": false,
             }
         );
-        assert!(u.events_statement().is_none());
         u.seq = u64::MAX;
-        assert!(matches!(
-            u.set_statement(),
-            Err(crate::Error::Encode { .. })
-        ));
+        assert!(matches!(u.statement(), Err(crate::Error::Encode { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn statement_query_is_exactly_the_id() -> Result<()> {
+        // Only `{ _id: x }` uses the `_id` index on every server we support; anything
+        // more (a seq guard, a status) makes mongo-java-server scan the collection.
+        let a = TaskId::new();
+        let bare = StatusUpdate::new(a, 2, TaskStatus::Running, 1, t(1));
+        let mut full = bare.clone();
+        full.started_at = Some(t(1));
+        full.scheduled_at = Some(t(2));
+        full.finished_at = Some(t(3));
+        full.last_error = Some("e".into());
+        full.result = Some(serde_json::json!(1));
+        full.events = vec![ev(TaskStatus::Running, 1, 1)];
+        for u in [&bare, &full] {
+            let st = u.statement()?;
+            assert_eq!(
+                st.get_document("q").ok(),
+                Some(&doc! { "_id": a.to_string() })
+            );
+            let ops: Vec<&str> = st
+                .get_document("u")
+                .map(|u| u.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            if u.events.is_empty() {
+                // Operators without fields are left out (an empty `$set` is an error).
+                assert_eq!(ops, ["$max"]);
+            } else {
+                assert_eq!(ops, ["$max", "$set", "$addToSet"]);
+            }
+        }
         Ok(())
     }
 }

@@ -6,18 +6,25 @@
 //! runtime), and it works from synchronous tests too. Invariants:
 //!
 //! - after [`ChaosProxy::cut`] returns, every connection that went through the proxy is
-//!   closed and the port no longer listens, so new connections are refused;
+//!   shut down and the port no longer listens, so new connections are refused;
 //! - while cut, the port stays bound (but not listening) to a placeholder socket, so
 //!   another test asking the kernel for a free port cannot be handed it, and nothing can
 //!   connect to itself through it;
 //! - after [`ChaosProxy::restore`] returns, the same port accepts and forwards again;
-//! - dropping the proxy stops every task it spawned and closes every socket.
+//! - dropping the proxy cuts it, then stops every task it spawned.
+//!
+//! Sockets are shut down (`shutdown(2)`) before they are closed. Closing alone is not
+//! enough: a test that spawns a process at the same moment briefly shares every file
+//! descriptor with the child (between fork and exec), and a socket lives as long as any
+//! descriptor for it, so a merely closed listener could still accept a connection.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{Shutdown, shutdown};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -129,8 +136,12 @@ impl ChaosProxy {
 
 impl Drop for ChaosProxy {
     fn drop(&mut self) {
-        // Dropping the runtime cancels every task (and so closes every socket) without
-        // blocking, which matters when the proxy is dropped inside an async test.
+        // Cut first so that every socket is shut down by the time drop returns, then drop
+        // the runtime without blocking on it (allowed inside an async test).
+        let (done, ack) = std_mpsc::channel();
+        if self.requests.send(Request::Cut(done)).is_ok() {
+            let _ = ack.recv_timeout(ACK_TIMEOUT);
+        }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -169,6 +180,16 @@ impl Generation {
     }
 }
 
+/// What the proxy's port is doing.
+#[derive(Debug)]
+enum PortState {
+    /// Accepting and forwarding connections.
+    Listening(TcpListener),
+    /// Cut: connections are refused. The placeholder keeps the port reserved; it is
+    /// `None` only if the port could not be bound again (then nothing reserves it).
+    Cut(#[expect(dead_code, reason = "held only to keep the port bound")] Option<TcpSocket>),
+}
+
 /// The accept loop: forwards connections while listening, and handles cut and restore.
 /// Ends when the [`ChaosProxy`] handle is dropped.
 async fn serve(
@@ -177,41 +198,40 @@ async fn serve(
     upstream: SocketAddr,
     mut inbox: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut listener = Some(listener);
-    // Holds the port while cut; `None` while listening (or if the port could not be held).
-    let mut placeholder: Option<TcpSocket> = None;
+    let mut port = PortState::Listening(listener);
     let mut generation = Generation::default();
     loop {
         tokio::select! {
             request = inbox.recv() => match request {
                 None => break,
                 Some(Request::Cut(done)) => {
-                    if listener.take().is_some() {
-                        placeholder = bind(addr).ok();
+                    if let PortState::Listening(listener) =
+                        std::mem::replace(&mut port, PortState::Cut(None))
+                    {
+                        // Refuse new connections now, whoever else still holds the fd.
+                        let _ = shutdown(listener.as_raw_fd(), Shutdown::Read);
+                        drop(listener);
+                        port = PortState::Cut(bind(addr).ok());
                     }
                     std::mem::take(&mut generation).close().await;
                     let _ = done.send(());
                 }
                 Some(Request::Restore(done)) => {
-                    let result = match listener {
-                        Some(_) => Ok(()),
-                        None => {
-                            placeholder = None;
-                            rebind(addr).await.map(|l| listener = Some(l))
+                    let result = match port {
+                        PortState::Listening(_) => Ok(()),
+                        PortState::Cut(_) => {
+                            // Release the placeholder before binding the listener.
+                            port = PortState::Cut(None);
+                            rebind(addr).await.map(|l| port = PortState::Listening(l))
                         }
                     };
                     let _ = done.send(result);
                 }
             },
-            accepted = accept(listener.as_ref()) => match accepted {
+            accepted = accept(&port) => match accepted {
                 Ok((client, _)) => {
                     let cancel = generation.cancel.clone();
-                    generation.tracker.spawn(async move {
-                        tokio::select! {
-                            () = cancel.cancelled() => {}
-                            () = forward(client, upstream) => {}
-                        }
-                    });
+                    generation.tracker.spawn(forward(client, upstream, cancel));
                 }
                 // E.g. EMFILE: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -221,10 +241,11 @@ async fn serve(
     generation.close().await;
 }
 
-async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
+/// Accepts the next connection while listening; never completes while cut.
+async fn accept(port: &PortState) -> io::Result<(TcpStream, SocketAddr)> {
+    match port {
+        PortState::Listening(listener) => listener.accept().await,
+        PortState::Cut(_) => std::future::pending().await,
     }
 }
 
@@ -241,15 +262,24 @@ async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
     }
 }
 
-/// Copies bytes both ways until either side closes. If the upstream refuses, the client
-/// connection is simply closed, as if the service were down.
-async fn forward(mut client: TcpStream, upstream: SocketAddr) {
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
+/// Copies bytes both ways until either side closes or `cancel` fires, then shuts both
+/// sockets down. If the upstream refuses, the client connection is simply closed, as if
+/// the service were down.
+async fn forward(mut client: TcpStream, upstream: SocketAddr, cancel: CancellationToken) {
+    let server = tokio::select! {
+        () = cancel.cancelled() => None,
+        server = TcpStream::connect(upstream) => server.ok(),
     };
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    if let Some(mut server) = server {
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        }
+        let _ = shutdown(server.as_raw_fd(), Shutdown::Both);
+    }
+    let _ = shutdown(client.as_raw_fd(), Shutdown::Both);
 }
 
 #[cfg(test)]

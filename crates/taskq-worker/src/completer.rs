@@ -81,7 +81,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
                 finished_at: Some(now),
                 result,
                 events: vec![event(TaskStatus::Succeeded, d.attempt, None)],
-                ..StatusUpdate::new(d.id, seq, TaskStatus::Succeeded, now)
+                ..StatusUpdate::new(d.id, seq, TaskStatus::Succeeded, d.attempt, now)
             });
         }
     }
@@ -123,7 +123,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
                         scheduled_at: chrono::DateTime::from_timestamp_millis(ms),
                         last_error: Some(error.clone()),
                         events: vec![event(TaskStatus::Retrying, d.attempt, Some(error))],
-                        ..StatusUpdate::new(d.id, seq, TaskStatus::Retrying, now)
+                        ..StatusUpdate::new(d.id, seq, TaskStatus::Retrying, d.attempt, now)
                     }
                 }
                 FailOutcome::Dead => {
@@ -132,7 +132,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
                         finished_at: Some(now),
                         last_error: Some(error.clone()),
                         events: vec![event(TaskStatus::Dead, d.attempt, Some(error))],
-                        ..StatusUpdate::new(d.id, seq, TaskStatus::Dead, now)
+                        ..StatusUpdate::new(d.id, seq, TaskStatus::Dead, d.attempt, now)
                     }
                 }
             };
@@ -149,9 +149,8 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
             shared.stats.released.fetch_add(1, Ordering::Relaxed);
             let attempts = d.attempt.saturating_sub(1);
             updates.push(StatusUpdate {
-                attempts: Some(attempts),
                 events: vec![event(TaskStatus::Queued, attempts, None)],
-                ..StatusUpdate::new(d.id, seq, TaskStatus::Queued, now)
+                ..StatusUpdate::new(d.id, seq, TaskStatus::Queued, attempts, now)
             });
         }
     }

@@ -32,7 +32,6 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
     let now = taskq_core::now();
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
     let running = StatusUpdate {
-        attempts: Some(task.attempt),
         started_at: Some(now),
         events: vec![TaskEvent {
             status: TaskStatus::Running,
@@ -41,7 +40,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             error: None,
             worker: Some(shared.settings.worker_id.clone()),
         }],
-        ..StatusUpdate::new(msg.id, task.seq, TaskStatus::Running, now)
+        ..StatusUpdate::new(msg.id, task.seq, TaskStatus::Running, task.attempt, now)
     };
     if ctx.writer.send(running).await.is_err() {
         tracing::error!(task = %msg.id, "status writer closed; the running state is not recorded");

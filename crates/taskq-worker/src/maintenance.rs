@@ -52,7 +52,7 @@ async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
                         error: None,
                         worker: None,
                     }],
-                    ..StatusUpdate::new(p.id, p.seq, TaskStatus::Queued, now)
+                    ..StatusUpdate::new(p.id, p.seq, TaskStatus::Queued, p.attempts, now)
                 })
                 .collect();
             if writer.send_many(updates).await.is_err() || n < LIMIT {
@@ -92,7 +92,7 @@ async fn reap_expired(shared: &Shared, writer: &UpdateWriter) {
                         error: Some(error.to_owned()),
                         worker: None,
                     }],
-                    ..StatusUpdate::new(r.id, r.seq, status, now)
+                    ..StatusUpdate::new(r.id, r.seq, status, r.attempts, now)
                 }
             })
             .collect();

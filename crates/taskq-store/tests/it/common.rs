@@ -46,7 +46,7 @@ impl TestDb {
             &uri,
             &name,
             &StoreOptions {
-                server_selection_timeout: std::time::Duration::from_secs(3),
+                server_selection_timeout: std::time::Duration::from_secs(10),
                 ..StoreOptions::default()
             },
         )

@@ -12,8 +12,7 @@ use crate::common::{Must, TestDb, task, uri};
 use crate::proxy::{ChaosProxy, through, upstream};
 
 fn running(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
-    let mut u = StatusUpdate::new(r.id, 2, TaskStatus::Running, at);
-    u.attempts = Some(1);
+    let mut u = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, at);
     u.started_at = Some(at);
     u.events = vec![TaskEvent {
         status: TaskStatus::Running,
@@ -26,7 +25,7 @@ fn running(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
 }
 
 fn succeeded(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
-    let mut u = StatusUpdate::new(r.id, 3, TaskStatus::Succeeded, at);
+    let mut u = StatusUpdate::new(r.id, 3, TaskStatus::Succeeded, 1, at);
     u.finished_at = Some(at);
     u.result = Some(json!({ "ok": r.id.to_string() }));
     u.events = vec![TaskEvent {

@@ -108,6 +108,9 @@ async fn populate(env: &Env) -> Vec<Sub> {
     subs
 }
 
+/// Which submitted tasks a filter should return.
+type Keep = fn(&Sub) -> bool;
+
 /// Ids of `subs` matching `keep`, newest first.
 fn newest_first(subs: &[Sub], keep: impl Fn(&Sub) -> bool) -> Vec<TaskId> {
     subs.iter()
@@ -243,28 +246,23 @@ async fn list_is_newest_first_and_filters() {
     assert_eq!(first["payload"], json!({"n": 7}));
     assert!(first["events"].is_array(), "{first}");
 
-    let cases: Vec<(&str, Box<dyn Fn(&Sub) -> bool>)> = vec![
-        ("status=queued", Box::new(|s| s.status == "queued")),
-        ("status=scheduled", Box::new(|s| s.status == "scheduled")),
-        ("status=running", Box::new(|_| false)),
-        ("type=a", Box::new(|s| s.kind == "a")),
-        ("type=b", Box::new(|s| s.kind == "b")),
-        ("type=nope", Box::new(|_| false)),
-        ("queue=alpha", Box::new(|s| s.queue == "alpha")),
-        ("queue=beta", Box::new(|s| s.queue == "beta")),
-        ("queue=gamma", Box::new(|_| false)),
-        (
-            "queue=alpha&status=scheduled",
-            Box::new(|s| s.queue == "alpha" && s.status == "scheduled"),
-        ),
-        (
-            "queue=beta&type=a",
-            Box::new(|s| s.queue == "beta" && s.kind == "a"),
-        ),
-        (
-            "queue=alpha&type=a&status=queued",
-            Box::new(|s| s.queue == "alpha" && s.kind == "a" && s.status == "queued"),
-        ),
+    let cases: Vec<(&str, Keep)> = vec![
+        ("status=queued", |s| s.status == "queued"),
+        ("status=scheduled", |s| s.status == "scheduled"),
+        ("status=running", |_| false),
+        ("type=a", |s| s.kind == "a"),
+        ("type=b", |s| s.kind == "b"),
+        ("type=nope", |_| false),
+        ("queue=alpha", |s| s.queue == "alpha"),
+        ("queue=beta", |s| s.queue == "beta"),
+        ("queue=gamma", |_| false),
+        ("queue=alpha&status=scheduled", |s| {
+            s.queue == "alpha" && s.status == "scheduled"
+        }),
+        ("queue=beta&type=a", |s| s.queue == "beta" && s.kind == "a"),
+        ("queue=alpha&type=a&status=queued", |s| {
+            s.queue == "alpha" && s.kind == "a" && s.status == "queued"
+        }),
     ];
     for (query, keep) in cases {
         let page = list(&env, query).await;

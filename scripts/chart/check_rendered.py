@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Template tests over `helm template` output of the taskq chart.
+
+    check_rendered.py VALUES_NAME RENDERED.yaml [REPO_ROOT]
+
+Checks, for every object the chart renders with one ci/ value set:
+
+- every long-running container has liveness, readiness and startup probes; the taskq
+  containers (api, worker, controller) probe /livez (liveness, startup) and /readyz;
+- every container has resource requests and a memory limit;
+- every container runs hardened: non-root with a numeric user, read-only root file system,
+  no privilege escalation, all capabilities dropped and none added, RuntimeDefault seccomp;
+- only the controller mounts a ServiceAccount token;
+- the controller's Role grants nothing beyond what it uses, and there is no ClusterRole;
+- the taskq containers set only variables their binary reads (TASKQ_* names parsed from
+  the clap structs in crates/), the standard OTEL_* ones and RUST_LOG;
+- the worker's shutdown grace is shorter than its terminationGracePeriodSeconds;
+- objects carry the standard labels, sit in the release namespace, and images are pinned;
+- per value set: what must (not) be there (bundled stores, Ingress TLS, the scaler...).
+
+Prints one line per failed check and a closing `N passed, N failed` line; exits 1 on any
+failure.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+NAMESPACE = "taskq-ci"
+TASKQ_REPOS = ("taskq-api", "taskq-worker", "taskq-controller")
+OTEL_VARS = {
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+}
+# What taskq-controller may do (issue 6), as (apiGroup, resource, verb).
+CONTROLLER_ALLOWED = {
+    *(("taskq.dev", "taskqueuescalers", v) for v in ("get", "list", "watch")),
+    ("taskq.dev", "taskqueuescalers/status", "patch"),
+    *(("apps", "deployments", v) for v in ("get", "list", "watch")),
+    ("apps", "deployments/scale", "patch"),
+    *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")),
+    *(("events.k8s.io", "events", v) for v in ("create", "patch")),
+}
+# Variables the controller will share with the other binaries (its crate does not exist
+# yet); the chart sets no other TASKQ_* variable on it.
+CONTROLLER_VARS = {"TASKQ_LISTEN", "TASKQ_REDIS_URL", "TASKQ_REDIS_CLUSTER", "TASKQ_LOG_FORMAT"}
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
+CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+
+
+class Checker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok: bool, what: str) -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print(f"FAIL [{self.name}] {what}")
+        return ok
+
+
+def binary_vars(root: Path) -> dict[str, set[str]]:
+    """TASKQ_* variables each binary's clap struct reads."""
+    out = {}
+    for comp, rel in (("api", "crates/taskq-api/src/lib.rs"), ("worker", "crates/taskq-worker/src/config.rs")):
+        text = (root / rel).read_text()
+        out[comp] = set(re.findall(r'env\s*=\s*"(TASKQ_[A-Z0-9_]+)"', text))
+    return out
+
+
+def pod_spec(obj: dict) -> dict:
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def effective(pod_sc: dict, ctr_sc: dict, key: str):
+    return ctr_sc.get(key, pod_sc.get(key))
+
+
+def main() -> int:
+    name, rendered = sys.argv[1], Path(sys.argv[2])
+    root = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).resolve().parents[2]
+    c = Checker(name)
+    docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
+    c.check(len(docs) > 0, "the chart rendered no object")
+    known = binary_vars(root)
+    c.check(all(known.values()), "no TASKQ_* variable found in the crates' clap structs")
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+
+    def component(d: dict) -> str:
+        return d["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+
+    for d in docs:
+        kind, meta = d["kind"], d["metadata"]
+        ident = f"{kind}/{meta['name']}"
+        if kind in CLUSTER_SCOPED:
+            c.check("namespace" not in meta, f"{ident}: cluster-scoped object with a namespace")
+        else:
+            c.check(meta.get("namespace") == NAMESPACE, f"{ident}: namespace is {meta.get('namespace')!r}, not the release's")
+        if kind != "CustomResourceDefinition":
+            labels = meta.get("labels", {})
+            for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+                        "app.kubernetes.io/managed-by", "helm.sh/chart"):
+                c.check(key in labels, f"{ident}: label {key} missing")
+        c.check(kind not in ("ClusterRole", "ClusterRoleBinding"), f"{ident}: the chart must not grant cluster-wide rights")
+
+        if kind not in POD_KINDS:
+            continue
+        spec = pod_spec(d)
+        pod_sc = spec.get("securityContext", {})
+        comp = component(d)
+        is_hook = "helm.sh/hook" in meta.get("annotations", {})
+        automount = spec.get("automountServiceAccountToken")
+        if comp == "controller":
+            c.check(automount is True, f"{ident}: the controller needs its ServiceAccount token")
+        else:
+            c.check(automount is False, f"{ident}: automountServiceAccountToken must be false")
+        c.check(pod_sc.get("runAsNonRoot") is True, f"{ident}: pod runAsNonRoot")
+        for ctr in spec.get("initContainers", []) + spec["containers"]:
+            cid = f"{ident} container {ctr['name']}"
+            sc = ctr.get("securityContext", {})
+            user = effective(pod_sc, sc, "runAsUser")
+            c.check(isinstance(user, int) and user > 0, f"{cid}: runAsUser must be a numeric non-root user (got {user!r})")
+            c.check(effective(pod_sc, sc, "runAsNonRoot") is True, f"{cid}: runAsNonRoot")
+            c.check(sc.get("readOnlyRootFilesystem") is True, f"{cid}: readOnlyRootFilesystem")
+            c.check(sc.get("allowPrivilegeEscalation") is False, f"{cid}: allowPrivilegeEscalation must be false")
+            c.check(sc.get("privileged") is not True, f"{cid}: privileged")
+            caps = sc.get("capabilities", {})
+            c.check("ALL" in caps.get("drop", []) and not caps.get("add"), f"{cid}: capabilities must drop ALL and add none")
+            seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            c.check(seccomp == "RuntimeDefault", f"{cid}: seccompProfile RuntimeDefault (got {seccomp!r})")
+            res = ctr.get("resources", {})
+            c.check(bool(res.get("requests", {}).get("cpu")) and bool(res.get("requests", {}).get("memory")),
+                    f"{cid}: cpu and memory requests")
+            c.check(bool(res.get("limits", {}).get("memory")), f"{cid}: memory limit")
+            image = ctr["image"]
+            c.check(not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image),
+                    f"{cid}: image {image} must carry a fixed tag or digest")
+            if not is_hook:
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    c.check(probe in ctr, f"{cid}: {probe} missing")
+            repo = image.split("@")[0].rsplit(":", 1)[0]
+            if repo.endswith(TASKQ_REPOS):
+                c.check(ctr.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{cid}: liveness on /livez")
+                c.check(ctr.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{cid}: readiness on /readyz")
+                c.check(ctr.get("startupProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{cid}: startup on /livez")
+                names = [e["name"] for e in ctr.get("env", [])]
+                c.check(len(names) == len(set(names)), f"{cid}: duplicate env names")
+                allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | {"RUST_LOG"}
+                for n in names:
+                    c.check(n in allowed, f"{cid}: sets {n}, which taskq-{comp} does not read")
+                env = {e["name"]: e for e in ctr.get("env", [])}
+                c.check(env.get("TASKQ_LISTEN", {}).get("value", "").startswith("0.0.0.0:"), f"{cid}: must listen on 0.0.0.0")
+                if comp == "worker":
+                    grace = int(env["TASKQ_SHUTDOWN_GRACE_MS"]["value"])
+                    c.check(grace < 1000 * spec.get("terminationGracePeriodSeconds", 30),
+                            f"{cid}: TASKQ_SHUTDOWN_GRACE_MS {grace} must be below terminationGracePeriodSeconds")
+
+    # Exactly the RBAC the controller uses.
+    for role in by_kind.get("Role", []):
+        grants = set()
+        for rule in role.get("rules", []):
+            for g in rule.get("apiGroups", []):
+                for r in rule.get("resources", []):
+                    for v in rule.get("verbs", []):
+                        grants.add((g, r, v))
+        extra = grants - CONTROLLER_ALLOWED
+        c.check(not extra, f"Role/{role['metadata']['name']}: grants beyond the controller's needs: {sorted(extra)}")
+        c.check(not any("*" in x for g in grants for x in g), f"Role/{role['metadata']['name']}: wildcard")
+
+    # The helm test hook.
+    hooks = [d for d in by_kind.get("Pod", []) if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    c.check(len(hooks) == 1, "exactly one `helm test` hook pod")
+
+    # PodDisruptionBudgets for the api and the workers.
+    pdbs = {component(d) for d in by_kind.get("PodDisruptionBudget", [])}
+    c.check({"api", "worker"} <= pdbs, f"PodDisruptionBudgets for api and worker (found {sorted(pdbs)})")
+
+    # Per value set.
+    deployments = {component(d): d for d in by_kind.get("Deployment", [])}
+    statefulsets = {component(d) for d in by_kind.get("StatefulSet", [])}
+    c.check({"api", "worker"} <= set(deployments), "api and worker Deployments")
+    if name == "external":
+        c.check(not statefulsets, f"external stores: no bundled StatefulSet (found {sorted(statefulsets)})")
+    else:
+        c.check({"redis", "mongodb"} <= statefulsets, "bundled Redis and MongoDB StatefulSets")
+        for sts in by_kind.get("StatefulSet", []):
+            c.check(bool(sts["spec"].get("volumeClaimTemplates")), f"StatefulSet/{sts['metadata']['name']}: a PVC")
+        redis = [s for s in by_kind.get("StatefulSet", []) if component(s) == "redis"]
+        if redis:
+            args = redis[0]["spec"]["template"]["spec"]["containers"][0].get("args", [])
+            c.check("--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", "Redis runs with appendonly yes")
+            c.check("noeviction" in args, "Redis never evicts keys")
+    if name == "ingress-tls":
+        ing = by_kind.get("Ingress", [])
+        c.check(len(ing) == 1 and bool(ing[0]["spec"].get("tls")), "an Ingress with TLS")
+    if name in ("autoscaling", "observability"):
+        c.check("controller" in deployments, "a controller Deployment")
+        c.check(len(by_kind.get("Role", [])) == 1 and len(by_kind.get("RoleBinding", [])) == 1, "the controller's Role and RoleBinding")
+        scalers = by_kind.get("TaskQueueScaler", [])
+        c.check(len(scalers) == 1, "a TaskQueueScaler for the worker")
+        c.check("replicas" not in deployments["worker"]["spec"], "the autoscaled worker Deployment sets no replicas")
+        if scalers:
+            c.check(scalers[0]["spec"]["deployment"] == deployments["worker"]["metadata"]["name"],
+                    "the TaskQueueScaler targets the worker Deployment")
+        crds = [d["metadata"]["name"] for d in by_kind.get("CustomResourceDefinition", [])]
+        c.check("taskqueuescalers.taskq.dev" in crds, "the TaskQueueScaler CRD is rendered (--include-crds)")
+    else:
+        c.check("controller" not in deployments and not by_kind.get("Role"), "no controller unless enabled")
+    if name == "observability":
+        c.check(any(component(d) == "jaeger" for d in by_kind.get("Deployment", [])), "a Jaeger Deployment")
+        env = {e["name"]: e.get("value") for e in deployments["api"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        c.check(str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).endswith("-jaeger:4317"), "OTLP goes to the bundled Jaeger")
+        c.check(len(by_kind.get("ServiceMonitor", [])) == 2, "ServiceMonitors for api and worker")
+        cms = by_kind.get("ConfigMap", [])
+        c.check(len(cms) == 1 and "taskq.json" in cms[0].get("data", {}), "the Grafana dashboard ConfigMap")
+
+    print(f"template tests [{name}]: {c.passed} passed, {c.failed} failed")
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
