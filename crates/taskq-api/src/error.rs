@@ -71,9 +71,11 @@ impl IntoResponse for ApiError {
 impl From<taskq_core::ValidationError> for ApiError {
     fn from(e: taskq_core::ValidationError) -> Self {
         match e {
-            taskq_core::ValidationError::PayloadTooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string())
-            }
+            taskq_core::ValidationError::PayloadTooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            ),
             taskq_core::ValidationError::Field { .. } => {
                 Self::bad_request("invalid_field", e.to_string())
             }

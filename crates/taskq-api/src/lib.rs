@@ -42,13 +42,22 @@ pub struct ApiArgs {
     #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Redis URL; a comma-separated list of seed nodes for a cluster.
-    #[arg(long, env = "TASKQ_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "TASKQ_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Talk to a Redis Cluster (implied by several URLs).
     #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
     /// MongoDB connection string.
-    #[arg(long, env = "TASKQ_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TASKQ_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
     pub mongodb_uri: String,
     /// MongoDB database holding the task records.
     #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
@@ -81,13 +90,22 @@ impl ApiArgs {
     pub fn limits(&self) -> Result<Limits, String> {
         let d = Limits::default();
         if !(1..=d.max_attempts).contains(&self.default_max_attempts) {
-            return Err(format!("TASKQ_DEFAULT_MAX_ATTEMPTS must be 1 to {}", d.max_attempts));
+            return Err(format!(
+                "TASKQ_DEFAULT_MAX_ATTEMPTS must be 1 to {}",
+                d.max_attempts
+            ));
         }
         if !(1..=d.max_timeout_ms).contains(&self.default_timeout_ms) {
-            return Err(format!("TASKQ_DEFAULT_TIMEOUT_MS must be 1 to {}", d.max_timeout_ms));
+            return Err(format!(
+                "TASKQ_DEFAULT_TIMEOUT_MS must be 1 to {}",
+                d.max_timeout_ms
+            ));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_body_bytes {
-            return Err("TASKQ_MAX_PAYLOAD_BYTES must be at least 1 and at most TASKQ_MAX_BODY_BYTES".into());
+            return Err(
+                "TASKQ_MAX_PAYLOAD_BYTES must be at least 1 and at most TASKQ_MAX_BODY_BYTES"
+                    .into(),
+            );
         }
         if !(1..=100_000).contains(&self.max_batch) {
             return Err("TASKQ_MAX_BATCH must be 1 to 100000".into());
@@ -147,15 +165,26 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(observe::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
+                .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    observe::track,
+                ))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long",
+                    )
                 }))
                 .timeout(timeout),
         )
@@ -176,8 +205,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     let checks = async {
-        state.broker.ping().await.map_err(|e| format!("redis: {e}"))?;
-        state.store.ping().await.map_err(|e| format!("mongodb: {e}"))
+        state
+            .broker
+            .ping()
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        state
+            .store
+            .ping()
+            .await
+            .map_err(|e| format!("mongodb: {e}"))
     };
     match tokio::time::timeout(Duration::from_secs(2), checks).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
@@ -187,7 +224,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "redis or mongodb did not answer in time"})),
+            Json(
+                json!({"status": "not_ready", "reason": "redis or mongodb did not answer in time"}),
+            ),
         ),
     }
 }
@@ -203,7 +242,10 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         .context("connecting to mongodb")?;
     // Probes answer at once; readiness waits for the indexes.
     let indexes_ready = Arc::new(AtomicBool::new(false));
-    tokio::spawn(taskq_store::ensure_indexes_with_retry(store.clone(), indexes_ready.clone()));
+    tokio::spawn(taskq_store::ensure_indexes_with_retry(
+        store.clone(),
+        indexes_ready.clone(),
+    ));
     let state = AppState {
         limits: Arc::new(limits),
         max_batch: args.max_batch,

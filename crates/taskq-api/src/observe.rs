@@ -11,6 +11,36 @@ use taskq_telemetry::metrics::CONTENT_TYPE;
 
 use crate::AppState;
 
+/// The span of one request: named after its route, a child of the caller's
+/// `traceparent` when it sent one.
+pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or("unmatched");
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    taskq_telemetry::set_parent(&span, parent);
+    if let Some(id) =
+        taskq_telemetry::trace_id(&span).or_else(|| parent.and_then(taskq_telemetry::trace_id_of))
+    {
+        span.record("trace_id", id);
+    }
+    span
+}
+
 /// Counts and times every request by method, route template and status.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -22,6 +52,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let resp = next.run(req).await;
+    tracing::Span::current().record("http.response.status_code", resp.status().as_u16());
     state
         .metrics
         .observe_http(&method, &route, resp.status().as_u16(), start.elapsed());
@@ -50,5 +81,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "listing queues failed"),
     }
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.metrics.encode())
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
 }

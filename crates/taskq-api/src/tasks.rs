@@ -11,6 +11,7 @@ use taskq_redis::EnqueueItem;
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
 
 use taskq_telemetry::metrics::Metrics;
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -35,15 +36,29 @@ pub async fn submit(
         .into_response())
 }
 
-/// Writes records to MongoDB, then to Redis. When Redis fails the records are removed
+/// Writes records to MongoDB, then to Redis, inside a `task.enqueue` span. When Redis fails the records are removed
 /// again, so no task whose submit was answered with an error ever runs.
 async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
+    let span = tracing::info_span!(
+        "task.enqueue",
+        task.count = recs.len(),
+        task.id = recs.first().map(|r| r.id.to_string()).unwrap_or_default(),
+        task.queue = recs.first().map(|r| r.queue.to_string()).unwrap_or_default(),
+        task.type = recs.first().map(|r| r.kind.clone()).unwrap_or_default(),
+    );
+    persist_inner(state, recs).instrument(span).await
+}
+
+async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
     match recs {
         [] => return Ok(()),
         [one] => state.store.insert(one).await?,
         many => state.store.insert_many(many).await?,
     }
-    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
     if let Err(e) = state.broker.enqueue(&items).await {
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
         // take it out before the records go, so nothing answered with an error runs.
@@ -115,7 +130,12 @@ pub async fn submit_batch(
     for (index, raw) in req.tasks.into_iter().enumerate() {
         let admitted = serde_json::from_value::<NewTask>(raw)
             .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
-            .and_then(|t| state.limits.admit(t, now, tp.clone()).map_err(ApiError::from));
+            .and_then(|t| {
+                state
+                    .limits
+                    .admit(t, now, tp.clone())
+                    .map_err(ApiError::from)
+            });
         items.push(match admitted {
             Ok(rec) => {
                 let item = BatchItem {
@@ -193,7 +213,10 @@ pub async fn list(
         .transpose()?;
     let queue = q
         .queue
-        .map(|s| s.parse().map_err(|e: taskq_core::queue::InvalidQueueName| invalid(e.to_string())))
+        .map(|s| {
+            s.parse()
+                .map_err(|e: taskq_core::queue::InvalidQueueName| invalid(e.to_string()))
+        })
         .transpose()?;
     if let Some(k) = &q.kind
         && (k.is_empty() || k.len() > taskq_core::validate::MAX_TYPE_LEN)
@@ -210,7 +233,10 @@ pub async fn list(
     };
     let cursor = q
         .cursor
-        .map(|c| c.parse::<TaskId>().map_err(|_| invalid("`cursor` is not a cursor from a previous page".into())))
+        .map(|c| {
+            c.parse::<TaskId>()
+                .map_err(|_| invalid("`cursor` is not a cursor from a previous page".into()))
+        })
         .transpose()?;
     let filter = ListFilter {
         status,
@@ -218,7 +244,9 @@ pub async fn list(
         queue,
     };
     let page = state.store.list(&filter, limit, cursor).await?;
-    Ok(Json(json!({"tasks": page.tasks, "next_cursor": page.next_cursor})))
+    Ok(Json(
+        json!({"tasks": page.tasks, "next_cursor": page.next_cursor}),
+    ))
 }
 
 /// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt.
@@ -251,15 +279,25 @@ pub async fn retry(
 }
 
 fn parse_id(s: &str) -> Result<TaskId, ApiError> {
-    s.parse()
-        .map_err(|e: taskq_core::id::InvalidTaskId| ApiError::bad_request("invalid_id", e.to_string()))
+    s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
+        ApiError::bad_request("invalid_id", e.to_string())
+    })
 }
 
-/// The W3C `traceparent` of the request, when well-formed.
+/// The trace context stored with new tasks: the request span's when traces are
+/// exported (so attempts become its children), otherwise the caller's well-formed
+/// `traceparent`, passed through unchanged.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
+    if let Some(tp) = taskq_telemetry::traceparent(&tracing::Span::current()) {
+        return Some(tp);
+    }
     let v = headers.get("traceparent")?.to_str().ok()?.trim();
     let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     let ok = parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"

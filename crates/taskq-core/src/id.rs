@@ -93,7 +93,11 @@ mod tests {
         assert!("not-an-id".parse::<TaskId>().is_err());
         assert!(id.to_string().to_uppercase().parse::<TaskId>().is_err());
         // A valid UUID of another version.
-        assert!("67e55044-10b1-426f-9247-bb680e5fe0c8".parse::<TaskId>().is_err());
+        assert!(
+            "67e55044-10b1-426f-9247-bb680e5fe0c8"
+                .parse::<TaskId>()
+                .is_err()
+        );
         assert!(id.to_string().replace('-', "").parse::<TaskId>().is_err());
     }
 }

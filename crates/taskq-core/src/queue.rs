@@ -51,8 +51,7 @@ impl FromStr for QueueName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= MAX_QUEUE_NAME_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -206,10 +205,22 @@ mod tests {
         let got: Vec<(&str, u32)> = w.entries().iter().map(|(q, w)| (q.as_str(), *w)).collect();
         assert_eq!(got, vec![("critical", 6), ("default", 3), ("low", 1)]);
         assert_eq!("".parse::<QueueWeights>(), Err(InvalidQueueWeights::Empty));
-        assert!(matches!("a=0".parse::<QueueWeights>(), Err(InvalidQueueWeights::Weight(_))));
-        assert!(matches!("a=x".parse::<QueueWeights>(), Err(InvalidQueueWeights::Weight(_))));
-        assert!(matches!("a,a".parse::<QueueWeights>(), Err(InvalidQueueWeights::Duplicate(_))));
-        assert!(matches!("{a}".parse::<QueueWeights>(), Err(InvalidQueueWeights::Name(_))));
+        assert!(matches!(
+            "a=0".parse::<QueueWeights>(),
+            Err(InvalidQueueWeights::Weight(_))
+        ));
+        assert!(matches!(
+            "a=x".parse::<QueueWeights>(),
+            Err(InvalidQueueWeights::Weight(_))
+        ));
+        assert!(matches!(
+            "a,a".parse::<QueueWeights>(),
+            Err(InvalidQueueWeights::Duplicate(_))
+        ));
+        assert!(matches!(
+            "{a}".parse::<QueueWeights>(),
+            Err(InvalidQueueWeights::Name(_))
+        ));
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl fmt::Display for TaskStatus {
 
 /// The text named no status.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown status `{0}` (expected one of scheduled, queued, running, succeeded, retrying, dead, cancelled)")]
+#[error(
+    "unknown status `{0}` (expected one of scheduled, queued, running, succeeded, retrying, dead, cancelled)"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for TaskStatus {

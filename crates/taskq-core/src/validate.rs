@@ -50,7 +50,10 @@ pub enum ValidationError {
     PayloadTooLarge { size: usize, limit: usize },
     /// A field holds a value outside its allowed range or format.
     #[error("`{field}`: {message}")]
-    Field { field: &'static str, message: String },
+    Field {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl ValidationError {
@@ -74,18 +77,18 @@ impl Limits {
         if kind.is_empty() || kind.len() > MAX_TYPE_LEN || !kind.bytes().all(is_type_byte) {
             return Err(ValidationError::field(
                 "type",
-                format!(
-                    "must be 1-{MAX_TYPE_LEN} characters from letters, digits and `_ . : / -`"
-                ),
+                format!("must be 1-{MAX_TYPE_LEN} characters from letters, digits and `_ . : / -`"),
             ));
         }
         let queue = match req.queue {
             None => QueueName::default_queue(),
-            Some(q) => q
-                .parse()
-                .map_err(|e: crate::queue::InvalidQueueName| ValidationError::field("queue", e.to_string()))?,
+            Some(q) => q.parse().map_err(|e: crate::queue::InvalidQueueName| {
+                ValidationError::field("queue", e.to_string())
+            })?,
         };
-        let size = serde_json::to_vec(&req.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&req.payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > self.max_payload_bytes {
             return Err(ValidationError::PayloadTooLarge {
                 size,
@@ -198,7 +201,10 @@ fn merge_backoff(base: Backoff, o: Option<BackoffOverride>) -> Result<Backoff, V
     }
     if let Some(v) = o.jitter {
         if !(0.0..=1.0).contains(&v) {
-            return Err(ValidationError::field("backoff.jitter", "must be between 0 and 1"));
+            return Err(ValidationError::field(
+                "backoff.jitter",
+                "must be between 0 and 1",
+            ));
         }
         b.jitter = v;
     }
@@ -255,18 +261,40 @@ mod tests {
     fn rejects_out_of_range_values() {
         assert_eq!(field_of(admit(json!({"type": ""}))), "type");
         assert_eq!(field_of(admit(json!({"type": "a b"}))), "type");
-        assert_eq!(field_of(admit(json!({"type": "x", "queue": "{q}"}))), "queue");
-        assert_eq!(field_of(admit(json!({"type": "x", "delay_ms": -1}))), "delay_ms");
-        assert_eq!(field_of(admit(json!({"type": "x", "delay_ms": i64::MAX}))), "delay_ms");
-        assert_eq!(field_of(admit(json!({"type": "x", "timeout_ms": 0}))), "timeout_ms");
-        assert_eq!(field_of(admit(json!({"type": "x", "max_attempts": 0}))), "max_attempts");
-        assert_eq!(field_of(admit(json!({"type": "x", "max_attempts": 101}))), "max_attempts");
         assert_eq!(
-            field_of(admit(json!({"type": "x", "run_at": "3000-01-01T00:00:00Z"}))),
+            field_of(admit(json!({"type": "x", "queue": "{q}"}))),
+            "queue"
+        );
+        assert_eq!(
+            field_of(admit(json!({"type": "x", "delay_ms": -1}))),
+            "delay_ms"
+        );
+        assert_eq!(
+            field_of(admit(json!({"type": "x", "delay_ms": i64::MAX}))),
+            "delay_ms"
+        );
+        assert_eq!(
+            field_of(admit(json!({"type": "x", "timeout_ms": 0}))),
+            "timeout_ms"
+        );
+        assert_eq!(
+            field_of(admit(json!({"type": "x", "max_attempts": 0}))),
+            "max_attempts"
+        );
+        assert_eq!(
+            field_of(admit(json!({"type": "x", "max_attempts": 101}))),
+            "max_attempts"
+        );
+        assert_eq!(
+            field_of(admit(
+                json!({"type": "x", "run_at": "3000-01-01T00:00:00Z"})
+            )),
             "run_at"
         );
         assert_eq!(
-            field_of(admit(json!({"type": "x", "delay_ms": 1, "run_at": "2030-01-01T00:00:00Z"}))),
+            field_of(admit(
+                json!({"type": "x", "delay_ms": 1, "run_at": "2030-01-01T00:00:00Z"})
+            )),
             "delay_ms"
         );
         assert_eq!(
@@ -274,7 +302,9 @@ mod tests {
             "backoff.multiplier"
         );
         assert_eq!(
-            field_of(admit(json!({"type": "x", "backoff": {"initial_ms": 10, "max_ms": 5}}))),
+            field_of(admit(
+                json!({"type": "x", "backoff": {"initial_ms": 10, "max_ms": 5}})
+            )),
             "backoff.initial_ms"
         );
     }
@@ -285,8 +315,18 @@ mod tests {
             max_payload_bytes: 10,
             ..Limits::default()
         };
-        let r = limits.admit(req(json!({"type": "x", "payload": "0123456789"})), Utc::now(), None);
-        assert!(matches!(r, Err(ValidationError::PayloadTooLarge { size: 12, limit: 10 })));
+        let r = limits.admit(
+            req(json!({"type": "x", "payload": "0123456789"})),
+            Utc::now(),
+            None,
+        );
+        assert!(matches!(
+            r,
+            Err(ValidationError::PayloadTooLarge {
+                size: 12,
+                limit: 10
+            })
+        ));
     }
 
     #[test]

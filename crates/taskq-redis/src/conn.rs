@@ -106,7 +106,8 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
             ));
         };
         let client = redis::Client::open(url.as_str())?;
-        let conn = client.get_connection_manager_lazy(manager_config(Some(config.response_timeout)))?;
+        let conn =
+            client.get_connection_manager_lazy(manager_config(Some(config.response_timeout)))?;
         Ok((Conn::Single(conn), Source::Single(client)))
     }
 }
@@ -125,9 +126,9 @@ impl Source {
         match self {
             Source::Single(client) => {
                 let timeout = Duration::from_secs_f64(BLOCK_SECONDS) + Duration::from_secs(5);
-                Ok(Conn::Single(
-                    client.get_connection_manager_lazy(manager_config(Some(timeout)))?,
-                ))
+                Ok(Conn::Single(client.get_connection_manager_lazy(
+                    manager_config(Some(timeout)),
+                )?))
             }
             Source::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
         }

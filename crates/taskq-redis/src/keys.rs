@@ -81,7 +81,10 @@ mod tests {
 
     fn slot_tag(key: &str) -> &str {
         let start = key.find('{').map(|i| i + 1).unwrap_or(0);
-        let end = key[start..].find('}').map(|i| i + start).unwrap_or(key.len());
+        let end = key[start..]
+            .find('}')
+            .map(|i| i + start)
+            .unwrap_or(key.len());
         &key[start..end]
     }
 
@@ -90,7 +93,14 @@ mod tests {
         let q: QueueName = "emails".parse().unwrap_or_default();
         let k = QueueKeys::new(&q);
         let id = TaskId::new();
-        let mut keys = vec![k.scheduled(), k.retry(), k.lease(), k.wake(), k.task(&id), k.task_prefix()];
+        let mut keys = vec![
+            k.scheduled(),
+            k.retry(),
+            k.lease(),
+            k.wake(),
+            k.task(&id),
+            k.task_prefix(),
+        ];
         keys.extend(k.pending_all());
         for key in keys {
             assert_eq!(slot_tag(&key), "emails", "{key}");

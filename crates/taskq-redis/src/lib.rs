@@ -10,9 +10,9 @@
 //! The broker works against a single Redis or a Redis Cluster: every key of a queue
 //! carries the `{queue}` hash tag (see [`keys`]).
 
+mod conn;
 pub mod keys;
 pub mod scripts;
-mod conn;
 mod wake;
 
 use std::collections::BTreeMap;
@@ -204,7 +204,10 @@ impl Broker {
     pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<()> {
         let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
         for (q, id) in tasks {
-            by_queue.entry(q).or_default().push(QueueKeys::new(q).task(id));
+            by_queue
+                .entry(q)
+                .or_default()
+                .push(QueueKeys::new(q).task(id));
         }
         let calls = by_queue.into_values().map(|keys| {
             let mut c = self.conn.clone();
@@ -266,7 +269,9 @@ impl Broker {
         }
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::EXTEND.prepare_invoke();
-        inv.key(keys.lease()).arg(keys.task_prefix()).arg(deadline(lease));
+        inv.key(keys.lease())
+            .arg(keys.task_prefix())
+            .arg(deadline(lease));
         for (id, token) in held {
             inv.arg(id.to_string()).arg(token);
         }
@@ -279,7 +284,11 @@ impl Broker {
 
     /// Completes attempts. Returns the new seq per item, or `None` where the lease was
     /// no longer held (the attempt's outcome is then discarded).
-    pub async fn ack(&self, queue: &QueueName, items: &[(TaskId, &str)]) -> Result<Vec<Option<u64>>> {
+    pub async fn ack(
+        &self,
+        queue: &QueueName,
+        items: &[(TaskId, &str)],
+    ) -> Result<Vec<Option<u64>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -304,7 +313,9 @@ impl Broker {
         }
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::FAIL.prepare_invoke();
-        inv.key(keys.lease()).key(keys.retry()).arg(keys.task_prefix());
+        inv.key(keys.lease())
+            .key(keys.retry())
+            .arg(keys.task_prefix());
         for (id, token, outcome) in items {
             let due = match outcome {
                 FailOutcome::RetryAt(ms) => (*ms).max(0),
@@ -349,7 +360,12 @@ impl Broker {
     }
 
     /// Makes up to `limit` due scheduled and retrying tasks of `queue` runnable.
-    pub async fn promote(&self, queue: &QueueName, now_ms: i64, limit: usize) -> Result<Vec<Promoted>> {
+    pub async fn promote(
+        &self,
+        queue: &QueueName,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Promoted>> {
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::PROMOTE.prepare_invoke();
         inv.key(keys.scheduled()).key(keys.retry());
@@ -444,7 +460,9 @@ fn bytes(v: &Value) -> Result<Vec<u8>> {
     match v {
         Value::BulkString(b) => Ok(b.clone()),
         Value::SimpleString(s) => Ok(s.clone().into_bytes()),
-        other => Err(BrokerError::Protocol(format!("expected a string, got {other:?}"))),
+        other => Err(BrokerError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -459,7 +477,9 @@ fn int(v: &Value) -> Result<i64> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| BrokerError::Protocol("expected an integer".into())),
-        other => Err(BrokerError::Protocol(format!("expected an integer, got {other:?}"))),
+        other => Err(BrokerError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
     }
 }
 

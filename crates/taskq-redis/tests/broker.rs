@@ -44,10 +44,19 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .iter()
         .map(|p| record(queue, p, None))
         .collect();
-    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
-    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![true; 4]);
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
+    assert_eq!(
+        broker.enqueue(&items).await.expect("enqueue"),
+        vec![true; 4]
+    );
     // Enqueueing the same ids again adds nothing (recovery relies on this).
-    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![false; 4]);
+    assert_eq!(
+        broker.enqueue(&items).await.expect("enqueue"),
+        vec![false; 4]
+    );
 
     let leased = broker
         .dequeue(&q(queue), 10, Duration::from_secs(30), "w1")
@@ -55,19 +64,35 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .expect("dequeue");
     let order: Vec<TaskId> = leased.iter().map(|l| l.msg.id).collect();
     assert_eq!(order, vec![recs[2].id, recs[1].id, recs[3].id, recs[0].id]);
-    assert!(leased.iter().all(|l| l.attempt == 1 && l.seq == 2 && l.queued_at_ms > 0));
+    assert!(
+        leased
+            .iter()
+            .all(|l| l.attempt == 1 && l.seq == 2 && l.queued_at_ms > 0)
+    );
     let counts = broker.counts(&q(queue)).await.expect("counts");
     assert_eq!((counts.queued, counts.running), (0, 4));
 
     // A stale token is refused; the right one acknowledges once.
     let first = &leased[0];
-    assert_eq!(broker.ack(&q(queue), &[(first.msg.id, "w9:1")]).await.expect("ack"), vec![None]);
     assert_eq!(
-        broker.ack(&q(queue), &[(first.msg.id, first.token.as_str())]).await.expect("ack"),
+        broker
+            .ack(&q(queue), &[(first.msg.id, "w9:1")])
+            .await
+            .expect("ack"),
+        vec![None]
+    );
+    assert_eq!(
+        broker
+            .ack(&q(queue), &[(first.msg.id, first.token.as_str())])
+            .await
+            .expect("ack"),
         vec![Some(3)]
     );
     assert_eq!(
-        broker.ack(&q(queue), &[(first.msg.id, first.token.as_str())]).await.expect("ack"),
+        broker
+            .ack(&q(queue), &[(first.msg.id, first.token.as_str())])
+            .await
+            .expect("ack"),
         vec![None]
     );
 
@@ -77,15 +102,26 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .fail(
             &q(queue),
             &[
-                (leased[1].msg.id, leased[1].token.as_str(), FailOutcome::RetryAt(due)),
-                (leased[2].msg.id, leased[2].token.as_str(), FailOutcome::Dead),
+                (
+                    leased[1].msg.id,
+                    leased[1].token.as_str(),
+                    FailOutcome::RetryAt(due),
+                ),
+                (
+                    leased[2].msg.id,
+                    leased[2].token.as_str(),
+                    FailOutcome::Dead,
+                ),
             ],
         )
         .await
         .expect("fail");
     assert_eq!(seqs, vec![Some(3), Some(3)]);
     assert_eq!(
-        broker.release(&q(queue), &[(leased[3].msg.id, leased[3].token.as_str())]).await.expect("release"),
+        broker
+            .release(&q(queue), &[(leased[3].msg.id, leased[3].token.as_str())])
+            .await
+            .expect("release"),
         vec![Some(3)]
     );
     let counts = broker.counts(&q(queue)).await.expect("counts");
@@ -127,10 +163,18 @@ async fn lifecycle(broker: &Broker, queue: &str) {
 
 /// Many concurrent reapers and promoters each take a task at most once.
 async fn concurrent_maintenance(broker: &Broker, queue: &str) {
-    let recs: Vec<TaskRecord> = (0..300).map(|_| record(queue, "normal", Some(300))).collect();
-    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
+    let recs: Vec<TaskRecord> = (0..300)
+        .map(|_| record(queue, "normal", Some(300)))
+        .collect();
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
     broker.enqueue(&items).await.expect("enqueue");
-    assert_eq!(broker.counts(&q(queue)).await.expect("counts").scheduled, 300);
+    assert_eq!(
+        broker.counts(&q(queue)).await.expect("counts").scheduled,
+        300
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
     let now = taskq_core::now_ms();
     let qn = q(queue);
@@ -162,15 +206,28 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     assert_eq!((reaped.len(), ids.len()), (300, 300));
     assert!(reaped.iter().all(|r| r.requeued && r.attempts == 1));
     // The expired workers' acknowledgements are refused.
-    let acks: Vec<(TaskId, &str)> = leased.iter().map(|l| (l.msg.id, l.token.as_str())).collect();
-    assert!(broker.ack(&q(queue), &acks).await.expect("ack").iter().all(Option::is_none));
+    let acks: Vec<(TaskId, &str)> = leased
+        .iter()
+        .map(|l| (l.msg.id, l.token.as_str()))
+        .collect();
+    assert!(
+        broker
+            .ack(&q(queue), &acks)
+            .await
+            .expect("ack")
+            .iter()
+            .all(Option::is_none)
+    );
     // Second expiry on the last attempt: dead, out of Redis.
     let leased = broker
         .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
         .await
         .expect("dequeue");
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let reaped = broker.reap(&q(queue), taskq_core::now_ms(), 1000).await.expect("reap");
+    let reaped = broker
+        .reap(&q(queue), taskq_core::now_ms(), 1000)
+        .await
+        .expect("reap");
     assert_eq!(leased.len(), 300);
     assert!(reaped.iter().all(|r| !r.requeued && r.attempts == 2));
     let c = broker.counts(&q(queue)).await.expect("counts");
@@ -182,7 +239,10 @@ async fn scripts_on_a_single_redis() {
     let (_server, broker) = single().await;
     lifecycle(&broker, "default").await;
     concurrent_maintenance(&broker, "bulk").await;
-    assert_eq!(broker.queues().await.expect("queues"), vec![q("bulk"), q("default")]);
+    assert_eq!(
+        broker.queues().await.expect("queues"),
+        vec![q("bulk"), q("default")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,21 +254,39 @@ async fn scripts_on_a_redis_cluster() {
     }
     concurrent_maintenance(&broker, "bulk").await;
     // A batch across queues goes to several nodes in one call.
-    let recs: Vec<TaskRecord> = ["a", "b", "c", "d", "e"].iter().map(|n| record(n, "high", None)).collect();
-    let items: Vec<EnqueueItem> = recs.iter().map(|r| EnqueueItem::from_record(r, 1)).collect();
-    assert_eq!(broker.enqueue(&items).await.expect("enqueue"), vec![true; 5]);
+    let recs: Vec<TaskRecord> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| record(n, "high", None))
+        .collect();
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
+    assert_eq!(
+        broker.enqueue(&items).await.expect("enqueue"),
+        vec![true; 5]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wake_listener_wakes_on_enqueue_and_times_out_otherwise() {
     let (_server, broker) = single().await;
-    let mut wake = broker.wake_listener(&[q("default"), q("other")]).await.expect("listener");
+    let mut wake = broker
+        .wake_listener(&[q("default"), q("other")])
+        .await
+        .expect("listener");
     assert!(!wake.wait(Duration::from_millis(200)).await);
     let rec = record("other", "normal", None);
-    broker.enqueue(&[EnqueueItem::from_record(&rec, 1)]).await.expect("enqueue");
+    broker
+        .enqueue(&[EnqueueItem::from_record(&rec, 1)])
+        .await
+        .expect("enqueue");
     assert!(wake.wait(Duration::from_secs(5)).await);
     // A scheduled task wakes nobody until it is promoted.
     let later = record("default", "normal", Some(60_000));
-    broker.enqueue(&[EnqueueItem::from_record(&later, 1)]).await.expect("enqueue");
+    broker
+        .enqueue(&[EnqueueItem::from_record(&later, 1)])
+        .await
+        .expect("enqueue");
     assert!(!wake.wait(Duration::from_millis(300)).await);
 }

@@ -22,4 +22,6 @@ pub use store::{
     ensure_indexes_with_retry,
 };
 pub use update::StatusUpdate;
-pub use writer::{Unflushed, UpdateWriter, WriterClosed, WriterOptions, WriterStats, WriterTask};
+pub use writer::{
+    FlushObserver, Unflushed, UpdateWriter, WriterClosed, WriterOptions, WriterStats, WriterTask,
+};

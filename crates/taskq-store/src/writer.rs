@@ -30,8 +30,12 @@ use tokio::time::Instant;
 use crate::update::coalesce;
 use crate::{Error, Rejection, StatusUpdate, Store};
 
+/// Called after every flush attempt with its duration and whether it succeeded (for a
+/// latency histogram).
+pub type FlushObserver = std::sync::Arc<dyn Fn(Duration, bool) + Send + Sync>;
+
 /// Tuning of the writer.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WriterOptions {
     /// Updates buffered before [`UpdateWriter::send`] waits (≥ 1).
     pub capacity: usize,
@@ -45,6 +49,22 @@ pub struct WriterOptions {
     pub retry_max: Duration,
     /// Consecutive refusals by the server after which an update is dropped (≥ 1).
     pub max_rejections: u32,
+    /// Told about every flush attempt.
+    pub observer: Option<FlushObserver>,
+}
+
+impl std::fmt::Debug for WriterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterOptions")
+            .field("capacity", &self.capacity)
+            .field("max_batch", &self.max_batch)
+            .field("flush_interval", &self.flush_interval)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .field("max_rejections", &self.max_rejections)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Default for WriterOptions {
@@ -56,6 +76,7 @@ impl Default for WriterOptions {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             max_rejections: 10,
+            observer: None,
         }
     }
 }
@@ -334,7 +355,11 @@ impl Flusher {
         let mut failures = 0_u32;
         loop {
             let started = Instant::now();
-            let rejections = match self.store.apply(&updates).await {
+            let applied = self.store.apply(&updates).await;
+            if let Some(observe) = &self.opts.observer {
+                observe(started.elapsed(), applied.is_ok());
+            }
+            let rejections = match applied {
                 Ok(()) => {
                     let elapsed = started.elapsed();
                     let n: usize = counts.iter().sum();

@@ -4,7 +4,16 @@
 
 pub mod metrics;
 
+use std::collections::HashMap;
 use std::str::FromStr;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::SpanExporter;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -27,22 +36,89 @@ impl FromStr for LogFormat {
         match s {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown log format `{other}` (expected text or json)")),
+            other => Err(format!(
+                "unknown log format `{other}` (expected text or json)"
+            )),
         }
     }
 }
 
 /// Flushes telemetry when dropped; keep it alive until the process exits.
-#[derive(Debug)]
 #[must_use = "telemetry is flushed when the guard drops"]
 pub struct Guard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
 }
 
-/// Installs the global subscriber. Call once, at the start of `main`.
-pub fn init(format: LogFormat) -> Guard {
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("exporting", &self.provider.is_some())
+            .finish()
+    }
+}
+
+impl Guard {
+    /// Whether spans are exported over OTLP.
+    pub fn is_exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("flushing traces failed: {e}");
+        }
+    }
+}
+
+/// Whether the standard variables ask for an OTLP exporter.
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+        && std::env::var("OTEL_SDK_DISABLED").map_or(true, |v| v != "true")
+}
+
+/// Installs the global subscriber and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, an OTLP span exporter configured only by
+/// the standard `OTEL_*` variables (protocol, headers, timeout, sampler, service name;
+/// `service` is the default name). Without an endpoint there is no exporter and no cost.
+/// Call once, at the start of `main`, inside the tokio runtime.
+pub fn init(service: &str, format: LogFormat) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let mut provider = None;
+    let otel = if otlp_configured() {
+        match SpanExporter::builder().build() {
+            Ok(exporter) => {
+                let mut resource = Resource::builder();
+                if std::env::var("OTEL_SERVICE_NAME").is_err() {
+                    resource = resource.with_service_name(service.to_owned());
+                }
+                let p = SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource.build())
+                    .build();
+                let tracer = p.tracer("taskq");
+                opentelemetry::global::set_tracer_provider(p.clone());
+                provider = Some(p);
+                Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            }
+            Err(e) => {
+                eprintln!("OTLP exporter not started: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = match format {
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
         LogFormat::Json => registry
@@ -50,12 +126,49 @@ pub fn init(format: LogFormat) -> Guard {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_span_list(false),
             )
             .try_init(),
     };
     if let Err(e) = result {
         eprintln!("logging was already initialised: {e}");
     }
-    Guard { _private: () }
+    Guard { provider }
+}
+
+/// Makes `span` a child of the W3C `traceparent` (when valid).
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else { return };
+    let carrier = HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The W3C `traceparent` of `span`, when it is being traced.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The trace id of `span`, for log lines, when it is being traced.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace id inside a W3C `traceparent`, when well-formed.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then(|| id.to_ascii_lowercase())
 }

@@ -101,20 +101,44 @@ impl Metrics {
         let http_requests = Family::default();
         let http_duration: HistFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram);
         let r = &mut registry;
-        r.register("tasks_submitted", "Tasks accepted by the api", submitted.clone());
+        r.register(
+            "tasks_submitted",
+            "Tasks accepted by the api",
+            submitted.clone(),
+        );
         r.register("tasks_started", "Attempts started", started.clone());
         r.register("tasks_succeeded", "Tasks that succeeded", succeeded.clone());
-        r.register("tasks_failed", "Attempts that failed (retried or not)", failed.clone());
-        r.register("tasks_retried", "Failed attempts scheduled for a retry", retried.clone());
-        r.register("tasks_dead", "Tasks moved to the dead-letter queue", dead.clone());
+        r.register(
+            "tasks_failed",
+            "Attempts that failed (retried or not)",
+            failed.clone(),
+        );
+        r.register(
+            "tasks_retried",
+            "Failed attempts scheduled for a retry",
+            retried.clone(),
+        );
+        r.register(
+            "tasks_dead",
+            "Tasks moved to the dead-letter queue",
+            dead.clone(),
+        );
         r.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
-        r.register("task_duration_seconds", "Handler run time of one attempt", duration.clone());
+        r.register(
+            "task_duration_seconds",
+            "Handler run time of one attempt",
+            duration.clone(),
+        );
         r.register(
             "task_wait_seconds",
             "Time from runnable (submitted, due or requeued) to started",
             wait.clone(),
         );
-        r.register("queue_depth", "Tasks per queue and live state, as Redis holds them", depth.clone());
+        r.register(
+            "queue_depth",
+            "Tasks per queue and live state, as Redis holds them",
+            depth.clone(),
+        );
         r.register(
             "lease_expirations",
             "Leases that expired and were reaped (a worker died or stalled)",
@@ -135,9 +159,21 @@ impl Metrics {
             "Time of one batched MongoDB write",
             flush_duration.clone(),
         );
-        r.register("store_flush_errors", "Batched MongoDB writes that failed and were retried", flush_errors.clone());
-        r.register("worker_inflight", "Attempts running in this worker", inflight.clone());
-        r.register("http_requests", "HTTP requests served", http_requests.clone());
+        r.register(
+            "store_flush_errors",
+            "Batched MongoDB writes that failed and were retried",
+            flush_errors.clone(),
+        );
+        r.register(
+            "worker_inflight",
+            "Attempts running in this worker",
+            inflight.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests served",
+            http_requests.clone(),
+        );
         r.register(
             "http_request_duration_seconds",
             "HTTP request latency",
@@ -201,7 +237,9 @@ impl Metrics {
             status: status.to_string(),
         };
         self.http_requests.get_or_create(&labels).inc();
-        self.http_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        self.http_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.
@@ -224,8 +262,12 @@ mod tests {
     #[test]
     fn exposes_conventional_names() {
         let m = Metrics::new();
-        m.submitted.get_or_create(&Metrics::task("default", "echo")).inc();
-        m.wait.get_or_create(&Metrics::queue("default")).observe(0.002);
+        m.submitted
+            .get_or_create(&Metrics::task("default", "echo"))
+            .inc();
+        m.wait
+            .get_or_create(&Metrics::queue("default"))
+            .observe(0.002);
         m.set_depth("default", &[("queued", 3)]);
         m.observe_http("POST", "/v1/tasks", 201, Duration::from_millis(3));
         let text = m.encode();

@@ -28,20 +28,25 @@ async fn thumbnail(ctx: TaskContext) -> Result<Option<serde_json::Value>, Handle
     let job: Thumbnail = ctx.payload_as()?;
     if job.width == 0 || job.width > 4096 {
         // Retrying cannot fix this input: fail for good.
-        return Err(HandlerError::permanent(format!("width {} is out of range", job.width)));
+        return Err(HandlerError::permanent(format!(
+            "width {} is out of range",
+            job.width
+        )));
     }
     // Long work should watch for cancellation (shutdown after the grace period).
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         _ = ctx.cancelled() => return Err(HandlerError::retry("interrupted")),
     }
-    Ok(Some(json!({"thumbnail": format!("{}@{}w", job.image, job.width)})))
+    Ok(Some(
+        json!({"thumbnail": format!("{}@{}w", job.image, job.width)}),
+    ))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    let _telemetry = taskq_telemetry::init(args.log_format);
+    let _telemetry = taskq_telemetry::init("taskq-worker", args.log_format);
     let mut registry = Registry::new();
     // Keep the built-in handlers (http, noop, sleep, fail, echo) too.
     let allow = UrlAllowList::parse(&args.http_allow).map_err(anyhow::Error::msg)?;
@@ -60,7 +65,10 @@ mod tests {
     #[tokio::test]
     async fn rejects_absurd_widths_for_good() {
         let ctx = TaskContext::for_test("thumbnail", json!({"image": "a.png", "width": 0}));
-        assert!(matches!(thumbnail(ctx).await, Err(HandlerError::Permanent(_))));
+        assert!(matches!(
+            thumbnail(ctx).await,
+            Err(HandlerError::Permanent(_))
+        ));
         let ctx = TaskContext::for_test("thumbnail", json!({"image": "a.png", "width": 64}));
         assert_eq!(
             thumbnail(ctx).await,

@@ -12,7 +12,10 @@ use crate::handler::{HandlerError, HandlerResult, Registry, TaskContext};
 /// Registers the demo handlers and the HTTP dispatcher.
 pub fn register_builtins(registry: &mut Registry, http: HttpHandler) {
     registry.register("noop", |_ctx: TaskContext| async { Ok(None) });
-    registry.register("echo", |ctx: TaskContext| async move { Ok(Some(ctx.payload)) });
+    registry.register(
+        "echo",
+        |ctx: TaskContext| async move { Ok(Some(ctx.payload)) },
+    );
     registry.register("sleep", sleep);
     registry.register("fail", fail);
     registry.register("http", move |ctx: TaskContext| {
@@ -83,7 +86,9 @@ impl UrlAllowList {
             .map(|s| {
                 let u = Url::parse(s).map_err(|e| format!("allow-list entry `{s}`: {e}"))?;
                 if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                    return Err(format!("allow-list entry `{s}` must be an http(s) URL with a host"));
+                    return Err(format!(
+                        "allow-list entry `{s}` must be an http(s) URL with a host"
+                    ));
                 }
                 Ok(u)
             })
@@ -164,7 +169,11 @@ impl HttpHandler {
             req = req.header(k, v);
         }
         let resp = req.send().await.map_err(|e| {
-            HandlerError::retry(format!("request to {} failed: {}", redact(&url), e.without_url()))
+            HandlerError::retry(format!(
+                "request to {} failed: {}",
+                redact(&url),
+                e.without_url()
+            ))
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -187,7 +196,9 @@ impl HttpHandler {
         }
         let message = format!("{} answered {code}", redact(&url));
         match (code, retry_after) {
-            (408 | 429 | 500..=599, Some(after)) => Err(HandlerError::RetryAfter { message, after }),
+            (408 | 429 | 500..=599, Some(after)) => {
+                Err(HandlerError::RetryAfter { message, after })
+            }
             (408 | 429 | 500..=599, None) => Err(HandlerError::retry(message)),
             _ => Err(HandlerError::permanent(message)),
         }
@@ -224,14 +235,21 @@ mod tests {
         assert!(!allow.allows(&url("http://127.0.0.1:8081/anything")));
         assert!(!allow.allows(&url("http://user:pw@127.0.0.1:8080/")));
         assert!(UrlAllowList::parse("ftp://x/").is_err());
-        assert!(UrlAllowList::parse("").map(|a| a.is_empty()).unwrap_or(false));
+        assert!(
+            UrlAllowList::parse("")
+                .map(|a| a.is_empty())
+                .unwrap_or(false)
+        );
     }
 
     #[tokio::test]
     async fn fail_handler_fails_then_succeeds() {
         let mut ctx = TaskContext::for_test("fail", json!({"times": 2}));
         ctx.attempt = 2;
-        assert!(matches!(fail(ctx.clone()).await, Err(HandlerError::Retry(_))));
+        assert!(matches!(
+            fail(ctx.clone()).await,
+            Err(HandlerError::Retry(_))
+        ));
         ctx.attempt = 3;
         assert!(fail(ctx).await.is_ok());
         let ctx = TaskContext::for_test("fail", json!({"permanent": true}));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use taskq_core::{Backoff, QueueName, TaskEvent, TaskId, TaskStatus};
 use taskq_redis::{BrokerError, FailOutcome};
 use taskq_store::{StatusUpdate, UpdateWriter};
+use taskq_telemetry::metrics::{Metrics, TaskLabels};
 use tokio::sync::mpsc;
 
 use crate::executor::Outcome;
@@ -24,6 +25,7 @@ const MAX_BATCH: usize = 512;
 #[derive(Debug)]
 pub(crate) struct Done {
     pub queue: QueueName,
+    pub kind: String,
     pub id: TaskId,
     pub token: String,
     pub attempt: u32,
@@ -75,7 +77,10 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
         let seqs = retrying(shared, "ack", || shared.broker.ack(queue, &items)).await;
         for (d, seq) in ok.into_iter().zip(seqs) {
             let Some(seq) = seq else { continue };
-            let Outcome::Succeeded(result) = d.outcome else { continue };
+            shared.metrics.succeeded.get_or_create(&labels(&d)).inc();
+            let Outcome::Succeeded(result) = d.outcome else {
+                continue;
+            };
             shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             updates.push(StatusUpdate {
                 finished_at: Some(now),
@@ -116,9 +121,11 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
         let seqs = retrying(shared, "fail", || shared.broker.fail(queue, &items)).await;
         for ((d, (outcome, error)), seq) in failed.iter().zip(plans).zip(seqs) {
             let Some(seq) = seq else { continue };
+            shared.metrics.failed.get_or_create(&labels(d)).inc();
             let update = match outcome {
                 FailOutcome::RetryAt(ms) => {
                     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.retried.get_or_create(&labels(d)).inc();
                     StatusUpdate {
                         scheduled_at: chrono::DateTime::from_timestamp_millis(ms),
                         last_error: Some(error.clone()),
@@ -128,6 +135,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
                 }
                 FailOutcome::Dead => {
                     shared.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.dead.get_or_create(&labels(d)).inc();
                     StatusUpdate {
                         finished_at: Some(now),
                         last_error: Some(error.clone()),
@@ -142,7 +150,8 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
     }
 
     if !released.is_empty() {
-        let items: Vec<(TaskId, &str)> = released.iter().map(|d| (d.id, d.token.as_str())).collect();
+        let items: Vec<(TaskId, &str)> =
+            released.iter().map(|d| (d.id, d.token.as_str())).collect();
         let seqs = retrying(shared, "release", || shared.broker.release(queue, &items)).await;
         for (d, seq) in released.iter().zip(seqs) {
             let Some(seq) = seq else { continue };
@@ -155,6 +164,10 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
         }
     }
     updates
+}
+
+fn labels(d: &Done) -> TaskLabels {
+    Metrics::task(d.queue.as_str(), &d.kind)
 }
 
 /// Runs a broker call until it succeeds or the leases it concerns have surely expired

@@ -10,19 +10,32 @@ use taskq_telemetry::LogFormat;
 
 /// Command line and environment of `taskq-worker`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "taskq-worker", version, about = "Runs taskq tasks from Redis and records them in MongoDB")]
+#[command(
+    name = "taskq-worker",
+    version,
+    about = "Runs taskq tasks from Redis and records them in MongoDB"
+)]
 pub struct WorkerArgs {
     /// Address of the health and metrics server (`/livez`, `/readyz`, `/metrics`).
     #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
     /// Redis URL; a comma-separated list of seed nodes for a cluster.
-    #[arg(long, env = "TASKQ_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "TASKQ_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Talk to a Redis Cluster (implied by several URLs).
     #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
     /// MongoDB connection string.
-    #[arg(long, env = "TASKQ_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TASKQ_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017",
+        hide_env_values = true
+    )]
     pub mongodb_uri: String,
     /// MongoDB database holding the task records.
     #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
@@ -109,10 +122,25 @@ impl WorkerArgs {
         check("TASKQ_CONCURRENCY", self.concurrency as u64, 1, 10_000)?;
         check("TASKQ_FETCH_BATCH", self.fetch_batch as u64, 1, 1_000)?;
         check("TASKQ_LEASE_MS", self.lease_ms, 1_000, 3_600_000)?;
-        check("TASKQ_SHUTDOWN_GRACE_MS", self.shutdown_grace_ms, 0, 3_600_000)?;
-        check("TASKQ_PROMOTE_INTERVAL_MS", self.promote_interval_ms, 10, 60_000)?;
+        check(
+            "TASKQ_SHUTDOWN_GRACE_MS",
+            self.shutdown_grace_ms,
+            0,
+            3_600_000,
+        )?;
+        check(
+            "TASKQ_PROMOTE_INTERVAL_MS",
+            self.promote_interval_ms,
+            10,
+            60_000,
+        )?;
         check("TASKQ_REAP_INTERVAL_MS", self.reap_interval_ms, 10, 600_000)?;
-        check("TASKQ_WRITE_BUFFER", self.write_buffer as u64, 16, 10_000_000)?;
+        check(
+            "TASKQ_WRITE_BUFFER",
+            self.write_buffer as u64,
+            16,
+            10_000_000,
+        )?;
         check("TASKQ_HTTP_TIMEOUT_MS", self.http_timeout_ms, 1, 3_600_000)?;
         Ok(Settings {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
@@ -141,7 +169,11 @@ pub fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
 }

@@ -1,17 +1,19 @@
 //! One attempt: records `running`, runs the handler in its own task (so a panic fails
-//! only this attempt), enforces the task's timeout, and hands the outcome to the
-//! completer. When the grace period of a shutdown ends, the attempt is cancelled and
-//! released instead.
+//! only this attempt) inside a `task.process` span that continues the submit's trace,
+//! enforces the task's timeout, and hands the outcome to the completer. When the grace
+//! period of a shutdown ends, the attempt is cancelled and released instead.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use taskq_core::{TaskEvent, TaskStatus};
 use taskq_redis::Leased;
 use taskq_store::StatusUpdate;
+use taskq_telemetry::metrics::Metrics;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use crate::completer::Done;
 use crate::handler::{HandlerError, TaskContext};
@@ -26,11 +28,31 @@ pub(crate) enum Outcome {
     Released,
 }
 
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed(_) => "failed",
+            Outcome::Released => "released",
+        }
+    }
+}
+
 pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePermit) {
     let shared = &ctx.shared;
     let msg = &task.msg;
     let now = taskq_core::now();
+    let labels = Metrics::task(msg.queue.as_str(), &msg.kind);
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.started.get_or_create(&labels).inc();
+    if task.queued_at_ms > 0 {
+        let waited = (now.timestamp_millis() - task.queued_at_ms).max(0) as f64 / 1000.0;
+        shared
+            .metrics
+            .wait
+            .get_or_create(&Metrics::queue(msg.queue.as_str()))
+            .observe(waited);
+    }
     let running = StatusUpdate {
         started_at: Some(now),
         events: vec![TaskEvent {
@@ -46,6 +68,25 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         tracing::error!(task = %msg.id, "status writer closed; the running state is not recorded");
     }
 
+    let span = tracing::info_span!(
+        "task.process",
+        otel.kind = "consumer",
+        task.id = %msg.id,
+        task.type = %msg.kind,
+        task.queue = %msg.queue,
+        task.attempt = task.attempt,
+        task.outcome = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    taskq_telemetry::set_parent(&span, msg.traceparent.as_deref());
+    if let Some(id) = taskq_telemetry::trace_id(&span).or_else(|| {
+        msg.traceparent
+            .as_deref()
+            .and_then(taskq_telemetry::trace_id_of)
+    }) {
+        span.record("trace_id", id);
+    }
     let cancel = ctx.hard_stop.child_token();
     shared.inflight().insert(
         msg.id,
@@ -54,6 +95,8 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             token: task.token.clone(),
         },
     );
+    shared.metrics.inflight.inc();
+    let started = Instant::now();
     let outcome = match shared.registry.get(&msg.kind) {
         None => Outcome::Failed(HandlerError::retry(format!(
             "no handler registered for type `{}` on this worker",
@@ -67,10 +110,12 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                 payload: msg.payload.clone(),
                 attempt: task.attempt,
                 max_attempts: msg.max_attempts,
-                traceparent: msg.traceparent.clone(),
+                // The attempt's own span, so outgoing calls continue this trace.
+                traceparent: taskq_telemetry::traceparent(&span)
+                    .or_else(|| msg.traceparent.clone()),
                 cancel: cancel.clone(),
             };
-            let mut handle = tokio::spawn(handler.call(hctx));
+            let mut handle = tokio::spawn(handler.call(hctx).instrument(span.clone()));
             let timeout = Duration::from_millis(msg.timeout_ms);
             tokio::select! {
                 r = tokio::time::timeout(timeout, &mut handle) => match r {
@@ -93,8 +138,21 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         }
     };
     shared.inflight().remove(&msg.id);
+    shared.metrics.inflight.dec();
+    shared
+        .metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    span.record("task.outcome", outcome.name());
+    if let Outcome::Failed(e) = &outcome {
+        span.record("error.message", tracing::field::display(e));
+        span.in_scope(|| tracing::info!(error = %e, "attempt failed"));
+    }
+    drop(span);
     let done = Done {
         queue: msg.queue.clone(),
+        kind: msg.kind.clone(),
         id: msg.id,
         token: task.token,
         attempt: task.attempt,

@@ -1,5 +1,5 @@
-//! The worker's HTTP endpoints: `/livez` (the process serves) and `/readyz` (Redis and
-//! MongoDB answer and the worker is not draining).
+//! The worker's HTTP endpoints: `/livez` (the process serves), `/readyz` (Redis and
+//! MongoDB answer and the worker is not draining) and `/metrics` (Prometheus).
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ pub fn router(worker: Worker) -> Router {
     Router::new()
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(worker)
 }
 
@@ -31,4 +32,15 @@ async fn readyz(State(worker): State<Worker>) -> impl IntoResponse {
             Json(json!({"status": "not_ready", "reason": reason})),
         ),
     }
+}
+
+async fn metrics(State(worker): State<Worker>) -> impl IntoResponse {
+    worker.refresh_depth().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            taskq_telemetry::metrics::CONTENT_TYPE,
+        )],
+        worker.metrics().encode(),
+    )
 }

@@ -33,10 +33,14 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 Ok(lost) => {
                     for id in lost {
                         shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.heartbeats_missed.inc();
                         tracing::warn!(task = %id, %queue, "lease lost; another worker may run this task");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, %queue, "heartbeat failed"),
+                Err(e) => {
+                    shared.metrics.heartbeats_missed.inc_by(held.len() as u64);
+                    tracing::warn!(error = %e, %queue, "heartbeat failed");
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use taskq_core::{TaskEvent, TaskStatus};
 use taskq_store::{StatusUpdate, UpdateWriter};
+use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::Shared;
@@ -23,7 +24,10 @@ pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, stop: Cancell
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = promote.tick() => promote_due(&shared, &writer).await,
+            _ = promote.tick() => {
+                shared.metrics.write_buffer_depth.set(writer.depth() as i64);
+                promote_due(&shared, &writer).await
+            }
             _ = reap.tick() => reap_expired(&shared, &writer).await,
         }
     }
@@ -33,7 +37,11 @@ async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
     for queue in shared.settings.queues.weights().names() {
         loop {
             let now = taskq_core::now();
-            let promoted = match shared.broker.promote(queue, now.timestamp_millis(), LIMIT).await {
+            let promoted = match shared
+                .broker
+                .promote(queue, now.timestamp_millis(), LIMIT)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, %queue, "promoting due tasks failed");
@@ -65,14 +73,28 @@ async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
 async fn reap_expired(shared: &Shared, writer: &UpdateWriter) {
     for queue in shared.settings.queues.weights().names() {
         let now = taskq_core::now();
-        let reaped = match shared.broker.reap(queue, now.timestamp_millis(), LIMIT).await {
+        let reaped = match shared
+            .broker
+            .reap(queue, now.timestamp_millis(), LIMIT)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, %queue, "reaping expired leases failed");
                 continue;
             }
         };
-        shared.stats.reaped.fetch_add(reaped.len() as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .reaped
+            .fetch_add(reaped.len() as u64, Ordering::Relaxed);
+        if !reaped.is_empty() {
+            shared
+                .metrics
+                .lease_expirations
+                .get_or_create(&Metrics::queue(queue.as_str()))
+                .inc_by(reaped.len() as u64);
+        }
         let updates = reaped
             .into_iter()
             .map(|r| {

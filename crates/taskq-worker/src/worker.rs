@@ -9,6 +9,7 @@ use anyhow::Context;
 use taskq_core::{QueueName, TaskId};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::{Store, UpdateWriter, WriterOptions};
+use taskq_telemetry::metrics::Metrics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Set once shutdown begins; readiness reports it.
     pub draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -98,12 +100,36 @@ impl Worker {
                 inflight: Default::default(),
                 stats: Stats::default(),
                 draining: AtomicBool::new(false),
+                metrics: Metrics::new(),
             }),
         }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// This worker's Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Refreshes the depth gauges of the served queues from Redis.
+    pub async fn refresh_depth(&self) {
+        for queue in self.shared.settings.queues.weights().names() {
+            match self.shared.broker.counts(queue).await {
+                Ok(c) => self.shared.metrics.set_depth(
+                    queue.as_str(),
+                    &[
+                        ("queued", c.queued),
+                        ("scheduled", c.scheduled),
+                        ("retrying", c.retrying),
+                        ("running", c.running),
+                    ],
+                ),
+                Err(e) => tracing::warn!(error = %e, %queue, "reading queue depth failed"),
+            }
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -121,8 +147,16 @@ impl Worker {
             return Err("draining".into());
         }
         let checks = async {
-            self.shared.broker.ping().await.map_err(|e| format!("redis: {e}"))?;
-            self.shared.store.ping().await.map_err(|e| format!("mongodb: {e}"))
+            self.shared
+                .broker
+                .ping()
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
+            self.shared
+                .store
+                .ping()
+                .await
+                .map_err(|e| format!("mongodb: {e}"))
         };
         tokio::time::timeout(deadline, checks)
             .await
@@ -137,6 +171,7 @@ impl Worker {
             shared.store.clone(),
             WriterOptions {
                 capacity: settings.write_buffer,
+                observer: Some(flush_observer(shared.metrics.clone())),
                 ..WriterOptions::default()
             },
         );
@@ -162,7 +197,11 @@ impl Worker {
 
         shared.draining.store(true, Ordering::Relaxed);
         let running = ctx.tracker.len();
-        tracing::info!(running, grace_ms = settings.shutdown_grace.as_millis() as u64, "draining");
+        tracing::info!(
+            running,
+            grace_ms = settings.shutdown_grace.as_millis() as u64,
+            "draining"
+        );
         ctx.tracker.close();
         if tokio::time::timeout(settings.shutdown_grace, ctx.tracker.wait())
             .await
@@ -190,6 +229,15 @@ impl Worker {
         writer_task.shutdown().await;
         tracing::info!("worker stopped");
     }
+}
+
+fn flush_observer(metrics: Arc<Metrics>) -> taskq_store::FlushObserver {
+    Arc::new(move |took, ok| {
+        metrics.flush_duration.observe(took.as_secs_f64());
+        if !ok {
+            metrics.flush_errors.inc();
+        }
+    })
 }
 
 /// Runs a worker process with `registry`: parses nothing, connects to Redis and MongoDB
@@ -227,7 +275,10 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     };
     worker.run(shutdown).await;
     server_stop.cancel();
-    server.await.context("health server task")?.context("health server")?;
+    server
+        .await
+        .context("health server task")?
+        .context("health server")?;
     Ok(())
 }
 

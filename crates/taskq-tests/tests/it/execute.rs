@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{TaskId, TaskStatus};
 use taskq_store::Store;
-use taskq_testkit::{ChaosProxy, ChildGuard, mongo_addr, mongo_uri, mongo_uri_via, wait_until, workspace_bin};
+use taskq_testkit::{
+    ChaosProxy, ChildGuard, mongo_addr, mongo_uri, mongo_uri_via, wait_until, workspace_bin,
+};
 use taskq_worker::{HandlerError, TaskContext};
 
 use crate::harness::Env;
@@ -30,14 +32,19 @@ async fn a_panicking_handler_fails_only_its_attempt() {
     let mut settings = Env::settings("default");
     settings.concurrency = 4;
     let w = env.worker(settings, Env::builtins());
-    let long = env.submit(json!({"type": "sleep", "payload": {"ms": 800}})).await;
+    let long = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 800}}))
+        .await;
     let boom = env
         .submit(json!({"type": "fail", "payload": {"panic": true}, "max_attempts": 2, "backoff": {"initial_ms": 10}}))
         .await;
     let rec = env.wait_status(boom, TaskStatus::Dead, T).await;
     assert_eq!(rec["attempts"], 2);
     assert!(
-        rec["last_error"].as_str().unwrap_or("").starts_with("handler panicked: fail handler asked to panic"),
+        rec["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("handler panicked: fail handler asked to panic"),
         "{rec}"
     );
     // The slot running beside it finished normally, and the worker keeps taking work.
@@ -69,10 +76,17 @@ async fn a_timed_out_attempt_is_cancelled_and_fails() {
         }
     });
     let w = env.worker(Env::settings("default"), registry);
-    let id = env.submit(json!({"type": "hang", "timeout_ms": 300, "max_attempts": 1})).await;
+    let id = env
+        .submit(json!({"type": "hang", "timeout_ms": 300, "max_attempts": 1}))
+        .await;
     let rec = env.wait_status(id, TaskStatus::Dead, T).await;
     assert_eq!(rec["last_error"], "timed out after 300 ms");
-    assert!(wait_until(T, Duration::from_millis(20), || async { dropped.load(Ordering::SeqCst) }).await);
+    assert!(
+        wait_until(T, Duration::from_millis(20), || async {
+            dropped.load(Ordering::SeqCst)
+        })
+        .await
+    );
     w.shutdown().await;
 }
 
@@ -82,8 +96,12 @@ async fn shutdown_finishes_short_tasks_and_releases_long_ones() {
     let mut settings = Env::settings("default");
     settings.shutdown_grace = Duration::from_millis(1500);
     let w = env.worker(settings, Env::builtins());
-    let short = env.submit(json!({"type": "sleep", "payload": {"ms": 500}})).await;
-    let long = env.submit(json!({"type": "sleep", "payload": {"ms": 60000}})).await;
+    let short = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 500}}))
+        .await;
+    let long = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 60000}}))
+        .await;
     env.wait_status(short, TaskStatus::Running, T).await;
     env.wait_status(long, TaskStatus::Running, T).await;
     w.shutdown().await;
@@ -94,7 +112,14 @@ async fn shutdown_finishes_short_tasks_and_releases_long_ones() {
     assert_eq!(rec["status"], "queued", "{rec}");
     assert_eq!(rec["attempts"], 0);
     assert!(rec["last_error"].is_null());
-    assert_eq!(env.broker.counts(&"default".parse().expect("q")).await.expect("counts").queued, 1);
+    assert_eq!(
+        env.broker
+            .counts(&"default".parse().expect("q"))
+            .await
+            .expect("counts")
+            .queued,
+        1
+    );
     // Nothing was fetched after the shutdown began.
     let later = env.submit(json!({"type": "noop"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -107,14 +132,19 @@ async fn a_killed_workers_task_completes_elsewhere_after_its_lease() {
     let mut worker = ChildGuard::spawn_logged(
         "taskq-worker",
         std::process::Command::new(workspace_bin("taskq-worker"))
-            .env("TASKQ_LISTEN", format!("127.0.0.1:{}", taskq_testkit::free_port()))
+            .env(
+                "TASKQ_LISTEN",
+                format!("127.0.0.1:{}", taskq_testkit::free_port()),
+            )
             .env("TASKQ_REDIS_URL", env.redis.url())
             .env("TASKQ_MONGODB_URI", mongo_uri())
             .env("TASKQ_MONGODB_DATABASE", &env.db)
             .env("TASKQ_LEASE_MS", "1000")
             .env("TASKQ_WORKER_ID", "doomed"),
     );
-    let id = env.submit(json!({"type": "sleep", "payload": {"ms": 2500}})).await;
+    let id = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 2500}}))
+        .await;
     let rec = env.wait_status(id, TaskStatus::Running, T).await;
     assert_eq!(rec["events"][1]["worker"], "doomed");
     // The heartbeat keeps the 1 s lease alive while the handler runs.
@@ -131,10 +161,16 @@ async fn a_killed_workers_task_completes_elsewhere_after_its_lease() {
     let events = rec["events"].as_array().expect("events");
     assert!(
         events.iter().any(|e| e["status"] == "queued"
-            && e["error"].as_str().unwrap_or("").starts_with("lease expired")),
+            && e["error"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("lease expired")),
         "{rec:#}"
     );
-    assert_eq!(events.last().map(|e| e["worker"].clone()), Some(json!("survivor")));
+    assert_eq!(
+        events.last().map(|e| e["worker"].clone()),
+        Some(json!("survivor"))
+    );
     w.shutdown().await;
 }
 
@@ -153,23 +189,49 @@ async fn status_updates_wait_out_a_mongodb_outage() {
     let mut settings = Env::settings("default");
     settings.concurrency = 8;
     let w = env.worker_with_store(settings, Env::builtins(), flaky_store);
-    let tasks: Vec<_> = (0..200).map(|_| json!({"type": "sleep", "payload": {"ms": 20}})).collect();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| json!({"type": "sleep", "payload": {"ms": 20}}))
+        .collect();
     let (status, _) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
     assert_eq!(status, StatusCode::CREATED);
     // Cut MongoDB off from the worker mid-run.
-    assert!(wait_until(T, Duration::from_millis(10), || async {
-        env.counts().await.get(&TaskStatus::Succeeded).copied().unwrap_or(0) > 10
-    })
-    .await);
+    assert!(
+        wait_until(T, Duration::from_millis(10), || async {
+            env.counts()
+                .await
+                .get(&TaskStatus::Succeeded)
+                .copied()
+                .unwrap_or(0)
+                > 10
+        })
+        .await
+    );
     proxy.cut();
     // Tasks keep running (Redis is the only thing on the hot path)...
-    assert!(wait_until(T, Duration::from_millis(50), || async { env.redis_total("default").await == 0 }).await);
-    let during = env.counts().await.get(&TaskStatus::Succeeded).copied().unwrap_or(0);
-    assert!(during < 200, "records were written while MongoDB was cut off");
+    assert!(
+        wait_until(T, Duration::from_millis(50), || async {
+            env.redis_total("default").await == 0
+        })
+        .await
+    );
+    let during = env
+        .counts()
+        .await
+        .get(&TaskStatus::Succeeded)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        during < 200,
+        "records were written while MongoDB was cut off"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.restore();
     // ...and every held update lands once MongoDB is back.
-    assert!(all_succeeded(&env, 200, T).await, "{:?}", env.counts().await);
+    assert!(
+        all_succeeded(&env, 200, T).await,
+        "{:?}",
+        env.counts().await
+    );
     w.shutdown().await;
 }
 
@@ -197,7 +259,11 @@ async fn four_workers_run_ten_thousand_tasks_exactly_once() {
         let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    assert!(all_succeeded(&env, 10_000, Duration::from_secs(120)).await, "{:?}", env.counts().await);
+    assert!(
+        all_succeeded(&env, 10_000, Duration::from_secs(120)).await,
+        "{:?}",
+        env.counts().await
+    );
     for w in workers {
         w.shutdown().await;
     }
@@ -215,16 +281,28 @@ async fn http_handler_maps_status_codes_to_outcomes() {
     let s = seen.clone();
     let hook = axum::Router::new().route(
         "/hook/{code}",
-        post(move |axum::extract::Path(code): axum::extract::Path<u16>, headers: HeaderMap, body: String| {
-            let s = s.clone();
-            async move {
-                let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                s.lock().expect("lock").push((body, tp));
-                (S::from_u16(code).unwrap_or(S::INTERNAL_SERVER_ERROR), "hook says hi")
-            }
-        }),
+        post(
+            move |axum::extract::Path(code): axum::extract::Path<u16>,
+                  headers: HeaderMap,
+                  body: String| {
+                let s = s.clone();
+                async move {
+                    let tp = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    s.lock().expect("lock").push((body, tp));
+                    (
+                        S::from_u16(code).unwrap_or(S::INTERNAL_SERVER_ERROR),
+                        "hook says hi",
+                    )
+                }
+            },
+        ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, hook).await });
 
@@ -244,7 +322,10 @@ async fn http_handler_maps_status_codes_to_outcomes() {
         .submit(json!({"type": "http", "payload": {"url": "http://10.1.2.3/x"}}))
         .await;
     let rec = env.wait_status(ok, TaskStatus::Succeeded, T).await;
-    assert_eq!(rec["result"], json!({"status": 200, "body": "hook says hi"}));
+    assert_eq!(
+        rec["result"],
+        json!({"status": 200, "body": "hook says hi"})
+    );
     let rec = env.wait_status(not_found, TaskStatus::Dead, T).await;
     assert_eq!(rec["attempts"], 1, "4xx is not retried: {rec}");
     for id in [throttled, broken] {
@@ -253,7 +334,12 @@ async fn http_handler_maps_status_codes_to_outcomes() {
     }
     let rec = env.wait_status(forbidden_url, TaskStatus::Dead, T).await;
     assert_eq!(rec["attempts"], 1);
-    assert!(rec["last_error"].as_str().unwrap_or("").contains("allow-list"));
+    assert!(
+        rec["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("allow-list")
+    );
     // A traceparent given on submit reaches the webhook.
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let resp = env
@@ -270,7 +356,12 @@ async fn http_handler_maps_status_codes_to_outcomes() {
         .and_then(|s| s.parse().ok())
         .expect("id");
     env.wait_status(id, TaskStatus::Succeeded, T).await;
-    assert!(seen.lock().expect("lock").iter().any(|(_, t)| t.as_deref() == Some(tp)));
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .any(|(_, t)| t.as_deref() == Some(tp))
+    );
     w.shutdown().await;
 }
 
@@ -289,14 +380,21 @@ async fn handler_errors_can_ask_for_a_later_retry() {
         }
     });
     let w = env.worker(Env::settings("default"), registry);
-    let id = env.submit(json!({"type": "later", "backoff": {"initial_ms": 1}})).await;
+    let id = env
+        .submit(json!({"type": "later", "backoff": {"initial_ms": 1}}))
+        .await;
     let rec = env.wait_status(id, TaskStatus::Succeeded, T).await;
     let events = rec["events"].as_array().expect("events");
     let at = |s: &str, a: u64| {
         events
             .iter()
             .find(|e| e["status"] == s && e["attempt"] == a)
-            .and_then(|e| e["at"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .and_then(|e| {
+                e["at"]
+                    .as_str()?
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .ok()
+            })
             .expect("event")
     };
     assert!(at("running", 2) - at("retrying", 1) >= chrono::Duration::milliseconds(700));

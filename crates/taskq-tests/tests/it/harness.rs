@@ -56,7 +56,9 @@ impl Env {
         let store = Store::connect(&mongo_uri(), &db).await.expect("mongodb");
         store.ensure_indexes().await.expect("indexes");
         let state = f(AppState::new(broker.clone(), store.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let api = format!("http://{}", listener.local_addr().expect("addr"));
         let api_stop = CancellationToken::new();
         let stop = api_stop.clone();
@@ -107,13 +109,22 @@ impl Env {
         self.worker_with_store(settings, registry, self.store.clone())
     }
 
-    pub fn worker_with_store(&self, settings: Settings, registry: Registry, store: Store) -> RunningWorker {
+    pub fn worker_with_store(
+        &self,
+        settings: Settings,
+        registry: Registry,
+        store: Store,
+    ) -> RunningWorker {
         let worker = Worker::new(settings, self.broker.clone(), store, registry);
         let stop = CancellationToken::new();
         let w = worker.clone();
         let s = stop.clone();
         let handle = tokio::spawn(async move { w.run(s).await });
-        RunningWorker { worker, stop, handle }
+        RunningWorker {
+            worker,
+            stop,
+            handle,
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -128,7 +139,12 @@ impl Env {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.post(format!("{}{path}", self.api)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -188,7 +204,11 @@ impl Env {
 
     /// Tasks in Redis, all states of the default queue.
     pub async fn redis_total(&self, queue: &str) -> u64 {
-        let c = self.broker.counts(&queue.parse().expect("queue")).await.expect("counts");
+        let c = self
+            .broker
+            .counts(&queue.parse().expect("queue"))
+            .await
+            .expect("counts");
         c.queued + c.scheduled + c.retrying + c.running
     }
 }

@@ -22,11 +22,17 @@ fn time(v: &serde_json::Value) -> DateTime<Utc> {
 async fn submitted_task_is_durable_then_runs_and_is_recorded() {
     let env = Env::start().await;
     let (status, body) = env
-        .post("/v1/tasks", json!({"type": "echo", "payload": {"n": 1, "big": 18446744073709551615u64}}))
+        .post(
+            "/v1/tasks",
+            json!({"type": "echo", "payload": {"n": 1, "big": 18446744073709551615u64}}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["status"], "queued");
-    let id: TaskId = body["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+    let id: TaskId = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
     // Before any worker runs: the record is in MongoDB and the task in Redis.
     let stored = env.store.get(id).await.expect("get").expect("record");
     assert_eq!(stored.record.status, TaskStatus::Queued);
@@ -34,7 +40,10 @@ async fn submitted_task_is_durable_then_runs_and_is_recorded() {
 
     let w = env.worker(Env::settings("default"), Env::builtins());
     let rec = env.wait_status(id, TaskStatus::Succeeded, T).await;
-    assert_eq!(rec["result"], json!({"n": 1, "big": 18446744073709551615u64}));
+    assert_eq!(
+        rec["result"],
+        json!({"n": 1, "big": 18446744073709551615u64})
+    );
     assert_eq!(rec["attempts"], 1);
     assert!(rec["started_at"].is_string() && rec["finished_at"].is_string());
     let statuses: Vec<&str> = rec["events"]
@@ -52,7 +61,9 @@ async fn submitted_task_is_durable_then_runs_and_is_recorded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_submit_accepts_valid_items_in_order() {
     let env = Env::start().await;
-    let tasks: Vec<_> = (0..250).map(|i| json!({"type": "noop", "payload": i})).collect();
+    let tasks: Vec<_> = (0..250)
+        .map(|i| json!({"type": "noop", "payload": i}))
+        .collect();
     let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let results = body["results"].as_array().expect("results");
@@ -125,7 +136,12 @@ async fn high_priority_runs_before_normal_before_low() {
     let order: Vec<&str> = rec
         .runs()
         .iter()
-        .map(|(id, _, _)| ids.iter().find(|(_, i)| i == id).map(|(p, _)| *p).expect("known"))
+        .map(|(id, _, _)| {
+            ids.iter()
+                .find(|(_, i)| i == id)
+                .map(|(p, _)| *p)
+                .expect("known")
+        })
         .collect();
     assert_eq!(order, ["high", "high", "normal", "normal", "low", "low"]);
     w.shutdown().await;
@@ -133,7 +149,9 @@ async fn high_priority_runs_before_normal_before_low() {
 
 async fn submit_to_queues(env: &Env, per_queue: usize) {
     for q in ["critical", "default", "low"] {
-        let tasks: Vec<_> = (0..per_queue).map(|_| json!({"type": "rec", "queue": q})).collect();
+        let tasks: Vec<_> = (0..per_queue)
+            .map(|_| json!({"type": "rec", "queue": q}))
+            .collect();
         let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
@@ -191,7 +209,10 @@ async fn weighted_queues_share_by_weight_without_starving() {
     let head = &order[..150];
     let n = |q: &str| head.iter().filter(|x| *x == q).count();
     let (c, d, l) = (n("critical"), n("default"), n("low"));
-    assert!(c > d && d > l && l > 0, "critical {c}, default {d}, low {l}");
+    assert!(
+        c > d && d > l && l > 0,
+        "critical {c}, default {d}, low {l}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,7 +227,10 @@ async fn failures_retry_with_backoff_then_die_and_can_be_retried() {
             if healed {
                 Ok(Some(json!({"attempt": ctx.attempt})))
             } else {
-                Err(HandlerError::retry(format!("broken on attempt {}", ctx.attempt)))
+                Err(HandlerError::retry(format!(
+                    "broken on attempt {}",
+                    ctx.attempt
+                )))
             }
         }
     });
@@ -221,7 +245,12 @@ async fn failures_retry_with_backoff_then_die_and_can_be_retried() {
         .as_array()
         .expect("events")
         .iter()
-        .map(|e| (e["status"].as_str().unwrap_or("").to_owned(), e["attempt"].as_u64().unwrap_or(0)))
+        .map(|e| {
+            (
+                e["status"].as_str().unwrap_or("").to_owned(),
+                e["attempt"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
     let retrying: Vec<_> = events.iter().filter(|(s, _)| s == "retrying").collect();
     assert_eq!(retrying.len(), 2, "{events:?}");
@@ -229,7 +258,10 @@ async fn failures_retry_with_backoff_then_die_and_can_be_retried() {
     let at = |status: &str, attempt: u64| {
         rec["events"]
             .as_array()
-            .and_then(|es| es.iter().find(|e| e["status"] == status && e["attempt"] == attempt))
+            .and_then(|es| {
+                es.iter()
+                    .find(|e| e["status"] == status && e["attempt"] == attempt)
+            })
             .map(|e| time(&e["at"]))
             .expect("event")
     };
@@ -266,8 +298,15 @@ async fn non_retryable_errors_die_at_once() {
     assert_eq!(rec["attempts"], 1);
     assert_eq!(rec["last_error"], "fail handler failed attempt 1");
     // A task of a type no handler knows fails with a clear error too.
-    let id = env.submit(json!({"type": "nobody-handles-this", "max_attempts": 1})).await;
+    let id = env
+        .submit(json!({"type": "nobody-handles-this", "max_attempts": 1}))
+        .await;
     let rec = env.wait_status(id, TaskStatus::Dead, T).await;
-    assert!(rec["last_error"].as_str().unwrap_or("").contains("no handler registered"));
+    assert!(
+        rec["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no handler registered")
+    );
     w.shutdown().await;
 }

@@ -1,0 +1,530 @@
+//! Observability end to end: OTLP traces from the real api and worker binaries into an
+//! OTLP/gRPC receiver run by the test, Prometheus metrics that move, readiness that
+//! follows Redis, JSON logs with trace and task ids, and no secrets in any output.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskq_core::{TaskId, TaskStatus};
+use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
+
+use crate::harness::Env;
+
+const T: Duration = Duration::from_secs(30);
+
+/// One received span with the service that sent it.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attrs: HashMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Any::StringValue(s)) => s.clone(),
+        Some(Any::IntValue(i)) => i.to_string(),
+        Some(Any::BoolValue(b)) => b.to_string(),
+        Some(Any::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut out = self.spans.lock().expect("lock");
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .map(|r| attrs(&r.attributes))
+                .and_then(|a| a.get("service.name").cloned())
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    out.push(Received {
+                        service: service.clone(),
+                        name: s.name.clone(),
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent: hex(&s.parent_span_id),
+                        attrs: attrs(&s.attributes),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts the receiver; returns its address.
+async fn start_receiver(recv: Receiver) -> SocketAddr {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(recv))
+            .serve(addr),
+    );
+    assert!(
+        wait_until(T, Duration::from_millis(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    addr
+}
+
+/// The api and worker binaries of one test.
+struct Binaries {
+    api: ChildGuard,
+    worker: ChildGuard,
+    api_url: String,
+    worker_url: String,
+}
+
+fn spawn_binaries(env: &Env, extra: &[(&str, String)], mongodb_uri: &str) -> Binaries {
+    let api_port = free_port();
+    let worker_port = free_port();
+    let common = |cmd: &mut Command| {
+        cmd.env("TASKQ_REDIS_URL", env.redis.url())
+            .env("TASKQ_MONGODB_URI", mongodb_uri)
+            .env("TASKQ_MONGODB_DATABASE", &env.db)
+            .env("TASKQ_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+    };
+    let mut api = Command::new(workspace_bin("taskq-api"));
+    common(&mut api);
+    api.env("TASKQ_LISTEN", format!("127.0.0.1:{api_port}"));
+    let mut worker = Command::new(workspace_bin("taskq-worker"));
+    common(&mut worker);
+    worker.env("TASKQ_LISTEN", format!("127.0.0.1:{worker_port}"));
+    Binaries {
+        api: ChildGuard::spawn_logged("taskq-api", &mut api),
+        worker: ChildGuard::spawn_logged("taskq-worker", &mut worker),
+        api_url: format!("http://127.0.0.1:{api_port}"),
+        worker_url: format!("http://127.0.0.1:{worker_port}"),
+    }
+}
+
+async fn ready(http: &reqwest::Client, base: &str) -> bool {
+    http.get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() == StatusCode::OK)
+        .unwrap_or(false)
+}
+
+async fn record(http: &reqwest::Client, base: &str, id: TaskId) -> Value {
+    http.get(format!("{base}/v1/tasks/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
+    let recv = Receiver::default();
+    let otlp = start_receiver(recv.clone()).await;
+    // A webhook that fails its first call and records every traceparent it gets.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (c, s) = (calls.clone(), seen.clone());
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let (c, s) = (c.clone(), s.clone());
+            async move {
+                if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+                    s.lock().expect("lock").push(tp.to_owned());
+                }
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let env = Env::start().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("TASKQ_HTTP_ALLOW", format!("http://{hook_addr}/")),
+    ];
+    let mut bins = spawn_binaries(&env, &otel, &mongo_uri());
+    let http = reqwest::Client::new();
+    assert!(wait_until(T, Duration::from_millis(50), || ready(&http, &bins.api_url)).await);
+    assert!(
+        wait_until(T, Duration::from_millis(50), || ready(
+            &http,
+            &bins.worker_url
+        ))
+        .await
+    );
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let resp = http
+        .post(format!("{}/v1/tasks", bins.api_url))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(
+            &json!({"type": "http", "max_attempts": 3, "backoff": {"initial_ms": 10},
+                      "payload": {"url": format!("http://{hook_addr}/hook")}}),
+        )
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id: TaskId = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    assert!(
+        wait_until(T, Duration::from_millis(50), || async {
+            record(&http, &bins.api_url, id).await["status"] == TaskStatus::Succeeded.as_str()
+        })
+        .await
+    );
+    // Shutting down flushes the exporters.
+    bins.api.terminate();
+    bins.worker.terminate();
+    assert!(
+        bins.api.wait_timeout(T).is_some_and(|s| s.success()),
+        "{}",
+        bins.api.log()
+    );
+    assert!(
+        bins.worker.wait_timeout(T).is_some_and(|s| s.success()),
+        "{}",
+        bins.worker.log()
+    );
+
+    let spans = recv.spans.lock().expect("lock").clone();
+    let ours: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let request = ours
+        .iter()
+        .find(|s| s.name == "POST /v1/tasks")
+        .unwrap_or_else(|| panic!("no request span in {spans:#?}"));
+    assert_eq!(request.service, "taskq-api");
+    assert_eq!(
+        request.parent, caller_span,
+        "the incoming traceparent is honoured"
+    );
+    let enqueue = ours
+        .iter()
+        .find(|s| s.name == "task.enqueue")
+        .unwrap_or_else(|| panic!("no enqueue span in {ours:#?}"));
+    assert_eq!(enqueue.parent, request.span_id);
+    assert_eq!(enqueue.attrs.get("task.id"), Some(&id.to_string()));
+    let mut attempts: Vec<&&Received> = ours.iter().filter(|s| s.name == "task.process").collect();
+    attempts.sort_by_key(|s| s.attrs.get("task.attempt").cloned());
+    assert_eq!(attempts.len(), 2, "{ours:#?}");
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a.service, "taskq-worker");
+        assert_eq!(
+            a.parent, request.span_id,
+            "each attempt is a child of the submit span"
+        );
+        assert_eq!(a.attrs.get("task.id"), Some(&id.to_string()));
+        assert_eq!(a.attrs.get("task.type").map(String::as_str), Some("http"));
+        assert_eq!(
+            a.attrs.get("task.queue").map(String::as_str),
+            Some("default")
+        );
+        assert_eq!(a.attrs.get("task.attempt"), Some(&(i + 1).to_string()));
+    }
+    assert_eq!(
+        attempts[0].attrs.get("task.outcome").map(String::as_str),
+        Some("failed")
+    );
+    assert!(
+        attempts[0]
+            .attrs
+            .get("error.message")
+            .is_some_and(|e| e.contains("503"))
+    );
+    assert_eq!(
+        attempts[1].attrs.get("task.outcome").map(String::as_str),
+        Some("succeeded")
+    );
+    // The handler's outgoing requests carry the attempt's own span as parent.
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    for (tp, a) in seen.iter().zip(&attempts) {
+        assert_eq!(tp, &format!("00-{trace_id}-{}-01", a.span_id));
+    }
+
+    // JSON logs carry the task id and the trace id, on the worker's side too.
+    let log = bins.worker.log();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "attempt failed")
+        .unwrap_or_else(|| panic!("no JSON 'attempt failed' line in:\n{log}"));
+    assert_eq!(line["span"]["task.id"], id.to_string(), "{line}");
+    assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_as_tasks_run() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    // The worker's own metrics server, as the binary serves it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = taskq_worker::health_router(w.worker.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let scrape = |base: String| {
+        let http = env.http.clone();
+        async move {
+            let resp = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("scrape");
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.text().await.expect("text")
+        }
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let before = scrape(worker_url.clone()).await;
+    assert_eq!(value(&before, "taskq_worker_inflight "), 0.0);
+
+    let ok = env.submit(json!({"type": "echo", "payload": 1})).await;
+    let bad = env
+        .submit(json!({"type": "fail", "max_attempts": 2, "backoff": {"initial_ms": 10}}))
+        .await;
+    let later = env.submit(json!({"type": "noop", "delay_ms": 60000})).await;
+    env.wait_status(ok, TaskStatus::Succeeded, T).await;
+    env.wait_status(bad, TaskStatus::Dead, T).await;
+    assert_eq!(env.record(later).await["status"], "scheduled");
+
+    let api = scrape(env.api.clone()).await;
+    let worker = scrape(worker_url.clone()).await;
+    let echo = "{queue=\"default\",type=\"echo\"}";
+    let fail = "{queue=\"default\",type=\"fail\"}";
+    assert_eq!(
+        value(&api, &format!("taskq_tasks_submitted_total{echo}")),
+        1.0,
+        "{api}"
+    );
+    assert_eq!(
+        value(
+            &api,
+            "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"}"
+        ),
+        3.0,
+        "{api}"
+    );
+    assert!(
+        api.contains("taskq_http_request_duration_seconds_bucket{"),
+        "{api}"
+    );
+    assert_eq!(
+        value(
+            &api,
+            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
+        ),
+        1.0,
+        "{api}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_tasks_started_total{echo}")),
+        1.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_tasks_succeeded_total{echo}")),
+        1.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_tasks_failed_total{fail}")),
+        2.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_tasks_retried_total{fail}")),
+        1.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_tasks_dead_total{fail}")),
+        1.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, &format!("taskq_task_duration_seconds_count{echo}")),
+        1.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(&worker, "taskq_task_wait_seconds_count{queue=\"default\"}"),
+        3.0,
+        "{worker}"
+    );
+    assert!(
+        value(&worker, "taskq_store_flush_duration_seconds_count") > 0.0,
+        "{worker}"
+    );
+    assert_eq!(
+        value(
+            &worker,
+            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
+        ),
+        1.0
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_redis() {
+    let mut env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = taskq_worker::health_router(w.worker.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = env.http.clone();
+    let api = env.api.clone();
+    for base in [&api, &worker_url] {
+        assert!(
+            wait_until(T, Duration::from_millis(50), || ready(&http, base)).await,
+            "{base}"
+        );
+        let live = http
+            .get(format!("{base}/livez"))
+            .send()
+            .await
+            .expect("livez");
+        assert_eq!(live.status(), StatusCode::OK);
+    }
+    env.redis.stop();
+    for base in [&api, &worker_url] {
+        assert!(
+            wait_until(T, Duration::from_millis(100), || async {
+                !ready(&http, base).await
+            })
+            .await,
+            "{base} stayed ready without Redis"
+        );
+        // Liveness does not depend on Redis.
+        let live = http
+            .get(format!("{base}/livez"))
+            .send()
+            .await
+            .expect("livez");
+        assert_eq!(live.status(), StatusCode::OK);
+    }
+    env.redis.restart();
+    for base in [&api, &worker_url] {
+        assert!(
+            wait_until(T, Duration::from_millis(100), || ready(&http, base)).await,
+            "{base}"
+        );
+    }
+    // A draining worker is not ready.
+    let worker = w.worker.clone();
+    w.shutdown().await;
+    assert!(worker.ready(Duration::from_secs(2)).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_logs() {
+    let env = Env::start().await;
+    let secret = "s3cr3t-Pa55word";
+    let addr = taskq_testkit::mongo_addr();
+    // Credentials the server will refuse: the binaries log connection errors.
+    let uri =
+        format!("mongodb://taskq:{secret}@{addr}/?authSource=admin&serverSelectionTimeoutMS=500");
+    let mut bins = spawn_binaries(&env, &[("RUST_LOG", "debug".to_owned())], &uri);
+    let http = reqwest::Client::new();
+    // Let both run into the authentication failure and retry a few times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = http
+        .post(format!("{}/v1/tasks", bins.api_url))
+        .json(&json!({"type": "noop"}))
+        .send()
+        .await;
+    bins.api.terminate();
+    bins.worker.terminate();
+    bins.api.wait_timeout(T);
+    bins.worker.wait_timeout(T);
+    for (name, log) in [("api", bins.api.log()), ("worker", bins.worker.log())] {
+        assert!(!log.trim().is_empty(), "{name} logged nothing");
+        assert!(
+            !log.contains(secret),
+            "{name} logged the MongoDB password:\n{log}"
+        );
+    }
+    // `--help` shows where the URI comes from, not its value.
+    let help = Command::new(workspace_bin("taskq-api"))
+        .arg("--help")
+        .env("TASKQ_MONGODB_URI", &uri)
+        .output()
+        .expect("help");
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(secret));
+}
