@@ -277,7 +277,9 @@ async fn four_workers_run_ten_thousand_tasks_exactly_once() {
 async fn http_handler_maps_status_codes_to_outcomes() {
     use axum::http::{HeaderMap, StatusCode as S};
     use axum::routing::post;
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    // (body, traceparent) of every webhook call.
+    type Calls = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Calls = Arc::default();
     let s = seen.clone();
     let hook = axum::Router::new().route(
         "/hook/{code}",
