@@ -5,7 +5,8 @@
     openapi2jsonschema.py swagger.json OUT_DIR
 
 Writes one schema per kind the server serves (custom resources included) as
-OUT_DIR/<group>/<kind>_<version>.json (core kinds directly in OUT_DIR), each with the
+OUT_DIR/<group>/<kind>_<version>.json (core kinds in OUT_DIR/v1, as kubeconform's
+{{ .Group }} names them), each with the
 definitions it reaches, for
 
     kubeconform -strict -schema-location 'OUT_DIR/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json'
@@ -84,7 +85,8 @@ def main() -> int:
                 **root,
                 "definitions": {n: {k: v for k, v in fixed[n].items() if k != "x-kubernetes-group-version-kind"} for n in sorted(need)},
             }
-            path = out / gvk["group"] / f"{gvk['kind'].lower()}_{gvk['version']}.json"
+            # kubeconform's {{ .Group }} is the version itself for the core group ("v1").
+            path = out / (gvk["group"] or gvk["version"]) / f"{gvk['kind'].lower()}_{gvk['version']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(schema))
             written += 1

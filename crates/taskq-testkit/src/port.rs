@@ -41,11 +41,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_distinct_and_bindable() {
+    fn ports_are_distinct_and_usable() {
         let ports: BTreeSet<u16> = (0..50).map(|_| free_port()).collect();
         assert_eq!(ports.len(), 50);
-        for port in ports.iter().take(5) {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).expect("free port is bindable");
-        }
+        assert!(!ports.contains(&0));
+        // Parallel tests may legitimately take a returned port (that is the documented
+        // race), so only require that most of them can be bound.
+        let bindable = ports
+            .iter()
+            .filter(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, **port)).is_ok())
+            .count();
+        assert!(bindable >= 45, "only {bindable} of 50 ports were bindable");
     }
 }

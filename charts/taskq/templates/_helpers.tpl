@@ -1,0 +1,332 @@
+{{/*
+Names, labels, images and the shared environment of the taskq chart.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "taskq.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every object name: `<release>-<chart>` (just `<release>` when the release
+name already contains the chart name), or fullnameOverride. Truncated so that the longest
+suffix (`-controller`) still fits in 63 characters.
+*/}}
+{{- define "taskq.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `<fullname>-<component>`: call with (dict "ctx" $ "component" "api"). */}}
+{{- define "taskq.componentName" -}}
+{{- printf "%s-%s" (include "taskq.fullname" .ctx) .component -}}
+{{- end -}}
+
+{{- define "taskq.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select a component's pods; never change them (selectors are immutable). */}}
+{{- define "taskq.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskq.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Every object's labels: call with (dict "ctx" $ "component" "api"). */}}
+{{- define "taskq.labels" -}}
+helm.sh/chart: {{ include "taskq.chart" .ctx }}
+{{ include "taskq.selectorLabels" . }}
+app.kubernetes.io/part-of: taskq
+{{- if .ctx.Chart.AppVersion }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+An image reference from {registry, repository, tag, digest}: call with
+(dict "image" .Values.api.image "ctx" $). global.imageRegistry replaces the registry; an
+empty tag means the chart's appVersion; a digest pins the image.
+*/}}
+{{- define "taskq.image" -}}
+{{- $registry := .image.registry -}}
+{{- with .ctx.Values.global.imageRegistry }}{{ $registry = . }}{{ end -}}
+{{- $repo := .image.repository -}}
+{{- if $registry }}{{ $repo = printf "%s/%s" $registry .image.repository }}{{ end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (.image.tag | default .ctx.Chart.AppVersion | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskq.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* ServiceAccount names. */}}
+{{- define "taskq.api.serviceAccountName" -}}
+{{- if .Values.api.serviceAccount.create -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "api")) .Values.api.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.api.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskq.worker.serviceAccountName" -}}
+{{- if .Values.worker.serviceAccount.create -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "worker")) .Values.worker.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.worker.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskq.controller.serviceAccountName" -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "controller")) .Values.controller.serviceAccount.name -}}
+{{- end -}}
+
+{{/* Redis: where its URL is kept. */}}
+{{- define "taskq.redis.secretName" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- else -}}
+{{- include "taskq.componentName" (dict "ctx" . "component" "redis") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskq.redis.secretKey" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- .Values.redis.external.existingSecretKey -}}
+{{- else -}}
+redis-url
+{{- end -}}
+{{- end -}}
+
+{{/* MongoDB: where its connection string is kept. */}}
+{{- define "taskq.mongodb.secretName" -}}
+{{- if .Values.mongodb.enabled -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "mongodb")) .Values.mongodb.auth.existingSecret -}}
+{{- else if .Values.mongodb.external.existingSecret -}}
+{{- .Values.mongodb.external.existingSecret -}}
+{{- else -}}
+{{- include "taskq.componentName" (dict "ctx" . "component" "mongodb") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskq.mongodb.secretKey" -}}
+{{- if .Values.mongodb.enabled -}}
+{{- .Values.mongodb.auth.uriKey -}}
+{{- else if .Values.mongodb.external.existingSecret -}}
+{{- .Values.mongodb.external.existingSecretKey -}}
+{{- else -}}
+mongodb-uri
+{{- end -}}
+{{- end -}}
+
+{{/* The OTLP endpoint: otel.endpoint, else the bundled Jaeger, else none. */}}
+{{- define "taskq.otel.endpoint" -}}
+{{- if .Values.otel.endpoint -}}
+{{- .Values.otel.endpoint -}}
+{{- else if .Values.jaeger.enabled -}}
+{{- $port := ternary "4317" "4318" (eq .Values.otel.protocol "grpc") -}}
+{{- printf "http://%s:%s" (include "taskq.componentName" (dict "ctx" . "component" "jaeger")) $port -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Environment every taskq binary reads: backing services, logging, tracing. Call with
+(dict "ctx" $ "component" "api" "port" 8080).
+*/}}
+{{- define "taskq.commonEnv" -}}
+{{- $ctx := .ctx -}}
+- name: TASKQ_LISTEN
+  value: "0.0.0.0:{{ .port }}"
+- name: TASKQ_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskq.redis.secretName" $ctx }}
+      key: {{ include "taskq.redis.secretKey" $ctx }}
+{{- if and (not $ctx.Values.redis.enabled) $ctx.Values.redis.external.cluster }}
+- name: TASKQ_REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- if ne .component "controller" }}
+- name: TASKQ_MONGODB_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskq.mongodb.secretName" $ctx }}
+      key: {{ include "taskq.mongodb.secretKey" $ctx }}
+- name: TASKQ_MONGODB_DATABASE
+  value: {{ $ctx.Values.mongodb.database | quote }}
+{{- end }}
+- name: TASKQ_LOG_FORMAT
+  value: {{ $ctx.Values.config.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ $ctx.Values.config.logLevel | quote }}
+{{- $endpoint := include "taskq.otel.endpoint" $ctx }}
+{{- if and $ctx.Values.otel.enabled $endpoint }}
+- name: OTEL_SERVICE_NAME
+  value: "taskq-{{ .component }}"
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $ctx.Values.otel.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $ctx.Values.otel.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $ctx.Values.otel.samplerArg | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Liveness (/livez), readiness (/readyz) and startup (/livez) probes on the named port
+"http": call with the component's values (.livenessProbe, .readinessProbe, .startupProbe).
+*/}}
+{{- define "taskq.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: http
+  periodSeconds: {{ .livenessProbe.periodSeconds }}
+  timeoutSeconds: {{ .livenessProbe.timeoutSeconds }}
+  failureThreshold: {{ .livenessProbe.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  periodSeconds: {{ .readinessProbe.periodSeconds }}
+  timeoutSeconds: {{ .readinessProbe.timeoutSeconds }}
+  failureThreshold: {{ .readinessProbe.failureThreshold }}
+  successThreshold: {{ .readinessProbe.successThreshold }}
+startupProbe:
+  httpGet:
+    path: /livez
+    port: http
+  periodSeconds: {{ .startupProbe.periodSeconds }}
+  timeoutSeconds: {{ .startupProbe.timeoutSeconds }}
+  failureThreshold: {{ .startupProbe.failureThreshold }}
+{{- end -}}
+
+{{/* Scheduling fields of a pod spec from a component's values. */}}
+{{- define "taskq.scheduling" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{- range .values.topologySpreadConstraints }}
+  - {{- toYaml (omit . "labelSelector") | nindent 4 }}
+    labelSelector:
+      {{- if .labelSelector }}
+      {{- toYaml .labelSelector | nindent 6 }}
+      {{- else }}
+      matchLabels:
+        {{- include "taskq.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 8 }}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A PodDisruptionBudget spec's budget from {minAvailable, maxUnavailable}. */}}
+{{- define "taskq.pdbBudget" -}}
+{{- if not (kindIs "invalid" .minAvailable) }}
+minAvailable: {{ .minAvailable }}
+{{- else }}
+maxUnavailable: {{ .maxUnavailable }}
+{{- end }}
+{{- end -}}
+
+{{/* Checks values that the schema cannot; fails the render with what to fix. */}}
+{{- define "taskq.validateValues" -}}
+{{- $errors := list -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
+{{- $errors = append $errors "redis.enabled is false: set redis.external.url or redis.external.existingSecret" -}}
+{{- end -}}
+{{- if and (not .Values.mongodb.enabled) (not .Values.mongodb.external.uri) (not .Values.mongodb.external.existingSecret) -}}
+{{- $errors = append $errors "mongodb.enabled is false: set mongodb.external.uri or mongodb.external.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.redis.enabled .Values.redis.external.cluster -}}
+{{- $errors = append $errors "redis.external.cluster needs an external Redis Cluster: the bundled Redis (redis.enabled) is a single node" -}}
+{{- end -}}
+{{- $graceMs := mul .Values.worker.terminationGracePeriodSeconds 1000 -}}
+{{- if ge (int64 .Values.worker.shutdownGraceMs) (int64 $graceMs) -}}
+{{- $errors = append $errors (printf "worker.shutdownGraceMs (%v) must be below worker.terminationGracePeriodSeconds (%v s), or running tasks are killed instead of released" .Values.worker.shutdownGraceMs .Values.worker.terminationGracePeriodSeconds) -}}
+{{- end -}}
+{{- if lt (int64 .Values.worker.leaseMs) 1000 -}}
+{{- $errors = append $errors "worker.leaseMs must be at least 1000" -}}
+{{- end -}}
+{{- if gt (int64 .Values.api.config.maxPayloadBytes) (int64 .Values.api.config.maxBodyBytes) -}}
+{{- $errors = append $errors "api.config.maxPayloadBytes must not exceed api.config.maxBodyBytes" -}}
+{{- end -}}
+{{- range $c := list "api" "worker" -}}
+{{- $pdb := get (get $.Values $c) "pdb" -}}
+{{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) -}}
+{{- $errors = append $errors (printf "%s.pdb: set minAvailable or maxUnavailable" $c) -}}
+{{- end -}}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) -}}
+{{- $errors = append $errors (printf "%s.pdb: set only one of minAvailable and maxUnavailable" $c) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.controller.enabled -}}
+{{- with .Values.controller.scaler -}}
+{{- if and .enabled (gt (int64 .minReplicas) (int64 .maxReplicas)) -}}
+{{- $errors = append $errors (printf "controller.scaler.minReplicas (%v) must not exceed maxReplicas (%v)" .minReplicas .maxReplicas) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.api.ingress.enabled (not .Values.api.ingress.hosts) -}}
+{{- $errors = append $errors "api.ingress.enabled: give at least one entry in api.ingress.hosts" -}}
+{{- end -}}
+{{- if $errors -}}
+{{- fail (printf "\n\nVALUES VALIDATION:\n  - %s\n" (join "\n  - " $errors)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+WiredTiger cache for the bundled MongoDB: 40 % of the container's memory limit (at least
+0.25 GB, MongoDB's minimum), 0.25 GB when no limit in Mi/Gi is set.
+*/}}
+{{- define "taskq.mongodb.cacheSizeGB" -}}
+{{- $limit := toString (dig "limits" "memory" "" .Values.mongodb.resources) -}}
+{{- $mi := 0.0 -}}
+{{- if hasSuffix "Gi" $limit -}}{{- $mi = mulf (float64 (trimSuffix "Gi" $limit)) 1024 -}}
+{{- else if hasSuffix "Mi" $limit -}}{{- $mi = float64 (trimSuffix "Mi" $limit) -}}
+{{- end -}}
+{{- $gb := divf (mulf $mi 0.4) 1024 -}}
+{{- if lt $gb 0.25 }}{{ $gb = 0.25 }}{{ end -}}
+{{- printf "%.2f" $gb -}}
+{{- end -}}
+
+{{/* Does the worker Deployment have its replicas owned by the controller? */}}
+{{- define "taskq.worker.autoscaled" -}}
+{{- if and .Values.controller.enabled .Values.controller.scaler.enabled -}}true{{- end -}}
+{{- end -}}

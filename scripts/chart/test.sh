@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Tests of the Helm chart (charts/taskq), the plain manifests (k8s/) and the dashboard:
+#
+#   scripts/chart/test.sh          # everything
+#   scripts/chart/test.sh static   # lint, schema, template tests, manifests (no API server)
+#   scripts/chart/test.sh kube     # only what needs the real API server
+#
+# Value sets: every charts/taskq/ci/*-values.yaml, and `dev` (k8s/dev/values.yaml +
+# k8s/dev/local-images.yaml, what skaffold, kind users and the e2e workflow install).
+#
+# static: helm lint --strict of every value set; values.schema.json rejects unknown
+#   keys and wrong types and validateValues catches what the schema cannot; `helm
+#   template` of every value set; template tests over the output
+#   (scripts/chart/check_rendered.py: probes, resources, hardened securityContext, token
+#   mounts, RBAC, env names the binaries read); the dashboard's queries use only taskq's
+#   metric names; k8s/manifests is in sync with the chart.
+# kube: a real etcd + kube-apiserver (scripts/chart/kube-env.sh; build it once with
+#   `scripts/chart/kube-env.sh build`, the test fails with that instruction otherwise).
+#   Every rendered object is validated strictly twice: by kubeconform -strict against JSON
+#   schemas generated from this API server's /openapi/v2 (custom resources included), and
+#   by the API server itself (server-side dry run with --validate=strict, then `helm
+#   install`, which Helm 4 does by server-side apply). Then for every value set, in its
+#   own namespace: helm install → status deployed; the `helm test` pod accepted (dry run);
+#   the controller's real permissions (kubectl auth can-i); helm upgrade keeps the
+#   generated MongoDB password; helm uninstall leaves no object of the release behind.
+#   Pods never run (no kubelet): the point is that the API server accepts every object.
+#
+# Tools come from scripts/chart/install-tools.sh (cached in ~/.cache/taskq/bin). Output
+# goes to $TASKQ_CHART_OUT (default .tmp/chart-test). Ends with `N passed, N failed`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+CHART=charts/taskq
+MODE="${1:-all}"
+OUT="${TASKQ_CHART_OUT:-$ROOT/.tmp/chart-test}"
+RELEASE=taskq
+NS_RENDER=taskq-ci
+
+case "$MODE" in all | static | kube) ;; *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;; esac
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); printf '  ok   %s\n' "$*"; }
+bad() { failed=$((failed + 1)); printf '  FAIL %s\n' "$*"; }
+step() { printf '\n== %s\n' "$*"; }
+# expect_ok DESCRIPTION CMD...: the command succeeds (its output is shown on failure).
+expect_ok() {
+  local what="$1"; shift
+  local log
+  if log="$("$@" 2>&1)"; then ok "$what"; else bad "$what"; printf '%s\n' "$log" | tail -n 20 | sed 's/^/       /'; fi
+}
+# expect_fail DESCRIPTION PATTERN CMD...: the command fails and says PATTERN.
+expect_fail() {
+  local what="$1" pattern="$2"; shift 2
+  local log
+  if log="$("$@" 2>&1)"; then
+    bad "$what (it succeeded)"
+  elif grep -qE -- "$pattern" <<<"$log"; then
+    ok "$what"
+  else
+    bad "$what (failed without /$pattern/)"; printf '%s\n' "$log" | tail -n 10 | sed 's/^/       /'
+  fi
+}
+
+step "tools"
+BIN="$(bash scripts/chart/install-tools.sh)"
+export PATH="$BIN:$PATH"
+rm -rf "$OUT"
+mkdir -p "$OUT/rendered"
+# Every ci/ value set, plus `dev`: the development overlay of skaffold, kind and e2e.
+value_sets=()
+for f in "$CHART"/ci/*-values.yaml; do value_sets+=("$(basename "$f" -values.yaml)"); done
+value_sets+=(dev)
+echo "value sets: ${value_sets[*]}"
+
+values_args() { # values_args NAME: the -f arguments of a value set
+  if [[ "$1" == dev ]]; then echo "-f k8s/dev/values.yaml -f k8s/dev/local-images.yaml"
+  else echo "-f $CHART/ci/$1-values.yaml"; fi
+}
+
+render() { # render NAME NAMESPACE > file
+  # shellcheck disable=SC2046
+  helm template "$RELEASE" "$CHART" --namespace "$2" --include-crds $(values_args "$1")
+}
+
+run_static() {
+  step "helm lint --strict"
+  for v in "${value_sets[@]}"; do
+    # shellcheck disable=SC2046
+    expect_ok "lint with $(values_args "$v")" helm lint --strict "$CHART" $(values_args "$v")
+  done
+
+  step "values.schema.json and validateValues reject bad values"
+  expect_fail "unknown key api.replicaz" "additional properties 'replicaz' not allowed" \
+    helm template t "$CHART" --set api.replicaz=1
+  expect_fail "unknown top-level key" "additional properties 'workers' not allowed" \
+    helm template t "$CHART" --set workers.concurrency=1
+  expect_fail "string where an integer belongs" "want integer" \
+    helm template t "$CHART" --set-string worker.concurrency=8
+  expect_fail "out-of-range concurrency" "maximum" \
+    helm template t "$CHART" --set worker.concurrency=20000
+  expect_fail "unknown OTLP protocol" "otel/protocol" \
+    helm template t "$CHART" --set otel.protocol=udp
+  expect_fail "external Redis without a URL" "set redis.external.url" \
+    helm template t "$CHART" --set redis.enabled=false
+  expect_fail "external MongoDB without a URI" "set mongodb.external.uri" \
+    helm template t "$CHART" --set mongodb.enabled=false
+  expect_fail "worker grace not below the pod's termination grace" "shutdownGraceMs" \
+    helm template t "$CHART" --set worker.shutdownGraceMs=30000
+  expect_fail "scaler min above max" "minReplicas" \
+    helm template t "$CHART" --set controller.enabled=true,controller.scaler.minReplicas=5,controller.scaler.maxReplicas=2
+  expect_fail "both PDB budgets" "only one of minAvailable" \
+    helm template t "$CHART" --set api.pdb.maxUnavailable=1
+
+  step "helm template of every ci/ value set, and template tests"
+  for v in "${value_sets[@]}"; do
+    if render "$v" "$NS_RENDER" >"$OUT/rendered/$v.yaml" 2>"$OUT/rendered/$v.err"; then
+      ok "template $v ($(grep -c '^kind:' "$OUT/rendered/$v.yaml") objects)"
+    else
+      bad "template $v"; sed 's/^/       /' "$OUT/rendered/$v.err"; continue
+    fi
+    if python3 scripts/chart/check_rendered.py "$v" "$OUT/rendered/$v.yaml" "$ROOT" >"$OUT/rendered/$v.check" 2>&1; then
+      ok "$(tail -n1 "$OUT/rendered/$v.check")"
+    else
+      bad "$(tail -n1 "$OUT/rendered/$v.check")"; grep -v '^template tests' "$OUT/rendered/$v.check" | sed 's/^/       /'
+    fi
+  done
+
+  step "Grafana dashboard"
+  expect_ok "dashboards/taskq.json queries only taskq's metrics" python3 - "$CHART/dashboards/taskq.json" <<'PY'
+import json, re, sys
+known = {"taskq_tasks_submitted_total", "taskq_tasks_started_total", "taskq_tasks_succeeded_total",
+         "taskq_tasks_failed_total", "taskq_tasks_retried_total", "taskq_tasks_dead_total",
+         "taskq_task_duration_seconds_bucket", "taskq_task_wait_seconds_bucket", "taskq_queue_depth",
+         "taskq_worker_inflight", "taskq_http_requests_total", "taskq_http_request_duration_seconds_bucket"}
+d = json.load(open(sys.argv[1]))
+exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
+used = {m for e in exprs for m in re.findall(r"\btaskq_[a-z_]+", e)}
+assert exprs and used, "no queries"
+assert used <= known, f"unknown metrics: {sorted(used - known)}"
+ids = [p["id"] for p in d["panels"]]
+assert len(ids) == len(set(ids)), "duplicate panel ids"
+print(f"{len(exprs)} queries over {len(used)} metrics")
+PY
+
+  step "k8s/manifests in sync with the chart"
+  expect_ok "k8s/manifests/taskq.yaml is what the chart renders" bash scripts/chart/check-manifests.sh
+}
+
+KUBE_STARTED=""
+stop_kube() {
+  if [[ -n "$KUBE_STARTED" ]]; then bash scripts/chart/kube-env.sh stop >/dev/null 2>&1 || true; fi
+}
+
+run_kube() {
+  step "kube-apiserver + etcd"
+  export TASKQ_KUBE_STATE="${TASKQ_KUBE_STATE:-$OUT/kube}"
+  if ! bash scripts/chart/kube-env.sh status; then
+    KUBE_STARTED=1
+    trap stop_kube EXIT
+    if ! bash scripts/chart/kube-env.sh start; then
+      bad "start kube-apiserver (see above)"; return
+    fi
+  fi
+  eval "$(bash scripts/chart/kube-env.sh env)"
+  ok "API server $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') answers"
+
+  # The Prometheus Operator kinds the chart can render (a cut-down fixture) and the chart's CRD.
+  expect_ok "fixture CRDs and the chart's CRD apply" \
+    kubectl apply --server-side -f scripts/chart/fixtures/monitoring-crds.yaml -f "$CHART/crds/"
+  expect_ok "CRDs established" kubectl wait --for condition=established crd --all --timeout=60s
+
+  step "kubeconform -strict against schemas from this API server"
+  kubectl get --raw /openapi/v2 >"$OUT/openapi-v2.json"
+  python3 scripts/chart/openapi2jsonschema.py "$OUT/openapi-v2.json" "$OUT/schemas"
+  local loc="$OUT/schemas/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
+  for v in "${value_sets[@]}"; do
+    [[ -f "$OUT/rendered/$v.yaml" ]] || render "$v" "$NS_RENDER" >"$OUT/rendered/$v.yaml"
+    expect_ok "kubeconform -strict $v" kubeconform -strict -summary -schema-location "$loc" "$OUT/rendered/$v.yaml"
+  done
+  sed 's/readOnlyRootFilesystem:/readOnlyRootFilesystm:/' "$OUT/rendered/default.yaml" >"$OUT/misspelled.yaml"
+  expect_fail "kubeconform rejects a misspelled field" "readOnlyRootFilesystm" \
+    kubeconform -strict -schema-location "$loc" "$OUT/misspelled.yaml"
+
+  for v in "${value_sets[@]}"; do
+    local ns="taskq-ci-$v"
+    step "helm install value set $v into namespace $ns"
+    kubectl create namespace "$ns" >/dev/null
+    render "$v" "$ns" >"$OUT/rendered/$v.$ns.yaml"
+    # Everything but the test pod (its ServiceAccount must exist first) and the CRD.
+    python3 - "$OUT/rendered/$v.$ns.yaml" "$OUT/rendered/$v.$ns.split" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+objs = [d for d in docs if d["kind"] != "CustomResourceDefinition" and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+yaml.safe_dump_all(objs, open(sys.argv[2] + ".objects.yaml", "w"))
+yaml.safe_dump_all(hooks, open(sys.argv[2] + ".hooks.yaml", "w"))
+PY
+    expect_ok "server-side dry run, strict field validation" \
+      kubectl apply --server-side --dry-run=server --validate=strict -n "$ns" -f "$OUT/rendered/$v.$ns.split.objects.yaml"
+    # shellcheck disable=SC2046
+    expect_ok "helm install" helm install "$RELEASE" "$CHART" -n "$ns" $(values_args "$v")
+    local status
+    status="$(helm status "$RELEASE" -n "$ns" -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["status"])' || true)"
+    if [[ "$status" == deployed ]]; then ok "helm status: deployed"; else bad "helm status: ${status:-none}, not deployed"; fi
+    local count
+    count="$(kubectl get deploy,sts,svc,secret,sa,pdb,netpol,ingress,role,rolebinding,configmap -n "$ns" -l "app.kubernetes.io/instance=$RELEASE" -o name | wc -l)"
+    if [[ "$count" -gt 0 ]]; then ok "$count objects stored"; else bad "no object of the release stored"; fi
+    expect_ok "the helm test pod is accepted (dry run)" \
+      kubectl create --dry-run=server --validate=strict -n "$ns" -f "$OUT/rendered/$v.$ns.split.hooks.yaml"
+
+    if [[ "$v" == autoscaling ]]; then
+      local sa="system:serviceaccount:$ns:$RELEASE-controller"
+      for allowed in "list taskqueuescalers.taskq.dev" "watch deployments.apps" "patch deployments.apps --subresource=scale" \
+                     "patch taskqueuescalers.taskq.dev --subresource=status" "create leases.coordination.k8s.io" \
+                     "update leases.coordination.k8s.io" "create events.events.k8s.io"; do
+        # shellcheck disable=SC2086
+        expect_ok "controller may: $allowed" kubectl auth can-i -n "$ns" --as "$sa" $allowed
+      done
+      for denied in "update deployments.apps" "patch deployments.apps" "delete deployments.apps" "get secrets" \
+                    "list pods" "patch taskqueuescalers.taskq.dev" "list deployments.apps -n default" "create pods"; do
+        # shellcheck disable=SC2086
+        expect_fail "controller may not: $denied" "^no" kubectl auth can-i -n "$ns" --as "$sa" $denied
+      done
+      expect_fail "the worker's ServiceAccount may do nothing" "^no" \
+        kubectl auth can-i get deployments.apps -n "$ns" --as "system:serviceaccount:$ns:$RELEASE-worker"
+    fi
+
+    if [[ "$v" == default ]]; then
+      local before after
+      before="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
+      # shellcheck disable=SC2046
+      expect_ok "helm upgrade" helm upgrade "$RELEASE" "$CHART" -n "$ns" $(values_args "$v") --set api.replicaCount=3
+      after="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
+      if [[ -n "$before" && "$before" == "$after" ]]; then ok "the generated MongoDB password survives the upgrade"
+      else bad "the MongoDB password changed on upgrade"; fi
+      expect_fail "the API server rejects a misspelled field (strict validation end to end)" "valu" \
+        helm upgrade "$RELEASE" "$CHART" -n "$ns" --set 'api.extraEnv[0].name=X' --set 'api.extraEnv[0].valu=y'
+    fi
+
+    expect_ok "helm uninstall" helm uninstall "$RELEASE" -n "$ns"
+    local left
+    left="$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events' | paste -sd, - |
+      xargs -I{} kubectl get {} -n "$ns" -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null | wc -l)"
+    if [[ "$left" -eq 0 ]]; then ok "nothing of the release is left"; else bad "$left objects left after uninstall"; fi
+    if [[ -z "$(helm list -n "$ns" -q)" ]]; then ok "no release left"; else bad "a release is left"; fi
+  done
+}
+
+if [[ "$MODE" == all || "$MODE" == static ]]; then run_static; fi
+if [[ "$MODE" == all || "$MODE" == kube ]]; then run_kube; fi
+
+printf '\nchart: %d passed, %d failed\n' "$passed" "$failed"
+[[ "$failed" -eq 0 ]]
