@@ -7,6 +7,7 @@
 mod error;
 mod extract;
 mod observe;
+mod queues;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -160,6 +161,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/batch", post(tasks::submit_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", get(queues::get))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/v1/queues/{name}/retry-dead", post(queues::retry_dead))
+        .route("/v1/queues/{name}/purge-dead", post(queues::purge_dead))
+        .route("/v1/admin/recover", post(queues::recover))
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::metrics))

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
-use taskq_redis::EnqueueItem;
+use taskq_redis::{CancelOutcome, EnqueueItem};
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
 
 use taskq_telemetry::metrics::Metrics;
@@ -307,4 +307,54 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         && parts[2] != "0".repeat(16)
         && hex(parts[3], 2);
     ok.then(|| v.to_owned())
+}
+
+/// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
+/// one has its handler signalled and ends `cancelled` shortly (202); a finished one is a
+/// conflict (409).
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Some(stored) = state.store.get(id).await? else {
+        return Err(ApiError::not_found(format!("no task {id}")));
+    };
+    let status = stored.record.status;
+    if status.is_final() {
+        return Err(ApiError::conflict(format!("task {id} is already {status}")));
+    }
+    let now = taskq_core::now();
+    let seq = match state.broker.cancel(&stored.record.queue, id).await? {
+        CancelOutcome::Signalled => {
+            return Ok((StatusCode::ACCEPTED, Json(stored.record)).into_response());
+        }
+        CancelOutcome::Cancelled { seq } => seq,
+        // Not in Redis (e.g. Redis lost it): the record alone decides.
+        CancelOutcome::NotFound => stored.seq + 1,
+    };
+    let update = StatusUpdate {
+        finished_at: Some(now),
+        events: vec![taskq_core::TaskEvent {
+            status: TaskStatus::Cancelled,
+            at: now,
+            attempt: stored.record.attempts,
+            error: None,
+            worker: None,
+        }],
+        ..StatusUpdate::new(id, seq, TaskStatus::Cancelled, stored.record.attempts, now)
+    };
+    state.store.apply(std::slice::from_ref(&update)).await?;
+    state
+        .metrics
+        .cancelled
+        .get_or_create(&Metrics::task(
+            stored.record.queue.as_str(),
+            &stored.record.kind,
+        ))
+        .inc();
+    match state.store.get(id).await? {
+        Some(t) => Ok((StatusCode::OK, Json(t.record)).into_response()),
+        None => Err(ApiError::not_found(format!("no task {id}"))),
+    }
 }

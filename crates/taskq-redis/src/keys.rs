@@ -55,6 +55,17 @@ impl QueueKeys {
         format!("{}wake", self.base)
     }
 
+    /// Present while the queue is paused: workers take nothing from it.
+    pub fn paused(&self) -> String {
+        format!("{}paused", self.base)
+    }
+
+    /// Prefix of the per-second counters of finished attempts: `<prefix>ok:<second>` and
+    /// `<prefix>err:<second>`, each expiring after two minutes.
+    pub fn stats_prefix(&self) -> String {
+        format!("{}stats:", self.base)
+    }
+
     /// Prefix of the per-task hashes; scripts append the task id.
     pub fn task_prefix(&self) -> String {
         format!("{}t:", self.base)

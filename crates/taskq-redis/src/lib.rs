@@ -106,6 +106,17 @@ pub enum FailOutcome {
     Dead,
 }
 
+/// What [`Broker::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was waiting and left Redis; its transition counter is now `seq`.
+    Cancelled { seq: u64 },
+    /// The task is running; its worker was asked to stop it.
+    Signalled,
+    /// Redis does not hold the task (it finished, or Redis lost it).
+    NotFound,
+}
+
 /// Task counts of one queue, as Redis sees them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -234,7 +245,7 @@ impl Broker {
         for k in keys.pending_all() {
             inv.key(k);
         }
-        inv.key(keys.lease()).key(keys.wake());
+        inv.key(keys.lease()).key(keys.wake()).key(keys.paused());
         inv.arg(keys.task_prefix())
             .arg(n)
             .arg(deadline(lease))
@@ -289,12 +300,33 @@ impl Broker {
         queue: &QueueName,
         items: &[(TaskId, &str)],
     ) -> Result<Vec<Option<u64>>> {
+        self.finish(queue, items, "ok").await
+    }
+
+    /// Ends attempts whose task was cancelled while running: like [`Broker::ack`], counted
+    /// apart from successes.
+    pub async fn ack_cancelled(
+        &self,
+        queue: &QueueName,
+        items: &[(TaskId, &str)],
+    ) -> Result<Vec<Option<u64>>> {
+        self.finish(queue, items, "cancel").await
+    }
+
+    async fn finish(
+        &self,
+        queue: &QueueName,
+        items: &[(TaskId, &str)],
+        counter: &str,
+    ) -> Result<Vec<Option<u64>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::ACK.prepare_invoke();
-        inv.key(keys.lease()).arg(keys.task_prefix());
+        inv.key(keys.lease())
+            .key(stats_key(&keys, counter, taskq_core::now_ms()))
+            .arg(keys.task_prefix());
         for (id, token) in items {
             inv.arg(id.to_string()).arg(*token);
         }
@@ -315,6 +347,7 @@ impl Broker {
         let mut inv = scripts::FAIL.prepare_invoke();
         inv.key(keys.lease())
             .key(keys.retry())
+            .key(stats_key(&keys, "err", taskq_core::now_ms()))
             .arg(keys.task_prefix());
         for (id, token, outcome) in items {
             let due = match outcome {
@@ -437,6 +470,91 @@ impl Broker {
         })
     }
 
+    /// Stops workers from taking tasks of `queue`; submissions still go in.
+    pub async fn pause(&self, queue: &QueueName) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.set(QueueKeys::new(queue).paused(), 1).await?;
+        let _: i64 = c.sadd(keys::QUEUES, queue.as_str()).await?;
+        Ok(())
+    }
+
+    /// Lets workers take tasks of `queue` again, waking an idle one.
+    pub async fn resume(&self, queue: &QueueName) -> Result<()> {
+        let keys = QueueKeys::new(queue);
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(keys.paused())
+            .lpush(keys.wake(), 1)
+            .ltrim(keys.wake(), 0, 0);
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    pub async fn is_paused(&self, queue: &QueueName) -> Result<bool> {
+        let mut c = self.conn.clone();
+        Ok(c.exists(QueueKeys::new(queue).paused()).await?)
+    }
+
+    /// Attempts of `queue` that succeeded and that failed over the last 60 seconds.
+    pub async fn finished_last_minute(&self, queue: &QueueName) -> Result<(u64, u64)> {
+        let keys = QueueKeys::new(queue);
+        let now = taskq_core::now_ms();
+        let mut pipe = redis::pipe();
+        for kind in ["ok", "err"] {
+            let names: Vec<String> = (0..60)
+                .map(|s| stats_key(&keys, kind, now - s * 1000))
+                .collect();
+            pipe.mget(names);
+        }
+        let mut c = self.conn.clone();
+        let (ok, err): (Vec<Option<u64>>, Vec<Option<u64>>) = pipe.query_async(&mut c).await?;
+        let sum = |v: Vec<Option<u64>>| v.into_iter().flatten().sum();
+        Ok((sum(ok), sum(err)))
+    }
+
+    /// Cancels a task: see [`scripts::CANCEL`].
+    pub async fn cancel(&self, queue: &QueueName, id: TaskId) -> Result<CancelOutcome> {
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::CANCEL.prepare_invoke();
+        for k in keys.pending_all() {
+            inv.key(k);
+        }
+        inv.key(keys.scheduled())
+            .key(keys.retry())
+            .arg(keys.task_prefix())
+            .arg(id.to_string());
+        let mut c = self.conn.clone();
+        let r: Vec<i64> = inv.invoke_async(&mut c).await?;
+        Ok(match r.as_slice() {
+            [1, seq] => CancelOutcome::Cancelled { seq: *seq as u64 },
+            [2, _] => CancelOutcome::Signalled,
+            _ => CancelOutcome::NotFound,
+        })
+    }
+
+    /// Which of `running` (tasks of `queue`) have been asked to cancel.
+    pub async fn cancel_requested(
+        &self,
+        queue: &QueueName,
+        running: &[TaskId],
+    ) -> Result<Vec<TaskId>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut inv = scripts::CANCELLED.prepare_invoke();
+        inv.key(keys.lease()).arg(keys.task_prefix());
+        for id in running {
+            inv.arg(id.to_string());
+        }
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = inv.invoke_async(&mut c).await?;
+        ids.iter()
+            .map(|s| s.parse().map_err(|e| BrokerError::Protocol(format!("{e}"))))
+            .collect()
+    }
+
     /// Every queue that has received a task.
     pub async fn queues(&self) -> Result<Vec<QueueName>> {
         let mut c = self.conn.clone();
@@ -450,6 +568,11 @@ impl Broker {
     pub async fn wake_listener(&self, queues: &[QueueName]) -> Result<WakeListener> {
         WakeListener::new(&self.source, queues).await
     }
+}
+
+/// The counter of `kind` ("ok" or "err") attempts finished in the second of `ms`.
+fn stats_key(keys: &QueueKeys, kind: &str, ms: i64) -> String {
+    format!("{}{kind}:{}", keys.stats_prefix(), ms.div_euclid(1000))
 }
 
 fn deadline(lease: Duration) -> i64 {

@@ -66,7 +66,7 @@ return out
 
 /// Takes up to `n` runnable tasks, highest priority first, and leases them.
 ///
-/// KEYS: pending high, normal, low; lease; wake.
+/// KEYS: pending high, normal, low; lease; wake; paused (nothing is taken while it exists).
 /// ARGV: task prefix, n, lease deadline ms, worker id.
 /// Returns id, msg, attempts, seq, lease token, queued-at ms per task. Leaves a wake token when work
 /// remains, so the next idle worker picks it up.
@@ -75,6 +75,7 @@ pub static DEQUEUE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local pfx, n, deadline, wid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, got = {}, 0
+if redis.call('EXISTS', KEYS[6]) == 1 then return out end
 for p = 1, 3 do
   while got < n do
     local ids = redis.call('RPOP', KEYS[p], n - got)
@@ -133,12 +134,13 @@ return lost
 
 /// Completes attempts: the task leaves Redis.
 ///
-/// KEYS: lease. ARGV: task prefix, then id, token per task.
+/// KEYS: lease; the current second's counter of finished attempts (or a dummy key of the
+/// same queue when nothing is counted). ARGV: task prefix, then id, token per task.
 /// Returns the new seq per task, or 0 when the lease was no longer held.
 pub static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local out = {}
+local out, n = {}, 0
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   local k = ARGV[1] .. id
@@ -146,9 +148,14 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = redis.call('HINCRBY', k, 'seq', 1)
     redis.call('ZREM', KEYS[1], id)
     redis.call('DEL', k)
+    n = n + 1
   else
     out[#out + 1] = 0
   end
+end
+if n > 0 then
+  redis.call('INCRBY', KEYS[2], n)
+  redis.call('EXPIRE', KEYS[2], 120)
 end
 return out
 ",
@@ -158,12 +165,13 @@ return out
 /// Fails attempts: each task either waits in the retry set until its due time or, with
 /// a due time of -1, dies and leaves Redis (its record in the store is the dead letter).
 ///
-/// KEYS: lease; retry. ARGV: task prefix, then id, token, due ms per task.
+/// KEYS: lease; retry; the current second's counter of failed attempts.
+/// ARGV: task prefix, then id, token, due ms per task.
 /// Returns the new seq per task, or 0 when the lease was no longer held.
 pub static FAIL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local out = {}
+local out, n = {}, 0
 for i = 2, #ARGV, 3 do
   local id = ARGV[i]
   local k = ARGV[1] .. id
@@ -178,9 +186,14 @@ for i = 2, #ARGV, 3 do
     else
       redis.call('DEL', k)
     end
+    n = n + 1
   else
     out[#out + 1] = 0
   end
+end
+if n > 0 then
+  redis.call('INCRBY', KEYS[3], n)
+  redis.call('EXPIRE', KEYS[3], 120)
 end
 return out
 ",
@@ -291,4 +304,50 @@ if woke then ",
 return out
 "
     ))
+});
+
+/// Cancels a task that has not finished. A waiting task (queued, scheduled or retrying)
+/// leaves Redis at once; a running one is flagged, and its worker stops the handler and
+/// finishes it as cancelled.
+///
+/// KEYS: pending high, normal, low; scheduled; retry. ARGV: task prefix, id.
+/// Returns {0} when the task is not in Redis, {1, seq} when it was cancelled, and
+/// {2, 0} when it is running and was flagged.
+pub static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local id = ARGV[2]
+local k = ARGV[1] .. id
+local vals = redis.call('HMGET', k, 'state', 'prio')
+if not vals[1] then return {0} end
+if vals[1] == 'running' then
+  redis.call('HSET', k, 'cancel', '1')
+  return {2, 0}
+end
+local seq = redis.call('HINCRBY', k, 'seq', 1)
+redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[5], id)
+redis.call('DEL', k)
+return {1, seq}
+",
+    )
+});
+
+/// Which of the given running tasks have been asked to cancel.
+///
+/// KEYS: lease (routes the call to the queue's slot). ARGV: task prefix, then ids.
+/// Returns the flagged ids.
+pub static CANCELLED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i = 2, #ARGV do
+  if redis.call('HGET', ARGV[1] .. ARGV[i], 'cancel') == '1' then
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+",
+    )
 });

@@ -191,6 +191,42 @@ impl Store {
         Ok(res.deleted_count)
     }
 
+    /// Deletes every record of `queue` in `status` (e.g. purging the dead letters).
+    pub async fn delete_by_status(&self, queue: &QueueName, status: TaskStatus) -> Result<u64> {
+        let res = self
+            .tasks
+            .delete_many(doc! { f::QUEUE: queue.as_str(), f::ST_STATUS: status.as_str() })
+            .await?;
+        Ok(res.deleted_count)
+    }
+
+    /// Up to `limit` unfinished tasks (scheduled, queued, running or retrying) with ids
+    /// above `after`, oldest first: what recovery re-enqueues after Redis was lost.
+    pub async fn unfinished(&self, after: Option<TaskId>, limit: u32) -> Result<Vec<StoredTask>> {
+        let live: Vec<&str> = [
+            TaskStatus::Scheduled,
+            TaskStatus::Queued,
+            TaskStatus::Running,
+            TaskStatus::Retrying,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        let mut q = doc! { f::ST_STATUS: { "$in": live } };
+        if let Some(a) = after {
+            q.insert(f::ID, doc! { "$gt": a.to_string() });
+        }
+        let docs: Vec<Document> = self
+            .tasks
+            .find(q)
+            .sort(doc! { f::ID: 1 })
+            .limit(i64::from(limit.clamp(1, MAX_LIST_LIMIT)))
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter().map(stored_task).collect()
+    }
+
     /// The record of one task.
     pub async fn get(&self, id: TaskId) -> Result<Option<StoredTask>> {
         let doc = self.tasks.find_one(doc! { f::ID: id.to_string() }).await?;

@@ -56,11 +56,13 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     let mut released = Vec::new();
+    let mut cancelled = Vec::new();
     for d in done {
         match d.outcome {
             Outcome::Succeeded(_) => ok.push(d),
             Outcome::Failed(_) => failed.push(d),
             Outcome::Released => released.push(d),
+            Outcome::Cancelled => cancelled.push(d),
         }
     }
     let mut updates = Vec::with_capacity(ok.len() + failed.len() + released.len());
@@ -146,6 +148,24 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
             };
             tracing::debug!(task = %d.id, attempt = d.attempt, status = %update.status, "attempt failed");
             updates.push(update);
+        }
+    }
+
+    if !cancelled.is_empty() {
+        let items: Vec<(TaskId, &str)> =
+            cancelled.iter().map(|d| (d.id, d.token.as_str())).collect();
+        let seqs = retrying(shared, "cancel", || {
+            shared.broker.ack_cancelled(queue, &items)
+        })
+        .await;
+        for (d, seq) in cancelled.iter().zip(seqs) {
+            let Some(seq) = seq else { continue };
+            shared.metrics.cancelled.get_or_create(&labels(d)).inc();
+            updates.push(StatusUpdate {
+                finished_at: Some(now),
+                events: vec![event(TaskStatus::Cancelled, d.attempt, None)],
+                ..StatusUpdate::new(d.id, seq, TaskStatus::Cancelled, d.attempt, now)
+            });
         }
     }
 

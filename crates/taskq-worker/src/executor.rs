@@ -4,7 +4,7 @@
 //! period of a shutdown ends, the attempt is cancelled and released instead.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,7 +26,12 @@ pub(crate) enum Outcome {
     Failed(HandlerError),
     /// Stopped by shutdown; goes back to the queue without counting.
     Released,
+    /// Stopped because a user cancelled the task.
+    Cancelled,
 }
+
+/// How long a handler whose task was cancelled may take to return before it is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 impl Outcome {
     fn name(&self) -> &'static str {
@@ -34,6 +39,7 @@ impl Outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed(_) => "failed",
             Outcome::Released => "released",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -88,11 +94,14 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         span.record("trace_id", id);
     }
     let cancel = ctx.hard_stop.child_token();
+    let cancelled = Arc::new(AtomicBool::new(false));
     shared.inflight().insert(
         msg.id,
         InFlight {
             queue: msg.queue.clone(),
             token: task.token.clone(),
+            cancel: cancel.clone(),
+            cancelled: cancelled.clone(),
         },
     );
     shared.metrics.inflight.inc();
@@ -130,12 +139,26 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                         )))
                     }
                 },
-                _ = ctx.hard_stop.cancelled() => {
-                    handle.abort();
-                    Outcome::Released
+                _ = cancel.cancelled() => {
+                    if cancelled.load(Ordering::SeqCst) {
+                        // Cancelled by a user: a cooperative handler may stop by itself.
+                        let _ = tokio::time::timeout(CANCEL_GRACE, &mut handle).await;
+                        handle.abort();
+                        Outcome::Cancelled
+                    } else {
+                        // The shutdown's grace period is over.
+                        handle.abort();
+                        Outcome::Released
+                    }
                 }
             }
         }
+    };
+    // A cancelled task ends cancelled, however its handler returned.
+    let outcome = if cancelled.load(Ordering::SeqCst) {
+        Outcome::Cancelled
+    } else {
+        outcome
     };
     shared.inflight().remove(&msg.id);
     shared.metrics.inflight.dec();

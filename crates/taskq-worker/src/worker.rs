@@ -42,6 +42,10 @@ impl Stats {
 pub(crate) struct InFlight {
     pub queue: QueueName,
     pub token: String,
+    /// The handler's cancellation signal.
+    pub cancel: CancellationToken,
+    /// Set when a user cancelled the task (rather than shutdown stopping it).
+    pub cancelled: Arc<AtomicBool>,
 }
 
 /// State shared by the worker's loops.

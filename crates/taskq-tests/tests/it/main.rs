@@ -7,4 +7,5 @@ mod bad_input;
 mod execute;
 mod lifecycle;
 mod observability;
+mod operations;
 mod query;

@@ -1,0 +1,254 @@
+//! Operating taskq: cancel, queue stats, pause and resume, dead-letter operations and
+//! recovery after Redis lost everything.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use taskq_core::{TaskId, TaskStatus};
+use taskq_testkit::wait_until;
+use taskq_worker::{HandlerError, TaskContext};
+
+use crate::harness::Env;
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_waiting_and_running_tasks_but_not_finished_ones() {
+    let env = Env::start().await;
+    let queued = env.submit(json!({"type": "noop"})).await;
+    let scheduled = env.submit(json!({"type": "noop", "delay_ms": 60000})).await;
+    for id in [queued, scheduled] {
+        let (status, body) = env.post(&format!("/v1/tasks/{id}/cancel"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "cancelled");
+        assert!(body["finished_at"].is_string());
+    }
+    assert_eq!(
+        env.redis_total("default").await,
+        0,
+        "cancelled tasks leave Redis"
+    );
+
+    // A running handler sees the signal.
+    let observed = Arc::new(AtomicBool::new(false));
+    let mut registry = Env::builtins();
+    let o = observed.clone();
+    registry.register("long", move |ctx: TaskContext| {
+        let o = o.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => Ok(None),
+                _ = ctx.cancelled() => {
+                    o.store(true, Ordering::SeqCst);
+                    Err(HandlerError::retry("stopped"))
+                }
+            }
+        }
+    });
+    let w = env.worker(Env::settings("default"), registry);
+    let running = env.submit(json!({"type": "long"})).await;
+    env.wait_status(running, TaskStatus::Running, T).await;
+    let (status, body) = env
+        .post(&format!("/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let rec = env.wait_status(running, TaskStatus::Cancelled, T).await;
+    assert!(
+        observed.load(Ordering::SeqCst),
+        "the handler saw the cancellation"
+    );
+    assert_eq!(rec["attempts"], 1);
+
+    // The queued and scheduled ones never ran.
+    for id in [queued, scheduled] {
+        let rec = env.record(id).await;
+        assert_eq!(rec["status"], "cancelled");
+        assert_eq!(rec["attempts"], 0);
+        assert!(rec["started_at"].is_null());
+    }
+    // Finished tasks cannot be cancelled.
+    let done = env.submit(json!({"type": "noop"})).await;
+    env.wait_status(done, TaskStatus::Succeeded, T).await;
+    for id in [done, queued] {
+        let (status, body) = env.post(&format!("/v1/tasks/{id}/cancel"), json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+    let (status, _) = env
+        .post(&format!("/v1/tasks/{}/cancel", TaskId::new()), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = env.post("/v1/tasks/nope/cancel", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_queue_keeps_accepting_but_runs_nothing_until_resumed() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let first = env.submit(json!({"type": "noop"})).await;
+    env.wait_status(first, TaskStatus::Succeeded, T).await;
+    let (status, body) = env.post("/v1/queues/default/pause", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true);
+    let held = env.submit(json!({"type": "noop"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(env.record(held).await["status"], "queued");
+    let (_, q) = env.get("/v1/queues/default").await;
+    assert_eq!(q["paused"], true);
+    assert_eq!(q["counts"]["queued"], 1);
+    let (status, body) = env.post("/v1/queues/default/resume", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], false);
+    env.wait_status(held, TaskStatus::Succeeded, T).await;
+    let (status, _) = env.post("/v1/queues/nosuchqueue/pause", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = env.post("/v1/queues/%7Bx%7D/pause", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_report_counts_per_state_and_recent_throughput() {
+    let env = Env::start().await;
+    env.submit(json!({"type": "noop", "queue": "mail", "delay_ms": 60000}))
+        .await;
+    let w = env.worker(Env::settings("default,mail"), Env::builtins());
+    let ok = env.submit(json!({"type": "noop", "queue": "mail"})).await;
+    let dead = env
+        .submit(json!({"type": "fail", "queue": "mail", "max_attempts": 1}))
+        .await;
+    env.wait_status(ok, TaskStatus::Succeeded, T).await;
+    env.wait_status(dead, TaskStatus::Dead, T).await;
+    let (status, body) = env.get("/v1/queues").await;
+    assert_eq!(status, StatusCode::OK);
+    let mail = body["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "mail"))
+        .cloned()
+        .expect("mail queue");
+    assert_eq!(mail["counts"]["scheduled"], 1);
+    assert_eq!(mail["counts"]["queued"], 0);
+    assert_eq!(mail["counts"]["dead"], 1);
+    assert_eq!(mail["processed_1m"], 1);
+    assert_eq!(mail["failed_1m"], 1);
+    assert_eq!(mail["paused"], false);
+    let (status, _) = env.get("/v1/queues/unknown").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_can_be_retried_or_purged_per_queue() {
+    let env = Env::start().await;
+    let healed = Arc::new(AtomicBool::new(false));
+    let mut registry = Env::builtins();
+    let h = healed.clone();
+    registry.register("flaky", move |_ctx: TaskContext| {
+        let ok = h.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                Ok(None)
+            } else {
+                Err(HandlerError::permanent("broken"))
+            }
+        }
+    });
+    let w = env.worker(Env::settings("a,b"), registry);
+    let mut a = Vec::new();
+    for _ in 0..5 {
+        a.push(env.submit(json!({"type": "flaky", "queue": "a"})).await);
+    }
+    let b = env.submit(json!({"type": "flaky", "queue": "b"})).await;
+    for id in a.iter().chain([&b]) {
+        env.wait_status(*id, TaskStatus::Dead, T).await;
+    }
+    healed.store(true, Ordering::SeqCst);
+    let (status, body) = env.post("/v1/queues/a/retry-dead", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["retried"], 5);
+    for id in &a {
+        env.wait_status(*id, TaskStatus::Succeeded, T).await;
+    }
+    let (status, body) = env.post("/v1/queues/b/purge-dead", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["purged"], 1);
+    let (status, _) = env.get(&format!("/v1/tasks/{b}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_rebuilds_redis_after_it_lost_everything_mid_run() {
+    let env = Env::start().await;
+    let mut settings = Env::settings("default");
+    settings.concurrency = 32;
+    settings.lease = Duration::from_secs(2);
+    let w = env.worker(settings, Env::builtins());
+    for _ in 0..10 {
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| json!({"type": "sleep", "payload": {"ms": 1}}))
+            .collect();
+        let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let delayed = env.submit(json!({"type": "noop", "delay_ms": 1500})).await;
+    assert!(
+        wait_until(T, Duration::from_millis(20), || async {
+            env.counts()
+                .await
+                .get(&TaskStatus::Succeeded)
+                .copied()
+                .unwrap_or(0)
+                > 1000
+        })
+        .await
+    );
+    // Redis loses everything.
+    let mut c = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("flush");
+    let (status, body) = env.post("/v1/admin/recover", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["enqueued"].as_u64().unwrap_or(0) > 0, "{body}");
+    assert!(
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || async { env.counts().await.get(&TaskStatus::Succeeded).copied() == Some(10_001) }
+        )
+        .await,
+        "{:?}",
+        env.counts().await
+    );
+    assert_eq!(env.record(delayed).await["status"], "succeeded");
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_on_a_healthy_redis_duplicates_nothing() {
+    let env = Env::start().await;
+    for i in 0..50 {
+        let delay = if i % 2 == 0 { 0 } else { 60_000 };
+        env.submit(json!({"type": "noop", "delay_ms": delay})).await;
+    }
+    let (status, body) = env.post("/v1/admin/recover", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"enqueued": 0, "already_present": 50}));
+    let c = env
+        .broker
+        .counts(&"default".parse().expect("q"))
+        .await
+        .expect("counts");
+    assert_eq!((c.queued, c.scheduled), (25, 25));
+}
