@@ -108,7 +108,9 @@ export TASKQ_MONGODB_URI="mongodb://127.0.0.1:$mongo_port"
 export TASKQ_MONGODB_DATABASE="taskq"
 
 log "starting taskq-api on $api_listen (log $api_log)"
-TASKQ_LISTEN="$api_listen" target/release/taskq-api </dev/null >"$api_log" 2>&1 &
+# A local demo on loopback runs without tokens; say so explicitly, as the api requires.
+# Set TASKQ_TOKENS=admin:<token> (and TASKQ_AUTH=on) before running to try authentication.
+TASKQ_AUTH="${TASKQ_AUTH:-off}" TASKQ_LISTEN="$api_listen" target/release/taskq-api </dev/null >"$api_log" 2>&1 &
 api_pid=$!
 log "starting taskq-worker on $worker_listen (log $worker_log)"
 TASKQ_LISTEN="$worker_listen" TASKQ_QUEUES=default target/release/taskq-worker \

@@ -4,6 +4,7 @@
 //! from [`ApiArgs`] and serves it until SIGTERM or SIGINT, draining in-flight requests.
 //! A submit is answered 2xx only after the record is in MongoDB and the task in Redis.
 
+mod auth;
 mod error;
 mod extract;
 mod observe;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{Role, Tokens};
 pub use error::ApiError;
 
 /// Command line and environment of `taskq-api`.
@@ -84,9 +86,46 @@ pub struct ApiArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// `on` (tokens required) or `off` (no authentication; only when said explicitly).
+    #[arg(long, env = "TASKQ_AUTH", default_value = "on")]
+    pub auth: String,
+    /// Tokens as `role:token` pairs, comma-separated; roles are `submit` and `admin`.
+    #[arg(long, env = "TASKQ_TOKENS", hide_env_values = true, default_value = "")]
+    pub tokens: String,
+    /// A file of `role:token` lines (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "TASKQ_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Most requests served at once; more wait (and time out after the request timeout).
+    #[arg(long, env = "TASKQ_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
 }
 
 impl ApiArgs {
+    /// The tokens to check, or `None` when authentication is off. Says what to fix.
+    pub fn tokens(&self) -> Result<Option<Tokens>, String> {
+        match self.auth.as_str() {
+            "off" => return Ok(None),
+            "on" => {}
+            other => return Err(format!("TASKQ_AUTH must be `on` or `off`, not `{other}`")),
+        }
+        let mut tokens = Tokens::parse(&self.tokens).map_err(|e| format!("TASKQ_TOKENS: {e}"))?;
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("TASKQ_TOKENS_FILE {}: {e}", path.display()))?;
+            tokens.extend(
+                Tokens::parse(&text)
+                    .map_err(|e| format!("TASKQ_TOKENS_FILE {}: {e}", path.display()))?,
+            );
+        }
+        if tokens.is_empty() {
+            return Err(
+                "no API tokens: set TASKQ_TOKENS or TASKQ_TOKENS_FILE, or TASKQ_AUTH=off to run without authentication"
+                    .into(),
+            );
+        }
+        Ok(Some(tokens))
+    }
+
     /// The submit limits, checked: says what to fix.
     pub fn limits(&self) -> Result<Limits, String> {
         let d = Limits::default();
@@ -134,6 +173,9 @@ pub struct AppState {
     /// Set once the store's indexes exist; `/readyz` answers 503 until then.
     pub indexes_ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Accepted tokens; `None` turns authentication off.
+    pub tokens: Option<Arc<Tokens>>,
+    pub max_concurrent_requests: usize,
 }
 
 impl AppState {
@@ -149,6 +191,8 @@ impl AppState {
             draining: Arc::new(AtomicBool::new(false)),
             indexes_ready: Arc::new(AtomicBool::new(true)),
             metrics: Metrics::new(),
+            tokens: None,
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -156,10 +200,19 @@ impl AppState {
 /// The api's router.
 pub fn app(state: AppState) -> Router {
     let timeout = state.request_timeout;
-    Router::new()
+    let guard = |needs| auth::Guard {
+        tokens: state.tokens.clone(),
+        needs,
+    };
+    let submit = Router::new()
         .route("/v1/tasks", post(tasks::submit).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::submit_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard(Role::Submit),
+            auth::require,
+        ));
+    let admin = Router::new()
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/queues", get(queues::list))
@@ -169,6 +222,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}/retry-dead", post(queues::retry_dead))
         .route("/v1/queues/{name}/purge-dead", post(queues::purge_dead))
         .route("/v1/admin/recover", post(queues::recover))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard(Role::Admin),
+            auth::require,
+        ));
+    Router::new()
+        .merge(submit)
+        .merge(admin)
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::metrics))
@@ -195,7 +255,8 @@ pub fn app(state: AppState) -> Router {
                         "the request took too long",
                     )
                 }))
-                .timeout(timeout),
+                .timeout(timeout)
+                .concurrency_limit(state.max_concurrent_requests),
         )
         .with_state(state)
 }
@@ -243,6 +304,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Connects, creates indexes, serves until SIGTERM or SIGINT, then drains.
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let limits = args.limits().map_err(anyhow::Error::msg)?;
+    let tokens = args.tokens().map_err(anyhow::Error::msg)?;
+    if tokens.is_none() {
+        tracing::warn!(
+            "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
+        );
+    }
     let broker = Broker::connect(&RedisConfig::from_urls(&args.redis_url, args.redis_cluster))
         .await
         .context("connecting to redis")?;
@@ -261,6 +328,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         indexes_ready,
+        tokens: tokens.map(Arc::new),
+        max_concurrent_requests: args.max_concurrent_requests.max(1),
         ..AppState::new(broker, store)
     };
     let draining = state.draining.clone();

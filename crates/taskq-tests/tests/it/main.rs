@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auth;
 mod bad_input;
 mod execute;
 mod lifecycle;

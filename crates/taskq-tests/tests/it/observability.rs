@@ -127,6 +127,7 @@ fn spawn_binaries(env: &Env, extra: &[(&str, String)], mongodb_uri: &str) -> Bin
             .env("TASKQ_MONGODB_DATABASE", &env.db)
             .env("TASKQ_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .env("TASKQ_AUTH", "off")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         for (k, v) in extra {
             cmd.env(k, v);
@@ -500,12 +501,28 @@ async fn secrets_never_reach_the_logs() {
     // Credentials the server will refuse: the binaries log connection errors.
     let uri =
         format!("mongodb://taskq:{secret}@{addr}/?authSource=admin&serverSelectionTimeoutMS=500");
-    let mut bins = spawn_binaries(&env, &[("RUST_LOG", "debug".to_owned())], &uri);
+    let token = "admin-token-0123456789-secret";
+    let mut bins = spawn_binaries(
+        &env,
+        &[
+            ("RUST_LOG", "debug".to_owned()),
+            ("TASKQ_AUTH", "on".to_owned()),
+            ("TASKQ_TOKENS", format!("admin:{token}")),
+        ],
+        &uri,
+    );
     let http = reqwest::Client::new();
     // Let both run into the authentication failure and retry a few times.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = http
         .post(format!("{}/v1/tasks", bins.api_url))
+        .bearer_auth(token)
+        .json(&json!({"type": "noop"}))
+        .send()
+        .await;
+    let _ = http
+        .post(format!("{}/v1/tasks", bins.api_url))
+        .bearer_auth("wrong-token-0123456789")
         .json(&json!({"type": "noop"}))
         .send()
         .await;
@@ -527,4 +544,10 @@ async fn secrets_never_reach_the_logs() {
         .output()
         .expect("help");
     assert!(!String::from_utf8_lossy(&help.stdout).contains(secret));
+    let help = Command::new(workspace_bin("taskq-api"))
+        .arg("--help")
+        .env("TASKQ_TOKENS", format!("admin:{token}"))
+        .output()
+        .expect("help");
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(token));
 }
