@@ -95,6 +95,9 @@ pub struct ApiArgs {
     /// A file of `role:token` lines (e.g. a mounted Kubernetes Secret).
     #[arg(long, env = "TASKQ_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
+    /// How long an idempotency key keeps returning its original task.
+    #[arg(long, env = "TASKQ_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
+    pub idempotency_ttl_seconds: u64,
     /// Most requests served at once; more wait (and time out after the request timeout).
     #[arg(long, env = "TASKQ_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
@@ -175,6 +178,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Accepted tokens; `None` turns authentication off.
     pub tokens: Option<Arc<Tokens>>,
+    /// How long an idempotency key keeps returning its original task.
+    pub idempotency_ttl: Duration,
     pub max_concurrent_requests: usize,
 }
 
@@ -192,6 +197,7 @@ impl AppState {
             indexes_ready: Arc::new(AtomicBool::new(true)),
             metrics: Metrics::new(),
             tokens: None,
+            idempotency_ttl: Duration::from_secs(86_400),
             max_concurrent_requests: 1024,
         }
     }
@@ -329,6 +335,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         indexes_ready,
         tokens: tokens.map(Arc::new),
+        idempotency_ttl: Duration::from_secs(args.idempotency_ttl_seconds.max(1)),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
         ..AppState::new(broker, store)
     };

@@ -17,28 +17,104 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
 
-/// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it.
+/// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
+/// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
+/// within the retention window answers 200 with the original task and writes nothing.
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<NewTask>,
+    JsonBody(mut req): JsonBody<NewTask>,
 ) -> Result<Response, ApiError> {
+    if let Some(h) = headers.get("idempotency-key") {
+        let h = h
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_field", "`Idempotency-Key` is not ASCII"))?
+            .to_owned();
+        match &req.idempotency_key {
+            Some(k) if *k != h => {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    "`Idempotency-Key` and `idempotency_key` differ",
+                ));
+            }
+            _ => req.idempotency_key = Some(h),
+        }
+    }
     let rec = state
         .limits
         .admit(req, taskq_core::now(), traceparent(&headers))?;
-    persist(&state, std::slice::from_ref(&rec)).await?;
+    let (status, rec) = if rec.idempotency_key.is_some() {
+        submit_idempotent(&state, rec).await?
+    } else {
+        persist(&state, std::slice::from_ref(&rec)).await?;
+        (StatusCode::CREATED, rec)
+    };
     let location = format!("/v1/tasks/{}", rec.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(rec),
-    )
-        .into_response())
+    Ok((status, [(header::LOCATION, location)], Json(rec)).into_response())
 }
 
-/// Writes records to MongoDB, then to Redis, inside a `task.enqueue` span. When Redis fails the records are removed
-/// again, so no task whose submit was answered with an error ever runs.
-async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
+/// Submits a task with an idempotency key. The unique index on (queue, key) decides
+/// between concurrent submits on any number of api replicas: exactly one insert wins, the
+/// others answer with its task.
+async fn submit_idempotent(
+    state: &AppState,
+    rec: TaskRecord,
+) -> Result<(StatusCode, TaskRecord), ApiError> {
+    let Some(key) = rec.idempotency_key.clone() else {
+        return Err(ApiError::internal(&"submit_idempotent without a key"));
+    };
+    let expired_before = rec.created_at
+        - chrono::Duration::from_std(state.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
+    for _ in 0..3 {
+        if let Some(existing) = state
+            .store
+            .find_by_idempotency_key(&rec.queue, &key)
+            .await?
+        {
+            if existing.record.created_at >= expired_before {
+                return Ok((StatusCode::OK, existing.record));
+            }
+            // Its retention is over: the key may be used again.
+            state
+                .store
+                .release_idempotency_key(&rec.queue, &key, expired_before)
+                .await?;
+        }
+        match persist(state, std::slice::from_ref(&rec)).await {
+            Ok(()) => return Ok((StatusCode::CREATED, rec)),
+            // Another submit with the same key won the race: answer with its task.
+            Err(PersistError::Duplicate) => continue,
+            Err(PersistError::Api(e)) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(
+        "the idempotency key is being used by a concurrent submit; retry",
+    ))
+}
+
+/// Why [`persist`] failed.
+#[derive(Debug)]
+enum PersistError {
+    /// A record with the same idempotency key exists; nothing was written.
+    Duplicate,
+    Api(ApiError),
+}
+
+impl From<PersistError> for ApiError {
+    fn from(e: PersistError) -> Self {
+        match e {
+            PersistError::Duplicate => {
+                ApiError::conflict("a task with this idempotency key was submitted concurrently")
+            }
+            PersistError::Api(e) => e,
+        }
+    }
+}
+
+/// Writes records to MongoDB, then to Redis, inside a `task.enqueue` span.
+/// When Redis fails the records are removed again, so no task whose submit was answered
+/// with an error ever runs.
+async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
     let span = tracing::info_span!(
         "task.enqueue",
         task.count = recs.len(),
@@ -49,11 +125,16 @@ async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> 
     persist_inner(state, recs).instrument(span).await
 }
 
-async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
-    match recs {
+async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
+    let inserted = match recs {
         [] => return Ok(()),
-        [one] => state.store.insert(one).await?,
-        many => state.store.insert_many(many).await?,
+        [one] => state.store.insert(one).await,
+        many => state.store.insert_many(many).await,
+    };
+    match inserted {
+        Ok(()) => {}
+        Err(e) if e.is_duplicate_key() && recs.len() == 1 => return Err(PersistError::Duplicate),
+        Err(e) => return Err(PersistError::Api(e.into())),
     }
     let items: Vec<EnqueueItem> = recs
         .iter()
@@ -70,7 +151,7 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiE
         if let Err(undo) = state.store.delete(&ids).await {
             tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed");
         }
-        return Err(e.into());
+        return Err(PersistError::Api(e.into()));
     }
     for r in recs {
         state
@@ -99,6 +180,9 @@ pub struct BatchItem {
     pub status: Option<TaskStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
+    /// Set when an idempotency key matched an earlier task, whose id is reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 /// `POST /v1/tasks/batch`: every valid item is accepted (one `insert_many`, one enqueue
@@ -143,6 +227,7 @@ pub async fn submit_batch(
                     id: Some(rec.id),
                     status: Some(rec.status),
                     error: None,
+                    duplicate: None,
                 };
                 accepted.push(rec);
                 item
@@ -152,11 +237,31 @@ pub async fn submit_batch(
                 id: None,
                 status: None,
                 error: Some(e.body()["error"].clone()),
+                duplicate: None,
             },
         });
     }
+    // Items with an idempotency key go through the single-submit path, one by one, so
+    // each key is checked; the rest are written together.
+    let (keyed, plain): (Vec<TaskRecord>, Vec<TaskRecord>) = accepted
+        .into_iter()
+        .partition(|r| r.idempotency_key.is_some());
+    persist(&state, &plain).await?;
+    let mut accepted = plain;
+    for rec in keyed {
+        let id = rec.id;
+        let (_, stored) = submit_idempotent(&state, rec).await?;
+        if stored.id != id {
+            // A repeat: report the original task in place of the new id.
+            if let Some(item) = items.iter_mut().find(|i| i.id == Some(id)) {
+                item.id = Some(stored.id);
+                item.status = Some(stored.status);
+                item.duplicate = Some(true);
+            }
+        }
+        accepted.push(stored);
+    }
     let rejected = items.len() - accepted.len();
-    persist(&state, &accepted).await?;
     let status = match (accepted.len(), rejected) {
         (_, 0) => StatusCode::CREATED,
         (0, _) => StatusCode::BAD_REQUEST,

@@ -36,6 +36,9 @@ pub struct NewTask {
     /// Overrides of the default backoff; omitted fields keep their defaults.
     #[serde(default)]
     pub backoff: Option<BackoffOverride>,
+    /// A repeat submit with the same key (in the same queue) returns the original task.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Partial backoff settings given on submit.
@@ -94,6 +97,9 @@ pub struct TaskRecord {
     /// Every state change, oldest first.
     #[serde(default)]
     pub events: Vec<TaskEvent>,
+    /// The submit's idempotency key, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl TaskRecord {

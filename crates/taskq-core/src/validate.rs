@@ -9,6 +9,9 @@ use crate::{Backoff, QueueName, TaskEvent, TaskId, TaskRecord, TaskStatus};
 /// Longest accepted task type.
 pub const MAX_TYPE_LEN: usize = 128;
 
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
 /// Bounds and defaults applied to every submitted task.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -133,6 +136,18 @@ impl Limits {
             (None, None) => now,
         };
         let backoff = merge_backoff(self.default_backoff, req.backoff)?;
+        if let Some(k) = &req.idempotency_key
+            && (k.is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || !k.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ValidationError::field(
+                "idempotency_key",
+                format!(
+                    "must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"
+                ),
+            ));
+        }
         let status = if scheduled_at > now {
             TaskStatus::Scheduled
         } else {
@@ -164,6 +179,7 @@ impl Limits {
                 error: None,
                 worker: None,
             }],
+            idempotency_key: req.idempotency_key,
         })
     }
 }

@@ -63,6 +63,15 @@ pub(crate) mod f {
     pub const UPDATED_AT: &str = "updated_at";
     pub const TRACEPARENT: &str = "traceparent";
     pub const EVENTS: &str = "events";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// `<queue>:<idempotency key>`, under a unique sparse index: at most one record per
+    /// key and queue. Removed when the key's retention ends, so the key can be reused.
+    pub const IDEM: &str = "idem";
+}
+
+/// The value indexed for an idempotency key.
+pub(crate) fn idem(queue: &str, key: &str) -> String {
+    format!("{queue}:{key}")
 }
 
 /// A time as a BSON date (millisecond precision).
@@ -127,7 +136,7 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         Some(v) => Bson::String(json_text(id, f::RESULT, v)?),
         None => Bson::Null,
     };
-    Ok(doc! {
+    let mut d = doc! {
         f::ID: id.to_string(),
         f::QUEUE: rec.queue.as_str(),
         f::TYPE: rec.kind.as_str(),
@@ -151,7 +160,12 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         f::UPDATED_AT: date(rec.updated_at),
         f::TRACEPARENT: opt(rec.traceparent.as_deref()),
         f::EVENTS: rec.events.iter().map(event_doc).collect::<Vec<_>>(),
-    })
+    };
+    if let Some(key) = &rec.idempotency_key {
+        d.insert(f::IDEMPOTENCY_KEY, key.as_str());
+        d.insert(f::IDEM, idem(rec.queue.as_str(), key));
+    }
+    Ok(d)
 }
 
 /// Reads a stored document back. History is returned oldest first: events are sorted
@@ -223,6 +237,7 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         finished_at: r.opt_date(f::FINISHED_AT)?,
         updated_at: r.date(f::UPDATED_AT)?,
         traceparent: r.opt_str(f::TRACEPARENT)?,
+        idempotency_key: r.opt_str(f::IDEMPOTENCY_KEY)?,
         events,
     };
     let seq = st.uint(f::SEQ)?;
@@ -434,6 +449,7 @@ mod tests {
             finished_at: None,
             updated_at: ms(1_700_000_001_000),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            idempotency_key: Some("order-42".into()),
             events: vec![
                 TaskEvent {
                     status: TaskStatus::Queued,

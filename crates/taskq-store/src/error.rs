@@ -34,6 +34,24 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether a unique index refused the write (MongoDB error 11000).
+    pub fn is_duplicate_key(&self) -> bool {
+        use mongodb::error::{ErrorKind, WriteFailure};
+        match self {
+            Error::Mongo(e) => match e.kind.as_ref() {
+                ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+                ErrorKind::InsertMany(im) => im
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|ws| ws.iter().any(|w| w.code == 11000)),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// One update the server refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {

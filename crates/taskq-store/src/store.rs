@@ -147,6 +147,16 @@ impl Store {
                     "queue_status_id",
                     doc! { f::QUEUE: 1, f::ST_STATUS: 1, f::ID: -1 },
                 ),
+                IndexModel::builder()
+                    .keys(doc! { f::IDEM: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("idempotency".to_owned())
+                            .unique(true)
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
             ])
             .await?;
         Ok(())
@@ -225,6 +235,40 @@ impl Store {
             .try_collect()
             .await?;
         docs.iter().map(stored_task).collect()
+    }
+
+    /// The task submitted to `queue` with idempotency key `key`, if any.
+    pub async fn find_by_idempotency_key(
+        &self,
+        queue: &QueueName,
+        key: &str,
+    ) -> Result<Option<StoredTask>> {
+        let doc = self
+            .tasks
+            .find_one(doc! { f::IDEM: crate::doc::idem(queue.as_str(), key) })
+            .await?;
+        doc.as_ref().map(stored_task).transpose()
+    }
+
+    /// Frees `key` in `queue` when the task holding it was created before `before` (its
+    /// retention is over), so a new submit may use it. Returns whether it was freed.
+    pub async fn release_idempotency_key(
+        &self,
+        queue: &QueueName,
+        key: &str,
+        before: DateTime<Utc>,
+    ) -> Result<bool> {
+        let res = self
+            .tasks
+            .update_one(
+                doc! {
+                    f::IDEM: crate::doc::idem(queue.as_str(), key),
+                    f::CREATED_AT: { "$lt": date(before) },
+                },
+                doc! { "$unset": { f::IDEM: "" } },
+            )
+            .await?;
+        Ok(res.modified_count > 0)
     }
 
     /// The record of one task.

@@ -252,3 +252,106 @@ async fn recovery_on_a_healthy_redis_duplicates_nothing() {
         .expect("counts");
     assert_eq!((c.queued, c.scheduled), (25, 25));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
+    let env = Env::start().await;
+    // Header or field, same effect.
+    let resp = env
+        .http
+        .post(format!("{}/v1/tasks", env.api))
+        .header("idempotency-key", "order-42")
+        .json(&json!({"type": "noop"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let first: serde_json::Value = resp.json().await.expect("json");
+    let (status, again) = env
+        .post(
+            "/v1/tasks",
+            json!({"type": "noop", "idempotency_key": "order-42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["idempotency_key"], "order-42");
+    // The same key in another queue is another task.
+    let (status, other) = env
+        .post(
+            "/v1/tasks",
+            json!({"type": "noop", "queue": "b", "idempotency_key": "order-42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    // Header and field disagreeing is a client error.
+    let resp = env
+        .http
+        .post(format!("{}/v1/tasks", env.api))
+        .header("idempotency-key", "x-1")
+        .json(&json!({"type": "noop", "idempotency_key": "x-2"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // Twenty concurrent submits with one key, through two api instances sharing the
+    // stores: one task is created and enqueued, every answer names it.
+    let second = Env::start().await;
+    let second_api = {
+        let state = taskq_api::AppState::new(env.broker.clone(), env.store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, taskq_api::app(state)).await });
+        url
+    };
+    drop(second);
+    let calls = (0..20).map(|i| {
+        let base = if i % 2 == 0 {
+            env.api.clone()
+        } else {
+            second_api.clone()
+        };
+        let http = env.http.clone();
+        async move {
+            let resp = http
+                .post(format!("{base}/v1/tasks"))
+                .json(&json!({"type": "noop", "idempotency_key": "race"}))
+                .send()
+                .await
+                .expect("submit");
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            (status, body["id"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, id)| s.is_success() && *id == answers[0].1),
+        "{answers:?}"
+    );
+    // Three tasks in default: order-42 and race; one in b.
+    assert_eq!(env.redis_total("default").await, 2);
+    assert_eq!(env.total_records().await, 3);
+
+    // In a batch, a repeated key reports the original task.
+    let (status, body) = env
+        .post(
+            "/v1/tasks/batch",
+            json!({"tasks": [{"type": "noop", "idempotency_key": "race"}, {"type": "noop"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["results"][0]["id"], answers[0].1.as_str());
+    assert_eq!(body["results"][0]["duplicate"], true);
+    assert_eq!(env.total_records().await, 4);
+}

@@ -1,0 +1,366 @@
+//! The CLI against the real api (in-process, on a fresh `redis-server` and a fresh
+//! database of the MongoDB server in `TASKQ_TEST_MONGODB_URI`), for the endpoints the
+//! api has: submit, batch, get, list and retry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use taskq_api::AppState;
+use taskq_core::{QueueSelection, TaskId};
+use taskq_redis::{Broker, RedisConfig};
+use taskq_store::Store;
+use taskq_testkit::{RedisServer, mongo_uri, unique_db_name};
+use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{jsonl_file, path_str, taskq};
+
+struct RealApi {
+    url: String,
+    broker: Broker,
+    store: Store,
+    server: tokio::task::JoinHandle<()>,
+    _redis: RedisServer,
+}
+
+impl Drop for RealApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl RealApi {
+    async fn start() -> Self {
+        let redis = RedisServer::start();
+        let broker = Broker::connect(&RedisConfig::from_urls(&redis.url(), false))
+            .await
+            .expect("redis");
+        let store = Store::connect(&mongo_uri(), &unique_db_name("cli"))
+            .await
+            .expect("mongodb");
+        store.ensure_indexes().await.expect("indexes");
+        let app = taskq_api::app(AppState::new(broker.clone(), store.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("api");
+        });
+        Self {
+            url,
+            broker,
+            store,
+            server,
+            _redis: redis,
+        }
+    }
+
+    /// Starts an in-process worker with the built-in handlers on the `default` queue.
+    fn worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let mut settings = Settings::new(QueueSelection::new(
+            "default".parse().expect("queues"),
+            false,
+        ));
+        settings.promote_interval = Duration::from_millis(50);
+        settings.reap_interval = Duration::from_millis(100);
+        let mut registry = Registry::new();
+        let http = HttpHandler::new(
+            UrlAllowList::parse("http://127.0.0.1/").expect("allow"),
+            Duration::from_secs(5),
+        )
+        .expect("http handler");
+        register_builtins(&mut registry, http);
+        let worker = Worker::new(settings, self.broker.clone(), self.store.clone(), registry);
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        (stop, tokio::spawn(async move { worker.run(s).await }))
+    }
+
+    /// The record through `taskq get -o json`.
+    async fn record(&self, id: &str) -> Value {
+        taskq(&self.url, &["get", id, "-o", "json"]).await.json()
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_get_and_list_against_the_api() {
+    let api = RealApi::start().await;
+    let first = taskq(
+        &api.url,
+        &[
+            "submit",
+            "noop",
+            "--payload",
+            r#"{"n": 1}"#,
+            "--queue",
+            "cli",
+            "--priority",
+            "high",
+            "--max-attempts",
+            "2",
+            "--timeout-ms",
+            "1500",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(first["status"], "queued");
+    assert_eq!(first["queue"], "cli");
+    assert_eq!(first["priority"], "high");
+    assert_eq!(first["payload"], json!({"n": 1}));
+    assert_eq!(first["max_attempts"], 2);
+    assert_eq!(first["timeout_ms"], 1500);
+    let first_id = first["id"].as_str().expect("id").to_owned();
+
+    let out = taskq(
+        &api.url,
+        &["submit", "echo", "--queue", "cli", "--delay-ms", "60000"],
+    )
+    .await
+    .ok()
+    .to_owned();
+    assert!(
+        out.starts_with("task ") && out.contains(" submitted\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nstatus           scheduled\n"), "{out}");
+    let second_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id "))
+        .map(|s| s.trim().to_owned())
+        .expect("id line");
+    let run_at = taskq(
+        &api.url,
+        &[
+            "submit",
+            "noop",
+            "--queue",
+            "cli",
+            "--run-at",
+            "2020-01-01T02:00:00+02:00",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    // A past time means now.
+    assert_eq!(run_at["status"], "queued");
+
+    let out = taskq(&api.url, &["get", &first_id]).await.ok().to_owned();
+    assert!(
+        out.starts_with(&format!("id               {first_id}\n")),
+        "{out}"
+    );
+    assert!(out.contains("\nstatus           queued\n"), "{out}");
+    assert!(out.contains("\nattempts         0/2\n"), "{out}");
+    assert!(out.contains("\nevents:\n"), "{out}");
+    assert_eq!(api.record(&first_id).await, first);
+
+    let list = taskq(&api.url, &["list", "--queue", "cli", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(ids(&list).len(), 3);
+    assert!(ids(&list).contains(&first_id) && ids(&list).contains(&second_id));
+    let list = taskq(
+        &api.url,
+        &[
+            "list",
+            "--queue",
+            "cli",
+            "--type",
+            "echo",
+            "--status",
+            "scheduled",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(ids(&list), [second_id.as_str()]);
+    let out = taskq(&api.url, &["list", "--queue", "cli", "--limit", "1"])
+        .await
+        .ok()
+        .to_owned();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("\nmore tasks: add --cursor "), "{out}");
+    let all = taskq(
+        &api.url,
+        &[
+            "list", "--queue", "cli", "--limit", "1", "--all", "-o", "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(ids(&all), ids(&list_all(&api).await));
+    assert_eq!(all["next_cursor"], Value::Null);
+}
+
+async fn list_all(api: &RealApi) -> Value {
+    taskq(&api.url, &["list", "--queue", "cli", "-o", "json"])
+        .await
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_of_the_api_are_one_line() {
+    let api = RealApi::start().await;
+    let unknown = TaskId::new().to_string();
+    let run = taskq(&api.url, &["get", &unknown]).await;
+    assert_eq!(
+        run.error_line(),
+        format!("error: no task {unknown} (not_found, HTTP 404)")
+    );
+    let run = taskq(&api.url, &["get", "nope"]).await;
+    assert!(
+        run.error_line().ends_with("(invalid_id, HTTP 400)"),
+        "{run:?}"
+    );
+    let run = taskq(&api.url, &["retry", &unknown]).await;
+    assert!(
+        run.error_line().ends_with("(not_found, HTTP 404)"),
+        "{run:?}"
+    );
+    let run = taskq(&api.url, &["list", "--status", "bogus"]).await;
+    assert!(
+        run.error_line().ends_with("(invalid_query, HTTP 400)"),
+        "{run:?}"
+    );
+    let run = taskq(&api.url, &["submit", "not a type!"]).await;
+    assert!(
+        run.error_line().ends_with("(invalid_field, HTTP 400)"),
+        "{run:?}"
+    );
+    let run = taskq(&api.url, &["submit", "noop", "--max-attempts", "1000"]).await;
+    assert!(
+        run.error_line().ends_with("(invalid_field, HTTP 400)"),
+        "{run:?}"
+    );
+    assert_eq!(run.stdout, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_runs_a_dead_task_again_and_refuses_others() {
+    let api = RealApi::start().await;
+    let (stop, worker) = api.worker();
+    let rec = taskq(
+        &api.url,
+        &[
+            "submit",
+            "fail",
+            "--payload",
+            r#"{"permanent": true}"#,
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    let id = rec["id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while api.record(&id).await["status"] != "dead" {
+        assert!(tokio::time::Instant::now() < deadline, "task never died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    worker.await.expect("worker");
+
+    let out = taskq(&api.url, &["retry", &id]).await.ok().to_owned();
+    assert!(
+        out.starts_with(&format!("task {id} will run again from attempt 1\n")),
+        "{out}"
+    );
+    assert!(out.contains("\nstatus           queued\n"), "{out}");
+    let run = taskq(&api.url, &["retry", &id]).await;
+    assert_eq!(
+        run.error_line(),
+        format!("error: task {id} is queued; only dead tasks can be retried (conflict, HTTP 409)")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_reports_rejected_items_by_line() {
+    let api = RealApi::start().await;
+    let file = jsonl_file(
+        "{\"type\": \"noop\"}\n\
+         \n\
+         {\"type\": \"\"}\n\
+         {\"type\": \"echo\", \"payload\": 1, \"queue\": \"cli\"}\n\
+         {\"type\": \"noop\", \"qeue\": \"typo\"}\n\
+         {\"type\": \"noop\", \"delay_ms\": 60000}\n",
+    );
+    let run = taskq(
+        &api.url,
+        &[
+            "submit",
+            "--file",
+            path_str(&file),
+            "--batch-size",
+            "2",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.error_line(), "error: 2 of 5 tasks were rejected");
+    let v: Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(v["accepted"], 3);
+    assert_eq!(v["rejected"], 2);
+    assert_eq!(v["not_sent"], 0);
+    let results = v["results"].as_array().expect("results");
+    let lines: Vec<u64> = results.iter().filter_map(|r| r["line"].as_u64()).collect();
+    assert_eq!(lines, [1, 3, 4, 5, 6]);
+    assert_eq!(results[1]["error"]["code"], "invalid_field");
+    assert_eq!(results[3]["error"]["code"], "invalid_request");
+    for r in [&results[0], &results[2], &results[4]] {
+        let id = r["id"].as_str().expect("accepted id");
+        assert_eq!(api.record(id).await["status"], r["status"]);
+    }
+    assert_eq!(results[4]["status"], "scheduled");
+
+    let run = taskq(&api.url, &["submit", "--file", path_str(&file)]).await;
+    run.error_line();
+    let mut table = run.stdout.lines();
+    assert_eq!(table.next(), Some("3 of 5 tasks accepted, 2 rejected"));
+    assert_eq!(
+        table
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["LINE", "CODE", "ERROR"])
+    );
+    assert!(
+        table
+            .next()
+            .is_some_and(|l| l.starts_with("3     invalid_field    ")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        table
+            .next()
+            .is_some_and(|l| l.starts_with("5     invalid_request  ")),
+        "{}",
+        run.stdout
+    );
+
+    let good = jsonl_file("{\"type\": \"noop\"}\n{\"type\": \"echo\"}\n");
+    let run = taskq(&api.url, &["submit", "--file", path_str(&good)]).await;
+    assert_eq!(run.ok(), "2 of 2 tasks accepted, 0 rejected\n");
+    let list = taskq(&api.url, &["list", "--all", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(ids(&list).len(), 3 + 3 + 2);
+}
