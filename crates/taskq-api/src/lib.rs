@@ -225,6 +225,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}", get(queues::get))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route(
+            "/v1/queues/{name}/limits",
+            axum::routing::put(queues::set_limits),
+        )
         .route("/v1/queues/{name}/retry-dead", post(queues::retry_dead))
         .route("/v1/queues/{name}/purge-dead", post(queues::purge_dead))
         .route("/v1/admin/recover", post(queues::recover))

@@ -5,7 +5,9 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use taskq_core::{QueueName, TaskStatus};
-use taskq_redis::EnqueueItem;
+use taskq_redis::{EnqueueItem, Limits};
+
+use crate::extract::JsonBody;
 use taskq_store::{ListFilter, RequeueOutcome};
 
 use crate::AppState;
@@ -31,10 +33,12 @@ pub struct QueueInfo {
     pub processed_1m: u64,
     /// Attempts that failed in the last 60 seconds.
     pub failed_1m: u64,
+    /// Dispatch limits enforced across all workers.
+    pub limits: Limits,
 }
 
 async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> {
-    let (live, paused, (processed_1m, failed_1m), stored) = tokio::try_join!(
+    let (live, paused, (processed_1m, failed_1m), stored, limits) = tokio::try_join!(
         async { state.broker.counts(&name).await.map_err(ApiError::from) },
         async { state.broker.is_paused(&name).await.map_err(ApiError::from) },
         async {
@@ -51,6 +55,7 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
                 .await
                 .map_err(ApiError::from)
         },
+        async { state.broker.limits(&name).await.map_err(ApiError::from) },
     )?;
     Ok(QueueInfo {
         counts: Counts {
@@ -64,6 +69,7 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
         paused,
         processed_1m,
         failed_1m,
+        limits,
     })
 }
 
@@ -114,6 +120,40 @@ pub async fn resume(
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name = known(&state, &name).await?;
     state.broker.resume(&name).await?;
+    Ok(Json(info(&state, name).await?))
+}
+
+/// `PUT /v1/queues/{name}/limits`: sets the queue's dispatch limits (`null` or absent
+/// fields clear them). The queue need not have tasks yet.
+pub async fn set_limits(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(limits): JsonBody<Limits>,
+) -> Result<Json<QueueInfo>, ApiError> {
+    let name: QueueName = name
+        .parse()
+        .map_err(|e: taskq_core::queue::InvalidQueueName| {
+            ApiError::bad_request("invalid_queue", e.to_string())
+        })?;
+    let invalid = |m: &str| Err(ApiError::bad_request("invalid_field", m));
+    if let Some(r) = limits.max_dispatches_per_second
+        && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+    {
+        return invalid("`max_dispatches_per_second` must be above 0 and at most 1000000");
+    }
+    if limits.burst.is_some() && limits.max_dispatches_per_second.is_none() {
+        return invalid("`burst` needs `max_dispatches_per_second`");
+    }
+    if limits.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
+        return invalid("`burst` must be 1 to 1000000");
+    }
+    if limits
+        .max_concurrent
+        .is_some_and(|c| !(1..=1_000_000).contains(&c))
+    {
+        return invalid("`max_concurrent` must be 1 to 1000000");
+    }
+    state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))
 }
 

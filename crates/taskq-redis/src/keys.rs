@@ -60,6 +60,12 @@ impl QueueKeys {
         format!("{}paused", self.base)
     }
 
+    /// The queue's dispatch limits and its rate limiter's state (a hash: `rate`, `burst`,
+    /// `concurrency`, `tokens`, `ts`).
+    pub fn limits(&self) -> String {
+        format!("{}limits", self.base)
+    }
+
     /// Prefix of the per-second counters of finished attempts: `<prefix>ok:<second>` and
     /// `<prefix>err:<second>`, each expiring after two minutes.
     pub fn stats_prefix(&self) -> String {

@@ -77,6 +77,27 @@ pub struct Leased {
     pub queued_at_ms: i64,
 }
 
+/// What one dequeue call took.
+#[derive(Clone, Debug, Default)]
+pub struct Dequeued {
+    pub tasks: Vec<Leased>,
+    /// A queue limit (rate or concurrency) held tasks back: try again soon.
+    pub limited: bool,
+}
+
+/// Per-queue dispatch limits, enforced across all workers (in the dequeue script).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Token-bucket rate of dispatches (task starts) per second.
+    pub max_dispatches_per_second: Option<f64>,
+    /// Bucket size: starts allowed at once after a quiet period (default: the rate,
+    /// rounded up).
+    pub burst: Option<u32>,
+    /// Most tasks of the queue running at once.
+    pub max_concurrent: Option<u32>,
+}
+
 /// A task the promoter made runnable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Promoted {
@@ -232,27 +253,35 @@ impl Broker {
     }
 
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
-    /// `now + lease`.
+    /// `now + lease`, within the queue's [`Limits`].
     pub async fn dequeue(
         &self,
         queue: &QueueName,
         n: usize,
         lease: Duration,
         worker_id: &str,
-    ) -> Result<Vec<Leased>> {
+    ) -> Result<Dequeued> {
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::DEQUEUE.prepare_invoke();
         for k in keys.pending_all() {
             inv.key(k);
         }
-        inv.key(keys.lease()).key(keys.wake()).key(keys.paused());
+        inv.key(keys.lease())
+            .key(keys.wake())
+            .key(keys.paused())
+            .key(keys.limits());
         inv.arg(keys.task_prefix())
             .arg(n)
             .arg(deadline(lease))
-            .arg(worker_id);
+            .arg(worker_id)
+            .arg(taskq_core::now_ms());
         let mut c = self.conn.clone();
         let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
-        vals.chunks_exact(6)
+        let Some((flag, rest)) = vals.split_first() else {
+            return Err(BrokerError::Protocol("empty dequeue reply".into()));
+        };
+        let tasks = rest
+            .chunks_exact(6)
             .map(|v| {
                 let msg: TaskMessage = serde_json::from_slice(&bytes(&v[1])?)
                     .map_err(|e| BrokerError::Protocol(format!("task message: {e}")))?;
@@ -264,7 +293,56 @@ impl Broker {
                     queued_at_ms: int(&v[5])?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dequeued {
+            tasks,
+            limited: int(flag)? == 1,
+        })
+    }
+
+    /// Sets (or with `None` clears) the dispatch limits of `queue`, for every worker.
+    pub async fn set_limits(&self, queue: &QueueName, limits: &Limits) -> Result<()> {
+        let keys = QueueKeys::new(queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(keys.limits());
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(r) = limits.max_dispatches_per_second {
+            fields.push(("rate", r.to_string()));
+            fields.push((
+                "burst",
+                limits
+                    .burst
+                    .unwrap_or_else(|| r.ceil().max(1.0) as u32)
+                    .to_string(),
+            ));
+        }
+        if let Some(c) = limits.max_concurrent {
+            fields.push(("concurrency", c.to_string()));
+        }
+        if !fields.is_empty() {
+            pipe.hset_multiple(keys.limits(), &fields);
+        }
+        pipe.sadd(keys::QUEUES, queue.as_str());
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// The dispatch limits of `queue`.
+    pub async fn limits(&self, queue: &QueueName) -> Result<Limits> {
+        let mut c = self.conn.clone();
+        let (rate, burst, conc): (Option<f64>, Option<u32>, Option<u32>) = redis::cmd("HMGET")
+            .arg(QueueKeys::new(queue).limits())
+            .arg("rate")
+            .arg("burst")
+            .arg("concurrency")
+            .query_async(&mut c)
+            .await?;
+        Ok(Limits {
+            max_dispatches_per_second: rate,
+            burst: rate.and(burst),
+            max_concurrent: conc,
+        })
     }
 
     /// Extends the leases of running attempts to `now + lease`. Returns the tasks whose

@@ -64,18 +64,36 @@ return out
     ))
 });
 
-/// Takes up to `n` runnable tasks, highest priority first, and leases them.
+/// Takes up to `n` runnable tasks, highest priority first, and leases them, within the
+/// queue's limits: at most `concurrency` running at once (across all workers) and a token
+/// bucket of `rate` dispatches per second holding up to `burst` tokens.
 ///
-/// KEYS: pending high, normal, low; lease; wake; paused (nothing is taken while it exists).
-/// ARGV: task prefix, n, lease deadline ms, worker id.
-/// Returns id, msg, attempts, seq, lease token, queued-at ms per task. Leaves a wake token when work
-/// remains, so the next idle worker picks it up.
+/// KEYS: pending high, normal, low; lease; wake; paused (nothing is taken while it
+/// exists); limits (hash: rate, burst, concurrency, tokens, ts).
+/// ARGV: task prefix, n, lease deadline ms, worker id, now ms.
+/// Returns a flag (1 when a limit held tasks back), then id, msg, attempts, seq, lease
+/// token, queued-at ms per task. Leaves a wake token when work remains, so the next idle
+/// worker picks it up.
 pub static DEQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         r"
-local pfx, n, deadline, wid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local out, got = {}, 0
+local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local out, got = {0}, 0
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
+local lim = redis.call('HMGET', KEYS[7], 'rate', 'burst', 'concurrency', 'tokens', 'ts')
+local allow = n
+if lim[3] then
+  allow = math.min(allow, tonumber(lim[3]) - redis.call('ZCARD', KEYS[4]))
+end
+local rate, tokens = tonumber(lim[1]), nil
+if rate then
+  local burst = tonumber(lim[2]) or math.max(1, math.ceil(rate))
+  local ts = tonumber(lim[5]) or now
+  tokens = math.min(burst, (tonumber(lim[4]) or burst) + math.max(0, now - ts) * rate / 1000)
+  allow = math.min(allow, math.floor(tokens))
+end
+if allow < n then out[1] = 1 end
+n = math.max(0, allow)
 for p = 1, 3 do
   while got < n do
     local ids = redis.call('RPOP', KEYS[p], n - got)
@@ -100,6 +118,9 @@ for p = 1, 3 do
       end
     end
   end
+end
+if rate then
+  redis.call('HSET', KEYS[7], 'tokens', tostring(tokens - got), 'ts', now)
 end
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
   ",

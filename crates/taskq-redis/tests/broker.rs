@@ -61,7 +61,8 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let leased = broker
         .dequeue(&q(queue), 10, Duration::from_secs(30), "w1")
         .await
-        .expect("dequeue");
+        .expect("dequeue")
+        .tasks;
     let order: Vec<TaskId> = leased.iter().map(|l| l.msg.id).collect();
     assert_eq!(order, vec![recs[2].id, recs[1].id, recs[3].id, recs[0].id]);
     assert!(
@@ -131,7 +132,8 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let again = broker
         .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
         .await
-        .expect("dequeue");
+        .expect("dequeue")
+        .tasks;
     assert_eq!(again[0].msg.id, leased[3].msg.id);
     assert_eq!(again[0].attempt, 1);
 
@@ -146,7 +148,8 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let retry = broker
         .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
         .await
-        .expect("dequeue");
+        .expect("dequeue")
+        .tasks;
     assert_eq!(retry[0].attempt, 2);
 
     // Removing a task makes every script skip it.
@@ -192,7 +195,8 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     let leased = broker
         .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
         .await
-        .expect("dequeue");
+        .expect("dequeue")
+        .tasks;
     assert_eq!(leased.len(), 300);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let now = taskq_core::now_ms();
@@ -222,7 +226,8 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     let leased = broker
         .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
         .await
-        .expect("dequeue");
+        .expect("dequeue")
+        .tasks;
     tokio::time::sleep(Duration::from_millis(10)).await;
     let reaped = broker
         .reap(&q(queue), taskq_core::now_ms(), 1000)

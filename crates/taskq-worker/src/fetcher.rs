@@ -15,6 +15,8 @@ use crate::worker::RunCtx;
 
 /// Longest idle wait before the queues are checked again without a wake-up.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait while a queue's rate or concurrency limit holds its tasks back.
+const LIMITED_WAIT: Duration = Duration::from_millis(50);
 /// Pause after a Redis error, so an outage does not become a busy loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -54,15 +56,19 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
         }
         let mut leased = Vec::new();
         let mut failed = false;
+        let mut limited = false;
         for queue in settings.queues.order(&mut rng) {
             match shared
                 .broker
                 .dequeue(queue, permits.len(), settings.lease, &settings.worker_id)
                 .await
             {
-                Ok(tasks) if tasks.is_empty() => continue,
-                Ok(tasks) => {
-                    leased = tasks;
+                Ok(d) if d.tasks.is_empty() => {
+                    limited |= d.limited;
+                    continue;
+                }
+                Ok(d) => {
+                    leased = d.tasks;
                     break;
                 }
                 Err(e) => {
@@ -74,10 +80,12 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
         }
         if leased.is_empty() {
             drop(permits);
+            // A queue held back by its limits frees up without a wake-up: look again soon.
+            let wait = if limited { LIMITED_WAIT } else { IDLE_WAIT };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(ERROR_PAUSE), if failed => {}
-                _ = wake.wait(IDLE_WAIT), if !failed => {}
+                _ = wake.wait(wait), if !failed => {}
             }
             continue;
         }

@@ -355,3 +355,94 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     assert_eq!(body["results"][0]["duplicate"], true);
     assert_eq!(env.total_records().await, 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_limits_hold_across_workers() {
+    use std::sync::atomic::AtomicUsize;
+    let env = Env::start().await;
+    // Bad limits are refused.
+    for bad in [
+        json!({"max_dispatches_per_second": 0}),
+        json!({"max_concurrent": 0}),
+        json!({"burst": 3}),
+        json!({"max_concurrency": 2}),
+    ] {
+        let resp = env
+            .http
+            .put(format!("{}/v1/queues/limited/limits", env.api))
+            .json(&bad)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let resp = env
+        .http
+        .put(format!("{}/v1/queues/limited/limits", env.api))
+        .json(&json!({"max_concurrent": 2, "max_dispatches_per_second": 10, "burst": 1}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["limits"]["max_concurrent"], 2);
+
+    // Two workers with eight slots each still run at most two at a time.
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut registry = Env::builtins();
+        let (r, p) = (running.clone(), peak.clone());
+        registry.register("hold", move |_ctx: TaskContext| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                // Longer than the rate's spacing, so only the concurrency limit caps overlap.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(None)
+            }
+        });
+        let mut settings = Env::settings("limited");
+        settings.concurrency = 8;
+        workers.push(env.worker(settings, registry));
+    }
+    let tasks: Vec<_> = (0..30)
+        .map(|_| json!({"type": "hold", "queue": "limited"}))
+        .collect();
+    let (status, _) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        wait_until(T, Duration::from_millis(50), || async {
+            env.counts().await.get(&TaskStatus::Succeeded).copied() == Some(30)
+        })
+        .await
+    );
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "the concurrency limit held and was used"
+    );
+    // 10 dispatches per second with a burst of 1: no second holds more than 11 starts.
+    let (_, page) = env.get("/v1/tasks?queue=limited&limit=100").await;
+    let mut starts: Vec<chrono::DateTime<chrono::Utc>> = page["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["started_at"].as_str()?.parse().ok())
+        .collect();
+    starts.sort();
+    assert_eq!(starts.len(), 30);
+    for (i, s) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|t| **t - *s < chrono::Duration::seconds(1))
+            .count();
+        assert!(within <= 11, "{within} starts within one second from {s}");
+    }
+    for w in workers {
+        w.shutdown().await;
+    }
+}
