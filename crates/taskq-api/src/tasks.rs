@@ -134,7 +134,17 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
     match inserted {
         Ok(()) => {}
         Err(e) if e.is_duplicate_key() && recs.len() == 1 => return Err(PersistError::Duplicate),
-        Err(e) => return Err(PersistError::Api(e.into())),
+        Err(e) => {
+            // An unordered insert_many may have written some records: remove them, so
+            // recovery never runs a task whose submit failed.
+            if recs.len() > 1 {
+                let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+                if let Err(undo) = state.store.delete(&ids).await {
+                    tracing::error!(error = %undo, count = ids.len(), "could not remove records of a failed batch insert");
+                }
+            }
+            return Err(PersistError::Api(e.into()));
+        }
     }
     let items: Vec<EnqueueItem> = recs
         .iter()
