@@ -69,6 +69,8 @@ pub struct Metrics {
     pub flush_duration: Histogram,
     pub flush_errors: Counter,
     pub inflight: Gauge,
+    /// Configured slots of this worker (saturation = inflight / slots).
+    pub slots: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistFamily<HttpLabels>,
 }
@@ -98,6 +100,7 @@ impl Metrics {
         let flush_duration = seconds_histogram();
         let flush_errors = Counter::default();
         let inflight = Gauge::default();
+        let slots = Gauge::default();
         let http_requests = Family::default();
         let http_duration: HistFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram);
         let r = &mut registry;
@@ -197,6 +200,7 @@ impl Metrics {
             flush_duration,
             flush_errors,
             inflight,
+            slots,
             http_requests,
             http_duration,
         })

@@ -95,6 +95,10 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     pub fn new(settings: Settings, broker: Broker, store: Store, registry: Registry) -> Self {
+        let metrics = Metrics::new();
+        metrics
+            .slots
+            .set(i64::try_from(settings.concurrency).unwrap_or(i64::MAX));
         Self {
             shared: Arc::new(Shared {
                 settings,
@@ -104,7 +108,7 @@ impl Worker {
                 inflight: Default::default(),
                 stats: Stats::default(),
                 draining: AtomicBool::new(false),
-                metrics: Metrics::new(),
+                metrics,
             }),
         }
     }
