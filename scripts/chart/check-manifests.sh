@@ -15,7 +15,8 @@ TARGET=k8s/manifests/taskq.yaml
 
 render() {
   printf '# Generated from charts/taskq by scripts/chart/check-manifests.sh --write; do not edit.\n'
-  printf '# Values: k8s/manifests/values.yaml. Create the taskq-mongodb Secret first (k8s/manifests/README.md).\n'
+  printf '# Values: k8s/manifests/values.yaml. Create the taskq-mongodb and taskq-api-tokens Secrets first\n'
+  printf '# (k8s/manifests/README.md).\n'
   helm template taskq charts/taskq --namespace taskq --no-hooks -f k8s/manifests/values.yaml |
     sed -e 's/[[:space:]]*$//' -e '/^# Source: /d'
 }

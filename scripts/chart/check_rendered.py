@@ -15,6 +15,12 @@ Checks, for every object the chart renders with one ci/ value set:
 - the taskq containers set only variables their binary reads (TASKQ_* names parsed from
   the clap attributes in crates/taskq-<binary>/src), the standard OTEL_* ones and RUST_LOG;
 - the worker's shutdown grace is shorter than its terminationGracePeriodSeconds;
+- authentication: with api.auth.enabled (every set but `auth-off`) the api gets
+  TASKQ_AUTH=on and TASKQ_TOKENS_FILE pointing into a read-only mount of the tokens Secret
+  (the generated one, with consistent `tokens`/`admin-token`/`submit-token` keys, or the
+  existing one of the `external` set), and the `helm test` pod mounts the same Secret and
+  sends `Authorization: Bearer`; with it off, TASKQ_AUTH=off and no tokens anywhere. In every
+  set no token appears outside a Secret: not in a ConfigMap, not in an env value literal;
 - objects carry the standard labels, sit in the release namespace, and images are pinned;
 - per value set (ci/ sets and `dev`, the k8s/dev overlay): what must (not) be there
   (bundled stores, Ingress TLS, the scaler...).
@@ -25,6 +31,8 @@ failure.
 
 from __future__ import annotations
 
+import base64
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -52,6 +60,16 @@ CONTROLLER_ALLOWED = {
 # Until crates/taskq-controller exists: the variables the controller will share with the
 # other binaries; the chart sets no other TASKQ_* variable on it.
 CONTROLLER_VARS = {"TASKQ_LISTEN", "TASKQ_REDIS_URL", "TASKQ_REDIS_CLUSTER", "TASKQ_LOG_FORMAT"}
+# The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be found
+# in its clap structs, or the env-name check below would be checking against stale names.
+API_AUTH_VARS = {"TASKQ_AUTH", "TASKQ_TOKENS", "TASKQ_TOKENS_FILE", "TASKQ_MAX_CONCURRENT_REQUESTS"}
+# Value sets and the tokens Secret they use: generated (None) or an existing one; `auth-off`
+# has authentication off.
+AUTH_OFF_SETS = {"auth-off"}
+EXISTING_TOKENS_SECRET = {"external": "taskq-api-tokens-prod"}
+TOKEN_KEYS = ("tokens", "admin-token", "submit-token")
+# A `role:token` entry (what TASKQ_TOKENS and the tokens file hold).
+ROLE_TOKEN = re.compile(r"\b(?:submit|admin)\s*:\s*[A-Za-z0-9._~+/=-]{16,}")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
 
@@ -95,6 +113,117 @@ def effective(pod_sc: dict, ctr_sc: dict, key: str):
     return ctr_sc.get(key, pod_sc.get(key))
 
 
+def secret_data(obj: dict) -> dict[str, str]:
+    """A Secret's data and stringData, decoded."""
+    out = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+    out.update(obj.get("stringData") or {})
+    return out
+
+
+def mounted_secret_file(spec: dict, ctr: dict, path: str) -> tuple[str | None, str | None, bool]:
+    """(Secret name, key, readOnly) of the secret volume that puts a file at `path` in `ctr`."""
+    for m in ctr.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        if "subPath" in m:
+            if mount != path:
+                continue
+            rel = m["subPath"]
+        elif posixpath.dirname(path) == mount:
+            rel = None
+        else:
+            continue
+        vol = next((v for v in spec.get("volumes", []) if v["name"] == m["name"]), {})
+        sec = vol.get("secret")
+        if not sec:
+            continue
+        name = posixpath.basename(path) if rel is None else rel
+        items = sec.get("items")
+        if items:
+            key = next((i["key"] for i in items if i["path"] == name), None)
+        else:
+            key = name
+        return sec.get("secretName"), key, m.get("readOnly") is True
+    return None, None, False
+
+
+def check_auth(c: "Checker", name: str, docs: list[dict], api: dict | None, test_pod: dict | None) -> None:
+    """The api's tokens: where they come from, who mounts them, and that they leak nowhere."""
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    token_secrets = {n: s for n, s in secrets.items() if set(TOKEN_KEYS) & set(secret_data(s))}
+    enabled = name not in AUTH_OFF_SETS
+    if api is not None:
+        spec = api["spec"]["template"]["spec"]
+        ctr = next(x for x in spec["containers"] if x["name"] == "api")
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        mcr = env.get("TASKQ_MAX_CONCURRENT_REQUESTS", {}).get("value", "")
+        c.check(mcr.isdigit() and int(mcr) >= 1, f"api: TASKQ_MAX_CONCURRENT_REQUESTS is a positive integer (got {mcr!r})")
+        c.check("value" not in env.get("TASKQ_TOKENS", {}), "api: TASKQ_TOKENS must never be a literal value")
+        if not enabled:
+            c.check(env.get("TASKQ_AUTH", {}).get("value") == "off", f"api: TASKQ_AUTH=off")
+            c.check("TASKQ_TOKENS_FILE" not in env and "TASKQ_TOKENS" not in env, f"api: no tokens with auth off")
+            c.check(not token_secrets, f"no tokens Secret with auth off (found {sorted(token_secrets)})")
+            c.check(not spec.get("volumes"), f"api: nothing mounted with auth off")
+        else:
+            c.check(env.get("TASKQ_AUTH", {}).get("value") == "on", "api: TASKQ_AUTH=on")
+            path = env.get("TASKQ_TOKENS_FILE", {}).get("value", "")
+            c.check(path.startswith("/"), f"api: TASKQ_TOKENS_FILE is an absolute path (got {path!r})")
+            secret, key, read_only = mounted_secret_file(spec, ctr, path)
+            c.check(secret is not None and key == "tokens", f"api: TASKQ_TOKENS_FILE {path} is key `tokens` of a mounted Secret (got {secret}/{key})")
+            c.check(read_only, "api: the tokens Secret is mounted readOnly")
+            c.check(ctr.get("securityContext", {}).get("readOnlyRootFilesystem") is True, "api: root file system stays read-only")
+            want = EXISTING_TOKENS_SECRET.get(name)
+            if want:
+                c.check(secret == want, f"api: tokens from the existing Secret {want} (got {secret})")
+                c.check(not token_secrets, f"no generated tokens Secret next to an existing one (found {sorted(token_secrets)})")
+            else:
+                c.check(secret == f"{api['metadata']['name']}-tokens", f"api: tokens from the generated Secret (got {secret})")
+                data = secret_data(secrets.get(secret, {}))
+                c.check(set(TOKEN_KEYS) <= set(data), f"Secret/{secret}: keys {TOKEN_KEYS} (got {sorted(data)})")
+                adm, sub = data.get("admin-token", ""), data.get("submit-token", "")
+                for role, tok in (("admin", adm), ("submit", sub)):
+                    c.check(len(tok) == 32 and tok.isalnum(), f"Secret/{secret}: the {role} token is 32 random alphanumerics")
+                lines = [x.strip() for x in data.get("tokens", "").splitlines() if x.strip() and not x.strip().startswith("#")]
+                c.check(sorted(lines) == sorted([f"admin:{adm}", f"submit:{sub}"]),
+                        f"Secret/{secret}: `tokens` holds exactly admin:<admin-token> and submit:<submit-token>")
+                c.check(adm != sub, f"Secret/{secret}: distinct admin and submit tokens")
+            if test_pod is not None:
+                tspec = test_pod["spec"]
+                tctr = tspec["containers"][0]
+                tenv = {e["name"]: e.get("value", "") for e in tctr.get("env", [])}
+                tpath = tenv.get("TOKENS_FILE", "")
+                tsecret, tkey, tro = mounted_secret_file(tspec, tctr, tpath)
+                c.check(tsecret == secret and tkey == "tokens" and tro,
+                        f"helm test: mounts the api's tokens Secret read-only at TOKENS_FILE (got {tsecret}/{tkey} at {tpath!r})")
+                script = " ".join(tctr.get("command", []) + tctr.get("args", []))
+                c.check("Authorization: Bearer" in script, "helm test: sends `Authorization: Bearer`")
+    if test_pod is not None and not enabled:
+        c.check(not test_pod["spec"].get("volumes") and "TOKENS_FILE" not in {e["name"] for e in test_pod["spec"]["containers"][0].get("env", [])},
+                f"helm test: no token with auth off")
+
+    # No token outside a Secret: not in a ConfigMap, not in an env value literal.
+    tokens = set()
+    for s in token_secrets.values():
+        data = secret_data(s)
+        tokens |= {data[k] for k in ("admin-token", "submit-token") if data.get(k)}
+        tokens |= {m.split(":", 1)[1].strip() for m in ROLE_TOKEN.findall(data.get("tokens", ""))}
+    for d in docs:
+        if d["kind"] == "Secret":
+            continue
+        ident = f"{d['kind']}/{d['metadata']['name']}"
+        text = yaml.safe_dump(d)
+        c.check(not any(tok in text for tok in tokens), f"{ident}: contains an API token (tokens belong in the Secret only)")
+        if d["kind"] == "ConfigMap":
+            for k, v in (d.get("data") or {}).items():
+                c.check(not ROLE_TOKEN.search(str(v)), f"{ident}: key {k} holds a `role:token` entry")
+        if d["kind"] in POD_KINDS:
+            spec = pod_spec(d)
+            for ctr in spec.get("initContainers", []) + spec["containers"]:
+                for e in ctr.get("env", []):
+                    if "value" in e:
+                        c.check(not ROLE_TOKEN.search(str(e["value"])) and not any(tok in str(e["value"]) for tok in tokens),
+                                f"{ident} container {ctr['name']}: env {e['name']} holds a token literal")
+
+
 def main() -> int:
     name, rendered = sys.argv[1], Path(sys.argv[2])
     root = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).resolve().parents[2]
@@ -103,6 +232,8 @@ def main() -> int:
     c.check(len(docs) > 0, "the chart rendered no object")
     known = binary_vars(root)
     c.check(bool(known.get("api")) and bool(known.get("worker")), "no TASKQ_* variable found in the api's or worker's clap structs")
+    missing = API_AUTH_VARS - known.get("api", set())
+    c.check(not missing, f"taskq-api's clap structs do not declare {sorted(missing)}")
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -191,6 +322,10 @@ def main() -> int:
     # The helm test hook.
     hooks = [d for d in by_kind.get("Pod", []) if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     c.check(len(hooks) == 1, "exactly one `helm test` hook pod")
+
+    # API tokens.
+    api_deploy = next((d for d in by_kind.get("Deployment", []) if component(d) == "api"), None)
+    check_auth(c, name, docs, api_deploy, hooks[0] if hooks else None)
 
     # PodDisruptionBudgets for the api and the workers.
     # (The dev overlay runs single replicas, where a budget would only block node drains.)

@@ -12,8 +12,9 @@
 #   keys and wrong types and validateValues catches what the schema cannot; `helm
 #   template` of every value set; template tests over the output
 #   (scripts/chart/check_rendered.py: probes, resources, hardened securityContext, token
-#   mounts, RBAC, env names the binaries read); the dashboard's queries use only taskq's
-#   metric names; k8s/manifests is in sync with the chart.
+#   mounts, RBAC, env names the binaries read, the api's tokens mounted from a Secret and
+#   never in a ConfigMap or env literal); the dashboard's queries use only taskq's metric
+#   names; k8s/manifests is in sync with the chart and commits no token.
 # kube: a real etcd + kube-apiserver (scripts/chart/kube-env.sh; build it once with
 #   `scripts/chart/kube-env.sh build`, the test fails with that instruction otherwise).
 #   Every rendered object is validated strictly twice: by kubeconform -strict against JSON
@@ -22,7 +23,8 @@
 #   install`, which Helm 4 does by server-side apply). Then for every value set, in its
 #   own namespace: helm install → status deployed; the `helm test` pod accepted (dry run);
 #   the controller's real permissions (kubectl auth can-i); helm upgrade keeps the
-#   generated MongoDB password; helm uninstall leaves no object of the release behind.
+#   generated MongoDB password and API tokens; helm uninstall leaves no object of the
+#   release behind.
 #   Pods never run (no kubelet): the point is that the API server accepts every object.
 #
 # Tools come from scripts/chart/install-tools.sh (cached in ~/.cache/taskq/bin). Output
@@ -112,6 +114,14 @@ run_static() {
     helm template t "$CHART" --set controller.enabled=true,controller.scaler.minReplicas=5,controller.scaler.maxReplicas=2
   expect_fail "both PDB budgets" "only one of minAvailable" \
     helm template t "$CHART" --set api.pdb.maxUnavailable=1
+  expect_fail "tokens as a value (they belong in a Secret)" "additional properties 'tokens' not allowed" \
+    helm template t "$CHART" --set api.auth.tokens=admin:0123456789abcdef
+  expect_fail "auth.enabled as a string" "api/auth/enabled" \
+    helm template t "$CHART" --set-string api.auth.enabled=off
+  expect_fail "an invalid existingSecret name" "api/auth/existingSecret" \
+    helm template t "$CHART" --set api.auth.existingSecret=My_Tokens
+  expect_fail "zero concurrent requests" "api/maxConcurrentRequests" \
+    helm template t "$CHART" --set api.maxConcurrentRequests=0
 
   step "helm template of every ci/ value set, and template tests"
   for v in "${value_sets[@]}"; do
@@ -146,6 +156,27 @@ PY
 
   step "k8s/manifests in sync with the chart"
   expect_ok "k8s/manifests/taskq.yaml is what the chart renders" bash scripts/chart/check-manifests.sh
+  expect_ok "k8s/manifests/taskq.yaml commits no token: the api mounts the existing taskq-api-tokens" \
+    python3 - k8s/manifests/taskq.yaml <<'PY'
+import re, sys, yaml
+text = open(sys.argv[1]).read()
+docs = [d for d in yaml.safe_load_all(text) if d]
+secrets = [d for d in docs if d["kind"] == "Secret"]
+for s in secrets:
+    keys = set(s.get("data") or {}) | set(s.get("stringData") or {})
+    assert not keys & {"tokens", "admin-token", "submit-token"}, f"Secret/{s['metadata']['name']} holds API tokens"
+assert not re.search(r"\b(?:submit|admin)\s*:\s*[A-Za-z0-9._~+/=-]{16,}", text), "a role:token entry in the manifests"
+api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "taskq-api")
+vols = [v["secret"]["secretName"] for v in api["spec"]["template"]["spec"].get("volumes", []) if "secret" in v]
+assert vols == ["taskq-api-tokens"], vols
+print("no token; api mounts secret/taskq-api-tokens")
+PY
+}
+
+# api_tokens NAMESPACE: the generated tokens Secret's three keys, as stored.
+api_tokens() {
+  kubectl get secret "$RELEASE-api-tokens" -n "$1" \
+    -o jsonpath='{.data.tokens}/{.data.admin-token}/{.data.submit-token}' 2>/dev/null || true
 }
 
 KUBE_STARTED=""
@@ -228,13 +259,16 @@ PY
     fi
 
     if [[ "$v" == default ]]; then
-      local before after
+      local before after tokens_before
       before="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
+      tokens_before="$(api_tokens "$ns")"
       # shellcheck disable=SC2046
       expect_ok "helm upgrade" helm upgrade "$RELEASE" "$CHART" -n "$ns" $(values_args "$v") --set api.replicaCount=3
       after="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
       if [[ -n "$before" && "$before" == "$after" ]]; then ok "the generated MongoDB password survives the upgrade"
       else bad "the MongoDB password changed on upgrade"; fi
+      if [[ -n "$tokens_before" && "$tokens_before" == "$(api_tokens "$ns")" ]]; then ok "the generated API tokens survive the upgrade"
+      else bad "the API tokens changed on upgrade"; fi
       expect_fail "the API server rejects a misspelled field (strict validation end to end)" "valu" \
         helm upgrade "$RELEASE" "$CHART" -n "$ns" --set 'api.extraEnv[0].name=X' --set 'api.extraEnv[0].valu=y'
     fi

@@ -102,6 +102,41 @@ imagePullSecrets:
 {{- default (include "taskq.componentName" (dict "ctx" . "component" "controller")) .Values.controller.serviceAccount.name -}}
 {{- end -}}
 
+{{/*
+API tokens: the Secret whose key `tokens` holds the `role:token` lines (api.auth.existingSecret,
+or the one the chart generates), and where the api and the `helm test` pod mount it.
+*/}}
+{{- define "taskq.api.tokensSecretName" -}}
+{{- default (printf "%s-api-tokens" (include "taskq.fullname" .)) .Values.api.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "taskq.api.tokensDir" -}}
+/etc/taskq/auth
+{{- end -}}
+
+{{/* The read-only Secret volume of the tokens file: call with the root context. */}}
+{{- define "taskq.api.tokensVolume" -}}
+- name: api-tokens
+  secret:
+    secretName: {{ include "taskq.api.tokensSecretName" . }}
+    {{- if .Values.podSecurityContext.fsGroup }}
+    # Only the `role:token` file, readable through fsGroup and by nobody else.
+    defaultMode: 0440
+    {{- else }}
+    # Only the `role:token` file; without an fsGroup the non-root user reads it as "other".
+    defaultMode: 0444
+    {{- end }}
+    items:
+      - key: tokens
+        path: tokens
+{{- end -}}
+
+{{- define "taskq.api.tokensVolumeMount" -}}
+- name: api-tokens
+  mountPath: {{ include "taskq.api.tokensDir" . }}
+  readOnly: true
+{{- end -}}
+
 {{/* Redis: where its URL is kept. */}}
 {{- define "taskq.redis.secretName" -}}
 {{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}

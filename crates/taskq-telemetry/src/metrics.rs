@@ -173,6 +173,11 @@ impl Metrics {
             inflight.clone(),
         );
         r.register(
+            "worker_slots",
+            "Attempts this worker may run at once (TASKQ_CONCURRENCY)",
+            slots.clone(),
+        );
+        r.register(
             "http_requests",
             "HTTP requests served",
             http_requests.clone(),
@@ -281,6 +286,7 @@ mod tests {
             "taskq_queue_depth{queue=\"default\",state=\"queued\"} 3",
             "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"} 1",
             "taskq_worker_inflight 0",
+            "taskq_worker_slots 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

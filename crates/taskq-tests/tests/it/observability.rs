@@ -351,6 +351,7 @@ async fn metrics_move_as_tasks_run() {
     };
     let before = scrape(worker_url.clone()).await;
     assert_eq!(value(&before, "taskq_worker_inflight "), 0.0);
+    assert_eq!(value(&before, "taskq_worker_slots "), 16.0, "{before}");
 
     let ok = env.submit(json!({"type": "echo", "payload": 1})).await;
     let bad = env
