@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answer.
 #[derive(Debug)]
@@ -56,15 +57,42 @@ impl ApiError {
         )
     }
 
-    /// The JSON body of this error.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+    /// The `error` member of this error's body.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable machine-readable `code` and a message for people.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: `invalid_json`, `invalid_request`, `invalid_body`, `invalid_field`,
+    /// `invalid_query`, `invalid_id`, `invalid_queue`, `invalid_path`, `payload_too_large`,
+    /// `batch_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `timeout`, `unavailable`, `internal`.
+    #[schema(value_type = String, example = "invalid_field")]
+    pub code: &'static str,
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 

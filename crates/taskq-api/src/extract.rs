@@ -8,9 +8,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON request body. A missing content type is accepted; any other than JSON is 415.
-/// Malformed JSON is `invalid_json`; well-formed JSON of the wrong shape (wrong types,
-/// missing or unknown fields) is `invalid_request`; a body over the limit is 413.
+/// A JSON object as the request body. A missing content type is accepted; any other than
+/// JSON is 415. Malformed JSON is `invalid_json`; well-formed JSON of the wrong shape
+/// (not an object, wrong types, missing or unknown fields) is `invalid_request`; a body
+/// over the limit is 413.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -48,9 +49,9 @@ where
     }
 }
 
-/// Decodes JSON with the api's error codes.
+/// Decodes a JSON object with the api's error codes.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let value = serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             // serde_json reports some type mismatches (a number where a unit enum such as
@@ -62,7 +63,36 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             _ => ApiError::bad_request("invalid_request", e.to_string()),
         }
-    })
+    })?;
+    // serde also reads a struct from an array of its fields (`[null, null]`): only an
+    // object is a valid body.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// A path parameter; one that is not valid percent-encoded UTF-8 is `invalid_path` (axum's
+/// own rejection would answer in plain text).
+#[derive(Debug)]
+pub struct PathParam<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParam<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParam(p.0))
+            .map_err(|rej| ApiError::bad_request("invalid_path", rej.body_text()))
+    }
 }
 
 /// Query parameters; unknown or malformed ones are `invalid_query`.
@@ -81,5 +111,37 @@ where
             .await
             .map(|q| QueryParams(q.0))
             .map_err(|rej| ApiError::bad_request("invalid_query", rej.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only parsed")]
+    struct Body {
+        a: Option<u32>,
+        b: Option<u32>,
+    }
+
+    fn code(bytes: &[u8]) -> &'static str {
+        match parse_json::<Body>(bytes) {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        assert_eq!(code(br#" {"a": 1}"#), "ok");
+        assert_eq!(code(b"{}"), "ok");
+        // serde would read these as the struct's fields in order.
+        assert_eq!(code(b"[null, null]"), "invalid_request");
+        assert_eq!(code(b" [1, 2]"), "invalid_request");
+        assert_eq!(code(b"[1, 2"), "invalid_json");
+        assert_eq!(code(br#"{"c": 1}"#), "invalid_request");
+        assert_eq!(code(b"null"), "invalid_request");
     }
 }

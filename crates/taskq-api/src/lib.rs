@@ -3,11 +3,14 @@
 //! [`app`] builds the router from an [`AppState`]; [`run`] wires it to Redis and MongoDB
 //! from [`ApiArgs`] and serves it until SIGTERM or SIGINT, draining in-flight requests.
 //! A submit is answered 2xx only after the record is in MongoDB and the task in Redis.
+//! [`run`] also runs the periodic schedules of its config ([`spawn_periodic`]).
 
 mod auth;
 mod error;
 mod extract;
 mod observe;
+pub mod openapi;
+pub mod periodic;
 mod queues;
 mod tasks;
 
@@ -36,6 +39,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Role, Tokens};
 pub use error::ApiError;
+pub use periodic::{Schedule, spawn_periodic};
 
 /// Command line and environment of `taskq-api`.
 #[derive(Debug, Clone, Parser)]
@@ -101,6 +105,13 @@ pub struct ApiArgs {
     /// Most requests served at once; more wait (and time out after the request timeout).
     #[arg(long, env = "TASKQ_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// Periodic tasks: a JSON array of `{"name", "cron", "task"}` (see the README).
+    #[arg(long, env = "TASKQ_PERIODIC", hide_env_values = true)]
+    pub periodic: Option<String>,
+    /// A file holding a JSON array of periodic tasks (e.g. a mounted ConfigMap); adds to
+    /// `TASKQ_PERIODIC`.
+    #[arg(long, env = "TASKQ_PERIODIC_FILE")]
+    pub periodic_file: Option<std::path::PathBuf>,
 }
 
 impl ApiArgs {
@@ -159,6 +170,36 @@ impl ApiArgs {
             default_timeout_ms: self.default_timeout_ms,
             ..d
         })
+    }
+
+    /// The periodic schedules of `TASKQ_PERIODIC` and `TASKQ_PERIODIC_FILE`, each task
+    /// checked against `limits`: says what to fix.
+    pub fn periodic(&self, limits: &Limits) -> Result<Vec<Schedule>, String> {
+        let file = match &self.periodic_file {
+            Some(path) => Some((
+                format!("TASKQ_PERIODIC_FILE {}", path.display()),
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("TASKQ_PERIODIC_FILE {}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        let mut sources = Vec::new();
+        if let Some(text) = &self.periodic {
+            sources.push(("TASKQ_PERIODIC", text.as_str()));
+        }
+        if let Some((origin, text)) = &file {
+            sources.push((origin.as_str(), text.as_str()));
+        }
+        let schedules = periodic::parse_schedules(&sources, limits)?;
+        let ttl = Duration::from_secs(self.idempotency_ttl_seconds);
+        if !schedules.is_empty() && ttl < periodic::MIN_IDEMPOTENCY_TTL {
+            return Err(format!(
+                "TASKQ_IDEMPOTENCY_TTL_SECONDS must be at least {} with periodic tasks: \
+                 a tick's idempotency key is what keeps replicas from submitting it twice",
+                periodic::MIN_IDEMPOTENCY_TTL.as_secs()
+            ));
+        }
+        Ok(schedules)
     }
 }
 
@@ -242,6 +283,7 @@ pub fn app(state: AppState) -> Router {
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -315,6 +357,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let limits = args.limits().map_err(anyhow::Error::msg)?;
     let tokens = args.tokens().map_err(anyhow::Error::msg)?;
+    let schedules = args.periodic(&limits).map_err(anyhow::Error::msg)?;
     if tokens.is_none() {
         tracing::warn!(
             "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
@@ -350,6 +393,12 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.listen, "api listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    if !schedules.is_empty() {
+        let names: Vec<&str> = schedules.iter().map(Schedule::name).collect();
+        tracing::info!(schedules = ?names, "running periodic schedules");
+    }
+    // Stops with the same token; ticks being submitted finish, none starts after it.
+    let periodic = spawn_periodic(state.clone(), schedules, shutdown.clone());
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
@@ -358,6 +407,9 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         })
         .await
         .context("serving")?;
+    if let Err(e) = periodic.await {
+        tracing::error!(error = %e, "the periodic scheduler failed");
+    }
     tracing::info!("api stopped");
     Ok(())
 }

@@ -60,6 +60,17 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// `GET /metrics`: refreshes the queue-depth gauges from Redis, then encodes everything.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "observability",
+    responses(
+        (status = 200, description = "Prometheus metrics in the OpenMetrics text format.",
+            body = String, content_type = "application/openmetrics-text"),
+        (status = 503, description = "The request timed out.", body = crate::error::ErrorBody),
+    ),
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match state.broker.queues().await {
         Ok(queues) => {

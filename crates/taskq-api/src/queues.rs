@@ -1,20 +1,23 @@
-//! Queue endpoints: state counts, pause and resume, and dead-letter operations.
+//! Queue endpoints: state counts, pause and resume, limits, dead-letter operations and
+//! recovery. All need the `admin` role.
+//!
+//! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
-use serde_json::{Value, json};
 use taskq_core::{QueueName, TaskStatus};
 use taskq_redis::{EnqueueItem, Limits};
+use utoipa::ToSchema;
 
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParam};
 use taskq_store::{ListFilter, RequeueOutcome};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// Tasks per state in one queue.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Counts {
     pub scheduled: u64,
     pub queued: u64,
@@ -24,7 +27,7 @@ pub struct Counts {
 }
 
 /// One queue as `GET /v1/queues` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct QueueInfo {
     pub name: QueueName,
     pub paused: bool,
@@ -87,26 +90,100 @@ async fn known(state: &AppState, name: &str) -> Result<QueueName, ApiError> {
     }
 }
 
+/// The answer of `GET /v1/queues`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+}
+
+/// The answer of `POST /v1/queues/{name}/retry-dead`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    /// Dead tasks queued again.
+    pub retried: u64,
+}
+
+/// The answer of `POST /v1/queues/{name}/purge-dead`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Purged {
+    /// Dead tasks deleted.
+    pub purged: u64,
+}
+
+/// The answer of `POST /v1/admin/recover`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recovered {
+    /// Unfinished tasks Redis lacked, enqueued again.
+    pub enqueued: u64,
+    /// Unfinished tasks Redis still held (left alone).
+    pub already_present: u64,
+}
+
 /// `GET /v1/queues`: every queue that has received a task.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    operation_id = "list_queues",
+    tag = "queues",
+    responses(
+        (status = 200, description = "Every queue that has received a task (or limits).", body = QueueList),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
     let names = state.broker.queues().await?;
-    let infos = futures::future::try_join_all(names.into_iter().map(|n| info(&state, n))).await?;
-    Ok(Json(json!({"queues": infos})))
+    let queues = futures::future::try_join_all(names.into_iter().map(|n| info(&state, n))).await?;
+    Ok(Json(QueueList { queues }))
 }
 
 /// `GET /v1/queues/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    operation_id = "get_queue",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    responses(
+        (status = 200, description = "The queue.", body = QueueInfo),
+        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such queue.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name = known(&state, &name).await?;
     Ok(Json(info(&state, name).await?))
 }
 
 /// `POST /v1/queues/{name}/pause`: workers stop taking its tasks; submissions continue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    operation_id = "pause_queue",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    responses(
+        (status = 200, description = "The queue, now paused.", body = QueueInfo),
+        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such queue.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn pause(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name = known(&state, &name).await?;
     state.broker.pause(&name).await?;
@@ -114,9 +191,25 @@ pub async fn pause(
 }
 
 /// `POST /v1/queues/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    operation_id = "resume_queue",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    responses(
+        (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
+        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such queue.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn resume(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name = known(&state, &name).await?;
     state.broker.resume(&name).await?;
@@ -125,9 +218,27 @@ pub async fn resume(
 
 /// `PUT /v1/queues/{name}/limits`: sets the queue's dispatch limits (`null` or absent
 /// fields clear them). The queue need not have tasks yet.
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{name}/limits",
+    operation_id = "set_queue_limits",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    request_body = Limits,
+    responses(
+        (status = 200, description = "The queue with its new limits.", body = QueueInfo),
+        (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 413, description = "The body is larger than the api accepts.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_limits(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(limits): JsonBody<Limits>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name: QueueName = name
@@ -158,10 +269,26 @@ pub async fn set_limits(
 }
 
 /// `POST /v1/queues/{name}/retry-dead`: runs every dead task of the queue again.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/retry-dead",
+    operation_id = "retry_dead",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    responses(
+        (status = 200, description = "How many dead tasks were queued again.", body = Retried),
+        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such queue.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; call again to retry the rest.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn retry_dead(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParam(name): PathParam<String>,
+) -> Result<Json<Retried>, ApiError> {
     let name = known(&state, &name).await?;
     let filter = ListFilter {
         status: Some(TaskStatus::Dead),
@@ -187,26 +314,55 @@ pub async fn retry_dead(
         retried += items.len() as u64;
         state.broker.enqueue(&items).await?;
     }
-    Ok(Json(json!({"retried": retried})))
+    Ok(Json(Retried { retried }))
 }
 
 /// `POST /v1/queues/{name}/purge-dead`: deletes every dead task of the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/purge-dead",
+    operation_id = "purge_dead",
+    tag = "queues",
+    params(("name" = QueueName, Path, description = "The queue's name.")),
+    responses(
+        (status = 200, description = "How many dead tasks were deleted.", body = Purged),
+        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such queue.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn purge_dead(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParam(name): PathParam<String>,
+) -> Result<Json<Purged>, ApiError> {
     let name = known(&state, &name).await?;
     let purged = state
         .store
         .delete_by_status(&name, TaskStatus::Dead)
         .await?;
-    Ok(Json(json!({"purged": purged})))
+    Ok(Json(Purged { purged }))
 }
 
 /// `POST /v1/admin/recover`: rebuilds Redis from MongoDB after Redis lost its data. Every
 /// unfinished task is enqueued again with its schedule; tasks Redis still holds are left
 /// alone, so running it twice, or on a healthy Redis, duplicates nothing.
-pub async fn recover(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/v1/admin/recover",
+    operation_id = "recover",
+    tag = "admin",
+    responses(
+        (status = 200, description = "What was enqueued again.", body = Recovered),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; calling again is safe.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn recover(State(state): State<AppState>) -> Result<Json<Recovered>, ApiError> {
     let mut after = None;
     let (mut enqueued, mut present) = (0u64, 0u64);
     loop {
@@ -233,7 +389,8 @@ pub async fn recover(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         }
     }
     tracing::info!(enqueued, already_present = present, "recovery finished");
-    Ok(Json(
-        json!({"enqueued": enqueued, "already_present": present}),
-    ))
+    Ok(Json(Recovered {
+        enqueued,
+        already_present: present,
+    }))
 }

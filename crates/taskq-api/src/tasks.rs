@@ -1,25 +1,55 @@
-//! Task endpoints: submit (single and batch), get, list and retry.
+//! Task endpoints: submit (single and batch), get, list, retry and cancel.
+//!
+//! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`: every status it
+//! can answer, with the body each carries (see [`crate::openapi`]).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::{CancelOutcome, EnqueueItem};
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
+use utoipa::{IntoParams, ToSchema};
 
 use taskq_telemetry::metrics::Metrics;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{JsonBody, QueryParams};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::extract::{JsonBody, PathParam, QueryParams};
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
 /// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
 /// within the retention window answers 200 with the original task and writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    request_body = NewTask,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,256}$",
+            description = "Same as the `idempotency_key` field (they must agree when both are given)."),
+        ("traceparent" = Option<String>, Header, nullable = false,
+            description = "W3C trace context, stored with the task so its attempts join the trace."),
+    ),
+    responses(
+        (status = 201, description = "Created: the new task.", body = TaskRecord,
+            headers(("Location" = String, description = "`/v1/tasks/{id}`"))),
+        (status = 200, description = "The idempotency key repeats one used in this queue within the retention window: the original task; nothing was written.",
+            body = TaskRecord, headers(("Location" = String, description = "`/v1/tasks/{id}`"))),
+        (status = 400, description = "Malformed JSON (`invalid_json`), wrong shape or unknown field (`invalid_request`), a value out of range (`invalid_field`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 409, description = "A concurrent submit holds the same idempotency key; retry.", body = ErrorBody),
+        (status = 413, description = "The payload or the body is larger than the api accepts.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -56,7 +86,7 @@ pub async fn submit(
 /// Submits a task with an idempotency key. The unique index on (queue, key) decides
 /// between concurrent submits on any number of api replicas: exactly one insert wins, the
 /// others answer with its task.
-async fn submit_idempotent(
+pub(crate) async fn submit_idempotent(
     state: &AppState,
     rec: TaskRecord,
 ) -> Result<(StatusCode, TaskRecord), ApiError> {
@@ -174,30 +204,70 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
 }
 
 /// The body of `POST /v1/tasks/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    /// Tasks as `POST /v1/tasks` takes them, at most `TASKQ_MAX_BATCH` (default 1000).
+    /// Each is checked on its own: an invalid one is reported in `results` and does not
+    /// keep the others out.
+    #[schema(value_type = Vec<NewTask>, min_items = 1)]
     pub tasks: Vec<Value>,
 }
 
-/// One item's outcome in a batch answer.
-#[derive(Debug, Serialize)]
+/// One item's outcome in a batch answer: `id` and `status` when it was accepted, `error`
+/// when it was not.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItem {
+    /// The item's position in `tasks`.
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<TaskId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
+    pub error: Option<ErrorDetail>,
     /// Set when an idempotency key matched an earlier task, whose id is reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate: Option<bool>,
 }
 
+/// The answer of `POST /v1/tasks/batch`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// One per item, in request order.
+    pub results: Vec<BatchItem>,
+    /// Only when no item was accepted (the 400 answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
 /// `POST /v1/tasks/batch`: every valid item is accepted (one `insert_many`, one enqueue
 /// script call per queue), every invalid one is reported by index. 201 when all were
 /// accepted, 207 when some were, 400 when none was.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/batch",
+    operation_id = "submit_batch",
+    tag = "tasks",
+    request_body = BatchRequest,
+    params(
+        ("traceparent" = Option<String>, Header, nullable = false,
+            description = "W3C trace context, stored with every task of the batch."),
+    ),
+    responses(
+        (status = 201, description = "Every item was accepted.", body = BatchResponse),
+        (status = 207, description = "Some items were accepted; `results` says which were not and why.", body = BatchResponse),
+        (status = 400, description = "No item is valid (the body is a batch answer with `error` set), or the request itself is malformed or empty.", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 409, description = "A concurrent submit holds an item's idempotency key; retry.", body = ErrorBody),
+        (status = 413, description = "More tasks than `TASKQ_MAX_BATCH`, or a body over `TASKQ_MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -222,8 +292,14 @@ pub async fn submit_batch(
     let mut accepted = Vec::new();
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.into_iter().enumerate() {
-        let admitted = serde_json::from_value::<NewTask>(raw)
-            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+        let admitted = raw
+            .is_object()
+            .then_some(raw)
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "a task must be a JSON object"))
+            .and_then(|raw| {
+                serde_json::from_value::<NewTask>(raw)
+                    .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+            })
             .and_then(|t| {
                 state
                     .limits
@@ -246,7 +322,7 @@ pub async fn submit_batch(
                 index,
                 id: None,
                 status: None,
-                error: Some(e.body()["error"].clone()),
+                error: Some(e.detail()),
                 duplicate: None,
             },
         });
@@ -277,21 +353,37 @@ pub async fn submit_batch(
         (0, _) => StatusCode::BAD_REQUEST,
         _ => StatusCode::MULTI_STATUS,
     };
-    let mut body = json!({
-        "accepted": accepted.len(),
-        "rejected": rejected,
-        "results": items,
-    });
-    if accepted.is_empty() {
-        body["error"] = json!({"code": "invalid_request", "message": "no task in the batch is valid; see `results`"});
-    }
+    let body = BatchResponse {
+        accepted: accepted.len(),
+        rejected,
+        results: items,
+        error: accepted.is_empty().then(|| ErrorDetail {
+            code: "invalid_request",
+            message: "no task in the batch is valid; see `results`".into(),
+        }),
+    };
     Ok((status, Json(body)).into_response())
 }
 
 /// `GET /v1/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = TaskId, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The task's full record.", body = TaskRecord),
+        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 404, description = "No such task.", body = ErrorBody),
+        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
     match state.store.get(id).await? {
@@ -300,16 +392,38 @@ pub async fn get(
     }
 }
 
-/// Query of `GET /v1/tasks`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/tasks`. Every field is text here so that a bad value is answered
+/// with a message naming it; the `#[param]` types are what is accepted.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
+    /// Only tasks of this type.
     #[serde(rename = "type")]
+    #[param(min_length = 1, max_length = 128)]
     pub kind: Option<String>,
+    /// Only tasks of this queue.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub queue: Option<String>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<TaskId>)]
     pub cursor: Option<String>,
+}
+
+/// A page of `GET /v1/tasks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<TaskId>,
 }
 
 /// Largest page.
@@ -317,10 +431,24 @@ pub const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 50;
 
 /// `GET /v1/tasks`: newest first, filtered, paginated by an opaque cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of tasks, newest first.", body = TaskList),
+        (status = 400, description = "An unknown or malformed query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let invalid = |m: String| ApiError::bad_request("invalid_query", m);
     let status = q
         .status
@@ -359,15 +487,33 @@ pub async fn list(
         queue,
     };
     let page = state.store.list(&filter, limit, cursor).await?;
-    Ok(Json(
-        json!({"tasks": page.tasks, "next_cursor": page.next_cursor}),
-    ))
+    Ok(Json(TaskList {
+        tasks: page.tasks,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(("id" = TaskId, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The task, queued again.", body = TaskRecord),
+        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such task.", body = ErrorBody),
+        (status = 409, description = "The task is not dead.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn retry(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
     let now = taskq_core::now();
@@ -427,9 +573,27 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 /// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
 /// one has its handler signalled and ends `cancelled` shortly (202); a finished one is a
 /// conflict (409).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = TaskId, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
+        (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
+        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        (status = 404, description = "No such task.", body = ErrorBody),
+        (status = 409, description = "The task already finished.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let Some(stored) = state.store.get(id).await? else {

@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// How long a failed task waits before its next attempt.
 ///
 /// The delay before attempt `n + 1` (after `n` failed attempts) is
 /// `min(max_ms, initial_ms × multiplier^(n-1))`, then reduced by a random fraction of up
 /// to `jitter` so that tasks failing together do not retry together.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     /// Delay after the first failure, in milliseconds.

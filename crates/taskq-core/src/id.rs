@@ -5,12 +5,21 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A task id. Its canonical text form is the hyphenated lowercase UUID, whose
 /// lexicographic order equals its creation order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(
+    value_type = String,
+    format = Uuid,
+    pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    example = "01a20816-3f28-702c-b4cc-aff1a7daf865"
+)]
 pub struct TaskId(Uuid);
 
 impl TaskId {

@@ -5,14 +5,20 @@ use std::str::FromStr;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Longest queue name accepted.
 pub const MAX_QUEUE_NAME_LEN: usize = 64;
 
 /// A queue name: 1–64 characters from `[A-Za-z0-9_.:-]`. Braces are excluded because the
 /// broker wraps the name in a Redis Cluster hash tag (`{name}`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(
+    value_type = String,
+    pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+    example = "default"
+)]
 pub struct QueueName(String);
 
 impl QueueName {

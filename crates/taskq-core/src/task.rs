@@ -3,56 +3,77 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::{Backoff, Priority, QueueName, TaskId, TaskStatus};
 
 /// A submit request as it arrives over HTTP. Unknown fields are rejected so that a
 /// misspelt option never silently falls back to its default.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+///
+/// The `#[schema]` bounds document the rules [`crate::Limits::admit`] enforces with its
+/// default limits; `admit` stays the authority (it also checks what a schema cannot say:
+/// `run_at` and `delay_ms` together, the payload's size, `run_at` too far ahead).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// Handler name the worker dispatches on.
     #[serde(rename = "type")]
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$", example = "email")]
     pub kind: String,
     /// Arbitrary JSON handed to the handler.
     #[serde(default)]
     pub payload: Value,
     /// Queue name; `default` when absent.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub queue: Option<String>,
+    /// `normal` when absent.
     #[serde(default)]
     pub priority: Option<Priority>,
-    /// Earliest start time (RFC 3339). Exclusive with `delay_ms`.
+    /// Earliest start time (RFC 3339), at most 366 days ahead; a past time means now.
+    /// Exclusive with `delay_ms`.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
     /// Earliest start relative to now. Exclusive with `run_at`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::wire::opt_int")]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
     pub delay_ms: Option<i64>,
-    #[serde(default)]
+    /// Attempts before the task is dead; the api's default (5) when absent.
+    #[serde(default, deserialize_with = "crate::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
-    /// Per-attempt handler timeout.
-    #[serde(default)]
+    /// Per-attempt handler timeout; the api's default (10 min) when absent.
+    #[serde(default, deserialize_with = "crate::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<i64>,
     /// Overrides of the default backoff; omitted fields keep their defaults.
     #[serde(default)]
     pub backoff: Option<BackoffOverride>,
     /// A repeat submit with the same key (in the same queue) returns the original task.
     #[serde(default)]
+    #[schema(pattern = "^[!-~]{1,256}$")]
     pub idempotency_key: Option<String>,
 }
 
-/// Partial backoff settings given on submit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize)]
+/// Partial backoff settings given on submit. `initial_ms` must not exceed `max_ms`
+/// (after defaults apply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffOverride {
+    #[serde(default, deserialize_with = "crate::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 604_800_000)]
     pub initial_ms: Option<i64>,
+    #[serde(default, deserialize_with = "crate::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 604_800_000)]
     pub max_ms: Option<i64>,
+    #[schema(minimum = 1, maximum = 10)]
     pub multiplier: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub jitter: Option<f64>,
 }
 
 /// One state change, as kept in the record's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskEvent {
     pub status: TaskStatus,
     pub at: DateTime<Utc>,
@@ -66,7 +87,7 @@ pub struct TaskEvent {
 }
 
 /// The full record of a task: what the store keeps and what the api returns.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskRecord {
     pub id: TaskId,
     pub queue: QueueName,
@@ -80,15 +101,19 @@ pub struct TaskRecord {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub backoff: Backoff,
+    #[schema(required = true)]
     pub last_error: Option<String>,
     /// What the handler returned on success.
+    #[schema(required = true)]
     pub result: Option<Value>,
     pub created_at: DateTime<Utc>,
     /// When the task becomes (or became) runnable.
     pub scheduled_at: DateTime<Utc>,
     /// Start of the latest attempt.
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
     /// When the task reached a final status.
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     /// W3C trace context of the submit request, so attempts join its trace.

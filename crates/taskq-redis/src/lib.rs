@@ -86,15 +86,25 @@ pub struct Dequeued {
 }
 
 /// Per-queue dispatch limits, enforced across all workers (in the dequeue script).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// `null` or absent fields mean no limit. The `#[schema]` bounds are the ones the api
+/// accepts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
+#[schema(as = QueueLimits)]
 pub struct Limits {
     /// Token-bucket rate of dispatches (task starts) per second.
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub max_dispatches_per_second: Option<f64>,
     /// Bucket size: starts allowed at once after a quiet period (default: the rate,
-    /// rounded up).
+    /// rounded up). Needs `max_dispatches_per_second`.
+    #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: Option<u32>,
     /// Most tasks of the queue running at once.
+    #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent: Option<u32>,
 }
 

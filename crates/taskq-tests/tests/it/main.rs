@@ -9,4 +9,5 @@ mod execute;
 mod lifecycle;
 mod observability;
 mod operations;
+mod periodic;
 mod query;

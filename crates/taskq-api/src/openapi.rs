@@ -1,0 +1,426 @@
+//! The api's OpenAPI 3.1 document, generated from the code and served at
+//! `GET /openapi.json` (no token needed).
+//!
+//! Each handler's `#[utoipa::path]` beside it lists every status it can answer; the wire
+//! types derive `ToSchema` where they are defined (taskq-core, taskq-redis, here), so the
+//! document follows the code. The tests below check that it lists exactly the routes
+//! [`crate::app`] serves, that every `$ref` resolves and that request bodies reject
+//! unknown fields as the handlers do. `scripts/schemathesis.sh` checks a live api against
+//! it.
+
+use std::sync::LazyLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::{observe, queues, tasks};
+
+/// The document's source: every route of [`crate::app`].
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "taskq",
+        description = "taskq's HTTP api: submit tasks, query them, and operate queues. \
+            Every error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`. \
+            `/v1` calls need `Authorization: Bearer <token>`: a `submit` token may create \
+            and read tasks, an `admin` token may do everything."
+    ),
+    paths(
+        tasks::submit,
+        tasks::submit_batch,
+        tasks::list,
+        tasks::get,
+        tasks::retry,
+        tasks::cancel,
+        queues::list,
+        queues::get,
+        queues::pause,
+        queues::resume,
+        queues::set_limits,
+        queues::retry_dead,
+        queues::purge_dead,
+        queues::recover,
+        livez,
+        readyz,
+        observe::metrics,
+        document,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tasks", description = "Submit, read, retry and cancel tasks."),
+        (name = "queues", description = "Queue state, pausing, limits and dead letters (admin)."),
+        (name = "admin", description = "Operations on the whole system (admin)."),
+        (name = "observability", description = "Probes, metrics and this document; no token needed."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme the `/v1` operations name.
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from TASKQ_TOKENS or TASKQ_TOKENS_FILE, of role `submit` or `admin`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON, rendered once.
+static DOCUMENT: LazyLock<Result<String, String>> = LazyLock::new(render);
+
+fn render() -> Result<String, String> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+    add_cross_field_rules(&mut doc);
+    serde_json::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// Rules between two fields, which `#[schema]` attributes cannot state, added as
+/// `anyOf` to the schemas they constrain. Each mirrors a check in the code named beside it.
+/// (Some rules have no JSON Schema form at all and are only described: `run_at` at most
+/// 366 days ahead, `backoff.initial_ms` ≤ `backoff.max_ms` after defaults.)
+fn add_cross_field_rules(doc: &mut Value) {
+    let null_or_absent = |field: &str| json!({"properties": {field: {"type": "null"}}});
+    let rules = [
+        // taskq_core::Limits::admit: "give either `run_at` or `delay_ms`, not both".
+        (
+            "NewTask",
+            json!([null_or_absent("run_at"), null_or_absent("delay_ms")]),
+        ),
+        // queues::set_limits: "`burst` needs `max_dispatches_per_second`".
+        (
+            "QueueLimits",
+            json!([
+                null_or_absent("burst"),
+                {
+                    "required": ["max_dispatches_per_second"],
+                    "properties": {"max_dispatches_per_second": {"type": "number"}}
+                }
+            ]),
+        ),
+    ];
+    for (schema, any_of) in rules {
+        if let Some(Value::Object(s)) = doc.pointer_mut(&format!("/components/schemas/{schema}")) {
+            s.insert("anyOf".to_owned(), any_of);
+        }
+    }
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "observability",
+    responses(
+        (status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"),
+        (status = 503, description = "The request timed out.", body = ErrorBody),
+    ),
+)]
+pub async fn document() -> Response {
+    match &*DOCUMENT {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// The body of `GET /livez`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    pub status: String,
+}
+
+/// The body of `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` (200) or `not_ready` (503).
+    #[schema(pattern = "^(ready|not_ready)$")]
+    pub status: String,
+    /// Why it is not ready: draining, creating indexes, or which service did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The body of a 503 from `GET /readyz`: the probe's answer, or the timeout's error.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum NotReady {
+    Probe(Readiness),
+    Timeout(ErrorBody),
+}
+
+// The probes are served by closures in `lib.rs`; these items only carry their contract.
+
+/// `GET /livez`: the process serves.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    operation_id = "livez",
+    tag = "observability",
+    responses(
+        (status = 200, description = "The process serves.", body = Liveness),
+        (status = 503, description = "The request timed out.", body = ErrorBody),
+    ),
+)]
+#[allow(dead_code, reason = "documents the probe served in lib.rs")]
+fn livez() {}
+
+/// `GET /readyz`: Redis and MongoDB answer within 2 s, indexes exist, not draining.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "observability",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Readiness),
+        (status = 503, description = "Not ready: draining, creating indexes, or Redis or MongoDB did not answer (a `Readiness` body); or the request timed out (an error body).",
+            body = NotReady),
+    ),
+)]
+#[allow(dead_code, reason = "documents the probe served in lib.rs")]
+fn readyz() {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn doc() -> Value {
+        let json = match &*DOCUMENT {
+            Ok(j) => j.clone(),
+            Err(e) => panic!("rendering the document: {e}"),
+        };
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("the document is not JSON: {e}"))
+    }
+
+    const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+    /// `(method, path)` of every `.route("PATH", METHOD(..).METHOD(..))` in `src`.
+    fn routes_in(src: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let mut rest = src;
+        while let Some(at) = rest.find(".route(") {
+            rest = rest[at + ".route(".len()..].trim_start();
+            let Some(r) = rest.strip_prefix('"') else {
+                continue;
+            };
+            rest = r;
+            let Some(end) = rest.find('"') else { break };
+            let path = rest[..end].to_owned();
+            // The method router: up to the `)` closing `.route(`.
+            let mut depth = 1;
+            let mut close = rest.len();
+            for (i, c) in rest.char_indices().skip(end + 1) {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            close = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let expr = &rest[end + 1..close];
+            for m in METHODS {
+                let needle = format!("{m}(");
+                let mut from = 0;
+                while let Some(i) = expr[from..].find(&needle) {
+                    let i = from + i;
+                    let before = expr[..i].chars().next_back();
+                    if !before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        out.insert((m.to_owned(), path.clone()));
+                    }
+                    from = i + needle.len();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_document_parses() {
+        if let Ok(path) = std::env::var("TASKQ_OPENAPI_DUMP") {
+            std::fs::write(&path, DOCUMENT.clone().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        let v = doc();
+        assert_eq!(v["openapi"], "3.1.0");
+        assert_eq!(v["info"]["title"], "taskq");
+        assert!(v["info"]["version"].is_string());
+        let paths = v["paths"].as_object().map(|p| p.len()).unwrap_or(0);
+        assert!(paths >= 15, "{paths} paths");
+        // Every operation has a unique id and JSON bodies for its JSON answers.
+        let mut ids = BTreeSet::new();
+        for (path, item) in v["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                assert!(
+                    ids.insert(id),
+                    "{method} {path}: duplicate or missing operationId"
+                );
+                let responses = op["responses"].as_object();
+                assert!(responses.is_some_and(|r| !r.is_empty()), "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_router_parser_finds_routes() {
+        let got = routes_in(
+            r#".route("/a", post(x::submit).get(x::get)).route(
+                "/b/{id}", axum::routing::put(|| async { json!({"a": 1}) }))"#,
+        );
+        let want: BTreeSet<(String, String)> = [("post", "/a"), ("get", "/a"), ("put", "/b/{id}")]
+            .into_iter()
+            .map(|(m, p)| (m.to_owned(), p.to_owned()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_documented_and_nothing_else() {
+        let served = routes_in(include_str!("lib.rs"));
+        assert!(served.len() >= 18, "parsed too few routes: {served:?}");
+        let v = doc();
+        let mut documented = BTreeSet::new();
+        for (path, item) in v["paths"].as_object().into_iter().flatten() {
+            for m in METHODS {
+                if item.get(m).is_some() {
+                    documented.insert((m.to_owned(), path.clone()));
+                }
+            }
+        }
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "served but not documented: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
+        );
+    }
+
+    #[test]
+    fn v1_operations_need_a_token_and_document_their_errors() {
+        let v = doc();
+        for (path, item) in v["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let responses = &op["responses"];
+                assert!(responses.get("503").is_some(), "{method} {path}: no 503");
+                if path.starts_with("/v1/") {
+                    assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+                    assert!(responses.get("401").is_some(), "{method} {path}: no 401");
+                    let admin = !matches!(
+                        (method.as_str(), path.as_str()),
+                        ("post", "/v1/tasks" | "/v1/tasks/batch")
+                            | ("get", "/v1/tasks" | "/v1/tasks/{id}")
+                    );
+                    assert_eq!(
+                        responses.get("403").is_some(),
+                        admin,
+                        "{method} {path}: 403 iff admin-only"
+                    );
+                } else {
+                    assert!(op.get("security").is_none(), "{method} {path}");
+                }
+                if op.get("requestBody").is_some() {
+                    for code in ["400", "413", "415"] {
+                        assert!(responses.get(code).is_some(), "{method} {path}: no {code}");
+                    }
+                }
+            }
+        }
+        assert!(v["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+    }
+
+    #[test]
+    fn request_bodies_reject_unknown_fields() {
+        let v = doc();
+        let schemas = &v["components"]["schemas"];
+        for name in ["NewTask", "BackoffOverride", "BatchRequest", "QueueLimits"] {
+            assert_eq!(
+                schemas[name]["additionalProperties"],
+                Value::Bool(false),
+                "{name}: {}",
+                schemas[name]
+            );
+        }
+        let required = &schemas["NewTask"]["required"];
+        assert_eq!(required, &json!(["type"]));
+    }
+
+    #[test]
+    fn cross_field_rules_are_in_the_document() {
+        let v = doc();
+        let schemas = &v["components"]["schemas"];
+        assert_eq!(
+            schemas["NewTask"]["anyOf"][1]["properties"]["delay_ms"]["type"],
+            "null"
+        );
+        assert_eq!(
+            schemas["QueueLimits"]["anyOf"][1]["required"],
+            json!(["max_dispatches_per_second"])
+        );
+    }
+
+    #[test]
+    fn every_ref_resolves() {
+        fn walk(v: &Value, doc: &Value, bad: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        let target = r
+                            .strip_prefix('#')
+                            .and_then(|p| doc.pointer(p))
+                            .filter(|t| !t.is_null());
+                        if target.is_none() {
+                            bad.push(r.clone());
+                        }
+                    }
+                    m.values().for_each(|c| walk(c, doc, bad));
+                }
+                Value::Array(a) => a.iter().for_each(|c| walk(c, doc, bad)),
+                _ => {}
+            }
+        }
+        let v = doc();
+        let mut bad = Vec::new();
+        walk(&v, &v, &mut bad);
+        assert!(bad.is_empty(), "dangling refs: {bad:?}");
+    }
+
+    #[tokio::test]
+    async fn serves_the_document_as_json() {
+        let resp = document().await;
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+    }
+}
