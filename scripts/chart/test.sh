@@ -138,17 +138,14 @@ run_static() {
   done
 
   step "Grafana dashboard"
-  expect_ok "dashboards/taskq.json queries only taskq's metrics" python3 - "$CHART/dashboards/taskq.json" <<'PY'
+  # The metric names themselves are checked against the registry by taskq-telemetry's
+  # `dashboard_queries_only_exported_metrics` test.
+  expect_ok "dashboards/taskq.json has queries and unique panel ids" python3 - "$CHART/dashboards/taskq.json" <<'PY'
 import json, re, sys
-known = {"taskq_tasks_submitted_total", "taskq_tasks_started_total", "taskq_tasks_succeeded_total",
-         "taskq_tasks_failed_total", "taskq_tasks_retried_total", "taskq_tasks_dead_total",
-         "taskq_task_duration_seconds_bucket", "taskq_task_wait_seconds_bucket", "taskq_queue_depth",
-         "taskq_worker_inflight", "taskq_http_requests_total", "taskq_http_request_duration_seconds_bucket"}
 d = json.load(open(sys.argv[1]))
 exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
 used = {m for e in exprs for m in re.findall(r"\btaskq_[a-z_]+", e)}
 assert exprs and used, "no queries"
-assert used <= known, f"unknown metrics: {sorted(used - known)}"
 ids = [p["id"] for p in d["panels"]]
 assert len(ids) == len(set(ids)), "duplicate panel ids"
 print(f"{len(exprs)} queries over {len(used)} metrics")

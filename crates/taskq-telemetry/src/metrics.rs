@@ -291,4 +291,85 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
     }
+
+    /// Every series name the registry can emit: counters as `_total`, histograms as their
+    /// `_bucket`, `_sum` and `_count` series, from the `# TYPE` lines.
+    fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("#") || words.next() != Some("TYPE") {
+                continue;
+            }
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            match kind {
+                "counter" => {
+                    names.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn dashboard_queries_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/taskq/dashboards/taskq.json"
+        );
+        let dashboard =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        // Families only emit touched series: touch one of each.
+        let m = Metrics::new();
+        let task = Metrics::task("q", "t");
+        for family in [
+            &m.submitted,
+            &m.started,
+            &m.succeeded,
+            &m.failed,
+            &m.retried,
+            &m.dead,
+            &m.cancelled,
+        ] {
+            family.get_or_create(&task).inc();
+        }
+        m.duration.get_or_create(&task).observe(0.1);
+        m.wait.get_or_create(&Metrics::queue("q")).observe(0.1);
+        m.lease_expirations
+            .get_or_create(&Metrics::queue("q"))
+            .inc();
+        m.set_depth("q", &[("queued", 1)]);
+        m.observe_http("GET", "/", 200, Duration::from_millis(1));
+        let exported = exported_names(&m.encode());
+        assert!(
+            exported.contains("taskq_tasks_submitted_total"),
+            "{exported:?}"
+        );
+        let mut used = std::collections::BTreeSet::new();
+        let mut rest = dashboard.as_str();
+        while let Some(at) = rest.find("taskq_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            used.insert(name);
+        }
+        assert!(!used.is_empty(), "the dashboard queries no taskq metric");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "the dashboard queries unknown metrics: {unknown:?}"
+        );
+    }
 }
