@@ -16,6 +16,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -107,7 +109,13 @@ pub fn init(service: &str, format: LogFormat) -> Guard {
                 let tracer = p.tracer("taskq");
                 opentelemetry::global::set_tracer_provider(p.clone());
                 provider = Some(p);
-                Some(tracing_opentelemetry::layer().with_tracer(tracer))
+                // Traces do not depend on `RUST_LOG`: quieting the logs must not drop
+                // spans. taskq's own spans and events at `info` and above are exported.
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(filter_fn(is_traced)),
+                )
             }
             Err(e) => {
                 eprintln!("OTLP exporter not started: {e}");
@@ -118,16 +126,19 @@ pub fn init(service: &str, format: LogFormat) -> Guard {
         None
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_filter(filter),
             )
             .try_init(),
     };
@@ -135,6 +146,11 @@ pub fn init(service: &str, format: LogFormat) -> Guard {
         eprintln!("logging was already initialised: {e}");
     }
     Guard { provider }
+}
+
+/// Whether a span or event goes to the OTLP exporter: taskq's own, at `info` or above.
+fn is_traced(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("taskq") && *meta.level() <= tracing::Level::INFO
 }
 
 /// Makes `span` a child of the W3C `traceparent` (when valid).

@@ -202,6 +202,9 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
         ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ("TASKQ_HTTP_ALLOW", format!("http://{hook_addr}/")),
+        // Spans are exported whatever the log filter: the api logs nothing below `warn`
+        // here, and the worker only its executor's lines (checked below).
+        ("RUST_LOG", "warn,taskq_worker::executor=info".to_owned()),
     ];
     let mut bins = spawn_binaries(&env, &otel, &mongo_uri());
     let http = reqwest::Client::new();
