@@ -3,6 +3,8 @@
 //! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`: every status it
 //! can answer, with the body each carries (see [`crate::openapi`]).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -83,9 +85,15 @@ pub async fn submit(
     Ok((status, [(header::LOCATION, location)], Json(rec)).into_response())
 }
 
-/// Submits a task with an idempotency key. The unique index on (queue, key) decides
-/// between concurrent submits on any number of api replicas: exactly one insert wins, the
-/// others answer with its task.
+/// Submits a task with an idempotency key, deduplicated twice over:
+///
+/// 1. a claim on the key in Redis (`SET NX` in a script): of concurrent submits on any
+///    number of api replicas exactly one wins; the others answer with the winner's task
+///    once its record is written, or 409 when it does not appear in time;
+/// 2. the unique index on (queue, key) in MongoDB, which still decides when Redis lost its
+///    claims (a flush, a failover): exactly one insert wins.
+///
+/// The winner's claim lasts as long as the key's retention window.
 pub(crate) async fn submit_idempotent(
     state: &AppState,
     rec: TaskRecord,
@@ -95,23 +103,89 @@ pub(crate) async fn submit_idempotent(
     };
     let expired_before = rec.created_at
         - chrono::Duration::from_std(state.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
-    for _ in 0..3 {
-        if let Some(existing) = state
-            .store
-            .find_by_idempotency_key(&rec.queue, &key)
+    // Long enough for the claimant to write its task; a claimant that died mid-way holds
+    // the key no longer than this.
+    let hold = state.request_timeout + Duration::from_secs(5);
+    let mut claimed = false;
+    for pause_ms in CLAIM_WAITS_MS {
+        if pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        }
+        let Some(holder) = state
+            .broker
+            .claim_idempotency_key(&rec.queue, &key, rec.id, hold)
             .await?
-        {
+        else {
+            claimed = true;
+            break;
+        };
+        match state.store.get(holder).await? {
+            Some(t) if t.record.created_at >= expired_before => {
+                return Ok((StatusCode::OK, t.record));
+            }
+            // A claim that outlived its task's retention: no longer binding.
+            Some(_) => {
+                state
+                    .broker
+                    .drop_idempotency_claim(&rec.queue, &key, holder)
+                    .await?;
+            }
+            // The holder is still writing its task (or its submit failed and the claim
+            // lapses shortly).
+            None => {}
+        }
+    }
+    if !claimed {
+        return Err(ApiError::conflict(
+            "the idempotency key is being used by a concurrent submit; retry",
+        ));
+    }
+    let outcome = insert_idempotent(state, &rec, &key, expired_before).await;
+    let settled = match &outcome {
+        Ok((StatusCode::CREATED, _)) => {
+            state
+                .broker
+                .keep_idempotency_claim(&rec.queue, &key, rec.id, state.idempotency_ttl)
+                .await
+        }
+        // Nothing of ours was written: let the key go (MongoDB knows the original).
+        _ => {
+            state
+                .broker
+                .drop_idempotency_claim(&rec.queue, &key, rec.id)
+                .await
+        }
+    };
+    if let Err(e) = settled {
+        // The claim lapses on its own; MongoDB's unique index still guards the key.
+        tracing::warn!(error = %e, task = %rec.id, "could not settle an idempotency claim");
+    }
+    outcome
+}
+
+/// Pauses (ms) between attempts to claim an idempotency key another submit holds.
+const CLAIM_WAITS_MS: [u64; 6] = [0, 25, 50, 100, 200, 400];
+
+/// The MongoDB half of [`submit_idempotent`], once Redis granted the claim.
+async fn insert_idempotent(
+    state: &AppState,
+    rec: &TaskRecord,
+    key: &str,
+    expired_before: chrono::DateTime<chrono::Utc>,
+) -> Result<(StatusCode, TaskRecord), ApiError> {
+    for _ in 0..3 {
+        if let Some(existing) = state.store.find_by_idempotency_key(&rec.queue, key).await? {
             if existing.record.created_at >= expired_before {
                 return Ok((StatusCode::OK, existing.record));
             }
             // Its retention is over: the key may be used again.
             state
                 .store
-                .release_idempotency_key(&rec.queue, &key, expired_before)
+                .release_idempotency_key(&rec.queue, key, expired_before)
                 .await?;
         }
-        match persist(state, std::slice::from_ref(&rec)).await {
-            Ok(()) => return Ok((StatusCode::CREATED, rec)),
+        match persist(state, std::slice::from_ref(rec)).await {
+            Ok(()) => return Ok((StatusCode::CREATED, rec.clone())),
             // Another submit with the same key won the race: answer with its task.
             Err(PersistError::Duplicate) => continue,
             Err(PersistError::Api(e)) => return Err(e),

@@ -72,6 +72,11 @@ impl QueueKeys {
         format!("{}stats:", self.base)
     }
 
+    /// The claim on one idempotency key of the queue: the id of the task that holds it.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.base)
+    }
+
     /// Prefix of the per-task hashes; scripts append the task id.
     pub fn task_prefix(&self) -> String {
         format!("{}t:", self.base)
@@ -117,6 +122,7 @@ mod tests {
             k.wake(),
             k.task(&id),
             k.task_prefix(),
+            k.idempotency("order-{42}"),
         ];
         keys.extend(k.pending_all());
         for key in keys {

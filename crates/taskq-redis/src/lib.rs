@@ -558,6 +558,14 @@ impl Broker {
         })
     }
 
+    /// How many scheduled tasks of `queue` are due at `now_ms` (their time has come but no
+    /// promoter has moved them to the queue yet, e.g. because no worker runs).
+    pub async fn scheduled_due(&self, queue: &QueueName, now_ms: i64) -> Result<u64> {
+        let mut c = self.conn.clone();
+        Ok(c.zcount(QueueKeys::new(queue).scheduled(), "-inf", now_ms)
+            .await?)
+    }
+
     /// Stops workers from taking tasks of `queue`; submissions still go in.
     pub async fn pause(&self, queue: &QueueName) -> Result<()> {
         let mut c = self.conn.clone();
@@ -599,6 +607,71 @@ impl Broker {
         let (ok, err): (Vec<Option<u64>>, Vec<Option<u64>>) = pipe.query_async(&mut c).await?;
         let sum = |v: Vec<Option<u64>>| v.into_iter().flatten().sum();
         Ok((sum(ok), sum(err)))
+    }
+
+    /// Claims idempotency key `key` of `queue` for task `id` for `hold` (long enough to
+    /// write the task; [`Broker::keep_idempotency_claim`] then extends it to the retention
+    /// window). Exactly one of any number of concurrent claims wins, on any api replica.
+    /// Returns `None` when `id` now holds the key, or the id of the task that holds it.
+    pub async fn claim_idempotency_key(
+        &self,
+        queue: &QueueName,
+        key: &str,
+        id: TaskId,
+        hold: Duration,
+    ) -> Result<Option<TaskId>> {
+        let mut inv = scripts::CLAIM.prepare_invoke();
+        inv.key(QueueKeys::new(queue).idempotency(key))
+            .arg(id.to_string())
+            .arg(millis(hold));
+        let mut c = self.conn.clone();
+        let holder: Option<String> = inv.invoke_async(&mut c).await?;
+        holder
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| BrokerError::Protocol(format!("idempotency claim {s:?}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Keeps `id`'s claim on `key` for `ttl` from now; false when `id` does not hold it.
+    pub async fn keep_idempotency_claim(
+        &self,
+        queue: &QueueName,
+        key: &str,
+        id: TaskId,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.settle_claim(queue, key, id, "keep", ttl).await
+    }
+
+    /// Gives up `id`'s claim on `key` (its submit failed); false when `id` does not hold it.
+    pub async fn drop_idempotency_claim(
+        &self,
+        queue: &QueueName,
+        key: &str,
+        id: TaskId,
+    ) -> Result<bool> {
+        self.settle_claim(queue, key, id, "drop", Duration::ZERO)
+            .await
+    }
+
+    async fn settle_claim(
+        &self,
+        queue: &QueueName,
+        key: &str,
+        id: TaskId,
+        how: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let mut inv = scripts::SETTLE_CLAIM.prepare_invoke();
+        inv.key(QueueKeys::new(queue).idempotency(key))
+            .arg(id.to_string())
+            .arg(how)
+            .arg(millis(ttl));
+        let mut c = self.conn.clone();
+        let held: i64 = inv.invoke_async(&mut c).await?;
+        Ok(held == 1)
     }
 
     /// Cancels a task: see [`scripts::CANCEL`].
@@ -698,4 +771,9 @@ fn task_id(v: &Value) -> Result<TaskId> {
     string(v)?
         .parse()
         .map_err(|e| BrokerError::Protocol(format!("{e}")))
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects a zero `PX`).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

@@ -372,3 +372,37 @@ return out
 ",
     )
 });
+
+/// Claims an idempotency key for a task, unless another task holds it.
+///
+/// KEYS: the claim. ARGV: task id, claim lifetime in ms.
+/// Returns the holder's id, or false when the claim is now this task's.
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+",
+    )
+});
+
+/// Changes a claim only while the given task holds it: `keep` sets its lifetime,
+/// `drop` removes it.
+///
+/// KEYS: the claim. ARGV: task id, `keep` | `drop`, lifetime in ms (for `keep`).
+/// Returns 1 when the claim was this task's, else 0.
+pub static SETTLE_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == 'drop' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+",
+    )
+});

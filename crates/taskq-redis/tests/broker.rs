@@ -239,11 +239,82 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     assert_eq!(c.queued + c.running + c.scheduled + c.retrying, 0);
 }
 
+/// Of many concurrent claims on one idempotency key exactly one wins; only the holder
+/// can keep or drop its claim; a claim lapses after its hold.
+async fn idempotency_claims(broker: &Broker, queue: &str) {
+    let qn = q(queue);
+    let ids: Vec<TaskId> = (0..16).map(|_| TaskId::new()).collect();
+    let claims = ids
+        .iter()
+        .map(|id| broker.claim_idempotency_key(&qn, "k", *id, Duration::from_secs(30)));
+    let answers: Vec<Option<TaskId>> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|r| r.expect("claim"))
+        .collect();
+    let winners: Vec<TaskId> = ids
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let winner = winners[0];
+    assert!(answers.iter().flatten().all(|h| *h == winner));
+    let loser = ids
+        .iter()
+        .find(|id| **id != winner)
+        .copied()
+        .expect("a loser");
+    assert!(
+        !broker
+            .drop_idempotency_claim(&qn, "k", loser)
+            .await
+            .expect("drop")
+    );
+    assert!(
+        !broker
+            .keep_idempotency_claim(&qn, "k", loser, Duration::from_secs(1))
+            .await
+            .expect("keep")
+    );
+    // The winner shortens its claim; it lapses and the key is free again.
+    assert!(
+        broker
+            .keep_idempotency_claim(&qn, "k", winner, Duration::from_millis(50))
+            .await
+            .expect("keep")
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let next = TaskId::new();
+    assert_eq!(
+        broker
+            .claim_idempotency_key(&qn, "k", next, Duration::from_secs(30))
+            .await
+            .expect("claim"),
+        None
+    );
+    assert!(
+        broker
+            .drop_idempotency_claim(&qn, "k", next)
+            .await
+            .expect("drop")
+    );
+    assert_eq!(
+        broker
+            .claim_idempotency_key(&qn, "k", winner, Duration::from_secs(30))
+            .await
+            .expect("claim"),
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scripts_on_a_single_redis() {
     let (_server, broker) = single().await;
     lifecycle(&broker, "default").await;
     concurrent_maintenance(&broker, "bulk").await;
+    idempotency_claims(&broker, "default").await;
     assert_eq!(
         broker.queues().await.expect("queues"),
         vec![q("bulk"), q("default")]
@@ -258,6 +329,9 @@ async fn scripts_on_a_redis_cluster() {
         lifecycle(&broker, name).await;
     }
     concurrent_maintenance(&broker, "bulk").await;
+    for name in ["default", "emails", "critical"] {
+        idempotency_claims(&broker, name).await;
+    }
     // A batch across queues goes to several nodes in one call.
     let recs: Vec<TaskRecord> = ["a", "b", "c", "d", "e"]
         .iter()

@@ -357,6 +357,75 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
+    let env = Env::start().await;
+    let queue: taskq_core::QueueName = "default".parse().expect("queue");
+    // A submit elsewhere holds the key in Redis and has not written its task yet: a repeat
+    // waits for it, then answers 409 and writes nothing.
+    let elsewhere = TaskId::new();
+    let held = env
+        .broker
+        .claim_idempotency_key(&queue, "held", elsewhere, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(held, None);
+    let (status, body) = env
+        .post(
+            "/v1/tasks",
+            json!({"type": "noop", "idempotency_key": "held"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert_eq!(env.total_records().await, 0);
+    assert_eq!(env.redis_total("default").await, 0);
+    // Once that submit gives up its claim, the key is free.
+    assert!(
+        env.broker
+            .drop_idempotency_claim(&queue, "held", elsewhere)
+            .await
+            .expect("drop")
+    );
+    let (status, first) = env
+        .post(
+            "/v1/tasks",
+            json!({"type": "noop", "idempotency_key": "held"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let id: TaskId = first["id"].as_str().expect("id").parse().expect("id");
+    // The winner keeps its claim (for the retention window) ...
+    let holder = env
+        .broker
+        .claim_idempotency_key(&queue, "held", TaskId::new(), Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(holder, Some(id));
+
+    // ... and when Redis loses every claim, MongoDB's unique index still answers with the
+    // original task.
+    let mut c = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("flush");
+    let (status, again) = env
+        .post(
+            "/v1/tasks",
+            json!({"type": "noop", "idempotency_key": "held"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(env.total_records().await, 1);
+    assert_eq!(env.redis_total("default").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn queue_limits_hold_across_workers() {
     use std::sync::atomic::AtomicUsize;
     let env = Env::start().await;
