@@ -1,0 +1,388 @@
+//! The `TaskQueueScaler` custom resource (`taskq.dev/v1alpha1`, namespaced, short name
+//! `tqs`): which Deployment to scale, from which queues, within which bounds, and the
+//! status the controller reports back.
+//!
+//! The CRD in `charts/taskq/crds/` is generated from these types by the `crdgen` binary
+//! ([`crd_yaml`]); a test fails when the two differ. The schema carries no numeric bounds
+//! on purpose: every field is checked by [`TaskQueueScalerSpec::validate`], so a bad value
+//! shows up in the scaler's conditions and Events instead of failing the whole watch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use taskq_core::QueueName;
+
+use crate::scaling::Policy;
+
+/// A Deployment carrying this annotation with the value `"true"` is left alone: the
+/// controller still reads the depth and reports it, but never changes the replicas.
+pub const PAUSED_ANNOTATION: &str = "taskq.dev/autoscaling-paused";
+
+/// Longest polling interval and stabilization window accepted, in seconds (one day).
+const MAX_SECONDS: i64 = 86_400;
+
+/// Which Deployment to scale, from which queues, within which bounds and at which pace.
+#[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "taskq.dev",
+    version = "v1alpha1",
+    kind = "TaskQueueScaler",
+    plural = "taskqueuescalers",
+    singular = "taskqueuescaler",
+    shortname = "tqs",
+    category = "taskq",
+    namespaced,
+    status = "TaskQueueScalerStatus",
+    derive = "PartialEq",
+    doc = "Scales a Deployment from the depth of taskq queues.",
+    label("app.kubernetes.io/part-of", "taskq"),
+    printcolumn = r#"{"name": "Deployment", "type": "string", "jsonPath": ".spec.deployment"}"#,
+    printcolumn = r#"{"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas"}"#,
+    printcolumn = r#"{"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas"}"#,
+    printcolumn = r#"{"name": "Depth", "type": "integer", "jsonPath": ".status.depth"}"#,
+    printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name": "Current", "type": "integer", "jsonPath": ".status.currentReplicas"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskQueueScalerSpec {
+    /// Name of the Deployment to scale, in the scaler's namespace.
+    pub deployment: String,
+    /// Queues whose pending tasks (queued, due scheduled, retrying, running) count.
+    pub queues: Vec<String>,
+    /// Fewest replicas; 0 allows scaling to zero.
+    #[serde(default = "defaults::min_replicas")]
+    pub min_replicas: i32,
+    /// Most replicas.
+    pub max_replicas: i32,
+    /// Pending tasks one replica should carry: desired = ceil(depth / this).
+    #[serde(default = "defaults::target_tasks_per_replica")]
+    pub target_tasks_per_replica: i64,
+    /// Pending tasks needed to scale up from zero (with minReplicas 0); below it the
+    /// scaler is inactive and goes to zero once the stabilization window has passed.
+    #[serde(default = "defaults::activation_tasks")]
+    pub activation_tasks: i64,
+    /// Seconds between depth readings.
+    #[serde(default = "defaults::polling_interval")]
+    pub polling_interval: i64,
+    /// Seconds the desired count must stay lower before replicas are removed.
+    #[serde(default = "defaults::scale_down_stabilization")]
+    pub scale_down_stabilization: i64,
+    /// Most replicas added in one step.
+    #[serde(default = "defaults::max_scale_up_step")]
+    pub max_scale_up_step: i32,
+}
+
+mod defaults {
+    pub fn min_replicas() -> i32 {
+        1
+    }
+    pub fn target_tasks_per_replica() -> i64 {
+        10
+    }
+    pub fn activation_tasks() -> i64 {
+        1
+    }
+    pub fn polling_interval() -> i64 {
+        15
+    }
+    pub fn scale_down_stabilization() -> i64 {
+        300
+    }
+    pub fn max_scale_up_step() -> i32 {
+        4
+    }
+}
+
+/// What the controller observed and did.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskQueueScalerStatus {
+    /// Pending tasks per queue at the last successful reading.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queue_depth: BTreeMap<String, i64>,
+    /// Pending tasks of all queues at the last successful reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
+    /// Replicas the scaler wants now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Replicas the Deployment asks for (its spec.replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<i32>,
+    /// When the controller last changed the Deployment's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (the scaler works), Active (the queues hold enough tasks to need replicas)
+    /// and Error (the last reconcile failed; the reason says why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A spec that passed [`TaskQueueScalerSpec::validate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub deployment: String,
+    pub queues: Vec<QueueName>,
+    pub policy: Policy,
+    pub polling_interval: Duration,
+}
+
+impl TaskQueueScalerSpec {
+    /// Checks every field; on failure returns one message per problem.
+    pub fn validate(&self) -> Result<Settings, Vec<String>> {
+        let mut problems = Vec::new();
+        if self.deployment.trim().is_empty() {
+            problems.push("spec.deployment must name a Deployment".to_owned());
+        }
+        if self.queues.is_empty() {
+            problems.push("spec.queues must list at least one queue".to_owned());
+        }
+        let mut queues = Vec::new();
+        for q in &self.queues {
+            match q.parse::<QueueName>() {
+                Ok(name) if !queues.contains(&name) => queues.push(name),
+                Ok(_) => problems.push(format!("spec.queues lists `{q}` twice")),
+                Err(e) => problems.push(format!("spec.queues: {e}")),
+            }
+        }
+        if self.min_replicas < 0 {
+            problems.push(format!(
+                "spec.minReplicas must be 0 or more (got {})",
+                self.min_replicas
+            ));
+        }
+        if self.max_replicas < 1 {
+            problems.push(format!(
+                "spec.maxReplicas must be 1 or more (got {})",
+                self.max_replicas
+            ));
+        }
+        if self.min_replicas > self.max_replicas {
+            problems.push(format!(
+                "spec.minReplicas ({}) must not exceed spec.maxReplicas ({})",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        if self.target_tasks_per_replica < 1 {
+            problems.push(format!(
+                "spec.targetTasksPerReplica must be 1 or more (got {})",
+                self.target_tasks_per_replica
+            ));
+        }
+        if self.activation_tasks < 0 {
+            problems.push(format!(
+                "spec.activationTasks must be 0 or more (got {})",
+                self.activation_tasks
+            ));
+        }
+        if !(1..=MAX_SECONDS).contains(&self.polling_interval) {
+            problems.push(format!(
+                "spec.pollingInterval must be between 1 and {MAX_SECONDS} seconds (got {})",
+                self.polling_interval
+            ));
+        }
+        if !(0..=MAX_SECONDS).contains(&self.scale_down_stabilization) {
+            problems.push(format!(
+                "spec.scaleDownStabilization must be between 0 and {MAX_SECONDS} seconds (got {})",
+                self.scale_down_stabilization
+            ));
+        }
+        if self.max_scale_up_step < 1 {
+            problems.push(format!(
+                "spec.maxScaleUpStep must be 1 or more (got {})",
+                self.max_scale_up_step
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // Every value below was checked above to be in range.
+        Ok(Settings {
+            deployment: self.deployment.clone(),
+            queues,
+            policy: Policy {
+                min: self.min_replicas,
+                max: self.max_replicas,
+                target: self.target_tasks_per_replica.unsigned_abs(),
+                activation: self.activation_tasks.unsigned_abs(),
+                max_step: self.max_scale_up_step,
+                stabilization: Duration::from_secs(self.scale_down_stabilization.unsigned_abs()),
+            },
+            polling_interval: Duration::from_secs(self.polling_interval.unsigned_abs()),
+        })
+    }
+}
+
+/// The CRD as YAML, with a header saying where it comes from: what `crdgen` writes to
+/// `charts/taskq/crds/taskqueuescalers.taskq.dev.yaml`.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let body = serde_saphyr::to_string(&TaskQueueScaler::crd())?;
+    Ok(format!(
+        "# TaskQueueScaler: scales a Deployment from the depth of taskq queues.\n\
+         # Generated from crates/taskq-controller/src/crd.rs by\n\
+         #   cargo run -p taskq-controller --bin crdgen > charts/taskq/crds/taskqueuescalers.taskq.dev.yaml\n\
+         # Do not edit; a test fails when this file and the Rust types differ. Helm installs\n\
+         # files in crds/ before the templates and never deletes them on uninstall.\n\
+         {body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskQueueScalerSpec {
+        serde_json::from_value(serde_json::json!({
+            "deployment": "worker",
+            "queues": ["default", "emails"],
+            "maxReplicas": 5
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let s = spec();
+        assert_eq!(s.min_replicas, 1);
+        assert_eq!(s.target_tasks_per_replica, 10);
+        assert_eq!(s.activation_tasks, 1);
+        assert_eq!(s.polling_interval, 15);
+        assert_eq!(s.scale_down_stabilization, 300);
+        assert_eq!(s.max_scale_up_step, 4);
+        let settings = s.validate().expect("valid");
+        assert_eq!(settings.queues.len(), 2);
+        assert_eq!(settings.policy.stabilization, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn invalid_specs_name_every_problem() {
+        let cases: Vec<(TaskQueueScalerSpec, &[&str])> = vec![
+            (
+                TaskQueueScalerSpec {
+                    min_replicas: 6,
+                    ..spec()
+                },
+                &["spec.minReplicas (6) must not exceed spec.maxReplicas (5)"],
+            ),
+            (
+                TaskQueueScalerSpec {
+                    min_replicas: -1,
+                    max_replicas: 0,
+                    ..spec()
+                },
+                &[
+                    "spec.minReplicas must be 0 or more",
+                    "spec.maxReplicas must be 1 or more",
+                ],
+            ),
+            (
+                TaskQueueScalerSpec {
+                    target_tasks_per_replica: 0,
+                    activation_tasks: -3,
+                    polling_interval: 0,
+                    scale_down_stabilization: -1,
+                    max_scale_up_step: 0,
+                    ..spec()
+                },
+                &[
+                    "targetTasksPerReplica",
+                    "activationTasks",
+                    "pollingInterval",
+                    "scaleDownStabilization",
+                    "maxScaleUpStep",
+                ],
+            ),
+            (
+                TaskQueueScalerSpec {
+                    deployment: " ".into(),
+                    queues: vec![],
+                    ..spec()
+                },
+                &["spec.deployment", "spec.queues must list"],
+            ),
+            (
+                TaskQueueScalerSpec {
+                    queues: vec!["ok".into(), "not a queue".into(), "ok".into()],
+                    ..spec()
+                },
+                &["invalid queue name `not a queue`", "lists `ok` twice"],
+            ),
+        ];
+        for (i, (s, wanted)) in cases.into_iter().enumerate() {
+            let problems = match s.validate() {
+                Ok(_) => panic!("case {i} passed validation"),
+                Err(p) => p,
+            };
+            assert_eq!(problems.len(), wanted.len(), "case {i}: {problems:?}");
+            for w in wanted {
+                assert!(
+                    problems.iter().any(|p| p.contains(w)),
+                    "case {i}: no problem mentions {w:?}: {problems:?}"
+                );
+            }
+        }
+    }
+
+    /// The chart ships exactly what `crdgen` generates from these types.
+    #[test]
+    fn chart_crd_matches_the_rust_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/taskq/crds/taskqueuescalers.taskq.dev.yaml"
+        );
+        let shipped = std::fs::read_to_string(path).expect("read the chart's CRD");
+        let generated = crd_yaml().expect("serialize the CRD");
+        assert!(
+            shipped == generated,
+            "{path} differs from the TaskQueueScaler types; regenerate it with\n  \
+             cargo run -p taskq-controller --bin crdgen > charts/taskq/crds/taskqueuescalers.taskq.dev.yaml"
+        );
+        // And it parses back into the same object.
+        let parsed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_saphyr::from_str(&shipped).expect("the chart's CRD parses");
+        assert_eq!(parsed, TaskQueueScaler::crd());
+    }
+
+    #[test]
+    fn crd_has_the_names_columns_and_status_subresource() {
+        let crd = TaskQueueScaler::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("taskqueuescalers.taskq.dev")
+        );
+        assert_eq!(crd.spec.names.short_names, Some(vec!["tqs".to_owned()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.subresources.as_ref().is_some_and(|s| s.status.is_some()));
+        let columns: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "Deployment",
+                "Min",
+                "Max",
+                "Depth",
+                "Desired",
+                "Current",
+                "Ready",
+                "Age"
+            ]
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! `taskq-controller`: the queue-depth autoscaler.
+
+use clap::Parser;
+use taskq_controller::Args;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = taskq_telemetry::init("taskq-controller", args.log_format);
+    let shutdown = CancellationToken::new();
+    taskq_controller::cancel_on_signals(shutdown.clone());
+    taskq_controller::serve(args, shutdown).await
+}

@@ -1,0 +1,336 @@
+//! The controller's main loop: connect, serve health and metrics, and — while holding the
+//! leader Lease — run the kube-runtime controller over the TaskQueueScalers of one
+//! namespace.
+//!
+//! Each leadership term gets fresh watches, caches and scaling windows: what a follower
+//! did not observe, it does not trust. The scaler watch is filtered on `generation`, so
+//! the controller's own status writes do not trigger reconciles (polling does, through
+//! `Action::requeue`); the Deployment watch triggers the scalers that target a Deployment
+//! when its generation (replicas, template) or its paused annotation changes.
+//!
+//! Shutdown order (SIGTERM or SIGINT): readiness fails, the controller stops taking work
+//! and waits for in-flight reconciles, the Lease is released, the HTTP server stops.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, ResourceExt};
+use taskq_redis::{Broker, RedisConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Args;
+use crate::crd::{PAUSED_ANNOTATION, TaskQueueScaler};
+use crate::depth::DepthSource;
+use crate::http::{self, Health};
+use crate::leader::{Elector, Leadership, LeaseConfig, TermEnd};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context};
+
+/// The `reportingController` of the controller's Events.
+pub const REPORTING_CONTROLLER: &str = "taskq.dev/taskq-controller";
+
+/// What [`run`] needs besides its connections.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The namespace watched (and where the Lease lives).
+    pub namespace: String,
+    /// `None`: no leader election, this process always acts.
+    pub lease: Option<LeaseConfig>,
+    /// This process's identity in Events.
+    pub identity: String,
+}
+
+/// Runs the controller until `shutdown` is cancelled: elects, reconciles while leader,
+/// releases the Lease at the end. `leadership` must be [`Leadership::always`] when
+/// `options.lease` is `None`.
+pub async fn run(
+    client: kube::Client,
+    depth: Arc<dyn DepthSource>,
+    options: RunOptions,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    shutdown: CancellationToken,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: REPORTING_CONTROLLER.to_owned(),
+            instance: Some(options.identity.clone()),
+        },
+    );
+    let term = Term {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        depth,
+        recorder,
+        metrics: metrics.clone(),
+        leadership: leadership.clone(),
+    };
+    let Some(lease) = options.lease else {
+        metrics.leader.set(1);
+        term.run(shutdown.clone()).await;
+        metrics.leader.set(0);
+        return;
+    };
+    let mut elector = Elector::new(client, lease, leadership);
+    loop {
+        if !elector.acquire(&shutdown).await {
+            break;
+        }
+        metrics.leader.set(1);
+        metrics.leader_transitions.inc();
+        let stop = shutdown.child_token();
+        let controller = term.run(stop.clone());
+        tokio::pin!(controller);
+        let (end, finished) = tokio::select! {
+            end = elector.hold(&shutdown) => (end, false),
+            () = &mut controller => {
+                tracing::error!("the controller stopped on its own; stepping down");
+                (TermEnd::Lost, true)
+            }
+        };
+        stop.cancel();
+        if !finished {
+            controller.await;
+        }
+        metrics.leader.set(0);
+        match end {
+            TermEnd::Stopped => {
+                elector.release().await;
+                break;
+            }
+            TermEnd::Lost if finished => {
+                elector.release().await;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            TermEnd::Lost => {}
+        }
+    }
+}
+
+/// The parts of one leadership term.
+struct Term {
+    client: kube::Client,
+    namespace: String,
+    depth: Arc<dyn DepthSource>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+}
+
+impl Term {
+    /// Watches and reconciles until `stop` is cancelled (then waits for in-flight
+    /// reconciles).
+    async fn run(&self, stop: CancellationToken) {
+        let scalers: Api<TaskQueueScaler> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let (scaler_store, scaler_writer) = reflector::store();
+        let (deployment_store, deployment_writer) = reflector::store();
+        let scaler_stream = watcher(scalers, watcher::Config::default())
+            .default_backoff()
+            .reflect(scaler_writer)
+            .applied_objects()
+            .predicate_filter(predicates::generation, Default::default());
+        let deployment_stream = watcher(deployments, watcher::Config::default())
+            .default_backoff()
+            .reflect(deployment_writer)
+            .applied_objects()
+            .predicate_filter(deployment_trigger, Default::default());
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            self.depth.clone(),
+            deployment_store,
+            scaler_store.clone(),
+            self.recorder.clone(),
+            self.metrics.clone(),
+            self.leadership.clone(),
+        ));
+        let targets = scaler_store.clone();
+        tracing::info!(namespace = %self.namespace, "watching TaskQueueScalers and Deployments");
+        Controller::for_stream(scaler_stream, scaler_store)
+            .watches_stream(deployment_stream, move |d: Deployment| {
+                let ns = d.namespace();
+                let name = d.name_any();
+                targets
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.spec.deployment == name && s.namespace() == ns)
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            })
+            .graceful_shutdown_on(stop.cancelled_owned())
+            .run(reconcile::reconcile, reconcile::error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok(_) => {}
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        tracing::warn!(error = %e, "watch failed; retrying with backoff");
+                    }
+                    // Reconcile failures are logged by the error policy.
+                    Err(e) => tracing::debug!(error = %e, "controller"),
+                }
+            })
+            .await;
+        tracing::info!("controller stopped");
+    }
+}
+
+/// What of a Deployment triggers its scalers: its generation (replicas, template) and
+/// its paused annotation.
+fn deployment_trigger(d: &Deployment) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    d.metadata.generation.hash(&mut h);
+    d.annotations().get(PAUSED_ANNOTATION).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            () = terminate => tracing::info!("SIGTERM: shutting down"),
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot listen for SIGINT");
+                    std::future::pending::<()>().await;
+                }
+                tracing::info!("SIGINT: shutting down");
+            }
+        }
+        token.cancel();
+    });
+}
+
+/// Connects to Redis, retrying with backoff (a cluster is contacted at once; a single
+/// Redis lazily). `None` when `shutdown` came first.
+async fn connect_redis(
+    config: &RedisConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Broker>> {
+    let mut failures = 0u32;
+    loop {
+        match Broker::connect(config).await {
+            Ok(b) => return Ok(Some(b)),
+            Err(taskq_redis::BrokerError::Config(e)) => {
+                anyhow::bail!("invalid Redis settings (TASKQ_REDIS_URL, TASKQ_REDIS_CLUSTER): {e}")
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = reconcile::backoff(failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "connecting to Redis failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The whole program after argument parsing and telemetry: runs until `shutdown` is
+/// cancelled. Reads the Kubernetes connection from `KUBECONFIG` or the pod's service
+/// account.
+pub async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG, ~/.kube/config or the pod's service account)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let lease = if args.leader_election {
+        Some(args.lease(&namespace).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let identity = match (&lease, &args.identity) {
+        (Some(l), _) => l.identity.clone(),
+        (None, Some(id)) => id.clone(),
+        (None, None) => "taskq-controller".to_owned(),
+    };
+    let leadership = if lease.is_some() {
+        Leadership::new()
+    } else {
+        Leadership::always()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        metrics: metrics.clone(),
+        leadership: leadership.clone(),
+        shutting_down: shutting_down.clone(),
+        contact_within: lease
+            .as_ref()
+            .map(|l| (l.lease_duration * 2).max(Duration::from_secs(30))),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {} (TASKQ_LISTEN)", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        %namespace,
+        %identity,
+        leader_election = lease.is_some(),
+        "taskq-controller starting"
+    );
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = server_stop.clone();
+        async move {
+            axum::serve(listener, http::router(health))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+
+    let redis = RedisConfig::from_urls(&args.redis_url, args.redis_cluster);
+    if let Some(broker) = connect_redis(&redis, &shutdown).await? {
+        let options = RunOptions {
+            namespace,
+            lease,
+            identity,
+        };
+        run(
+            client,
+            Arc::new(broker),
+            options,
+            metrics,
+            leadership,
+            shutdown.clone(),
+        )
+        .await;
+    }
+    shutting_down.store(true, Ordering::Relaxed);
+    server_stop.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "health server failed"),
+        Err(e) => tracing::warn!(error = %e, "health server task failed"),
+    }
+    tracing::info!("taskq-controller stopped");
+    Ok(())
+}
