@@ -122,6 +122,13 @@ run_static() {
     helm template t "$CHART" --set api.auth.existingSecret=My_Tokens
   expect_fail "zero concurrent requests" "api/maxConcurrentRequests" \
     helm template t "$CHART" --set api.maxConcurrentRequests=0
+  expect_fail "retention shorter than the idempotency window" "retentionSeconds must be 0" \
+    helm template t "$CHART" --set api.config.retentionSeconds=60
+  expect_fail "a periodic schedule without cron and task" "missing properties 'cron', 'task'" \
+    helm template t "$CHART" --set 'api.periodic[0].name=x'
+  expect_fail "a periodic schedule name with a space" "api/periodic/0/name" \
+    helm template t "$CHART" --set 'api.periodic[0].name=a b' --set 'api.periodic[0].cron=0 * * * * *' \
+      --set 'api.periodic[0].task.type=noop'
 
   step "helm template of every ci/ value set, and template tests"
   for v in "${value_sets[@]}"; do

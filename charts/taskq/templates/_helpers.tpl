@@ -322,6 +322,13 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- if gt (int64 .Values.api.config.maxPayloadBytes) (int64 .Values.api.config.maxBodyBytes) -}}
 {{- $errors = append $errors "api.config.maxPayloadBytes must not exceed api.config.maxBodyBytes" -}}
 {{- end -}}
+{{- $retention := int64 .Values.api.config.retentionSeconds -}}
+{{- if and (gt $retention 0) (lt $retention (int64 .Values.api.config.idempotencyTtlSeconds)) -}}
+{{- $errors = append $errors "api.config.retentionSeconds must be 0 (keep forever) or at least api.config.idempotencyTtlSeconds" -}}
+{{- end -}}
+{{- if and .Values.api.periodic (lt (int64 .Values.api.config.idempotencyTtlSeconds) 300) -}}
+{{- $errors = append $errors "api.config.idempotencyTtlSeconds must be at least 300 with api.periodic schedules" -}}
+{{- end -}}
 {{- range $c := list "api" "worker" -}}
 {{- $pdb := get (get $.Values $c) "pdb" -}}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) -}}

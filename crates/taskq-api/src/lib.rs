@@ -102,6 +102,11 @@ pub struct ApiArgs {
     /// How long an idempotency key keeps returning its original task.
     #[arg(long, env = "TASKQ_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,
+    /// How long MongoDB keeps the records of finished tasks (succeeded, dead, cancelled),
+    /// through a TTL index on `finished_at`; 0 keeps them forever. At least the
+    /// idempotency retention, so a repeated key always finds its task.
+    #[arg(long, env = "TASKQ_RETENTION_SECONDS", default_value_t = 604_800)]
+    pub retention_seconds: u64,
     /// Most requests served at once; more wait (and time out after the request timeout).
     #[arg(long, env = "TASKQ_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
@@ -170,6 +175,25 @@ impl ApiArgs {
             default_timeout_ms: self.default_timeout_ms,
             ..d
         })
+    }
+
+    /// How long finished records stay, checked against the idempotency retention: a
+    /// record must outlive its key, or a repeat of the key could not find its task.
+    pub fn retention(&self) -> Result<taskq_store::Retention, String> {
+        if self.retention_seconds == 0 {
+            return Ok(taskq_store::Retention::Forever);
+        }
+        if self.retention_seconds < self.idempotency_ttl_seconds {
+            return Err(format!(
+                "TASKQ_RETENTION_SECONDS ({}) must be 0 (keep forever) or at least \
+                 TASKQ_IDEMPOTENCY_TTL_SECONDS ({}): a repeated idempotency key must find \
+                 its task's record",
+                self.retention_seconds, self.idempotency_ttl_seconds
+            ));
+        }
+        Ok(taskq_store::Retention::For(Duration::from_secs(
+            self.retention_seconds,
+        )))
     }
 
     /// The periodic schedules of `TASKQ_PERIODIC` and `TASKQ_PERIODIC_FILE`, each task
@@ -358,6 +382,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let limits = args.limits().map_err(anyhow::Error::msg)?;
     let tokens = args.tokens().map_err(anyhow::Error::msg)?;
     let schedules = args.periodic(&limits).map_err(anyhow::Error::msg)?;
+    let retention = args.retention().map_err(anyhow::Error::msg)?;
     if tokens.is_none() {
         tracing::warn!(
             "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
@@ -373,6 +398,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let indexes_ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(taskq_store::ensure_indexes_with_retry(
         store.clone(),
+        Some(retention),
         indexes_ready.clone(),
     ));
     let state = AppState {
@@ -436,4 +462,42 @@ async fn shutdown_signal(token: CancellationToken) {
         _ = term => {}
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(env: &[&str]) -> ApiArgs {
+        let mut argv = vec!["taskq-api"];
+        argv.extend_from_slice(env);
+        ApiArgs::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn retention_must_outlive_idempotency_keys() {
+        let week = Duration::from_secs(604_800);
+        assert_eq!(args(&[]).retention(), Ok(taskq_store::Retention::For(week)));
+        assert_eq!(
+            args(&["--retention-seconds", "0"]).retention(),
+            Ok(taskq_store::Retention::Forever)
+        );
+        let short = args(&["--retention-seconds", "3600"]).retention();
+        assert!(
+            short
+                .as_ref()
+                .is_err_and(|e| e.contains("at least TASKQ_IDEMPOTENCY_TTL_SECONDS (86400)")),
+            "{short:?}"
+        );
+        assert_eq!(
+            args(&[
+                "--retention-seconds",
+                "3600",
+                "--idempotency-ttl-seconds",
+                "600"
+            ])
+            .retention(),
+            Ok(taskq_store::Retention::For(Duration::from_secs(3600)))
+        );
+    }
 }

@@ -18,8 +18,8 @@ mod writer;
 
 pub use error::{Error, Rejection, Result};
 pub use store::{
-    ListFilter, MAX_LIST_LIMIT, Page, RequeueOutcome, Store, StoreOptions, StoredTask, TASKS,
-    ensure_indexes_with_retry,
+    ListFilter, MAX_LIST_LIMIT, Page, RETENTION_INDEX, RequeueOutcome, Retention, Store,
+    StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,
 };
 pub use update::StatusUpdate;
 pub use writer::{

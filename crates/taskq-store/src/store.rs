@@ -35,6 +35,19 @@ const MAX_STATEMENTS: usize = 10_000;
 /// fits comfortably in what is left.
 const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024 - 16 * 1024;
 
+/// How long MongoDB keeps the records of finished tasks (succeeded, dead, cancelled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Records stay until deleted (e.g. by a dead-letter purge).
+    Forever,
+    /// A TTL index on `finished_at` lets the server delete a record this long after its
+    /// task finished (MongoDB's TTL monitor runs about once a minute).
+    For(Duration),
+}
+
+/// Name of the TTL index that implements [`Retention::For`].
+pub const RETENTION_INDEX: &str = "retention";
+
 /// Connection settings that are not part of the URI. Values given in the URI
 /// (`appName`, `serverSelectionTimeoutMS`, `connectTimeoutMS`) take precedence, so
 /// operators can tune them without a rebuild.
@@ -158,6 +171,68 @@ impl Store {
                     )
                     .build(),
             ])
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the retention TTL index match `retention`: creates it, changes its lifetime
+    /// (`collMod`, or a drop and re-create on servers without it) or drops it. Idempotent;
+    /// run by the api, which owns the setting.
+    pub async fn ensure_retention(&self, retention: Retention) -> Result<()> {
+        let want = match retention {
+            Retention::Forever => None,
+            Retention::For(d) => Some(Duration::from_secs(d.as_secs().max(1))),
+        };
+        let have = self.retention().await?;
+        match (have, want) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a == Some(b) => {}
+            (Some(_), None) => self.tasks.drop_index(RETENTION_INDEX).await?,
+            (Some(_), Some(b)) => {
+                let changed = self
+                    .db
+                    .run_command(doc! {
+                        "collMod": TASKS,
+                        "index": { "name": RETENTION_INDEX, "expireAfterSeconds": secs(b) },
+                    })
+                    .await;
+                if let Err(e) = changed {
+                    tracing::info!(error = %e, "collMod refused; re-creating the retention index");
+                    self.tasks.drop_index(RETENTION_INDEX).await?;
+                    self.create_retention(b).await?;
+                }
+            }
+            (None, Some(b)) => self.create_retention(b).await?,
+        }
+        Ok(())
+    }
+
+    /// The retention index's lifetime: `None` without the index, `Some(None)` for an index
+    /// of that name without a lifetime.
+    pub async fn retention(&self) -> Result<Option<Option<Duration>>> {
+        let mut indexes = self.tasks.list_indexes().await?;
+        while let Some(ix) = indexes.try_next().await? {
+            let Some(opts) = ix.options else { continue };
+            if opts.name.as_deref() == Some(RETENTION_INDEX) {
+                return Ok(Some(opts.expire_after));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_retention(&self, ttl: Duration) -> Result<()> {
+        self.tasks
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { f::FINISHED_AT: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(RETENTION_INDEX.to_owned())
+                            .expire_after(ttl)
+                            .build(),
+                    )
+                    .build(),
+            )
             .await?;
         Ok(())
     }
@@ -491,15 +566,27 @@ impl Store {
     }
 }
 
-/// Runs [`Store::ensure_indexes`] until it succeeds, then sets `ready`. Meant to be
+/// Runs [`Store::ensure_indexes`] (and [`Store::ensure_retention`] when `retention` is
+/// given) until it succeeds, then sets `ready`. Meant to be
 /// spawned at start-up so that a process whose database is not reachable yet still
 /// starts (and reports not-ready) instead of crashing. Retries back off from 200 ms to
 /// 10 s; each failure is logged.
-pub async fn ensure_indexes_with_retry(store: Store, ready: Arc<AtomicBool>) {
+pub async fn ensure_indexes_with_retry(
+    store: Store,
+    retention: Option<Retention>,
+    ready: Arc<AtomicBool>,
+) {
     let mut delay = Duration::from_millis(200);
     let mut failures = 0_u32;
     loop {
-        match store.ensure_indexes().await {
+        let ensured = match store.ensure_indexes().await {
+            Ok(()) => match retention {
+                Some(r) => store.ensure_retention(r).await,
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        match ensured {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
                 tracing::info!(failures, "task store indexes are in place");
@@ -603,6 +690,11 @@ fn check_write_reply(
         });
     }
     Ok(())
+}
+
+/// Whole seconds of `d`, as MongoDB takes `expireAfterSeconds`.
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -259,8 +259,10 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     let store = taskq_store::Store::connect(&args.mongodb_uri, &args.mongodb_database)
         .await
         .context("connecting to mongodb")?;
+    // The retention index is the api's to manage.
     tokio::spawn(taskq_store::ensure_indexes_with_retry(
         store.clone(),
+        None,
         Arc::new(AtomicBool::new(false)),
     ));
     let worker = Worker::new(settings, broker, store, registry);

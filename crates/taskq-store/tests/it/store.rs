@@ -10,7 +10,8 @@ use mongodb::bson::{Document, doc};
 use serde_json::json;
 use taskq_core::{QueueName, TaskEvent, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
-    Error, ListFilter, RequeueOutcome, StatusUpdate, Store, StoreOptions, ensure_indexes_with_retry,
+    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, Store,
+    StoreOptions, TASKS, ensure_indexes_with_retry,
 };
 
 use crate::common::{Must, TestDb, now, task, task_in, uri};
@@ -610,7 +611,12 @@ async fn index_creation_waits_for_the_server() {
     .must();
     proxy.cut();
     let ready = Arc::new(AtomicBool::new(false));
-    let job = tokio::spawn(ensure_indexes_with_retry(proxied, Arc::clone(&ready)));
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    let job = tokio::spawn(ensure_indexes_with_retry(
+        proxied,
+        Some(Retention::For(week)),
+        Arc::clone(&ready),
+    ));
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(!ready.load(Ordering::Acquire), "no server, no indexes");
     proxy.restore();
@@ -619,6 +625,64 @@ async fn index_creation_waits_for_the_server() {
         .must()
         .must();
     assert!(ready.load(Ordering::Acquire));
+    assert_eq!(db.store.retention().await.must(), Some(Some(week)));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_retention_ttl_index_follows_the_setting() {
+    let db = TestDb::new().await;
+    db.store.ensure_indexes().await.must();
+    assert_eq!(db.store.retention().await.must(), None);
+    let hour = std::time::Duration::from_secs(3600);
+    db.store.ensure_retention(Retention::For(hour)).await.must();
+    db.store.ensure_retention(Retention::For(hour)).await.must();
+    let minute = std::time::Duration::from_secs(60);
+    db.store
+        .ensure_retention(Retention::For(minute))
+        .await
+        .must();
+    // One index, on `finished_at`, with the latest lifetime (servers without `collMod`
+    // get it dropped and re-created).
+    let indexes: Vec<_> = db
+        .store
+        .database()
+        .collection::<Document>(TASKS)
+        .list_indexes()
+        .await
+        .must()
+        .try_collect()
+        .await
+        .must();
+    let retention: Vec<_> = indexes
+        .iter()
+        .filter(|ix| {
+            ix.options
+                .as_ref()
+                .is_some_and(|o| o.name.as_deref() == Some(RETENTION_INDEX))
+        })
+        .collect();
+    assert_eq!(retention.len(), 1, "{indexes:?}");
+    assert_eq!(retention[0].keys, doc! { "finished_at": 1 });
+    assert_eq!(
+        retention[0].options.as_ref().and_then(|o| o.expire_after),
+        Some(minute)
+    );
+    // Keeping records forever drops it; the query indexes stay.
+    db.store.ensure_retention(Retention::Forever).await.must();
+    assert_eq!(db.store.retention().await.must(), None);
+    db.store.ensure_retention(Retention::Forever).await.must();
+    let left: Vec<_> = db
+        .store
+        .database()
+        .collection::<Document>(TASKS)
+        .list_indexes()
+        .await
+        .must()
+        .try_collect()
+        .await
+        .must();
+    assert_eq!(left.len(), indexes.len() - 1, "{left:?}");
     db.drop().await;
 }
 
