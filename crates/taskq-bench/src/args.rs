@@ -71,6 +71,13 @@ pub struct Args {
     /// Extra `KEY=VALUE` environment of the api process (repeatable).
     #[arg(long = "api-env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub api_env: Vec<(String, String)>,
+    /// Instead of the usual phases, compare processing with and without trace export:
+    /// starts an OTLP/gRPC receiver inside the bench, then runs the processing phase (N
+    /// tasks batch-submitted with no worker, then a fresh worker timed through them) with
+    /// no exporter, with the api and worker exporting every span to the receiver, and with
+    /// no exporter again.
+    #[arg(long, env = "TASKQ_BENCH_COMPARE_TRACING")]
+    pub compare_tracing: bool,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +108,7 @@ pub struct Config {
     pub bin_dir: PathBuf,
     pub worker_env: Vec<(String, String)>,
     pub api_env: Vec<(String, String)>,
+    pub compare_tracing: bool,
     pub json: bool,
 }
 
@@ -181,6 +189,7 @@ impl Args {
             bin_dir,
             worker_env: self.worker_env,
             api_env: self.api_env,
+            compare_tracing: self.compare_tracing,
             json: self.json,
         })
     }

@@ -8,6 +8,7 @@
 mod args;
 mod bench;
 mod cpu;
+mod otlp;
 mod procs;
 mod report;
 

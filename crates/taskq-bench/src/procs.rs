@@ -285,6 +285,9 @@ pub struct ServiceEnv {
     pub max_batch: usize,
     /// The api's `submit` token (`TASKQ_TOKENS`); requests carry it as a bearer token.
     pub api_token: String,
+    /// Remove every inherited `OTEL_*` variable from the children (before the extra
+    /// environment is applied), so an arm without an exporter has none.
+    pub clear_otel: bool,
     /// Extra environment, applied last.
     pub worker_env: Vec<(String, String)>,
     pub api_env: Vec<(String, String)>,
@@ -311,6 +314,13 @@ impl ServiceEnv {
             // Errors stay short; backtraces would push the cause out of the quoted log tail.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE");
+        if self.clear_otel {
+            for (k, _) in std::env::vars_os() {
+                if k.to_str().is_some_and(|k| k.starts_with("OTEL_")) {
+                    cmd.env_remove(k);
+                }
+            }
+        }
         Ok(cmd)
     }
 
