@@ -144,4 +144,13 @@ mod tests {
         assert_eq!(code(br#"{"c": 1}"#), "invalid_request");
         assert_eq!(code(b"null"), "invalid_request");
     }
+
+    #[test]
+    fn floats_parse_exactly() {
+        // The next double after 1e6, as a correct encoder writes it: without serde_json's
+        // `float_roundtrip` it reads back as 1e6 and passes a `<= 1e6` check.
+        let v: serde_json::Value =
+            parse_json(br#"{"r": 1000000.0000000001}"#).unwrap_or_else(|e| panic!("{}", e.message));
+        assert!(v["r"].as_f64().is_some_and(|r| r > 1_000_000.0), "{v}");
+    }
 }
