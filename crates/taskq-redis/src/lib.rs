@@ -332,9 +332,10 @@ impl Broker {
         if !fields.is_empty() {
             pipe.hset_multiple(keys.limits(), &fields);
         }
-        pipe.sadd(keys::QUEUES, queue.as_str());
         let mut c = self.conn.clone();
         let _: () = pipe.query_async(&mut c).await?;
+        // On its own: the queue registry lives in another cluster slot than the queue.
+        let _: i64 = c.sadd(keys::QUEUES, queue.as_str()).await?;
         Ok(())
     }
 

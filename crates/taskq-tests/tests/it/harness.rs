@@ -12,13 +12,16 @@ use taskq_api::AppState;
 use taskq_core::{QueueSelection, TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::Store;
-use taskq_testkit::{RedisServer, mongo_uri, unique_db_name};
+use taskq_testkit::{RedisCluster, RedisServer, mongo_uri, unique_db_name};
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Env {
     pub redis: RedisServer,
+    /// Set by [`Env::start_on_cluster`]: the api and the workers then use this
+    /// three-master Redis Cluster, and `redis` stays idle.
+    pub cluster: Option<RedisCluster>,
     pub db: String,
     pub broker: Broker,
     pub store: Store,
@@ -49,10 +52,28 @@ impl Env {
     /// Starts with the api state adjusted by `f`.
     pub async fn start_with(f: impl FnOnce(AppState) -> AppState) -> Env {
         let redis = RedisServer::start();
-        let db = unique_db_name("it");
         let broker = Broker::connect(&RedisConfig::from_urls(&redis.url(), false))
             .await
             .expect("redis");
+        Self::start_on(redis, None, broker, f).await
+    }
+
+    /// Starts with the api and the workers on a three-master Redis Cluster.
+    pub async fn start_on_cluster() -> Env {
+        let cluster = RedisCluster::start();
+        let broker = Broker::connect(&RedisConfig::from_urls(&cluster.urls().join(","), true))
+            .await
+            .expect("redis cluster");
+        Self::start_on(RedisServer::start(), Some(cluster), broker, |s| s).await
+    }
+
+    async fn start_on(
+        redis: RedisServer,
+        cluster: Option<RedisCluster>,
+        broker: Broker,
+        f: impl FnOnce(AppState) -> AppState,
+    ) -> Env {
+        let db = unique_db_name("it");
         let store = Store::connect(&mongo_uri(), &db).await.expect("mongodb");
         store.ensure_indexes().await.expect("indexes");
         let state = f(AppState::new(broker.clone(), store.clone()));
@@ -70,6 +91,7 @@ impl Env {
         });
         Env {
             redis,
+            cluster,
             db,
             broker,
             store,

@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod cluster;
 mod execute;
 mod lifecycle;
 mod observability;
