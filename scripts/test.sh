@@ -9,13 +9,18 @@
 # 1. scripts/setup.sh (installs redis-server, redis-cli and mongo-java-server if missing);
 # 2. unless TASKQ_TEST_MONGODB_URI is set (e.g. to a real MongoDB), starts
 #    mongo-java-server on a free port and exports TASKQ_TEST_MONGODB_URI;
-# 3. cargo build --workspace --bins --locked (tests spawn the built binaries);
-# 4. cargo test --workspace --locked with the given arguments.
+# 3. when taskq-controller's tests are in the run (the whole workspace, or arguments that
+#    name taskq-controller) and TASKQ_TEST_KUBECONFIG is not set: builds kube-apiserver
+#    and etcd if the cache lacks them, starts a private pair and exports
+#    TASKQ_TEST_KUBECONFIG (scripts/controller-test.sh);
+# 4. cargo build --workspace --bins --locked (tests spawn the built binaries);
+# 5. cargo test --workspace --locked with the given arguments.
 #
 # Tests start their own redis-server processes (taskq-testkit). The mongo-java-server
-# started here is stopped on exit, whatever the outcome.
+# and the kube-apiserver started here are stopped on exit, whatever the outcome.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/controller-test.sh"
 cd "$TASKQ_ROOT"
 
 bash scripts/setup.sh
@@ -26,6 +31,7 @@ cleanup() {
     if [ -n "$started_mongo_port" ]; then
         mongo_stop "$started_mongo_port"
     fi
+    kube_test_env_stop
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -47,6 +53,11 @@ for arg in "$@"; do
     -p | --package | --package=* | -p?*) scope=() ;;
     esac
 done
+
+# taskq-controller's tests need a real API server (they fail without one).
+if [ "${#scope[@]}" -gt 0 ] || [[ " $* " == *taskq-controller* ]]; then
+    kube_test_env_start
+fi
 
 log "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked

@@ -73,7 +73,7 @@ pub struct TaskQueueScalerSpec {
     /// Seconds the desired count must stay lower before replicas are removed.
     #[serde(default = "defaults::scale_down_stabilization")]
     pub scale_down_stabilization: i64,
-    /// Most replicas added in one step.
+    /// Most replicas added in one step; one step per polling interval.
     #[serde(default = "defaults::max_scale_up_step")]
     pub max_scale_up_step: i32,
 }

@@ -224,6 +224,13 @@ impl Context {
     }
 }
 
+/// Now, in whole seconds: what the API server stores of a `Time`, so that a status read
+/// back compares equal to the one written.
+fn now_time() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
 /// The health part of a status: either working, or failing for a reason.
 enum Health<'a> {
     Ok { reason: &'a str, message: String },
@@ -239,7 +246,7 @@ fn set_conditions(
     health: Health<'_>,
     active: Option<(bool, String)>,
 ) {
-    let now = Time(Timestamp::now());
+    let now = now_time();
     let old = std::mem::take(&mut status.conditions);
     let make = |type_: &str, value: &str, reason: &str, message: String| {
         let previous = old.iter().find(|c| c.type_ == type_);
@@ -605,7 +612,7 @@ async fn reconcile_inner(scaler: &TaskQueueScaler, ctx: &Context) -> Result<Acti
             .get_or_create(&labels)
             .set(i64::from(decision.desired));
         status.current_replicas = Some(decision.desired);
-        status.last_scale_time = Some(Time(Timestamp::now()));
+        status.last_scale_time = Some(now_time());
         ctx.publish(
             scaler,
             Event {
@@ -638,12 +645,22 @@ async fn reconcile_inner(scaler: &TaskQueueScaler, ctx: &Context) -> Result<Acti
     Ok(Action::requeue(settings.polling_interval))
 }
 
-/// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter).
+/// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter); see
+/// [`retry_delay`].
 pub fn error_policy(scaler: Arc<TaskQueueScaler>, error: &Error, ctx: Arc<Context>) -> Action {
-    if matches!(error, Error::NotLeader) {
-        return Action::await_change();
+    match retry_delay(&scaler, error, &ctx) {
+        Some(delay) => Action::requeue(delay),
+        None => Action::await_change(),
     }
-    let failures = ctx.with_state(&scaler, |s| {
+}
+
+/// Counts one more failure of `scaler` and returns the pause before its retry (`None`
+/// when not leader: the next term starts afresh). A successful reconcile resets the count.
+pub fn retry_delay(scaler: &TaskQueueScaler, error: &Error, ctx: &Context) -> Option<Duration> {
+    if matches!(error, Error::NotLeader) {
+        return None;
+    }
+    let failures = ctx.with_state(scaler, |s| {
         s.failures = s.failures.saturating_add(1);
         s.failures
     });
@@ -656,7 +673,7 @@ pub fn error_policy(scaler: Arc<TaskQueueScaler>, error: &Error, ctx: Arc<Contex
         retry_in = ?delay,
         "reconcile failed"
     );
-    Action::requeue(delay)
+    Some(delay)
 }
 
 /// The pause before retry number `failures` (1-based).
@@ -689,15 +706,14 @@ mod tests {
             message: "m".into(),
         };
         set_conditions(&mut status, Some(1), ok(), Some((true, "x".into())));
-        let first = status.conditions.clone();
-        std::thread::sleep(Duration::from_millis(5));
+        let epoch = Time(Timestamp::UNIX_EPOCH);
+        for c in &mut status.conditions {
+            c.last_transition_time = epoch.clone();
+        }
         set_conditions(&mut status, Some(2), ok(), Some((true, "y".into())));
-        for (a, b) in first.iter().zip(&status.conditions) {
-            assert_eq!(
-                a.last_transition_time, b.last_transition_time,
-                "{}",
-                a.type_
-            );
+        for c in &status.conditions {
+            assert_eq!(c.last_transition_time, epoch, "{} kept its time", c.type_);
+            assert_eq!(c.observed_generation, Some(2));
         }
         set_conditions(
             &mut status,
@@ -721,10 +737,13 @@ mod tests {
                 ("Error", "True", "RedisUnavailable"),
             ]
         );
-        assert_ne!(
-            first[0].last_transition_time, status.conditions[0].last_transition_time,
-            "Ready changed, so did its transition time"
-        );
+        for c in &status.conditions {
+            assert_ne!(
+                c.last_transition_time, epoch,
+                "{} changed, so did its time",
+                c.type_
+            );
+        }
         assert_eq!(error_reason(Some(&status)), Some("RedisUnavailable"));
     }
 

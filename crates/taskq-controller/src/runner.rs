@@ -6,7 +6,7 @@
 //! did not observe, it does not trust. The scaler watch is filtered on `generation`, so
 //! the controller's own status writes do not trigger reconciles (polling does, through
 //! `Action::requeue`); the Deployment watch triggers the scalers that target a Deployment
-//! when its generation (replicas, template) or its paused annotation changes.
+//! when it appears or its paused annotation changes.
 //!
 //! Shutdown order (SIGTERM or SIGINT): readiness fails, the controller stops taking work
 //! and waits for in-flight reconciles, the Lease is released, the HTTP server stops.
@@ -187,11 +187,13 @@ impl Term {
     }
 }
 
-/// What of a Deployment triggers its scalers: its generation (replicas, template) and
-/// its paused annotation.
+/// What of a Deployment triggers its scalers at once: its first sighting (creation, or a
+/// new uid) and its paused annotation. Replica changes do not: the controller's own
+/// scale would trigger the next step at once instead of one polling interval later
+/// (`maxScaleUpStep` is per poll); a replica count someone else set is corrected at the
+/// next poll.
 fn deployment_trigger(d: &Deployment) -> Option<u64> {
     let mut h = DefaultHasher::new();
-    d.metadata.generation.hash(&mut h);
     d.annotations().get(PAUSED_ANNOTATION).hash(&mut h);
     Some(h.finish())
 }
