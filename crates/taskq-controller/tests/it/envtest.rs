@@ -942,6 +942,7 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
     )
     .await;
     let kubeconfig = kube.controller_kubeconfig().await;
+    let (traces, otlp) = crate::otlp::Receiver::start().await;
     let spawn = |id: &str, port: u16| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskq-controller"));
         cmd.env_clear()
@@ -955,7 +956,10 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
             .env("TASKQ_LEASE_DURATION_SECONDS", "3")
             .env("TASKQ_LEASE_RENEW_DEADLINE_MS", "2000")
             .env("TASKQ_LEASE_RETRY_PERIOD_MS", "300")
-            .env("RUST_LOG", "info,kube=warn");
+            .env("RUST_LOG", "info,kube=warn")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_SERVICE_NAME", format!("taskq-controller-{id}"));
         ChildGuard::spawn_logged(format!("taskq-controller {id}"), &mut cmd)
     };
     let ports = [free_port(), free_port()];
@@ -1084,4 +1088,30 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
         .expect("exits after SIGTERM");
     assert!(exit.success());
     assert_eq!(kube.lease_holder().await, None);
+
+    // Each reconcile is a trace of its own, exported over OTLP by whichever process led
+    // (flushed on exit).
+    let spans = traces.spans();
+    for id in ids {
+        let reconciles: Vec<_> = spans
+            .iter()
+            .filter(|s| {
+                s.service == format!("taskq-controller-{id}")
+                    && s.name == "reconcile TaskQueueScaler"
+            })
+            .collect();
+        assert!(
+            !reconciles.is_empty(),
+            "no reconcile span from {id}: {spans:?}"
+        );
+        for s in reconciles {
+            assert!(s.parent.is_empty(), "a reconcile is a root span: {s:?}");
+            assert_eq!(s.attrs.get("namespace"), Some(&kube.ns), "{s:?}");
+            assert_eq!(s.attrs.get("scaler").map(String::as_str), Some("worker"));
+            assert!(
+                s.attrs.contains_key("desired") && s.attrs.contains_key("depth"),
+                "{s:?}"
+            );
+        }
+    }
 }
