@@ -6,6 +6,10 @@
 # e.g. `scripts/test.sh`, `scripts/test.sh lease_expiry`, `scripts/test.sh -- --nocapture`,
 # `scripts/test.sh -p taskq-store`.
 #
+# Without arguments it runs everything: the cargo tests, then the OpenAPI fuzzing
+# (scripts/schemathesis.sh) and the Helm chart tests (scripts/chart/test.sh). With
+# arguments it runs only `cargo test` with them.
+#
 # 1. scripts/setup.sh (installs redis-server, redis-cli and mongo-java-server if missing);
 # 2. unless TASKQ_TEST_MONGODB_URI is set (e.g. to a real MongoDB), starts
 #    mongo-java-server on a free port and exports TASKQ_TEST_MONGODB_URI;
@@ -14,7 +18,9 @@
 #    and etcd if the cache lacks them, starts a private pair and exports
 #    TASKQ_TEST_KUBECONFIG (scripts/controller-test.sh);
 # 4. cargo build --workspace --bins --locked (tests spawn the built binaries);
-# 5. cargo test --workspace --locked with the given arguments.
+# 5. cargo test --workspace --locked with the given arguments;
+# 6. without arguments: scripts/schemathesis.sh against the same MongoDB server, then
+#    scripts/chart/test.sh (helm, kubeconform and a real kube-apiserver).
 #
 # Tests start their own redis-server processes (taskq-testkit). The mongo-java-server
 # and the kube-apiserver started here are stopped on exit, whatever the outcome.
@@ -63,3 +69,12 @@ log "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 log "cargo test ${scope[*]:+${scope[*]} }--locked $*"
 cargo test "${scope[@]}" --locked "$@"
+
+if [ "$#" -eq 0 ]; then
+    log "OpenAPI fuzzing (scripts/schemathesis.sh)"
+    bash scripts/schemathesis.sh
+    # The chart tests start an API server of their own.
+    kube_test_env_stop
+    log "Helm chart (scripts/chart/test.sh)"
+    bash scripts/chart/test.sh
+fi
