@@ -11,7 +11,7 @@ Checks, for every object the chart renders with one ci/ value set:
 - every container runs hardened: non-root with a numeric user, read-only root file system,
   no privilege escalation, all capabilities dropped and none added, RuntimeDefault seccomp;
 - only the controller mounts a ServiceAccount token;
-- the controller's Role grants nothing beyond what it uses, and there is no ClusterRole;
+- the controller's Role grants exactly what it uses, and there is no ClusterRole;
 - the taskq containers set only variables their binary reads (TASKQ_* names parsed from
   the clap attributes in crates/taskq-<binary>/src), the standard OTEL_* ones and RUST_LOG;
 - the worker's shutdown grace is shorter than its terminationGracePeriodSeconds;
@@ -48,17 +48,21 @@ OTEL_VARS = {
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
 }
-# What taskq-controller may do (issue 6), as (apiGroup, resource, verb).
+# Exactly what taskq-controller calls, as (apiGroup, resource, verb): its watches (list,
+# watch), the Deployment read when its cache misses (get), the scale and status patches,
+# the Lease (get, create, update with resourceVersion) and Events (create, patch for
+# series). crates/taskq-controller's envtest runs the controller with the chart's Role,
+# so a missing grant fails there; an extra one fails here.
 CONTROLLER_ALLOWED = {
-    *(("taskq.dev", "taskqueuescalers", v) for v in ("get", "list", "watch")),
+    *(("taskq.dev", "taskqueuescalers", v) for v in ("list", "watch")),
     ("taskq.dev", "taskqueuescalers/status", "patch"),
     *(("apps", "deployments", v) for v in ("get", "list", "watch")),
     ("apps", "deployments/scale", "patch"),
-    *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")),
+    *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
 }
-# Until crates/taskq-controller exists: the variables the controller will share with the
-# other binaries; the chart sets no other TASKQ_* variable on it.
+# Used only when crates/taskq-controller/src is missing: the variables the controller
+# shares with the other binaries.
 CONTROLLER_VARS = {"TASKQ_LISTEN", "TASKQ_REDIS_URL", "TASKQ_REDIS_CLUSTER", "TASKQ_LOG_FORMAT"}
 # The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be found
 # in its clap structs, or the env-name check below would be checking against stale names.
@@ -317,6 +321,8 @@ def main() -> int:
                         grants.add((g, r, v))
         extra = grants - CONTROLLER_ALLOWED
         c.check(not extra, f"Role/{role['metadata']['name']}: grants beyond the controller's needs: {sorted(extra)}")
+        missing = CONTROLLER_ALLOWED - grants
+        c.check(not missing, f"Role/{role['metadata']['name']}: misses what the controller calls: {sorted(missing)}")
         c.check(not any("*" in x for g in grants for x in g), f"Role/{role['metadata']['name']}: wildcard")
 
     # The helm test hook.

@@ -29,7 +29,13 @@ def fix(node):
         return [fix(n) for n in node]
     if not isinstance(node, dict):
         return node
-    node = {k: fix(v) for k, v in node.items() if not k.startswith("x-kubernetes-") or k == "x-kubernetes-group-version-kind"}
+    # Vendor extensions on a schema node go; names inside `properties` are field names
+    # and stay (JSONSchemaProps has fields called `x-kubernetes-list-type` and the like).
+    node = {
+        k: ({name: fix(p) for name, p in v.items()} if k == "properties" and isinstance(v, dict) else fix(v))
+        for k, v in node.items()
+        if not k.startswith("x-kubernetes-") or k == "x-kubernetes-group-version-kind"
+    }
     if node.get("format") == "int-or-string":
         return {"oneOf": [{"type": "string"}, {"type": "integer"}], **{k: v for k, v in node.items() if k in ("description",)}}
     if "properties" in node and "additionalProperties" not in node:
