@@ -225,6 +225,19 @@ impl Env {
     }
 
     /// Tasks in Redis, all states of the default queue.
+    /// Redis loses everything (`FLUSHALL` on the single server).
+    pub async fn flush_redis(&self) {
+        let mut c = redis::Client::open(self.redis.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut c)
+            .await
+            .expect("flush");
+    }
+
     pub async fn redis_total(&self, queue: &str) -> u64 {
         let c = self
             .broker

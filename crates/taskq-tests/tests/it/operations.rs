@@ -209,15 +209,7 @@ async fn recovery_rebuilds_redis_after_it_lost_everything_mid_run() {
         .await
     );
     // Redis loses everything.
-    let mut c = redis::Client::open(env.redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut c)
-        .await
-        .expect("flush");
+    env.flush_redis().await;
     let (status, body) = env.post("/v1/admin/recover", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["enqueued"].as_u64().unwrap_or(0) > 0, "{body}");
@@ -404,15 +396,7 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
 
     // ... and when Redis loses every claim, MongoDB's unique index still answers with the
     // original task.
-    let mut c = redis::Client::open(env.redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut c)
-        .await
-        .expect("flush");
+    env.flush_redis().await;
     let (status, again) = env
         .post(
             "/v1/tasks",
