@@ -32,6 +32,7 @@ failure.
 from __future__ import annotations
 
 import base64
+import json
 import posixpath
 import re
 import sys
@@ -150,6 +151,38 @@ def mounted_secret_file(spec: dict, ctr: dict, path: str) -> tuple[str | None, s
     return None, None, False
 
 
+def check_periodic(c: "Checker", docs: list[dict], api: dict | None) -> None:
+    """With TASKQ_PERIODIC_FILE, the api mounts the file from the chart's ConfigMap, whose
+    content is a JSON list of schedules; without it, no periodic ConfigMap exists."""
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    periodic = {n: m for n, m in maps.items() if "periodic.json" in m.get("data", {})}
+    if api is None:
+        c.check(not periodic, "no periodic ConfigMap without an api")
+        return
+    spec = api["spec"]["template"]["spec"]
+    ctr = next(x for x in spec["containers"] if x["name"] == "api")
+    env = {e["name"]: e for e in ctr.get("env", [])}
+    path = env.get("TASKQ_PERIODIC_FILE", {}).get("value")
+    if path is None:
+        c.check(not periodic, f"no periodic ConfigMap without TASKQ_PERIODIC_FILE (found {sorted(periodic)})")
+        return
+    mount = next((m for m in ctr.get("volumeMounts", []) if posixpath.dirname(path) == m["mountPath"].rstrip("/")), None)
+    vol = next((v for v in spec.get("volumes", []) if mount and v["name"] == mount["name"]), {})
+    cm = vol.get("configMap", {}).get("name")
+    c.check(cm in periodic, f"api: TASKQ_PERIODIC_FILE {path} comes from the periodic ConfigMap (got {cm})")
+    c.check(bool(mount) and mount.get("readOnly") is True, "api: the periodic ConfigMap is mounted readOnly")
+    c.check("checksum/periodic" in api["spec"]["template"]["metadata"].get("annotations", {}),
+            "api: pods roll when the schedules change (checksum/periodic)")
+    if cm in periodic:
+        try:
+            schedules = json.loads(periodic[cm]["data"]["periodic.json"])
+        except ValueError as e:
+            schedules = None
+            c.check(False, f"periodic.json is JSON ({e})")
+        c.check(isinstance(schedules, list) and all({"name", "cron", "task"} <= set(x) for x in schedules),
+                "periodic.json is a list of {name, cron, task}")
+
+
 def check_auth(c: "Checker", name: str, docs: list[dict], api: dict | None, test_pod: dict | None) -> None:
     """The api's tokens: where they come from, who mounts them, and that they leak nowhere."""
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
@@ -166,7 +199,8 @@ def check_auth(c: "Checker", name: str, docs: list[dict], api: dict | None, test
             c.check(env.get("TASKQ_AUTH", {}).get("value") == "off", f"api: TASKQ_AUTH=off")
             c.check("TASKQ_TOKENS_FILE" not in env and "TASKQ_TOKENS" not in env, f"api: no tokens with auth off")
             c.check(not token_secrets, f"no tokens Secret with auth off (found {sorted(token_secrets)})")
-            c.check(not spec.get("volumes"), f"api: nothing mounted with auth off")
+            secret_vols = [v["name"] for v in spec.get("volumes", []) if "secret" in v]
+            c.check(not secret_vols, f"api: no Secret mounted with auth off (found {secret_vols})")
         else:
             c.check(env.get("TASKQ_AUTH", {}).get("value") == "on", "api: TASKQ_AUTH=on")
             path = env.get("TASKQ_TOKENS_FILE", {}).get("value", "")
@@ -332,6 +366,7 @@ def main() -> int:
     # API tokens.
     api_deploy = next((d for d in by_kind.get("Deployment", []) if component(d) == "api"), None)
     check_auth(c, name, docs, api_deploy, hooks[0] if hooks else None)
+    check_periodic(c, docs, api_deploy)
 
     # PodDisruptionBudgets for the api and the workers.
     # (The dev overlay runs single replicas, where a budget would only block node drains.)
