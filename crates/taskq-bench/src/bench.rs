@@ -32,10 +32,10 @@ use serde_json::json;
 use taskq_core::{Limits, NewTask, Priority, QueueName, TaskId, TaskStatus};
 use taskq_redis::{Broker, EnqueueItem, QueueKeys, RedisConfig};
 use taskq_store::Store;
+use taskq_testkit::otlp::Receiver;
 
 use crate::args::Config;
 use crate::cpu::{PhaseCpu, Snapshot};
-use crate::otlp;
 use crate::procs::{Proc, ServiceEnv, local_mongodb_pid, start_redis};
 use crate::report::{Metric, Report, Target, percentile};
 
@@ -602,8 +602,7 @@ impl Bench {
     /// so the exporters flush before the spans are counted.
     async fn compare_tracing(&mut self) -> anyhow::Result<()> {
         let n = self.cfg.tasks;
-        let recv = otlp::Receiver::default();
-        let otlp_addr = otlp::start_receiver(recv.clone()).await?;
+        let (recv, otlp_addr) = Receiver::start().await;
         progress(&format!("OTLP/gRPC trace receiver on {otlp_addr}"));
         let otel: Vec<(String, String)> = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}")),

@@ -8,7 +8,6 @@
 mod args;
 mod bench;
 mod cpu;
-mod otlp;
 mod procs;
 mod report;
 

@@ -18,6 +18,7 @@
 //! silently skipping the test.
 
 mod mongo;
+pub mod otlp;
 mod port;
 mod process;
 mod proxy;

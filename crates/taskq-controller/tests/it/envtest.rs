@@ -343,6 +343,22 @@ impl Kube {
         self.scalers().get(scaler).await.ok().and_then(|s| s.status)
     }
 
+    /// The scaler's status once `ok` holds for it (the controller writes the status after
+    /// it patched the scale, so the two are observed one after the other).
+    async fn wait_status(
+        &self,
+        scaler: &str,
+        timeout: Duration,
+        ok: impl Fn(&TaskQueueScalerStatus) -> bool,
+    ) -> TaskQueueScalerStatus {
+        let found = wait_for(timeout, POLL, || async {
+            self.status(scaler).await.filter(|s| ok(s))
+        })
+        .await;
+        found
+            .unwrap_or_else(|| panic!("scaler {scaler}: status not as expected within {timeout:?}"))
+    }
+
     async fn wait_condition(
         &self,
         scaler: &str,
@@ -604,7 +620,9 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
         "replicas reached 5 {:.0} ms after the push",
         took.as_secs_f64() * 1000.0
     );
-    let status = kube.status("worker").await.expect("status");
+    let status = kube
+        .wait_status("worker", polling * 2, |s| s.desired_replicas == Some(5))
+        .await;
     assert_eq!(
         status.queue_depth,
         BTreeMap::from([("default".to_owned(), 40), ("emails".to_owned(), 5)]),
@@ -942,7 +960,7 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
     )
     .await;
     let kubeconfig = kube.controller_kubeconfig().await;
-    let (traces, otlp) = crate::otlp::Receiver::start().await;
+    let (traces, otlp) = taskq_testkit::otlp::Receiver::start().await;
     let spawn = |id: &str, port: u16| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskq-controller"));
         cmd.env_clear()

@@ -6,4 +6,3 @@
 
 mod api_calls;
 mod envtest;
-mod otlp;

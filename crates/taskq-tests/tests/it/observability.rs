@@ -2,113 +2,20 @@
 //! OTLP/gRPC receiver run by the test, Prometheus metrics that move, readiness that
 //! follows Redis, JSON logs with trace and task ids, and no secrets in any output.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskq_core::{TaskId, TaskStatus};
+use taskq_testkit::otlp::{Receiver, Span};
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
 use crate::harness::Env;
 
 const T: Duration = Duration::from_secs(30);
-
-/// One received span with the service that sent it.
-#[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    attrs: HashMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Received>>>,
-}
-
-fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match v.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(Any::StringValue(s)) => s.clone(),
-        Some(Any::IntValue(i)) => i.to_string(),
-        Some(Any::BoolValue(b)) => b.to_string(),
-        Some(Any::DoubleValue(d)) => d.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), text(&kv.value)))
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut out = self.spans.lock().expect("lock");
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .map(|r| attrs(&r.attributes))
-                .and_then(|a| a.get("service.name").cloned())
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    out.push(Received {
-                        service: service.clone(),
-                        name: s.name.clone(),
-                        trace_id: hex(&s.trace_id),
-                        span_id: hex(&s.span_id),
-                        parent: hex(&s.parent_span_id),
-                        attrs: attrs(&s.attributes),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// Starts the receiver; returns its address.
-async fn start_receiver(recv: Receiver) -> SocketAddr {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(recv))
-            .serve(addr),
-    );
-    assert!(
-        wait_until(T, Duration::from_millis(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
-    );
-    addr
-}
 
 /// The api and worker binaries of one test.
 struct Binaries {
@@ -167,8 +74,7 @@ async fn record(http: &reqwest::Client, base: &str, id: TaskId) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
-    let recv = Receiver::default();
-    let otlp = start_receiver(recv.clone()).await;
+    let (recv, otlp) = Receiver::start().await;
     // A webhook that fails its first call and records every traceparent it gets.
     let calls = Arc::new(AtomicUsize::new(0));
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -254,8 +160,8 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
         bins.worker.log()
     );
 
-    let spans = recv.spans.lock().expect("lock").clone();
-    let ours: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let spans = recv.spans();
+    let ours: Vec<&Span> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
     let request = ours
         .iter()
         .find(|s| s.name == "POST /v1/tasks")
@@ -271,7 +177,7 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
         .unwrap_or_else(|| panic!("no enqueue span in {ours:#?}"));
     assert_eq!(enqueue.parent, request.span_id);
     assert_eq!(enqueue.attrs.get("task.id"), Some(&id.to_string()));
-    let mut attempts: Vec<&&Received> = ours.iter().filter(|s| s.name == "task.process").collect();
+    let mut attempts: Vec<&&Span> = ours.iter().filter(|s| s.name == "task.process").collect();
     attempts.sort_by_key(|s| s.attrs.get("task.attempt").cloned());
     assert_eq!(attempts.len(), 2, "{ours:#?}");
     for (i, a) in attempts.iter().enumerate() {
