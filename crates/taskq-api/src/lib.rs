@@ -418,7 +418,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %args.listen, "api listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_signal(shutdown.clone()));
+    taskq_telemetry::cancel_on_signals(shutdown.clone());
     if !schedules.is_empty() {
         let names: Vec<&str> = schedules.iter().map(Schedule::name).collect();
         tracing::info!(schedules = ?names, "running periodic schedules");
@@ -438,30 +438,6 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     tracing::info!("api stopped");
     Ok(())
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "cannot listen for SIGINT");
-                std::future::pending::<()>().await;
-            }
-        }
-        _ = term => {}
-    }
-    token.cancel();
 }
 
 #[cfg(test)]

@@ -20,4 +20,4 @@ pub mod scaling;
 
 pub use config::Args;
 pub use crd::{TaskQueueScaler, TaskQueueScalerSpec, TaskQueueScalerStatus};
-pub use runner::{RunOptions, cancel_on_signals, run, serve};
+pub use runner::{RunOptions, run, serve};

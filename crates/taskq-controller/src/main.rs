@@ -9,6 +9,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = taskq_telemetry::init("taskq-controller", args.log_format);
     let shutdown = CancellationToken::new();
-    taskq_controller::cancel_on_signals(shutdown.clone());
+    taskq_telemetry::cancel_on_signals(shutdown.clone());
     taskq_controller::serve(args, shutdown).await
 }

@@ -198,34 +198,6 @@ fn deployment_trigger(d: &Deployment) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        tokio::select! {
-            () = terminate => tracing::info!("SIGTERM: shutting down"),
-            r = tokio::signal::ctrl_c() => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "cannot listen for SIGINT");
-                    std::future::pending::<()>().await;
-                }
-                tracing::info!("SIGINT: shutting down");
-            }
-        }
-        token.cancel();
-    });
-}
-
 /// Connects to Redis, retrying with backoff (a cluster is contacted at once; a single
 /// Redis lazily). `None` when `shutdown` came first.
 async fn connect_redis(

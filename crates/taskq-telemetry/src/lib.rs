@@ -1,6 +1,6 @@
-//! Telemetry shared by every taskq binary: logging (an `RUST_LOG` filter, default `info`,
-//! and with `TASKQ_LOG_FORMAT=json` one JSON object per line) and the Prometheus
-//! [`metrics`].
+//! Process set-up shared by every taskq binary: logging (an `RUST_LOG` filter, default
+//! `info`, and with `TASKQ_LOG_FORMAT=json` one JSON object per line), OTLP tracing, the
+//! Prometheus [`metrics`], and shutdown on SIGTERM or SIGINT ([`cancel_on_signals`]).
 
 pub mod metrics;
 
@@ -146,6 +146,38 @@ pub fn init(service: &str, format: LogFormat) -> Guard {
         eprintln!("logging was already initialised: {e}");
     }
     Guard { provider }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT, from a task of its own; logs which
+/// signal came. A signal that cannot be listened for is logged and never fires.
+pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let sigint = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let sigterm = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let sigterm = std::future::pending::<()>();
+        tokio::select! {
+            () = sigterm => tracing::info!("SIGTERM: shutting down"),
+            () = sigint => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
 }
 
 /// Whether a span or event goes to the OTLP exporter: taskq's own, at `info` or above.

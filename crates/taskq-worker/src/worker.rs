@@ -268,7 +268,7 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     let worker = Worker::new(settings, broker, store, registry);
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    taskq_telemetry::cancel_on_signals(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -290,34 +290,4 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
         .context("health server task")?
         .context("health server")?;
     Ok(())
-}
-
-/// Cancels `token` on SIGTERM or SIGINT.
-pub(crate) async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown signal received");
-    token.cancel();
 }
