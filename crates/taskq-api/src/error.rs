@@ -6,7 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 /// An error answer.
 #[derive(Debug)]
@@ -70,6 +70,29 @@ impl ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+}
+
+/// The 401 and 403 answers of every admin-only operation.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum AdminAuthErrors {
+    #[response(status = 401, description = "No valid bearer token.")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token's role is not `admin`.")]
+    Forbidden(ErrorBody),
+}
+
+/// The 400 and 404 answers of the operations on one queue, `/v1/queues/{name}/...`.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum QueueNameErrors {
+    #[response(
+        status = 400,
+        description = "`name` is not a valid queue name (`invalid_queue`)."
+    )]
+    InvalidName(ErrorBody),
+    #[response(status = 404, description = "No such queue.")]
+    Unknown(ErrorBody),
 }
 
 /// What went wrong: a stable machine-readable `code` and a message for people.

@@ -14,7 +14,7 @@ use crate::extract::{JsonBody, PathParam};
 use taskq_store::{ListFilter, RequeueOutcome};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{AdminAuthErrors, ApiError, ErrorBody, QueueNameErrors};
 
 /// Tasks per state in one queue.
 #[derive(Debug, Serialize, ToSchema)]
@@ -127,8 +127,7 @@ pub struct Recovered {
     tag = "queues",
     responses(
         (status = 200, description = "Every queue that has received a task (or limits).", body = QueueList),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -148,10 +147,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
     params(("name" = QueueName, Path, description = "The queue's name.")),
     responses(
         (status = 200, description = "The queue.", body = QueueInfo),
-        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
-        (status = 404, description = "No such queue.", body = ErrorBody),
+        QueueNameErrors,
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -173,10 +170,8 @@ pub async fn get(
     params(("name" = QueueName, Path, description = "The queue's name.")),
     responses(
         (status = 200, description = "The queue, now paused.", body = QueueInfo),
-        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
-        (status = 404, description = "No such queue.", body = ErrorBody),
+        QueueNameErrors,
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -199,10 +194,8 @@ pub async fn pause(
     params(("name" = QueueName, Path, description = "The queue's name.")),
     responses(
         (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
-        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
-        (status = 404, description = "No such queue.", body = ErrorBody),
+        QueueNameErrors,
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -228,8 +221,7 @@ pub async fn resume(
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        AdminAuthErrors,
         (status = 413, description = "The body is larger than the api accepts.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
@@ -277,10 +269,8 @@ pub async fn set_limits(
     params(("name" = QueueName, Path, description = "The queue's name.")),
     responses(
         (status = 200, description = "How many dead tasks were queued again.", body = Retried),
-        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
-        (status = 404, description = "No such queue.", body = ErrorBody),
+        QueueNameErrors,
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; call again to retry the rest.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -326,10 +316,8 @@ pub async fn retry_dead(
     params(("name" = QueueName, Path, description = "The queue's name.")),
     responses(
         (status = 200, description = "How many dead tasks were deleted.", body = Purged),
-        (status = 400, description = "`name` is not a valid queue name (`invalid_queue`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
-        (status = 404, description = "No such queue.", body = ErrorBody),
+        QueueNameErrors,
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -356,8 +344,7 @@ pub async fn purge_dead(
     tag = "admin",
     responses(
         (status = 200, description = "What was enqueued again.", body = Recovered),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; calling again is safe.", body = ErrorBody),
     ),
     security(("bearer" = [])),

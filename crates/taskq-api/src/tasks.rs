@@ -20,7 +20,7 @@ use taskq_telemetry::metrics::Metrics;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
@@ -577,8 +577,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        AdminAuthErrors,
         (status = 404, description = "No such task.", body = ErrorBody),
         (status = 409, description = "The task is not dead.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead.", body = ErrorBody),
@@ -657,8 +656,7 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token's role is not `admin`.", body = ErrorBody),
+        AdminAuthErrors,
         (status = 404, description = "No such task.", body = ErrorBody),
         (status = 409, description = "The task already finished.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
