@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use clap::Parser;
 use serde_json::json;
 use taskq_core::Limits;
-use taskq_redis::{Broker, RedisConfig};
+use taskq_redis::Broker;
 use taskq_store::Store;
 use taskq_telemetry::LogFormat;
 use taskq_telemetry::metrics::Metrics;
@@ -48,27 +48,10 @@ pub struct ApiArgs {
     /// Address to serve on.
     #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Redis URL; a comma-separated list of seed nodes for a cluster.
-    #[arg(
-        long,
-        env = "TASKQ_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Talk to a Redis Cluster (implied by several URLs).
-    #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
-    pub redis_cluster: bool,
-    /// MongoDB connection string.
-    #[arg(
-        long,
-        env = "TASKQ_MONGODB_URI",
-        default_value = "mongodb://127.0.0.1:27017",
-        hide_env_values = true
-    )]
-    pub mongodb_uri: String,
-    /// MongoDB database holding the task records.
-    #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
-    pub mongodb_database: String,
+    #[command(flatten)]
+    pub redis: taskq_redis::RedisArgs,
+    #[command(flatten)]
+    pub mongodb: taskq_store::MongoArgs,
     /// Largest task payload, in bytes of compact JSON.
     #[arg(long, env = "TASKQ_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
@@ -388,10 +371,12 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
         );
     }
-    let broker = Broker::connect(&RedisConfig::from_urls(&args.redis_url, args.redis_cluster))
+    let broker = Broker::connect(&args.redis.config())
         .await
         .context("connecting to redis")?;
-    let store = Store::connect(&args.mongodb_uri, &args.mongodb_database)
+    let store = args
+        .mongodb
+        .connect()
         .await
         .context("connecting to mongodb")?;
     // Probes answer at once; readiness waits for the indexes.

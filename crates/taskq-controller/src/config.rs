@@ -20,16 +20,8 @@ pub struct Args {
     /// Address of the health and metrics server.
     #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
-    /// Redis URL; a comma-separated list of seed nodes for a cluster.
-    #[arg(
-        long,
-        env = "TASKQ_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Talk to a Redis Cluster (implied by several URLs).
-    #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
-    pub redis_cluster: bool,
+    #[command(flatten)]
+    pub redis: taskq_redis::RedisArgs,
     /// Namespace whose TaskQueueScalers and Deployments are watched, and where the Lease
     /// lives; default: the namespace of the kubeconfig context or of the pod.
     #[arg(long, env = "TASKQ_NAMESPACE")]

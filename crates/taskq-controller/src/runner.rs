@@ -281,7 +281,7 @@ pub async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()
         }
     });
 
-    let redis = RedisConfig::from_urls(&args.redis_url, args.redis_cluster);
+    let redis = args.redis.config();
     if let Some(broker) = connect_redis(&redis, &shutdown).await? {
         let options = RunOptions {
             namespace,

@@ -10,6 +10,8 @@
 //! The broker works against a single Redis or a Redis Cluster: every key of a queue
 //! carries the `{queue}` hash tag (see [`keys`]).
 
+#[cfg(feature = "cli")]
+mod cli;
 mod conn;
 pub mod keys;
 pub mod scripts;
@@ -21,6 +23,8 @@ use std::time::Duration;
 use redis::{AsyncCommands, Value};
 use taskq_core::{QueueName, TaskId, TaskMessage, TaskRecord};
 
+#[cfg(feature = "cli")]
+pub use cli::RedisArgs;
 pub use conn::RedisConfig;
 use conn::{Conn, Source};
 pub use keys::QueueKeys;

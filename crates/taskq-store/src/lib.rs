@@ -10,12 +10,16 @@
 //! The document layout is described in `doc.rs`; the ordering rule for status updates
 //! (a per-task `seq`) in [`StatusUpdate`].
 
+#[cfg(feature = "cli")]
+mod cli;
 mod doc;
 mod error;
 mod store;
 mod update;
 mod writer;
 
+#[cfg(feature = "cli")]
+pub use cli::MongoArgs;
 pub use error::{Error, Rejection, Result};
 pub use store::{
     ListFilter, MAX_LIST_LIMIT, Page, RETENTION_INDEX, RequeueOutcome, Retention, Store,

@@ -19,27 +19,10 @@ pub struct WorkerArgs {
     /// Address of the health and metrics server (`/livez`, `/readyz`, `/metrics`).
     #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
-    /// Redis URL; a comma-separated list of seed nodes for a cluster.
-    #[arg(
-        long,
-        env = "TASKQ_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Talk to a Redis Cluster (implied by several URLs).
-    #[arg(long, env = "TASKQ_REDIS_CLUSTER", default_value_t = false)]
-    pub redis_cluster: bool,
-    /// MongoDB connection string.
-    #[arg(
-        long,
-        env = "TASKQ_MONGODB_URI",
-        default_value = "mongodb://127.0.0.1:27017",
-        hide_env_values = true
-    )]
-    pub mongodb_uri: String,
-    /// MongoDB database holding the task records.
-    #[arg(long, env = "TASKQ_MONGODB_DATABASE", default_value = "taskq")]
-    pub mongodb_database: String,
+    #[command(flatten)]
+    pub redis: taskq_redis::RedisArgs,
+    #[command(flatten)]
+    pub mongodb: taskq_store::MongoArgs,
     /// Queues to serve with weights, e.g. `critical=6,default=3,low=1`.
     #[arg(long, env = "TASKQ_QUEUES", default_value = "default")]
     pub queues: String,

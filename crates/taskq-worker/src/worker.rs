@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use taskq_core::{QueueName, TaskId};
-use taskq_redis::{Broker, RedisConfig};
+use taskq_redis::Broker;
 use taskq_store::{Store, UpdateWriter, WriterOptions};
 use taskq_telemetry::metrics::Metrics;
 use tokio::sync::mpsc;
@@ -253,10 +253,12 @@ fn flush_observer(metrics: Arc<Metrics>) -> taskq_store::FlushObserver {
 /// worker binaries call this from `main`.
 pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
-    let broker = Broker::connect(&RedisConfig::from_urls(&args.redis_url, args.redis_cluster))
+    let broker = Broker::connect(&args.redis.config())
         .await
         .context("connecting to redis")?;
-    let store = taskq_store::Store::connect(&args.mongodb_uri, &args.mongodb_database)
+    let store = args
+        .mongodb
+        .connect()
         .await
         .context("connecting to mongodb")?;
     // The retention index is the api's to manage.
