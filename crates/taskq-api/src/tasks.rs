@@ -174,21 +174,25 @@ async fn insert_idempotent(
     expired_before: chrono::DateTime<chrono::Utc>,
 ) -> Result<(StatusCode, TaskRecord), ApiError> {
     for _ in 0..3 {
-        if let Some(existing) = state.store.find_by_idempotency_key(&rec.queue, key).await? {
-            if existing.record.created_at >= expired_before {
+        match persist(state, std::slice::from_ref(rec)).await {
+            Ok(()) => return Ok((StatusCode::CREATED, rec.clone())),
+            Err(PersistError::Api(e)) => return Err(e),
+            // MongoDB holds the key (Redis lost its claim, or the key's retention is over).
+            Err(PersistError::Duplicate) => {}
+        }
+        match state.store.find_by_idempotency_key(&rec.queue, key).await? {
+            Some(existing) if existing.record.created_at >= expired_before => {
                 return Ok((StatusCode::OK, existing.record));
             }
             // Its retention is over: the key may be used again.
-            state
-                .store
-                .release_idempotency_key(&rec.queue, key, expired_before)
-                .await?;
-        }
-        match persist(state, std::slice::from_ref(rec)).await {
-            Ok(()) => return Ok((StatusCode::CREATED, rec.clone())),
-            // Another submit with the same key won the race: answer with its task.
-            Err(PersistError::Duplicate) => continue,
-            Err(PersistError::Api(e)) => return Err(e),
+            Some(_) => {
+                state
+                    .store
+                    .release_idempotency_key(&rec.queue, key, expired_before)
+                    .await?;
+            }
+            // Released by another submit in between: insert again.
+            None => {}
         }
     }
     Err(ApiError::conflict(

@@ -410,6 +410,32 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_is_free_again_after_its_retention() {
+    let env = Env::start_with(|s| taskq_api::AppState {
+        idempotency_ttl: Duration::from_millis(800),
+        ..s
+    })
+    .await;
+    let body = json!({"type": "noop", "idempotency_key": "daily-1"});
+    let (status, first) = env.post("/v1/tasks", body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = env.post("/v1/tasks", body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    // Past the window both the Redis claim and the record's hold on the key are over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, later) = env.post("/v1/tasks", body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{later}");
+    assert_ne!(later["id"], first["id"]);
+    // The new task holds the key now.
+    let (status, repeat) = env.post("/v1/tasks", body).await;
+    assert_eq!(status, StatusCode::OK, "{repeat}");
+    assert_eq!(repeat["id"], later["id"]);
+    assert_eq!(env.total_records().await, 2);
+    assert_eq!(env.redis_total("default").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn queue_limits_hold_across_workers() {
     use std::sync::atomic::AtomicUsize;
     let env = Env::start().await;
