@@ -135,7 +135,11 @@ async fn expect(
     (body, send)
 }
 
-fn respond(send: mock::SendResponse<Response<Body>>, status: StatusCode, body: &Value) {
+fn respond(
+    send: mock::SendResponse<Response<Body>>,
+    status: StatusCode,
+    body: &impl serde::Serialize,
+) {
     send.send_response(
         Response::builder()
             .status(status)
@@ -265,11 +269,7 @@ async fn steady_state_writes_status_once_and_then_nothing() {
     assert_eq!(status["desiredReplicas"], 2);
     assert_eq!(status["currentReplicas"], 2);
     assert!(status.get("lastScaleTime").is_none(), "{status}");
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*s).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*s);
     task.await.expect("join").expect("reconcile");
     expect_nothing_more(&mut f.api).await;
 
@@ -311,11 +311,7 @@ async fn invalid_spec_is_reported_by_condition_and_one_warning_event_and_never_s
     assert_eq!(condition(&status, "Ready"), ("False", "InvalidSpec"));
     assert_eq!(condition(&status, "Error"), ("True", "InvalidSpec"));
     assert_eq!(condition(&status, "Active"), ("Unknown", "DepthUnknown"));
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*bad).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*bad);
     let action = task
         .await
         .expect("join")
@@ -366,11 +362,7 @@ async fn missing_deployment_is_confirmed_with_a_get_then_reported() {
         condition(&apply["status"], "Ready"),
         ("False", "DeploymentNotFound")
     );
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*s).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*s);
     let action = task.await.expect("join").expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(7)));
     expect_nothing_more(&mut f.api).await;
@@ -390,11 +382,7 @@ async fn paused_deployment_gets_a_status_and_no_scale() {
     assert_eq!(condition(status, "Active"), ("True", "QueuesHaveTasks"));
     assert_eq!(status["desiredReplicas"], 1);
     assert_eq!(status["depth"], 500);
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*s).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*s);
     task.await.expect("join").expect("reconcile");
     expect_nothing_more(&mut f.api).await;
 }
@@ -416,11 +404,7 @@ async fn redis_failure_is_reported_and_retried_with_backoff() {
         ("True", "RedisUnavailable")
     );
     assert_eq!(apply["status"]["desiredReplicas"], 2, "replicas are held");
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*s).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*s);
     let err = task
         .await
         .expect("join")
@@ -443,11 +427,7 @@ async fn redis_failure_is_reported_and_retried_with_backoff() {
         condition(&apply["status"], "Ready"),
         ("True", "ScalerReady")
     );
-    respond(
-        send,
-        StatusCode::OK,
-        &serde_json::to_value(&*s).expect("json"),
-    );
+    respond(send, StatusCode::OK, &*s);
     task.await.expect("join").expect("reconcile");
     expect_nothing_more(&mut f.api).await;
     let again = reconcile::retry_delay(&s, &err, &f.ctx).expect("retried");
