@@ -64,6 +64,27 @@ impl TestDb {
     }
 
     /// Drops the database (best effort).
+    /// Two queued records; the server refuses any status update of the second, whose
+    /// history is not an array that can be appended to.
+    pub async fn good_and_poisoned(&self) -> (TaskRecord, TaskRecord) {
+        let good = task("q", "t", json!({}));
+        let bad = task("q", "t", json!({}));
+        self.store
+            .insert_many(&[good.clone(), bad.clone()])
+            .await
+            .must();
+        self.store
+            .database()
+            .collection::<mongodb::bson::Document>(taskq_store::TASKS)
+            .update_one(
+                mongodb::bson::doc! { "_id": bad.id.to_string() },
+                mongodb::bson::doc! { "$set": { "events": "broken" } },
+            )
+            .await
+            .must();
+        (good, bad)
+    }
+
     pub async fn drop(self) {
         let _ = self.store.database().drop().await;
     }

@@ -453,22 +453,7 @@ async fn apply_splits_large_slices() {
 #[tokio::test]
 async fn apply_reports_updates_the_server_refuses() {
     let db = TestDb::new().await;
-    let good = task("q", "t", json!({}));
-    let bad = task("q", "t", json!({}));
-    db.store
-        .insert_many(&[good.clone(), bad.clone()])
-        .await
-        .must();
-    // History that is not an array cannot be appended to.
-    db.store
-        .database()
-        .collection::<Document>("tasks")
-        .update_one(
-            doc! { "_id": bad.id.to_string() },
-            doc! { "$set": { "events": "broken" } },
-        )
-        .await
-        .must();
+    let (good, bad) = db.good_and_poisoned().await;
     let updates: Vec<StatusUpdate> = [&good, &bad]
         .iter()
         .map(|r| {

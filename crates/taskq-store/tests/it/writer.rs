@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{Document, doc};
 use serde_json::json;
 use taskq_core::{TaskEvent, TaskRecord, TaskStatus};
 use taskq_store::{StatusUpdate, Store, StoreOptions, UpdateWriter, WriterOptions};
@@ -134,21 +133,7 @@ async fn flushes_and_ends_when_every_handle_is_dropped() {
 #[tokio::test]
 async fn drops_only_what_the_server_keeps_refusing() {
     let db = TestDb::new().await;
-    let good = task("q", "t", json!({}));
-    let bad = task("q", "t", json!({}));
-    db.store
-        .insert_many(&[good.clone(), bad.clone()])
-        .await
-        .must();
-    db.store
-        .database()
-        .collection::<Document>("tasks")
-        .update_one(
-            doc! { "_id": bad.id.to_string() },
-            doc! { "$set": { "events": "broken" } },
-        )
-        .await
-        .must();
+    let (good, bad) = db.good_and_poisoned().await;
     let (writer, task) = UpdateWriter::spawn(
         db.store.clone(),
         WriterOptions {
