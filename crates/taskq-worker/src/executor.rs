@@ -154,9 +154,14 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             }
         }
     };
-    // A cancelled task ends cancelled, however its handler returned.
+    // A cancelled task ends cancelled, however its handler returned. An attempt that
+    // failed once the shutdown's grace period was over is released, not counted: the
+    // handler may have seen the stop signal and returned an error before the select above
+    // noticed the signal itself.
     let outcome = if cancelled.load(Ordering::SeqCst) {
         Outcome::Cancelled
+    } else if ctx.hard_stop.is_cancelled() && matches!(outcome, Outcome::Failed(_)) {
+        Outcome::Released
     } else {
         outcome
     };
