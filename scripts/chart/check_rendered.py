@@ -95,15 +95,20 @@ class Checker:
 
 
 def binary_vars(root: Path) -> dict[str, set[str]]:
-    """TASKQ_* variables each binary's clap structs read (`env = "TASKQ_..."` in its crate)."""
+    """TASKQ_* variables each binary's clap structs read (`env = "TASKQ_..."` in its crate,
+    and in the argument groups of the library crates whose `cli` feature it enables)."""
+    read = lambda f: set(re.findall(r'env\s*=\s*"(TASKQ_[A-Z0-9_]+)"', f.read_text()))
     out = {}
     for comp in ("api", "worker", "controller"):
-        src = root / "crates" / f"taskq-{comp}" / "src"
-        if not src.is_dir():
+        crate = root / "crates" / f"taskq-{comp}"
+        if not (crate / "src").is_dir():
             continue
         names: set[str] = set()
-        for f in src.rglob("*.rs"):
-            names |= set(re.findall(r'env\s*=\s*"(TASKQ_[A-Z0-9_]+)"', f.read_text()))
+        for f in (crate / "src").rglob("*.rs"):
+            names |= read(f)
+        manifest = (crate / "Cargo.toml").read_text()
+        for lib in re.findall(r'^(taskq-[a-z]+)\s*=\s*\{[^}]*features\s*=\s*\[[^]]*"cli"', manifest, re.M):
+            names |= read(root / "crates" / lib / "src" / "cli.rs")
         out[comp] = names
     return out
 
