@@ -12,15 +12,20 @@
 # `--locked`) → `runtime` (distroless cc: glibc, libgcc, CA certificates, no shell, no
 # package manager, no build tools; numeric non-root user 65532).
 #
-# BINARY_FROM names what the runtime stage copies /out/taskq from: the `builder` stage by
-# default, or an image that already holds a binary built elsewhere (then only the runtime
-# stage runs; scripts/images/build.sh --prebuilt uses this for the host's release build):
+# The runtime image is defined once (`runtime-base`) and finished two ways: `runtime`, the
+# default target, copies the binary the `builder` stage compiled; `--target prebuilt` copies
+# /out/taskq from the image PREBUILT_IMAGE names instead (a binary built outside, e.g. the
+# host's `cargo build --release`; scripts/images/build.sh --prebuilt), so no Rust stage runs:
 #
-#   docker build --build-arg BIN=api --build-arg BINARY_FROM=localhost/taskq-prebuilt-api -t taskq-api .
+#   docker build --target prebuilt --build-arg BIN=api \
+#     --build-arg PREBUILT_IMAGE=localhost/taskq-local/prebuilt-api -t taskq-api .
+#
+# (A stage picked through an ARG in FROM, `FROM ${X} AS binary` with X=builder, would be
+# shorter, but buildah/podman before 1.29 do not see that dependency and skip `builder`.)
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
-ARG BINARY_FROM=builder
+ARG PREBUILT_IMAGE=scratch
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
 ARG CARGO_CHEF_VERSION=0.1.78
@@ -46,18 +51,23 @@ RUN --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,
     cargo build --release --locked -p "taskq-${BIN}" --bin "taskq-${BIN}" && \
     install -D -m 0755 "target/release/taskq-${BIN}" /out/taskq
 
-# The binary the runtime copies: built above, or taken from BINARY_FROM's image.
-FROM ${BINARY_FROM} AS binary
-
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime-base
 ARG BIN=api
 LABEL org.opencontainers.image.title="taskq-${BIN}" \
       org.opencontainers.image.description="taskq ${BIN}: Kubernetes-native distributed task queue" \
       org.opencontainers.image.source="https://github.com/taskq-dev/taskq" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=binary /out/taskq /usr/local/bin/taskq
 # 65532 is distroless's `nonroot`; the chart runs it with a read-only root file system.
 USER 65532:65532
 # The binaries bind 0.0.0.0 and read their settings from TASKQ_* variables.
 EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/taskq"]
+
+# --target prebuilt: the runtime with a binary from PREBUILT_IMAGE (at /out/taskq).
+FROM ${PREBUILT_IMAGE} AS prebuilt-binary
+FROM runtime-base AS prebuilt
+COPY --from=prebuilt-binary /out/taskq /usr/local/bin/taskq
+
+# The default target: the runtime with the binary built above.
+FROM runtime-base AS runtime
+COPY --from=builder /out/taskq /usr/local/bin/taskq

@@ -8,7 +8,8 @@
 #                                         in target/release (run `cargo build --release
 #                                         --locked -p taskq-api -p taskq-worker -p
 #                                         taskq-controller` first) through the Dockerfile's
-#                                         runtime stage only: the fast path for CI
+#                                         runtime stage only (--target prebuilt): the
+#                                         fast path for CI
 #   scripts/images/build.sh --infra       only the infrastructure images
 #
 # Other flags (combine freely):
@@ -111,7 +112,7 @@ dockerfile_arg() {
 RUST_VERSION="$(dockerfile_arg RUST_VERSION)"
 DEBIAN_RELEASE="$(dockerfile_arg DEBIAN_RELEASE)"
 RUST_IMAGE="docker.io/library/rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}"
-RUNTIME_IMAGE="$(sed -n 's/^FROM \([^ ]*\) AS runtime$/\1/p' "$TASKQ_ROOT/Dockerfile")"
+RUNTIME_IMAGE="$(sed -n 's/^FROM \([^ ]*\) AS runtime-base$/\1/p' "$TASKQ_ROOT/Dockerfile")"
 [ -n "$RUST_VERSION" ] && [ -n "$RUNTIME_IMAGE" ] || fail "cannot read the base images from the Dockerfile"
 [ "$DEBIAN_RELEASE" = bookworm ] || fail "the local stand-ins are made for bookworm, the Dockerfile asks for $DEBIAN_RELEASE"
 
@@ -220,19 +221,28 @@ EOF
 # /usr/local/cargo, with the official image's ENV.
 
 rust_base() {
-    local toolchain rustc_version
-    toolchain="$(rustup toolchain list 2>/dev/null | sed -n 's/ (default)//p' | head -n1)"
-    [ -n "$toolchain" ] || fail "no default rustup toolchain on this machine (install Rust $RUST_VERSION with rustup)"
-    local tdir="${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$toolchain"
+    local tdir rustc_version
+    command -v rustup >/dev/null && command -v rustc >/dev/null ||
+        fail "no rustup toolchain on this machine (install Rust $RUST_VERSION with rustup)"
+    # The toolchain rustc resolves to here (rustup's default or override).
+    tdir="$(cd "$HERE" && rustc --print sysroot)"
     rustc_version="$("$tdir/bin/rustc" --version | cut -d' ' -f2)"
     case "$rustc_version" in
         "$RUST_VERSION" | "$RUST_VERSION".*) ;;
         *) fail "this machine's Rust is $rustc_version, the Dockerfile asks for $RUST_VERSION: install it (rustup toolchain install $RUST_VERSION && rustup default $RUST_VERSION) or pull $RUST_IMAGE" ;;
     esac
+    # CA certificates this machine adds to Debian's (/usr/local/share/ca-certificates, e.g.
+    # a TLS-inspecting egress proxy's): cargo inside the build needs them to reach crates.io.
+    local extra_ca=() key
+    mapfile -t extra_ca < <(find /usr/local/share/ca-certificates -name '*.crt' -type f 2>/dev/null | sort)
+    key="rust-$rustc_version"
+    if [ "${#extra_ca[@]}" -gt 0 ]; then
+        key="$key+ca-$(cat "${extra_ca[@]}" | sha256sum | cut -c1-12)"
+    fi
     if [ "$rebase" = no ] && image_exists "$RUST_IMAGE"; then
         local made
         made="$(image_label "$RUST_IMAGE" dev.taskq.local)"
-        if [ -z "$made" ] || [ "$made" = "rust-$rustc_version" ]; then
+        if [ -z "$made" ] || [ "$made" = "$key" ]; then
             [ -n "$made" ] && say "using the local stand-in $RUST_IMAGE (Rust $rustc_version)"
             return
         fi
@@ -275,11 +285,16 @@ rust_base() {
     buildah run --runtime runc --network host "$ctr" -- sh -ec \
         'apt-get update -qq && apt-get install -y -qq --no-install-recommends ca-certificates gcc libc6-dev wget >/dev/null && rm -rf /var/lib/apt/lists/*'
     buildah add --quiet "$ctr" "$tar" /usr/local/ >/dev/null
+    if [ "${#extra_ca[@]}" -gt 0 ]; then
+        say "adding this machine's CA certificates (${extra_ca[*]}) to the stand-in, so cargo can reach crates.io as it does here"
+        buildah copy --quiet "$ctr" "${extra_ca[@]}" /usr/local/share/ca-certificates/ >/dev/null
+        buildah run --runtime runc "$ctr" -- update-ca-certificates >/dev/null
+    fi
     buildah config \
         --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \
         --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env RUST_VERSION="$rustc_version" \
-        --label dev.taskq.local="rust-$rustc_version" --cmd '["bash"]' "$ctr"
+        --label dev.taskq.local="$key" --cmd '["bash"]' "$ctr"
     buildah commit --quiet --rm "$ctr" "$RUST_IMAGE" >/dev/null
     trap - EXIT
     say "made $RUST_IMAGE ($(image_mb "$RUST_IMAGE"))"
@@ -344,15 +359,15 @@ build_prebuilt() {
         fi
         name="$(image_name "$b")"
         t0=$SECONDS
-        # An image that holds only /out/taskq, which the Dockerfile's runtime stage copies
-        # through BINARY_FROM: the runtime image stays defined in the Dockerfile alone.
+        # An image that holds only /out/taskq, which the Dockerfile's `prebuilt` target
+        # copies (PREBUILT_IMAGE) onto the same runtime-base the full build uses.
         holder="localhost/taskq-local/prebuilt-$b:latest"
         ctr="$(buildah from --pull=never scratch)"
         buildah copy --quiet --chmod 0755 "$ctr" "$bin" /out/taskq >/dev/null
         buildah commit --quiet --rm "$ctr" "$holder" >/dev/null
-        say "building $name from $bin (Dockerfile runtime stage, BINARY_FROM=$holder)"
-        (cd "$TASKQ_ROOT" && "${BUD[@]}" --quiet -f Dockerfile --target runtime \
-            --build-arg "BIN=$b" --build-arg "BINARY_FROM=$holder" -t "$name" . >/dev/null)
+        say "building $name from $bin (Dockerfile --target prebuilt, PREBUILT_IMAGE=$holder)"
+        (cd "$TASKQ_ROOT" && "${BUD[@]}" --quiet -f Dockerfile --target prebuilt \
+            --build-arg "BIN=$b" --build-arg "PREBUILT_IMAGE=$holder" -t "$name" . >/dev/null)
         REPORT+=("$name  $(image_mb "$name")  built in $(elapsed $((SECONDS - t0))) from target/release")
         say "${REPORT[-1]}"
     done
