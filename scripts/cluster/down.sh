@@ -22,7 +22,7 @@ start=$SECONDS
 pids_with_arg() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$1" && echo "${p#/proc/}"
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qF -- "$1" && echo "${p#/proc/}"
   done
   return 0
 }
@@ -90,7 +90,7 @@ clean_iptables() {
     rules="$("$ipt" -w 5 -t "$table" -S 2>/dev/null)" || continue
     chains="$( {
       sed -nE 's/^-N (KUBE-[^ ]+)$/\1/p' <<<"$rules"
-      grep -F 'name: \"'"$CNI_NET_NAME"'\"' <<<"$rules" | sed -nE 's/.* -j (CNI-[^ ]+).*/\1/p'
+      { grep -F 'name: \"'"$CNI_NET_NAME"'\"' <<<"$rules" || true; } | sed -nE 's/.* -j (CNI-[^ ]+).*/\1/p'
     } | sort -u)"
     local n=0
     # Rules that jump to one of those chains, or that the taskq network made.

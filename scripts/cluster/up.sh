@@ -466,9 +466,9 @@ wait_addons() {
 }
 
 # check_workloads: a pod under the `restricted` Pod Security Standard resolves the API
-# server's Service name through CoreDNS (a ClusterIP Service backed by a pod), fetches
-# /livez through the `kubernetes` ClusterIP, and writes to a PVC that binds; the host
-# reaches both ClusterIPs.
+# server's Service name through CoreDNS (the kube-dns ClusterIP, backed by a pod), connects
+# through the `kubernetes` ClusterIP, fetches CoreDNS's metrics through the kube-dns
+# ClusterIP, and writes to a PVC that binds; the host reaches both ClusterIPs.
 check_workloads() {
   local ns=taskq-cluster-check
   kubectl_ delete namespace "$ns" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
@@ -508,7 +508,10 @@ spec:
           set -e
           nslookup kubernetes.default.svc.$CLUSTER_DOMAIN | tee /tmp/dns
           grep -q "$KUBERNETES_SVC_IP" /tmp/dns
-          wget -q -O- --no-check-certificate https://kubernetes.default.svc.$CLUSTER_DOMAIN/livez; echo
+          # TCP through the kubernetes ClusterIP to the API server (busybox's TLS client
+          # cannot talk to it), and HTTP through the kube-dns ClusterIP to CoreDNS.
+          echo | nc -w 5 kubernetes.default.svc.$CLUSTER_DOMAIN 443 >/dev/null
+          wget -q -O- http://kube-dns.kube-system.svc.$CLUSTER_DOMAIN:9153/metrics | grep -m1 '^coredns_build_info'
           echo written-by-check > /data/probe
           cat /data/probe
       securityContext:
@@ -541,9 +544,11 @@ EOF
     fail "" "the check PVC is not Bound"
   curl -fsS --max-time 5 --cacert "$PKI/ca.crt" "https://$KUBERNETES_SVC_IP/livez" >/dev/null ||
     fail kube-proxy "the host cannot reach the kubernetes Service at https://$KUBERNETES_SVC_IP"
+  curl -fsS --max-time 5 "http://$DNS_SVC_IP:9153/metrics" >/dev/null ||
+    fail kube-proxy "the host cannot reach the kube-dns Service at http://$DNS_SVC_IP:9153"
   busybox nslookup "kubernetes.default.svc.$CLUSTER_DOMAIN" "$DNS_SVC_IP" 2>&1 | grep -q "$KUBERNETES_SVC_IP" ||
     fail kube-proxy "the host cannot resolve through the kube-dns Service at $DNS_SVC_IP"
-  log "checked: restricted pod resolved kubernetes.default.svc.$CLUSTER_DOMAIN, reached https://$KUBERNETES_SVC_IP and wrote to a bound PVC; the host reaches both ClusterIPs"
+  log "checked: a restricted pod resolved kubernetes.default.svc.$CLUSTER_DOMAIN, reached the kubernetes and kube-dns ClusterIPs and wrote to a bound PVC; the host reaches both ClusterIPs"
   # The claim's directory is removed by a helper pod; nothing needs to wait for that.
   kubectl_ delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
 }
