@@ -302,12 +302,24 @@ EOF
   wait_until containerd 30 "containerd to answer on $CONTAINERD_SOCK" ctr_ version
 }
 
+# load_images: the infra images now (CoreDNS and the provisioner need them at once); the
+# taskq images that exist in the background (LOAD_PID), while the node starts.
 load_images() {
+  bash "$CLUSTER_SCRIPTS/load-images.sh" "${INFRA_IMAGES[@]}" || fail "" "importing the infra images failed"
   local present=() img
   for img in "${TASKQ_IMAGES[@]}"; do
     if podman image exists "$img" 2>/dev/null; then present+=("$img"); else log "not built yet (skipped): $img"; fi
   done
-  bash "$CLUSTER_SCRIPTS/load-images.sh" "${INFRA_IMAGES[@]}" "${present[@]}"
+  LOAD_PID=""
+  [[ ${#present[@]} -gt 0 ]] || return 0
+  bash "$CLUSTER_SCRIPTS/load-images.sh" "${present[@]}" > "$(logfile load-images)" 2>&1 &
+  LOAD_PID=$!
+}
+
+wait_images() {
+  [[ -n "${LOAD_PID:-}" ]] || return 0
+  wait "$LOAD_PID" || fail load-images "importing the taskq images into containerd failed"
+  sed -n 's/^cluster: //p' "$(logfile load-images)" | while read -r line; do log "$line"; done
 }
 
 start_controller_manager() {
@@ -567,6 +579,7 @@ cmd_up() {
   if [[ -f "$KUBECONFIG_ADMIN" ]] && command -v kubectl >/dev/null && healthy; then
     log "already up (KUBECONFIG=$KUBECONFIG_ADMIN)"
     load_images
+    wait_images
     return 0
   fi
   install_packages
@@ -589,6 +602,7 @@ cmd_up() {
   wait_until kubelet 120 "node $NODE_NAME to be Ready" node_ready
   wait_addons
   check_workloads
+  wait_images
   log "up in $((SECONDS - start))s; export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
