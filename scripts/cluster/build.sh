@@ -98,15 +98,19 @@ image_source() {
   podman image inspect --format '{{index .Labels "dev.taskq.cluster.source"}}' "$1" 2>/dev/null || true
 }
 
-# build_image IMAGE SOURCE_ID ROOTFS_TAR USER ENTRYPOINT_JSON: FROM scratch + the tar.
+# Bumped when the way an image is made changes, so cached images are rebuilt.
+IMAGE_RECIPE=2
+
+# build_image IMAGE SOURCE_ID ROOTFS_TAR USER ENTRYPOINT_JSON [CMD_JSON]: FROM scratch +
+# the tar, labelled with what it was made from.
 build_image() {
-  local image="$1" source="$2" tarball="$3" user="$4" entrypoint="$5"
+  local image="$1" source="$IMAGE_RECIPE:$2" tarball="$3" user="$4" entrypoint="$5" cmd="${6:-}"
   if [[ "$(image_source "$image")" == "$source" ]]; then return 0; fi
   log "building image $image"
   local c
   c="$(buildah from scratch)"
   buildah add --quiet "$c" "$tarball" / >/dev/null
-  buildah config --user "$user" --entrypoint "$entrypoint" --cmd '' \
+  buildah config --user "$user" --entrypoint "$entrypoint" --cmd "$cmd" \
     --label "dev.taskq.cluster.source=$source" --os linux --arch amd64 "$c"
   buildah commit --quiet --rm "$c" "$image" >/dev/null
 }
@@ -150,7 +154,8 @@ build_images() {
   printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/tmp:/bin/sh\n' > "$root/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' > "$root/etc/group"
   tar -C "$root" -cf "$tmp/busybox.tar" --owner=0 --group=0 .
-  build_image "$BUSYBOX_IMAGE" "$(sha256sum < "$busybox" | cut -c1-16)" "$tmp/busybox.tar" 0:0 '["/bin/sh"]'
+  # Like Docker Hub's busybox: no entrypoint, `sh` by default (`kubectl run -- nslookup x` works).
+  build_image "$BUSYBOX_IMAGE" "$(sha256sum < "$busybox" | cut -c1-16)" "$tmp/busybox.tar" 0:0 '[]' '["sh"]'
 }
 
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }

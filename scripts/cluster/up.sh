@@ -26,10 +26,16 @@
 # State: $TASKQ_CLUSTER_STATE (default /tmp/taskq-cluster); admin kubeconfig
 # $STATE/kubeconfig; logs $STATE/logs/<component>.log. Addresses: see common.sh.
 #
-# Measured on the 2-core development machine (shared with other builds):
-#   cold build of the cluster binaries (scripts/cluster/build.sh binaries: coredns, crictl,
-#   pause; local-path-provisioner): see the numbers filled in below
-#   up.sh from cache (binaries and images built, state dir empty): see below
+# Measured on the 2-core development machine (shared with other builds, load average
+# 10-15 most of the time):
+#   scripts/chart/kube-env.sh build, cold: 1271s for the five Kubernetes binaries in one
+#     go build + 61s etcd (running at the same time as the next line)
+#   scripts/cluster/build.sh binaries, cold: 860s wall (coredns + crictl + pause 447s,
+#     local-path-provisioner 386s), nice 10, alongside the kube build and sharing its Go
+#     build cache; images (build.sh images): 13s
+#   up.sh from cache (binaries and images built, no state): 51s, of which ~5s importing the
+#     infra images; the taskq images (redis, mongo, curl: ~30s) import in the background
+#   up.sh when healthy: 2.5s; repairing a killed kube-proxy: 20s; down.sh: 33s
 set -euo pipefail
 # shellcheck source=scripts/cluster/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
