@@ -22,7 +22,7 @@ start=$SECONDS
 pids_with_arg() {
   local p
   for p in /proc/[0-9]*; do
-    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qF -- "$1" && echo "${p#/proc/}"
+    [[ "$({ tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null)" == *"$1"* ]] && echo "${p#/proc/}"
   done
   return 0
 }
@@ -121,7 +121,8 @@ if [[ -d "$STATE" ]]; then
   stop kube-apiserver 20
   stop etcd 20
 fi
-if [[ -x "$KUBE_BIN/kube-proxy" ]] && iptables -w 5 -t nat -S 2>/dev/null | grep -q '^-N KUBE-'; then
+# (Output captured before matching: with pipefail, `| grep -q` can fail on SIGPIPE.)
+if [[ -x "$KUBE_BIN/kube-proxy" ]] && [[ "$(iptables -w 5 -t nat -S 2>/dev/null)" == *"-N KUBE-"* ]]; then
   "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
 clean_iptables iptables

@@ -21,7 +21,9 @@ loaded=0 skipped=0
 for image in "$@"; do
   id="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null)" ||
     die "image $image is not in containers-storage (see \`podman images\`); build it first"
-  if ctr_ images ls "name==$image" 2>/dev/null | grep -q "dev.taskq.image-id=$id"; then
+  # Captured first: with pipefail, `ctr ... | grep -q` can fail when grep exits early.
+  listed="$(ctr_ images ls "name==$image" 2>/dev/null || true)"
+  if [[ "$listed" == *"dev.taskq.image-id=$id"* ]]; then
     skipped=$((skipped + 1))
     continue
   fi

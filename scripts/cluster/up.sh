@@ -564,7 +564,7 @@ EOF
     fail kube-proxy "the host cannot reach the kubernetes Service at https://$KUBERNETES_SVC_IP"
   curl -fsS --max-time 5 "http://$DNS_SVC_IP:9153/metrics" >/dev/null ||
     fail kube-proxy "the host cannot reach the kube-dns Service at http://$DNS_SVC_IP:9153"
-  busybox nslookup "kubernetes.default.svc.$CLUSTER_DOMAIN" "$DNS_SVC_IP" 2>&1 | grep -q "$KUBERNETES_SVC_IP" ||
+  [[ "$(busybox nslookup "kubernetes.default.svc.$CLUSTER_DOMAIN" "$DNS_SVC_IP" 2>&1)" == *"$KUBERNETES_SVC_IP"* ]] ||
     fail kube-proxy "the host cannot resolve through the kube-dns Service at $DNS_SVC_IP"
   log "checked: a restricted pod resolved kubernetes.default.svc.$CLUSTER_DOMAIN, reached the kubernetes and kube-dns ClusterIPs and wrote to a bound PVC; the host reaches both ClusterIPs"
   # The claim's directory is removed by a helper pod; nothing needs to wait for that.
