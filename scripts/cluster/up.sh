@@ -54,15 +54,23 @@ fail() {
   exit 1
 }
 
-# wait_until COMPONENT SECONDS WHAT CMD...: polls CMD until it succeeds; fails when the
-# component's process died or the time is up.
+# check_alive WHAT: fails with its log when a component this run started has exited.
+check_alive() {
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    if [[ -f "$(pidfile "$c")" ]] && ! running "$c"; then
+      fail "$c" "$c exited while waiting for: $1"
+    fi
+  done
+}
+
+# wait_until COMPONENT SECONDS WHAT CMD...: polls CMD until it succeeds; fails when a
+# component's process died, or with COMPONENT's log when the time is up.
 wait_until() {
   local component="$1" timeout="$2" what="$3"; shift 3
   local deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
-    if [[ -n "$component" ]] && [[ -f "$(pidfile "$component")" ]] && ! running "$component"; then
-      fail "$component" "$component exited while waiting for: $what"
-    fi
+    check_alive "$what"
     ((SECONDS < deadline)) || fail "$component" "timed out after ${timeout}s waiting for: $what"
     sleep 0.5
   done
@@ -474,11 +482,12 @@ wait_addons() {
   local deadline=$((SECONDS + 180))
   until deployment_ready kube-system coredns; do
     ((SECONDS < deadline)) || { pod_diagnostics kube-system; fail kubelet "CoreDNS did not become Ready in 180s"; }
-    running kubelet || fail kubelet "kubelet exited while waiting for CoreDNS"
+    check_alive "CoreDNS to become Ready"
     sleep 1
   done
   until deployment_ready local-path-storage local-path-provisioner; do
     ((SECONDS < deadline)) || { pod_diagnostics local-path-storage; fail kubelet "local-path-provisioner did not become Ready in 180s"; }
+    check_alive "local-path-provisioner to become Ready"
     sleep 1
   done
 }
@@ -550,6 +559,7 @@ EOF
     phase="$(kubectl_ -n "$ns" get pod check -o jsonpath='{.status.phase}' 2>/dev/null || true)"
     [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
     ((SECONDS < deadline)) || break
+    check_alive "the check pod"
     sleep 1
   done
   if [[ "$phase" != Succeeded ]]; then
