@@ -32,9 +32,12 @@
 #     go build + 61s etcd (running at the same time as the next line)
 #   scripts/cluster/build.sh binaries, cold: 860s wall (coredns + crictl + pause 447s,
 #     local-path-provisioner 386s), nice 10, alongside the kube build and sharing its Go
-#     build cache; images (build.sh images): 13s
-#   up.sh from cache (binaries and images built, no state): 51s, of which ~5s importing the
-#     infra images; the taskq images (redis, mongo, curl: ~30s) import in the background
+#     build cache; again with an empty Go build cache: 1078s wall at nice 19 under load ~15,
+#     6.4 CPU-minutes (5m15s user + 1m10s sys), so 3-4 minutes on two idle cores
+#   build.sh images: 13s
+#   up.sh from cache (binaries and images built, no state): 51s (65-70s under load 15), of
+#     which ~5s importing the infra images; the taskq images (redis, mongo, curl: ~30s)
+#     import in the background while the node starts
 #   up.sh when healthy: 2.5s; repairing a killed kube-proxy: 20s; down.sh: 33s
 set -euo pipefail
 # shellcheck source=scripts/cluster/common.sh
