@@ -57,6 +57,21 @@ impl ApiError {
         )
     }
 
+    /// This error with `outcome`, what the failed operation left behind, in place of the
+    /// message's advice (a 503 says "retry later"); 5xx detail stays in the log.
+    pub fn with_outcome(self, outcome: &str) -> Self {
+        let cause = self
+            .message
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            message: format!("{cause}; {outcome}"),
+            ..self
+        }
+    }
+
     /// The `error` member of this error's body.
     pub fn detail(&self) -> ErrorDetail {
         ErrorDetail {

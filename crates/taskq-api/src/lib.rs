@@ -12,6 +12,7 @@ mod observe;
 pub mod openapi;
 pub mod periodic;
 mod queues;
+mod retry;
 mod tasks;
 
 use std::net::SocketAddr;

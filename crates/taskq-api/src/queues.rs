@@ -11,10 +11,11 @@ use taskq_redis::{EnqueueItem, Limits};
 use utoipa::ToSchema;
 
 use crate::extract::{JsonBody, PathParam};
-use taskq_store::{ListFilter, RequeueOutcome};
+use taskq_store::ListFilter;
 
 use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, QueueNameErrors};
+use crate::retry;
 
 /// Tasks per state in one queue.
 #[derive(Debug, Serialize, ToSchema)]
@@ -271,7 +272,7 @@ pub async fn set_limits(
         (status = 200, description = "How many dead tasks were queued again.", body = Retried),
         QueueNameErrors,
         AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; call again to retry the rest.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. The message says how many tasks were queued again; the others stay dead, so calling again retries the rest.", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -286,26 +287,51 @@ pub async fn retry_dead(
         queue: Some(name),
     };
     let mut retried = 0u64;
+    let partial = |error: ApiError, retried: u64, stuck: u64| {
+        let mut outcome = format!(
+            "{retried} dead tasks were queued again and the others stay dead; call again to retry them"
+        );
+        if stuck > 0 {
+            outcome.push_str(&format!(
+                " ({stuck} of them could not be marked dead again: they stay queued and run \
+                 after POST /v1/admin/recover)"
+            ));
+        }
+        error.with_outcome(&outcome)
+    };
     loop {
         // Each retried task leaves the dead set, so the first page is always the next one.
-        let page = state.store.list(&filter, 500, None).await?;
+        let page = state
+            .store
+            .list(&filter, RETRY_PAGE, None)
+            .await
+            .map_err(|e| partial(e.into(), retried, 0))?;
         if page.tasks.is_empty() {
             break;
         }
-        let now = taskq_core::now();
-        let mut items = Vec::with_capacity(page.tasks.len());
-        for t in &page.tasks {
-            if let RequeueOutcome::Requeued(stored) = state.store.requeue_dead(t.id, now).await? {
-                let mut item = EnqueueItem::from_record(&stored.record, stored.seq);
-                item.due_ms = now.timestamp_millis();
-                items.push(item);
+        let ids = page.tasks.iter().map(|t| t.id).collect();
+        match retry::retry(&state, ids).await {
+            Ok(outcomes) => {
+                let queued = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, retry::Outcome::Queued(_)))
+                    .count();
+                retried += queued as u64;
+                if queued == 0 {
+                    // Every task of the page changed under us: none is left to retry.
+                    break;
+                }
+            }
+            Err(failed) => {
+                return Err(partial(failed.error, retried + failed.queued, failed.stuck));
             }
         }
-        retried += items.len() as u64;
-        state.broker.enqueue(&items).await?;
     }
     Ok(Json(Retried { retried }))
 }
+
+/// Dead tasks retried per MongoDB page and Redis script call.
+const RETRY_PAGE: u32 = 500;
 
 /// `POST /v1/queues/{name}/purge-dead`: deletes every dead task of the queue.
 #[utoipa::path(

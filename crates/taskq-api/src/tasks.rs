@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::{CancelOutcome, EnqueueItem};
-use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate};
+use taskq_store::{ListFilter, StatusUpdate};
 use utoipa::{IntoParams, ToSchema};
 
 use taskq_telemetry::metrics::Metrics;
@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::retry::{self, Outcome};
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
 /// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
@@ -584,7 +585,7 @@ pub async fn list(
         AdminAuthErrors,
         (status = 404, description = "No such task.", body = ErrorBody),
         (status = 409, description = "The task is not dead.", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead (the message says otherwise in the rare case it could not be put back).", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -593,27 +594,24 @@ pub async fn retry(
     PathParam(id): PathParam<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
-    let now = taskq_core::now();
-    let stored = match state.store.requeue_dead(id, now).await? {
-        RequeueOutcome::Requeued(t) => t,
-        RequeueOutcome::NotFound => return Err(ApiError::not_found(format!("no task {id}"))),
-        RequeueOutcome::NotDead(status) => {
-            return Err(ApiError::conflict(format!(
+    match retry::retry(&state, vec![id]).await {
+        Ok(outcomes) => match outcomes.into_iter().next() {
+            Some(Outcome::Queued(record)) => Ok(Json(*record)),
+            Some(Outcome::NotFound) | None => Err(ApiError::not_found(format!("no task {id}"))),
+            Some(Outcome::NotDead(status)) => Err(ApiError::conflict(format!(
                 "task {id} is {status}; only dead tasks can be retried"
-            )));
+            ))),
+        },
+        Err(failed) => {
+            let outcome = if failed.stuck > 0 {
+                "the task could not be marked dead again either: it stays queued and runs \
+                 after POST /v1/admin/recover"
+            } else {
+                "the task stays dead; call again to retry it"
+            };
+            Err(failed.error.with_outcome(outcome))
         }
-    };
-    let mut item = EnqueueItem::from_record(&stored.record, stored.seq);
-    item.due_ms = now.timestamp_millis();
-    if let Err(e) = state.broker.enqueue(std::slice::from_ref(&item)).await {
-        // Put the record back to dead so the client can simply retry the call.
-        let revert = StatusUpdate::new(id, stored.seq + 1, TaskStatus::Dead, 0, taskq_core::now());
-        if let Err(undo) = state.store.apply(std::slice::from_ref(&revert)).await {
-            tracing::error!(error = %undo, task = %id, "could not mark a failed retry dead again");
-        }
-        return Err(e.into());
     }
-    Ok(Json(stored.record))
 }
 
 fn parse_id(s: &str) -> Result<TaskId, ApiError> {

@@ -11,9 +11,8 @@ use taskq_api::AppState;
 use taskq_core::{Limits, TaskId};
 use taskq_store::{Store, StoreOptions};
 use taskq_testkit::{ChaosProxy, mongo_addr, mongo_uri_via};
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::Env;
+use crate::harness::{Env, serve_api};
 
 /// Asserts an error answer: `status`, `{"error": {"code": code, "message": <non-empty>}}`.
 #[track_caller]
@@ -763,23 +762,6 @@ async fn redis_down_makes_submit_503_and_leaves_no_record() {
     );
 }
 
-/// Serves the api over `state` on a loopback port; stops when the token is cancelled.
-async fn serve(state: AppState) -> (String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, taskq_api::app(state))
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-            .expect("api server");
-    });
-    (url, stop)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_down_makes_submit_503_and_leaves_nothing_in_redis() {
     // Redis and a direct store come from the Env; the api under test reaches the same
@@ -795,7 +777,7 @@ async fn mongodb_down_makes_submit_503_and_leaves_nothing_in_redis() {
         .await
         .expect("store via proxy");
     store.ping().await.expect("mongodb through the proxy");
-    let (api, stop) = serve(AppState::new(env.broker.clone(), store)).await;
+    let (api, stop) = serve_api(AppState::new(env.broker.clone(), store)).await;
     let post = |path: &'static str, body: Value| {
         let req = env.http.post(format!("{api}{path}")).json(&body);
         async move {

@@ -77,18 +77,7 @@ impl Env {
         let store = Store::connect(&mongo_uri(), &db).await.expect("mongodb");
         store.ensure_indexes().await.expect("indexes");
         let state = f(AppState::new(broker.clone(), store.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let api = format!("http://{}", listener.local_addr().expect("addr"));
-        let api_stop = CancellationToken::new();
-        let stop = api_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, taskq_api::app(state))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .expect("api server");
-        });
+        let (api, api_stop) = serve_api(state).await;
         Env {
             redis,
             cluster,
@@ -252,6 +241,25 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.api_stop.cancel();
     }
+}
+
+/// Serves the api over `state` on a loopback port (a second api beside the [`Env`]'s,
+/// e.g. one that reaches a backing service through a [`taskq_testkit::ChaosProxy`]).
+/// Returns its base URL; it stops when the token is cancelled.
+pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, taskq_api::app(state))
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await
+            .expect("api server");
+    });
+    (url, stop)
 }
 
 /// A registry whose handlers record what ran, for order and exactly-once checks.

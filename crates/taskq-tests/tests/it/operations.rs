@@ -8,10 +8,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{TaskId, TaskStatus};
-use taskq_testkit::wait_until;
+use taskq_redis::{Broker, RedisConfig};
+use taskq_store::ListFilter;
+use taskq_testkit::{ChaosProxy, wait_until};
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::Env;
+use crate::harness::{Env, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -182,6 +184,123 @@ async fn dead_letters_can_be_retried_or_purged_per_queue() {
     w.shutdown().await;
 }
 
+/// The queue-wide retry loses Redis after it moved the first dead tasks to `queued` in
+/// MongoDB and before their enqueue: the 503 must be true, so every task it did not
+/// queue in Redis is `dead` again (with its attempts and finish time), and calling again
+/// retries exactly those.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_dead_that_loses_redis_midway_leaves_the_rest_dead() {
+    const N: u64 = 600; // more than one page of 500, so the cut lands inside the first
+    let env = Env::start().await;
+    let mut registry = Env::builtins();
+    registry.register("broken", |_ctx: TaskContext| async {
+        Err(HandlerError::permanent("broken"))
+    });
+    let w = env.worker(Env::settings("a"), registry);
+    let tasks: Vec<_> = (0..N)
+        .map(|_| json!({"type": "broken", "queue": "a", "max_attempts": 1}))
+        .collect();
+    let (status, body) = env.post("/v1/tasks/batch", json!({ "tasks": tasks })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        wait_until(T, Duration::from_millis(50), || async {
+            env.counts().await.get(&TaskStatus::Dead).copied() == Some(N)
+        })
+        .await,
+        "{:?}",
+        env.counts().await
+    );
+    // No worker takes the retried tasks: Redis shows exactly what was queued.
+    w.shutdown().await;
+
+    // A second api whose Redis connection runs through a proxy.
+    let proxy = ChaosProxy::start(env.redis.addr());
+    let broker = Broker::connect(&RedisConfig::from_urls(
+        &format!("redis://{}", proxy.addr()),
+        false,
+    ))
+    .await
+    .expect("redis through the proxy");
+    let (api, stop) = serve_api(taskq_api::AppState::new(broker, env.store.clone())).await;
+    let retry = tokio::spawn({
+        let req = env.http.post(format!("{api}/v1/queues/a/retry-dead"));
+        async move {
+            let resp = req.send().await.expect("retry-dead");
+            let status = resp.status();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.expect("json"),
+            )
+        }
+    });
+    // Cut Redis as soon as the first task is `queued` in MongoDB: its page's enqueue
+    // comes after the whole page is requeued there.
+    let queued = ListFilter {
+        status: Some(TaskStatus::Queued),
+        kind: None,
+        queue: Some("a".parse().expect("queue")),
+    };
+    assert!(
+        wait_until(T, Duration::from_millis(1), || async {
+            !env.store
+                .list(&queued, 1, None)
+                .await
+                .expect("list")
+                .tasks
+                .is_empty()
+        })
+        .await,
+        "retry-dead never requeued a task"
+    );
+    proxy.cut();
+    let (status, body) = retry.await.expect("retry-dead task");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    // What MongoDB calls queued is in Redis; everything else is dead as before.
+    let counts = env.counts().await;
+    let dead = counts.get(&TaskStatus::Dead).copied().unwrap_or(0);
+    let queued_records = counts.get(&TaskStatus::Queued).copied().unwrap_or(0);
+    assert_eq!(dead + queued_records, N, "{counts:?}");
+    assert!(
+        dead > 0,
+        "the cut came too late to test anything: {counts:?}"
+    );
+    assert_eq!(
+        env.redis_total("a").await,
+        queued_records,
+        "records queued in MongoDB but not in Redis: {counts:?}"
+    );
+    let page = env
+        .store
+        .list(
+            &ListFilter {
+                status: Some(TaskStatus::Dead),
+                ..queued.clone()
+            },
+            1000,
+            None,
+        )
+        .await
+        .expect("dead tasks");
+    for t in &page.tasks {
+        assert_eq!(t.attempts, 1, "{t:?}");
+        assert!(t.finished_at.is_some(), "{t:?}");
+    }
+
+    // Calling again (Redis back) retries exactly the rest.
+    proxy.restore();
+    let (status, body) = env.post("/v1/queues/a/retry-dead", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["retried"], dead, "{body}");
+    assert_eq!(env.redis_total("a").await, N);
+    assert_eq!(
+        env.counts().await.get(&TaskStatus::Queued).copied(),
+        Some(N)
+    );
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_rebuilds_redis_after_it_lost_everything_mid_run() {
     let env = Env::start().await;
@@ -290,15 +409,11 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     // Twenty concurrent submits with one key, through two api instances sharing the
     // stores: one task is created and enqueued, every answer names it.
     let second = Env::start().await;
-    let second_api = {
-        let state = taskq_api::AppState::new(env.broker.clone(), env.store.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, taskq_api::app(state)).await });
-        url
-    };
+    let (second_api, _second_stop) = serve_api(taskq_api::AppState::new(
+        env.broker.clone(),
+        env.store.clone(),
+    ))
+    .await;
     drop(second);
     let calls = (0..20).map(|i| {
         let base = if i % 2 == 0 {
