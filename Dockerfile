@@ -20,6 +20,10 @@
 #   docker build --target prebuilt --build-arg BIN=api \
 #     --build-arg PREBUILT_IMAGE=localhost/taskq-local/prebuilt-api -t taskq-api .
 #
+# The image carries the binary without its debug info (the release profile's line tables,
+# ~100 MB): symbols stay, so backtraces still name functions. Strip a prebuilt binary the
+# same way (`strip --strip-debug`) before putting it into PREBUILT_IMAGE.
+#
 # (A stage picked through an ARG in FROM, `FROM ${X} AS binary` with X=builder, would be
 # shorter, but buildah/podman before 1.29 do not see that dependency and skip `builder`.)
 
@@ -49,7 +53,8 @@ RUN --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,
     case "${BIN}" in api|worker|controller) ;; \
       *) echo "BIN must be api, worker or controller (got '${BIN}')" >&2; exit 1 ;; esac && \
     cargo build --release --locked -p "taskq-${BIN}" --bin "taskq-${BIN}" && \
-    install -D -m 0755 "target/release/taskq-${BIN}" /out/taskq
+    install -D -m 0755 "target/release/taskq-${BIN}" /out/taskq && \
+    strip --strip-debug /out/taskq
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime-base
 ARG BIN=api

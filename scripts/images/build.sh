@@ -8,7 +8,8 @@
 #                                         in target/release (run `cargo build --release
 #                                         --locked -p taskq-api -p taskq-worker -p
 #                                         taskq-controller` first) through the Dockerfile's
-#                                         runtime stage only (--target prebuilt): the
+#                                         runtime stage only (--target prebuilt; binaries are stripped
+#                                         of debug info first, like the builder does): the
 #                                         fast path for CI
 #   scripts/images/build.sh --infra       only the infrastructure images
 #
@@ -328,10 +329,11 @@ build_full() {
     runtime_base
     local extra=()
     if [ "$cold" = yes ]; then
-        # Buildah keeps RUN --mount=type=cache directories here (per uid).
-        local cachedir="${TMPDIR:-/var/tmp}/buildah-cache-$(id -u)"
+        # Buildah keeps RUN --mount=type=cache directories here (1.28: buildah-cache; newer
+        # releases add the uid).
+        local cachedir="${TMPDIR:-/var/tmp}/buildah-cache"
         say "cold build: removing buildah's cache mounts ($cachedir) and building without cached layers"
-        rm -rf "$cachedir"
+        rm -rf "$cachedir" "$cachedir-$(id -u)"
         extra=(--no-cache)
     fi
     local b t0 name
@@ -362,8 +364,13 @@ build_prebuilt() {
         # An image that holds only /out/taskq, which the Dockerfile's `prebuilt` target
         # copies (PREBUILT_IMAGE) onto the same runtime-base the full build uses.
         holder="localhost/taskq-local/prebuilt-$b:latest"
+        # Without debug info, as the Dockerfile's builder stage leaves it.
+        local stripped="$CACHE/prebuilt-taskq-$b"
+        mkdir -p "$CACHE"
+        strip --strip-debug -o "$stripped" "$bin"
         ctr="$(buildah from --pull=never scratch)"
-        buildah copy --quiet --chmod 0755 "$ctr" "$bin" /out/taskq >/dev/null
+        buildah copy --quiet --chmod 0755 "$ctr" "$stripped" /out/taskq >/dev/null
+        rm -f "$stripped"
         buildah commit --quiet --rm "$ctr" "$holder" >/dev/null
         say "building $name from $bin (Dockerfile --target prebuilt, PREBUILT_IMAGE=$holder)"
         (cd "$TASKQ_ROOT" && "${BUD[@]}" --quiet -f Dockerfile --target prebuilt \
