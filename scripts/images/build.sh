@@ -47,7 +47,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../lib.sh
+# shellcheck source=scripts/lib.sh
 source "$HERE/../lib.sh"
 
 CACHE="${TASKQ_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskq/images}"
@@ -114,7 +114,9 @@ RUST_VERSION="$(dockerfile_arg RUST_VERSION)"
 DEBIAN_RELEASE="$(dockerfile_arg DEBIAN_RELEASE)"
 RUST_IMAGE="docker.io/library/rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}"
 RUNTIME_IMAGE="$(sed -n 's/^FROM \([^ ]*\) AS runtime-base$/\1/p' "$TASKQ_ROOT/Dockerfile")"
-[ -n "$RUST_VERSION" ] && [ -n "$RUNTIME_IMAGE" ] || fail "cannot read the base images from the Dockerfile"
+if [ -z "$RUST_VERSION" ] || [ -z "$RUNTIME_IMAGE" ]; then
+    fail "cannot read the base images from the Dockerfile"
+fi
 [ "$DEBIAN_RELEASE" = bookworm ] || fail "the local stand-ins are made for bookworm, the Dockerfile asks for $DEBIAN_RELEASE"
 
 image_exists() { buildah inspect --type image "$1" >/dev/null 2>&1; }
@@ -197,9 +199,10 @@ EOF
         chmod 0755 "$root/usr/sbin/policy-rc.d"
         find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
         find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
-        rm -rf "$root"/usr/share/{man,info,groff,lintian,linda}/* "$root"/var/lib/apt/lists/* \
+        [ -n "$root" ] || fail "empty rootfs path"
+        rm -rf "${root:?}"/usr/share/{man,info,groff,lintian,linda}/* "$root"/var/lib/apt/lists/* \
             "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/log/*.log \
-            "$root"/var/log/apt/* "$root"/dev/* "$root"/run/* "$root"/tmp/* "$root"/var/tmp/*
+            "${root:?}"/var/log/apt/* "${root:?}"/dev/* "${root:?}"/run/* "${root:?}"/tmp/* "${root:?}"/var/tmp/*
         find "$root/usr/share/locale" -mindepth 1 -not -name locale.alias -delete
         : >"$root/etc/resolv.conf"
         echo localhost >"$root/etc/hostname"
@@ -223,8 +226,9 @@ EOF
 
 rust_base() {
     local tdir rustc_version
-    command -v rustup >/dev/null && command -v rustc >/dev/null ||
+    if ! command -v rustup >/dev/null || ! command -v rustc >/dev/null; then
         fail "no rustup toolchain on this machine (install Rust $RUST_VERSION with rustup)"
+    fi
     # The toolchain rustc resolves to here (rustup's default or override).
     tdir="$(cd "$HERE" && rustc --print sysroot)"
     rustc_version="$("$tdir/bin/rustc" --version | cut -d' ' -f2)"
@@ -411,7 +415,8 @@ build_infra() {
     rm -f "$ctx/lib/.complete"
     javac -nowarn --release 17 -cp "$MONGO_LIB/*" -d "$ctx/classes" "$HERE/mongo/MongoTestServer.java"
     cp "$HERE/mongo/mongod" "$HERE/mongo/mongosh" "$HERE/mongo/docker-entrypoint.sh" "$ctx/"
-    ls "$MONGO_LIB" | sed -n 's/^mongo-java-server-\([0-9.]*\)\.jar$/\1/p' >"$ctx/VERSION"
+    find "$MONGO_LIB" -name 'mongo-java-server-[0-9]*.jar' -printf '%f\n' |
+        sed -n 's/^mongo-java-server-\([0-9.]*\)\.jar$/\1/p' >"$ctx/VERSION"
     "${BUD[@]}" --quiet -f "$HERE/mongo/Containerfile" --build-arg "DEBIAN_BASE=$DEBIAN_BASE" \
         -t "$MONGO_IMAGE" "$ctx" >/dev/null
     rm -rf "$ctx"

@@ -27,7 +27,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../lib.sh
+# shellcheck source=scripts/lib.sh
 source "$HERE/../lib.sh"
 
 say() { printf 'images: %s\n' "$*" >&2; }
@@ -137,7 +137,7 @@ test_taskq() {
     redis_start "$redis_port" 2>/dev/null
     REDIS_PORTS+=("$redis_port")
     mongo_jars_ready || mongo_fetch_jars
-    mongo_start 2>/dev/null
+    mongo_start "" 2>/dev/null
     MONGO_PORTS+=("$MONGO_PORT")
     say "host services: redis-server on 127.0.0.1:$redis_port, mongo-java-server on 127.0.0.1:$MONGO_PORT"
     for b in "${BINS[@]}"; do
@@ -216,6 +216,7 @@ test_redis() {
 test_mongo() {
     local ctr="taskq-mongo-$SUFFIX" out
     need_image "$MONGO_IMAGE"
+    # shellcheck disable=SC2054 # the commas belong to --tmpfs options
     local mongo=(--user 999:999 "${LOCKED[@]}" --tmpfs /tmp:rw,mode=1777 -e HOME=/tmp
         -v "$(volume_dir mongo-db 999)":/data/db -v "$(volume_dir mongo-configdb 999)":/data/configdb
         -e MONGO_INITDB_ROOT_USERNAME=root -e MONGO_INITDB_ROOT_PASSWORD=imgtest --memory 512m)
@@ -256,6 +257,7 @@ test_mongo() {
 test_curl() {
     local out
     need_image "$CURL_IMAGE"
+    # shellcheck disable=SC2016 # $t expands in the container's shell
     out="$("${RUN[@]}" --rm --network none --user 65532:65532 "${LOCKED[@]}" "$CURL_IMAGE" \
         /bin/sh -ec 'for t in curl grep sed cut tr head date; do command -v "$t" >/dev/null || { echo "missing $t"; exit 1; }; done; curl --version | head -n1' 2>&1)" ||
         fail "$CURL_IMAGE: $out"
