@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,7 +136,7 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
         Some(role) if role >= guard.needs => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this token's role may not do this; an admin token is needed",
         )
         .into_response(),
@@ -144,7 +144,8 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message).into_response();
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp

@@ -1,23 +1,126 @@
 //! The api's one error type. Every failure leaves as `{"error": {"code", "message"}}`
-//! with a stable machine-readable code; 5xx bodies never carry internal detail (that
-//! goes to the log).
+//! with a stable machine-readable [`ErrorCode`]; 5xx bodies never carry internal detail
+//! (that goes to the log).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoResponses, ToSchema};
+
+/// The machine-readable `code` of an error answer. Clients match on these names, so they
+/// are part of the api: a name is never changed or reused for another meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 400: well-formed JSON of the wrong shape (not an object, a wrong type, a missing or
+    /// unknown field, a duplicate key), or an empty batch.
+    InvalidRequest,
+    /// 400: the body could not be read.
+    InvalidBody,
+    /// 400: a value out of range or malformed.
+    InvalidField,
+    /// 400: an unknown or malformed query parameter.
+    InvalidQuery,
+    /// 400: the path's task id is not a task id.
+    InvalidId,
+    /// 400: the path's queue name is not a queue name.
+    InvalidQueue,
+    /// 400: a path parameter is not valid percent-encoded UTF-8.
+    InvalidPath,
+    /// 413: the payload or the body is larger than the api accepts.
+    PayloadTooLarge,
+    /// 413: more tasks in one batch than `TASKQ_MAX_BATCH`.
+    BatchTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 401: no valid bearer token.
+    Unauthorized,
+    /// 403: the token's role may not do this.
+    Forbidden,
+    /// 404: no such task, queue or route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: the task's state does not allow it, or a concurrent submit holds the
+    /// idempotency key.
+    Conflict,
+    /// 503: the request took longer than `TASKQ_REQUEST_TIMEOUT_MS`.
+    Timeout,
+    /// 503: Redis or MongoDB is unavailable.
+    Unavailable,
+    /// 500: a bug or corrupt data (the detail is in the log).
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 19] = [
+        Self::InvalidJson,
+        Self::InvalidRequest,
+        Self::InvalidBody,
+        Self::InvalidField,
+        Self::InvalidQuery,
+        Self::InvalidId,
+        Self::InvalidQueue,
+        Self::InvalidPath,
+        Self::PayloadTooLarge,
+        Self::BatchTooLarge,
+        Self::UnsupportedMediaType,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The name on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidField => "invalid_field",
+            Self::InvalidQuery => "invalid_query",
+            Self::InvalidId => "invalid_id",
+            Self::InvalidQueue => "invalid_queue",
+            Self::InvalidPath => "invalid_path",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -25,16 +128,16 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     /// A backing service failed: 503, detail logged only.
@@ -42,7 +145,7 @@ impl ApiError {
         tracing::warn!(error = %err, service, "backing service error");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             format!("{service} is unavailable; retry later"),
         )
     }
@@ -52,7 +155,7 @@ impl ApiError {
         tracing::error!(error = %err, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error",
         )
     }
@@ -113,12 +216,7 @@ pub enum QueueNameErrors {
 /// What went wrong: a stable machine-readable `code` and a message for people.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable: `invalid_json`, `invalid_request`, `invalid_body`, `invalid_field`,
-    /// `invalid_query`, `invalid_id`, `invalid_queue`, `invalid_path`, `payload_too_large`,
-    /// `batch_too_large`, `unsupported_media_type`, `unauthorized`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `conflict`, `timeout`, `unavailable`, `internal`.
-    #[schema(value_type = String, example = "invalid_field")]
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -139,11 +237,11 @@ impl From<taskq_core::ValidationError> for ApiError {
         match e {
             taskq_core::ValidationError::PayloadTooLarge { .. } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 e.to_string(),
             ),
             taskq_core::ValidationError::Field { .. } => {
-                Self::bad_request("invalid_field", e.to_string())
+                Self::bad_request(ErrorCode::InvalidField, e.to_string())
             }
         }
     }
@@ -161,5 +259,44 @@ impl From<taskq_store::Error> for ApiError {
 impl From<taskq_redis::BrokerError> for ApiError {
     fn from(e: taskq_redis::BrokerError) -> Self {
         Self::unavailable("redis", &e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_keep_their_wire_names() {
+        // The names clients match on; changing one breaks them.
+        let wire = [
+            "invalid_json",
+            "invalid_request",
+            "invalid_body",
+            "invalid_field",
+            "invalid_query",
+            "invalid_id",
+            "invalid_queue",
+            "invalid_path",
+            "payload_too_large",
+            "batch_too_large",
+            "unsupported_media_type",
+            "unauthorized",
+            "forbidden",
+            "not_found",
+            "method_not_allowed",
+            "conflict",
+            "timeout",
+            "unavailable",
+            "internal",
+        ];
+        assert_eq!(ErrorCode::ALL.len(), wire.len());
+        for (code, name) in ErrorCode::ALL.into_iter().zip(wire) {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(serde_json::to_value(code).ok(), Some(name.into()));
+            let back: ErrorCode =
+                serde_json::from_value(name.into()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(back, code);
+        }
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A JSON object as the request body. A missing content type is accepted; any other than
 /// JSON is 415. Malformed JSON is `invalid_json`; well-formed JSON of the wrong shape
@@ -29,7 +29,7 @@ where
             if essence != "application/json" && !essence.ends_with("+json") {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "send the body as application/json",
                 ));
             }
@@ -38,11 +38,11 @@ where
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     "request body is larger than the api accepts (TASKQ_MAX_BODY_BYTES)",
                 )
             } else {
-                ApiError::bad_request("invalid_body", rej.body_text())
+                ApiError::bad_request(ErrorCode::InvalidBody, rej.body_text())
             }
         })?;
         parse_json(&bytes).map(JsonBody)
@@ -59,16 +59,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Category::Syntax | Category::Eof | Category::Io
                 if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() =>
             {
-                ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+                ApiError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
             }
-            _ => ApiError::bad_request("invalid_request", e.to_string()),
+            _ => ApiError::bad_request(ErrorCode::InvalidRequest, e.to_string()),
         }
     })?;
     // serde also reads a struct from an array of its fields (`[null, null]`): only an
     // object is a valid body.
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the body must be a JSON object",
         ));
     }
@@ -91,7 +91,7 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| PathParam(p.0))
-            .map_err(|rej| ApiError::bad_request("invalid_path", rej.body_text()))
+            .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidPath, rej.body_text()))
     }
 }
 
@@ -110,7 +110,7 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
-            .map_err(|rej| ApiError::bad_request("invalid_query", rej.body_text()))
+            .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidQuery, rej.body_text()))
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
     fn code(bytes: &[u8]) -> &'static str {
         match parse_json::<Body>(bytes) {
             Ok(_) => "ok",
-            Err(e) => e.code,
+            Err(e) => e.code.as_str(),
         }
     }
 

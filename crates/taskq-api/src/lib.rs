@@ -39,7 +39,7 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Role, Tokens};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use periodic::{Schedule, spawn_periodic};
 
 /// Command line and environment of `taskq-api`.
@@ -296,7 +296,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
@@ -311,7 +311,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
+                        ErrorCode::Timeout,
                         "the request took too long",
                     )
                 }))

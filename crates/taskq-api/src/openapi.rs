@@ -361,6 +361,24 @@ mod tests {
     }
 
     #[test]
+    fn error_codes_are_listed() {
+        let v = doc();
+        let schemas = &v["components"]["schemas"];
+        let listed: Vec<&str> = schemas["ErrorCode"]["enum"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let codes: Vec<&str> = crate::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, codes, "{}", schemas["ErrorCode"]);
+        assert_eq!(
+            schemas["ErrorDetail"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+    }
+
+    #[test]
     fn request_bodies_reject_unknown_fields() {
         let v = doc();
         let schemas = &v["components"]["schemas"];

@@ -14,7 +14,7 @@ use crate::extract::{JsonBody, PathParam};
 use taskq_store::ListFilter;
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, ErrorBody, QueueNameErrors};
+use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, QueueNameErrors};
 use crate::retry;
 
 /// Tasks per state in one queue.
@@ -82,7 +82,7 @@ async fn known(state: &AppState, name: &str) -> Result<QueueName, ApiError> {
     let name: QueueName = name
         .parse()
         .map_err(|e: taskq_core::queue::InvalidQueueName| {
-            ApiError::bad_request("invalid_queue", e.to_string())
+            ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
         })?;
     if state.broker.queues().await?.contains(&name) {
         Ok(name)
@@ -237,9 +237,9 @@ pub async fn set_limits(
     let name: QueueName = name
         .parse()
         .map_err(|e: taskq_core::queue::InvalidQueueName| {
-            ApiError::bad_request("invalid_queue", e.to_string())
+            ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
         })?;
-    let invalid = |m: &str| Err(ApiError::bad_request("invalid_field", m));
+    let invalid = |m: &str| Err(ApiError::bad_request(ErrorCode::InvalidField, m));
     if let Some(r) = limits.max_dispatches_per_second
         && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
     {

@@ -20,7 +20,7 @@ use taskq_telemetry::metrics::Metrics;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorDetail};
+use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::retry::{self, Outcome};
 
@@ -61,12 +61,14 @@ pub async fn submit(
     if let Some(h) = headers.get("idempotency-key") {
         let h = h
             .to_str()
-            .map_err(|_| ApiError::bad_request("invalid_field", "`Idempotency-Key` is not ASCII"))?
+            .map_err(|_| {
+                ApiError::bad_request(ErrorCode::InvalidField, "`Idempotency-Key` is not ASCII")
+            })?
             .to_owned();
         match &req.idempotency_key {
             Some(k) if *k != h => {
                 return Err(ApiError::bad_request(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "`Idempotency-Key` and `idempotency_key` differ",
                 ));
             }
@@ -353,12 +355,15 @@ pub async fn submit_batch(
     JsonBody(req): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if req.tasks.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "`tasks` is empty"));
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "`tasks` is empty",
+        ));
     }
     if req.tasks.len() > state.max_batch {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!(
                 "{} tasks in one batch; the limit is {} (TASKQ_MAX_BATCH)",
                 req.tasks.len(),
@@ -374,10 +379,12 @@ pub async fn submit_batch(
         let admitted = raw
             .is_object()
             .then_some(raw)
-            .ok_or_else(|| ApiError::bad_request("invalid_request", "a task must be a JSON object"))
+            .ok_or_else(|| {
+                ApiError::bad_request(ErrorCode::InvalidRequest, "a task must be a JSON object")
+            })
             .and_then(|raw| {
                 serde_json::from_value::<NewTask>(raw)
-                    .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+                    .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, e.to_string()))
             })
             .and_then(|t| {
                 state
@@ -437,7 +444,7 @@ pub async fn submit_batch(
         rejected,
         results: items,
         error: accepted.is_empty().then(|| ErrorDetail {
-            code: "invalid_request",
+            code: ErrorCode::InvalidRequest,
             message: "no task in the batch is valid; see `results`".into(),
         }),
     };
@@ -528,7 +535,7 @@ pub async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let invalid = |m: String| ApiError::bad_request("invalid_query", m);
+    let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidQuery, m);
     let status = q
         .status
         .map(|s| s.parse::<TaskStatus>().map_err(|e| invalid(e.to_string())))
@@ -616,7 +623,7 @@ pub async fn retry(
 
 fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
-        ApiError::bad_request("invalid_id", e.to_string())
+        ApiError::bad_request(ErrorCode::InvalidId, e.to_string())
     })
 }
 
