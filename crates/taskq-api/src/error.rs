@@ -53,11 +53,19 @@ pub enum ErrorCode {
     Unavailable,
     /// 500: a bug or corrupt data (the detail is in the log).
     Internal,
+    /// 400: the request is not valid HTTP/1.1 (its request line, a header field, a
+    /// control character such as NUL in a header value); answered before routing.
+    MalformedRequest,
+    /// 414: the request URI is too long; answered before routing.
+    UriTooLong,
+    /// 431: the request's header fields are too large or too many; answered before
+    /// routing.
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::InvalidBody,
@@ -77,6 +85,9 @@ impl ErrorCode {
         Self::Timeout,
         Self::Unavailable,
         Self::Internal,
+        Self::MalformedRequest,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
     ];
 
     /// The name on the wire.
@@ -101,6 +112,9 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::MalformedRequest => "malformed_request",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
         }
     }
 }
@@ -289,6 +303,9 @@ mod tests {
             "timeout",
             "unavailable",
             "internal",
+            "malformed_request",
+            "uri_too_long",
+            "headers_too_large",
         ];
         assert_eq!(ErrorCode::ALL.len(), wire.len());
         for (code, name) in ErrorCode::ALL.into_iter().zip(wire) {

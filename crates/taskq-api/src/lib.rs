@@ -1,7 +1,8 @@
 //! taskq's HTTP api.
 //!
 //! [`app`] builds the router from an [`AppState`]; [`run`] wires it to Redis and MongoDB
-//! from [`ApiArgs`] and serves it until SIGTERM or SIGINT, draining in-flight requests.
+//! from [`ApiArgs`] and serves it ([`serve`]) until SIGTERM or SIGINT, draining in-flight
+//! requests.
 //! A submit is answered 2xx only after the record is in MongoDB and the task in Redis.
 //! [`run`] also runs the periodic schedules of its config ([`spawn_periodic`]).
 
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod periodic;
 mod queues;
 mod retry;
+mod serve;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -41,6 +43,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{Role, Tokens};
 pub use error::{ApiError, ErrorCode};
 pub use periodic::{Schedule, spawn_periodic};
+pub use serve::{MAX_HEAD_BYTES, serve};
 
 /// Command line and environment of `taskq-api`.
 #[derive(Debug, Clone, Parser)]
@@ -411,14 +414,13 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     // Stops with the same token; ticks being submitted finish, none starts after it.
     let periodic = spawn_periodic(state.clone(), schedules, shutdown.clone());
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
-            draining.store(true, Ordering::Relaxed);
-            tracing::info!("draining in-flight requests");
-        })
-        .await
-        .context("serving")?;
+    serve(listener, app(state), async move {
+        shutdown.cancelled().await;
+        draining.store(true, Ordering::Relaxed);
+        tracing::info!("draining in-flight requests");
+    })
+    .await
+    .context("serving")?;
     if let Err(e) = periodic.await {
         tracing::error!(error = %e, "the periodic scheduler failed");
     }

@@ -1,5 +1,6 @@
 //! A test environment: a fresh Redis, a fresh database, the api served in-process on a
-//! loopback port, and workers started on demand.
+//! loopback port as `taskq-api` serves it ([`taskq_api::serve`]), and workers started on
+//! demand.
 
 #![allow(dead_code)]
 
@@ -254,8 +255,7 @@ pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        axum::serve(listener, taskq_api::app(state))
-            .with_graceful_shutdown(s.cancelled_owned())
+        taskq_api::serve(listener, taskq_api::app(state), s.cancelled_owned())
             .await
             .expect("api server");
     });

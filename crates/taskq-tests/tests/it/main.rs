@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cluster;
 mod execute;
+mod http_errors;
 mod lifecycle;
 mod observability;
 mod operations;
