@@ -15,8 +15,8 @@ use utoipa::{IntoResponses, ToSchema};
 pub enum ErrorCode {
     /// 400: the body is not JSON.
     InvalidJson,
-    /// 400: well-formed JSON of the wrong shape (not an object, a wrong type, a missing or
-    /// unknown field, a duplicate key), or an empty batch.
+    /// 400: well-formed JSON of the wrong shape (not an object, a wrong type, a missing,
+    /// unknown or duplicate field), or an empty batch.
     InvalidRequest,
     /// 400: the body could not be read.
     InvalidBody,
@@ -61,11 +61,14 @@ pub enum ErrorCode {
     /// 431: the request's header fields are too large or too many; answered before
     /// routing.
     HeadersTooLarge,
+    /// 400: a JSON number that would not keep its meaning (an integer beyond 64 bits, a
+    /// decimal beyond a double's precision).
+    InexactNumber,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::InvalidBody,
@@ -88,6 +91,7 @@ impl ErrorCode {
         Self::MalformedRequest,
         Self::UriTooLong,
         Self::HeadersTooLarge,
+        Self::InexactNumber,
     ];
 
     /// The name on the wire.
@@ -115,6 +119,7 @@ impl ErrorCode {
             Self::MalformedRequest => "malformed_request",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::InexactNumber => "inexact_number",
         }
     }
 }
@@ -306,6 +311,7 @@ mod tests {
             "malformed_request",
             "uri_too_long",
             "headers_too_large",
+            "inexact_number",
         ];
         assert_eq!(ErrorCode::ALL.len(), wire.len());
         for (code, name) in ErrorCode::ALL.into_iter().zip(wire) {

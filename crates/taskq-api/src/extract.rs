@@ -5,6 +5,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use taskq_core::NewTask;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -51,6 +52,13 @@ where
 
 /// Decodes a JSON object with the api's error codes.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse_object(bytes, "the body")
+}
+
+/// Decodes `what`, which must be a JSON object, with the api's error codes: one set of
+/// rules for a body and for each task of a batch (a duplicate key is `invalid_request`
+/// in both, as serde reports it for a struct's fields).
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     let value = serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -69,10 +77,99 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidRequest,
-            "the body must be a JSON object",
+            format!("{what} must be a JSON object"),
         ));
     }
     Ok(value)
+}
+
+/// A task as `POST /v1/tasks` takes it, from its JSON text: the same rules for a single
+/// submit and for each task of a batch (`what` names it in messages). Every number in
+/// it must keep its meaning ([`exact_numbers`]), so a payload comes back as it was sent.
+pub fn parse_task(text: &str, what: &str) -> Result<NewTask, ApiError> {
+    if let Err(number) = exact_numbers(text.as_bytes()) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InexactNumber,
+            format!(
+                "the number {number} cannot be kept exactly: taskq keeps JSON numbers as \
+                 64-bit integers or as doubles (IEEE 754); send it as a string"
+            ),
+        ));
+    }
+
+    parse_object(text.as_bytes(), what)
+}
+
+/// Checks that every number in the JSON text `bytes` survives parsing with its meaning:
+/// an integer must fit a 64-bit integer (signed or unsigned), a fraction or exponent
+/// must be a double whose shortest form means the same decimal (`1.50` and `1.5e0` are
+/// `1.5`; `0.1` is kept; `3.14159265358979323846` or `1e-400` are not). Returns the
+/// first number that does not. Malformed text passes (the parser reports it).
+fn exact_numbers(bytes: &[u8]) -> Result<(), String> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+                if !number_is_exact(token) {
+                    return Err(token.to_owned());
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn number_is_exact(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        return token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok();
+    }
+    let Ok(f) = token.parse::<f64>() else {
+        return true; // not a number after all: the parser says what is wrong
+    };
+    if !f.is_finite() {
+        return false;
+    }
+    let shortest = serde_json::to_string(&f).unwrap_or_default();
+    decimal(token) == decimal(&shortest)
+}
+
+/// A decimal's meaning: `(negative, significant digits, exponent)` with the value
+/// `0.<digits> × 10^exponent`, no leading or trailing zero digits; zero is
+/// `(false, "", 0)`.
+fn decimal(token: &str) -> (bool, String, i64) {
+    let (negative, rest) = match token.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, token),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(at) => (&rest[..at], rest[at + 1..].parse::<i64>().unwrap_or(0)),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    let significant = digits.trim_matches('0');
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    let exponent = exp + int.len() as i64 - lead as i64;
+    (negative, significant.to_owned(), exponent)
 }
 
 /// A path parameter; one that is not valid percent-encoded UTF-8 is `invalid_path` (axum's
@@ -143,6 +240,57 @@ mod tests {
         assert_eq!(code(b"[1, 2"), "invalid_json");
         assert_eq!(code(br#"{"c": 1}"#), "invalid_request");
         assert_eq!(code(b"null"), "invalid_request");
+    }
+
+    #[test]
+    fn numbers_must_keep_their_meaning() {
+        for exact in [
+            "0",
+            "-0",
+            "1",
+            "-17",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "0.1",
+            "1.50",
+            "1.5e0",
+            "15e-1",
+            "1e3",
+            "-2.5E+2",
+            "0.000",
+            "1e308",
+            "5e-324",
+            "123456789.125",
+        ] {
+            assert!(number_is_exact(exact), "{exact}");
+        }
+        for inexact in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+            "3.14159265358979323846",
+            "1e400",
+            "1.5e-400",
+            "9007199254740993.0",
+        ] {
+            assert!(!number_is_exact(inexact), "{inexact}");
+        }
+        assert_eq!(
+            exact_numbers(br#"{"a": "1e400 \" 2e999", "b": [1, 2.5]}"#),
+            Ok(())
+        );
+        assert_eq!(
+            exact_numbers(br#"{"a": {"b": 123456789012345678901234567890}}"#),
+            Err("123456789012345678901234567890".into())
+        );
+        let big = r#"{"type": "x", "payload": {"a": [123456789012345678901234567890]}}"#;
+        assert_eq!(
+            parse_task(big, "the body").map(|_| ()).map_err(|e| e.code),
+            Err(ErrorCode::InexactNumber)
+        );
+        let fine = r#"{"type": "x", "payload": {"a": [18446744073709551615, 0.1]}}"#;
+        assert!(parse_task(fine, "the body").is_ok());
     }
 
     #[test]

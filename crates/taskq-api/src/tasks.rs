@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::{CancelOutcome, EnqueueItem};
 use taskq_store::{ListFilter, StatusUpdate};
@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, ErrorDetail};
-use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
 use crate::retry::{self, Outcome};
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
@@ -56,8 +56,9 @@ use crate::retry::{self, Outcome};
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(mut req): JsonBody<NewTask>,
+    JsonBody(raw): JsonBody<Box<RawValue>>,
 ) -> Result<Response, ApiError> {
+    let mut req = parse_task(raw.get(), "the body")?;
     if let Some(h) = headers.get("idempotency-key") {
         let h = h
             .to_str()
@@ -292,7 +293,7 @@ pub struct BatchRequest {
     /// Each is checked on its own: an invalid one is reported in `results` and does not
     /// keep the others out.
     #[schema(value_type = Vec<NewTask>, min_items = 1)]
-    pub tasks: Vec<Value>,
+    pub tasks: Vec<Box<RawValue>>,
 }
 
 /// One item's outcome in a batch answer: `id` and `status` when it was accepted, `error`
@@ -376,22 +377,14 @@ pub async fn submit_batch(
     let mut accepted = Vec::new();
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.into_iter().enumerate() {
-        let admitted = raw
-            .is_object()
-            .then_some(raw)
-            .ok_or_else(|| {
-                ApiError::bad_request(ErrorCode::InvalidRequest, "a task must be a JSON object")
-            })
-            .and_then(|raw| {
-                serde_json::from_value::<NewTask>(raw)
-                    .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, e.to_string()))
-            })
-            .and_then(|t| {
-                state
-                    .limits
-                    .admit(t, now, tp.clone())
-                    .map_err(ApiError::from)
-            });
+        // Parsed from its own text by the rules of a single submit (duplicate keys and
+        // all), not from a `Value`, which would have merged them silently.
+        let admitted = parse_task(raw.get(), "a task").and_then(|t| {
+            state
+                .limits
+                .admit(t, now, tp.clone())
+                .map_err(ApiError::from)
+        });
         items.push(match admitted {
             Ok(rec) => {
                 let item = BatchItem {

@@ -842,3 +842,40 @@ async fn mongodb_down_makes_submit_503_and_leaves_nothing_in_redis() {
     assert_eq!(env.redis_total("default").await, 2);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_items_follow_the_rules_of_a_single_submit() {
+    let env = Env::start().await;
+    let dup = br#"{"type": "a", "type": "b"}"#;
+    let (status, body) = env
+        .post_raw(SUBMIT, Some("application/json"), dup.to_vec())
+        .await;
+    assert_error(
+        "duplicate key, single",
+        (status, &body),
+        400,
+        "invalid_request",
+    );
+    let batch = br#"{"tasks": [{"type": "a", "type": "b"}, {"type": "ok"}, [1],
+        {"type": "x", "max_attempts": 1, "max_attempts": 2}]}"#;
+    let (status, body) = env
+        .post_raw(BATCH, Some("application/json"), batch.to_vec())
+        .await;
+    assert_eq!(status.as_u16(), 207, "{body}");
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 4, "{body}");
+    for i in [0, 2, 3] {
+        assert_eq!(
+            results[i]["error"]["code"], "invalid_request",
+            "item {i}: {body}"
+        );
+    }
+    assert!(
+        results[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("duplicate field")),
+        "{body}"
+    );
+    assert!(results[1]["id"].is_string(), "{body}");
+    assert_eq!(env.total_records().await, 1);
+}

@@ -310,3 +310,79 @@ async fn non_retryable_errors_die_at_once() {
     );
     w.shutdown().await;
 }
+
+/// A payload comes back as it was sent, numbers included, through MongoDB, Redis and a
+/// handler (`echo` returns its payload as the result); a number that taskq could not
+/// keep exactly is refused, in a single submit and in a batch item alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn payload_numbers_come_back_exactly_or_are_refused() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let payload = r#"{"u64": 18446744073709551615, "i64": -9223372036854775808,
+        "tenth": 0.1, "huge": 1e308, "tiny": 5e-324, "third": 0.3333333333333333,
+        "nested": [9007199254740993, -0.5]}"#;
+    let single = format!(r#"{{"type": "echo", "payload": {payload}}}"#);
+    let (status, body) = env
+        .post_raw("/v1/tasks", Some("application/json"), single.into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id: TaskId = body["id"].as_str().expect("id").parse().expect("task id");
+    env.wait_status(id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    let text = env
+        .http
+        .get(format!("{}/v1/tasks/{id}", env.api))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    for literal in [
+        "18446744073709551615",
+        "-9223372036854775808",
+        "0.1",
+        "1e+308", // the same number, as serde_json writes it
+        "5e-324",
+        "0.3333333333333333",
+        "[9007199254740993,-0.5]",
+    ] {
+        // Once in the payload, once in the result.
+        assert_eq!(text.matches(literal).count(), 2, "{literal} in {text}");
+    }
+
+    let big = "123456789012345678901234567890";
+    let single = format!(r#"{{"type": "echo", "payload": {{"n": {big}}}}}"#);
+    let (status, body) = env
+        .post_raw("/v1/tasks", Some("application/json"), single.into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "inexact_number", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(big)),
+        "{body}"
+    );
+    let batch = format!(
+        r#"{{"tasks": [{{"type": "echo", "payload": {{"n": {big}}}}}, {{"type": "echo", "payload": 3.14159265358979323846}}, {{"type": "noop"}}]}}"#
+    );
+    let (status, body) = env
+        .post_raw(
+            "/v1/tasks/batch",
+            Some("application/json"),
+            batch.into_bytes(),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 207, "{body}");
+    assert_eq!(
+        body["results"][0]["error"]["code"], "inexact_number",
+        "{body}"
+    );
+    assert_eq!(
+        body["results"][1]["error"]["code"], "inexact_number",
+        "{body}"
+    );
+    assert!(body["results"][2]["id"].is_string(), "{body}");
+    w.shutdown().await;
+}
