@@ -43,13 +43,16 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 # Every workspace dependency, release profile: the layer all three images share.
-RUN --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git,sharing=locked \
+# One `sharing=locked` mount per RUN, and the last one: it serialises every RUN that uses
+# these caches (the git cache included). Buildah before 1.29 releases only the lock of a
+# RUN's last --mount; any earlier locked mount stays locked and the next RUN waits forever.
+RUN --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git \
+    --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     cargo chef cook --release --locked --workspace --recipe-path recipe.json
 COPY . .
 ARG BIN=api
-RUN --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git,sharing=locked \
+RUN --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git \
+    --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     case "${BIN}" in api|worker|controller) ;; \
       *) echo "BIN must be api, worker or controller (got '${BIN}')" >&2; exit 1 ;; esac && \
     cargo build --release --locked -p "taskq-${BIN}" --bin "taskq-${BIN}" && \

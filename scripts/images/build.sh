@@ -379,6 +379,9 @@ build_prebuilt() {
         say "building $name from $bin (Dockerfile --target prebuilt, PREBUILT_IMAGE=$holder)"
         (cd "$TASKQ_ROOT" && "${BUD[@]}" --quiet -f Dockerfile --target prebuilt \
             --build-arg "BIN=$b" --build-arg "PREBUILT_IMAGE=$holder" -t "$name" . >/dev/null)
+        # Buildah 1.28 leaves the working container of a FROM-only stage behind.
+        buildah containers --quiet --filter "ancestor=$holder" | xargs -r buildah rm >/dev/null
+        buildah rmi "$holder" >/dev/null
         REPORT+=("$name  $(image_mb "$name")  built in $(elapsed $((SECONDS - t0))) from target/release")
         say "${REPORT[-1]}"
     done
