@@ -64,11 +64,14 @@ pub enum ErrorCode {
     /// 400: a JSON number that would not keep its meaning (an integer beyond 64 bits, a
     /// decimal beyond a double's precision).
     InexactNumber,
+    /// 408: the body arrived too slowly (`TASKQ_BODY_READ_TIMEOUT_MS`,
+    /// `TASKQ_BODY_MIN_BYTES_PER_SECOND`).
+    BodyTimeout,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::InvalidBody,
@@ -92,6 +95,7 @@ impl ErrorCode {
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::InexactNumber,
+        Self::BodyTimeout,
     ];
 
     /// The name on the wire.
@@ -120,6 +124,7 @@ impl ErrorCode {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::InexactNumber => "inexact_number",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -312,6 +317,7 @@ mod tests {
             "uri_too_long",
             "headers_too_large",
             "inexact_number",
+            "body_timeout",
         ];
         assert_eq!(ErrorCode::ALL.len(), wire.len());
         for (code, name) in ErrorCode::ALL.into_iter().zip(wire) {

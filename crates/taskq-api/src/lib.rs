@@ -7,6 +7,7 @@
 //! [`run`] also runs the periodic schedules of its config ([`spawn_periodic`]).
 
 mod auth;
+mod body;
 mod error;
 mod extract;
 mod observe;
@@ -41,9 +42,10 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Role, Tokens};
+pub use body::BodyLimits;
 pub use error::{ApiError, ErrorCode};
 pub use periodic::{Schedule, spawn_periodic};
-pub use serve::{MAX_HEAD_BYTES, serve};
+pub use serve::{ConnectionLimits, MAX_HEAD_BYTES, serve};
 
 /// Command line and environment of `taskq-api`.
 #[derive(Debug, Clone, Parser)]
@@ -95,8 +97,31 @@ pub struct ApiArgs {
     #[arg(long, env = "TASKQ_RETENTION_SECONDS", default_value_t = 604_800)]
     pub retention_seconds: u64,
     /// Most requests served at once; more wait (and time out after the request timeout).
+    /// A request counts once its body has arrived.
     #[arg(long, env = "TASKQ_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+    /// Most connections open at once, idle and slow ones included; more wait in the
+    /// listen backlog.
+    #[arg(long, env = "TASKQ_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Longest time from the first byte of a request head to its end.
+    #[arg(long, env = "TASKQ_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// How long a connection with no request in flight may stay silent before it is
+    /// closed (a new connection too).
+    #[arg(long, env = "TASKQ_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Time every request body gets to arrive, whatever its size.
+    #[arg(long, env = "TASKQ_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+    /// Beyond `TASKQ_BODY_READ_TIMEOUT_MS`, each further second of a body needs this many
+    /// more bytes delivered; a slower body is answered `408 body_timeout`.
+    #[arg(
+        long,
+        env = "TASKQ_BODY_MIN_BYTES_PER_SECOND",
+        default_value_t = 16_384
+    )]
+    pub body_min_bytes_per_second: u64,
     /// Periodic tasks: a JSON array of `{"name", "cron", "task"}` (see the README).
     #[arg(long, env = "TASKQ_PERIODIC", hide_env_values = true)]
     pub periodic: Option<String>,
@@ -233,6 +258,11 @@ pub struct AppState {
     /// How long an idempotency key keeps returning its original task.
     pub idempotency_ttl: Duration,
     pub max_concurrent_requests: usize,
+    /// How request bodies are read (before a request takes a concurrency slot);
+    /// `max_bytes` is taken from `max_body_bytes`.
+    pub body: BodyLimits,
+    /// What [`serve`] enforces per connection (read by whoever serves [`app`]).
+    pub connections: ConnectionLimits,
 }
 
 impl AppState {
@@ -251,6 +281,8 @@ impl AppState {
             tokens: None,
             idempotency_ttl: Duration::from_secs(86_400),
             max_concurrent_requests: 1024,
+            body: BodyLimits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -310,6 +342,14 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     observe::track,
+                ))
+                // Outside the concurrency limit: a slow body holds no slot.
+                .layer(axum::middleware::from_fn_with_state(
+                    BodyLimits {
+                        max_bytes: state.max_body_bytes,
+                        ..state.body
+                    },
+                    body::buffer,
                 ))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     ApiError::new(
@@ -399,6 +439,16 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         tokens: tokens.map(Arc::new),
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_seconds.max(1)),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
+        body: BodyLimits {
+            max_bytes: args.max_body_bytes,
+            read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+            min_bytes_per_second: args.body_min_bytes_per_second.max(1),
+        },
+        connections: ConnectionLimits {
+            max_connections: args.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
+        },
         ..AppState::new(broker, store)
     };
     let draining = state.draining.clone();
@@ -414,7 +464,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     // Stops with the same token; ticks being submitted finish, none starts after it.
     let periodic = spawn_periodic(state.clone(), schedules, shutdown.clone());
-    serve(listener, app(state), async move {
+    let connections = state.connections;
+    serve(listener, app(state), connections, async move {
         shutdown.cancelled().await;
         draining.store(true, Ordering::Relaxed);
         tracing::info!("draining in-flight requests");

@@ -5,28 +5,43 @@
 //! parse. It then writes a bodiless head (`400` for a malformed request line, header or
 //! version — a raw NUL byte in a header value, say —, `414` for a URI over 65,534 bytes,
 //! `431` for a head over [`MAX_HEAD_BYTES`] or with more than 100 header fields) and closes
-//! the connection, and offers no hook to change that answer. [`JsonErrors`] sits between
+//! the connection, and offers no hook to change that answer. [`Socket`] sits between
 //! hyper and the socket and replaces exactly those heads with the same status carrying
 //! `{"error": {"code", "message"}}`. It recognises them by what only they are: a `400`,
 //! `414` or `431` head without a body and without a `content-type` (every error answer
 //! of the router is JSON and says so).
 //!
+//! Slow clients cannot hold the api (see [`ConnectionLimits`]): at most
+//! `max_connections` connections are open (more wait in the listen backlog, apart from
+//! the request-concurrency limit of the router); a connection with no request in flight
+//! that sends nothing for `idle_timeout` is closed, a new one included; a request head
+//! must be complete `header_read_timeout` after its first byte. Bodies are read before a
+//! request takes a concurrency slot, under their own deadline ([`crate::body`]).
+//!
 //! Invariants: the router's own answers pass through byte for byte; a replaced answer is
-//! written completely before the connection is flushed or shut down.
+//! written completely before the connection is flushed or shut down; no timer of this
+//! module runs while a request is in flight (the request timeout bounds that).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -40,22 +55,52 @@ pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// After a replaced answer, how long and how much of the rest of the request is read and
 /// dropped before the socket closes. Closing with unread input makes the kernel reset the
 /// connection, and a reset can destroy the answer before the client reads it.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The connection-level limits of [`serve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// From the first byte of a request head to its end.
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight may send nothing.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets
 /// every connection finish its request in flight, and returns once all are closed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(MAX_HEAD_BYTES);
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (stream, _peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -63,21 +108,40 @@ pub async fn serve(
                 Err(e) => {
                     // E.g. EMFILE: wait for connections to close instead of spinning.
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|req: Request<Incoming>| req.map(Body::new)),
-        );
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let (on_request, on_response) = (activity.clone(), activity.clone());
+            TowerToHyperService::new(
+                app.clone()
+                    .map_request(move |req: Request<Incoming>| {
+                        on_request.started.fetch_add(1, Ordering::Relaxed);
+                        req.map(Body::new)
+                    })
+                    .map_response(move |res: Response| {
+                        // The request counts as in flight until hyper drops its answer's
+                        // body, which it does once the body is written.
+                        let done = Finished(on_response.clone());
+                        res.map(|body| {
+                            Body::new(body.map_frame(move |frame| {
+                                let _ = &done;
+                                frame
+                            }))
+                        })
+                    }),
+            )
+        };
         let conn = http
-            .serve_connection(TokioIo::new(JsonErrors::new(stream)), service)
+            .serve_connection(TokioIo::new(Socket::new(stream, activity, limits)), service)
             .with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {
+            let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -99,24 +163,86 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connection's socket, with hyper's automatic error answers replaced by JSON ones
-/// (see the module documentation).
+/// Requests of one connection that started and finished (their answer written). The
+/// connection is busy while they differ.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Counts a request finished when dropped.
 #[derive(Debug)]
-pub(crate) struct JsonErrors {
+struct Finished(Arc<Activity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection's timer waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A request is in flight: no timer.
+    Busy,
+    /// Between requests: closed after `idle_timeout` without a byte.
+    Idle,
+    /// A request head has begun: closed unless a request starts by `header_read_timeout`.
+    Head,
+}
+
+/// A connection's socket: replaces hyper's automatic error answers by JSON ones and
+/// closes idle and slow connections (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Socket {
     io: TcpStream,
     /// A replacement answer and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
     /// An answer was replaced: hyper closes the connection next, with the rest of the
     /// request possibly unread.
     replaced: bool,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+    phase: Phase,
+    /// Requests started when `phase` was last set.
+    seen: u64,
+    timer: Pin<Box<Sleep>>,
 }
 
-impl JsonErrors {
-    pub(crate) fn new(io: TcpStream) -> Self {
+impl Socket {
+    fn new(io: TcpStream, activity: Arc<Activity>, limits: ConnectionLimits) -> Self {
         Self {
             io,
             pending: None,
             replaced: false,
+            activity,
+            limits,
+            phase: Phase::Idle,
+            seen: 0,
+            timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+        }
+    }
+
+    /// Moves `phase` along with the requests hyper started and finished, and with
+    /// whether bytes just arrived; (re)arms the timer on each change.
+    fn track(&mut self, got_bytes: bool) {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        let finished = self.activity.finished.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if started != finished {
+            self.phase = Phase::Busy;
+            self.seen = started;
+        } else if self.phase == Phase::Busy || started != self.seen {
+            self.phase = Phase::Idle;
+            self.seen = started;
+            self.timer.as_mut().reset(now + self.limits.idle_timeout);
+        }
+        if got_bytes && self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.timer
+                .as_mut()
+                .reset(now + self.limits.header_read_timeout);
         }
     }
 
@@ -137,7 +263,7 @@ impl JsonErrors {
     }
 }
 
-impl Drop for JsonErrors {
+impl Drop for Socket {
     fn drop(&mut self) {
         if !self.replaced {
             return;
@@ -175,17 +301,34 @@ async fn linger(mut socket: TcpStream) {
     }
 }
 
-impl AsyncRead for JsonErrors {
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.track(buf.filled().len() > before);
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                this.track(false);
+                if this.phase != Phase::Busy && this.timer.as_mut().poll(cx).is_ready() {
+                    // As if the client had closed: hyper ends the connection (a partial
+                    // head is dropped unanswered).
+                    tracing::debug!(phase = ?this.phase, "closing a slow or idle connection");
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
-impl AsyncWrite for JsonErrors {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -255,9 +255,15 @@ pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        taskq_api::serve(listener, taskq_api::app(state), s.cancelled_owned())
-            .await
-            .expect("api server");
+        let connections = state.connections;
+        taskq_api::serve(
+            listener,
+            taskq_api::app(state),
+            connections,
+            s.cancelled_owned(),
+        )
+        .await
+        .expect("api server");
     });
     (url, stop)
 }

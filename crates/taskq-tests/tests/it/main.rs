@@ -13,3 +13,4 @@ mod observability;
 mod operations;
 mod periodic;
 mod query;
+mod slow_clients;
