@@ -20,7 +20,9 @@
 # 4. cargo build --workspace --bins --locked (tests spawn the built binaries);
 # 5. cargo test --workspace --locked with the given arguments;
 # 6. without arguments: scripts/schemathesis.sh against the same MongoDB server, then
-#    scripts/chart/test.sh (helm, kubeconform and a real kube-apiserver).
+#    scripts/chart/test.sh (helm, kubeconform and a real kube-apiserver), then
+#    scripts/cluster/test.sh (images built with buildah, a single-node Kubernetes from
+#    real components, the chart installed and exercised end to end).
 #
 # Tests start their own redis-server processes (taskq-testkit). The mongo-java-server
 # and the kube-apiserver started here are stopped on exit, whatever the outcome.
@@ -77,4 +79,6 @@ if [ "$#" -eq 0 ]; then
     kube_test_env_stop
     log "Helm chart (scripts/chart/test.sh)"
     bash scripts/chart/test.sh
+    log "Helm chart on a real single-node cluster (scripts/cluster/test.sh)"
+    bash scripts/cluster/test.sh
 fi

@@ -392,6 +392,12 @@ failCgroupV1: false
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
+# In-place pod resize (beta, on by default) needs pod-level cgroups and a runtime that
+# reports container resources: containerd 1.6 reports none, so the kubelet sees every pod
+# as resized and, without per-QoS cgroups, dereferences a nil pod memory config in
+# doPodResizeAction (kuberuntime_manager.go:839) and panics. Pods here are never resized.
+featureGates:
+  InPlacePodVerticalScaling: false
 # No registry can give an image back: never garbage-collect images, and evict pods only
 # when the disk is truly full.
 imageGCHighThresholdPercent: 100
