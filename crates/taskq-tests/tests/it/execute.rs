@@ -94,12 +94,9 @@ async fn a_timed_out_attempt_is_cancelled_and_fails() {
 async fn shutdown_finishes_short_tasks_and_releases_long_ones() {
     let env = Env::start().await;
     let mut settings = Env::settings("default");
-    settings.shutdown_grace = Duration::from_millis(1500);
+    settings.shutdown_grace = Duration::from_millis(3000);
     settings.concurrency = 16;
     let w = env.worker(settings, Env::builtins());
-    let short = env
-        .submit(json!({"type": "sleep", "payload": {"ms": 500}}))
-        .await;
     // Several long ones, each of whose handlers returns an error the moment it sees the
     // stop signal: none of those errors may count.
     let mut long = Vec::new();
@@ -109,10 +106,15 @@ async fn shutdown_finishes_short_tasks_and_releases_long_ones() {
                 .await,
         );
     }
-    env.wait_status(short, TaskStatus::Running, T).await;
     for id in &long {
         env.wait_status(*id, TaskStatus::Running, T).await;
     }
+    // The short one starts last, so the shutdown begins while it runs: waiting for it
+    // before the long ones had started could see it finished already on a loaded machine.
+    let short = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 1000}}))
+        .await;
+    env.wait_status(short, TaskStatus::Running, T).await;
     w.shutdown().await;
     // The short task finished inside the grace period.
     assert_eq!(env.record(short).await["status"], "succeeded");
