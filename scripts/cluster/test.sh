@@ -36,6 +36,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# What the image build and the end-to-end driver need (up.sh installs the node's own).
+missing=()
+for pair in buildah:buildah podman:podman debootstrap:debootstrap jq:jq curl:curl; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
 timed "release binaries" cargo build --release --locked \
     -p taskq-api -p taskq-worker -p taskq-controller -p taskq-cli
 if [ "${TASKQ_E2E_IMAGES:-prebuilt}" = full ]; then
