@@ -223,9 +223,16 @@ impl From<PersistError> for ApiError {
     }
 }
 
-/// Writes records to MongoDB, then to Redis, inside a `task.enqueue` span.
-/// When Redis fails the records are removed again, so no task whose submit was answered
-/// with an error ever runs.
+/// Writes records to MongoDB (marked submit-pending), then to Redis, inside a
+/// `task.enqueue` span. When Redis fails the tasks are taken out of Redis and the records
+/// removed again, so no task whose submit was answered with an error ever runs; when
+/// taking them out of Redis fails too, the records are cancelled (`submit_failed`)
+/// instead. A record left behind (the api died between the writes, or the undo failed
+/// in MongoDB as well) is settled by the workers' submit check the same way, unless
+/// Redis holds its task.
+///
+/// The submit check relies on this: no api enqueues a task later than its request timeout
+/// after writing its record (the timeout drops this future).
 async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
     let span = tracing::info_span!(
         "task.enqueue",
@@ -267,11 +274,24 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
         // take it out before the records go, so nothing answered with an error runs.
         let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
         if let Err(undo) = state.broker.remove(&tasks).await {
-            tracing::error!(error = %undo, count = tasks.len(), "could not remove tasks whose enqueue failed");
+            // Redis may hold some of the tasks (a lost reply): keep their records but
+            // cancel them (submit_failed), so recovery never runs them. A task that does
+            // run after all overrides that with its own, later status updates.
+            let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+            tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
+            if let Err(e) = state
+                .store
+                .settle_submits(&ids, &[], taskq_core::now())
+                .await
+            {
+                tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
+            }
+            return Err(PersistError::Api(e.into()));
         }
         let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
         if let Err(undo) = state.store.delete(&ids).await {
-            tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed");
+            // Nothing of them is in Redis: the submit check cancels these records.
+            tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed; the submit check cancels them");
         }
         return Err(PersistError::Api(e.into()));
     }

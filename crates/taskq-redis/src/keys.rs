@@ -11,6 +11,9 @@ use taskq_core::{Priority, QueueName, TaskId};
 /// only read and written on its own, never inside a script).
 pub const QUEUES: &str = "taskq:queues";
 
+/// The consumer group of every queue's outbox stream: the store writers of all workers.
+pub const OUTBOX_GROUP: &str = "writers";
+
 /// The keys of one queue.
 #[derive(Clone, Debug)]
 pub struct QueueKeys {
@@ -77,6 +80,21 @@ impl QueueKeys {
         format!("{}idem:{key}", self.base)
     }
 
+    /// The transactional outbox (a stream): every script that changes a task's state
+    /// appends the status updates of that call as one entry, in the same atomic step, and
+    /// the store writers of the [`OUTBOX_GROUP`] consumer group apply them to MongoDB.
+    pub fn outbox(&self) -> String {
+        format!("{}outbox", self.base)
+    }
+
+    /// Since when (ms) Redis has known the queue: set if absent by every enqueue and by
+    /// every worker that serves the queue, so after Redis lost its data it is renewed.
+    /// A record created before it may have been in a Redis that is gone; one created
+    /// after it and absent from Redis was never enqueued (or already finished).
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.base)
+    }
+
     /// Prefix of the per-task hashes; scripts append the task id.
     pub fn task_prefix(&self) -> String {
         format!("{}t:", self.base)
@@ -120,6 +138,8 @@ mod tests {
             k.retry(),
             k.lease(),
             k.wake(),
+            k.outbox(),
+            k.epoch(),
             k.task(&id),
             k.task_prefix(),
             k.idempotency("order-{42}"),

@@ -7,6 +7,11 @@
 //! transition is one Lua script from [`scripts`], so concurrent workers, reapers and
 //! promoters never race. Finished tasks leave Redis; their records live in the store.
 //!
+//! Each of those scripts also appends the status updates it decided to the queue's
+//! outbox stream in the same atomic step ([`outbox`]): the store writers apply them to
+//! MongoDB and acknowledge them only afterwards, so a crash between Redis and MongoDB
+//! loses no status change.
+//!
 //! The broker works against a single Redis or a Redis Cluster: every key of a queue
 //! carries the `{queue}` hash tag (see [`keys`]).
 
@@ -14,6 +19,7 @@
 mod cli;
 mod conn;
 pub mod keys;
+pub mod outbox;
 pub mod scripts;
 mod wake;
 
@@ -28,6 +34,7 @@ pub use cli::RedisArgs;
 pub use conn::RedisConfig;
 use conn::{Conn, Source};
 pub use keys::QueueKeys;
+pub use outbox::{OutboxEntry, OutboxReader, OutboxUpdate};
 pub use wake::WakeListener;
 
 /// Errors from the broker.
@@ -209,7 +216,7 @@ impl Broker {
             for k in keys.pending_all() {
                 inv.key(k);
             }
-            inv.key(keys.scheduled()).key(keys.wake());
+            inv.key(keys.scheduled()).key(keys.wake()).key(keys.epoch());
             inv.arg(keys.task_prefix()).arg(now);
             let mut encoded = Ok(());
             for &i in idx {
@@ -267,13 +274,16 @@ impl Broker {
     }
 
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
-    /// `now + lease`, within the queue's [`Limits`].
+    /// `now + lease`, within the queue's [`Limits`], and records them as `running` in the
+    /// outbox. Takes nothing (and reports `limited`) while the queue's outbox holds
+    /// `max_outbox` entries or more; 0 means no such limit.
     pub async fn dequeue(
         &self,
         queue: &QueueName,
         n: usize,
         lease: Duration,
         worker_id: &str,
+        max_outbox: usize,
     ) -> Result<Dequeued> {
         let keys = QueueKeys::new(queue);
         let mut inv = scripts::DEQUEUE.prepare_invoke();
@@ -283,12 +293,14 @@ impl Broker {
         inv.key(keys.lease())
             .key(keys.wake())
             .key(keys.paused())
-            .key(keys.limits());
+            .key(keys.limits())
+            .key(keys.outbox());
         inv.arg(keys.task_prefix())
             .arg(n)
             .arg(deadline(lease))
             .arg(worker_id)
-            .arg(taskq_core::now_ms());
+            .arg(taskq_core::now_ms())
+            .arg(max_outbox);
         let mut c = self.conn.clone();
         let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
         let Some((flag, rest)) = vals.split_first() else {
@@ -386,76 +398,109 @@ impl Broker {
             .collect()
     }
 
-    /// Completes attempts. Returns the new seq per item, or `None` where the lease was
-    /// no longer held (the attempt's outcome is then discarded).
+    /// Completes attempts as `succeeded` (with their results) by `worker`. Returns the
+    /// new seq per item, or `None` where the lease was no longer held (the attempt's
+    /// outcome is then discarded).
     pub async fn ack(
         &self,
         queue: &QueueName,
-        items: &[(TaskId, &str)],
+        worker: &str,
+        items: &[(TaskId, &str, Option<&serde_json::Value>)],
     ) -> Result<Vec<Option<u64>>> {
-        self.finish(queue, items, "ok").await
+        let items = items
+            .iter()
+            .map(|(id, token, result)| {
+                let result = result
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| BrokerError::Protocol(format!("task result: {e}")))?;
+                Ok((*id, *token, outbox::extras(None, result.as_deref(), None)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.finish(queue, worker, &items, "succeeded", "ok").await
     }
 
-    /// Ends attempts whose task was cancelled while running: like [`Broker::ack`], counted
-    /// apart from successes.
+    /// Ends attempts whose task was cancelled while running: like [`Broker::ack`], as
+    /// `cancelled` and counted apart from successes.
     pub async fn ack_cancelled(
         &self,
         queue: &QueueName,
+        worker: &str,
         items: &[(TaskId, &str)],
     ) -> Result<Vec<Option<u64>>> {
-        self.finish(queue, items, "cancel").await
+        let items: Vec<_> = items
+            .iter()
+            .map(|(id, token)| (*id, *token, String::new()))
+            .collect();
+        self.finish(queue, worker, &items, "cancelled", "cancel")
+            .await
     }
 
     async fn finish(
         &self,
         queue: &QueueName,
-        items: &[(TaskId, &str)],
+        worker: &str,
+        items: &[(TaskId, &str, String)],
+        status: &str,
         counter: &str,
     ) -> Result<Vec<Option<u64>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let keys = QueueKeys::new(queue);
+        let now = taskq_core::now_ms();
         let mut inv = scripts::ACK.prepare_invoke();
         inv.key(keys.lease())
-            .key(stats_key(&keys, counter, taskq_core::now_ms()))
-            .arg(keys.task_prefix());
-        for (id, token) in items {
-            inv.arg(id.to_string()).arg(*token);
+            .key(stats_key(&keys, counter, now))
+            .key(keys.outbox())
+            .arg(keys.task_prefix())
+            .arg(now)
+            .arg(worker)
+            .arg(status);
+        for (id, token, extras) in items {
+            inv.arg(id.to_string()).arg(*token).arg(extras);
         }
         self.seqs(inv).await
     }
 
-    /// Fails attempts: each is retried at its time or dies. Returns the new seq per item,
-    /// or `None` where the lease was no longer held.
+    /// Fails attempts of `worker`, each with its error: each is retried at its time or
+    /// dies. Returns the new seq per item, or `None` where the lease was no longer held.
     pub async fn fail(
         &self,
         queue: &QueueName,
-        items: &[(TaskId, &str, FailOutcome)],
+        worker: &str,
+        items: &[(TaskId, &str, FailOutcome, &str)],
     ) -> Result<Vec<Option<u64>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let keys = QueueKeys::new(queue);
+        let now = taskq_core::now_ms();
         let mut inv = scripts::FAIL.prepare_invoke();
         inv.key(keys.lease())
             .key(keys.retry())
-            .key(stats_key(&keys, "err", taskq_core::now_ms()))
-            .arg(keys.task_prefix());
-        for (id, token, outcome) in items {
+            .key(stats_key(&keys, "err", now))
+            .key(keys.outbox())
+            .arg(keys.task_prefix())
+            .arg(now)
+            .arg(worker);
+        for (id, token, outcome, error) in items {
             let due = match outcome {
                 FailOutcome::RetryAt(ms) => (*ms).max(0),
                 FailOutcome::Dead => -1,
             };
-            inv.arg(id.to_string()).arg(*token).arg(due);
+            let extras = outbox::extras(Some(error), None, (due >= 0).then_some(due));
+            inv.arg(id.to_string()).arg(*token).arg(due).arg(extras);
         }
         self.seqs(inv).await
     }
 
-    /// Gives leased tasks back to the head of their queue without counting the attempt.
+    /// Gives leased tasks of `worker` back to the head of their queue without counting
+    /// the attempt.
     pub async fn release(
         &self,
         queue: &QueueName,
+        worker: &str,
         items: &[(TaskId, &str)],
     ) -> Result<Vec<Option<u64>>> {
         if items.is_empty() {
@@ -468,8 +513,10 @@ impl Broker {
         }
         inv.key(keys.lease())
             .key(keys.wake())
+            .key(keys.outbox())
             .arg(keys.task_prefix())
-            .arg(taskq_core::now_ms());
+            .arg(taskq_core::now_ms())
+            .arg(worker);
         for (id, token) in items {
             inv.arg(id.to_string()).arg(*token);
         }
@@ -499,6 +546,7 @@ impl Broker {
             inv.key(k);
         }
         inv.key(keys.wake())
+            .key(keys.outbox())
             .arg(keys.task_prefix())
             .arg(now_ms)
             .arg(limit);
@@ -525,9 +573,12 @@ impl Broker {
             inv.key(k);
         }
         inv.key(keys.wake())
+            .key(keys.outbox())
             .arg(keys.task_prefix())
             .arg(now_ms)
-            .arg(limit);
+            .arg(limit)
+            .arg(outbox::extras(Some(LEASE_EXPIRED_REQUEUED), None, None))
+            .arg(outbox::extras(Some(LEASE_EXPIRED_DEAD), None, None));
         let mut c = self.conn.clone();
         let vals: Vec<Value> = inv.invoke_async(&mut c).await?;
         vals.chunks_exact(4)
@@ -735,6 +786,11 @@ impl Broker {
         WakeListener::new(&self.source, queues).await
     }
 }
+
+/// The error recorded when an expired lease returns its task to the queue.
+pub const LEASE_EXPIRED_REQUEUED: &str = "lease expired: the worker stopped heartbeating";
+/// The error recorded when an expired lease was the task's last attempt.
+pub const LEASE_EXPIRED_DEAD: &str = "lease expired on the last attempt";
 
 /// The counter of `kind` ("ok" or "err") attempts finished in the second of `ms`.
 fn stats_key(keys: &QueueKeys, kind: &str, ms: i64) -> String {

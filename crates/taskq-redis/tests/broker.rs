@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord};
-use taskq_redis::{Broker, EnqueueItem, FailOutcome, RedisConfig};
+use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord, TaskStatus};
+use taskq_redis::{Broker, EnqueueItem, FailOutcome, OutboxEntry, RedisConfig};
 use taskq_testkit::{RedisCluster, RedisServer};
 
 fn record(queue: &str, priority: &str, delay_ms: Option<i64>) -> TaskRecord {
@@ -59,7 +59,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     );
 
     let leased = broker
-        .dequeue(&q(queue), 10, Duration::from_secs(30), "w1")
+        .dequeue(&q(queue), 10, Duration::from_secs(30), "w1", 0)
         .await
         .expect("dequeue")
         .tasks;
@@ -77,21 +77,29 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let first = &leased[0];
     assert_eq!(
         broker
-            .ack(&q(queue), &[(first.msg.id, "w9:1")])
+            .ack(&q(queue), "w9", &[(first.msg.id, "w9:1", None)])
             .await
             .expect("ack"),
         vec![None]
     );
     assert_eq!(
         broker
-            .ack(&q(queue), &[(first.msg.id, first.token.as_str())])
+            .ack(
+                &q(queue),
+                "w1",
+                &[(first.msg.id, first.token.as_str(), None)]
+            )
             .await
             .expect("ack"),
         vec![Some(3)]
     );
     assert_eq!(
         broker
-            .ack(&q(queue), &[(first.msg.id, first.token.as_str())])
+            .ack(
+                &q(queue),
+                "w1",
+                &[(first.msg.id, first.token.as_str(), None)]
+            )
             .await
             .expect("ack"),
         vec![None]
@@ -102,16 +110,19 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let seqs = broker
         .fail(
             &q(queue),
+            "w1",
             &[
                 (
                     leased[1].msg.id,
                     leased[1].token.as_str(),
                     FailOutcome::RetryAt(due),
+                    "boom",
                 ),
                 (
                     leased[2].msg.id,
                     leased[2].token.as_str(),
                     FailOutcome::Dead,
+                    "bang",
                 ),
             ],
         )
@@ -120,7 +131,11 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     assert_eq!(seqs, vec![Some(3), Some(3)]);
     assert_eq!(
         broker
-            .release(&q(queue), &[(leased[3].msg.id, leased[3].token.as_str())])
+            .release(
+                &q(queue),
+                "w1",
+                &[(leased[3].msg.id, leased[3].token.as_str())]
+            )
             .await
             .expect("release"),
         vec![Some(3)]
@@ -130,7 +145,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
 
     // The released task comes back first and its attempt was not counted.
     let again = broker
-        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
+        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2", 0)
         .await
         .expect("dequeue")
         .tasks;
@@ -146,7 +161,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     assert!(promoted[0].from_retry);
     assert_eq!(promoted[0].id, leased[1].msg.id);
     let retry = broker
-        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2")
+        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2", 0)
         .await
         .expect("dequeue")
         .tasks;
@@ -193,7 +208,7 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     assert_eq!(ids.len(), 300);
 
     let leased = broker
-        .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
+        .dequeue(&q(queue), 300, Duration::from_millis(1), "w", 0)
         .await
         .expect("dequeue")
         .tasks;
@@ -210,13 +225,13 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     assert_eq!((reaped.len(), ids.len()), (300, 300));
     assert!(reaped.iter().all(|r| r.requeued && r.attempts == 1));
     // The expired workers' acknowledgements are refused.
-    let acks: Vec<(TaskId, &str)> = leased
+    let acks: Vec<(TaskId, &str, Option<&serde_json::Value>)> = leased
         .iter()
-        .map(|l| (l.msg.id, l.token.as_str()))
+        .map(|l| (l.msg.id, l.token.as_str(), None))
         .collect();
     assert!(
         broker
-            .ack(&q(queue), &acks)
+            .ack(&q(queue), "w", &acks)
             .await
             .expect("ack")
             .iter()
@@ -224,7 +239,7 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     );
     // Second expiry on the last attempt: dead, out of Redis.
     let leased = broker
-        .dequeue(&q(queue), 300, Duration::from_millis(1), "w")
+        .dequeue(&q(queue), 300, Duration::from_millis(1), "w", 0)
         .await
         .expect("dequeue")
         .tasks;
@@ -309,15 +324,169 @@ async fn idempotency_claims(broker: &Broker, queue: &str) {
     );
 }
 
+/// Every transition lands in the outbox in the same step; a writer that reads entries and
+/// dies leaves them to another writer's claim; acknowledged entries are trimmed; stopped
+/// writers are swept; a full outbox stops the dequeue.
+async fn outbox(broker: &Broker, queue: &str) {
+    let qn = q(queue);
+    broker.outbox_join(&qn).await.expect("join");
+    broker
+        .outbox_join(&qn)
+        .await
+        .expect("joining twice is fine");
+    let recs: Vec<TaskRecord> = (0..4).map(|_| record(queue, "normal", None)).collect();
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
+    broker.enqueue(&items).await.expect("enqueue");
+    let leased = broker
+        .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    let result = serde_json::json!({"n": 123456789012345678_u64});
+    broker
+        .ack(
+            &qn,
+            "w1",
+            &[(leased[0].msg.id, leased[0].token.as_str(), Some(&result))],
+        )
+        .await
+        .expect("ack");
+    broker
+        .fail(
+            &qn,
+            "w1",
+            &[(
+                leased[1].msg.id,
+                leased[1].token.as_str(),
+                FailOutcome::RetryAt(taskq_core::now_ms() + 60_000),
+                "a|b \"c\"",
+            )],
+        )
+        .await
+        .expect("fail");
+    broker
+        .ack_cancelled(&qn, "w1", &[(leased[2].msg.id, leased[2].token.as_str())])
+        .await
+        .expect("cancel");
+    broker
+        .release(&qn, "w1", &[(leased[3].msg.id, leased[3].token.as_str())])
+        .await
+        .expect("release");
+
+    // A writer reads everything and dies without acknowledging.
+    let mut dead = broker.outbox_reader(&qn, "dead").await.expect("reader");
+    let read: Vec<OutboxEntry> = dead.read(100, false).await.expect("read");
+    assert_eq!(read.len(), 5, "{read:#?}");
+    let running = &read[0].updates;
+    assert_eq!(running.len(), 4);
+    assert!(running.iter().all(|u| u.status == TaskStatus::Running
+        && u.seq == 2
+        && u.attempts == 1
+        && u.worker.as_deref() == Some("w1")));
+    let done: Vec<_> = read[1..].iter().map(|e| e.updates[0].clone()).collect();
+    assert_eq!(
+        done.iter()
+            .map(|u| (u.status, u.seq, u.attempts))
+            .collect::<Vec<_>>(),
+        vec![
+            (TaskStatus::Succeeded, 3, 1),
+            (TaskStatus::Retrying, 3, 1),
+            (TaskStatus::Cancelled, 3, 1),
+            (TaskStatus::Queued, 3, 0),
+        ]
+    );
+    assert_eq!(
+        done[0].result.as_deref(),
+        Some(r#"{"n":123456789012345678}"#)
+    );
+    assert_eq!(done[1].error.as_deref(), Some("a|b \"c\""));
+    assert!(done[1].due_ms.is_some());
+    // Nothing new for anyone.
+    let mut other = broker.outbox_reader(&qn, "other").await.expect("reader");
+    assert!(other.read(100, false).await.expect("read").is_empty());
+
+    // Not idle long enough: nothing to claim. Then everything is claimable.
+    let (_, none) = broker
+        .outbox_claim(&qn, "other", Duration::from_secs(60), "0-0", 100)
+        .await
+        .expect("claim");
+    assert!(none.is_empty());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (next, claimed) = broker
+        .outbox_claim(&qn, "other", Duration::from_millis(10), "0-0", 100)
+        .await
+        .expect("claim");
+    assert_eq!(next, "0-0");
+    assert_eq!(claimed, read);
+    let ids: Vec<&str> = claimed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(broker.outbox_ack(&qn, &ids).await.expect("ack"), 5);
+    // Acknowledged entries are trimmed (the newest may stay until the next trim).
+    assert!(broker.outbox_len(&qn).await.expect("len") <= 1);
+
+    // A writer restarted under its name first re-reads what it had not acknowledged.
+    let again = broker
+        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(again.len(), 1);
+    let mut first = broker
+        .outbox_reader(&qn, "restarted")
+        .await
+        .expect("reader");
+    let got = first.read(100, false).await.expect("read");
+    assert_eq!(got.len(), 1);
+    let mut restarted = broker
+        .outbox_reader(&qn, "restarted")
+        .await
+        .expect("reader");
+    assert_eq!(restarted.read(100, false).await.expect("read"), got);
+    assert!(restarted.read(100, false).await.expect("read").is_empty());
+    broker
+        .outbox_ack(&qn, &[got[0].id.as_str()])
+        .await
+        .expect("ack");
+
+    // Writers without pending entries that stopped reading are removed.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        broker
+            .outbox_sweep(&qn, Duration::from_millis(10))
+            .await
+            .expect("sweep"),
+        3
+    );
+
+    // A full outbox holds the dequeue back.
+    let len = broker.outbox_len(&qn).await.expect("len") as usize;
+    let held = broker
+        .dequeue(&qn, 1, Duration::from_secs(30), "w1", len.max(1))
+        .await
+        .expect("dequeue");
+    assert!(held.tasks.is_empty() && held.limited);
+
+    // Presence and the epoch: every enqueue set it (if absent).
+    let (epoch, present) = broker
+        .present(&qn, &[leased[1].msg.id, leased[0].msg.id, TaskId::new()])
+        .await
+        .expect("present");
+    assert!(epoch > 0 && epoch <= taskq_core::now_ms());
+    assert_eq!(present, vec![true, false, false]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scripts_on_a_single_redis() {
     let (_server, broker) = single().await;
     lifecycle(&broker, "default").await;
+    outbox(&broker, "outbox").await;
     concurrent_maintenance(&broker, "bulk").await;
     idempotency_claims(&broker, "default").await;
     assert_eq!(
         broker.queues().await.expect("queues"),
-        vec![q("bulk"), q("default")]
+        vec![q("bulk"), q("default"), q("outbox")]
     );
 }
 
@@ -329,6 +498,9 @@ async fn scripts_on_a_redis_cluster() {
         lifecycle(&broker, name).await;
     }
     concurrent_maintenance(&broker, "bulk").await;
+    for name in ["outbox", "outbox2", "outbox3"] {
+        outbox(&broker, name).await;
+    }
     for name in ["default", "emails", "critical"] {
         idempotency_claims(&broker, name).await;
     }

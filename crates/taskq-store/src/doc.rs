@@ -10,7 +10,8 @@
 //!   last_error: string|null, result: "<JSON text>"|null,
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
-//!   events: [ { status, at, attempt, error?, worker? } ] }
+//!   events: [ { status, at, attempt, error?, worker? } ],
+//!   sp?: date }                 (submit pending: see `f::SUBMIT_PENDING`)
 //! ```
 //!
 //! Invariants:
@@ -67,6 +68,11 @@ pub(crate) mod f {
     /// `<queue>:<idempotency key>`, under a unique sparse index: at most one record per
     /// key and queue. Removed when the key's retention ends, so the key can be reused.
     pub const IDEM: &str = "idem";
+    /// Submit pending: set (to the creation time) on a record the api inserted and not
+    /// yet known to be in Redis; cleared by the first status update, or by the submit
+    /// check once Redis holds the task. A record that keeps it past the grace period
+    /// was never enqueued (see `Store::pending_submits`).
+    pub const SUBMIT_PENDING: &str = "sp";
 }
 
 /// The value indexed for an idempotency key.
@@ -111,6 +117,19 @@ pub(crate) fn state_doc(
         f::STATUS: status.as_str(),
         f::ATTEMPTS: i64::from(attempts),
     })
+}
+
+/// [`state_doc`] for a `seq` known to fit in Int64.
+pub(crate) fn state_doc_unchecked(
+    seq: i64,
+    status: taskq_core::TaskStatus,
+    attempts: u32,
+) -> Document {
+    doc! {
+        f::SEQ: seq,
+        f::STATUS: status.as_str(),
+        f::ATTEMPTS: i64::from(attempts),
+    }
 }
 
 /// One history entry. Field order is fixed (see the module invariants).
@@ -241,7 +260,11 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         events,
     };
     let seq = st.uint(f::SEQ)?;
-    Ok(StoredTask { record, seq })
+    Ok(StoredTask {
+        record,
+        seq,
+        submit_pending: doc.contains_key(f::SUBMIT_PENDING),
+    })
 }
 
 /// Reads typed fields of one (sub)document, turning every surprise into

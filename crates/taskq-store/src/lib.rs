@@ -3,9 +3,9 @@
 //! - [`Store`] owns the `tasks` collection: inserting and deleting records, reading one
 //!   or a page of them, counting them by status, a manual retry of a dead task, and
 //!   [`Store::apply`], which records status updates that may arrive out of order.
-//! - [`UpdateWriter`] batches status updates from the worker slots of one process and
-//!   writes them with one round trip per batch, retrying (never dropping) while the
-//!   server is unreachable.
+//! - [`UpdateWriter`] batches status updates of one process and writes them with one
+//!   round trip per batch, retrying (never dropping) while the server is unreachable;
+//!   [`apply_batch`] is its flush on its own (the worker's outbox writers use it).
 //!
 //! The document layout is described in `doc.rs`; the ordering rule for status updates
 //! (a per-task `seq`) in [`StatusUpdate`].
@@ -22,10 +22,11 @@ mod writer;
 pub use cli::MongoArgs;
 pub use error::{Error, Rejection, Result};
 pub use store::{
-    ListFilter, MAX_LIST_LIMIT, Page, RETENTION_INDEX, RequeueOutcome, Retention, Store,
-    StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,
+    ListFilter, MAX_LIST_LIMIT, Page, PendingSubmit, RETENTION_INDEX, RequeueOutcome, Retention,
+    SUBMIT_FAILED, Store, StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,
 };
 pub use update::StatusUpdate;
 pub use writer::{
     FlushObserver, Unflushed, UpdateWriter, WriterClosed, WriterOptions, WriterStats, WriterTask,
+    apply_batch,
 };

@@ -77,7 +77,26 @@ pub struct StoredTask {
     pub record: TaskRecord,
     /// The `seq` of the last update applied to the record (1 for a fresh insert).
     pub seq: u64,
+    /// The api wrote the record and nothing has shown yet that its task reached Redis
+    /// (no status update applied, no submit check done; see [`Store::pending_submits`]).
+    pub submit_pending: bool,
 }
+
+/// A record still marked submit-pending (see [`Store::pending_submits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSubmit {
+    pub id: TaskId,
+    pub queue: QueueName,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The reason a record whose task never reached Redis ends `cancelled` with: its
+/// `last_error` starts with it, and its `cancelled` event carries it as error.
+pub const SUBMIT_FAILED: &str = "submit_failed";
+
+/// The `last_error` of such a record.
+const SUBMIT_FAILED_ERROR: &str = "submit_failed: the record was written but the task never \
+     reached Redis (the api stopped or failed mid-submit); it never ran";
 
 /// Which tasks [`Store::list`] returns; `None` fields match everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,6 +180,15 @@ impl Store {
                     doc! { f::QUEUE: 1, f::ST_STATUS: 1, f::ID: -1 },
                 ),
                 IndexModel::builder()
+                    .keys(doc! { f::SUBMIT_PENDING: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("submit_pending".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
+                IndexModel::builder()
                     .keys(doc! { f::IDEM: 1 })
                     .options(
                         IndexOptions::builder()
@@ -243,9 +271,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a new record with `seq` 1.
+    /// Writes a new record with `seq` 1, marked submit-pending until its first status
+    /// update (or a submit check) shows that its task reached Redis.
     pub async fn insert(&self, rec: &TaskRecord) -> Result<()> {
-        self.tasks.insert_one(record_doc(rec, 1)?).await?;
+        self.tasks.insert_one(new_record_doc(rec)?).await?;
         Ok(())
     }
 
@@ -257,7 +286,7 @@ impl Store {
         }
         let docs = recs
             .iter()
-            .map(|r| record_doc(r, 1))
+            .map(new_record_doc)
             .collect::<Result<Vec<_>>>()?;
         self.tasks.insert_many(docs).ordered(false).await?;
         Ok(())
@@ -346,6 +375,115 @@ impl Store {
         Ok(res.modified_count > 0)
     }
 
+    /// Up to `limit` records still marked submit-pending that were created before
+    /// `before`: tasks whose status never changed since the api wrote them, and of which
+    /// no submit check has yet seen in Redis. Served by a sparse index on the mark, which
+    /// only holds such records (each is cleared by the task's first status update).
+    pub async fn pending_submits(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingSubmit>> {
+        let docs: Vec<Document> = self
+            .tasks
+            .find(doc! { f::SUBMIT_PENDING: { "$lt": date(before) } })
+            .projection(doc! { f::ID: 1, f::QUEUE: 1, f::SUBMIT_PENDING: 1 })
+            .limit(i64::from(limit.clamp(1, MAX_LIST_LIMIT)))
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| {
+                let corrupt = |what: &str| Error::Corrupt {
+                    id: d.get_str(f::ID).unwrap_or("<no _id>").to_owned(),
+                    reason: format!("pending submit: {what}"),
+                };
+                Ok(PendingSubmit {
+                    id: d
+                        .get_str(f::ID)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| corrupt("bad _id"))?,
+                    queue: d
+                        .get_str(f::QUEUE)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| corrupt("bad queue"))?,
+                    created_at: d
+                        .get_datetime(f::SUBMIT_PENDING)
+                        .ok()
+                        .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis()))
+                        .ok_or_else(|| corrupt("bad mark"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Settles submit-pending records after a look at Redis: `never_enqueued` (Redis does
+    /// not hold them) end `cancelled` with reason [`SUBMIT_FAILED`] — unless their status
+    /// changed meanwhile, i.e. their task did reach Redis — and every record of both
+    /// lists loses its mark. Each write is conditional on the mark, so any number of
+    /// callers may settle the same records at once. The cancellation keeps `seq` 1, so a
+    /// status update from Redis (a task that did run after all) still overrides it.
+    /// Returns how many records were cancelled.
+    pub async fn settle_submits(
+        &self,
+        never_enqueued: &[TaskId],
+        in_redis: &[TaskId],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let strings = |ids: &[TaskId]| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let mut cancelled = 0;
+        if !never_enqueued.is_empty() {
+            let waiting: Vec<&str> = [TaskStatus::Queued, TaskStatus::Scheduled]
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
+            let event = event_doc(&taskq_core::TaskEvent {
+                status: TaskStatus::Cancelled,
+                at: now,
+                attempt: 0,
+                error: Some(SUBMIT_FAILED.to_owned()),
+                worker: None,
+            });
+            let res = self
+                .tasks
+                .update_many(
+                    doc! {
+                        f::ID: { "$in": strings(never_enqueued) },
+                        f::SUBMIT_PENDING: { "$exists": true },
+                        f::ST_SEQ: 1_i64,
+                        f::ST_STATUS: { "$in": waiting },
+                    },
+                    doc! {
+                        "$set": {
+                            f::ST: crate::doc::state_doc_unchecked(1, TaskStatus::Cancelled, 0),
+                            f::FINISHED_AT: date(now),
+                            f::UPDATED_AT: date(now),
+                            f::LAST_ERROR: SUBMIT_FAILED_ERROR,
+                        },
+                        "$unset": { f::SUBMIT_PENDING: "" },
+                        "$push": { f::EVENTS: event },
+                    },
+                )
+                .await?;
+            cancelled = res.modified_count;
+        }
+        let all: Vec<TaskId> = never_enqueued.iter().chain(in_redis).copied().collect();
+        if !all.is_empty() {
+            self.tasks
+                .update_many(
+                    doc! {
+                        f::ID: { "$in": strings(&all) },
+                        f::SUBMIT_PENDING: { "$exists": true },
+                    },
+                    doc! { "$unset": { f::SUBMIT_PENDING: "" } },
+                )
+                .await?;
+        }
+        Ok(cancelled)
+    }
+
     /// The record of one task.
     pub async fn get(&self, id: TaskId) -> Result<Option<StoredTask>> {
         let doc = self.tasks.find_one(doc! { f::ID: id.to_string() }).await?;
@@ -411,13 +549,18 @@ impl Store {
     /// unknown part was applied, and the whole slice may simply be retried.
     pub async fn apply(&self, updates: &[StatusUpdate]) -> Result<()> {
         let mut rejected = Vec::new();
-        let mut chunk = Chunk::default();
+        // Updates with identical documents (one transition of several tasks) become one
+        // multi-document statement; the groups keep the order of their first update.
+        let mut groups: Vec<(Vec<TaskId>, Document, usize)> = Vec::new();
+        let mut slot: HashMap<Vec<u8>, usize> = HashMap::new();
         for u in updates {
-            let statement = u
-                .statement()
-                .and_then(|st| RawDocumentBuf::from_document(&st).map_err(|e| encode(u, e)));
-            let statement = match statement {
-                Ok(st) => st,
+            let encoded = u.update_doc().and_then(|d| {
+                RawDocumentBuf::from_document(&d)
+                    .map(|raw| (d, raw.into_bytes()))
+                    .map_err(|e| encode(u, e))
+            });
+            let (document, bytes) = match encoded {
+                Ok(x) => x,
                 Err(e) => {
                     rejected.push(Rejection {
                         id: u.id,
@@ -427,8 +570,8 @@ impl Store {
                     continue;
                 }
             };
-            let size = statement.as_bytes().len();
-            if size > MAX_STATEMENT_BYTES {
+            let size = bytes.len();
+            if size > MAX_STATEMENT_BYTES - 256 {
                 rejected.push(Rejection {
                     id: u.id,
                     code: None,
@@ -438,11 +581,38 @@ impl Store {
                 });
                 continue;
             }
+            match slot.get(&bytes) {
+                // A group's statement grows by one id (about 45 bytes) per update; a
+                // group never outgrows what one command can carry.
+                Some(&i) if groups[i].0.len() < MAX_GROUP => groups[i].0.push(u.id),
+                _ => {
+                    slot.insert(bytes, groups.len());
+                    groups.push((vec![u.id], document, size));
+                }
+            }
+        }
+        let mut chunk = Chunk::default();
+        for (ids, u, size) in groups {
+            let size = size + ids.len() * 48 + 64;
+            let statement = crate::update::statement(&ids, u.clone());
+            let statement = match RawDocumentBuf::from_document(&statement) {
+                Ok(st) => st,
+                Err(e) => {
+                    for id in ids {
+                        rejected.push(Rejection {
+                            id,
+                            code: None,
+                            message: e.to_string(),
+                        });
+                    }
+                    continue;
+                }
+            };
             if chunk.len() == MAX_STATEMENTS || chunk.bytes + size > MAX_STATEMENT_BYTES {
                 self.send_updates(std::mem::take(&mut chunk), &mut rejected)
                     .await?;
             }
-            chunk.push(u.id, statement, size);
+            chunk.push(ids, u, statement, size);
         }
         if chunk.len() > 0 {
             self.send_updates(chunk, &mut rejected).await?;
@@ -455,13 +625,41 @@ impl Store {
     }
 
     /// Sends one `update` command and collects its per-statement errors.
+    /// A multi-document statement the server refused may have updated some of its
+    /// records; its records are sent again one statement each, so only the records the
+    /// server really refuses are reported (one poisoned record never holds back the
+    /// others of its group).
     async fn send_updates(&self, chunk: Chunk, rejected: &mut Vec<Rejection>) -> Result<()> {
         let mut cmd = RawDocumentBuf::new();
         cmd.append("update", TASKS);
         cmd.append("updates", chunk.statements);
         cmd.append("ordered", false);
         let reply = self.db.run_raw_command(cmd).await?;
-        check_write_reply(&reply, &chunk.ids, rejected)
+        let mut refused = Vec::new();
+        check_write_reply(&reply, &chunk.ids, &mut refused)?;
+        let mut singles = Chunk::default();
+        for (index, r) in refused {
+            let ids = &chunk.ids[index];
+            if ids.len() == 1 {
+                rejected.push(r);
+                continue;
+            }
+            for id in ids {
+                let u = chunk.docs[index].clone();
+                let statement = crate::update::statement(&[*id], u.clone());
+                let statement =
+                    RawDocumentBuf::from_document(&statement).map_err(|e| encode_id(*id, e))?;
+                let size = statement.as_bytes().len();
+                if singles.len() == MAX_STATEMENTS || singles.bytes + size > MAX_STATEMENT_BYTES {
+                    Box::pin(self.send_updates(std::mem::take(&mut singles), rejected)).await?;
+                }
+                singles.push(vec![*id], u, statement, size);
+            }
+        }
+        if singles.len() > 0 {
+            Box::pin(self.send_updates(singles, rejected)).await?;
+        }
+        Ok(())
     }
 
     /// Puts a dead task back in the queued state, atomically: status `queued`, attempts
@@ -608,17 +806,25 @@ pub async fn ensure_indexes_with_retry(
 }
 
 fn encode(u: &StatusUpdate, e: impl std::fmt::Display) -> Error {
+    encode_id(u.id, e)
+}
+
+fn encode_id(id: TaskId, e: impl std::fmt::Display) -> Error {
     Error::Encode {
-        id: u.id,
+        id,
         reason: e.to_string(),
     }
 }
 
-/// Statements of one `update` command and the task each belongs to.
+/// Most records one multi-document statement addresses.
+const MAX_GROUP: usize = 10_000;
+
+/// Statements of one `update` command, the tasks each addresses and its update document.
 #[derive(Default)]
 struct Chunk {
     statements: RawArrayBuf,
-    ids: Vec<TaskId>,
+    ids: Vec<Vec<TaskId>>,
+    docs: Vec<Document>,
     bytes: usize,
 }
 
@@ -627,21 +833,30 @@ impl Chunk {
         self.ids.len()
     }
 
-    fn push(&mut self, id: TaskId, statement: RawDocumentBuf, size: usize) {
+    fn push(&mut self, ids: Vec<TaskId>, u: Document, statement: RawDocumentBuf, size: usize) {
         self.statements.push(statement);
-        self.ids.push(id);
+        self.ids.push(ids);
+        self.docs.push(u);
         // Element overhead in the array: type byte, decimal index, NUL.
         self.bytes += size + 8;
     }
 }
 
+/// The document of a record the api inserts: `seq` 1, marked submit-pending.
+fn new_record_doc(rec: &TaskRecord) -> Result<Document> {
+    let mut d = record_doc(rec, 1)?;
+    d.insert(f::SUBMIT_PENDING, date(rec.created_at));
+    Ok(d)
+}
+
 /// Checks the reply of an `update` command: `ok` must be 1; each entry of
-/// `writeErrors` becomes a [`Rejection`] of the task at its index; a
-/// `writeConcernError` fails the whole command (retryable).
+/// `writeErrors` becomes a [`Rejection`] (of the first task its statement addresses),
+/// with the statement's index; a `writeConcernError` fails the whole command
+/// (retryable).
 fn check_write_reply(
     reply: &Document,
-    ids: &[TaskId],
-    rejected: &mut Vec<Rejection>,
+    ids: &[Vec<TaskId>],
+    rejected: &mut Vec<(usize, Rejection)>,
 ) -> Result<()> {
     let bad = |reason: String| Error::Reply {
         command: "update",
@@ -674,7 +889,7 @@ fn check_write_reply(
             Some(Bson::Int64(i)) => usize::try_from(*i).ok(),
             _ => None,
         };
-        let Some(id) = index.and_then(|i| ids.get(i)) else {
+        let Some((index, id)) = index.and_then(|i| Some((i, ids.get(i)?.first()?))) else {
             return Err(bad(format!("write error without a valid index: {e}")));
         };
         let code = match e.get("code") {
@@ -683,11 +898,14 @@ fn check_write_reply(
             _ => None,
         };
         let message = e.get_str("errmsg").unwrap_or("no message").to_owned();
-        rejected.push(Rejection {
-            id: *id,
-            code,
-            message,
-        });
+        rejected.push((
+            index,
+            Rejection {
+                id: *id,
+                code,
+                message,
+            },
+        ));
     }
     Ok(())
 }
@@ -703,7 +921,11 @@ mod tests {
 
     #[test]
     fn write_errors_name_their_task() {
-        let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
+        let ids = [
+            vec![TaskId::new()],
+            vec![TaskId::new()],
+            vec![TaskId::new()],
+        ];
         let mut rejected = Vec::new();
         let reply = doc! {
             "n": 2, "nModified": 2, "ok": 1.0,
@@ -712,11 +934,14 @@ mod tests {
         assert!(check_write_reply(&reply, &ids, &mut rejected).is_ok());
         assert_eq!(
             rejected,
-            vec![Rejection {
-                id: ids[2],
-                code: Some(17419),
-                message: "too large".into()
-            }]
+            vec![(
+                2,
+                Rejection {
+                    id: ids[2][0],
+                    code: Some(17419),
+                    message: "too large".into()
+                }
+            )]
         );
         assert!(check_write_reply(&doc! { "ok": 0.0 }, &ids, &mut rejected).is_err());
         assert!(

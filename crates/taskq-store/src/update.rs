@@ -1,16 +1,24 @@
 //! Status updates: what the broker reports after each transition, how one update becomes
 //! a write statement, and how updates for one task are merged before a flush.
 //!
-//! One update is one statement whose query is exactly `{ _id }` (so that every server,
+//! One update is one update document, addressed by `_id` alone (so that every server,
 //! mongo-java-server included, finds the record through the `_id` index):
 //!
 //! ```text
-//! { q: { _id },
-//!   u: { $max: { st: { seq, status, attempts }, updated_at, started_at?, finished_at?,
-//!                scheduled_at? },
-//!        $set: { last_error?, result? },
-//!        $addToSet: { events: { $each: [ ... ] } } } }
+//! u: { $max: { st: { seq, status, attempts }, updated_at, started_at?, finished_at?,
+//!              scheduled_at? },
+//!      $set: { last_error?, result? },
+//!      $unset: { sp: "" },
+//!      $addToSet: { events: { $each: [ ... ] } } }
 //! ```
+//!
+//! Updates whose documents are identical (the same transition of several tasks made by
+//! one script call: same seq, status, attempts, times, worker and event) are sent as one
+//! multi-document statement `{ q: { _id: { $in: [...] } }, u, multi: true }`; any other
+//! as `{ q: { _id }, u }` (see [`crate::Store::apply`]).
+//!
+//! `$unset: { sp }` clears the record's submit-pending mark: a task that made a
+//! transition in Redis was enqueued (see `Store::pending_submits`).
 //!
 //! Invariants:
 //! - Order independence comes from `$max` instead of a guard in the query: `st` is
@@ -114,9 +122,9 @@ impl StatusUpdate {
         self.events.extend(later.events);
     }
 
-    /// The update's one statement (an element of an `update` command's `updates`).
-    /// Its query is exactly `{ _id }`; see the module documentation.
-    pub(crate) fn statement(&self) -> Result<Document> {
+    /// The update document of this update (the `u` of its statement); see the module
+    /// documentation.
+    pub(crate) fn update_doc(&self) -> Result<Document> {
         let mut max = doc! {
             f::ST: state_doc(self.id, self.seq, self.status, self.attempts)?,
             f::UPDATED_AT: date(self.at),
@@ -141,16 +149,37 @@ impl StatusUpdate {
         if !set.is_empty() {
             u.insert("$set", set);
         }
+        u.insert("$unset", doc! { f::SUBMIT_PENDING: "" });
         if !self.events.is_empty() {
             let events: Vec<Bson> = self.events.iter().map(|e| event_doc(e).into()).collect();
             u.insert("$addToSet", doc! { f::EVENTS: { "$each": events } });
         }
-        Ok(doc! {
-            "q": { f::ID: self.id.to_string() },
-            "u": u,
-            "upsert": false,
-            "multi": false,
-        })
+        Ok(u)
+    }
+
+    /// The update's statement on its own (an element of an `update` command's
+    /// `updates`): query exactly `{ _id }`.
+    #[cfg(test)]
+    pub(crate) fn statement(&self) -> Result<Document> {
+        Ok(statement(&[self.id], self.update_doc()?))
+    }
+}
+
+/// The statement applying update document `u` to the records `ids` (at least one): by
+/// `{ _id }` for one, by `{ _id: { $in } }` with `multi` for several.
+pub(crate) fn statement(ids: &[TaskId], u: Document) -> Document {
+    let q = match ids {
+        [one] => doc! { f::ID: one.to_string() },
+        many => {
+            let ids: Vec<String> = many.iter().map(ToString::to_string).collect();
+            doc! { f::ID: { "$in": ids } }
+        }
+    };
+    doc! {
+        "q": q,
+        "u": u,
+        "upsert": false,
+        "multi": ids.len() > 1,
     }
 }
 
@@ -275,6 +304,7 @@ mod tests {
                         "finished_at": date(t(5)),
                     },
                     "$set": { "result": "{\"$k.x\":18446744073709551615}" },
+                    "$unset": { "sp": "" },
                     "$addToSet": { "events": { "$each": [ {
                         "status": "succeeded",
                         "at": date(t(5)),
@@ -289,6 +319,21 @@ mod tests {
         u.seq = u64::MAX;
         assert!(matches!(u.statement(), Err(crate::Error::Encode { .. })));
         Ok(())
+    }
+
+    #[test]
+    fn several_records_share_one_multi_statement() {
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let st = statement(&[a, b], doc! { "$max": { "x": 1 } });
+        assert_eq!(
+            st,
+            doc! {
+                "q": { "_id": { "$in": [a.to_string(), b.to_string()] } },
+                "u": { "$max": { "x": 1 } },
+                "upsert": false,
+                "multi": true,
+            }
+        );
     }
 
     #[test]
@@ -316,9 +361,9 @@ mod tests {
                 .unwrap_or_default();
             if u.events.is_empty() {
                 // Operators without fields are left out (an empty `$set` is an error).
-                assert_eq!(ops, ["$max"]);
+                assert_eq!(ops, ["$max", "$unset"]);
             } else {
-                assert_eq!(ops, ["$max", "$set", "$addToSet"]);
+                assert_eq!(ops, ["$max", "$set", "$unset", "$addToSet"]);
             }
         }
         Ok(())

@@ -1,6 +1,8 @@
-//! The batched status writer: workers hand status updates to an [`UpdateWriter`]; one
+//! The batched status writer: a process hands status updates to an [`UpdateWriter`]; one
 //! background flusher gathers them, merges updates of the same task, and records them
-//! with [`Store::apply`] in one round trip per batch.
+//! with [`Store::apply`] in one round trip per batch. [`apply_batch`] is that flush on its
+//! own, for writers that gather their batches elsewhere (the worker's outbox writers read
+//! them from Redis).
 //!
 //! Invariants:
 //! - The buffer is bounded ([`WriterOptions::capacity`] updates). When it is full,
@@ -345,11 +347,41 @@ impl Flusher {
     /// Writes one batch, retrying until every update is written (or dropped after
     /// repeated refusals).
     async fn flush(&self, batch: Vec<StatusUpdate>) {
+        let n = batch.len();
+        apply_batch(&self.store, &self.opts, &self.shared.stats, batch).await;
+        self.shared.depth.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Writes one batch of updates the way the [`UpdateWriter`]'s flusher does: merges the
+/// updates of each task, applies them with [`Store::apply`], retries with exponential
+/// backoff (forever) while the store fails, and drops an update only after the server
+/// refused it [`WriterOptions::max_rejections`] times in a row. Returns once every update
+/// is written or dropped; counts both in `stats`. Dropping the future part-way is safe:
+/// applying the same updates again later has the effect of applying them once.
+pub async fn apply_batch(
+    store: &Store,
+    opts: &WriterOptions,
+    stats: &WriterStats,
+    batch: Vec<StatusUpdate>,
+) {
+    Batch { store, opts, stats }.apply(batch).await
+}
+
+struct Batch<'a> {
+    store: &'a Store,
+    opts: &'a WriterOptions,
+    stats: &'a WriterStats,
+}
+
+impl Batch<'_> {
+    async fn apply(&self, batch: Vec<StatusUpdate>) {
         let received = batch.len();
         // Each merged update, and how many received updates it stands for.
         let (mut updates, mut counts): (Vec<StatusUpdate>, Vec<usize>) =
             coalesce(batch).into_iter().unzip();
-        let stats = &self.shared.stats;
+        let stats = self.stats;
+        let max_rejections = self.opts.max_rejections.max(1);
         let mut delay = self.opts.retry_min;
         let mut refusals: HashMap<TaskId, u32> = HashMap::new();
         let mut failures = 0_u32;
@@ -413,7 +445,7 @@ impl Flusher {
                     };
                     let count = refusals.entry(u.id).or_default();
                     *count += 1;
-                    if *count < self.opts.max_rejections {
+                    if *count < max_rejections {
                         tracing::warn!(
                             task_id = %u.id,
                             seq = u.seq,
@@ -440,7 +472,6 @@ impl Flusher {
             self.done(written);
             if dropped > 0 {
                 stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-                self.shared.depth.fetch_sub(dropped, Ordering::Relaxed);
             }
             if updates.is_empty() {
                 return;
@@ -452,10 +483,6 @@ impl Flusher {
 
     /// `n` updates were written.
     fn done(&self, n: usize) {
-        self.shared
-            .stats
-            .flushed
-            .fetch_add(n as u64, Ordering::Relaxed);
-        self.shared.depth.fetch_sub(n, Ordering::Relaxed);
+        self.stats.flushed.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

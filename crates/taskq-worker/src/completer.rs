@@ -1,6 +1,7 @@
 //! The completion loop: acknowledges finished attempts in Redis in batches (one script
-//! call per queue and outcome kind for everything that finished since the last call),
-//! then queues their records for the store.
+//! call per queue and outcome kind for everything that finished since the last call).
+//! Each script records the attempts' status updates in the queue's outbox in the same
+//! atomic step; the outbox writers ([`crate::outbox`]) take them to the store.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -8,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use taskq_core::{Backoff, QueueName, TaskEvent, TaskId, TaskStatus};
+use taskq_core::{Backoff, QueueName, TaskId};
 use taskq_redis::{BrokerError, FailOutcome};
-use taskq_store::{StatusUpdate, UpdateWriter};
 use taskq_telemetry::metrics::{Metrics, TaskLabels};
 use tokio::sync::mpsc;
 
@@ -34,7 +34,7 @@ pub(crate) struct Done {
     pub outcome: Outcome,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, mut rx: mpsc::Receiver<Done>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Done>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
         let mut by_queue: BTreeMap<QueueName, Vec<Done>> = BTreeMap::new();
@@ -42,16 +42,13 @@ pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, mut rx: mpsc:
             by_queue.entry(d.queue.clone()).or_default().push(d);
         }
         for (queue, done) in by_queue {
-            let updates = complete(&shared, &queue, done).await;
-            if writer.send_many(updates).await.is_err() {
-                tracing::error!("status writer closed; completed states are not recorded");
-            }
+            complete(&shared, &queue, done).await;
         }
     }
 }
 
-async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<StatusUpdate> {
-    let worker = &shared.settings.worker_id;
+async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
+    let worker = shared.settings.worker_id.as_str();
     let now = taskq_core::now();
     let mut ok = Vec::new();
     let mut failed = Vec::new();
@@ -65,31 +62,25 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
             Outcome::Cancelled => cancelled.push(d),
         }
     }
-    let mut updates = Vec::with_capacity(ok.len() + failed.len() + released.len());
-    let event = |status, attempt, error: Option<String>| TaskEvent {
-        status,
-        at: now,
-        attempt,
-        error,
-        worker: Some(worker.clone()),
-    };
 
     if !ok.is_empty() {
-        let items: Vec<(TaskId, &str)> = ok.iter().map(|d| (d.id, d.token.as_str())).collect();
-        let seqs = retrying(shared, "ack", || shared.broker.ack(queue, &items)).await;
-        for (d, seq) in ok.into_iter().zip(seqs) {
-            let Some(seq) = seq else { continue };
-            shared.metrics.succeeded.get_or_create(&labels(&d)).inc();
-            let Outcome::Succeeded(result) = d.outcome else {
+        let items: Vec<_> = ok
+            .iter()
+            .map(|d| {
+                let result = match &d.outcome {
+                    Outcome::Succeeded(r) => r.as_ref(),
+                    _ => None,
+                };
+                (d.id, d.token.as_str(), result)
+            })
+            .collect();
+        let seqs = retrying(shared, "ack", || shared.broker.ack(queue, worker, &items)).await;
+        for (d, seq) in ok.iter().zip(seqs) {
+            if seq.is_none() {
                 continue;
-            };
+            }
+            shared.metrics.succeeded.get_or_create(&labels(d)).inc();
             shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            updates.push(StatusUpdate {
-                finished_at: Some(now),
-                result,
-                events: vec![event(TaskStatus::Succeeded, d.attempt, None)],
-                ..StatusUpdate::new(d.id, seq, TaskStatus::Succeeded, d.attempt, now)
-            });
         }
     }
 
@@ -115,39 +106,28 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
                 (outcome, err.to_string())
             })
             .collect();
-        let items: Vec<(TaskId, &str, FailOutcome)> = failed
+        let items: Vec<(TaskId, &str, FailOutcome, &str)> = failed
             .iter()
             .zip(&plans)
-            .map(|(d, (o, _))| (d.id, d.token.as_str(), *o))
+            .map(|(d, (o, e))| (d.id, d.token.as_str(), *o, e.as_str()))
             .collect();
-        let seqs = retrying(shared, "fail", || shared.broker.fail(queue, &items)).await;
-        for ((d, (outcome, error)), seq) in failed.iter().zip(plans).zip(seqs) {
-            let Some(seq) = seq else { continue };
+        let seqs = retrying(shared, "fail", || shared.broker.fail(queue, worker, &items)).await;
+        for ((d, (outcome, _)), seq) in failed.iter().zip(&plans).zip(seqs) {
+            if seq.is_none() {
+                continue;
+            }
             shared.metrics.failed.get_or_create(&labels(d)).inc();
-            let update = match outcome {
-                FailOutcome::RetryAt(ms) => {
+            match outcome {
+                FailOutcome::RetryAt(_) => {
                     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.retried.get_or_create(&labels(d)).inc();
-                    StatusUpdate {
-                        scheduled_at: chrono::DateTime::from_timestamp_millis(ms),
-                        last_error: Some(error.clone()),
-                        events: vec![event(TaskStatus::Retrying, d.attempt, Some(error))],
-                        ..StatusUpdate::new(d.id, seq, TaskStatus::Retrying, d.attempt, now)
-                    }
                 }
                 FailOutcome::Dead => {
                     shared.stats.dead.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.dead.get_or_create(&labels(d)).inc();
-                    StatusUpdate {
-                        finished_at: Some(now),
-                        last_error: Some(error.clone()),
-                        events: vec![event(TaskStatus::Dead, d.attempt, Some(error))],
-                        ..StatusUpdate::new(d.id, seq, TaskStatus::Dead, d.attempt, now)
-                    }
                 }
-            };
-            tracing::debug!(task = %d.id, attempt = d.attempt, status = %update.status, "attempt failed");
-            updates.push(update);
+            }
+            tracing::debug!(task = %d.id, attempt = d.attempt, outcome = ?outcome, "attempt failed");
         }
     }
 
@@ -155,35 +135,26 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) -> Vec<St
         let items: Vec<(TaskId, &str)> =
             cancelled.iter().map(|d| (d.id, d.token.as_str())).collect();
         let seqs = retrying(shared, "cancel", || {
-            shared.broker.ack_cancelled(queue, &items)
+            shared.broker.ack_cancelled(queue, worker, &items)
         })
         .await;
         for (d, seq) in cancelled.iter().zip(seqs) {
-            let Some(seq) = seq else { continue };
-            shared.metrics.cancelled.get_or_create(&labels(d)).inc();
-            updates.push(StatusUpdate {
-                finished_at: Some(now),
-                events: vec![event(TaskStatus::Cancelled, d.attempt, None)],
-                ..StatusUpdate::new(d.id, seq, TaskStatus::Cancelled, d.attempt, now)
-            });
+            if seq.is_some() {
+                shared.metrics.cancelled.get_or_create(&labels(d)).inc();
+            }
         }
     }
 
     if !released.is_empty() {
         let items: Vec<(TaskId, &str)> =
             released.iter().map(|d| (d.id, d.token.as_str())).collect();
-        let seqs = retrying(shared, "release", || shared.broker.release(queue, &items)).await;
-        for (d, seq) in released.iter().zip(seqs) {
-            let Some(seq) = seq else { continue };
-            shared.stats.released.fetch_add(1, Ordering::Relaxed);
-            let attempts = d.attempt.saturating_sub(1);
-            updates.push(StatusUpdate {
-                events: vec![event(TaskStatus::Queued, attempts, None)],
-                ..StatusUpdate::new(d.id, seq, TaskStatus::Queued, attempts, now)
-            });
-        }
+        let seqs = retrying(shared, "release", || {
+            shared.broker.release(queue, worker, &items)
+        })
+        .await;
+        let n = seqs.iter().filter(|s| s.is_some()).count();
+        shared.stats.released.fetch_add(n as u64, Ordering::Relaxed);
     }
-    updates
 }
 
 fn labels(d: &Done) -> TaskLabels {

@@ -47,9 +47,19 @@ pub struct WorkerArgs {
     /// How often expired leases are reaped.
     #[arg(long, env = "TASKQ_REAP_INTERVAL_MS", default_value_t = 1_000)]
     pub reap_interval_ms: u64,
-    /// Status updates buffered for MongoDB before task processing waits.
+    /// Outbox entries of a queue (each the status updates of one script call) waiting
+    /// for MongoDB before workers stop taking the queue's tasks.
     #[arg(long, env = "TASKQ_WRITE_BUFFER", default_value_t = 10_000)]
     pub write_buffer: usize,
+    /// How long an outbox entry another worker read stays unacknowledged before this
+    /// worker claims and applies it (the other worker died).
+    #[arg(long, env = "TASKQ_OUTBOX_CLAIM_IDLE_MS", default_value_t = 5_000)]
+    pub outbox_claim_idle_ms: u64,
+    /// Age after which a record still marked submit-pending is checked against Redis and,
+    /// when Redis never got its task, cancelled (`submit_failed`). Must exceed the api's
+    /// `TASKQ_REQUEST_TIMEOUT_MS` plus the clock skew between hosts.
+    #[arg(long, env = "TASKQ_SUBMIT_GRACE_MS", default_value_t = 40_000)]
+    pub submit_grace_ms: u64,
     /// URL prefixes the `http` handler may call (comma-separated). Empty disables it.
     #[arg(long, env = "TASKQ_HTTP_ALLOW", default_value = "")]
     pub http_allow: String,
@@ -75,7 +85,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub promote_interval: Duration,
     pub reap_interval: Duration,
+    /// Most outbox entries of a queue before dequeueing stops (0: no limit).
     pub write_buffer: usize,
+    /// Idle time after which a writer claims another writer's unacknowledged entries.
+    pub outbox_claim_idle: Duration,
+    /// How often each outbox writer looks for such entries.
+    pub outbox_claim_interval: Duration,
+    /// Age of a submit-pending record before it is checked against Redis.
+    pub submit_grace: Duration,
+    /// How often submit-pending records are checked.
+    pub submit_check_interval: Duration,
 }
 
 impl Settings {
@@ -91,6 +110,10 @@ impl Settings {
             promote_interval: Duration::from_millis(200),
             reap_interval: Duration::from_secs(1),
             write_buffer: 10_000,
+            outbox_claim_idle: Duration::from_secs(5),
+            outbox_claim_interval: Duration::from_secs(1),
+            submit_grace: Duration::from_secs(40),
+            submit_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -125,6 +148,20 @@ impl WorkerArgs {
             10_000_000,
         )?;
         check("TASKQ_HTTP_TIMEOUT_MS", self.http_timeout_ms, 1, 3_600_000)?;
+        check(
+            "TASKQ_OUTBOX_CLAIM_IDLE_MS",
+            self.outbox_claim_idle_ms,
+            100,
+            3_600_000,
+        )?;
+        check(
+            "TASKQ_SUBMIT_GRACE_MS",
+            self.submit_grace_ms,
+            1_000,
+            86_400_000,
+        )?;
+        let claim_idle = Duration::from_millis(self.outbox_claim_idle_ms);
+        let submit_grace = Duration::from_millis(self.submit_grace_ms);
         Ok(Settings {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             queues: QueueSelection::new(weights, self.strict_priority),
@@ -135,6 +172,12 @@ impl WorkerArgs {
             promote_interval: Duration::from_millis(self.promote_interval_ms),
             reap_interval: Duration::from_millis(self.reap_interval_ms),
             write_buffer: self.write_buffer,
+            outbox_claim_idle: claim_idle,
+            outbox_claim_interval: (claim_idle / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            submit_grace,
+            submit_check_interval: (submit_grace / 4)
+                .clamp(Duration::from_millis(250), Duration::from_secs(10)),
         })
     }
 }

@@ -1,4 +1,5 @@
-//! One attempt: records `running`, runs the handler in its own task (so a panic fails
+//! One attempt (its `running` update was recorded in the outbox by the dequeue script):
+//! runs the handler in its own task (so a panic fails
 //! only this attempt) inside a `task.process` span that continues the submit's trace,
 //! enforces the task's timeout, and hands the outcome to the completer. When the grace
 //! period of a shutdown ends, the attempt is cancelled and released instead.
@@ -8,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use taskq_core::{TaskEvent, TaskStatus};
 use taskq_redis::Leased;
-use taskq_store::StatusUpdate;
 use taskq_telemetry::metrics::Metrics;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -59,21 +58,6 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             .get_or_create(&Metrics::queue(msg.queue.as_str()))
             .observe(waited);
     }
-    let running = StatusUpdate {
-        started_at: Some(now),
-        events: vec![TaskEvent {
-            status: TaskStatus::Running,
-            at: now,
-            attempt: task.attempt,
-            error: None,
-            worker: Some(shared.settings.worker_id.clone()),
-        }],
-        ..StatusUpdate::new(msg.id, task.seq, TaskStatus::Running, task.attempt, now)
-    };
-    if ctx.writer.send(running).await.is_err() {
-        tracing::error!(task = %msg.id, "status writer closed; the running state is not recorded");
-    }
-
     let span = tracing::info_span!(
         "task.process",
         otel.kind = "consumer",

@@ -60,7 +60,13 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
         for queue in settings.queues.order(&mut rng) {
             match shared
                 .broker
-                .dequeue(queue, permits.len(), settings.lease, &settings.worker_id)
+                .dequeue(
+                    queue,
+                    permits.len(),
+                    settings.lease,
+                    &settings.worker_id,
+                    settings.write_buffer,
+                )
                 .await
             {
                 Ok(d) if d.tasks.is_empty() => {

@@ -1,18 +1,22 @@
 //! taskq's worker library.
 //!
 //! A [`Worker`] leases tasks from the queues it serves, runs each with the handler
-//! registered for its type, and acknowledges the outcome in Redis; every state change
-//! goes to MongoDB through a bounded, batched writer so the store is never on a task's
-//! hot path. Custom workers build a [`Registry`] and call [`run`] (see `examples/`).
+//! registered for its type, and acknowledges the outcome in Redis. Every state change is
+//! recorded by the Redis script that makes it in the queue's outbox stream, and the
+//! outbox writers take it to MongoDB in batches, so the store is never on a task's hot
+//! path and no status change is lost when a process dies. Custom workers build a
+//! [`Registry`] and call [`run`] (see `examples/`).
 //!
 //! Background loops, one file each: [`fetcher`](crate::fetcher) (lease work into free
 //! slots), `executor` (run one attempt: timeout, panic containment, cancellation),
 //! `completer` (acknowledge outcomes in batches), `heartbeat` (extend leases),
-//! `maintenance` (promote due tasks, reap expired leases) and `health` (probes).
+//! `maintenance` (promote due tasks, reap expired leases), `outbox` (apply the queues'
+//! status updates to MongoDB), `submits` (settle records whose submit never reached
+//! Redis) and `health` (probes).
 //!
 //! Shutdown order: stop fetching; let running attempts finish within the grace period;
-//! cancel and release the rest back to their queues; acknowledge everything; flush the
-//! store writer.
+//! cancel and release the rest back to their queues; acknowledge everything; apply what
+//! the outbox holds for this worker (bounded; the rest stays for the other writers).
 
 mod builtin;
 mod completer;
@@ -23,6 +27,8 @@ mod handler;
 mod health;
 mod heartbeat;
 mod maintenance;
+mod outbox;
+mod submits;
 mod worker;
 
 pub use builtin::{HttpHandler, UrlAllowList, register_builtins};

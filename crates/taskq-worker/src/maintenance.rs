@@ -1,12 +1,10 @@
 //! Promotion and reaping. Every worker runs this loop; the scripts make it safe to run
 //! everywhere at once (each due task is promoted, and each expired lease reaped, by
-//! exactly one caller).
+//! exactly one caller), and they record the status updates in the queue's outbox.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use taskq_core::{TaskEvent, TaskStatus};
-use taskq_store::{StatusUpdate, UpdateWriter};
 use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +13,7 @@ use crate::worker::Shared;
 /// Most tasks moved per script call.
 const LIMIT: usize = 1_000;
 
-pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, stop: CancellationToken) {
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let settings = &shared.settings;
     let mut promote = tokio::time::interval(settings.promote_interval);
     let mut reap = tokio::time::interval(settings.reap_interval);
@@ -24,16 +22,13 @@ pub(crate) async fn run(shared: Arc<Shared>, writer: UpdateWriter, stop: Cancell
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = promote.tick() => {
-                shared.metrics.write_buffer_depth.set(writer.depth() as i64);
-                promote_due(&shared, &writer).await
-            }
-            _ = reap.tick() => reap_expired(&shared, &writer).await,
+            _ = promote.tick() => promote_due(&shared).await,
+            _ = reap.tick() => reap_expired(&shared).await,
         }
     }
 }
 
-async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
+async fn promote_due(shared: &Shared) {
     for queue in shared.settings.queues.weights().names() {
         loop {
             let now = taskq_core::now();
@@ -50,27 +45,14 @@ async fn promote_due(shared: &Shared, writer: &UpdateWriter) {
             };
             let n = promoted.len();
             shared.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
-            let updates = promoted
-                .into_iter()
-                .map(|p| StatusUpdate {
-                    events: vec![TaskEvent {
-                        status: TaskStatus::Queued,
-                        at: now,
-                        attempt: p.attempts,
-                        error: None,
-                        worker: None,
-                    }],
-                    ..StatusUpdate::new(p.id, p.seq, TaskStatus::Queued, p.attempts, now)
-                })
-                .collect();
-            if writer.send_many(updates).await.is_err() || n < LIMIT {
+            if n < LIMIT {
                 break;
             }
         }
     }
 }
 
-async fn reap_expired(shared: &Shared, writer: &UpdateWriter) {
+async fn reap_expired(shared: &Shared) {
     for queue in shared.settings.queues.weights().names() {
         let now = taskq_core::now();
         let reaped = match shared
@@ -95,29 +77,8 @@ async fn reap_expired(shared: &Shared, writer: &UpdateWriter) {
                 .get_or_create(&Metrics::queue(queue.as_str()))
                 .inc_by(reaped.len() as u64);
         }
-        let updates = reaped
-            .into_iter()
-            .map(|r| {
-                tracing::warn!(task = %r.id, %queue, attempt = r.attempts, requeued = r.requeued, "lease expired");
-                let (status, error) = if r.requeued {
-                    (TaskStatus::Queued, "lease expired: the worker stopped heartbeating")
-                } else {
-                    (TaskStatus::Dead, "lease expired on the last attempt")
-                };
-                StatusUpdate {
-                    last_error: Some(error.to_owned()),
-                    finished_at: (!r.requeued).then_some(now),
-                    events: vec![TaskEvent {
-                        status,
-                        at: now,
-                        attempt: r.attempts,
-                        error: Some(error.to_owned()),
-                        worker: None,
-                    }],
-                    ..StatusUpdate::new(r.id, r.seq, status, r.attempts, now)
-                }
-            })
-            .collect();
-        let _ = writer.send_many(updates).await;
+        for r in &reaped {
+            tracing::warn!(task = %r.id, %queue, attempt = r.attempts, requeued = r.requeued, "lease expired");
+        }
     }
 }

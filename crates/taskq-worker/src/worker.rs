@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use taskq_core::{QueueName, TaskId};
 use taskq_redis::Broker;
-use taskq_store::{Store, UpdateWriter, WriterOptions};
+use taskq_store::{Store, WriterOptions, WriterStats};
 use taskq_telemetry::metrics::Metrics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,10 @@ use tokio_util::task::TaskTracker;
 use crate::completer::{self, Done};
 use crate::config::{Settings, WorkerArgs};
 use crate::handler::Registry;
-use crate::{fetcher, heartbeat, maintenance};
+use crate::{fetcher, heartbeat, maintenance, outbox, submits};
+
+/// Longest time a stopping worker keeps applying its queues' outboxes.
+const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
 
 /// Counters of what this worker did since it started.
 #[derive(Debug, Default)]
@@ -72,7 +75,6 @@ impl Shared {
 /// Per-run handles the fetcher passes to every executor.
 pub(crate) struct RunCtx {
     pub shared: Arc<Shared>,
-    pub writer: UpdateWriter,
     pub done: mpsc::Sender<Done>,
     /// Cancelled when the grace period ends: running attempts stop and are released.
     pub hard_stop: CancellationToken,
@@ -175,29 +177,33 @@ impl Worker {
     pub async fn run(&self, shutdown: CancellationToken) {
         let shared = self.shared.clone();
         let settings = &shared.settings;
-        let (writer, writer_task) = UpdateWriter::spawn(
-            shared.store.clone(),
-            WriterOptions {
-                capacity: settings.write_buffer,
-                observer: Some(flush_observer(shared.metrics.clone())),
-                ..WriterOptions::default()
-            },
-        );
+        let writer_opts = WriterOptions {
+            observer: Some(flush_observer(shared.metrics.clone())),
+            ..WriterOptions::default()
+        };
+        let writer_stats = Arc::new(WriterStats::default());
+        let drain = CancellationToken::new();
+        let mut writers = tokio::task::JoinSet::new();
+        for queue in settings.queues.weights().names() {
+            writers.spawn(outbox::run(
+                shared.clone(),
+                queue.clone(),
+                writer_opts.clone(),
+                writer_stats.clone(),
+                drain.clone(),
+            ));
+        }
         let (done_tx, done_rx) = mpsc::channel(settings.concurrency * 2 + 64);
         let ctx = Arc::new(RunCtx {
             shared: shared.clone(),
-            writer: writer.clone(),
             done: done_tx,
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        let completer = tokio::spawn(completer::run(shared.clone(), writer.clone(), done_rx));
+        let completer = tokio::spawn(completer::run(shared.clone(), done_rx));
         let loops_stop = CancellationToken::new();
-        let maintenance = tokio::spawn(maintenance::run(
-            shared.clone(),
-            writer.clone(),
-            loops_stop.clone(),
-        ));
+        let maintenance = tokio::spawn(maintenance::run(shared.clone(), loops_stop.clone()));
+        let submit_checks = tokio::spawn(submits::run(shared.clone(), loops_stop.clone()));
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), loops_stop.clone()));
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
@@ -227,14 +233,26 @@ impl Worker {
         for (name, handle) in [
             ("completer", completer),
             ("maintenance", maintenance),
+            ("submit check", submit_checks),
             ("heartbeat", heartbeat),
         ] {
             if let Err(e) = handle.await {
                 tracing::error!(error = %e, "{name} loop ended abnormally");
             }
         }
-        drop(writer);
-        writer_task.shutdown().await;
+        // Every transition of this worker is in the outboxes now: apply what is there
+        // while the deadline allows; the rest waits in Redis for the other writers.
+        drain.cancel();
+        let drained = tokio::time::timeout(OUTBOX_DRAIN, async {
+            while writers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            writers.abort_all();
+            tracing::warn!(
+                "the outbox was not applied within {OUTBOX_DRAIN:?}; the other workers' writers apply the rest"
+            );
+        }
         tracing::info!("worker stopped");
     }
 }

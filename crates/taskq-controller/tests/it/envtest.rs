@@ -471,16 +471,18 @@ async fn drain(broker: &Broker, queues: &[&str]) {
             .expect("promote");
         loop {
             let taken = broker
-                .dequeue(&queue, 100, Duration::from_secs(60), "test-drain")
+                .dequeue(&queue, 100, Duration::from_secs(60), "test-drain", 0)
                 .await
                 .expect("dequeue")
                 .tasks;
             if taken.is_empty() {
                 break;
             }
-            let acks: Vec<(TaskId, &str)> =
-                taken.iter().map(|t| (t.msg.id, t.token.as_str())).collect();
-            broker.ack(&queue, &acks).await.expect("ack");
+            let acks: Vec<(TaskId, &str, Option<&serde_json::Value>)> = taken
+                .iter()
+                .map(|t| (t.msg.id, t.token.as_str(), None))
+                .collect();
+            broker.ack(&queue, "test-drain", &acks).await.expect("ack");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use taskq_api::AppState;
-use taskq_core::{Limits, TaskId};
+use taskq_core::{Limits, TaskId, TaskStatus};
 use taskq_store::{Store, StoreOptions};
 use taskq_testkit::{ChaosProxy, mongo_addr, mongo_uri_via};
 
@@ -729,7 +729,7 @@ async fn mixed_batch_is_207_and_writes_only_the_valid_items() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_down_makes_submit_503_and_leaves_no_record() {
+async fn redis_down_makes_submit_503_and_cancels_the_record() {
     let mut env = Env::start().await;
     env.redis.stop();
     let (status, body) = env.post(SUBMIT, json!({"type": "x"})).await;
@@ -746,19 +746,23 @@ async fn redis_down_makes_submit_503_and_leaves_no_record() {
             .contains("refused"),
         "a 503 carries no internal detail: {body}"
     );
-    assert_eq!(
-        env.total_records().await,
-        0,
-        "the record of a failed submit is removed"
-    );
+    // Redis could not be told to drop the task either: the record stays, cancelled, so
+    // recovery never runs it.
+    all_cancelled(&env, 1).await;
 
     let tasks = json!([{"type": "x"}, {"type": "y", "queue": "other"}]);
     let (status, body) = env.post(BATCH, json!({ "tasks": tasks })).await;
     assert_error("batch with redis down", (status, &body), 503, "unavailable");
+    all_cancelled(&env, 3).await;
+}
+
+/// The store holds `n` records, all cancelled.
+async fn all_cancelled(env: &Env, n: u64) {
+    let counts = env.counts().await;
     assert_eq!(
-        env.total_records().await,
-        0,
-        "the records of a failed batch are removed"
+        (counts.values().sum::<u64>(), counts[&TaskStatus::Cancelled]),
+        (n, n),
+        "the records of failed submits are cancelled: {counts:?}"
     );
 }
 
