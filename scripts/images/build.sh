@@ -328,9 +328,28 @@ runtime_base() {
 
 image_name() { echo "ghcr.io/taskq-dev/taskq-$1:$APP_VERSION"; }
 
+# snapshot_context: copies the build context (the repository without .git, target/ and
+# .tmp/; the Dockerfile's .dockerignore still applies) to $CACHE/context and prints its
+# path. Buildah reads the context at each COPY, not once at the start like docker: building
+# from a snapshot keeps the planner's recipe, the builder's sources and all three images on
+# the same tree while files in the repository change.
+snapshot_context() {
+    local ctx="$CACHE/context"
+    rm -rf "$ctx.tmp"
+    mkdir -p "$ctx.tmp"
+    tar -C "$TASKQ_ROOT" --exclude=./.git --exclude=./target --exclude=./.tmp -cf - . |
+        tar -C "$ctx.tmp" -xf -
+    rm -rf "$ctx"
+    mv "$ctx.tmp" "$ctx"
+    echo "$ctx"
+}
+
 build_full() {
     rust_base
     runtime_base
+    local ctx
+    ctx="$(snapshot_context)"
+    say "building from a snapshot of $TASKQ_ROOT in $ctx (git $(git -C "$TASKQ_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$TASKQ_ROOT" diff --quiet HEAD -- Cargo.toml Cargo.lock crates Dockerfile 2>/dev/null || echo ' + uncommitted changes'))"
     local extra=()
     if [ "$cold" = yes ]; then
         # Buildah keeps RUN --mount=type=cache directories here (1.28: buildah-cache; newer
@@ -345,7 +364,7 @@ build_full() {
         name="$(image_name "$b")"
         t0=$SECONDS
         say "building $name (full multi-stage build, BIN=$b)"
-        (cd "$TASKQ_ROOT" && nice -n 10 "${BUD[@]}" "${extra[@]}" -f Dockerfile \
+        (cd "$ctx" && nice -n 10 "${BUD[@]}" "${extra[@]}" -f Dockerfile \
             --build-arg "BIN=$b" -t "$name" .)
         REPORT+=("$name  $(image_mb "$name")  built in $(elapsed $((SECONDS - t0)))")
         say "${REPORT[-1]}"
