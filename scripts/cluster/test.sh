@@ -8,6 +8,8 @@
 # 2. scripts/images/build.sh --prebuilt: the three images through the Dockerfile's runtime
 #    stage from those binaries, plus the local Redis, mongo-java-server and curl images
 #    (TASKQ_E2E_IMAGES=full runs the whole multi-stage build instead);
+#    scripts/images/test.sh then runs each as the chart does (uid 65532, read-only root,
+#    no capabilities) against a host Redis and mongo-java-server;
 # 3. scripts/cluster/up.sh: the single-node Kubernetes (binaries built once and cached),
 #    which imports the images into the node's containerd;
 # 4. scripts/cluster/e2e.sh;
@@ -55,6 +57,7 @@ if [ "${TASKQ_E2E_IMAGES:-prebuilt}" = full ]; then
 else
     timed "images (--prebuilt)" bash scripts/images/build.sh --prebuilt
 fi
+timed "images run as the chart runs them (scripts/images/test.sh)" bash scripts/images/test.sh
 timed "cluster up" bash scripts/cluster/up.sh
 timed "end-to-end" bash scripts/cluster/e2e.sh
 log "cluster test: passed in $((SECONDS - step_start)) s"

@@ -173,7 +173,9 @@ test_taskq() {
         if [ "$b" = controller ] && [ "${#kubeconf[@]}" -eq 0 ]; then
             # No API server: the binary must start, then stop with the connection error.
             podman wait "$ctr" >/dev/null 2>&1 || true
-            if podman logs "$ctr" 2>&1 | grep -q 'connecting to the Kubernetes API'; then
+            # Captured first: `grep -q` exiting early fails the pipeline with SIGPIPE.
+            out="$(podman logs "$ctr" 2>&1 || true)"
+            if grep -q 'connecting to the Kubernetes API' <<<"$out"; then
                 say "$name: started and stopped with 'connecting to the Kubernetes API' (no API server: /livez and /readyz NOT checked; start scripts/chart/kube-env.sh to check them)"
             else
                 container_log "$ctr"
