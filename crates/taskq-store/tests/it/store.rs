@@ -99,6 +99,48 @@ async fn insert_many_and_delete() {
     db.drop().await;
 }
 
+/// A submit's undo removes only records that still carry its own mark; a repeat that
+/// took a record over (re-marked it) keeps it, and exactly one of two concurrent
+/// take-overs wins.
+#[tokio::test]
+async fn a_taken_over_record_outlives_the_original_submits_undo() {
+    let db = TestDb::new().await;
+    let recs: Vec<TaskRecord> = (0..3).map(|i| task("undo", "t", json!(i))).collect();
+    db.store.insert_many(&recs).await.must();
+    let mark = recs[0].created_at;
+    let stored = db.store.get(recs[0].id).await.must().must();
+    assert_eq!(stored.submit_pending, Some(mark));
+
+    let later = mark + Duration::seconds(6);
+    assert!(
+        db.store
+            .take_over_submit(recs[0].id, mark, later)
+            .await
+            .must()
+    );
+    assert!(
+        !db.store
+            .take_over_submit(recs[0].id, mark, later)
+            .await
+            .must(),
+        "a second take-over of the same mark must lose"
+    );
+    assert_eq!(
+        db.store.get(recs[0].id).await.must().must().submit_pending,
+        Some(later)
+    );
+    let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+    assert_eq!(db.store.delete_unsubmitted(&ids, mark).await.must(), 2);
+    assert!(
+        db.store.get(recs[0].id).await.must().is_some(),
+        "the taken-over record stays"
+    );
+    assert!(db.store.get(recs[1].id).await.must().is_none());
+    // The new owner's own undo matches its mark.
+    assert_eq!(db.store.delete_unsubmitted(&ids, later).await.must(), 1);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn list_filters_and_pages_newest_first() {
     let db = TestDb::new().await;

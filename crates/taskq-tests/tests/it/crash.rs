@@ -18,11 +18,11 @@ use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, wo
 use crate::harness::Env;
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
-type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
+pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
 
 /// Starts an HTTP server that counts each call by its `taskq-task-id` header and answers
 /// 200 after `delay`. Returns its base URL and the log.
-async fn execution_log(delay: Duration) -> (String, Log) {
+pub(crate) async fn execution_log(delay: Duration) -> (String, Log) {
     let log: Log = Arc::default();
     let l = log.clone();
     let app = axum::Router::new().route(
@@ -52,19 +52,32 @@ async fn execution_log(delay: Duration) -> (String, Log) {
 
 /// A `taskq-worker` process on `env`'s Redis and database.
 fn worker_process(env: &Env, name: &str, allow: &str) -> ChildGuard {
+    worker_process_with(env, name, allow, &mongo_uri(), &[])
+}
+
+/// A `taskq-worker` process on `env`'s Redis and database, reaching MongoDB at `mongodb`,
+/// with `extra` environment variables.
+pub(crate) fn worker_process_with(
+    env: &Env,
+    name: &str,
+    allow: &str,
+    mongodb: &str,
+    extra: &[(&str, &str)],
+) -> ChildGuard {
     ChildGuard::spawn_logged(
         name,
         Command::new(workspace_bin("taskq-worker"))
             .env("TASKQ_LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("TASKQ_REDIS_URL", env.redis.url())
-            .env("TASKQ_MONGODB_URI", mongo_uri())
+            .env("TASKQ_MONGODB_URI", mongodb)
             .env("TASKQ_MONGODB_DATABASE", &env.db)
             .env("TASKQ_CONCURRENCY", "16")
             .env("TASKQ_LEASE_MS", "2000")
             .env("TASKQ_REAP_INTERVAL_MS", "200")
             .env("TASKQ_OUTBOX_CLAIM_IDLE_MS", "1000")
             .env("TASKQ_HTTP_ALLOW", allow)
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied()),
     )
 }
 
