@@ -8,8 +8,8 @@
 //! - Probes run every `interval` while the store is up, and four times as often while it
 //!   is down, so recovery is noticed within a fraction of the interval.
 //! - [`guard`] refuses requests while a store they need is down and, for requests that
-//!   may be dropped safely (submits, see `tasks::persist`), answers them as soon as a
-//!   store they wait on goes down. `/readyz` reports the same state.
+//!   may be dropped safely (submits, see `transitions::submit`), answers them shortly
+//!   ([`ABANDON_GRACE`]) after a store they wait on goes down. `/readyz` reports the same state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,11 +266,23 @@ pub async fn guard(
     if !needs.abandon_on_outage {
         return next.run(req).await;
     }
+    let run = next.run(req);
+    tokio::pin!(run);
     tokio::select! {
-        resp = next.run(req) => resp,
-        store = health.wait_down(needs) => refused(store).into_response(),
+        resp = &mut run => resp,
+        store = health.wait_down(needs) => {
+            // A request that is failing on its own (a refused connection) gets a moment
+            // to finish its undo; one that waits on a silent store is abandoned.
+            match tokio::time::timeout(ABANDON_GRACE, &mut run).await {
+                Ok(resp) => resp,
+                Err(_) => refused(store).into_response(),
+            }
+        }
     }
 }
+
+/// How long a request that may be abandoned still runs after a store it needs went down.
+pub const ABANDON_GRACE: Duration = Duration::from_millis(300);
 
 #[cfg(test)]
 mod tests {

@@ -79,6 +79,22 @@ struct Answer {
     body: Value,
 }
 
+/// The store an outage test takes away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outage {
+    Mongodb,
+    Redis,
+}
+
+impl Outage {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mongodb => "mongodb",
+            Self::Redis => "redis",
+        }
+    }
+}
+
 /// While MongoDB does not answer at all (every byte held, as when its server is
 /// stopped), the api notices within a couple of probe rounds: `/readyz` fails, and every
 /// submit is refused at once with `503`, `Retry-After` and code `unavailable` instead of
@@ -88,17 +104,37 @@ struct Answer {
 /// never ran.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
+    outage(Outage::Mongodb).await;
+}
+
+/// The same with Redis held instead. A submit abandoned while its enqueue was already
+/// on its way to Redis may still be enqueued when Redis answers again (the client got
+/// `503`, an unknown outcome): its record then follows the task to `succeeded`, and the
+/// execution log agrees; every other one ends `submit_failed` and never ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_refused_at_once_and_records_settle_after_it() {
+    outage(Outage::Redis).await;
+}
+
+async fn outage(store: Outage) {
     let env = Env::start().await;
-    let proxy = ChaosProxy::start(mongo_addr());
-    let via = mongo_uri_via(proxy.addr());
+    let proxy = ChaosProxy::start(match store {
+        Outage::Mongodb => mongo_addr(),
+        Outage::Redis => env.redis.addr(),
+    });
+    let (mongodb, redis) = match store {
+        Outage::Mongodb => (mongo_uri_via(proxy.addr()), env.redis.url()),
+        Outage::Redis => (mongo_uri(), format!("redis://{}", proxy.addr())),
+    };
     let (url, log) = execution_log(Duration::ZERO).await;
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let _api = api_process(
         &env,
         port,
-        &via,
+        &mongodb,
         &[
+            ("TASKQ_REDIS_URL", &redis),
             ("TASKQ_STORE_PROBE_INTERVAL_MS", "200"),
             ("TASKQ_STORE_PROBE_TIMEOUT_MS", "500"),
         ],
@@ -107,8 +143,11 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
         &env,
         "taskq-worker",
         &format!("{url}/"),
-        &via,
-        &[("TASKQ_SUBMIT_GRACE_MS", "6000")],
+        &mongodb,
+        &[
+            ("TASKQ_SUBMIT_GRACE_MS", "6000"),
+            ("TASKQ_REDIS_URL", &redis),
+        ],
     );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -200,7 +239,11 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
         .json()
         .await
         .expect("readyz body");
-    assert_eq!(readyz["reason"], "mongodb is unreachable", "{readyz}");
+    assert_eq!(
+        readyz["reason"],
+        format!("{} is unreachable", store.name()),
+        "{readyz}"
+    );
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(frozen.elapsed())).await;
     proxy.thaw();
     let thawed = Instant::now();
@@ -237,7 +280,8 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
         assert_eq!(a.retry_after.as_deref(), Some("1"), "{a:?}");
         assert_eq!(a.body["error"]["code"], "unavailable", "{a:?}");
         assert_eq!(
-            a.body["error"]["message"], "mongodb is unreachable; retry later",
+            a.body["error"]["message"],
+            format!("{} is unreachable; retry later", store.name()),
             "{a:?}"
         );
     }
@@ -250,19 +294,18 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
         .collect();
     assert!(!accepted.is_empty());
 
-    // Records settle within 10 s of MongoDB answering again.
+    // Records settle within 10 s of the store answering again.
+    let final_state = |r: &TaskRecord| {
+        if accepted.contains(&r.id) {
+            r.status == TaskStatus::Succeeded
+        } else {
+            is_submit_failed(r) || (store == Outage::Redis && r.status == TaskStatus::Succeeded)
+        }
+    };
     let settled = wait_until(
         Duration::from_secs(10),
         Duration::from_millis(100),
-        || async {
-            all_records(&env.store).await.iter().all(|r| {
-                if accepted.contains(&r.id) {
-                    r.status == TaskStatus::Succeeded
-                } else {
-                    is_submit_failed(r)
-                }
-            })
-        },
+        || async { all_records(&env.store).await.iter().all(final_state) },
     )
     .await;
     let settled_after = thawed.elapsed();
@@ -270,13 +313,7 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
     check_against_log(&records, &accepted, &log);
     let unsettled: Vec<(TaskId, TaskStatus)> = records
         .iter()
-        .filter(|r| {
-            if accepted.contains(&r.id) {
-                r.status != TaskStatus::Succeeded
-            } else {
-                !is_submit_failed(r)
-            }
-        })
+        .filter(|r| !final_state(r))
         .map(|r| (r.id, r.status))
         .collect();
     assert!(
@@ -285,9 +322,10 @@ async fn a_mongodb_outage_is_refused_at_once_and_records_settle_after_it() {
     );
     let phantoms = records.iter().filter(|r| is_submit_failed(r)).count();
     eprintln!(
-        "outage: {} submits refused while MongoDB was frozen, latency p50 {:?} max {:?}; \
+        "{} outage: {} submits refused while it was frozen, latency p50 {:?} max {:?}; \
          circuit opened {:?} after the freeze; ready {ready_after:?} and records settled \
          {settled_after:?} after the thaw; {} accepted, {phantoms} records of failed submits cancelled",
+        store.name(),
         refused.len(),
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1],
