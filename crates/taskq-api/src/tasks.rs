@@ -706,17 +706,8 @@ pub async fn cancel(
         // Not in Redis (e.g. Redis lost it): the record alone decides.
         CancelOutcome::NotFound => stored.seq + 1,
     };
-    let update = StatusUpdate {
-        finished_at: Some(now),
-        events: vec![taskq_core::TaskEvent {
-            status: TaskStatus::Cancelled,
-            at: now,
-            attempt: stored.record.attempts,
-            error: None,
-            worker: None,
-        }],
-        ..StatusUpdate::new(id, seq, TaskStatus::Cancelled, stored.record.attempts, now)
-    };
+    let update =
+        StatusUpdate::transition(id, seq, TaskStatus::Cancelled, stored.record.attempts, now);
     state.store.apply(std::slice::from_ref(&update)).await?;
     state
         .metrics
