@@ -103,8 +103,7 @@ pub struct Dequeued {
     Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
 #[serde(deny_unknown_fields)]
-#[schema(as = QueueLimits)]
-pub struct Limits {
+pub struct QueueLimits {
     /// Token-bucket rate of dispatches (task starts) per second.
     #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub max_dispatches_per_second: Option<f64>,
@@ -274,7 +273,7 @@ impl Broker {
     }
 
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
-    /// `now + lease`, within the queue's [`Limits`], and records them as `running` in the
+    /// `now + lease`, within the queue's [`QueueLimits`], and records them as `running` in the
     /// outbox. Takes nothing (and reports `limited`) while the queue's outbox holds
     /// `max_outbox` entries or more; 0 means no such limit.
     pub async fn dequeue(
@@ -327,7 +326,7 @@ impl Broker {
     }
 
     /// Sets (or with `None` clears) the dispatch limits of `queue`, for every worker.
-    pub async fn set_limits(&self, queue: &QueueName, limits: &Limits) -> Result<()> {
+    pub async fn set_limits(&self, queue: &QueueName, limits: &QueueLimits) -> Result<()> {
         let keys = QueueKeys::new(queue);
         let mut pipe = redis::pipe();
         pipe.atomic().del(keys.limits());
@@ -356,7 +355,7 @@ impl Broker {
     }
 
     /// The dispatch limits of `queue`.
-    pub async fn limits(&self, queue: &QueueName) -> Result<Limits> {
+    pub async fn limits(&self, queue: &QueueName) -> Result<QueueLimits> {
         let mut c = self.conn.clone();
         let (rate, burst, conc): (Option<f64>, Option<u32>, Option<u32>) = redis::cmd("HMGET")
             .arg(QueueKeys::new(queue).limits())
@@ -365,7 +364,7 @@ impl Broker {
             .arg("concurrency")
             .query_async(&mut c)
             .await?;
-        Ok(Limits {
+        Ok(QueueLimits {
             max_dispatches_per_second: rate,
             burst: rate.and(burst),
             max_concurrent: conc,
