@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use taskq_core::{QueueName, TaskStatus};
-use taskq_redis::Limits;
+use taskq_redis::QueueLimits;
 use utoipa::ToSchema;
 
 use crate::extract::{JsonBody, PathParam};
@@ -37,7 +37,7 @@ pub struct QueueInfo {
     /// Attempts that failed in the last 60 seconds.
     pub failed_1m: u64,
     /// Dispatch limits enforced across all workers.
-    pub limits: Limits,
+    pub limits: QueueLimits,
 }
 
 async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> {
@@ -217,7 +217,7 @@ pub async fn resume(
     operation_id = "set_queue_limits",
     tag = "queues",
     params(("name" = QueueName, Path, description = "The queue's name.")),
-    request_body = Limits,
+    request_body = QueueLimits,
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
@@ -231,7 +231,7 @@ pub async fn resume(
 pub async fn set_limits(
     State(state): State<AppState>,
     PathParam(name): PathParam<String>,
-    JsonBody(limits): JsonBody<Limits>,
+    JsonBody(limits): JsonBody<QueueLimits>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name: QueueName = name
         .parse()

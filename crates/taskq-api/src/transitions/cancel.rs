@@ -49,17 +49,8 @@ pub(crate) async fn cancel(state: &AppState, id: TaskId) -> Result<Cancelled, Ap
         // Not in Redis (e.g. Redis lost it): the record alone decides.
         CancelOutcome::NotFound => stored.seq + 1,
     };
-    let update = StatusUpdate {
-        finished_at: Some(now),
-        events: vec![taskq_core::TaskEvent {
-            status: TaskStatus::Cancelled,
-            at: now,
-            attempt: stored.record.attempts,
-            error: None,
-            worker: None,
-        }],
-        ..StatusUpdate::new(id, seq, TaskStatus::Cancelled, stored.record.attempts, now)
-    };
+    let update =
+        StatusUpdate::transition(id, seq, TaskStatus::Cancelled, stored.record.attempts, now);
     state.store.apply(std::slice::from_ref(&update)).await?;
     state
         .metrics

@@ -24,7 +24,7 @@
 //!   without a Redis entry (logged); they stay queued without running until
 //!   `POST /v1/admin/recover` enqueues them.
 
-use taskq_core::{QueueName, TaskEvent, TaskId, TaskRecord, TaskStatus};
+use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate, StoredTask};
 
@@ -212,15 +212,7 @@ fn back_to_dead(t: &StoredTask, now: chrono::DateTime<chrono::Utc>) -> StatusUpd
         .rev()
         .find(|e| e.status == TaskStatus::Dead);
     let attempts = death.map_or(t.record.attempts, |e| e.attempt);
-    StatusUpdate {
-        finished_at: Some(death.map_or(now, |e| e.at)),
-        events: vec![TaskEvent {
-            status: TaskStatus::Dead,
-            at: now,
-            attempt: attempts,
-            error: Some("the retry failed: the task could not be queued in redis".into()),
-            worker: None,
-        }],
-        ..StatusUpdate::new(t.record.id, t.seq + 1, TaskStatus::Dead, attempts, now)
-    }
+    StatusUpdate::transition(t.record.id, t.seq + 1, TaskStatus::Dead, attempts, now)
+        .event_error("the retry failed: the task could not be queued in redis")
+        .finished_at(death.map_or(now, |e| e.at))
 }
