@@ -299,3 +299,36 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     assert_eq!(rec["status"], "queued", "{rec:#}");
     w.shutdown().await;
 }
+
+/// A cancel whose api died right after Redis took the task (the record write never
+/// happened; the script is called here as the api calls it) still ends the record
+/// `cancelled`: the script put the update in the queue's outbox, and a worker's writer
+/// applies it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_whose_record_write_never_happened_still_ends_cancelled() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let id = env
+        .submit(json!({"type": "noop", "delay_ms": 3_600_000}))
+        .await;
+    env.wait_status(id, TaskStatus::Scheduled, Duration::from_secs(30))
+        .await;
+    let outcome = env
+        .broker
+        .cancel(&"default".parse().expect("queue"), id)
+        .await
+        .expect("cancel");
+    assert!(
+        matches!(
+            outcome,
+            taskq_redis::CancelOutcome::Cancelled { seq: 2.., .. }
+        ),
+        "{outcome:?}"
+    );
+    let rec = env
+        .wait_status(id, TaskStatus::Cancelled, Duration::from_secs(30))
+        .await;
+    assert!(rec["finished_at"].is_string(), "{rec}");
+    assert_eq!(env.redis_total("default").await, 0);
+    w.shutdown().await;
+}
