@@ -17,7 +17,7 @@ pub mod periodic;
 mod queues;
 mod serve;
 mod tasks;
-mod transitions;
+pub mod transitions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -276,6 +276,8 @@ pub struct AppState {
     pub connections: ConnectionLimits,
     /// Whether Redis and MongoDB answer (kept by [`health::probe`] in [`run`]).
     pub health: health::Health,
+    /// Concurrent single submits written together.
+    pub group_commit: transitions::group::GroupCommit,
 }
 
 impl AppState {
@@ -297,6 +299,7 @@ impl AppState {
             body: BodyLimits::default(),
             connections: ConnectionLimits::default(),
             health: health::Health::default(),
+            group_commit: transitions::group::GroupCommit::default(),
         }
     }
 }

@@ -48,12 +48,24 @@ impl Submitted {
     }
 }
 
-/// Submits one admitted task (through [`submit_idempotent`] when it has a key).
+/// Submits one admitted task: through [`submit_idempotent`] when it has a key, else
+/// together with the other single submits in flight ([`super::group`]).
 pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitted, ApiError> {
     if rec.idempotency_key.is_some() {
         return submit_idempotent(state, rec).await;
     }
-    persist(state, std::slice::from_ref(&rec)).await?;
+    let span = tracing::info_span!(
+        "task.enqueue",
+        task.count = 1,
+        task.id = %rec.id,
+        task.queue = %rec.queue,
+        task.type = %rec.kind,
+    );
+    state
+        .group_commit
+        .submit(state, rec.clone())
+        .instrument(span)
+        .await?;
     Ok(Submitted::Created(rec))
 }
 
@@ -317,6 +329,11 @@ impl From<PersistError> for ApiError {
     }
 }
 
+/// The latest a submit enqueues its task, counted from the record's `created_at` (its
+/// submit-pending mark). The workers' `TASKQ_SUBMIT_GRACE_MS` must exceed it plus the
+/// clock skew between hosts.
+pub const ENQUEUE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Writes records to MongoDB (marked submit-pending), then to Redis, inside a
 /// `task.enqueue` span. When Redis fails the tasks are taken out of Redis and the records
 /// removed again, so no task whose submit was answered with an error ever runs; when
@@ -329,11 +346,6 @@ impl From<PersistError> for ApiError {
 /// [`ENQUEUE_DEADLINE`] after the record's creation time; a record that took longer to
 /// write (MongoDB slow or just back from an outage) is removed again and the submit
 /// answered `503`.
-/// The latest a submit enqueues its task, counted from the record's `created_at` (its
-/// submit-pending mark). The workers' `TASKQ_SUBMIT_GRACE_MS` must exceed it plus the
-/// clock skew between hosts.
-pub const ENQUEUE_DEADLINE: Duration = Duration::from_secs(5);
-
 pub(crate) async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
     let span = tracing::info_span!(
         "task.enqueue",
