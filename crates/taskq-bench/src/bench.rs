@@ -356,18 +356,7 @@ impl Bench {
         ));
         self.latency(ceilings.insert_one_p99).await?;
 
-        if let Some((w, _)) = &self.worker {
-            let rss = w.peak_rss_kib().map_or(f64::NAN, mib);
-            self.report.push(
-                Metric::new(
-                    "worker_peak_rss_mib",
-                    "peak RSS (VmHWM) taskq-worker",
-                    rss,
-                    "MiB",
-                )
-                .target(Target::AtMost(TARGET_WORKER_RSS_MIB)),
-            );
-        }
+        self.worker_rss("worker_peak_rss_mib", "peak RSS (VmHWM) taskq-worker");
 
         if self.cfg.backlog > 0 {
             self.backlog(processed).await?;
@@ -384,6 +373,16 @@ impl Bench {
         }
         self.closing_notes();
         Ok(())
+    }
+
+    /// Reports the running worker's peak RSS (VmHWM) against its target.
+    fn worker_rss(&mut self, key: &str, label: &str) {
+        if let Some((w, _)) = &self.worker {
+            let rss = w.peak_rss_kib().map_or(f64::NAN, mib);
+            let m = Metric::new(key, label, rss, "MiB");
+            self.report
+                .push(m.target(Target::AtMost(TARGET_WORKER_RSS_MIB)));
+        }
     }
 
     /// The notes every full run ends with: which phases ran on a busy machine, and how to

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use taskq_core::{Limits, Priority};
 use taskq_redis::EnqueueItem;
 
-use super::{Bench, STOP_GRACE, TARGET_BACKLOG_FRACTION, TARGET_WORKER_RSS_MIB, mib, progress};
+use super::{Bench, STOP_GRACE, TARGET_BACKLOG_FRACTION, progress};
 use crate::report::{Metric, Target};
 
 /// Backlog tasks per broker enqueue call.
@@ -91,18 +91,10 @@ impl Bench {
         ));
         self.writer_figures(p.depth, n, "_backlog", ", backlog")
             .await;
-        if let Some((w, _)) = &self.worker {
-            let rss = w.peak_rss_kib().map_or(f64::NAN, mib);
-            self.report.push(
-                Metric::new(
-                    "worker_backlog_peak_rss_mib",
-                    "peak RSS taskq-worker, backlog run",
-                    rss,
-                    "MiB",
-                )
-                .target(Target::AtMost(TARGET_WORKER_RSS_MIB)),
-            );
-        }
+        self.worker_rss(
+            "worker_backlog_peak_rss_mib",
+            "peak RSS taskq-worker, backlog run",
+        );
         self.report.note(format!(
             "backlog: {} low-priority noop tasks were put into Redis with the broker's enqueue \
              (batches of {BACKLOG_BATCH}), not through the api, so they have no MongoDB records \
