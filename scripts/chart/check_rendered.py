@@ -75,6 +75,7 @@ EXISTING_TOKENS_SECRET = {"external": "taskq-api-tokens-prod"}
 TOKEN_KEYS = ("tokens", "admin-token", "submit-token")
 # A `role:token` entry (what TASKQ_TOKENS and the tokens file hold).
 ROLE_TOKEN = re.compile(r"\b(?:submit|admin)\s*:\s*[A-Za-z0-9._~+/=-]{16,}")
+STORES = ("redis", "mongodb")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
 
@@ -294,8 +295,17 @@ def main() -> int:
         if kind != "CustomResourceDefinition":
             labels = meta.get("labels", {})
             for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-                        "app.kubernetes.io/managed-by", "helm.sh/chart"):
+                        "app.kubernetes.io/managed-by"):
                 c.check(key in labels, f"{ident}: label {key} missing")
+            store = labels.get("app.kubernetes.io/component") in STORES and kind not in ("Secret", "NetworkPolicy")
+            if store:
+                # scripts/chart/test.sh also renders with another chart version and compares.
+                c.check("helm.sh/chart" not in labels, f"{ident}: a bundled store's object carries the taskq chart version")
+            else:
+                c.check("helm.sh/chart" in labels, f"{ident}: label helm.sh/chart missing")
+        if kind == "Secret" and labels.get("app.kubernetes.io/component") in STORES and any("password" in k for k in secret_data(d)):
+            c.check(meta.get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+                    f"{ident}: generated store credentials are kept on uninstall (helm.sh/resource-policy: keep)")
         c.check(kind not in ("ClusterRole", "ClusterRoleBinding"), f"{ident}: the chart must not grant cluster-wide rights")
 
         if kind not in POD_KINDS:
@@ -341,9 +351,19 @@ def main() -> int:
                 names = [e["name"] for e in ctr.get("env", [])]
                 c.check(len(names) == len(set(names)), f"{cid}: duplicate env names")
                 allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | {"RUST_LOG"}
+                # A variable that only feeds the kubelet's $(VAR) expansion of a later one
+                # (the Redis password inside TASKQ_REDIS_URL) is not read by the binary.
+                expanded = {m for e in ctr.get("env", []) for m in re.findall(r"\$\(([A-Z0-9_]+)\)", str(e.get("value", "")))}
                 for n in names:
-                    c.check(n in allowed, f"{cid}: sets {n}, which taskq-{comp} does not read")
+                    c.check(n in allowed or n in expanded, f"{cid}: sets {n}, which taskq-{comp} does not read")
                 env = {e["name"]: e for e in ctr.get("env", [])}
+                if name != "external":
+                    url = env.get("TASKQ_REDIS_URL", {}).get("value", "")
+                    c.check(re.fullmatch(r"redis://[A-Za-z0-9_.-]+:\$\(REDIS_PASSWORD\)@[a-z0-9.-]+:6379", url) is not None,
+                            f"{cid}: TASKQ_REDIS_URL logs in with the Secret's password through $(REDIS_PASSWORD) (got {url!r})")
+                    ref = env.get("REDIS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
+                    c.check(bool(ref.get("name")) and names.index("REDIS_PASSWORD") < names.index("TASKQ_REDIS_URL"),
+                            f"{cid}: REDIS_PASSWORD comes from a Secret and precedes TASKQ_REDIS_URL")
                 c.check(env.get("TASKQ_LISTEN", {}).get("value", "").startswith("0.0.0.0:"), f"{cid}: must listen on 0.0.0.0")
                 if comp == "worker":
                     grace = int(env["TASKQ_SHUTDOWN_GRACE_MS"]["value"])
@@ -398,6 +418,15 @@ def main() -> int:
             args = redis[0]["spec"]["template"]["spec"]["containers"][0].get("args", [])
             c.check("--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", "Redis runs with appendonly yes")
             c.check("noeviction" in args, "Redis never evicts keys")
+            opt = lambda flag: args[args.index(flag) + 1] if flag in args else None
+            c.check(opt("--requirepass") == "$(REDIS_PASSWORD)", f"Redis requires a password from its Secret (requirepass {opt('--requirepass')!r})")
+            c.check(opt("--protected-mode") == "yes", "Redis keeps protected mode on")
+            c.check(opt("--save") == "", "Redis takes no RDB snapshots (save \"\")")
+            user = args[args.index("--user") + 1:] if "--user" in args else []
+            user = user[: next((i for i, a in enumerate(user) if a.startswith("--")), len(user))]
+            c.check(len(user) > 2 and user[1] == "on" and user[2].startswith(">$("), f"Redis has an application ACL user with a Secret password (got {user[:3]})")
+            for denied in ("-flushall", "-flushdb", "-config", "-debug", "-@admin"):
+                c.check(denied in user, f"the Redis application user is denied {denied[1:]}")
     if name == "ingress-tls":
         ing = by_kind.get("Ingress", [])
         c.check(len(ing) == 1 and bool(ing[0]["spec"].get("tls")), "an Ingress with TLS")
@@ -419,8 +448,8 @@ def main() -> int:
         env = {e["name"]: e.get("value") for e in deployments["api"]["spec"]["template"]["spec"]["containers"][0]["env"]}
         c.check(str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).endswith("-jaeger:4317"), "OTLP goes to the bundled Jaeger")
         c.check(len(by_kind.get("ServiceMonitor", [])) == 2, "ServiceMonitors for api and worker")
-        cms = by_kind.get("ConfigMap", [])
-        c.check(len(cms) == 1 and "taskq.json" in cms[0].get("data", {}), "the Grafana dashboard ConfigMap")
+        cms = [m for m in by_kind.get("ConfigMap", []) if "taskq.json" in m.get("data", {})]
+        c.check(len(cms) == 1, "the Grafana dashboard ConfigMap")
 
     print(f"template tests [{name}]: {c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0

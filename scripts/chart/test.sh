@@ -144,6 +144,38 @@ run_static() {
     fi
   done
 
+  step "bundled stores"
+  if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    expect_ok "the rendered Redis on a real redis-server: auth, ACL, persistence (scripts/chart/redis_auth_test.py)" \
+      python3 scripts/chart/redis_auth_test.py "$OUT/rendered/default.yaml"
+  else
+    bad "redis-server and redis-cli are needed for the Redis test (apt-get install redis-server)"
+  fi
+  # The stores' StatefulSets, Services and ConfigMaps are the same whatever taskq's version:
+  # a taskq upgrade never restarts Redis or MongoDB.
+  rm -rf "$OUT/other-version" && cp -r "$CHART" "$OUT/other-version"
+  sed -i 's/^version: .*/version: 9.9.9/; s/^appVersion: .*/appVersion: "9.9.9"/' "$OUT/other-version/Chart.yaml"
+  helm template "$RELEASE" "$OUT/other-version" --namespace "$NS_RENDER" >"$OUT/rendered/other-version.yaml"
+  expect_ok "Redis and MongoDB objects do not change with taskq's chart or app version" \
+    python3 - "$OUT/rendered/default.yaml" "$OUT/rendered/other-version.yaml" <<'PY'
+import sys, yaml
+def stores(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("StatefulSet", "Service", "ConfigMap")
+            and d["metadata"]["labels"].get("app.kubernetes.io/component") in ("redis", "mongodb")}
+a, b = stores(sys.argv[1]), stores(sys.argv[2])
+assert len(a) >= 5 and a.keys() == b.keys(), sorted(a)
+diff = [k for k in a if a[k] != b[k]]
+assert not diff, f"changed with the taskq version: {diff}"
+print(f"{len(a)} objects identical")
+PY
+  expect_fail "Redis maxmemory too close to the container limit" "80% of redis.resources.limits.memory" \
+    helm template t "$CHART" --set redis.maxmemory=250mb
+  expect_fail "Redis without a memory limit" "redis.resources.limits.memory must be set" \
+    helm template t "$CHART" --set redis.resources.limits.memory=null
+  expect_fail "the Redis application user named default" "redis/auth/username" \
+    helm template t "$CHART" --set redis.auth.username=default
+
   step "Grafana dashboard"
   # The metric names themselves are checked against the registry by taskq-telemetry's
   # `dashboard_queries_only_exported_metrics` test.
@@ -160,12 +192,13 @@ PY
 
   step "k8s/manifests in sync with the chart"
   expect_ok "k8s/manifests/taskq.yaml is what the chart renders" bash scripts/chart/check-manifests.sh
-  expect_ok "k8s/manifests/taskq.yaml commits no token: the api mounts the existing taskq-api-tokens" \
+  expect_ok "k8s/manifests/taskq.yaml commits no Secret: the api mounts the existing taskq-api-tokens" \
     python3 - k8s/manifests/taskq.yaml <<'PY'
 import re, sys, yaml
 text = open(sys.argv[1]).read()
 docs = [d for d in yaml.safe_load_all(text) if d]
 secrets = [d for d in docs if d["kind"] == "Secret"]
+assert not secrets, f"the plain manifests commit Secrets: {[s['metadata']['name'] for s in secrets]}"
 for s in secrets:
     keys = set(s.get("data") or {}) | set(s.get("stringData") or {})
     assert not keys & {"tokens", "admin-token", "submit-token"}, f"Secret/{s['metadata']['name']} holds API tokens"
@@ -181,6 +214,18 @@ PY
 api_tokens() {
   kubectl get secret "$RELEASE-api-tokens" -n "$1" \
     -o jsonpath='{.data.tokens}/{.data.admin-token}/{.data.submit-token}' 2>/dev/null || true
+}
+
+# kept_secrets NAMESPACE: names of the release's Secrets marked helm.sh/resource-policy=keep.
+kept_secrets() {
+  kubectl get secret -n "$1" -l "app.kubernetes.io/instance=$RELEASE" -o json |
+    python3 -c 'import json,sys; print(" ".join(sorted(s["metadata"]["name"] for s in json.load(sys.stdin)["items"] if (s["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep")))'
+}
+
+# store_credentials NAMESPACE: the generated Redis and MongoDB Secrets' data, as stored.
+store_credentials() {
+  local s
+  for s in redis mongodb; do kubectl get secret "$RELEASE-$s" -n "$1" -o jsonpath='{.data}' 2>/dev/null || true; echo; done
 }
 
 KUBE_STARTED=""
@@ -232,6 +277,20 @@ hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {
 yaml.safe_dump_all(objs, open(sys.argv[2] + ".objects.yaml", "w"))
 yaml.safe_dump_all(hooks, open(sys.argv[2] + ".hooks.yaml", "w"))
 PY
+    if [[ "$v" == external ]]; then
+      # The external set's pre-step: the Secrets it names exist before the install.
+      expect_ok "external: create the existing Secrets the value set names" kubectl create -n "$ns" -f - <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: taskq-mongodb-credentials}
+stringData: {uri: "mongodb+srv://taskq:ci-password@mongo.example/?tls=true"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: taskq-api-tokens-prod}
+stringData: {tokens: "admin:$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)"}
+EOF
+    fi
     expect_ok "server-side dry run, strict field validation" \
       kubectl apply --server-side --dry-run=server --validate=strict -n "$ns" -f "$OUT/rendered/$v.$ns.split.objects.yaml"
     # shellcheck disable=SC2046
@@ -266,11 +325,16 @@ PY
       local before after tokens_before
       before="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
       tokens_before="$(api_tokens "$ns")"
+      local redis_before
+      redis_before="$(kubectl get secret "$RELEASE-redis" -n "$ns" -o jsonpath='{.data}')"
       # shellcheck disable=SC2046
       expect_ok "helm upgrade" helm upgrade "$RELEASE" "$CHART" -n "$ns" $(values_args "$v") --set api.replicaCount=3
       after="$(kubectl get secret "$RELEASE-mongodb" -n "$ns" -o jsonpath='{.data.mongodb-root-password}')"
       if [[ -n "$before" && "$before" == "$after" ]]; then ok "the generated MongoDB password survives the upgrade"
       else bad "the MongoDB password changed on upgrade"; fi
+      if [[ -n "$redis_before" && "$redis_before" == "$(kubectl get secret "$RELEASE-redis" -n "$ns" -o jsonpath='{.data}')" ]]; then
+        ok "the generated Redis passwords survive the upgrade"
+      else bad "the Redis passwords changed on upgrade"; fi
       if [[ -n "$tokens_before" && "$tokens_before" == "$(api_tokens "$ns")" ]]; then ok "the generated API tokens survive the upgrade"
       else bad "the API tokens changed on upgrade"; fi
       expect_fail "the API server rejects a misspelled field (strict validation end to end)" "valu" \
@@ -278,6 +342,25 @@ PY
     fi
 
     expect_ok "helm uninstall" helm uninstall "$RELEASE" -n "$ns"
+    # Generated store credentials stay (helm.sh/resource-policy: keep); nothing else does.
+    local kept
+    kept="$(kept_secrets "$ns")"
+    if [[ "$v" == external ]]; then
+      if [[ -z "$kept" ]]; then ok "no Secret kept without bundled stores"; else bad "Secrets kept: $kept"; fi
+    elif [[ "$kept" == "$RELEASE-mongodb $RELEASE-redis" ]]; then ok "uninstall keeps the generated store credentials: $kept"
+    else bad "uninstall should keep exactly $RELEASE-mongodb and $RELEASE-redis (kept: ${kept:-none})"; fi
+    if [[ "$v" == default ]]; then
+      local creds_before
+      creds_before="$(store_credentials "$ns")"
+      # shellcheck disable=SC2046
+      expect_ok "helm install again after uninstall (kept Secrets adopted)" helm install "$RELEASE" "$CHART" -n "$ns" $(values_args "$v")
+      if [[ -n "$creds_before" && "$creds_before" == "$(store_credentials "$ns")" ]]; then
+        ok "the reinstall uses the same Redis and MongoDB passwords (a kept PVC stays usable)"
+      else bad "the reinstall changed the store passwords"; fi
+      expect_ok "helm uninstall again" helm uninstall "$RELEASE" -n "$ns"
+    fi
+    # shellcheck disable=SC2086
+    [[ -z "$kept" ]] || kubectl delete secret -n "$ns" $kept >/dev/null
     local left
     left="$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events' | paste -sd, - |
       xargs -I{} kubectl get {} -n "$ns" -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null | wc -l)"

@@ -56,6 +56,21 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 
 {{/*
+Labels of the bundled stores (redis, mongodb): call with (dict "ctx" $ "component" "redis"
+"image" .Values.redis.image). No taskq chart or app version: a taskq upgrade must not
+change the stores' pod templates (and so restart them). The version label is the store's.
+*/}}
+{{- define "taskq.storeLabels" -}}
+{{ include "taskq.selectorLabels" . }}
+app.kubernetes.io/part-of: taskq
+app.kubernetes.io/version: {{ .image.tag | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
 An image reference from {registry, repository, tag, digest}: call with
 (dict "image" .Values.api.image "ctx" $). global.imageRegistry replaces the registry; an
 empty tag means the chart's appVersion; a digest pins the image.
@@ -137,9 +152,14 @@ or the one the chart generates), and where the api and the `helm test` pod mount
   readOnly: true
 {{- end -}}
 
-{{/* Redis: where its URL is kept. */}}
+{{/* Redis: the Secret of the bundled Redis's passwords (generated or existing). */}}
+{{- define "taskq.redis.authSecretName" -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "redis")) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Redis: the Secret and key of an external Redis's URL. */}}
 {{- define "taskq.redis.secretName" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- if .Values.redis.external.existingSecret -}}
 {{- .Values.redis.external.existingSecret -}}
 {{- else -}}
 {{- include "taskq.componentName" (dict "ctx" . "component" "redis") -}}
@@ -147,11 +167,43 @@ or the one the chart generates), and where the api and the `helm test` pod mount
 {{- end -}}
 
 {{- define "taskq.redis.secretKey" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- if .Values.redis.external.existingSecret -}}
 {{- .Values.redis.external.existingSecretKey -}}
 {{- else -}}
 redis-url
 {{- end -}}
+{{- end -}}
+
+{{/*
+Memory in MiB of a Kubernetes quantity in Mi, Gi, M or G (0 when not one of those).
+*/}}
+{{- define "taskq.quantityMi" -}}
+{{- $q := toString . -}}
+{{- $mi := 0.0 -}}
+{{- if hasSuffix "Gi" $q -}}{{- $mi = mulf (float64 (trimSuffix "Gi" $q)) 1024 -}}
+{{- else if hasSuffix "Mi" $q -}}{{- $mi = float64 (trimSuffix "Mi" $q) -}}
+{{- else if hasSuffix "G" $q -}}{{- $mi = divf (mulf (float64 (trimSuffix "G" $q)) 1000000000) 1048576 -}}
+{{- else if hasSuffix "M" $q -}}{{- $mi = divf (mulf (float64 (trimSuffix "M" $q)) 1000000) 1048576 -}}
+{{- end -}}
+{{- $mi -}}
+{{- end -}}
+
+{{/*
+Redis's maxmemory: redis.maxmemory, else 70 % of the container's memory limit in `mb`
+(Redis's mb is MiB). Leaves room for the AOF rewrite, client buffers and the allocator.
+*/}}
+{{- define "taskq.redis.maxmemory" -}}
+{{- if .Values.redis.maxmemory -}}
+{{- .Values.redis.maxmemory -}}
+{{- else -}}
+{{- $limit := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.redis.resources)) -}}
+{{- printf "%dmb" (int64 (floor (mulf $limit 0.7))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* StorageClass of a bundled store's claim: its own, else global.storageClass. */}}
+{{- define "taskq.storageClass" -}}
+{{- default (dig "storageClass" "" .ctx.Values.global) .persistence.storageClass -}}
 {{- end -}}
 
 {{/* MongoDB: where its connection string is kept. */}}
@@ -193,11 +245,22 @@ Environment every taskq binary reads: backing services, logging, tracing. Call w
 {{- $ctx := .ctx -}}
 - name: TASKQ_LISTEN
   value: "0.0.0.0:{{ .port }}"
+{{- if $ctx.Values.redis.enabled }}
+# The application user's password, expanded into TASKQ_REDIS_URL below (never a literal).
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskq.redis.authSecretName" $ctx }}
+      key: {{ $ctx.Values.redis.auth.appPasswordKey }}
+- name: TASKQ_REDIS_URL
+  value: {{ printf "redis://%s:$(REDIS_PASSWORD)@%s:6379" ($ctx.Values.redis.auth.username | urlquery) (include "taskq.componentName" (dict "ctx" $ctx "component" "redis")) | quote }}
+{{- else }}
 - name: TASKQ_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "taskq.redis.secretName" $ctx }}
       key: {{ include "taskq.redis.secretKey" $ctx }}
+{{- end }}
 {{- if and (not $ctx.Values.redis.enabled) $ctx.Values.redis.external.cluster }}
 - name: TASKQ_REDIS_CLUSTER
   value: "true"
@@ -312,6 +375,23 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- if and .Values.redis.enabled .Values.redis.external.cluster -}}
 {{- $errors = append $errors "redis.external.cluster needs an external Redis Cluster: the bundled Redis (redis.enabled) is a single node" -}}
 {{- end -}}
+{{- if .Values.redis.enabled -}}
+{{- $limitMi := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.redis.resources)) -}}
+{{- if le $limitMi 0.0 -}}
+{{- $errors = append $errors "redis.resources.limits.memory must be set in Mi, Gi, M or G: maxmemory is derived from it" -}}
+{{- else if .Values.redis.maxmemory -}}
+{{- $mm := lower (toString .Values.redis.maxmemory) -}}
+{{- $mmMi := 0.0 -}}
+{{- if hasSuffix "gb" $mm }}{{ $mmMi = mulf (float64 (trimSuffix "gb" $mm)) 1024 }}
+{{- else if hasSuffix "mb" $mm }}{{ $mmMi = float64 (trimSuffix "mb" $mm) }}
+{{- else -}}
+{{- $errors = append $errors (printf "redis.maxmemory %q: give it in mb or gb" .Values.redis.maxmemory) -}}
+{{- end -}}
+{{- if gt $mmMi (mulf $limitMi 0.8) -}}
+{{- $errors = append $errors (printf "redis.maxmemory (%s) must stay at or below 80%% of redis.resources.limits.memory (%v): the append-only-file rewrite and client buffers need the rest" .Values.redis.maxmemory .Values.redis.resources.limits.memory) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $graceMs := mul .Values.worker.terminationGracePeriodSeconds 1000 -}}
 {{- if ge (int64 .Values.worker.shutdownGraceMs) (int64 $graceMs) -}}
 {{- $errors = append $errors (printf "worker.shutdownGraceMs (%v) must be below worker.terminationGracePeriodSeconds (%v s), or running tasks are killed instead of released" .Values.worker.shutdownGraceMs .Values.worker.terminationGracePeriodSeconds) -}}
@@ -358,11 +438,7 @@ WiredTiger cache for the bundled MongoDB: 40 % of the container's memory limit (
 0.25 GB, MongoDB's minimum), 0.25 GB when no limit in Mi/Gi is set.
 */}}
 {{- define "taskq.mongodb.cacheSizeGB" -}}
-{{- $limit := toString (dig "limits" "memory" "" .Values.mongodb.resources) -}}
-{{- $mi := 0.0 -}}
-{{- if hasSuffix "Gi" $limit -}}{{- $mi = mulf (float64 (trimSuffix "Gi" $limit)) 1024 -}}
-{{- else if hasSuffix "Mi" $limit -}}{{- $mi = float64 (trimSuffix "Mi" $limit) -}}
-{{- end -}}
+{{- $mi := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.mongodb.resources)) -}}
 {{- $gb := divf (mulf $mi 0.4) 1024 -}}
 {{- if lt $gb 0.25 }}{{ $gb = 0.25 }}{{ end -}}
 {{- printf "%.2f" $gb -}}
