@@ -61,6 +61,8 @@ CONTROLLER_ALLOWED = {
     ("apps", "deployments/scale", "patch"),
     *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
+    *(("autoscaling", "horizontalpodautoscalers", v) for v in ("list", "watch")),
+    *(("keda.sh", "scaledobjects", v) for v in ("list", "watch")),
 }
 # Used only when crates/taskq-controller/src is missing: the variables the controller
 # shares with the other binaries.
@@ -396,6 +398,24 @@ def main() -> int:
     # PodDisruptionBudgets for the api and the workers.
     # (The dev overlay runs single replicas, where a budget would only block node drains.)
     pdbs = {component(d) for d in by_kind.get("PodDisruptionBudget", [])}
+    # No budget may block a node drain: maxUnavailable 0, or minAvailable not below the
+    # replicas (the autoscaler's minimum for an autoscaled Deployment, 0 when unknown).
+    scalers = {x["spec"]["deployment"]: x["spec"].get("minReplicas", 1) for x in by_kind.get("TaskQueueScaler", [])}
+    hpas = {x["spec"]["scaleTargetRef"]["name"]: x["spec"].get("minReplicas", 1) for x in by_kind.get("HorizontalPodAutoscaler", [])}
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        target = next((d for d in by_kind.get("Deployment", []) if component(d) == component(pdb)), None)
+        if target is None:
+            continue
+        tname = target["metadata"]["name"]
+        replicas = target["spec"].get("replicas", scalers.get(tname, hpas.get(tname, 0)))
+        spec = pdb["spec"]
+        ident = f"PodDisruptionBudget/{pdb['metadata']['name']}"
+        if "minAvailable" in spec:
+            m = spec["minAvailable"]
+            c.check(isinstance(m, int) and m < replicas, f"{ident}: minAvailable {m} with {replicas} replicas blocks a node drain")
+        else:
+            m = spec.get("maxUnavailable")
+            c.check(m not in (0, "0%", None), f"{ident}: maxUnavailable {m!r} blocks a node drain")
     if name != "dev":
         c.check({"api", "worker"} <= pdbs, f"PodDisruptionBudgets for api and worker (found {sorted(pdbs)})")
     if name == "dev":

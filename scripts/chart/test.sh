@@ -113,7 +113,11 @@ run_static() {
   expect_fail "scaler min above max" "minReplicas" \
     helm template t "$CHART" --set controller.enabled=true,controller.scaler.minReplicas=5,controller.scaler.maxReplicas=2
   expect_fail "both PDB budgets" "only one of minAvailable" \
-    helm template t "$CHART" --set api.pdb.maxUnavailable=1
+    helm template t "$CHART" --set api.pdb.minAvailable=1
+  expect_fail "no api PodDisruptionBudget that would block the drain of its only replica" "could not find template" \
+    helm template t "$CHART" --set api.replicaCount=1,api.pdb.minAvailable=1,api.pdb.maxUnavailable=null --show-only templates/api/pdb.yaml
+  expect_fail "no PodDisruptionBudget with maxUnavailable 0" "could not find template" \
+    helm template t "$CHART" --set api.pdb.maxUnavailable=0 --show-only templates/api/pdb.yaml
   expect_fail "tokens as a value (they belong in a Secret)" "additional properties 'tokens' not allowed" \
     helm template t "$CHART" --set api.auth.tokens=admin:0123456789abcdef
   expect_fail "auth.enabled as a string" "api/auth/enabled" \
@@ -175,6 +179,31 @@ PY
     helm template t "$CHART" --set redis.resources.limits.memory=null
   expect_fail "the Redis application user named default" "redis/auth/username" \
     helm template t "$CHART" --set redis.auth.username=default
+
+  step "TaskQueueScaler CRD"
+  expect_ok "the CRD's defaults equal controller.scaler's values" python3 - "$CHART" <<'PY'
+import sys, yaml
+chart = sys.argv[1]
+text = open(f"{chart}/templates/crds/taskqueuescalers.taskq.dev.yaml").read()
+body = text[text.index("\napiVersion:") + 1 : text.rindex("{{- end }}")]
+crd = yaml.safe_load(body)
+props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+scaler = yaml.safe_load(open(f"{chart}/values.yaml"))["controller"]["scaler"]
+checked = []
+for key, prop in props.items():
+    if "default" in prop:
+        assert key in scaler, f"CRD default {key} has no controller.scaler value"
+        assert scaler[key] == prop["default"], f"{key}: CRD default {prop['default']} != chart {scaler[key]}"
+        checked.append(key)
+assert len(checked) >= 5, checked
+print("equal:", ", ".join(checked))
+PY
+  expect_fail "the CRD is not rendered without the controller" "could not find template" \
+    helm template t "$CHART" --show-only templates/crds/taskqueuescalers.taskq.dev.yaml
+  expect_fail "the CRD is not rendered with crds.install=false" "could not find template" \
+    helm template t "$CHART" --set controller.enabled=true,crds.install=false --show-only templates/crds/taskqueuescalers.taskq.dev.yaml
+  expect_fail "an HPA and the queue-depth scaler on the workers at once" "two autoscalers" \
+    helm template t "$CHART" --set controller.enabled=true,worker.hpa.enabled=true
 
   step "Grafana dashboard"
   # The metric names themselves are checked against the registry by taskq-telemetry's
@@ -247,9 +276,20 @@ run_kube() {
   ok "API server $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') answers"
 
   # The Prometheus Operator kinds the chart can render (a cut-down fixture) and the chart's CRD.
+  # The chart's CRD (a template, rendered with the controller on) for the schemas below;
+  # deleted again before the installs, which must create and own it themselves.
+  helm template "$RELEASE" "$CHART" --set controller.enabled=true \
+    --show-only templates/crds/taskqueuescalers.taskq.dev.yaml >"$OUT/crd.yaml"
   expect_ok "fixture CRDs and the chart's CRD apply" \
-    kubectl apply --server-side -f scripts/chart/fixtures/monitoring-crds.yaml -f "$CHART/crds/"
+    kubectl apply --server-side -f scripts/chart/fixtures/monitoring-crds.yaml -f "$OUT/crd.yaml"
   expect_ok "CRDs established" kubectl wait --for condition=established crd --all --timeout=60s
+  expect_fail "the API server rejects a TaskQueueScaler with minReplicas above maxReplicas (CEL)" \
+    "spec.minReplicas must not exceed spec.maxReplicas" kubectl create --dry-run=server -n default -f - <<'EOF'
+apiVersion: taskq.dev/v1alpha1
+kind: TaskQueueScaler
+metadata: {name: bad}
+spec: {deployment: worker, queues: [default], minReplicas: 5, maxReplicas: 2}
+EOF
 
   step "kubeconform -strict against schemas from this API server"
   kubectl get --raw /openapi/v2 >"$OUT/openapi-v2.json"
@@ -262,6 +302,8 @@ run_kube() {
   sed 's/readOnlyRootFilesystem:/readOnlyRootFilesystm:/' "$OUT/rendered/default.yaml" >"$OUT/misspelled.yaml"
   expect_fail "kubeconform rejects a misspelled field" "readOnlyRootFilesystm" \
     kubeconform -strict -schema-location "$loc" "$OUT/misspelled.yaml"
+
+  expect_ok "the chart's CRD deleted again" kubectl delete -f "$OUT/crd.yaml" --wait=true
 
   for v in "${value_sets[@]}"; do
     local ns="taskq-ci-$v"
@@ -290,6 +332,17 @@ kind: Secret
 metadata: {name: taskq-api-tokens-prod}
 stringData: {tokens: "admin:$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)"}
 EOF
+    fi
+    local with_crd=""
+    if grep -q '^kind: CustomResourceDefinition' "$OUT/rendered/$v.$ns.yaml"; then
+      with_crd=1
+      # The CRD first (the dry run needs its kind), labelled as this release's so that
+      # helm install adopts it.
+      expect_ok "the chart's CRD, as this release's" kubectl apply --server-side -f "$OUT/crd.yaml"
+      kubectl wait --for condition=established crd/taskqueuescalers.taskq.dev --timeout=60s >/dev/null
+      kubectl label crd taskqueuescalers.taskq.dev app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
+      kubectl annotate crd taskqueuescalers.taskq.dev "meta.helm.sh/release-name=$RELEASE" \
+        "meta.helm.sh/release-namespace=$ns" --overwrite >/dev/null
     fi
     expect_ok "server-side dry run, strict field validation" \
       kubectl apply --server-side --dry-run=server --validate=strict -n "$ns" -f "$OUT/rendered/$v.$ns.split.objects.yaml"
@@ -361,6 +414,12 @@ EOF
     fi
     # shellcheck disable=SC2086
     [[ -z "$kept" ]] || kubectl delete secret -n "$ns" $kept >/dev/null
+    # The CRD stays too (deleting it would delete every TaskQueueScaler of the cluster).
+    if kubectl get crd taskqueuescalers.taskq.dev >/dev/null 2>&1; then
+      if [[ -n "$with_crd" ]]; then ok "uninstall keeps the TaskQueueScaler CRD (helm.sh/resource-policy: keep)"
+      else bad "the TaskQueueScaler CRD exists without controller.enabled"; fi
+      kubectl delete crd taskqueuescalers.taskq.dev --wait=true >/dev/null
+    elif [[ -n "$with_crd" ]]; then bad "uninstall deleted the TaskQueueScaler CRD"; fi
     local left
     left="$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events' | paste -sd, - |
       xargs -I{} kubectl get {} -n "$ns" -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null | wc -l)"

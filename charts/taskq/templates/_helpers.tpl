@@ -354,6 +354,29 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
+{{/*
+"true" when a component's PodDisruptionBudget cannot block a node drain: call with
+(dict "pdb" .Values.api.pdb "replicas" <the fewest replicas the component runs>).
+maxUnavailable of at least 1 (or a non-zero percentage), or an integer minAvailable below
+the replicas. A budget that could block a drain is not rendered.
+*/}}
+{{- define "taskq.pdbSafe" -}}
+{{- if not (kindIs "invalid" .pdb.minAvailable) -}}
+{{- if and (not (kindIs "string" .pdb.minAvailable)) (lt (int64 .pdb.minAvailable) (int64 .replicas)) -}}true{{- end -}}
+{{- else if not (kindIs "invalid" .pdb.maxUnavailable) -}}
+{{- if kindIs "string" .pdb.maxUnavailable -}}
+{{- if ne (trimSuffix "%" .pdb.maxUnavailable) "0" -}}true{{- end -}}
+{{- else if ge (int64 .pdb.maxUnavailable) 1 -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The fewest replicas the workers run: the autoscaler's minimum, or replicaCount. */}}
+{{- define "taskq.worker.minReplicas" -}}
+{{- if include "taskq.worker.autoscaled" . -}}{{ .Values.controller.scaler.minReplicas }}
+{{- else if .Values.worker.hpa.enabled -}}{{ .Values.worker.hpa.minReplicas }}
+{{- else -}}{{ .Values.worker.replicaCount }}{{- end -}}
+{{- end -}}
+
 {{/* A PodDisruptionBudget spec's budget from {minAvailable, maxUnavailable}. */}}
 {{- define "taskq.pdbBudget" -}}
 {{- if not (kindIs "invalid" .minAvailable) }}
@@ -418,6 +441,12 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- $errors = append $errors (printf "%s.pdb: set only one of minAvailable and maxUnavailable" $c) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.worker.hpa.enabled (include "taskq.worker.autoscaled" .) -}}
+{{- $errors = append $errors "worker.hpa.enabled and controller.scaler.enabled (with controller.enabled) would put two autoscalers on the worker Deployment: enable one" -}}
+{{- end -}}
+{{- if and .Values.worker.hpa.enabled (gt (int64 .Values.worker.hpa.minReplicas) (int64 .Values.worker.hpa.maxReplicas)) -}}
+{{- $errors = append $errors "worker.hpa.minReplicas must not exceed worker.hpa.maxReplicas" -}}
+{{- end -}}
 {{- if .Values.controller.enabled -}}
 {{- with .Values.controller.scaler -}}
 {{- if and .enabled (gt (int64 .minReplicas) (int64 .maxReplicas)) -}}
@@ -444,7 +473,7 @@ WiredTiger cache for the bundled MongoDB: 40 % of the container's memory limit (
 {{- printf "%.2f" $gb -}}
 {{- end -}}
 
-{{/* Does the worker Deployment have its replicas owned by the controller? */}}
+{{/* Does the worker Deployment have its replicas owned by the controller? (See also worker.hpa.) */}}
 {{- define "taskq.worker.autoscaled" -}}
 {{- if and .Values.controller.enabled .Values.controller.scaler.enabled -}}true{{- end -}}
 {{- end -}}

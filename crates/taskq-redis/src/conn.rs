@@ -76,7 +76,8 @@ impl ConnectionLike for Conn {
 /// What dedicated connections (for blocking commands) are opened from.
 #[derive(Clone)]
 pub(crate) enum Source {
-    Single(redis::Client),
+    /// Boxed: with TLS support a client holds its certificate settings.
+    Single(Box<redis::Client>),
     /// A client whose response timeout leaves room for blocking commands.
     Cluster(Box<ClusterClient>),
 }
@@ -108,7 +109,7 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
         let client = redis::Client::open(url.as_str())?;
         let conn =
             client.get_connection_manager_lazy(manager_config(Some(config.response_timeout)))?;
-        Ok((Conn::Single(conn), Source::Single(client)))
+        Ok((Conn::Single(conn), Source::Single(Box::new(client))))
     }
 }
 
@@ -131,6 +132,28 @@ impl Source {
                 )?))
             }
             Source::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rediss://` (TLS, verified against the bundled Mozilla roots) is compiled in: a
+    /// build without redis's rustls features refuses the URL before connecting.
+    #[tokio::test]
+    async fn tls_urls_are_supported() {
+        let config = RedisConfig::from_urls("rediss://taskq:secret@redis.example:6380/", false);
+        match open(&config).await {
+            Ok((Conn::Single(_), Source::Single(client))) => {
+                assert!(matches!(
+                    client.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                ));
+            }
+            Ok(_) => panic!("a single URL opened a cluster connection"),
+            Err(e) => panic!("rediss:// refused: {e}"),
         }
     }
 }
