@@ -48,7 +48,10 @@ OTEL_VARS = {
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
 }
+# Read by the Rust runtime of every binary.
+RUNTIME_VARS = {"RUST_LOG", "RUST_BACKTRACE"}
 # Exactly what taskq-controller calls, as (apiGroup, resource, verb): its watches (list,
 # watch), the Deployment read when its cache misses (get), the scale and status patches,
 # the Lease (get, create, update with resourceVersion) and Events (create, patch for
@@ -342,7 +345,7 @@ def main() -> int:
             image = ctr["image"]
             c.check(not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image),
                     f"{cid}: image {image} must carry a fixed tag or digest")
-            if not is_hook:
+            if not is_hook and ctr in spec["containers"]:
                 for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                     c.check(probe in ctr, f"{cid}: {probe} missing")
             repo = image.split("@")[0].rsplit(":", 1)[0]
@@ -352,7 +355,7 @@ def main() -> int:
                 c.check(ctr.get("startupProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{cid}: startup on /livez")
                 names = [e["name"] for e in ctr.get("env", [])]
                 c.check(len(names) == len(set(names)), f"{cid}: duplicate env names")
-                allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | {"RUST_LOG"}
+                allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | RUNTIME_VARS
                 # A variable that only feeds the kubelet's $(VAR) expansion of a later one
                 # (the Redis password inside TASKQ_REDIS_URL) is not read by the binary.
                 expanded = {m for e in ctr.get("env", []) for m in re.findall(r"\$\(([A-Z0-9_]+)\)", str(e.get("value", "")))}
@@ -447,10 +450,27 @@ def main() -> int:
             c.check(len(user) > 2 and user[1] == "on" and user[2].startswith(">$("), f"Redis has an application ACL user with a Secret password (got {user[:3]})")
             for denied in ("-flushall", "-flushdb", "-config", "-debug", "-@admin"):
                 c.check(denied in user, f"the Redis application user is denied {denied[1:]}")
+    routes = by_kind.get("HTTPRoute", [])
+    if name == "gateway":
+        c.check(len(routes) == 1 and not by_kind.get("Ingress"), "gateway: an HTTPRoute and no Ingress")
+        if routes:
+            api_svc = next((d for d in by_kind.get("Service", []) if component(d) == "api"), None)
+            backend = routes[0]["spec"]["rules"][0]["backendRefs"][0]
+            c.check(api_svc is not None and backend["name"] == api_svc["metadata"]["name"] and
+                    backend["port"] == api_svc["spec"]["ports"][0]["port"], "gateway: the route's backend is the api Service port")
+            c.check(routes[0]["spec"]["parentRefs"][0]["name"] == "eg", "gateway: the route attaches to the given Gateway")
+    else:
+        c.check(not routes, "no HTTPRoute unless api.httpRoute.enabled")
+    if name == "observability":
+        c.check(len(by_kind.get("PrometheusRule", [])) == 1, "observability: the PrometheusRule")
+        alerts = {r["alert"] for g in by_kind.get("PrometheusRule", [{}])[0].get("spec", {}).get("groups", []) for r in g["rules"]}
+        want = {"TaskqBacklogGrowing", "TaskqDeadLetterGrowing", "TaskqWorkersSaturated", "TaskqTaskErrorRatioHigh",
+                "TaskqApiErrorRatioHigh", "TaskqControllerReconcileErrors", "TaskqRedisUnreachable", "TaskqMongoDBUnreachable"}
+        c.check(want <= alerts, f"observability: alerts {sorted(want - alerts)} missing")
     if name == "ingress-tls":
         ing = by_kind.get("Ingress", [])
         c.check(len(ing) == 1 and bool(ing[0]["spec"].get("tls")), "an Ingress with TLS")
-    if name in ("autoscaling", "observability"):
+    if name in ("autoscaling", "observability", "extensions"):
         c.check("controller" in deployments, "a controller Deployment")
         c.check(len(by_kind.get("Role", [])) == 1 and len(by_kind.get("RoleBinding", [])) == 1, "the controller's Role and RoleBinding")
         scalers = by_kind.get("TaskQueueScaler", [])
@@ -463,6 +483,44 @@ def main() -> int:
         c.check("taskqueuescalers.taskq.dev" in crds, "the TaskQueueScaler CRD is rendered (--include-crds)")
     else:
         c.check("controller" not in deployments and not by_kind.get("Role"), "no controller unless enabled")
+    for comp_name in ("api", "worker"):
+        d = deployments.get(comp_name)
+        if d is None:
+            continue
+        spec = d["spec"]["template"]["spec"]
+        aff = spec.get("affinity", {}).get("podAntiAffinity", {})
+        want = "requiredDuringSchedulingIgnoredDuringExecution" if (name, comp_name) == ("extensions", "api") else "preferredDuringSchedulingIgnoredDuringExecution"
+        c.check(want in aff, f"{comp_name}: anti-affinity preset {want} (got {sorted(aff)})")
+    if name == "extensions":
+        for comp_name in ("api", "worker", "controller"):
+            d = deployments[comp_name]
+            meta, spec = d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]
+            main = spec["containers"][0]
+            c.check(meta["labels"].get("team") == "platform" or comp_name == "worker", f"{comp_name}: podLabels")
+            c.check(spec.get("priorityClassName") == "system-cluster-critical" or comp_name == "worker", f"{comp_name}: priorityClassName")
+            c.check(bool(spec.get("topologySpreadConstraints")) or comp_name == "worker", f"{comp_name}: topologySpreadConstraints")
+        api_spec = deployments["api"]["spec"]["template"]["spec"]
+        api_main = api_spec["containers"][0]
+        c.check(api_main.get("envFrom") == [{"configMapRef": {"name": "taskq-extra-env", "optional": True}}], "api: extraEnvFrom")
+        c.check(any(m["name"] == "ca-bundle" for m in api_main.get("volumeMounts", [])) and
+                any(v["name"] == "ca-bundle" for v in api_spec.get("volumes", [])), "api: extraVolumes and extraVolumeMounts")
+        c.check(any(m["name"] == "api-tokens" for m in api_main.get("volumeMounts", [])), "api: the tokens mount stays beside the extra mounts")
+        c.check(deployments["api"]["spec"]["template"]["metadata"]["annotations"].get("example.com/owner") == "platform", "api: podAnnotations")
+        w_spec = deployments["worker"]["spec"]["template"]["spec"]
+        c.check([x["name"] for x in w_spec.get("initContainers", [])] == ["wait"], "worker: initContainers")
+        c.check("release taskq starting" in " ".join(w_spec.get("initContainers", [{}])[0].get("command", [])), "worker: initContainers go through tpl")
+        c.check([x["name"] for x in w_spec["containers"]] == ["worker", "proxy"], "worker: sidecars after the worker container")
+        c.check(any(v["name"] == "scratch" for v in w_spec.get("volumes", [])), "worker: extraVolumes")
+        c.check(w_spec["containers"][0].get("envFrom", [{}])[0].get("secretRef", {}).get("name") == "taskq-handler-credentials", "worker: extraEnvFrom")
+        claims = [t for st in by_kind.get("StatefulSet", []) for t in st["spec"].get("volumeClaimTemplates", [])]
+        c.check(claims and all(t["spec"].get("storageClassName") == "standard" for t in claims), "global.storageClass reaches the stores' claims")
+    if name == "observability":
+        env = {e["name"]: e.get("value") for e in deployments["worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        c.check(env.get("OTEL_RESOURCE_ATTRIBUTES") == "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME)",
+                f"worker: OTEL_RESOURCE_ATTRIBUTES from the downward API (got {env.get('OTEL_RESOURCE_ATTRIBUTES')!r})")
+        fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in deployments["worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        c.check((fields.get("K8S_POD_NAME"), fields.get("K8S_NAMESPACE_NAME"), fields.get("K8S_NODE_NAME")) == ("metadata.name", "metadata.namespace", "spec.nodeName"),
+                "worker: K8S_* variables from the downward API")
     if name == "observability":
         c.check(any(component(d) == "jaeger" for d in by_kind.get("Deployment", [])), "a Jaeger Deployment")
         env = {e["name"]: e.get("value") for e in deployments["api"]["spec"]["template"]["spec"]["containers"][0]["env"]}

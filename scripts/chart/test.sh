@@ -281,7 +281,7 @@ run_kube() {
   helm template "$RELEASE" "$CHART" --set controller.enabled=true \
     --show-only templates/crds/taskqueuescalers.taskq.dev.yaml >"$OUT/crd.yaml"
   expect_ok "fixture CRDs and the chart's CRD apply" \
-    kubectl apply --server-side -f scripts/chart/fixtures/monitoring-crds.yaml -f "$OUT/crd.yaml"
+    kubectl apply --server-side -f scripts/chart/fixtures/crds.yaml -f "$OUT/crd.yaml"
   expect_ok "CRDs established" kubectl wait --for condition=established crd --all --timeout=60s
   expect_fail "the API server rejects a TaskQueueScaler with minReplicas above maxReplicas (CEL)" \
     "spec.minReplicas must not exceed spec.maxReplicas" kubectl create --dry-run=server -n default -f - <<'EOF'
@@ -320,18 +320,7 @@ yaml.safe_dump_all(objs, open(sys.argv[2] + ".objects.yaml", "w"))
 yaml.safe_dump_all(hooks, open(sys.argv[2] + ".hooks.yaml", "w"))
 PY
     if [[ "$v" == external ]]; then
-      # The external set's pre-step: the Secrets it names exist before the install.
-      expect_ok "external: create the existing Secrets the value set names" kubectl create -n "$ns" -f - <<EOF
-apiVersion: v1
-kind: Secret
-metadata: {name: taskq-mongodb-credentials}
-stringData: {uri: "mongodb+srv://taskq:ci-password@mongo.example/?tls=true"}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: taskq-api-tokens-prod}
-stringData: {tokens: "admin:$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)"}
-EOF
+      expect_ok "external: its pre-step creates the Secrets it names" bash scripts/chart/external-prestep.sh "$ns"
     fi
     local with_crd=""
     if grep -q '^kind: CustomResourceDefinition' "$OUT/rendered/$v.$ns.yaml"; then

@@ -280,6 +280,7 @@ Environment every taskq binary reads: backing services, logging, tracing. Call w
   value: {{ $ctx.Values.config.logLevel | quote }}
 {{- $endpoint := include "taskq.otel.endpoint" $ctx }}
 {{- if and $ctx.Values.otel.enabled $endpoint }}
+{{ include "taskq.otelResourceEnv" $ctx }}
 - name: OTEL_SERVICE_NAME
   value: "taskq-{{ .component }}"
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -322,6 +323,57 @@ startupProbe:
   failureThreshold: {{ .startupProbe.failureThreshold }}
 {{- end -}}
 
+{{/*
+Extension points of a taskq container, after its own env: call with the component's
+values. extraEnvFrom, then extraVolumeMounts (call "taskq.extraVolumeMounts" inside the
+container's volumeMounts).
+*/}}
+{{- define "taskq.extraEnvFrom" -}}
+{{- with .extraEnvFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+initContainers and sidecars of a taskq pod (sidecars are appended to `containers`, call
+"taskq.sidecars" right after the main container), rendered through tpl so that they may
+refer to the release (e.g. `{{ .Release.Name }}`): call with (dict "ctx" $ "values" .Values.api).
+*/}}
+{{- define "taskq.initContainers" -}}
+{{- with .values.initContainers }}
+initContainers:
+  {{- tpl (toYaml .) $.ctx | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "taskq.sidecars" -}}
+{{- with .values.sidecars }}
+{{- tpl (toYaml .) $.ctx }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod identity for OpenTelemetry from the downward API: OTEL_RESOURCE_ATTRIBUTES with
+k8s.pod.name, k8s.namespace.name and k8s.node.name (the SDK's environment detector reads it).
+*/}}
+{{- define "taskq.otelResourceEnv" -}}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME)"
+{{- end -}}
+
 {{/* Scheduling fields of a pod spec from a component's values. */}}
 {{- define "taskq.scheduling" -}}
 {{- with .values.priorityClassName }}
@@ -335,9 +387,28 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .values.affinity }}
+{{- if .values.affinity }}
 affinity:
-  {{- toYaml . | nindent 2 }}
+  {{- toYaml .values.affinity | nindent 2 }}
+{{- else if .values.podAntiAffinityPreset }}
+# podAntiAffinityPreset: spread the replicas over nodes ({{ .values.podAntiAffinityPreset }}).
+affinity:
+  podAntiAffinity:
+    {{- if eq .values.podAntiAffinityPreset "hard" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "taskq.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 12 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "taskq.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 14 }}
+    {{- end }}
 {{- end }}
 {{- if .values.topologySpreadConstraints }}
 topologySpreadConstraints:
@@ -453,6 +524,9 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- $errors = append $errors (printf "controller.scaler.minReplicas (%v) must not exceed maxReplicas (%v)" .minReplicas .maxReplicas) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.api.httpRoute.enabled (not .Values.api.httpRoute.parentRefs) -}}
+{{- $errors = append $errors "api.httpRoute.enabled: give the Gateway in api.httpRoute.parentRefs" -}}
 {{- end -}}
 {{- if and .Values.api.ingress.enabled (not .Values.api.ingress.hosts) -}}
 {{- $errors = append $errors "api.ingress.enabled: give at least one entry in api.ingress.hosts" -}}
