@@ -205,6 +205,56 @@ PY
   expect_fail "an HPA and the queue-depth scaler on the workers at once" "two autoscalers" \
     helm template t "$CHART" --set controller.enabled=true,worker.hpa.enabled=true
 
+  step "chart README, Artifact Hub metadata, workflow pins"
+  rm -rf "$OUT/docs" && cp -r "$CHART" "$OUT/docs"
+  if helm-docs --chart-search-root "$OUT/docs" --skip-version-footer --log-level warning >"$OUT/docs.log" 2>&1 &&
+     diff -u "$CHART/README.md" "$OUT/docs/README.md" >"$OUT/docs.diff"; then
+    ok "charts/taskq/README.md is what helm-docs generates from README.md.gotmpl and values.yaml"
+  else
+    bad "charts/taskq/README.md is out of date: run helm-docs --chart-search-root charts --skip-version-footer"
+    head -n 20 "$OUT/docs.diff" "$OUT/docs.log" | sed 's/^/       /'
+  fi
+  expect_ok "every value has a helm-docs description (# --)" python3 - "$CHART/values.yaml" "$CHART/README.md" <<'PY'
+import re, sys, yaml
+values = yaml.safe_load(open(sys.argv[1]))
+documented = set(re.findall(r"^\| ([A-Za-z0-9_.\[\]-]+) \|", open(sys.argv[2]).read(), re.M))
+def leaves(prefix, v):
+    if isinstance(v, dict) and v:
+        for k, x in v.items():
+            yield from leaves(f"{prefix}.{k}" if prefix else k, x)
+    else:
+        yield prefix
+missing = [k for k in leaves("", values) if k not in documented and not any(k.startswith(d + ".") for d in documented)]
+assert not missing, f"values without a # -- description: {missing}"
+print(f"{len(documented)} values documented")
+PY
+  expect_ok "artifacthub.io/images lists exactly the images of the default render" python3 - "$CHART/Chart.yaml" "$OUT/rendered/default.yaml" <<'PY'
+import sys, yaml
+chart = yaml.safe_load(open(sys.argv[1]))
+listed = {i["image"] for i in yaml.safe_load(chart["annotations"]["artifacthub.io/images"])}
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+rendered = set()
+for d in docs:
+    spec = d.get("spec", {})
+    pod = spec if d["kind"] == "Pod" else spec.get("template", {}).get("spec", {})
+    for c in pod.get("initContainers", []) + pod.get("containers", []):
+        rendered.add(c["image"])
+assert listed == rendered, f"listed only: {sorted(listed - rendered)}; rendered only: {sorted(rendered - listed)}"
+assert chart.get("icon", "").startswith("https://"), "Chart.yaml needs an icon URL"
+print(f"{len(listed)} images")
+PY
+  expect_ok "every GitHub Action is pinned by a commit SHA with its version as a comment" python3 - .github/workflows <<'PY'
+import pathlib, re, sys
+bad = []
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.yml")):
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        m = re.match(r"\s*(?:-\s*)?uses:\s*(\S+)(.*)$", line)
+        if m and not m.group(1).startswith("./") and not (re.search(r"@[0-9a-f]{40}$", m.group(1)) and re.match(r"\s+#\s+\S+", m.group(2))):
+            bad.append(f"{f.name}:{n}: {m.group(1)}")
+assert not bad, "unpinned actions: " + ", ".join(bad)
+print("all pinned")
+PY
+
   step "Grafana dashboard"
   # The metric names themselves are checked against the registry by taskq-telemetry's
   # `dashboard_queries_only_exported_metrics` test.
