@@ -12,8 +12,10 @@ Checks, for every object the chart renders with one ci/ value set:
   no privilege escalation, all capabilities dropped and none added, RuntimeDefault seccomp;
 - only the controller mounts a ServiceAccount token;
 - the controller's Role grants exactly what it uses, and there is no ClusterRole;
-- the taskq containers set only variables their binary reads (TASKQ_* names parsed from
-  the clap attributes in crates/taskq-<binary>/src), the standard OTEL_* ones and RUST_LOG;
+- the taskq containers set only variables their binary reads (TASKQ_* names from
+  scripts/chart/env/, which the binaries' tests keep equal to what their clap parsers
+  declare), the standard OTEL_* ones, RUST_LOG, RUST_BACKTRACE, and variables that only
+  feed a later one's $(VAR) expansion;
 - the worker's shutdown grace is shorter than its terminationGracePeriodSeconds;
 - authentication: with api.auth.enabled (every set but `auth-off`) the api gets
   TASKQ_AUTH=on and TASKQ_TOKENS_FILE pointing into a read-only mount of the tokens Secret
@@ -67,11 +69,8 @@ CONTROLLER_ALLOWED = {
     *(("autoscaling", "horizontalpodautoscalers", v) for v in ("list", "watch")),
     *(("keda.sh", "scaledobjects", v) for v in ("list", "watch")),
 }
-# Used only when crates/taskq-controller/src is missing: the variables the controller
-# shares with the other binaries.
-CONTROLLER_VARS = {"TASKQ_LISTEN", "TASKQ_REDIS_URL", "TASKQ_REDIS_CLUSTER", "TASKQ_LOG_FORMAT"}
-# The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be found
-# in its clap structs, or the env-name check below would be checking against stale names.
+# The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be in its
+# list, or the env-name check below would be checking against stale names.
 API_AUTH_VARS = {"TASKQ_AUTH", "TASKQ_TOKENS", "TASKQ_TOKENS_FILE", "TASKQ_MAX_CONCURRENT_REQUESTS"}
 # Value sets and the tokens Secret they use: generated (None) or an existing one; `auth-off`
 # has authentication off.
@@ -101,21 +100,14 @@ class Checker:
 
 
 def binary_vars(root: Path) -> dict[str, set[str]]:
-    """TASKQ_* variables each binary's clap structs read (`env = "TASKQ_..."` in its crate,
-    and in the argument groups of the library crates whose `cli` feature it enables)."""
-    read = lambda f: set(re.findall(r'env\s*=\s*"(TASKQ_[A-Z0-9_]+)"', f.read_text()))
+    """TASKQ_* variables each binary's clap parser reads: scripts/chart/env/taskq-<binary>.txt,
+    which the binaries' own tests keep equal to `Command::get_arguments().get_env()`
+    (taskq-controller's config tests, taskq-tests' env_names)."""
     out = {}
     for comp in ("api", "worker", "controller"):
-        crate = root / "crates" / f"taskq-{comp}"
-        if not (crate / "src").is_dir():
-            continue
-        names: set[str] = set()
-        for f in (crate / "src").rglob("*.rs"):
-            names |= read(f)
-        manifest = (crate / "Cargo.toml").read_text()
-        for lib in re.findall(r'^(taskq-[a-z]+)\s*=\s*\{[^}]*features\s*=\s*\[[^]]*"cli"', manifest, re.M):
-            names |= read(root / "crates" / lib / "src" / "cli.rs")
-        out[comp] = names
+        f = root / "scripts" / "chart" / "env" / f"taskq-{comp}.txt"
+        if f.is_file():
+            out[comp] = {line.strip() for line in f.read_text().splitlines() if line.strip()}
     return out
 
 
@@ -280,9 +272,9 @@ def main() -> int:
     docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
     c.check(len(docs) > 0, "the chart rendered no object")
     known = binary_vars(root)
-    c.check(bool(known.get("api")) and bool(known.get("worker")), "no TASKQ_* variable found in the api's or worker's clap structs")
+    c.check(all(known.get(b) for b in ("api", "worker", "controller")), "scripts/chart/env/taskq-{api,worker,controller}.txt missing or empty")
     missing = API_AUTH_VARS - known.get("api", set())
-    c.check(not missing, f"taskq-api's clap structs do not declare {sorted(missing)}")
+    c.check(not missing, f"scripts/chart/env/taskq-api.txt does not list {sorted(missing)}")
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -355,7 +347,7 @@ def main() -> int:
                 c.check(ctr.get("startupProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{cid}: startup on /livez")
                 names = [e["name"] for e in ctr.get("env", [])]
                 c.check(len(names) == len(set(names)), f"{cid}: duplicate env names")
-                allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | RUNTIME_VARS
+                allowed = known.get(comp, set()) | OTEL_VARS | RUNTIME_VARS
                 # A variable that only feeds the kubelet's $(VAR) expansion of a later one
                 # (the Redis password inside TASKQ_REDIS_URL) is not read by the binary.
                 expanded = {m for e in ctr.get("env", []) for m in re.findall(r"\$\(([A-Z0-9_]+)\)", str(e.get("value", "")))}
