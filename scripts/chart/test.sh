@@ -173,6 +173,18 @@ diff = [k for k in a if a[k] != b[k]]
 assert not diff, f"changed with the taskq version: {diff}"
 print(f"{len(a)} objects identical")
 PY
+  expect_ok "persistence.existingClaim mounts the given claims instead of claim templates" python3 - <<PY
+import subprocess, yaml
+out = subprocess.run(["helm", "template", "t", "$CHART", "--set", "redis.persistence.existingClaim=redis-data",
+                      "--set", "mongodb.persistence.existingClaim=mongo-data"], capture_output=True, text=True, check=True).stdout
+sts = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out) if d and d["kind"] == "StatefulSet"}
+for name, claim in (("t-taskq-redis", "redis-data"), ("t-taskq-mongodb", "mongo-data")):
+    spec = sts[name]["spec"]
+    assert not spec.get("volumeClaimTemplates"), f"{name} still has claim templates"
+    vols = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert vols["data"].get("persistentVolumeClaim", {}).get("claimName") == claim, vols["data"]
+print("both stores mount their existing claims")
+PY
   expect_fail "Redis maxmemory too close to the container limit" "80% of redis.resources.limits.memory" \
     helm template t "$CHART" --set redis.maxmemory=250mb
   expect_fail "Redis without a memory limit" "redis.resources.limits.memory must be set" \
