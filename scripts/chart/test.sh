@@ -192,6 +192,14 @@ PY
   expect_fail "the Redis application user named default" "redis/auth/username" \
     helm template t "$CHART" --set redis.auth.username=default
 
+  step "alerts"
+  if command -v promtool >/dev/null; then
+    expect_ok "the PrometheusRule on promtool: valid, every alert fires on its series and none on healthy ones (scripts/chart/alerts_test.py)" \
+      python3 scripts/chart/alerts_test.py "$OUT/rendered/observability.yaml" "$NS_RENDER"
+  else
+    bad "promtool is needed for the alert tests (apt-get install prometheus, or scripts/setup.sh)"
+  fi
+
   step "TaskQueueScaler CRD"
   expect_ok "the CRD's defaults equal controller.scaler's values" python3 - "$CHART" <<'PY'
 import sys, yaml
