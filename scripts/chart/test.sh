@@ -9,22 +9,30 @@
 # k8s/dev/local-images.yaml, what skaffold, kind users and the e2e workflow install).
 #
 # static: helm lint --strict of every value set; values.schema.json rejects unknown
-#   keys and wrong types and validateValues catches what the schema cannot; `helm
+#   keys and wrong types and validateValues catches what the schema cannot (two
+#   autoscalers, Redis maxmemory against its limit, drain-blocking budgets...); `helm
 #   template` of every value set; template tests over the output
 #   (scripts/chart/check_rendered.py: probes, resources, hardened securityContext, token
-#   mounts, RBAC, env names the binaries read, the api's tokens mounted from a Secret and
-#   never in a ConfigMap or env literal); the dashboard's queries use only taskq's metric
-#   names; k8s/manifests is in sync with the chart and commits no token.
+#   mounts, RBAC, env names the binaries read (scripts/chart/env/), Redis auth and ACL
+#   flags, store labels, PodDisruptionBudgets that cannot block a drain, extension
+#   points, HTTPRoute, alerts...); the rendered Redis on a real redis-server
+#   (scripts/chart/redis_auth_test.py); the store objects identical across taskq versions;
+#   the alerts on promtool (scripts/chart/alerts_test.py); the CRD's defaults equal the
+#   chart's; README.md is what helm-docs generates; Artifact Hub images match the render;
+#   workflow actions pinned by SHA; the dashboard's queries use only taskq's metric names;
+#   k8s/manifests is in sync with the chart and commits no Secret.
 # kube: a real etcd + kube-apiserver (scripts/chart/kube-env.sh; build it once with
 #   `scripts/chart/kube-env.sh build`, the test fails with that instruction otherwise).
 #   Every rendered object is validated strictly twice: by kubeconform -strict against JSON
 #   schemas generated from this API server's /openapi/v2 (custom resources included), and
 #   by the API server itself (server-side dry run with --validate=strict, then `helm
-#   install`, which Helm 4 does by server-side apply). Then for every value set, in its
-#   own namespace: helm install → status deployed; the `helm test` pod accepted (dry run);
-#   the controller's real permissions (kubectl auth can-i); helm upgrade keeps the
-#   generated MongoDB password and API tokens; helm uninstall leaves no object of the
-#   release behind.
+#   install`, which Helm 4 does by server-side apply); the CRD's CEL rule rejects
+#   minReplicas above maxReplicas. Then for every value set, in its own namespace (the
+#   external set after its pre-step, scripts/chart/external-prestep.sh): helm install →
+#   status deployed; the `helm test` pod accepted (dry run); the controller's real
+#   permissions (kubectl auth can-i); helm upgrade keeps the generated Redis and MongoDB
+#   passwords and API tokens; helm uninstall leaves only the kept store credentials and the
+#   kept CRD, and a reinstall adopts them with the same passwords.
 #   Pods never run (no kubelet): the point is that the API server accepts every object.
 #
 # Tools come from scripts/chart/install-tools.sh (cached in ~/.cache/taskq/bin). Output
