@@ -393,24 +393,18 @@ EOF
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 objs = [d for d in docs if d["kind"] != "CustomResourceDefinition" and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
-hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+# The `helm test` pod; other hooks (the TaskQueueScaler) are created by helm install itself.
+hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
 yaml.safe_dump_all(objs, open(sys.argv[2] + ".objects.yaml", "w"))
 yaml.safe_dump_all(hooks, open(sys.argv[2] + ".hooks.yaml", "w"))
 PY
     if [[ "$v" == external ]]; then
       expect_ok "external: its pre-step creates the Secrets it names" bash scripts/chart/external-prestep.sh "$ns"
     fi
+    # With the controller, helm install itself creates the CRD (it is deleted between
+    # value sets), and the TaskQueueScaler, a post-install hook, once the CRD exists.
     local with_crd=""
-    if grep -q '^kind: CustomResourceDefinition' "$OUT/rendered/$v.$ns.yaml"; then
-      with_crd=1
-      # The CRD first (the dry run needs its kind), labelled as this release's so that
-      # helm install adopts it.
-      expect_ok "the chart's CRD, as this release's" kubectl apply --server-side -f "$OUT/crd.yaml"
-      kubectl wait --for condition=established crd/taskqueuescalers.taskq.dev --timeout=60s >/dev/null
-      kubectl label crd taskqueuescalers.taskq.dev app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
-      kubectl annotate crd taskqueuescalers.taskq.dev "meta.helm.sh/release-name=$RELEASE" \
-        "meta.helm.sh/release-namespace=$ns" --overwrite >/dev/null
-    fi
+    if grep -q '^kind: CustomResourceDefinition' "$OUT/rendered/$v.$ns.yaml"; then with_crd=1; fi
     expect_ok "server-side dry run, strict field validation" \
       kubectl apply --server-side --dry-run=server --validate=strict -n "$ns" -f "$OUT/rendered/$v.$ns.split.objects.yaml"
     # shellcheck disable=SC2046
@@ -481,6 +475,12 @@ PY
     fi
     # shellcheck disable=SC2086
     [[ -z "$kept" ]] || kubectl delete secret -n "$ns" $kept >/dev/null
+    if [[ -n "$with_crd" ]]; then
+      # The scaler is a hook: uninstall leaves it, like the CRD.
+      if kubectl get tqs "$RELEASE-worker" -n "$ns" >/dev/null 2>&1; then ok "uninstall leaves the TaskQueueScaler (a hook)"
+      else bad "the TaskQueueScaler hook was not created, or uninstall deleted it"; fi
+      kubectl delete tqs "$RELEASE-worker" -n "$ns" --wait=true >/dev/null 2>&1 || true
+    fi
     # The CRD stays too (deleting it would delete every TaskQueueScaler of the cluster).
     if kubectl get crd taskqueuescalers.taskq.dev >/dev/null 2>&1; then
       if [[ -n "$with_crd" ]]; then ok "uninstall keeps the TaskQueueScaler CRD (helm.sh/resource-policy: keep)"
