@@ -119,26 +119,6 @@ mod tests {
     #[test]
     fn chart_env_list_is_what_the_parser_reads() {
         use clap::CommandFactory;
-        let mut names: Vec<String> = Args::command()
-            .get_arguments()
-            .filter_map(|a| a.get_env())
-            .map(|e| e.to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names.dedup();
-        assert!(names.contains(&"TASKQ_REDIS_URL".to_owned()), "{names:?}");
-        let text = names.join("\n") + "\n";
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/chart/env/taskq-controller.txt"
-        );
-        if std::env::var_os("TASKQ_WRITE_ENV_LISTS").is_some() {
-            std::fs::write(path, &text).expect("write the list");
-        }
-        let listed = std::fs::read_to_string(path).expect("read the list");
-        assert!(
-            listed == text,
-            "{path} is stale; regenerate it with\n  TASKQ_WRITE_ENV_LISTS=1 cargo test -p taskq-controller env_list"
-        );
+        taskq_testkit::assert_env_list("taskq-controller", &Args::command());
     }
 }

@@ -451,16 +451,22 @@ async fn install_crd(admin: &Client) {
         .expect("read the chart's CRD template");
     let body = taskq_controller::crd::crd_of_template(&text).expect("the CRD inside the template");
     let crd: CustomResourceDefinition = serde_saphyr::from_str(body).expect("CRD YAML");
+    apply_crd(admin, &crd).await;
+}
+
+/// Applies `crd` (server-side, idempotent) and waits until it is established.
+async fn apply_crd(admin: &Client, crd: &CustomResourceDefinition) {
+    let name = crd.metadata.name.clone().expect("a CRD name");
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
     api.patch(
-        "taskqueuescalers.taskq.dev",
+        &name,
         &PatchParams::apply("taskq-controller-tests").force(),
-        &Patch::Apply(&crd),
+        &Patch::Apply(crd),
     )
     .await
-    .expect("apply the CRD");
+    .unwrap_or_else(|e| panic!("apply the CRD {name}: {e}"));
     let established = wait_until(Duration::from_secs(30), POLL, || async {
-        api.get("taskqueuescalers.taskq.dev")
+        api.get(&name)
             .await
             .ok()
             .and_then(|c| c.status)
@@ -471,7 +477,10 @@ async fn install_crd(admin: &Client) {
             })
     })
     .await;
-    assert!(established, "the CRD was not established within 30 s");
+    assert!(
+        established,
+        "the CRD {name} was not established within 30 s"
+    );
 }
 
 /// Tasks enqueued straight into Redis, as the api would.
@@ -1218,27 +1227,7 @@ async fn install_keda_crd(admin: &Client) -> kube::api::ApiResource {
         }
     }))
     .expect("KEDA CRD");
-    let api = Api::<CustomResourceDefinition>::all(admin.clone());
-    api.patch(
-        "scaledobjects.keda.sh",
-        &PatchParams::apply("taskq-controller-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the KEDA CRD");
-    let established = wait_until(Duration::from_secs(30), POLL, || async {
-        api.get("scaledobjects.keda.sh")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
-    assert!(established, "the KEDA CRD was not established within 30 s");
+    apply_crd(admin, &crd).await;
     let gvk = kube::api::GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
     kube::api::ApiResource::from_gvk_with_plural(&gvk, "scaledobjects")
 }
