@@ -451,8 +451,13 @@ def main() -> int:
             c.check(api_svc is not None and backend["name"] == api_svc["metadata"]["name"] and
                     backend["port"] == api_svc["spec"]["ports"][0]["port"], "gateway: the route's backend is the api Service port")
             c.check(routes[0]["spec"]["parentRefs"][0]["name"] == "eg", "gateway: the route attaches to the given Gateway")
+        hpas = by_kind.get("HorizontalPodAutoscaler", [])
+        c.check(len(hpas) == 1 and hpas[0]["spec"]["scaleTargetRef"]["name"] == deployments["worker"]["metadata"]["name"],
+                "gateway: worker.hpa scales the worker Deployment")
+        c.check("replicas" not in deployments["worker"]["spec"], "gateway: the HPA-scaled worker Deployment sets no replicas")
     else:
         c.check(not routes, "no HTTPRoute unless api.httpRoute.enabled")
+        c.check(not by_kind.get("HorizontalPodAutoscaler"), "no HorizontalPodAutoscaler unless worker.hpa.enabled")
     if name == "observability":
         c.check(len(by_kind.get("PrometheusRule", [])) == 1, "observability: the PrometheusRule")
         alerts = {r["alert"] for g in by_kind.get("PrometheusRule", [{}])[0].get("spec", {}).get("groups", []) for r in g["rules"]}
