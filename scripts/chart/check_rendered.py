@@ -52,8 +52,8 @@ OTEL_VARS = {
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_RESOURCE_ATTRIBUTES",
 }
-# Read by the Rust runtime of every binary.
-RUNTIME_VARS = {"RUST_LOG", "RUST_BACKTRACE"}
+# Read by the Rust runtime of every binary, and by its TLS roots (rustls-native-certs).
+RUNTIME_VARS = {"RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR"}
 # Exactly what taskq-controller calls, as (apiGroup, resource, verb): its watches (list,
 # watch), the Deployment read when its cache misses (get), the scale and status patches,
 # the Lease (get, create, update with resourceVersion) and Events (create, patch for
