@@ -5,6 +5,8 @@
 # - a JDK and Maven, only if missing (they run mongo-java-server, the MongoDB
 #   wire-protocol server used by the tests and the demo);
 # - curl, used by scripts/dev.sh;
+# - promtool (Debian package prometheus), which checks and unit-tests the chart's alerts
+#   (scripts/chart/alerts_test.py);
 # - mongo-java-server's jars, fetched by Maven into the cache directory
 #   ${TASKQ_MONGO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskq/mongo-test-server}/lib
 #   (outside the repository; refetched when scripts/mongo-test-server/pom.xml changes).
@@ -18,6 +20,7 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 # The single-file launcher compiles MongoTestServer.java, so a JRE is not enough.
 if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
     packages+=(default-jdk-headless)
