@@ -18,10 +18,12 @@
 #[cfg(feature = "cli")]
 mod cli;
 mod conn;
+pub mod history;
 pub mod keys;
 pub mod outbox;
 pub mod scripts;
 mod wake;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +38,7 @@ use conn::{Conn, Source};
 pub use keys::QueueKeys;
 pub use outbox::{OutboxEntry, OutboxReader, OutboxUpdate};
 pub use wake::WakeListener;
+pub use workers::WorkerInfo;
 
 /// Errors from the broker.
 #[derive(Debug, thiserror::Error)]
