@@ -17,6 +17,7 @@ mod queues;
 mod retry;
 mod serve;
 mod tasks;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ pub struct ApiArgs {
     /// `TASKQ_PERIODIC`.
     #[arg(long, env = "TASKQ_PERIODIC_FILE")]
     pub periodic_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub ui: ui::UiArgs,
 }
 
 impl ApiArgs {
@@ -263,6 +266,8 @@ pub struct AppState {
     pub body: BodyLimits,
     /// What [`serve`] enforces per connection (read by whoever serves [`app`]).
     pub connections: ConnectionLimits,
+    /// The web dashboard's settings.
+    pub ui: Arc<ui::UiConfig>,
 }
 
 impl AppState {
@@ -283,6 +288,7 @@ impl AppState {
             max_concurrent_requests: 1024,
             body: BodyLimits::default(),
             connections: ConnectionLimits::default(),
+            ui: Arc::default(),
         }
     }
 }
@@ -323,6 +329,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(submit)
         .merge(admin)
+        .merge(ui::router(&state))
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::metrics))
@@ -410,6 +417,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let tokens = args.tokens().map_err(anyhow::Error::msg)?;
     let schedules = args.periodic(&limits).map_err(anyhow::Error::msg)?;
     let retention = args.retention().map_err(anyhow::Error::msg)?;
+    let ui = ui::UiConfig::new(&args.ui, schedules.clone()).map_err(anyhow::Error::msg)?;
     if tokens.is_none() {
         tracing::warn!(
             "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
@@ -449,6 +457,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
         },
+        ui: Arc::new(ui),
         ..AppState::new(broker, store)
     };
     let draining = state.draining.clone();
