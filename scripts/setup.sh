@@ -5,6 +5,8 @@
 # - a JDK and Maven, only if missing (they run mongo-java-server, the MongoDB
 #   wire-protocol server used by the tests and the demo);
 # - curl, used by scripts/dev.sh;
+# - chromium and chromium-driver (Debian), the headless browser the dashboard tests drive
+#   over WebDriver (about 32 s to install on a machine that has neither);
 # - mongo-java-server's jars, fetched by Maven into the cache directory
 #   ${TASKQ_MONGO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskq/mongo-test-server}/lib
 #   (outside the repository; refetched when scripts/mongo-test-server/pom.xml changes).
@@ -18,6 +20,8 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 # The single-file launcher compiles MongoTestServer.java, so a JRE is not enough.
 if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
     packages+=(default-jdk-headless)

@@ -15,3 +15,4 @@ mod operations;
 mod periodic;
 mod query;
 mod slow_clients;
+mod ui;
