@@ -20,8 +20,15 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
-command -v chromium >/dev/null 2>&1 || packages+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+# A Chrome that is already there (GitHub's Ubuntu runners ship google-chrome and
+# chromedriver; Ubuntu's own chromium package is a snap stub) is used as it is.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 &&
+    ! command -v google-chrome >/dev/null 2>&1; then
+    packages+=(chromium)
+fi
+if ! command -v chromedriver >/dev/null 2>&1 && [ ! -x "${CHROMEWEBDRIVER:-/nonexistent}/chromedriver" ]; then
+    packages+=(chromium-driver)
+fi
 # The single-file launcher compiles MongoTestServer.java, so a JRE is not enough.
 if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
     packages+=(default-jdk-headless)

@@ -14,6 +14,18 @@ use super::layout::{self, Nav, UiError, status, when};
 use super::session::Viewer;
 use crate::AppState;
 
+/// One schedule as the page shows it.
+struct Row<'a> {
+    name: &'a str,
+    cron: &'a str,
+    kind: &'a str,
+    queue: QueueName,
+    next: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    /// The task the last tick created.
+    created: Option<TaskRecord>,
+}
+
 /// The last tick of `cron` at or before `now`.
 fn last_tick(cron: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let s = cron::Schedule::from_str(cron).ok()?;
@@ -27,15 +39,7 @@ pub async fn page(
 ) -> Result<Response, UiError> {
     viewer.require_queues()?;
     let now = Utc::now();
-    let mut rows: Vec<(
-        String,
-        String,
-        String,
-        QueueName,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<TaskRecord>,
-    )> = Vec::new();
+    let mut rows = Vec::new();
     for s in &state.ui.schedules {
         let task = s.task();
         let queue: QueueName = task
@@ -53,15 +57,15 @@ pub async fn page(
                 .map(|t| t.record),
             None => None,
         };
-        rows.push((
-            s.name().to_owned(),
-            s.cron().to_owned(),
-            task.kind.clone(),
+        rows.push(Row {
+            name: s.name(),
+            cron: s.cron(),
+            kind: &task.kind,
             queue,
-            s.next_after(now),
+            next: s.next_after(now),
             last,
             created,
-        ));
+        });
     }
     let body = html! {
         h1 { "Periodic schedules" }
@@ -74,16 +78,16 @@ pub async fn page(
                     th { "Next run" } th { "Last run" } th { "Task it created" }
                 } }
                 tbody {
-                    @for (name, cron, kind, queue, next, last, created) in &rows {
+                    @for r in &rows {
                         tr {
-                            td { (name) }
-                            td class="mono" { (cron) }
-                            td { (kind) }
-                            td { (queue.as_str()) }
-                            td { @if let Some(n) = next { (when(*n, now)) } @else { "never" } }
-                            td { @if let Some(l) = last { (when(*l, now)) } @else { "—" } }
+                            td { (r.name) }
+                            td class="mono" { (r.cron) }
+                            td { (r.kind) }
+                            td { (r.queue.as_str()) }
+                            td { @if let Some(n) = r.next { (when(n, now)) } @else { "never" } }
+                            td { @if let Some(l) = r.last { (when(l, now)) } @else { "—" } }
                             td {
-                                @match created {
+                                @match &r.created {
                                     Some(t) => { a class="mono" href=(format!("/ui/tasks/{}", t.id)) { (t.id.to_string()) } " " (status(t.status)) }
                                     None => { span class="muted" { "none (no api ran at that tick, or it was purged)" } }
                                 }

@@ -342,7 +342,9 @@ pub async fn list(
                         td { (status(t.status)) }
                         td class="num" { (t.attempts) "/" (t.max_attempts) }
                         td { (when(t.created_at, now)) }
-                        td class="error" { (t.last_error.as_deref().map(|e| truncate(e, 100)).unwrap_or_default()) }
+                        td class=(if t.status == TaskStatus::Succeeded { "muted" } else { "error" }) {
+                            (t.last_error.as_deref().map(|e| truncate(e, 100)).unwrap_or_default())
+                        }
                     }
                 }
             }
@@ -477,7 +479,10 @@ pub async fn detail(
                 }
             }
             div {
-                @if let Some(e) = &t.last_error { h2 { "Last error" } pre class="error" { (e) } }
+                @if let Some(e) = &t.last_error {
+                    h2 { @if t.status == TaskStatus::Succeeded { "Error of an earlier attempt" } @else { "Last error" } }
+                    pre class="error" { (e) }
+                }
                 h2 { "Payload" }
                 pre id="payload" { (pretty(&t.payload)) }
                 @if let Some(r) = &t.result { h2 { "Result" } pre id="result" { (pretty(r)) } }

@@ -64,6 +64,15 @@ async fn flaky_endpoint() -> (String, Arc<AtomicBool>) {
 }
 
 fn find_binary(names: &[&str]) -> String {
+    // GitHub's runners name the directory of their chromedriver in CHROMEWEBDRIVER.
+    if names.contains(&"chromedriver")
+        && let Ok(dir) = std::env::var("CHROMEWEBDRIVER")
+    {
+        let p = std::path::Path::new(&dir).join("chromedriver");
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
     for n in names {
         if let Ok(out) = Command::new("sh")
             .arg("-c")
@@ -725,13 +734,31 @@ async fn dashboard_in_headless_chromium() {
     // A submit token sees tasks (as GET /v1/tasks allows) and nothing queue-wide.
     wait_url(&signin, "the task list", |u| u.path() == "/ui/tasks").await;
     assert_eq!(count(&signin, "#bulk").await, 0);
+    let csrf = attr(
+        &signin,
+        "form[action='/ui/logout'] input[name=csrf]",
+        "value",
+    )
+    .await
+    .expect("the submit session's csrf token");
+    assert_eq!(
+        page_post(
+            &signin,
+            &format!("/ui/tasks/{acme}/action"),
+            &format!("csrf={csrf}&op=delete")
+        )
+        .await,
+        403,
+        "a submit session deleted a task"
+    );
+    assert_eq!(s.status(&acme).await, "succeeded");
     signin.goto(&ui("/ui/workers")).await.expect("goto");
     assert!(text(&signin, "h1").await.starts_with("403"));
     signin.close().await.expect("close");
     let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(serde_json::Map::from_iter([(
             "goog:chromeOptions".to_owned(),
-            json!({"binary": find_binary(&["chromium"]), "args": ["--headless=new", "--no-sandbox", "--window-size=1400,1000"]}),
+            json!({"binary": find_binary(&["chromium", "chromium-browser", "google-chrome"]), "args": ["--headless=new", "--no-sandbox", "--window-size=1400,1000"]}),
         )]))
         .connect(&s.driver)
         .await
@@ -937,4 +964,138 @@ async fn dashboard_security_headers_csrf_and_roles() {
             .expect("post");
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
     }
+}
+
+/// The worker registry: a running worker is listed with its queues and slots, a
+/// registration that is not renewed disappears after its TTL, and a worker that stops
+/// gracefully removes its own at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_registry_lists_live_workers_only() {
+    let env = Env::start().await;
+    let mut settings = Env::settings("default,emails");
+    settings.worker_id = "registry-test".into();
+    let w = env.worker(settings, Env::builtins());
+    let listed = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            env.broker
+                .workers()
+                .await
+                .is_ok_and(|ws| ws.iter().any(|w| w.id == "registry-test"))
+        },
+    )
+    .await;
+    assert!(listed, "the running worker never registered");
+    let ws = env.broker.workers().await.expect("workers");
+    let me = ws.iter().find(|w| w.id == "registry-test").expect("listed");
+    assert_eq!(me.queues, vec!["default".to_owned(), "emails".to_owned()]);
+    assert_eq!(me.slots, 16);
+    assert!(me.seen_ms >= me.started_ms);
+    w.shutdown().await;
+    assert!(
+        env.broker
+            .workers()
+            .await
+            .expect("workers")
+            .iter()
+            .all(|w| w.id != "registry-test"),
+        "a stopped worker is still listed"
+    );
+
+    // A worker that dies (no renewal) vanishes after its TTL.
+    let now = taskq_core::now_ms();
+    let ghost = taskq_redis::WorkerInfo {
+        id: "ghost".into(),
+        host: "nowhere".into(),
+        queues: vec!["default".into()],
+        slots: 4,
+        busy: 1,
+        started_ms: now,
+        tasks: vec![],
+        seen_ms: now,
+    };
+    env.broker
+        .heartbeat_worker(&ghost, Duration::from_millis(300))
+        .await
+        .expect("heartbeat");
+    assert_eq!(env.broker.workers().await.expect("workers"), vec![ghost]);
+    let gone = wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { env.broker.workers().await.is_ok_and(|ws| ws.is_empty()) },
+    )
+    .await;
+    assert!(gone, "a worker that stopped heartbeating is still listed");
+}
+
+/// Per-minute throughput: a finished minute's per-second counters are summed once into
+/// the minute's sums, which the history reports after the per-second counters are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn throughput_history_keeps_rolled_up_minutes() {
+    let env = Env::start().await;
+    let q: taskq_core::QueueName = "emails".parse().expect("queue");
+    let mut c = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    // Minute m: 3 successes in its second 5, 2 failures in its second 59.
+    let m: i64 = 29_000_000;
+    let prefix = taskq_redis::QueueKeys::new(&q).stats_prefix();
+    let _: () = redis::pipe()
+        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
+        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .query_async(&mut c)
+        .await
+        .expect("counters");
+    // Not yet two seconds into the next minute: nothing is rolled up.
+    let next = (m + 1) * 60_000;
+    env.broker
+        .roll_up_minute(&q, next + 1_000)
+        .await
+        .expect("roll up");
+    let _: String = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("flush");
+    let h = env
+        .broker
+        .throughput_history(&q, next + 3 * 60_000, 10)
+        .await
+        .expect("history");
+    assert!(h.iter().all(|x| x.succeeded == 0 && x.failed == 0), "{h:?}");
+    let _: () = redis::pipe()
+        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
+        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .query_async(&mut c)
+        .await
+        .expect("counters");
+    env.broker
+        .roll_up_minute(&q, next + 2_500)
+        .await
+        .expect("roll up");
+    // A second roll-up (another worker) changes nothing.
+    env.broker
+        .roll_up_minute(&q, next + 4_000)
+        .await
+        .expect("roll up");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}ok:{}", m * 60 + 5))
+        .arg(format!("{prefix}err:{}", m * 60 + 59))
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    let h = env
+        .broker
+        .throughput_history(&q, next + 3 * 60_000, 10)
+        .await
+        .expect("history");
+    assert_eq!(h.len(), 10);
+    let minute = h
+        .iter()
+        .find(|x| x.minute_ms == m * 60_000)
+        .expect("minute m");
+    assert_eq!((minute.succeeded, minute.failed), (3, 2), "{h:?}");
+    assert_eq!(h.iter().map(|x| x.succeeded + x.failed).sum::<u64>(), 5);
 }
