@@ -61,6 +61,8 @@ pub struct UiConfig {
     pub trace_url: Option<String>,
     /// The periodic schedules the api runs, for the periodic page.
     pub schedules: Vec<Schedule>,
+    /// Recent counts of finished tasks per queue and status, shared by every viewer.
+    pub(crate) counts: overview::CountCache,
 }
 
 impl UiConfig {
@@ -75,6 +77,7 @@ impl UiConfig {
             mode: args.mode,
             trace_url: args.trace_url.clone(),
             schedules,
+            counts: overview::CountCache::default(),
         })
     }
 }

@@ -6,6 +6,10 @@
 //! cancelled from MongoDB counts on the (queue, status, `_id`) index, throughput from
 //! Redis counters ([`taskq_redis::history`]).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -37,6 +41,49 @@ fn capped(n: u64) -> String {
 /// Seconds between two refreshes of the live part of the overview.
 const REFRESH_SECONDS: u32 = 3;
 
+/// How long a count of finished tasks is reused: every open overview polls every few
+/// seconds, and this keeps their MongoDB counts to one per queue and status per period
+/// whatever the number of viewers.
+const COUNT_TTL: Duration = Duration::from_secs(5);
+
+/// Counts of finished tasks per queue and status, with the time each was taken.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CountCache(Arc<Mutex<HashMap<(QueueName, TaskStatus), (Instant, u64)>>>);
+
+impl CountCache {
+    fn fresh(&self, key: &(QueueName, TaskStatus)) -> Option<u64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < COUNT_TTL)
+            .map(|(_, n)| *n)
+    }
+
+    /// Forgets every count (after an action changed some).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn put(&self, key: (QueueName, TaskStatus), n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key, (Instant::now(), n));
+    }
+}
+
+/// The count of `status` in `queue` (at most [`COUNT_CAP`]), from the cache when fresh.
+async fn finished_count(
+    state: &AppState,
+    queue: &QueueName,
+    status: TaskStatus,
+) -> Result<u64, UiError> {
+    let key = (queue.clone(), status);
+    if let Some(n) = state.ui.counts.fresh(&key) {
+        return Ok(n);
+    }
+    let n = state.store.count_status(queue, status, COUNT_CAP).await?;
+    state.ui.counts.put(key, n);
+    Ok(n)
+}
+
 /// One queue as the overview shows it.
 struct QueueRow {
     name: QueueName,
@@ -53,7 +100,6 @@ struct QueueRow {
 
 async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<QueueRow, UiError> {
     let b = &state.broker;
-    let s = &state.store;
     let (live, paused, (processed_1m, failed_1m), limits, history) = tokio::try_join!(
         b.counts(&name),
         b.is_paused(&name),
@@ -62,9 +108,9 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         b.throughput_history(&name, now_ms, CHART_MINUTES),
     )?;
     let (dead, succeeded, cancelled) = tokio::try_join!(
-        s.count_status(&name, TaskStatus::Dead, COUNT_CAP),
-        s.count_status(&name, TaskStatus::Succeeded, COUNT_CAP),
-        s.count_status(&name, TaskStatus::Cancelled, COUNT_CAP),
+        finished_count(state, &name, TaskStatus::Dead),
+        finished_count(state, &name, TaskStatus::Succeeded),
+        finished_count(state, &name, TaskStatus::Cancelled),
     )?;
     Ok(QueueRow {
         name,
@@ -409,6 +455,7 @@ pub async fn queue_action(
                 return Ok(confirm_purge(&form.viewer, &queue, n).into_response());
             }
             let purged = crate::queues::purge_dead(State(state.clone()), path()).await?;
+            state.ui.counts.clear();
             Ok(back(&format!("purged&n={}", purged.0.purged)))
         }
         _ => Err(UiError::bad_request(

@@ -576,6 +576,7 @@ impl Op {
 
 /// Runs `op` on `ids`; returns how many tasks it changed.
 async fn run(state: &AppState, op: Op, ids: Vec<TaskId>) -> Result<u64, UiError> {
+    state.ui.counts.clear();
     match op {
         Op::Retry => match crate::retry::retry(state, ids).await {
             Ok(outcomes) => Ok(outcomes
