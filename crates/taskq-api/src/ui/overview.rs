@@ -46,9 +46,12 @@ const REFRESH_SECONDS: u32 = 3;
 /// whatever the number of viewers.
 const COUNT_TTL: Duration = Duration::from_secs(5);
 
+/// A count and when it was taken, per queue and status.
+type Counts = HashMap<(QueueName, TaskStatus), (Instant, u64)>;
+
 /// Counts of finished tasks per queue and status, with the time each was taken.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CountCache(Arc<Mutex<HashMap<(QueueName, TaskStatus), (Instant, u64)>>>);
+pub(crate) struct CountCache(Arc<Mutex<Counts>>);
 
 impl CountCache {
     fn fresh(&self, key: &(QueueName, TaskStatus)) -> Option<u64> {

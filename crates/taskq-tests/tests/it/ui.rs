@@ -1099,3 +1099,80 @@ async fn throughput_history_keeps_rolled_up_minutes() {
     assert_eq!((minute.succeeded, minute.failed), (3, 2), "{h:?}");
     assert_eq!(h.iter().map(|x| x.succeeded + x.failed).sum::<u64>(), 5);
 }
+
+/// The task list's order, cursor pages and time range, over HTTP against MongoDB:
+/// 120 records created one second apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_list_pages_sorts_and_filters_by_time() {
+    let env = Env::start().await;
+    let base = chrono::Utc::now() - chrono::Duration::hours(2);
+    let limits = taskq_core::Limits::default();
+    let mut ids = Vec::new();
+    let mut recs = Vec::new();
+    for i in 0..120u64 {
+        let created = base + chrono::Duration::seconds(i as i64);
+        let task = taskq_core::NewTask {
+            kind: "t".into(),
+            queue: Some("search".into()),
+            ..Default::default()
+        };
+        let mut rec = limits.admit(task, created, None).expect("admit");
+        let ms = u64::try_from(created.timestamp_millis()).expect("ms");
+        rec.id = format!("{:08x}-{:04x}-7000-8000-{i:012x}", ms >> 16, ms & 0xffff)
+            .parse()
+            .expect("a v7 id");
+        ids.push(rec.id.to_string());
+        recs.push(rec);
+    }
+    env.store.insert_many(&recs).await.expect("insert");
+    let http = reqwest::Client::new();
+    // Authentication is off in this api: any session value signs in.
+    let page = |q: String| {
+        let http = http.clone();
+        let url = format!("{}/ui/tasks?{q}", env.api);
+        async move {
+            let r = http
+                .get(url)
+                .header("cookie", "taskq_ui=dGVzdA")
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(r.status(), StatusCode::OK);
+            let html = r.text().await.expect("html");
+            let rows: Vec<String> = html
+                .split("data-id=\"")
+                .skip(1)
+                .filter_map(|s| s.split('"').next().map(str::to_owned))
+                .collect();
+            let next = html
+                .split("cursor=")
+                .nth(1)
+                .and_then(|s| s.split('"').next().map(str::to_owned));
+            (rows, next)
+        }
+    };
+    // Newest first, three pages.
+    let (p1, c1) = page("queue=search".into()).await;
+    assert_eq!(p1.len(), 50);
+    assert_eq!(p1[0], ids[119]);
+    let (p2, c2) = page(format!("queue=search&cursor={}", c1.expect("a next page"))).await;
+    assert_eq!(p2.first(), Some(&ids[69]));
+    let (p3, c3) = page(format!("queue=search&cursor={}", c2.expect("a next page"))).await;
+    assert_eq!(p3.len(), 20);
+    assert_eq!(p3.last(), Some(&ids[0]));
+    assert_eq!(c3, None, "a next page after the last one");
+    // Oldest first.
+    let (o1, _) = page("queue=search&sort=oldest".into()).await;
+    assert_eq!(o1[..3], ids[..3]);
+    // Created in [base+10 s, base+20 s).
+    let t = |s: i64| {
+        (base + chrono::Duration::seconds(s))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .replace(':', "%3A")
+            .replace('+', "%2B")
+    };
+    let (r, _) = page(format!("queue=search&from={}&to={}", t(10), t(20))).await;
+    let mut want: Vec<String> = ids[10..20].to_vec();
+    want.reverse();
+    assert_eq!(r, want);
+}
