@@ -621,14 +621,23 @@ async fn dashboard_in_headless_chromium() {
         Some("https://trace.example/trace/4bf92f3577b34da6a3ce929d0e0e4736")
     );
 
-    // Search by a payload substring.
+    // Search by a payload substring, reaching the search field with the `/` key.
     c.goto(&ui("/ui/tasks")).await.expect("goto");
-    c.find(Locator::Css("#search"))
+    find(&c, "#tasks").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // ui.js is deferred
+    // (Keys go to a focusable row: rows take the focus for j/k navigation.)
+    find(&c, "#tasks tbody tr")
         .await
-        .expect("search")
-        .send_keys("acme-47")
+        .send_keys("/")
         .await
-        .expect("type");
+        .expect("press /");
+    let focused = c.active_element().await.expect("focus");
+    assert_eq!(
+        focused.attr("id").await.ok().flatten().as_deref(),
+        Some("search"),
+        "`/` does not focus the search"
+    );
+    focused.send_keys("acme-47").await.expect("type");
     click(&c, "#filters button[type=submit]").await;
     wait_url(&c, "the search", |u| u.query() == Some("q=acme-47")).await;
     wait_count(&c, "#tasks tbody tr", 1).await;
@@ -1175,4 +1184,135 @@ async fn task_list_pages_sorts_and_filters_by_time() {
     let mut want: Vec<String> = ids[10..20].to_vec();
     want.reverse();
     assert_eq!(r, want);
+}
+
+/// A bulk action on everything a filter matches touches no more tasks than its
+/// confirmation stated; `TASKQ_UI=read-only` refuses every action, `off` serves no page.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
+    let env = Env::start().await;
+    // Five queued tasks (no worker runs).
+    for _ in 0..5 {
+        env.submit(json!({"type": "noop", "queue": "held"})).await;
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let cookie = "taskq_ui=dGVzdA";
+    let html = http
+        .get(format!("{}/ui/tasks?queue=held", env.api))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("html");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf")
+        .to_owned();
+    let bulk = |body: String| {
+        http.post(format!("{}/ui/tasks/bulk", env.api))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // The confirmation states 5; confirming 3 cancels 3.
+    let confirm = bulk(format!("csrf={csrf}&op=cancel%3Amatching&queue=held"))
+        .await
+        .expect("post");
+    assert_eq!(confirm.status(), StatusCode::OK);
+    let page = confirm.text().await.expect("html");
+    assert!(page.contains("data-touches=\"5\""), "{page}");
+    let done = bulk(format!(
+        "csrf={csrf}&op=cancel%3Amatching&queue=held&confirm=yes&n=3&return=%2Fui%2Ftasks%3Fqueue%3Dheld"
+    ))
+    .await
+    .expect("post");
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        done.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("/ui/tasks?queue=held&notice=cancelled&n=3")
+    );
+    let counts = env.counts().await;
+    assert_eq!(counts.get(&taskq_core::TaskStatus::Cancelled), Some(&3));
+    assert_eq!(counts.get(&taskq_core::TaskStatus::Queued), Some(&2));
+    // Malformed bulk requests are 400s.
+    for body in [
+        format!("csrf={csrf}&op=explode%3Amatching"),
+        format!("csrf={csrf}&op=retry%3Aselected"),
+        format!("csrf={csrf}&op=retry%3Aselected&ids=nope"),
+        format!("csrf={csrf}&op=retry%3Amatching&confirm=yes"),
+        format!("csrf={csrf}&op=retry%3Amatching&status=bogus"),
+    ] {
+        let st = bulk(body.clone()).await.expect("post").status();
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // TASKQ_UI=read-only: pages render without actions; actions are refused.
+    let mode = |m| {
+        taskq_api::ui::UiConfig::new(
+            &taskq_api::ui::UiArgs {
+                mode: m,
+                trace_url: None,
+            },
+            vec![],
+        )
+        .expect("ui config")
+    };
+    let ro = Env::start_with(|mut s| {
+        s.ui = Arc::new(mode(taskq_api::ui::UiMode::ReadOnly));
+        s
+    })
+    .await;
+    ro.submit(json!({"type": "noop"})).await;
+    let html = http
+        .get(format!("{}/ui/tasks", ro.api))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        !html.contains("id=\"bulk\""),
+        "read-only offers bulk actions"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf")
+        .to_owned();
+    let r = http
+        .post(format!("{}/ui/queues/default/action", ro.api))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&op=pause"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // TASKQ_UI=off: no page.
+    let off = Env::start_with(|mut s| {
+        s.ui = Arc::new(mode(taskq_api::ui::UiMode::Off));
+        s
+    })
+    .await;
+    for path in ["/ui", "/ui/login", "/ui/assets/htmx.min.js"] {
+        let st = http
+            .get(format!("{}{path}", off.api))
+            .send()
+            .await
+            .expect("get")
+            .status();
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+    }
 }
