@@ -1316,3 +1316,46 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
         assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+/// The worker registry and the throughput history on a three-master Redis Cluster:
+/// every call stays within one slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_registry_and_history_work_on_a_redis_cluster() {
+    let env = Env::start_on_cluster().await;
+    let now = taskq_core::now_ms();
+    for i in 0..3 {
+        let w = taskq_redis::WorkerInfo {
+            id: format!("cluster-worker-{i}"),
+            host: "pod".into(),
+            queues: vec!["default".into()],
+            slots: 8,
+            busy: 0,
+            started_ms: now,
+            tasks: vec![],
+            seen_ms: now,
+        };
+        env.broker
+            .heartbeat_worker(&w, Duration::from_secs(30))
+            .await
+            .expect("heartbeat on a cluster");
+    }
+    assert_eq!(env.broker.workers().await.expect("workers").len(), 3);
+    env.broker
+        .deregister_worker("cluster-worker-0")
+        .await
+        .expect("deregister");
+    assert_eq!(env.broker.workers().await.expect("workers").len(), 2);
+    for q in ["default", "emails", "a-third-queue"] {
+        let q: taskq_core::QueueName = q.parse().expect("queue");
+        env.broker
+            .roll_up_minute(&q, now - now % 60_000 + 3_000)
+            .await
+            .expect("roll up on a cluster");
+        let h = env
+            .broker
+            .throughput_history(&q, now, 60)
+            .await
+            .expect("history on a cluster");
+        assert_eq!(h.len(), 60);
+    }
+}
