@@ -17,22 +17,9 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 /// How long a registration stays visible without renewal.
 pub(crate) const TTL: Duration = Duration::from_secs(15);
 
-/// The host or pod name the worker runs on.
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let settings = &shared.settings;
-    let host = host();
+    let host = crate::config::hostname().unwrap_or_else(|| "unknown".to_owned());
     let started_ms = taskq_core::now_ms();
     let queues: Vec<String> = settings
         .queues

@@ -232,7 +232,9 @@ async fn form_pairs(req: Request) -> Result<Vec<(String, String)>, UiError> {
     Ok(form_urlencoded_parse(&bytes))
 }
 
-fn form_urlencoded_parse(bytes: &[u8]) -> Vec<(String, String)> {
+/// The `name=value` pairs of an `application/x-www-form-urlencoded` text (a form body
+/// or a URL query), in order; bad escapes are kept as they are.
+pub(super) fn form_urlencoded_parse(bytes: &[u8]) -> Vec<(String, String)> {
     let decode = |s: &str| -> String {
         let s = s.replace('+', " ");
         let mut out = Vec::with_capacity(s.len());

@@ -44,35 +44,7 @@ struct Filter {
 const FILTER_KEYS: [&str; 7] = ["queue", "status", "type", "from", "to", "q", "sort"];
 
 fn pairs_of(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(hex) = b.get(i + 1..i + 3)
-            && hex.iter().all(u8::is_ascii_hexdigit)
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::session::form_urlencoded_parse(query.as_bytes())
 }
 
 impl Filter {

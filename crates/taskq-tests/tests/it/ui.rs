@@ -449,6 +449,27 @@ async fn screenshots(c: &Client, url: Option<&str>, name: &str) {
     color_scheme(c, "light").await;
 }
 
+/// The body of a dashboard page fetched with `cookie`.
+async fn page_html(http: &reqwest::Client, url: &str, cookie: &str) -> String {
+    let r = http
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK, "{url}");
+    r.text().await.expect("html")
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_in(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a csrf field")
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_in_headless_chromium() {
     let s = Stack::start().await;
@@ -877,12 +898,7 @@ async fn dashboard_security_headers_csrf_and_roles() {
         .expect("get");
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.expect("html");
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("a csrf field")
-        .to_owned();
+    let csrf = csrf_in(&html);
     let post = |body: String, origin: Option<&'static str>| {
         let mut r = http
             .post(format!("{api}/ui/queues/default/action"))
@@ -1200,21 +1216,8 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
         .build()
         .expect("client");
     let cookie = "taskq_ui=dGVzdA";
-    let html = http
-        .get(format!("{}/ui/tasks?queue=held", env.api))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("html");
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("csrf")
-        .to_owned();
+    let html = page_html(&http, &format!("{}/ui/tasks?queue=held", env.api), cookie).await;
+    let csrf = csrf_in(&html);
     let bulk = |body: String| {
         http.post(format!("{}/ui/tasks/bulk", env.api))
             .header("cookie", cookie)
@@ -1271,25 +1274,12 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
     })
     .await;
     ro.submit(json!({"type": "noop"})).await;
-    let html = http
-        .get(format!("{}/ui/tasks", ro.api))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("html");
+    let html = page_html(&http, &format!("{}/ui/tasks", ro.api), cookie).await;
     assert!(
         !html.contains("id=\"bulk\""),
         "read-only offers bulk actions"
     );
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("csrf")
-        .to_owned();
+    let csrf = csrf_in(&html);
     let r = http
         .post(format!("{}/ui/queues/default/action", ro.api))
         .header("cookie", cookie)
