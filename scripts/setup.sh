@@ -7,6 +7,8 @@
 # - curl, used by scripts/dev.sh;
 # - promtool (Debian package prometheus), which checks and unit-tests the chart's alerts
 #   (scripts/chart/alerts_test.py);
+# - chromium and chromium-driver (Debian), the headless browser the dashboard tests drive
+#   over WebDriver (about 32 s to install on a machine that has neither);
 # - mongo-java-server's jars, fetched by Maven into the cache directory
 #   ${TASKQ_MONGO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskq/mongo-test-server}/lib
 #   (outside the repository; refetched when scripts/mongo-test-server/pom.xml changes).
@@ -21,6 +23,15 @@ command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+# A Chrome that is already there (GitHub's Ubuntu runners ship google-chrome and
+# chromedriver; Ubuntu's own chromium package is a snap stub) is used as it is.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 &&
+    ! command -v google-chrome >/dev/null 2>&1; then
+    packages+=(chromium)
+fi
+if ! command -v chromedriver >/dev/null 2>&1 && [ ! -x "${CHROMEWEBDRIVER:-/nonexistent}/chromedriver" ]; then
+    packages+=(chromium-driver)
+fi
 # The single-file launcher compiles MongoTestServer.java, so a JRE is not enough.
 if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
     packages+=(default-jdk-headless)

@@ -1,6 +1,7 @@
-//! Bearer-token authentication with two roles.
+//! Bearer-token authentication with three roles.
 //!
-//! `submit` may create and read tasks; `admin` may do everything. Tokens come from
+//! `read` may read everything (every `GET` of `/v1`, and every page of the dashboard)
+//! and change nothing; `submit` may create and read tasks; `admin` may do everything. Tokens come from
 //! `TASKQ_TOKENS` (`role:token,role:token`) and/or `TASKQ_TOKENS_FILE` (one `role:token`
 //! per line, `#` comments; a Kubernetes Secret mounted as a file). Authentication is off
 //! only when `TASKQ_AUTH=off` says so. Tokens are compared as SHA-256 digests in constant
@@ -21,10 +22,25 @@ use crate::error::{ApiError, ErrorCode};
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Read tasks and queues; change nothing.
+    Read,
     /// Create and read tasks.
     Submit,
     /// Everything.
     Admin,
+}
+
+impl Role {
+    /// Whether this role may make a request with `method` to a route group that needs
+    /// `needs`: `admin` everything, `submit` the submit group, `read` every read-only
+    /// request (`GET`, `HEAD`) of either group.
+    pub fn permits(self, needs: Role, method: &axum::http::Method) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Submit => needs <= Role::Submit,
+            Role::Read => method == axum::http::Method::GET || method == axum::http::Method::HEAD,
+        }
+    }
 }
 
 impl std::str::FromStr for Role {
@@ -32,9 +48,12 @@ impl std::str::FromStr for Role {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "read" => Ok(Role::Read),
             "submit" => Ok(Role::Submit),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}` (expected submit or admin)")),
+            other => Err(format!(
+                "unknown role `{other}` (expected read, submit or admin)"
+            )),
         }
     }
 }
@@ -133,7 +152,13 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
     };
     match tokens.role_of(token) {
         None => unauthorized("the token is not valid"),
-        Some(role) if role >= guard.needs => next.run(req).await,
+        Some(role) if role.permits(guard.needs, req.method()) => next.run(req).await,
+        Some(Role::Read) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this token's role (read) may only read",
+        )
+        .into_response(),
         Some(_) => ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -154,6 +179,20 @@ fn unauthorized(message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn read_may_only_read_and_submit_may_not_administer() {
+        for needs in [Role::Submit, Role::Admin] {
+            assert!(Role::Read.permits(needs, &Method::GET));
+            assert!(!Role::Read.permits(needs, &Method::POST));
+            assert!(!Role::Read.permits(needs, &Method::PUT));
+            assert!(Role::Admin.permits(needs, &Method::POST));
+        }
+        assert!(Role::Submit.permits(Role::Submit, &Method::POST));
+        assert!(!Role::Submit.permits(Role::Admin, &Method::GET));
+        assert!(!Role::Submit.permits(Role::Admin, &Method::POST));
+    }
 
     #[test]
     fn parses_roles_and_rejects_bad_entries() {
@@ -164,6 +203,8 @@ mod tests {
         assert_eq!(t.role_of("bbbbbbbbbbbbbbb"), None);
         assert_eq!(t.role_of(""), None);
         assert!(Tokens::parse("root:aaaaaaaaaaaaaaaa").is_err());
+        let r = Tokens::parse("read:cccccccccccccccc").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.role_of("cccccccccccccccc"), Some(Role::Read));
         assert!(Tokens::parse("admin:short").is_err());
         assert!(Tokens::parse("aaaaaaaaaaaaaaaa").is_err());
         // Errors never echo a token.

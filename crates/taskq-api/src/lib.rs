@@ -18,6 +18,7 @@ mod queues;
 mod serve;
 mod tasks;
 pub mod transitions;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct ApiArgs {
     /// `TASKQ_PERIODIC`.
     #[arg(long, env = "TASKQ_PERIODIC_FILE")]
     pub periodic_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub ui: ui::UiArgs,
 }
 
 impl ApiArgs {
@@ -278,6 +281,8 @@ pub struct AppState {
     pub health: health::Health,
     /// Concurrent single submits written together.
     pub group_commit: transitions::group::GroupCommit,
+    /// The web dashboard's settings.
+    pub ui: Arc<ui::UiConfig>,
 }
 
 impl AppState {
@@ -300,6 +305,7 @@ impl AppState {
             connections: ConnectionLimits::default(),
             health: health::Health::default(),
             group_commit: transitions::group::GroupCommit::default(),
+            ui: Arc::default(),
         }
     }
 }
@@ -379,7 +385,8 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .merge(open)
         .split_for_parts();
-    router
+    // The dashboard: HTML, not part of the api's OpenAPI document.
+    router.merge(ui::router(&state))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -423,6 +430,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let tokens = args.tokens().map_err(anyhow::Error::msg)?;
     let schedules = args.periodic(&limits).map_err(anyhow::Error::msg)?;
     let retention = args.retention().map_err(anyhow::Error::msg)?;
+    let ui = ui::UiConfig::new(&args.ui, schedules.clone()).map_err(anyhow::Error::msg)?;
     if tokens.is_none() {
         tracing::warn!(
             "authentication is off (TASKQ_AUTH=off): anyone who reaches the api can use it"
@@ -462,6 +470,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
         },
+        ui: Arc::new(ui),
         ..AppState::new(broker, store)
     };
     let probes = CancellationToken::new();

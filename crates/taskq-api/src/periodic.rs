@@ -109,6 +109,11 @@ impl Schedule {
             .map(|t| t.trunc_subsecs(0))
     }
 
+    /// The task each tick submits (its idempotency key is the tick's).
+    pub fn task(&self) -> &NewTask {
+        &self.task
+    }
+
     /// The idempotency key of the tick at `tick`: the same on every replica.
     pub fn tick_key(&self, tick: DateTime<Utc>) -> String {
         format!(

@@ -19,12 +19,14 @@
 #[cfg(feature = "cli")]
 mod cli;
 mod conn;
+pub mod history;
 pub mod keys;
 pub mod outbox;
 mod queue;
 mod reply;
 pub mod scripts;
 mod wake;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -43,6 +45,7 @@ pub use scripts::fail::FailOutcome;
 pub use scripts::promote::Promoted;
 pub use scripts::reap::{LEASE_EXPIRED_DEAD, LEASE_EXPIRED_REQUEUED, Reaped};
 pub use wake::WakeListener;
+pub use workers::WorkerInfo;
 
 /// Errors from the broker.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@
 //! The document layout is described in `doc.rs`; the ordering rule for status updates
 //! (a per-task `seq`) in [`StatusUpdate`].
 
+mod browse;
 #[cfg(feature = "cli")]
 mod cli;
 mod doc;
@@ -18,6 +19,7 @@ mod store;
 mod update;
 mod writer;
 
+pub use browse::{Search, SearchPage};
 #[cfg(feature = "cli")]
 pub use cli::MongoArgs;
 pub use error::{Error, Rejection, Result};

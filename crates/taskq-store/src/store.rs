@@ -203,7 +203,7 @@ impl Store {
                     .build(),
             ])
             .await?;
-        Ok(())
+        self.ensure_browse_indexes().await
     }
 
     /// Makes the retention TTL index match `retention`: creates it, changes its lifetime

@@ -193,14 +193,19 @@ fn check(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
 
 /// `<hostname>-<pid>`: unique among live workers, readable in records.
 pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
+    let host = hostname().unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The host (or pod) name: `HOSTNAME`, else `/etc/hostname`.
+pub(crate) fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
 }

@@ -12,7 +12,7 @@
 //! `completer` (acknowledge outcomes in batches), `heartbeat` (extend leases),
 //! `maintenance` (promote due tasks, reap expired leases), `outbox` (apply the queues'
 //! status updates to MongoDB), `submits` (settle records whose submit never reached
-//! Redis) and `health` (probes).
+//! Redis), `registration` (the worker registry the dashboard lists) and `health` (probes).
 //!
 //! Shutdown order: stop fetching; let running attempts finish within the grace period;
 //! cancel and release the rest back to their queues; acknowledge everything; apply what
@@ -28,6 +28,7 @@ mod health;
 mod heartbeat;
 mod maintenance;
 mod outbox;
+mod registration;
 mod submits;
 mod worker;
 

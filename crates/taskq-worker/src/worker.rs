@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::completer::{self, Done};
 use crate::config::{Settings, WorkerArgs};
 use crate::handler::Registry;
-use crate::{fetcher, heartbeat, maintenance, outbox, submits};
+use crate::{fetcher, heartbeat, maintenance, outbox, registration, submits};
 
 /// Longest time a stopping worker keeps applying its queues' outboxes.
 const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
@@ -180,6 +180,7 @@ impl Worker {
         let maintenance = tokio::spawn(maintenance::run(shared.clone(), loops_stop.clone()));
         let submit_checks = tokio::spawn(submits::run(shared.clone(), loops_stop.clone()));
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), loops_stop.clone()));
+        let registration = tokio::spawn(registration::run(shared.clone(), loops_stop.clone()));
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
         fetcher::run(ctx.clone(), shutdown).await;
@@ -210,6 +211,7 @@ impl Worker {
             ("maintenance", maintenance),
             ("submit check", submit_checks),
             ("heartbeat", heartbeat),
+            ("registration", registration),
         ] {
             if let Err(e) = handle.await {
                 tracing::error!(error = %e, "{name} loop ended abnormally");

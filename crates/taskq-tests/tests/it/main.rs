@@ -17,3 +17,4 @@ mod outage;
 mod periodic;
 mod query;
 mod slow_clients;
+mod ui;
