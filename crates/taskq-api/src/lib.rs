@@ -386,7 +386,8 @@ pub fn app(state: AppState) -> Router {
         .merge(open)
         .split_for_parts();
     // The dashboard: HTML, not part of the api's OpenAPI document.
-    router.merge(ui::router(&state))
+    router
+        .merge(ui::router(&state))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -80,6 +80,12 @@ impl QueueKeys {
         )
     }
 
+    /// The prefix of the queue's throughput counters (`<base>stats:`): per second (see
+    /// [`QueueKeys::counter`]) and per minute (`crate::history`).
+    pub fn stats_prefix(&self) -> String {
+        format!("{}stats:", self.base)
+    }
+
     /// The claim on one idempotency key of the queue: the id of the task that holds it.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.base)

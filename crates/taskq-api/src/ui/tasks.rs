@@ -20,7 +20,6 @@ use taskq_store::Search;
 use super::layout::{self, Nav, UiError, status, when};
 use super::session::{SignedForm, Viewer, url_encode};
 use crate::AppState;
-use crate::extract::PathParam;
 
 /// Tasks per page.
 const PAGE: u32 = 50;
