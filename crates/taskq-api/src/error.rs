@@ -252,7 +252,8 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        // Every 503 (a store down, a request timeout) says when to come back.
+        crate::health::with_retry_after((self.status, Json(body)).into_response())
     }
 }
 

@@ -10,13 +10,14 @@ mod auth;
 mod body;
 mod error;
 mod extract;
+pub mod health;
 mod observe;
 pub mod openapi;
 pub mod periodic;
 mod queues;
-mod retry;
 mod serve;
 mod tasks;
+pub mod transitions;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -27,15 +28,16 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
-use axum::routing::{get, post};
 use clap::Parser;
-use serde_json::json;
 use taskq_core::Limits;
 use taskq_redis::Broker;
 use taskq_store::Store;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::health::Needs;
 use taskq_telemetry::LogFormat;
 use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +125,15 @@ pub struct ApiArgs {
         default_value_t = 16_384
     )]
     pub body_min_bytes_per_second: u64,
+    /// Pause between the background probes of Redis and MongoDB while they answer (a
+    /// quarter of it while one does not). Two failed probes in a row open the store's
+    /// circuit: requests that need it are answered `503` with `Retry-After` at once and
+    /// `/readyz` fails, until a probe succeeds.
+    #[arg(long, env = "TASKQ_STORE_PROBE_INTERVAL_MS", default_value_t = 500)]
+    pub store_probe_interval_ms: u64,
+    /// How long a probe of Redis or MongoDB may take before it counts as failed.
+    #[arg(long, env = "TASKQ_STORE_PROBE_TIMEOUT_MS", default_value_t = 1_000)]
+    pub store_probe_timeout_ms: u64,
     /// Periodic tasks: a JSON array of `{"name", "cron", "task"}` (see the README).
     #[arg(long, env = "TASKQ_PERIODIC", hide_env_values = true)]
     pub periodic: Option<String>,
@@ -266,6 +277,10 @@ pub struct AppState {
     pub body: BodyLimits,
     /// What [`serve`] enforces per connection (read by whoever serves [`app`]).
     pub connections: ConnectionLimits,
+    /// Whether Redis and MongoDB answer (kept by [`health::probe`] in [`run`]).
+    pub health: health::Health,
+    /// Concurrent single submits written together.
+    pub group_commit: transitions::group::GroupCommit,
     /// The web dashboard's settings.
     pub ui: Arc<ui::UiConfig>,
 }
@@ -288,8 +303,51 @@ impl AppState {
             max_concurrent_requests: 1024,
             body: BodyLimits::default(),
             connections: ConnectionLimits::default(),
+            health: health::Health::default(),
+            group_commit: transitions::group::GroupCommit::default(),
             ui: Arc::default(),
         }
+    }
+}
+
+/// Every route, registered together with its OpenAPI operation (the handler's
+/// `#[utoipa::path]`), in groups by what guards them. [`app`] adds the guards;
+/// [`openapi`] takes the operations, so the document lists exactly what is served.
+pub(crate) struct Routes {
+    /// Submits: a `submit` token; both stores; abandoned when a store goes down.
+    pub submits: OpenApiRouter<AppState>,
+    /// Reads of records: a `submit` token; MongoDB.
+    pub reads: OpenApiRouter<AppState>,
+    /// Everything else under `/v1`: an `admin` token; both stores.
+    pub admin: OpenApiRouter<AppState>,
+    /// Probes, metrics and the document: no token, no store.
+    pub open: OpenApiRouter<AppState>,
+}
+
+pub(crate) fn routes() -> Routes {
+    Routes {
+        submits: OpenApiRouter::new()
+            .routes(routes!(tasks::submit))
+            .routes(routes!(tasks::submit_batch)),
+        reads: OpenApiRouter::new()
+            .routes(routes!(tasks::list))
+            .routes(routes!(tasks::get)),
+        admin: OpenApiRouter::new()
+            .routes(routes!(tasks::retry))
+            .routes(routes!(tasks::cancel))
+            .routes(routes!(queues::list))
+            .routes(routes!(queues::get))
+            .routes(routes!(queues::pause))
+            .routes(routes!(queues::resume))
+            .routes(routes!(queues::set_limits))
+            .routes(routes!(queues::retry_dead))
+            .routes(routes!(queues::purge_dead))
+            .routes(routes!(queues::recover)),
+        open: OpenApiRouter::new()
+            .routes(routes!(observe::livez))
+            .routes(routes!(observe::readyz))
+            .routes(routes!(observe::metrics))
+            .routes(routes!(openapi::document)),
     }
 }
 
@@ -300,40 +358,35 @@ pub fn app(state: AppState) -> Router {
         tokens: state.tokens.clone(),
         needs,
     };
-    let submit = Router::new()
-        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
-        .route("/v1/tasks/batch", post(tasks::submit_batch))
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route_layer(axum::middleware::from_fn_with_state(
-            guard(Role::Submit),
-            auth::require,
-        ));
-    let admin = Router::new()
-        .route("/v1/tasks/{id}/retry", post(tasks::retry))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/queues", get(queues::list))
-        .route("/v1/queues/{name}", get(queues::get))
-        .route("/v1/queues/{name}/pause", post(queues::pause))
-        .route("/v1/queues/{name}/resume", post(queues::resume))
-        .route(
-            "/v1/queues/{name}/limits",
-            axum::routing::put(queues::set_limits),
-        )
-        .route("/v1/queues/{name}/retry-dead", post(queues::retry_dead))
-        .route("/v1/queues/{name}/purge-dead", post(queues::purge_dead))
-        .route("/v1/admin/recover", post(queues::recover))
-        .route_layer(axum::middleware::from_fn_with_state(
-            guard(Role::Admin),
-            auth::require,
-        ));
-    Router::new()
-        .merge(submit)
+    let needs =
+        |needs| axum::middleware::from_fn_with_state((state.health.clone(), needs), health::guard);
+    let Routes {
+        submits,
+        reads,
+        admin,
+        open,
+    } = routes();
+    let submitter = || axum::middleware::from_fn_with_state(guard(Role::Submit), auth::require);
+    let submits = submits
+        .route_layer(needs(Needs::SUBMIT))
+        .route_layer(submitter());
+    let reads = reads
+        .route_layer(needs(Needs::RECORDS))
+        .route_layer(submitter());
+    let admin =
+        admin
+            .route_layer(needs(Needs::BOTH))
+            .route_layer(axum::middleware::from_fn_with_state(
+                guard(Role::Admin),
+                auth::require,
+            ));
+    let (router, _) = submits
+        .merge(reads)
         .merge(admin)
+        .merge(open)
+        .split_for_parts();
+    router
         .merge(ui::router(&state))
-        .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(observe::metrics))
-        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -369,46 +422,6 @@ pub fn app(state: AppState) -> Router {
                 .concurrency_limit(state.max_concurrent_requests),
         )
         .with_state(state)
-}
-
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.draining.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "draining"})),
-        );
-    }
-    if !state.indexes_ready.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "creating mongodb indexes"})),
-        );
-    }
-    let checks = async {
-        state
-            .broker
-            .ping()
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        state
-            .store
-            .ping()
-            .await
-            .map_err(|e| format!("mongodb: {e}"))
-    };
-    match tokio::time::timeout(Duration::from_secs(2), checks).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Ok(Err(reason)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason})),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "not_ready", "reason": "redis or mongodb did not answer in time"}),
-            ),
-        ),
-    }
 }
 
 /// Connects, creates indexes, serves until SIGTERM or SIGINT, then drains.
@@ -460,6 +473,17 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         ui: Arc::new(ui),
         ..AppState::new(broker, store)
     };
+    let probes = CancellationToken::new();
+    let probing = tokio::spawn(health::probe(
+        state.health.clone(),
+        state.broker.clone(),
+        state.store.clone(),
+        health::ProbeSettings {
+            interval: Duration::from_millis(args.store_probe_interval_ms.max(10)),
+            timeout: Duration::from_millis(args.store_probe_timeout_ms.max(10)),
+        },
+        probes.clone(),
+    ));
     let draining = state.draining.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -481,6 +505,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     })
     .await
     .context("serving")?;
+    probes.cancel();
+    let _ = probing.await;
     if let Err(e) = periodic.await {
         tracing::error!(error = %e, "the periodic scheduler failed");
     }

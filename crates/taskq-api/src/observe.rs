@@ -1,15 +1,21 @@
 //! Request metrics and the `/metrics` endpoint.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::future::join_all;
+use serde::Serialize;
 use taskq_telemetry::metrics::CONTENT_TYPE;
+use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::error::ErrorBody;
+use crate::health::StoreKind;
 
 /// The span of one request: named after its route, a child of the caller's
 /// `traceparent` when it sent one.
@@ -95,5 +101,93 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.metrics.encode(),
+    )
+}
+
+/// The body of `GET /livez`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    pub status: String,
+}
+
+/// The body of `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` (200) or `not_ready` (503).
+    #[schema(pattern = "^(ready|not_ready)$")]
+    pub status: String,
+    /// Why it is not ready: draining, creating indexes, or which store is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The body of a 503 from `GET /readyz`: the probe's answer, or the timeout's error.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "only documents the two bodies a 503 may carry")]
+pub enum NotReady {
+    Probe(Readiness),
+    Timeout(ErrorBody),
+}
+
+/// `GET /livez`: the process serves.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    operation_id = "livez",
+    tag = "observability",
+    responses(
+        (status = 200, description = "The process serves.", body = Liveness),
+        (status = 503, description = "The request timed out.", body = ErrorBody),
+    ),
+)]
+pub async fn livez() -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".to_owned(),
+    })
+}
+
+/// `GET /readyz`: Redis and MongoDB answer (their circuits are closed, see
+/// [`crate::health`]), the indexes exist, and the process is not draining.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "observability",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Readiness),
+        (status = 503, description = "Not ready: draining, creating indexes, or Redis or MongoDB is unreachable (a `Readiness` body); or the request timed out (an error body).",
+            body = NotReady),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                status: "not_ready".to_owned(),
+                reason: Some(reason),
+            }),
+        )
+    };
+    if state.draining.load(Ordering::Relaxed) {
+        return not_ready("draining".to_owned());
+    }
+    if !state.indexes_ready.load(Ordering::Relaxed) {
+        return not_ready("creating mongodb indexes".to_owned());
+    }
+    for store in [StoreKind::Redis, StoreKind::Mongodb] {
+        if !state.health.is_up(store) {
+            return not_ready(format!("{} is unreachable", store.as_str()));
+        }
+    }
+    (
+        StatusCode::OK,
+        Json(Readiness {
+            status: "ready".to_owned(),
+            reason: None,
+        }),
     )
 }

@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use crate::transitions::submit::{self, Submitted};
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
-use taskq_core::{Limits, NewTask, TaskRecord};
+use taskq_core::{Limits, NewTask};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -339,11 +339,11 @@ async fn fire(
                 return;
             }
             let reason = match submit_tick(&state, &schedule, tick).await {
-                Ok((StatusCode::CREATED, rec)) => {
+                Ok(Submitted::Created(rec)) => {
                     tracing::info!(task.id = %rec.id, task.queue = %rec.queue, "periodic task submitted");
                     return;
                 }
-                Ok((_, rec)) => {
+                Ok(Submitted::Existing(rec)) => {
                     tracing::debug!(task.id = %rec.id, "periodic tick already submitted by another scheduler");
                     return;
                 }
@@ -385,7 +385,7 @@ async fn submit_tick(
     state: &AppState,
     schedule: &Schedule,
     tick: DateTime<Utc>,
-) -> Result<(StatusCode, TaskRecord), TickError> {
+) -> Result<Submitted, TickError> {
     if !state.indexes_ready.load(Ordering::Relaxed) {
         return Err(TickError::Retry(
             "the store's indexes are not created yet".into(),
@@ -396,7 +396,7 @@ async fn submit_tick(
         .limits
         .admit(schedule.request(tick), taskq_core::now(), traceparent)
         .map_err(|e| TickError::Invalid(e.to_string()))?;
-    crate::tasks::submit_idempotent(state, rec)
+    submit::submit_idempotent(state, rec)
         .await
         .map_err(|e| TickError::Retry(format!("{} ({})", e.message, e.code)))
 }

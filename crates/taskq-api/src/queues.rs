@@ -7,15 +7,14 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use taskq_core::{QueueName, TaskStatus};
-use taskq_redis::{EnqueueItem, Limits};
+use taskq_redis::QueueLimits;
 use utoipa::ToSchema;
 
 use crate::extract::{JsonBody, PathParam};
-use taskq_store::ListFilter;
 
 use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, QueueNameErrors};
-use crate::retry;
+use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
 #[derive(Debug, Serialize, ToSchema)]
@@ -38,7 +37,7 @@ pub struct QueueInfo {
     /// Attempts that failed in the last 60 seconds.
     pub failed_1m: u64,
     /// Dispatch limits enforced across all workers.
-    pub limits: Limits,
+    pub limits: QueueLimits,
 }
 
 async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> {
@@ -218,7 +217,7 @@ pub async fn resume(
     operation_id = "set_queue_limits",
     tag = "queues",
     params(("name" = QueueName, Path, description = "The queue's name.")),
-    request_body = Limits,
+    request_body = QueueLimits,
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
@@ -232,7 +231,7 @@ pub async fn resume(
 pub async fn set_limits(
     State(state): State<AppState>,
     PathParam(name): PathParam<String>,
-    JsonBody(limits): JsonBody<Limits>,
+    JsonBody(limits): JsonBody<QueueLimits>,
 ) -> Result<Json<QueueInfo>, ApiError> {
     let name: QueueName = name
         .parse()
@@ -281,57 +280,9 @@ pub async fn retry_dead(
     PathParam(name): PathParam<String>,
 ) -> Result<Json<Retried>, ApiError> {
     let name = known(&state, &name).await?;
-    let filter = ListFilter {
-        status: Some(TaskStatus::Dead),
-        kind: None,
-        queue: Some(name),
-    };
-    let mut retried = 0u64;
-    let partial = |error: ApiError, retried: u64, stuck: u64| {
-        let mut outcome = format!(
-            "{retried} dead tasks were queued again and the others stay dead; call again to retry them"
-        );
-        if stuck > 0 {
-            outcome.push_str(&format!(
-                " ({stuck} of them could not be marked dead again: they stay queued and run \
-                 after POST /v1/admin/recover)"
-            ));
-        }
-        error.with_outcome(&outcome)
-    };
-    loop {
-        // Each retried task leaves the dead set, so the first page is always the next one.
-        let page = state
-            .store
-            .list(&filter, RETRY_PAGE, None)
-            .await
-            .map_err(|e| partial(e.into(), retried, 0))?;
-        if page.tasks.is_empty() {
-            break;
-        }
-        let ids = page.tasks.iter().map(|t| t.id).collect();
-        match retry::retry(&state, ids).await {
-            Ok(outcomes) => {
-                let queued = outcomes
-                    .iter()
-                    .filter(|o| matches!(o, retry::Outcome::Queued(_)))
-                    .count();
-                retried += queued as u64;
-                if queued == 0 {
-                    // Every task of the page changed under us: none is left to retry.
-                    break;
-                }
-            }
-            Err(failed) => {
-                return Err(partial(failed.error, retried + failed.queued, failed.stuck));
-            }
-        }
-    }
+    let retried = retry::retry_queue(&state, name).await?;
     Ok(Json(Retried { retried }))
 }
-
-/// Dead tasks retried per MongoDB page and Redis script call.
-const RETRY_PAGE: u32 = 500;
 
 /// `POST /v1/queues/{name}/purge-dead`: deletes every dead task of the queue.
 #[utoipa::path(
@@ -376,34 +327,9 @@ pub async fn purge_dead(
     security(("bearer" = [])),
 )]
 pub async fn recover(State(state): State<AppState>) -> Result<Json<Recovered>, ApiError> {
-    let mut after = None;
-    let (mut enqueued, mut present) = (0u64, 0u64);
-    loop {
-        let batch = state.store.unfinished(after, 1000).await?;
-        let Some(last) = batch.last() else { break };
-        after = Some(last.record.id);
-        let items: Vec<EnqueueItem> = batch
-            .iter()
-            .map(|t| {
-                let mut item = EnqueueItem::from_record(&t.record, t.seq + 1);
-                if t.record.status == TaskStatus::Running {
-                    // Its attempt was lost with Redis; it runs again now.
-                    item.due_ms = taskq_core::now_ms();
-                }
-                item
-            })
-            .collect();
-        for added in state.broker.enqueue(&items).await? {
-            if added {
-                enqueued += 1;
-            } else {
-                present += 1;
-            }
-        }
-    }
-    tracing::info!(enqueued, already_present = present, "recovery finished");
+    let (enqueued, already_present) = recover::recover(&state).await?;
     Ok(Json(Recovered {
         enqueued,
-        already_present: present,
+        already_present,
     }))
 }

@@ -3,8 +3,6 @@
 //! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`: every status it
 //! can answer, with the body each carries (see [`crate::openapi`]).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,17 +10,15 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use taskq_core::{NewTask, TaskId, TaskRecord, TaskStatus};
-use taskq_redis::{CancelOutcome, EnqueueItem};
-use taskq_store::{ListFilter, StatusUpdate};
+use taskq_store::ListFilter;
 use utoipa::{IntoParams, ToSchema};
-
-use taskq_telemetry::metrics::Metrics;
-use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
-use crate::retry::{self, Outcome};
+use crate::transitions::cancel::{self, Cancelled};
+use crate::transitions::retry::{self, Outcome};
+use crate::transitions::submit::{self, Submitted};
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
 /// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
@@ -79,230 +75,12 @@ pub async fn submit(
     let rec = state
         .limits
         .admit(req, taskq_core::now(), traceparent(&headers))?;
-    let (status, rec) = if rec.idempotency_key.is_some() {
-        submit_idempotent(&state, rec).await?
-    } else {
-        persist(&state, std::slice::from_ref(&rec)).await?;
-        (StatusCode::CREATED, rec)
+    let (status, rec) = match submit::submit(&state, rec).await? {
+        Submitted::Created(r) => (StatusCode::CREATED, r),
+        Submitted::Existing(r) => (StatusCode::OK, r),
     };
     let location = format!("/v1/tasks/{}", rec.id);
     Ok((status, [(header::LOCATION, location)], Json(rec)).into_response())
-}
-
-/// Submits a task with an idempotency key, deduplicated twice over:
-///
-/// 1. a claim on the key in Redis (`SET NX` in a script): of concurrent submits on any
-///    number of api replicas exactly one wins; the others answer with the winner's task
-///    once its record is written, or 409 when it does not appear in time;
-/// 2. the unique index on (queue, key) in MongoDB, which still decides when Redis lost its
-///    claims (a flush, a failover): exactly one insert wins.
-///
-/// The winner's claim lasts as long as the key's retention window.
-pub(crate) async fn submit_idempotent(
-    state: &AppState,
-    rec: TaskRecord,
-) -> Result<(StatusCode, TaskRecord), ApiError> {
-    let Some(key) = rec.idempotency_key.clone() else {
-        return Err(ApiError::internal(&"submit_idempotent without a key"));
-    };
-    let expired_before = rec.created_at
-        - chrono::Duration::from_std(state.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
-    // Long enough for the claimant to write its task; a claimant that died mid-way holds
-    // the key no longer than this.
-    let hold = state.request_timeout + Duration::from_secs(5);
-    let mut claimed = false;
-    for pause_ms in CLAIM_WAITS_MS {
-        if pause_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        }
-        let Some(holder) = state
-            .broker
-            .claim_idempotency_key(&rec.queue, &key, rec.id, hold)
-            .await?
-        else {
-            claimed = true;
-            break;
-        };
-        match state.store.get(holder).await? {
-            Some(t) if t.record.created_at >= expired_before => {
-                return Ok((StatusCode::OK, t.record));
-            }
-            // A claim that outlived its task's retention: no longer binding.
-            Some(_) => {
-                state
-                    .broker
-                    .drop_idempotency_claim(&rec.queue, &key, holder)
-                    .await?;
-            }
-            // The holder is still writing its task (or its submit failed and the claim
-            // lapses shortly).
-            None => {}
-        }
-    }
-    if !claimed {
-        return Err(ApiError::conflict(
-            "the idempotency key is being used by a concurrent submit; retry",
-        ));
-    }
-    let outcome = insert_idempotent(state, &rec, &key, expired_before).await;
-    let settled = match &outcome {
-        Ok((StatusCode::CREATED, _)) => {
-            state
-                .broker
-                .keep_idempotency_claim(&rec.queue, &key, rec.id, state.idempotency_ttl)
-                .await
-        }
-        // Nothing of ours was written: let the key go (MongoDB knows the original).
-        _ => {
-            state
-                .broker
-                .drop_idempotency_claim(&rec.queue, &key, rec.id)
-                .await
-        }
-    };
-    if let Err(e) = settled {
-        // The claim lapses on its own; MongoDB's unique index still guards the key.
-        tracing::warn!(error = %e, task = %rec.id, "could not settle an idempotency claim");
-    }
-    outcome
-}
-
-/// Pauses (ms) between attempts to claim an idempotency key another submit holds.
-const CLAIM_WAITS_MS: [u64; 6] = [0, 25, 50, 100, 200, 400];
-
-/// The MongoDB half of [`submit_idempotent`], once Redis granted the claim.
-async fn insert_idempotent(
-    state: &AppState,
-    rec: &TaskRecord,
-    key: &str,
-    expired_before: chrono::DateTime<chrono::Utc>,
-) -> Result<(StatusCode, TaskRecord), ApiError> {
-    for _ in 0..3 {
-        match persist(state, std::slice::from_ref(rec)).await {
-            Ok(()) => return Ok((StatusCode::CREATED, rec.clone())),
-            Err(PersistError::Api(e)) => return Err(e),
-            // MongoDB holds the key (Redis lost its claim, or the key's retention is over).
-            Err(PersistError::Duplicate) => {}
-        }
-        match state.store.find_by_idempotency_key(&rec.queue, key).await? {
-            Some(existing) if existing.record.created_at >= expired_before => {
-                return Ok((StatusCode::OK, existing.record));
-            }
-            // Its retention is over: the key may be used again.
-            Some(_) => {
-                state
-                    .store
-                    .release_idempotency_key(&rec.queue, key, expired_before)
-                    .await?;
-            }
-            // Released by another submit in between: insert again.
-            None => {}
-        }
-    }
-    Err(ApiError::conflict(
-        "the idempotency key is being used by a concurrent submit; retry",
-    ))
-}
-
-/// Why [`persist`] failed.
-#[derive(Debug)]
-enum PersistError {
-    /// A record with the same idempotency key exists; nothing was written.
-    Duplicate,
-    Api(ApiError),
-}
-
-impl From<PersistError> for ApiError {
-    fn from(e: PersistError) -> Self {
-        match e {
-            PersistError::Duplicate => {
-                ApiError::conflict("a task with this idempotency key was submitted concurrently")
-            }
-            PersistError::Api(e) => e,
-        }
-    }
-}
-
-/// Writes records to MongoDB (marked submit-pending), then to Redis, inside a
-/// `task.enqueue` span. When Redis fails the tasks are taken out of Redis and the records
-/// removed again, so no task whose submit was answered with an error ever runs; when
-/// taking them out of Redis fails too, the records are cancelled (`submit_failed`)
-/// instead. A record left behind (the api died between the writes, or the undo failed
-/// in MongoDB as well) is settled by the workers' submit check the same way, unless
-/// Redis holds its task.
-///
-/// The submit check relies on this: no api enqueues a task later than its request timeout
-/// after writing its record (the timeout drops this future).
-async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
-    let span = tracing::info_span!(
-        "task.enqueue",
-        task.count = recs.len(),
-        task.id = recs.first().map(|r| r.id.to_string()).unwrap_or_default(),
-        task.queue = recs.first().map(|r| r.queue.to_string()).unwrap_or_default(),
-        task.type = recs.first().map(|r| r.kind.clone()).unwrap_or_default(),
-    );
-    persist_inner(state, recs).instrument(span).await
-}
-
-async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
-    let inserted = match recs {
-        [] => return Ok(()),
-        [one] => state.store.insert(one).await,
-        many => state.store.insert_many(many).await,
-    };
-    match inserted {
-        Ok(()) => {}
-        Err(e) if e.is_duplicate_key() && recs.len() == 1 => return Err(PersistError::Duplicate),
-        Err(e) => {
-            // An unordered insert_many may have written some records: remove them, so
-            // recovery never runs a task whose submit failed.
-            if recs.len() > 1 {
-                let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
-                if let Err(undo) = state.store.delete(&ids).await {
-                    tracing::error!(error = %undo, count = ids.len(), "could not remove records of a failed batch insert");
-                }
-            }
-            return Err(PersistError::Api(e.into()));
-        }
-    }
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
-    if let Err(e) = state.broker.enqueue(&items).await {
-        // Part of the batch may be in Redis (another queue's script, or a lost reply):
-        // take it out before the records go, so nothing answered with an error runs.
-        let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
-        if let Err(undo) = state.broker.remove(&tasks).await {
-            // Redis may hold some of the tasks (a lost reply): keep their records but
-            // cancel them (submit_failed), so recovery never runs them. A task that does
-            // run after all overrides that with its own, later status updates.
-            let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
-            tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
-            if let Err(e) = state
-                .store
-                .settle_submits(&ids, &[], taskq_core::now())
-                .await
-            {
-                tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
-            }
-            return Err(PersistError::Api(e.into()));
-        }
-        let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
-        if let Err(undo) = state.store.delete(&ids).await {
-            // Nothing of them is in Redis: the submit check cancels these records.
-            tracing::error!(error = %undo, count = ids.len(), "could not remove records whose enqueue failed; the submit check cancels them");
-        }
-        return Err(PersistError::Api(e.into()));
-    }
-    for r in recs {
-        state
-            .metrics
-            .submitted
-            .get_or_create(&Metrics::task(r.queue.as_str(), &r.kind))
-            .inc();
-    }
-    Ok(())
 }
 
 /// The body of `POST /v1/tasks/batch`.
@@ -426,16 +204,10 @@ pub async fn submit_batch(
             },
         });
     }
-    // Items with an idempotency key go through the single-submit path, one by one, so
-    // each key is checked; the rest are written together.
-    let (keyed, plain): (Vec<TaskRecord>, Vec<TaskRecord>) = accepted
-        .into_iter()
-        .partition(|r| r.idempotency_key.is_some());
-    persist(&state, &plain).await?;
-    let mut accepted = plain;
-    for rec in keyed {
-        let id = rec.id;
-        let (_, stored) = submit_idempotent(&state, rec).await?;
+    let ids: Vec<TaskId> = accepted.iter().map(|r| r.id).collect();
+    let accepted = submit::submit_batch(&state, accepted).await?;
+    for (id, outcome) in ids.into_iter().zip(&accepted) {
+        let stored = outcome.record();
         if stored.id != id {
             // A repeat: report the original task in place of the new id.
             if let Some(item) = items.iter_mut().find(|i| i.id == Some(id)) {
@@ -444,7 +216,6 @@ pub async fn submit_batch(
                 item.duplicate = Some(true);
             }
         }
-        accepted.push(stored);
     }
     let rejected = items.len() - accepted.len();
     let status = match (accepted.len(), rejected) {
@@ -647,22 +418,8 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     if let Some(tp) = taskq_telemetry::traceparent(&tracing::Span::current()) {
         return Some(tp);
     }
-    let v = headers.get("traceparent")?.to_str().ok()?.trim();
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let ok = parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2);
-    ok.then(|| v.to_owned())
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    taskq_telemetry::well_formed_traceparent(v).map(str::to_owned)
 }
 
 /// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
@@ -690,44 +447,8 @@ pub async fn cancel(
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let Some(stored) = state.store.get(id).await? else {
-        return Err(ApiError::not_found(format!("no task {id}")));
-    };
-    let status = stored.record.status;
-    if status.is_final() {
-        return Err(ApiError::conflict(format!("task {id} is already {status}")));
-    }
-    let now = taskq_core::now();
-    let seq = match state.broker.cancel(&stored.record.queue, id).await? {
-        CancelOutcome::Signalled => {
-            return Ok((StatusCode::ACCEPTED, Json(stored.record)).into_response());
-        }
-        CancelOutcome::Cancelled { seq } => seq,
-        // Not in Redis (e.g. Redis lost it): the record alone decides.
-        CancelOutcome::NotFound => stored.seq + 1,
-    };
-    let update = StatusUpdate {
-        finished_at: Some(now),
-        events: vec![taskq_core::TaskEvent {
-            status: TaskStatus::Cancelled,
-            at: now,
-            attempt: stored.record.attempts,
-            error: None,
-            worker: None,
-        }],
-        ..StatusUpdate::new(id, seq, TaskStatus::Cancelled, stored.record.attempts, now)
-    };
-    state.store.apply(std::slice::from_ref(&update)).await?;
-    state
-        .metrics
-        .cancelled
-        .get_or_create(&Metrics::task(
-            stored.record.queue.as_str(),
-            &stored.record.kind,
-        ))
-        .inc();
-    match state.store.get(id).await? {
-        Some(t) => Ok((StatusCode::OK, Json(t.record)).into_response()),
-        None => Err(ApiError::not_found(format!("no task {id}"))),
-    }
+    Ok(match cancel::cancel(&state, id).await? {
+        Cancelled::Now(record) => (StatusCode::OK, Json(record)).into_response(),
+        Cancelled::Signalled(record) => (StatusCode::ACCEPTED, Json(record)).into_response(),
+    })
 }

@@ -69,10 +69,22 @@ impl QueueKeys {
         format!("{}limits", self.base)
     }
 
-    /// Prefix of the per-second counters of finished attempts: `<prefix>ok:<second>` and
-    /// `<prefix>err:<second>`, each expiring after two minutes.
-    pub fn stats_prefix(&self) -> String {
-        format!("{}stats:", self.base)
+    /// The counter of `kind` attempts finished in the second of `ms` (expires after two
+    /// minutes): `<base>stats:ok:<second>` or `<base>stats:err:<second>`.
+    pub fn counter(&self, kind: Counter, ms: i64) -> String {
+        format!(
+            "{}stats:{}:{}",
+            self.base,
+            kind.as_str(),
+            ms.div_euclid(1000)
+        )
+    }
+
+    /// The sum of the [`QueueKeys::counter`]s of `kind` over one minute (minutes since
+    /// the epoch), kept for about an hour for the dashboard's charts:
+    /// `<base>stats:m:ok:<minute>` or `<base>stats:m:err:<minute>`.
+    pub fn minute_counter(&self, kind: Counter, minute: i64) -> String {
+        format!("{}stats:m:{}:{minute}", self.base, kind.as_str())
     }
 
     /// The claim on one idempotency key of the queue: the id of the task that holds it.
@@ -95,15 +107,72 @@ impl QueueKeys {
         format!("{}epoch", self.base)
     }
 
+    /// A `SCAN MATCH` pattern of every key of the queue (queue names hold no glob
+    /// characters).
+    pub fn pattern(&self) -> String {
+        format!("{}*", self.base)
+    }
+
     /// Prefix of the per-task hashes; scripts append the task id.
     pub fn task_prefix(&self) -> String {
         format!("{}t:", self.base)
     }
 
-    /// The hash of one task: `msg`, `state`, `prio`, `attempts`, `max`, `seq`, `lease`.
+    /// The hash of one task; its fields are listed in [`task_hash`].
     pub fn task(&self, id: &TaskId) -> String {
         format!("{}t:{id}", self.base)
     }
+}
+
+/// The kinds of finished attempts counted per queue and second (the `processed_1m` and
+/// `failed_1m` of a queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Attempts that succeeded (`ok`).
+    Succeeded,
+    /// Attempts that failed, retried or not (`err`).
+    Failed,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 2] = [Counter::Succeeded, Counter::Failed];
+
+    /// The word in the counter's key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counter::Succeeded => "ok",
+            Counter::Failed => "err",
+        }
+    }
+}
+
+/// The fields of a task's hash ([`QueueKeys::task`]): the one list of them. The scripts
+/// name them in their Lua; a test checks that every field a task hash ever holds is
+/// listed here.
+pub mod task_hash {
+    /// The task's message (JSON of `TaskMessage`), as the worker receives it.
+    pub const MSG: &str = "msg";
+    /// `queued`, `scheduled`, `running` or `retrying`.
+    pub const STATE: &str = "state";
+    /// The priority's index in the pending lists (see [`super::priority_index`]).
+    pub const PRIO: &str = "prio";
+    /// Attempts started so far (a released attempt is taken back).
+    pub const ATTEMPTS: &str = "attempts";
+    /// The task's `max_attempts`.
+    pub const MAX: &str = "max";
+    /// The transition counter: one more on every transition.
+    pub const SEQ: &str = "seq";
+    /// The token of the attempt that holds the lease (while running).
+    pub const LEASE: &str = "lease";
+    /// When the task last became runnable (ms).
+    pub const QUEUED_AT: &str = "qat";
+    /// `1` once a user asked to cancel the running task.
+    pub const CANCEL: &str = "cancel";
+
+    /// Every field, in the order above.
+    pub const ALL: [&str; 9] = [
+        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL,
+    ];
 }
 
 /// Index of a priority in [`QueueKeys::pending_all`] and in the task hash's `prio` field.
@@ -143,10 +212,22 @@ mod tests {
             k.task(&id),
             k.task_prefix(),
             k.idempotency("order-{42}"),
+            k.counter(Counter::Succeeded, 1_700_000_000_123),
         ];
         keys.extend(k.pending_all());
+        let pattern = k.pattern();
+        let prefix = pattern.trim_end_matches('*');
         for key in keys {
             assert_eq!(slot_tag(&key), "emails", "{key}");
+            assert!(key.starts_with(prefix), "{key} escapes {pattern}");
         }
+    }
+
+    #[test]
+    fn counters_are_per_second() {
+        let q: QueueName = "q".parse().unwrap_or_default();
+        let k = QueueKeys::new(&q);
+        assert_eq!(k.counter(Counter::Succeeded, 1_999), "taskq:{q}:stats:ok:1");
+        assert_eq!(k.counter(Counter::Failed, 2_000), "taskq:{q}:stats:err:2");
     }
 }

@@ -2,7 +2,9 @@
 //! writers read, apply and acknowledge them.
 //!
 //! Every script that moves a task between states appends one entry to its queue's outbox
-//! stream in the same atomic step (the entry layout is described in [`crate::scripts`]).
+//! stream in the same atomic step (the entry layout is described in [`crate::scripts`]; the scripts
+//! [`outbox_ack`](crate::scripts::outbox_ack) and
+//! [`outbox_sweep`](crate::scripts::outbox_sweep) acknowledge entries and remove stopped writers).
 //! The writers of all workers form one consumer group ([`OUTBOX_GROUP`]), each with a
 //! consumer of its own, so every entry is delivered to one writer; the writer
 //! acknowledges it ([`Broker::outbox_ack`]) only after MongoDB applied its updates. An
@@ -24,7 +26,7 @@ use taskq_core::{QueueName, TaskId, TaskStatus};
 
 use crate::conn::{BLOCK_SECONDS, Conn};
 use crate::keys::OUTBOX_GROUP;
-use crate::{Broker, BrokerError, QueueKeys, Result, scripts};
+use crate::{Broker, BrokerError, QueueKeys, Result};
 
 /// One task's status update as a script recorded it.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +92,10 @@ impl OutboxEntry {
         let mut malformed = 0;
         let mut tasks = Vec::new();
         for pair in fields.chunks_exact(2) {
-            let (Ok(name), Ok(value)) = (crate::string(&pair[0]), crate::string(&pair[1])) else {
+            let (Ok(name), Ok(value)) = (
+                crate::reply::string(&pair[0]),
+                crate::reply::string(&pair[1]),
+            ) else {
                 malformed += 1;
                 continue;
             };
@@ -159,7 +164,7 @@ fn entries(v: &Value) -> Result<Vec<OutboxEntry>> {
     list.iter()
         .map(|e| match e {
             Value::Array(pair) if pair.len() == 2 => {
-                let id = crate::string(&pair[0])?;
+                let id = crate::reply::string(&pair[0])?;
                 Ok(match &pair[1] {
                     Value::Array(fields) => OutboxEntry::parse(id, fields),
                     Value::Map(kv) => {
@@ -202,18 +207,6 @@ fn read_reply(v: &Value) -> Result<Vec<OutboxEntry>> {
             "unexpected XREADGROUP reply {other:?}"
         ))),
     }
-}
-
-/// The newest of stream ids `<ms>-<seq>` (by number, not text).
-fn newest<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let key = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    ids.into_iter().max_by_key(|id| key(id))
 }
 
 /// Reads one queue's outbox for one writer, on a connection of its own (its reads block
@@ -314,23 +307,6 @@ impl Broker {
         })
     }
 
-    /// Acknowledges entries whose updates the store applied, and trims every acknowledged
-    /// entry from the stream. Returns how many were still pending.
-    pub async fn outbox_ack(&self, queue: &QueueName, ids: &[&str]) -> Result<u64> {
-        let Some(last) = newest(ids.iter().copied()) else {
-            return Ok(0);
-        };
-        let mut inv = scripts::OUTBOX_ACK.prepare_invoke();
-        inv.key(QueueKeys::new(queue).outbox())
-            .arg(OUTBOX_GROUP)
-            .arg(last);
-        for id in ids {
-            inv.arg(*id);
-        }
-        let mut c = self.conn.clone();
-        Ok(inv.invoke_async(&mut c).await?)
-    }
-
     /// Takes over up to `count` entries that other writers read but have not acknowledged
     /// for `min_idle` (their worker died or is stuck), scanning from `cursor` ("0-0" at
     /// first). Returns the cursor of the next call ("0-0" when the scan is complete) and
@@ -364,18 +340,7 @@ impl Broker {
                 "unexpected XAUTOCLAIM reply {reply:?}"
             )));
         };
-        Ok((crate::string(next)?, entries(list)?))
-    }
-
-    /// Removes the writers of `queue`'s outbox that hold no entry and have not read for
-    /// `idle` (see [`scripts::OUTBOX_SWEEP`]). Returns how many were removed.
-    pub async fn outbox_sweep(&self, queue: &QueueName, idle: Duration) -> Result<u64> {
-        let mut inv = scripts::OUTBOX_SWEEP.prepare_invoke();
-        inv.key(QueueKeys::new(queue).outbox())
-            .arg(OUTBOX_GROUP)
-            .arg(crate::millis(idle));
-        let mut c = self.conn.clone();
-        Ok(inv.invoke_async(&mut c).await?)
+        Ok((crate::reply::string(next)?, entries(list)?))
     }
 
     /// Entries in `queue`'s outbox: not yet applied, plus a few applied ones not trimmed
@@ -386,25 +351,6 @@ impl Broker {
             .arg(QueueKeys::new(queue).outbox())
             .query_async(&mut c)
             .await?)
-    }
-
-    /// Which of `ids` (tasks of `queue`) Redis holds, in whatever state, and the queue's
-    /// epoch in ms (see [`QueueKeys::epoch`]; set to now if absent): one atomic look.
-    pub async fn present(&self, queue: &QueueName, ids: &[TaskId]) -> Result<(i64, Vec<bool>)> {
-        let keys = QueueKeys::new(queue);
-        let mut inv = scripts::PRESENT.prepare_invoke();
-        inv.key(keys.epoch())
-            .arg(keys.task_prefix())
-            .arg(taskq_core::now_ms());
-        for id in ids {
-            inv.arg(id.to_string());
-        }
-        let mut c = self.conn.clone();
-        let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
-        let Some((epoch, flags)) = reply.split_first() else {
-            return Err(BrokerError::Protocol("empty PRESENT reply".into()));
-        };
-        Ok((*epoch, flags.iter().map(|f| *f == 1).collect()))
     }
 }
 
@@ -473,11 +419,5 @@ mod tests {
     fn no_extras_is_empty_text() {
         assert_eq!(extras(None, None, None), "");
         assert_eq!(extras(Some("e"), None, Some(1)), r#"{"e":"e","due":1}"#);
-    }
-
-    #[test]
-    fn newest_compares_ids_as_numbers() {
-        assert_eq!(newest(["9-5", "10-0", "10-1", "2-9"]), Some("10-1"));
-        assert_eq!(newest([]), None);
     }
 }

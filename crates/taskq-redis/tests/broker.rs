@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord, TaskStatus};
-use taskq_redis::{Broker, EnqueueItem, FailOutcome, OutboxEntry, RedisConfig};
+use taskq_redis::keys::task_hash;
+use taskq_redis::{Broker, EnqueueItem, FailOutcome, OutboxEntry, QueueKeys, RedisConfig};
 use taskq_testkit::{RedisCluster, RedisServer};
 
 fn record(queue: &str, priority: &str, delay_ms: Option<i64>) -> TaskRecord {
@@ -517,6 +518,82 @@ async fn scripts_on_a_redis_cluster() {
         broker.enqueue(&items).await.expect("enqueue"),
         vec![true; 5]
     );
+}
+
+/// Every field a task hash holds in any live state (scheduled, queued, running, flagged
+/// for cancellation, retrying, released) is one of `keys::task_hash::ALL`.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_hashes_hold_only_the_listed_fields() {
+    let (server, broker) = single().await;
+    let qn = q("fields");
+    let recs: Vec<TaskRecord> = (0..4)
+        .map(|_| record("fields", "normal", None))
+        .chain([record("fields", "low", Some(60_000))])
+        .collect();
+    let items: Vec<EnqueueItem> = recs
+        .iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect();
+    broker.enqueue(&items).await.expect("enqueue");
+    let leased = broker
+        .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(leased.len(), 4);
+    // One stays running and is flagged, one retries, one is released, one stays running.
+    assert_eq!(
+        broker.cancel(&qn, leased[0].msg.id).await.expect("cancel"),
+        taskq_redis::CancelOutcome::Signalled
+    );
+    broker
+        .fail(
+            &qn,
+            "w1",
+            &[(
+                leased[1].msg.id,
+                leased[1].token.as_str(),
+                FailOutcome::RetryAt(taskq_core::now_ms() + 60_000),
+                "boom",
+            )],
+        )
+        .await
+        .expect("fail");
+    broker
+        .release(&qn, "w1", &[(leased[2].msg.id, leased[2].token.as_str())])
+        .await
+        .expect("release");
+
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let keys = QueueKeys::new(&qn);
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &recs {
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys.task(&r.id))
+            .query_async(&mut c)
+            .await
+            .expect("hkeys");
+        assert!(!fields.is_empty(), "task {} has no hash", r.id);
+        seen.extend(fields);
+    }
+    let unlisted: Vec<&String> = seen
+        .iter()
+        .filter(|f| !task_hash::ALL.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "fields missing from task_hash::ALL: {unlisted:?}"
+    );
+    // And the list holds nothing the scripts never write.
+    let unused: Vec<&&str> = task_hash::ALL
+        .iter()
+        .filter(|f| !seen.contains(**f))
+        .collect();
+    assert!(unused.is_empty(), "listed but never written: {unused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

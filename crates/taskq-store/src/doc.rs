@@ -263,7 +263,10 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
     Ok(StoredTask {
         record,
         seq,
-        submit_pending: doc.contains_key(f::SUBMIT_PENDING),
+        submit_pending: doc
+            .get_datetime(f::SUBMIT_PENDING)
+            .ok()
+            .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis())),
     })
 }
 

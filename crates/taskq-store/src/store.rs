@@ -77,9 +77,12 @@ pub struct StoredTask {
     pub record: TaskRecord,
     /// The `seq` of the last update applied to the record (1 for a fresh insert).
     pub seq: u64,
-    /// The api wrote the record and nothing has shown yet that its task reached Redis
-    /// (no status update applied, no submit check done; see [`Store::pending_submits`]).
-    pub submit_pending: bool,
+    /// The record's submit-pending mark, when the api wrote the record and nothing has
+    /// shown yet that its task reached Redis (no status update applied, no submit check
+    /// done; see [`Store::pending_submits`]): the time the submit that owns the record
+    /// began, its `created_at` unless a repeat took the submit over
+    /// ([`Store::take_over_submit`]).
+    pub submit_pending: Option<DateTime<Utc>>,
 }
 
 /// A record still marked submit-pending (see [`Store::pending_submits`]).
@@ -303,6 +306,43 @@ impl Store {
             .delete_many(doc! { f::ID: { "$in": ids } })
             .await?;
         Ok(res.deleted_count)
+    }
+
+    /// Removes the records of a submit whose enqueue did not happen: each only while it
+    /// still carries the mark `mark` (the submit's own), so a record another api has
+    /// taken over meanwhile ([`Store::take_over_submit`]) stays. Returns how many were
+    /// removed.
+    pub async fn delete_unsubmitted(&self, ids: &[TaskId], mark: DateTime<Utc>) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let res = self
+            .tasks
+            .delete_many(doc! { f::ID: { "$in": ids }, f::SUBMIT_PENDING: date(mark) })
+            .await?;
+        Ok(res.deleted_count)
+    }
+
+    /// Takes over the submit of a record still marked `old` (its submit can no longer
+    /// enqueue it: the api that wrote it died or gave up): the mark becomes `now`, so the
+    /// submit check gives the new owner a full grace period and the old owner's undo
+    /// ([`Store::delete_unsubmitted`]) no longer matches. Returns whether this caller won
+    /// the record (exactly one of concurrent callers does).
+    pub async fn take_over_submit(
+        &self,
+        id: TaskId,
+        old: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let res = self
+            .tasks
+            .update_one(
+                doc! { f::ID: id.to_string(), f::SUBMIT_PENDING: date(old) },
+                doc! { "$set": { f::SUBMIT_PENDING: date(now) } },
+            )
+            .await?;
+        Ok(res.modified_count == 1)
     }
 
     /// Deletes every record of `queue` in `status` (e.g. purging the dead letters).

@@ -75,8 +75,81 @@ pub struct StatusUpdate {
 }
 
 impl StatusUpdate {
-    /// An update that only changes the status and attempt count (no optional fields,
-    /// no events).
+    /// The transition of task `id` to `status` at `at`, as it is recorded: the status
+    /// with its `seq` and attempt count, the date the status implies (`started_at` for
+    /// `running`, `finished_at` for a final status, both `at`), and one history event
+    /// `{ status, at, attempt: attempts }`. The other methods add to it; the status is
+    /// stated once, here.
+    pub fn transition(
+        id: TaskId,
+        seq: u64,
+        status: TaskStatus,
+        attempts: u32,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            started_at: (status == TaskStatus::Running).then_some(at),
+            finished_at: status.is_final().then_some(at),
+            events: vec![TaskEvent {
+                status,
+                at,
+                attempt: attempts,
+                error: None,
+                worker: None,
+            }],
+            ..Self::new(id, seq, status, attempts, at)
+        }
+    }
+
+    /// The worker that made the transition, on its event.
+    pub fn by(mut self, worker: impl Into<Option<String>>) -> Self {
+        let worker = worker.into();
+        for e in &mut self.events {
+            e.worker.clone_from(&worker);
+        }
+        self
+    }
+
+    /// The error of the transition: the record's `last_error` and its event's `error`.
+    pub fn error(mut self, error: impl Into<Option<String>>) -> Self {
+        self.last_error = error.into();
+        for e in &mut self.events {
+            e.error.clone_from(&self.last_error);
+        }
+        self
+    }
+
+    /// An error on the transition's event only; the record's `last_error` stays as it
+    /// is (the transition explains itself without replacing the task's last failure).
+    pub fn event_error(mut self, error: impl Into<String>) -> Self {
+        let error = error.into();
+        for e in &mut self.events {
+            e.error = Some(error.clone());
+        }
+        self
+    }
+
+    /// The handler's result, stored as JSON text.
+    pub fn result(mut self, result: impl Into<Option<Value>>) -> Self {
+        self.result = result.into();
+        self
+    }
+
+    /// When the task runs next (a retry's due time).
+    pub fn scheduled_at(mut self, at: impl Into<Option<DateTime<Utc>>>) -> Self {
+        self.scheduled_at = at.into();
+        self
+    }
+
+    /// A finish time other than the transition's own (e.g. the time of an earlier
+    /// death that this transition restores).
+    pub fn finished_at(mut self, at: DateTime<Utc>) -> Self {
+        self.finished_at = Some(at);
+        self
+    }
+
+    /// A bare update: the status and attempt count only, with no implied date and no
+    /// history event. [`StatusUpdate::transition`] is what records a transition.
     pub fn new(id: TaskId, seq: u64, status: TaskStatus, attempts: u32, at: DateTime<Utc>) -> Self {
         Self {
             id,
@@ -236,16 +309,61 @@ mod tests {
     }
 
     #[test]
+    fn a_transition_implies_its_dates_and_one_event() {
+        let a = TaskId::new();
+        let running =
+            StatusUpdate::transition(a, 2, TaskStatus::Running, 1, t(1)).by("w1".to_owned());
+        assert_eq!(
+            (running.started_at, running.finished_at),
+            (Some(t(1)), None)
+        );
+        assert_eq!(running.events, vec![ev(TaskStatus::Running, 1, 1)]);
+        assert_eq!(
+            (running.last_error.as_deref(), running.result.as_ref()),
+            (None, None)
+        );
+        for status in [
+            TaskStatus::Succeeded,
+            TaskStatus::Dead,
+            TaskStatus::Cancelled,
+        ] {
+            let u = StatusUpdate::transition(a, 3, status, 1, t(2));
+            assert_eq!(
+                (u.started_at, u.finished_at),
+                (None, Some(t(2))),
+                "{status}"
+            );
+            assert_eq!(u.events.len(), 1);
+            assert_eq!(
+                (u.events[0].status, u.events[0].worker.as_deref()),
+                (status, None)
+            );
+        }
+        let retry = StatusUpdate::transition(a, 3, TaskStatus::Retrying, 1, t(2))
+            .error("boom".to_owned())
+            .scheduled_at(t(9));
+        assert_eq!((retry.started_at, retry.finished_at), (None, None));
+        assert_eq!(retry.scheduled_at, Some(t(9)));
+        assert_eq!(retry.last_error.as_deref(), Some("boom"));
+        assert_eq!(retry.events[0].error.as_deref(), Some("boom"));
+        // An event-only error leaves `last_error` alone; an explicit finish time wins.
+        let back = StatusUpdate::transition(a, 4, TaskStatus::Dead, 1, t(5))
+            .event_error("why")
+            .finished_at(t(3));
+        assert_eq!(back.last_error, None);
+        assert_eq!(back.events[0].error.as_deref(), Some("why"));
+        assert_eq!(back.finished_at, Some(t(3)));
+    }
+
+    #[test]
     fn coalesces_per_task_in_seq_order() {
         let a = TaskId::new();
         let b = TaskId::new();
-        let mut running = StatusUpdate::new(a, 2, TaskStatus::Running, 1, t(1));
-        running.started_at = Some(t(1));
-        running.events = vec![ev(TaskStatus::Running, 1, 1)];
-        let mut done = StatusUpdate::new(a, 3, TaskStatus::Succeeded, 1, t(2));
-        done.finished_at = Some(t(2));
-        done.result = Some(serde_json::json!({"ok": true}));
-        done.events = vec![ev(TaskStatus::Succeeded, 2, 1)];
+        let running =
+            StatusUpdate::transition(a, 2, TaskStatus::Running, 1, t(1)).by("w1".to_owned());
+        let done = StatusUpdate::transition(a, 3, TaskStatus::Succeeded, 1, t(2))
+            .result(serde_json::json!({"ok": true}))
+            .by("w1".to_owned());
         let other = StatusUpdate::new(b, 2, TaskStatus::Running, 1, t(1));
 
         // The later update arrives first: the merge still follows seq.
@@ -289,10 +407,9 @@ mod tests {
     #[test]
     fn statement_has_the_documented_shape() -> Result<()> {
         let a = TaskId::new();
-        let mut u = StatusUpdate::new(a, 7, TaskStatus::Succeeded, 3, t(5));
-        u.result = Some(serde_json::json!({"$k.x": 18446744073709551615u64}));
-        u.finished_at = Some(t(5));
-        u.events = vec![ev(TaskStatus::Succeeded, 5, 3)];
+        let mut u = StatusUpdate::transition(a, 7, TaskStatus::Succeeded, 3, t(5))
+            .result(serde_json::json!({"$k.x": 18446744073709551615u64}))
+            .by("w1".to_owned());
         assert_eq!(
             u.statement()?,
             doc! {

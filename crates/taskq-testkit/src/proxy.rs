@@ -11,6 +11,10 @@
 //!   another test asking the kernel for a free port cannot be handed it, and nothing can
 //!   connect to itself through it;
 //! - after [`ChaosProxy::restore`] returns, the same port accepts and forwards again;
+//! - after [`ChaosProxy::freeze`] returns, no byte passes either way (connections stay
+//!   open and new ones are accepted, as with a server that is stopped with SIGSTOP or a
+//!   network that drops packets) until [`ChaosProxy::thaw`]; bytes read meanwhile are
+//!   held and delivered in order afterwards;
 //! - dropping the proxy cuts it, then stops every task it spawned.
 //!
 //! Sockets are shut down (`shutdown(2)`) before they are closed. Closing alone is not
@@ -25,9 +29,10 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{Shutdown, shutdown};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,6 +54,8 @@ pub struct ChaosProxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     requests: mpsc::UnboundedSender<Request>,
+    /// `true` while frozen.
+    frozen: watch::Sender<bool>,
     /// The proxy's own runtime; `None` only during drop.
     runtime: Option<Runtime>,
 }
@@ -77,11 +84,13 @@ impl ChaosProxy {
             .local_addr()
             .unwrap_or_else(|e| panic!("cannot read the chaos proxy's address: {e}"));
         let (requests, inbox) = mpsc::unbounded_channel();
-        runtime.spawn(serve(listener, addr, upstream, inbox));
+        let (frozen, frozen_rx) = watch::channel(false);
+        runtime.spawn(serve(listener, addr, upstream, inbox, frozen_rx));
         Self {
             addr,
             upstream,
             requests,
+            frozen,
             runtime: Some(runtime),
         }
     }
@@ -125,6 +134,17 @@ impl ChaosProxy {
             Ok(Err(e)) => panic!("chaos proxy cannot listen on {} again: {e}", self.addr),
             Err(e) => panic!("chaos proxy did not acknowledge restore: {e}"),
         }
+    }
+
+    /// Freezes the network: connections stay open (new ones are accepted) but no byte
+    /// passes either way until [`ChaosProxy::thaw`].
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Lets bytes pass again, those held during the freeze first.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 
     fn send(&self, request: Request) {
@@ -197,6 +217,7 @@ async fn serve(
     addr: SocketAddr,
     upstream: SocketAddr,
     mut inbox: mpsc::UnboundedReceiver<Request>,
+    frozen: watch::Receiver<bool>,
 ) {
     let mut port = PortState::Listening(listener);
     let mut generation = Generation::default();
@@ -231,7 +252,7 @@ async fn serve(
             accepted = accept(&port) => match accepted {
                 Ok((client, _)) => {
                     let cancel = generation.cancel.clone();
-                    generation.tracker.spawn(forward(client, upstream, cancel));
+                    generation.tracker.spawn(forward(client, upstream, cancel, frozen.clone()));
                 }
                 // E.g. EMFILE: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -263,29 +284,64 @@ async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Copies bytes both ways until either side closes or `cancel` fires, then shuts both
-/// sockets down. If the upstream refuses, the client connection is simply closed, as if
-/// the service were down.
-async fn forward(mut client: TcpStream, upstream: SocketAddr, cancel: CancellationToken) {
+/// sockets down; while `frozen`, holds them. If the upstream refuses, the client
+/// connection is simply closed, as if the service were down.
+async fn forward(
+    client: TcpStream,
+    upstream: SocketAddr,
+    cancel: CancellationToken,
+    frozen: watch::Receiver<bool>,
+) {
     let server = tokio::select! {
         () = cancel.cancelled() => None,
         server = TcpStream::connect(upstream) => server.ok(),
     };
-    if let Some(mut server) = server {
+    let client_fd = client.as_raw_fd();
+    if let Some(server) = server {
+        let server_fd = server.as_raw_fd();
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
         tokio::select! {
             () = cancel.cancelled() => {}
-            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            _ = async {
+                tokio::join!(
+                    pump(client_read, server_write, frozen.clone()),
+                    pump(server_read, client_write, frozen),
+                )
+            } => {}
         }
-        let _ = shutdown(server.as_raw_fd(), Shutdown::Both);
+        let _ = shutdown(server_fd, Shutdown::Both);
     }
-    let _ = shutdown(client.as_raw_fd(), Shutdown::Both);
+    let _ = shutdown(client_fd, Shutdown::Both);
+}
+
+/// Copies one direction until end of stream, waiting out every freeze before it reads
+/// and before it writes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return Ok(());
+        }
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use super::*;
 
     /// An echo server on a free port, running on the test's runtime.
@@ -378,6 +434,32 @@ mod tests {
         )
         .await;
         assert!(refused, "the proxy port still accepts after drop");
+    }
+
+    #[tokio::test]
+    async fn a_frozen_proxy_holds_bytes_until_thawed() {
+        let upstream = echo_server().await;
+        let proxy = ChaosProxy::start(upstream);
+        let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        assert!(round_trip(&mut stream, b"a").await.is_ok());
+        proxy.freeze();
+        stream.write_all(b"held").await.expect("write while frozen");
+        let mut buf = [0u8; 4];
+        let read =
+            tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut buf)).await;
+        assert!(read.is_err(), "bytes passed a frozen proxy: {read:?}");
+        // New connections are accepted, but answer nothing.
+        let mut late = TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect while frozen");
+        late.write_all(b"late").await.expect("write while frozen");
+        proxy.thaw();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+        assert_eq!(&buf, b"held");
+        let read = tokio::time::timeout(Duration::from_secs(5), late.read_exact(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+        assert_eq!(&buf, b"late");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use taskq_core::{Backoff, QueueName, TaskId};
@@ -80,7 +79,6 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
                 continue;
             }
             shared.metrics.succeeded.get_or_create(&labels(d)).inc();
-            shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -119,11 +117,9 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
             shared.metrics.failed.get_or_create(&labels(d)).inc();
             match outcome {
                 FailOutcome::RetryAt(_) => {
-                    shared.stats.retried.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.retried.get_or_create(&labels(d)).inc();
                 }
                 FailOutcome::Dead => {
-                    shared.stats.dead.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.dead.get_or_create(&labels(d)).inc();
                 }
             }
@@ -148,12 +144,10 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
     if !released.is_empty() {
         let items: Vec<(TaskId, &str)> =
             released.iter().map(|d| (d.id, d.token.as_str())).collect();
-        let seqs = retrying(shared, "release", || {
+        retrying(shared, "release", || {
             shared.broker.release(queue, worker, &items)
         })
         .await;
-        let n = seqs.iter().filter(|s| s.is_some()).count();
-        shared.stats.released.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

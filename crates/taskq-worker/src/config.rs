@@ -57,8 +57,9 @@ pub struct WorkerArgs {
     pub outbox_claim_idle_ms: u64,
     /// Age after which a record still marked submit-pending is checked against Redis and,
     /// when Redis never got its task, cancelled (`submit_failed`). Must exceed the api's
-    /// `TASKQ_REQUEST_TIMEOUT_MS` plus the clock skew between hosts.
-    #[arg(long, env = "TASKQ_SUBMIT_GRACE_MS", default_value_t = 40_000)]
+    /// enqueue deadline (5 s after a record's creation, no api enqueues its task any
+    /// more) plus the clock skew between hosts.
+    #[arg(long, env = "TASKQ_SUBMIT_GRACE_MS", default_value_t = 15_000)]
     pub submit_grace_ms: u64,
     /// URL prefixes the `http` handler may call (comma-separated). Empty disables it.
     #[arg(long, env = "TASKQ_HTTP_ALLOW", default_value = "")]
@@ -112,8 +113,8 @@ impl Settings {
             write_buffer: 10_000,
             outbox_claim_idle: Duration::from_secs(5),
             outbox_claim_interval: Duration::from_secs(1),
-            submit_grace: Duration::from_secs(40),
-            submit_check_interval: Duration::from_secs(10),
+            submit_grace: Duration::from_secs(15),
+            submit_check_interval: Duration::from_millis(3_750),
         }
     }
 }

@@ -48,7 +48,6 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
     let msg = &task.msg;
     let now = taskq_core::now();
     let labels = Metrics::task(msg.queue.as_str(), &msg.kind);
-    shared.stats.started.fetch_add(1, Ordering::Relaxed);
     shared.metrics.started.get_or_create(&labels).inc();
     if task.queued_at_ms > 0 {
         let waited = (now.timestamp_millis() - task.queued_at_ms).max(0) as f64 / 1000.0;

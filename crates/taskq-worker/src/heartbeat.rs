@@ -39,7 +39,6 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             match shared.broker.extend(&queue, &held, lease).await {
                 Ok(lost) => {
                     for id in lost {
-                        shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                         shared.metrics.heartbeats_missed.inc();
                         tracing::warn!(task = %id, %queue, "lease lost; another worker may run this task");
                     }

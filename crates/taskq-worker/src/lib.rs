@@ -36,4 +36,4 @@ pub use builtin::{HttpHandler, UrlAllowList, register_builtins};
 pub use config::{Settings, WorkerArgs, default_worker_id};
 pub use handler::{Handler, HandlerError, HandlerFuture, HandlerResult, Registry, TaskContext};
 pub use health::router as health_router;
-pub use worker::{Stats, Worker, run};
+pub use worker::{Worker, run};

@@ -3,7 +3,6 @@
 //! exactly one caller), and they record the status updates in the queue's outbox.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -43,9 +42,7 @@ async fn promote_due(shared: &Shared) {
                     break;
                 }
             };
-            let n = promoted.len();
-            shared.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
-            if n < LIMIT {
+            if promoted.len() < LIMIT {
                 break;
             }
         }
@@ -66,10 +63,6 @@ async fn reap_expired(shared: &Shared) {
                 continue;
             }
         };
-        shared
-            .stats
-            .reaped
-            .fetch_add(reaped.len() as u64, Ordering::Relaxed);
         if !reaped.is_empty() {
             shared
                 .metrics

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskq_core::{QueueName, TaskEvent, TaskStatus};
+use taskq_core::QueueName;
 use taskq_redis::{OutboxEntry, OutboxReader, OutboxUpdate};
 use taskq_store::{StatusUpdate, WriterOptions, WriterStats};
 use tokio::time::Instant;
@@ -252,21 +252,11 @@ pub(crate) fn status_update(u: &OutboxUpdate) -> StatusUpdate {
                 None
             }
         });
-    StatusUpdate {
-        started_at: (u.status == TaskStatus::Running).then_some(at),
-        finished_at: u.status.is_final().then_some(at),
-        scheduled_at: u.due_ms.map(time),
-        last_error: u.error.clone(),
-        result,
-        events: vec![TaskEvent {
-            status: u.status,
-            at,
-            attempt: u.attempts,
-            error: u.error.clone(),
-            worker: u.worker.clone(),
-        }],
-        ..StatusUpdate::new(u.id, u.seq, u.status, u.attempts, at)
-    }
+    StatusUpdate::transition(u.id, u.seq, u.status, u.attempts, at)
+        .by(u.worker.clone())
+        .error(u.error.clone())
+        .scheduled_at(u.due_ms.map(time))
+        .result(result)
 }
 
 fn time(ms: i64) -> DateTime<Utc> {
@@ -276,7 +266,7 @@ fn time(ms: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taskq_core::TaskId;
+    use taskq_core::{TaskId, TaskStatus};
 
     fn update(status: TaskStatus) -> OutboxUpdate {
         OutboxUpdate {

@@ -14,8 +14,9 @@
 //! - a task Redis does not hold, created before the epoch, may have been in a Redis that
 //!   lost its data: left alone for `POST /v1/admin/recover`, mark cleared.
 //!
-//! The grace period must exceed the api's request timeout (after which no api enqueues
-//! the task any more) plus the clock skew between hosts. Every write is conditional, so
+//! The grace period must exceed the api's enqueue deadline (5 s after a record's
+//! `created_at`, no api sends its task's enqueue any more) plus the clock skew between
+//! hosts. Every write is conditional, so
 //! every worker runs this at once safely. A record cancelled here whose task did reach
 //! Redis after all (a status update delayed beyond the grace period) is corrected by that
 //! update, whose `seq` is higher.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,25 +22,6 @@ use crate::{fetcher, heartbeat, maintenance, outbox, registration, submits};
 /// Longest time a stopping worker keeps applying its queues' outboxes.
 const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
 
-/// Counters of what this worker did since it started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub started: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead: AtomicU64,
-    pub released: AtomicU64,
-    pub promoted: AtomicU64,
-    pub reaped: AtomicU64,
-    pub leases_lost: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
 /// One running attempt, as the heartbeat and cancellation see it.
 pub(crate) struct InFlight {
     pub queue: QueueName,
@@ -58,7 +39,6 @@ pub(crate) struct Shared {
     pub store: Store,
     pub registry: Registry,
     pub inflight: std::sync::Mutex<HashMap<TaskId, InFlight>>,
-    pub stats: Stats,
     /// Set once shutdown begins; readiness reports it.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
@@ -108,15 +88,10 @@ impl Worker {
                 store,
                 registry,
                 inflight: Default::default(),
-                stats: Stats::default(),
                 draining: AtomicBool::new(false),
                 metrics,
             }),
         }
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
     }
 
     /// This worker's Prometheus metrics.

@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use taskq_core::{QueueName, TaskStatus};
 use taskq_redis::history::MinuteStats;
-use taskq_redis::{Limits, QueueCounts};
+use taskq_redis::{QueueCounts, QueueLimits as Limits};
 
 use super::layout::{self, Nav, UiError};
 use super::session::{SignedForm, Viewer, url_encode};

@@ -4,7 +4,7 @@
 //! first answer with a confirmation stating how many tasks they touch, and never touch
 //! more than that number.
 //!
-//! Retry goes through `retry::retry` (the function behind `POST /v1/tasks/{id}/retry`
+//! Retry goes through `transitions::retry::retry` (the function behind `POST /v1/tasks/{id}/retry`
 //! and `retry-dead`), cancel through the `POST /v1/tasks/{id}/cancel` handler, delete
 //! through [`taskq_store::Store::delete_finished`] (finished tasks only: Redis holds
 //! nothing of them).
@@ -550,10 +550,10 @@ impl Op {
 async fn run(state: &AppState, op: Op, ids: Vec<TaskId>) -> Result<u64, UiError> {
     state.ui.counts.clear();
     match op {
-        Op::Retry => match crate::retry::retry(state, ids).await {
+        Op::Retry => match crate::transitions::retry::retry(state, ids).await {
             Ok(outcomes) => Ok(outcomes
                 .iter()
-                .filter(|o| matches!(o, crate::retry::Outcome::Queued(_)))
+                .filter(|o| matches!(o, crate::transitions::retry::Outcome::Queued(_)))
                 .count() as u64),
             Err(failed) => Err(UiError::from(failed.error.with_outcome(&format!(
                 "{} tasks were queued again and the others stay dead; retry again for the rest",

@@ -8,7 +8,7 @@ use chrono::Duration;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use serde_json::json;
-use taskq_core::{QueueName, TaskEvent, TaskId, TaskRecord, TaskStatus};
+use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
     Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, Store,
     StoreOptions, TASKS, ensure_indexes_with_retry,
@@ -17,14 +17,15 @@ use taskq_store::{
 use crate::common::{Must, TestDb, now, task, task_in, uri};
 use crate::proxy::{ChaosProxy, through, upstream};
 
-fn event(status: TaskStatus, at: chrono::DateTime<chrono::Utc>, attempt: u32) -> TaskEvent {
-    TaskEvent {
-        status,
-        at,
-        attempt,
-        error: None,
-        worker: Some("worker-1".into()),
-    }
+/// A transition made by `worker-1`.
+fn transition(
+    id: TaskId,
+    seq: u64,
+    status: TaskStatus,
+    attempts: u32,
+    at: chrono::DateTime<chrono::Utc>,
+) -> StatusUpdate {
+    StatusUpdate::transition(id, seq, status, attempts, at).by("worker-1".to_owned())
 }
 
 #[tokio::test]
@@ -96,6 +97,48 @@ async fn insert_many_and_delete() {
     assert_eq!(db.store.delete(&[]).await.must(), 0);
     assert!(db.store.get(gone[0]).await.must().is_none());
     assert!(db.store.get(recs[10].id).await.must().is_some());
+    db.drop().await;
+}
+
+/// A submit's undo removes only records that still carry its own mark; a repeat that
+/// took a record over (re-marked it) keeps it, and exactly one of two concurrent
+/// take-overs wins.
+#[tokio::test]
+async fn a_taken_over_record_outlives_the_original_submits_undo() {
+    let db = TestDb::new().await;
+    let recs: Vec<TaskRecord> = (0..3).map(|i| task("undo", "t", json!(i))).collect();
+    db.store.insert_many(&recs).await.must();
+    let mark = recs[0].created_at;
+    let stored = db.store.get(recs[0].id).await.must().must();
+    assert_eq!(stored.submit_pending, Some(mark));
+
+    let later = mark + Duration::seconds(6);
+    assert!(
+        db.store
+            .take_over_submit(recs[0].id, mark, later)
+            .await
+            .must()
+    );
+    assert!(
+        !db.store
+            .take_over_submit(recs[0].id, mark, later)
+            .await
+            .must(),
+        "a second take-over of the same mark must lose"
+    );
+    assert_eq!(
+        db.store.get(recs[0].id).await.must().must().submit_pending,
+        Some(later)
+    );
+    let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+    assert_eq!(db.store.delete_unsubmitted(&ids, mark).await.must(), 2);
+    assert!(
+        db.store.get(recs[0].id).await.must().is_some(),
+        "the taken-over record stays"
+    );
+    assert!(db.store.get(recs[1].id).await.must().is_none());
+    // The new owner's own undo matches its mark.
+    assert_eq!(db.store.delete_unsubmitted(&ids, later).await.must(), 1);
     db.drop().await;
 }
 
@@ -214,13 +257,9 @@ async fn apply_never_regresses_status_but_keeps_history() {
         t0 + Duration::milliseconds(20),
     );
 
-    let mut running = StatusUpdate::new(rec.id, 2, TaskStatus::Running, 1, t1);
-    running.started_at = Some(t1);
-    running.events = vec![event(TaskStatus::Running, t1, 1)];
-    let mut done = StatusUpdate::new(rec.id, 3, TaskStatus::Succeeded, 1, t2);
-    done.finished_at = Some(t2);
-    done.result = Some(json!({ "$out.put": 18446744073709551615u64 }));
-    done.events = vec![event(TaskStatus::Succeeded, t2, 1)];
+    let running = transition(rec.id, 2, TaskStatus::Running, 1, t1);
+    let done = transition(rec.id, 3, TaskStatus::Succeeded, 1, t2)
+        .result(json!({ "$out.put": 18446744073709551615u64 }));
 
     // The later update lands first; the stale one must not undo it.
     db.store.apply(std::slice::from_ref(&done)).await.must();
@@ -278,22 +317,13 @@ async fn out_of_order_updates_leave_the_newest_state() {
     let ms = Duration::milliseconds;
     let life = |r: &TaskRecord| -> Vec<StatusUpdate> {
         let t = |n: i64| r.created_at + ms(n);
-        let mut run1 = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, t(10));
-        run1.started_at = Some(t(10));
-        run1.events = vec![event(TaskStatus::Running, t(10), 1)];
-        let mut retry = StatusUpdate::new(r.id, 3, TaskStatus::Retrying, 1, t(20));
-        retry.scheduled_at = Some(t(100));
-        retry.last_error = Some("first".into());
-        retry.events = vec![event(TaskStatus::Retrying, t(20), 1)];
-        let mut queued = StatusUpdate::new(r.id, 4, TaskStatus::Queued, 1, t(100));
-        queued.events = vec![event(TaskStatus::Queued, t(100), 1)];
-        let mut run2 = StatusUpdate::new(r.id, 5, TaskStatus::Running, 2, t(110));
-        run2.started_at = Some(t(110));
-        run2.events = vec![event(TaskStatus::Running, t(110), 2)];
-        let mut dead = StatusUpdate::new(r.id, 6, TaskStatus::Dead, 2, t(120));
-        dead.finished_at = Some(t(120));
-        dead.last_error = Some("second".into());
-        dead.events = vec![event(TaskStatus::Dead, t(120), 2)];
+        let run1 = transition(r.id, 2, TaskStatus::Running, 1, t(10));
+        let retry = transition(r.id, 3, TaskStatus::Retrying, 1, t(20))
+            .scheduled_at(t(100))
+            .error("first".to_owned());
+        let queued = transition(r.id, 4, TaskStatus::Queued, 1, t(100));
+        let run2 = transition(r.id, 5, TaskStatus::Running, 2, t(110));
+        let dead = transition(r.id, 6, TaskStatus::Dead, 2, t(120)).error("second".to_owned());
         // Newest first, the stale running update of attempt 1 last.
         vec![dead, queued, run2, retry, run1]
     };
@@ -344,12 +374,8 @@ async fn out_of_order_updates_leave_the_newest_state() {
     // A stale update arriving after everything: its events are still added, the state
     // and dates stay.
     let late = many.created_at + ms(5);
-    let mut stale = StatusUpdate::new(many.id, 2, TaskStatus::Running, 1, late);
-    stale.started_at = Some(late);
-    stale.events = vec![TaskEvent {
-        worker: Some("worker-2".into()),
-        ..event(TaskStatus::Running, late, 1)
-    }];
+    let stale = StatusUpdate::transition(many.id, 2, TaskStatus::Running, 1, late)
+        .by("worker-2".to_owned());
     db.store.apply(&[stale]).await.must();
     let after = db.store.get(many.id).await.must().must();
     assert_eq!(after.seq, 6);
@@ -371,8 +397,7 @@ async fn the_live_state_is_one_subdocument() {
     let db = TestDb::new().await;
     let rec = task("q", "t", json!({}));
     db.store.insert(&rec).await.must();
-    let mut u = StatusUpdate::new(rec.id, 2, TaskStatus::Running, 1, now());
-    u.events = vec![event(TaskStatus::Running, now(), 1)];
+    let u = transition(rec.id, 2, TaskStatus::Running, 1, now());
     db.store.apply(&[u]).await.must();
     let raw = db
         .store
@@ -400,12 +425,9 @@ async fn apply_in_one_slice_in_any_order() {
     let mut updates = Vec::new();
     for r in &recs {
         let at = r.created_at + Duration::milliseconds(5);
-        let mut dead =
-            StatusUpdate::new(r.id, 4, TaskStatus::Dead, 1, at + Duration::milliseconds(2));
-        dead.last_error = Some("gave up".into());
-        dead.events = vec![event(TaskStatus::Dead, at + Duration::milliseconds(2), 1)];
-        let mut running = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, at);
-        running.events = vec![event(TaskStatus::Running, at, 1)];
+        let dead = transition(r.id, 4, TaskStatus::Dead, 1, at + Duration::milliseconds(2))
+            .error("gave up".to_owned());
+        let running = transition(r.id, 2, TaskStatus::Running, 1, at);
         updates.push(dead);
         updates.push(running);
     }
@@ -429,11 +451,7 @@ async fn apply_splits_large_slices() {
     db.store.insert_many(&recs).await.must();
     let updates: Vec<StatusUpdate> = recs
         .iter()
-        .map(|r| {
-            let mut u = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, r.created_at);
-            u.events = vec![event(TaskStatus::Running, r.created_at, 1)];
-            u
-        })
+        .map(|r| transition(r.id, 2, TaskStatus::Running, 1, r.created_at))
         .collect();
     let started = std::time::Instant::now();
     db.store.apply(&updates).await.must();
@@ -456,11 +474,7 @@ async fn apply_reports_updates_the_server_refuses() {
     let (good, bad) = db.good_and_poisoned().await;
     let updates: Vec<StatusUpdate> = [&good, &bad]
         .iter()
-        .map(|r| {
-            let mut u = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, now());
-            u.events = vec![event(TaskStatus::Running, now(), 1)];
-            u
-        })
+        .map(|r| transition(r.id, 2, TaskStatus::Running, 1, now()))
         .collect();
     match db.store.apply(&updates).await {
         Err(Error::Rejected(rs)) => {
@@ -491,10 +505,7 @@ async fn requeue_dead_outcomes() {
     );
 
     let died = rec.created_at + Duration::milliseconds(50);
-    let mut dead = StatusUpdate::new(rec.id, 5, TaskStatus::Dead, 3, died);
-    dead.finished_at = Some(died);
-    dead.last_error = Some("boom".into());
-    dead.events = vec![event(TaskStatus::Dead, died, 3)];
+    let dead = transition(rec.id, 5, TaskStatus::Dead, 3, died).error("boom".to_owned());
     db.store.apply(&[dead]).await.must();
 
     let at = died + Duration::milliseconds(50);

@@ -4,37 +4,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use taskq_core::{TaskEvent, TaskRecord, TaskStatus};
+use taskq_core::{TaskRecord, TaskStatus};
 use taskq_store::{StatusUpdate, Store, StoreOptions, UpdateWriter, WriterOptions};
 
 use crate::common::{Must, TestDb, task, uri};
 use crate::proxy::{ChaosProxy, through, upstream};
 
 fn running(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
-    let mut u = StatusUpdate::new(r.id, 2, TaskStatus::Running, 1, at);
-    u.started_at = Some(at);
-    u.events = vec![TaskEvent {
-        status: TaskStatus::Running,
-        at,
-        attempt: 1,
-        error: None,
-        worker: Some("w".into()),
-    }];
-    u
+    StatusUpdate::transition(r.id, 2, TaskStatus::Running, 1, at).by("w".to_owned())
 }
 
 fn succeeded(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
-    let mut u = StatusUpdate::new(r.id, 3, TaskStatus::Succeeded, 1, at);
-    u.finished_at = Some(at);
-    u.result = Some(json!({ "ok": r.id.to_string() }));
-    u.events = vec![TaskEvent {
-        status: TaskStatus::Succeeded,
-        at,
-        attempt: 1,
-        error: None,
-        worker: Some("w".into()),
-    }];
-    u
+    StatusUpdate::transition(r.id, 3, TaskStatus::Succeeded, 1, at)
+        .result(json!({ "ok": r.id.to_string() }))
+        .by("w".to_owned())
 }
 
 /// Asserts the record went queued → running → succeeded, each event exactly once.

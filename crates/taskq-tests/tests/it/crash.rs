@@ -18,11 +18,11 @@ use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, wo
 use crate::harness::Env;
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
-type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
+pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
 
 /// Starts an HTTP server that counts each call by its `taskq-task-id` header and answers
 /// 200 after `delay`. Returns its base URL and the log.
-async fn execution_log(delay: Duration) -> (String, Log) {
+pub(crate) async fn execution_log(delay: Duration) -> (String, Log) {
     let log: Log = Arc::default();
     let l = log.clone();
     let app = axum::Router::new().route(
@@ -52,19 +52,32 @@ async fn execution_log(delay: Duration) -> (String, Log) {
 
 /// A `taskq-worker` process on `env`'s Redis and database.
 fn worker_process(env: &Env, name: &str, allow: &str) -> ChildGuard {
+    worker_process_with(env, name, allow, &mongo_uri(), &[])
+}
+
+/// A `taskq-worker` process on `env`'s Redis and database, reaching MongoDB at `mongodb`,
+/// with `extra` environment variables.
+pub(crate) fn worker_process_with(
+    env: &Env,
+    name: &str,
+    allow: &str,
+    mongodb: &str,
+    extra: &[(&str, &str)],
+) -> ChildGuard {
     ChildGuard::spawn_logged(
         name,
         Command::new(workspace_bin("taskq-worker"))
             .env("TASKQ_LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("TASKQ_REDIS_URL", env.redis.url())
-            .env("TASKQ_MONGODB_URI", mongo_uri())
+            .env("TASKQ_MONGODB_URI", mongodb)
             .env("TASKQ_MONGODB_DATABASE", &env.db)
             .env("TASKQ_CONCURRENCY", "16")
             .env("TASKQ_LEASE_MS", "2000")
             .env("TASKQ_REAP_INTERVAL_MS", "200")
             .env("TASKQ_OUTBOX_CLAIM_IDLE_MS", "1000")
             .env("TASKQ_HTTP_ALLOW", allow)
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied()),
     )
 }
 
@@ -284,5 +297,38 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rec = env.record(waiting).await;
     assert_eq!(rec["status"], "queued", "{rec:#}");
+    w.shutdown().await;
+}
+
+/// A cancel whose api died right after Redis took the task (the record write never
+/// happened; the script is called here as the api calls it) still ends the record
+/// `cancelled`: the script put the update in the queue's outbox, and a worker's writer
+/// applies it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_whose_record_write_never_happened_still_ends_cancelled() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let id = env
+        .submit(json!({"type": "noop", "delay_ms": 3_600_000}))
+        .await;
+    env.wait_status(id, TaskStatus::Scheduled, Duration::from_secs(30))
+        .await;
+    let outcome = env
+        .broker
+        .cancel(&"default".parse().expect("queue"), id)
+        .await
+        .expect("cancel");
+    assert!(
+        matches!(
+            outcome,
+            taskq_redis::CancelOutcome::Cancelled { seq: 2.., .. }
+        ),
+        "{outcome:?}"
+    );
+    let rec = env
+        .wait_status(id, TaskStatus::Cancelled, Duration::from_secs(30))
+        .await;
+    assert!(rec["finished_at"].is_string(), "{rec}");
+    assert_eq!(env.redis_total("default").await, 0);
     w.shutdown().await;
 }

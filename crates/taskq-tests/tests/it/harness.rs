@@ -245,14 +245,26 @@ impl Drop for Env {
 }
 
 /// Serves the api over `state` on a loopback port (a second api beside the [`Env`]'s,
-/// e.g. one that reaches a backing service through a [`taskq_testkit::ChaosProxy`]).
-/// Returns its base URL; it stops when the token is cancelled.
+/// e.g. one that reaches a backing service through a [`taskq_testkit::ChaosProxy`]),
+/// with its store probes running. Returns its base URL; it stops when the token is
+/// cancelled.
 pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
+    // The store circuits, probed as `taskq-api` probes them (faster, for tests).
+    tokio::spawn(taskq_api::health::probe(
+        state.health.clone(),
+        state.broker.clone(),
+        state.store.clone(),
+        taskq_api::health::ProbeSettings {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+        },
+        stop.clone(),
+    ));
     let s = stop.clone();
     tokio::spawn(async move {
         let connections = state.connections;

@@ -386,3 +386,46 @@ async fn payload_numbers_come_back_exactly_or_are_refused() {
     assert!(body["results"][2]["id"].is_string(), "{body}");
     w.shutdown().await;
 }
+
+/// Concurrent single submits are written in groups (one `insert_many` and one enqueue per
+/// queue and group): every request is answered with its own task, each task is in both
+/// stores, and each runs once, whatever queue it went to.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_single_submits_each_get_their_own_durable_task() {
+    let env = Env::start().await;
+    let recorder = Recorder::default();
+    let mut registry = Env::builtins();
+    recorder.register(&mut registry, "rec");
+    let w = env.worker(Env::settings("q0,q1,q2"), registry);
+    let answers = futures::future::join_all((0..300).map(|i| {
+        let env = &env;
+        async move {
+            let (status, rec) = env
+                .post(
+                    "/v1/tasks",
+                    json!({"type": "rec", "queue": format!("q{}", i % 3), "payload": {"i": i}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{rec}");
+            assert_eq!(rec["payload"]["i"], i, "answered with another task: {rec}");
+            assert_eq!(rec["queue"], format!("q{}", i % 3));
+            rec["id"]
+                .as_str()
+                .expect("id")
+                .parse::<TaskId>()
+                .expect("id")
+        }
+    }))
+    .await;
+    let mut unique = answers.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 300);
+    for id in &answers {
+        env.wait_status(*id, TaskStatus::Succeeded, Duration::from_secs(60))
+            .await;
+    }
+    let runs = recorder.runs();
+    assert_eq!(runs.len(), 300, "each task runs once");
+    w.shutdown().await;
+}

@@ -12,6 +12,7 @@ mod http_errors;
 mod lifecycle;
 mod observability;
 mod operations;
+mod outage;
 mod periodic;
 mod query;
 mod slow_clients;

@@ -1067,10 +1067,12 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .expect("redis");
     // Minute m: 3 successes in its second 5, 2 failures in its second 59.
     let m: i64 = 29_000_000;
-    let prefix = taskq_redis::QueueKeys::new(&q).stats_prefix();
+    let keys = taskq_redis::QueueKeys::new(&q);
+    let ok = keys.counter(taskq_redis::Counter::Succeeded, (m * 60 + 5) * 1000);
+    let err = keys.counter(taskq_redis::Counter::Failed, (m * 60 + 59) * 1000);
     let _: () = redis::pipe()
-        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
-        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .set(&ok, 3)
+        .set(&err, 2)
         .query_async(&mut c)
         .await
         .expect("counters");
@@ -1091,8 +1093,8 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .expect("history");
     assert!(h.iter().all(|x| x.succeeded == 0 && x.failed == 0), "{h:?}");
     let _: () = redis::pipe()
-        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
-        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .set(&ok, 3)
+        .set(&err, 2)
         .query_async(&mut c)
         .await
         .expect("counters");
@@ -1106,8 +1108,8 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .await
         .expect("roll up");
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{prefix}ok:{}", m * 60 + 5))
-        .arg(format!("{prefix}err:{}", m * 60 + 59))
+        .arg(&ok)
+        .arg(&err)
         .query_async(&mut c)
         .await
         .expect("del");

@@ -24,9 +24,9 @@
 //!   without a Redis entry (logged); they stay queued without running until
 //!   `POST /v1/admin/recover` enqueues them.
 
-use taskq_core::{TaskEvent, TaskId, TaskRecord, TaskStatus};
+use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
-use taskq_store::{RequeueOutcome, StatusUpdate, StoredTask};
+use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate, StoredTask};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -64,6 +64,62 @@ pub(crate) async fn retry(state: &AppState, ids: Vec<TaskId>) -> Result<Vec<Outc
                 stuck: 0,
             })
         })
+}
+
+/// Dead tasks retried per MongoDB page and Redis script call.
+const RETRY_PAGE: u32 = 500;
+
+/// Retries every dead task of queue `name`, a page at a time ([`retry`] per page).
+/// Returns how many were queued again. On a failure the error's message says how many
+/// were queued again before it; the others stay dead, so calling again retries the rest.
+pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64, ApiError> {
+    let filter = ListFilter {
+        status: Some(TaskStatus::Dead),
+        kind: None,
+        queue: Some(name),
+    };
+    let mut retried = 0u64;
+    let partial = |error: ApiError, retried: u64, stuck: u64| {
+        let mut outcome = format!(
+            "{retried} dead tasks were queued again and the others stay dead; call again to retry them"
+        );
+        if stuck > 0 {
+            outcome.push_str(&format!(
+                " ({stuck} of them could not be marked dead again: they stay queued and run \
+                 after POST /v1/admin/recover)"
+            ));
+        }
+        error.with_outcome(&outcome)
+    };
+    loop {
+        // Each retried task leaves the dead set, so the first page is always the next one.
+        let page = state
+            .store
+            .list(&filter, RETRY_PAGE, None)
+            .await
+            .map_err(|e| partial(e.into(), retried, 0))?;
+        if page.tasks.is_empty() {
+            break;
+        }
+        let ids = page.tasks.iter().map(|t| t.id).collect();
+        match retry(state, ids).await {
+            Ok(outcomes) => {
+                let queued = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Queued(_)))
+                    .count();
+                retried += queued as u64;
+                if queued == 0 {
+                    // Every task of the page changed under us: none is left to retry.
+                    break;
+                }
+            }
+            Err(failed) => {
+                return Err(partial(failed.error, retried + failed.queued, failed.stuck));
+            }
+        }
+    }
+    Ok(retried)
 }
 
 async fn retry_detached(state: &AppState, ids: &[TaskId]) -> Result<Vec<Outcome>, Failed> {
@@ -156,15 +212,7 @@ fn back_to_dead(t: &StoredTask, now: chrono::DateTime<chrono::Utc>) -> StatusUpd
         .rev()
         .find(|e| e.status == TaskStatus::Dead);
     let attempts = death.map_or(t.record.attempts, |e| e.attempt);
-    StatusUpdate {
-        finished_at: Some(death.map_or(now, |e| e.at)),
-        events: vec![TaskEvent {
-            status: TaskStatus::Dead,
-            at: now,
-            attempt: attempts,
-            error: Some("the retry failed: the task could not be queued in redis".into()),
-            worker: None,
-        }],
-        ..StatusUpdate::new(t.record.id, t.seq + 1, TaskStatus::Dead, attempts, now)
-    }
+    StatusUpdate::transition(t.record.id, t.seq + 1, TaskStatus::Dead, attempts, now)
+        .event_error("the retry failed: the task could not be queued in redis")
+        .finished_at(death.map_or(now, |e| e.at))
 }

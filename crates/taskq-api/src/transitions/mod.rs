@@ -1,0 +1,31 @@
+//! Every change of a task's state that the api makes, across both stores, each in one
+//! place with its write order, its undo and what a caller sees on each failure. The HTTP
+//! handlers (`tasks.rs`, `queues.rs`) and the periodic scheduler only parse, authorise,
+//! call one of these and map the result.
+//!
+//! One rule holds them together: **MongoDB first, then Redis, transitions ordered by
+//! `seq`.** A record may say more than Redis knows only while a submit is in flight (the
+//! submit-pending mark, settled by the workers' submit check), and a record never moves
+//! backwards: every status update carries the `seq` Redis assigned, and the record keeps
+//! the one with the largest.
+//!
+//! | transition | module | writes, in order | undo |
+//! |---|---|---|---|
+//! | submit (single, batch, periodic tick; concurrent single submits share one write, [`group`]) | [`submit`] | MongoDB insert (`seq` 1, marked), Redis enqueue within the deadline | Redis remove, then delete the records still marked by this submit; else cancel (`submit_failed`) |
+//! | submit with an idempotency key | [`submit`] | Redis claim, then as above, then the claim's lifetime | drop the claim |
+//! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
+//! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
+//! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S | none needed: MongoDB only follows Redis |
+//! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1) | none: idempotent, call again |
+//!
+//! The workers own the other transitions (lease, ack, fail, retry with backoff, dead,
+//! release, promote, reap): each is one Lua script in `taskq-redis` that also appends the
+//! status updates it decided to the queue's outbox stream, and the workers' outbox
+//! writers apply them to MongoDB (`taskq-worker`'s `writer` module), so a worker's
+//! transition is as durable as its Redis write.
+
+pub(crate) mod cancel;
+pub mod group;
+pub(crate) mod recover;
+pub(crate) mod retry;
+pub(crate) mod submit;

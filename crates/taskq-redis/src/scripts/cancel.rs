@@ -1,0 +1,87 @@
+//! CANCEL: cancels a task that has not finished. A waiting task (queued, scheduled or
+//! retrying) leaves Redis at once; a running one is flagged (its hash's `cancel` field),
+//! and its worker stops the handler and finishes it as cancelled. A waiting task's
+//! `cancelled` update goes to the outbox in the same step, so its record follows even
+//! if the caller never writes it (the api writes it too, to answer with it).
+//!
+//! ```text
+//! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[4]    -> taskq:{<queue>}:scheduled
+//! KEYS[5]    -> taskq:{<queue>}:retry
+//! KEYS[6]    -> taskq:{<queue>}:outbox
+//! ARGV       -> task hash prefix, id, now (ms)
+//! reply      -> {0} not in Redis, {1, seq, attempts} cancelled, {2, 0} running and flagged
+//! ```
+
+use taskq_core::{QueueName, TaskId};
+
+use super::{invocation, lua_fns, script};
+use crate::keys::QueueKeys;
+use crate::{Broker, Result};
+
+script!(
+    lua_fns!(),
+    r"
+local id = ARGV[2]
+local k = ARGV[1] .. id
+local vals = redis.call('HMGET', k, 'state', 'prio', 'attempts')
+if not vals[1] then return {0} end
+if vals[1] == 'running' then
+  redis.call('HSET', k, 'cancel', '1')
+  return {2, 0}
+end
+local seq = redis.call('HINCRBY', k, 'seq', 1)
+redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[5], id)
+redis.call('DEL', k)
+local attempts = tonumber(vals[3]) or 0
+local ent = ob_new(ARGV[3], '')
+ob_add(ent, id, seq, 'cancelled', attempts, '')
+ob_flush(KEYS[6], ent)
+return {1, seq, attempts}
+",
+);
+
+/// What [`Broker::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was waiting and left Redis; its transition counter is now `seq`, and
+    /// its `cancelled` update (with `attempts`) is in the queue's outbox.
+    Cancelled { seq: u64, attempts: u32 },
+    /// The task is running; its worker was asked to stop it.
+    Signalled,
+    /// Redis does not hold the task (it finished, or Redis lost it).
+    NotFound,
+}
+
+fn parse(reply: &[i64]) -> CancelOutcome {
+    match reply {
+        [1, seq, attempts] => CancelOutcome::Cancelled {
+            seq: *seq as u64,
+            attempts: u32::try_from(*attempts).unwrap_or(0),
+        },
+        [2, _] => CancelOutcome::Signalled,
+        _ => CancelOutcome::NotFound,
+    }
+}
+
+impl Broker {
+    /// Cancels a task: a waiting one leaves Redis, a running one is flagged for its
+    /// worker (see the module documentation).
+    pub async fn cancel(&self, queue: &QueueName, id: TaskId) -> Result<CancelOutcome> {
+        let k = QueueKeys::new(queue);
+        let mut inv = invocation(&SCRIPT, &keys(&k));
+        inv.arg(k.task_prefix())
+            .arg(id.to_string())
+            .arg(taskq_core::now_ms());
+        let reply: Vec<i64> = self.run(inv).await?;
+        Ok(parse(&reply))
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above.
+pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+    let [high, normal, low] = k.pending_all();
+    [high, normal, low, k.scheduled(), k.retry(), k.outbox()]
+}

@@ -1,0 +1,114 @@
+//! ENQUEUE: adds tasks unless their hash exists already (so recovery never duplicates a
+//! task), and sets the queue's epoch unless it exists (see
+//! [`QueueKeys::epoch`](crate::keys::QueueKeys::epoch)).
+//!
+//! ```text
+//! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[4]    -> taskq:{<queue>}:scheduled
+//! KEYS[5]    -> taskq:{<queue>}:wake
+//! KEYS[6]    -> taskq:{<queue>}:epoch
+//! ARGV[1]    -> task hash prefix
+//! ARGV[2]    -> now (ms)
+//! then per task, 7 values: id, prio index, due (ms), seq, attempts, max attempts, message JSON
+//! reply      -> per task, 1 (added) or 0 (already present)
+//! ```
+
+use std::collections::BTreeMap;
+
+use redis::AsyncCommands;
+use taskq_core::QueueName;
+
+use super::{invocation, lua_fns, script};
+use crate::keys::{self, QueueKeys};
+use crate::{Broker, BrokerError, EnqueueItem, Result};
+
+script!(
+    lua_fns!(),
+    r"
+local pfx, now = ARGV[1], tonumber(ARGV[2])
+local out, woke = {}, false
+redis.call('SET', KEYS[6], ARGV[2], 'NX')
+for i = 3, #ARGV, 7 do
+  local id = ARGV[i]
+  local k = pfx .. id
+  if redis.call('EXISTS', k) == 1 then
+    out[#out + 1] = 0
+  else
+    local prio, due = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    local state = 'queued'
+    if due > now then state = 'scheduled' end
+    redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
+      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
+    if due > now then
+      redis.call('ZADD', KEYS[4], due, id)
+    else
+      redis.call('LPUSH', KEYS[1 + prio], id)
+      woke = true
+    end
+    out[#out + 1] = 1
+  end
+end
+if woke then wake(KEYS[5]) end
+return out
+"
+);
+
+/// The 7 per-task arguments of one item.
+fn push_item(inv: &mut redis::ScriptInvocation<'_>, it: &EnqueueItem) -> Result<()> {
+    let msg = serde_json::to_string(&it.msg).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    inv.arg(it.msg.id.to_string())
+        .arg(keys::priority_index(it.msg.priority))
+        .arg(it.due_ms)
+        .arg(it.seq)
+        .arg(it.attempts)
+        .arg(it.msg.max_attempts)
+        .arg(msg);
+    Ok(())
+}
+
+/// Per task in order, whether it was added.
+fn parse(reply: Vec<i64>) -> Vec<bool> {
+    reply.into_iter().map(|a| a == 1).collect()
+}
+
+impl Broker {
+    /// Adds tasks: one script call per queue, issued concurrently. Returns, per item in
+    /// order, whether it was added (false: a task with that id is already in Redis).
+    pub async fn enqueue(&self, items: &[EnqueueItem]) -> Result<Vec<bool>> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            by_queue.entry(&item.msg.queue).or_default().push(i);
+        }
+        // Registered first: if this fails nothing has been enqueued yet.
+        let names: Vec<&str> = by_queue.keys().map(|q| q.as_str()).collect();
+        if !names.is_empty() {
+            let mut c = self.conn.clone();
+            let _: i64 = c.sadd(keys::QUEUES, names).await?;
+        }
+        let now = taskq_core::now_ms();
+        let calls = by_queue.iter().map(|(queue, idx)| {
+            let k = QueueKeys::new(queue);
+            let mut inv = invocation(&SCRIPT, &keys(&k));
+            inv.arg(k.task_prefix()).arg(now);
+            let encoded = idx.iter().try_for_each(|&i| push_item(&mut inv, &items[i]));
+            async move {
+                encoded?;
+                self.run::<Vec<i64>>(inv).await.map(parse)
+            }
+        });
+        let results = futures::future::try_join_all(calls).await?;
+        let mut out = vec![false; items.len()];
+        for ((_, idx), added) in by_queue.iter().zip(results) {
+            for (&i, a) in idx.iter().zip(added) {
+                out[i] = a;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above.
+pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+    let [high, normal, low] = k.pending_all();
+    [high, normal, low, k.scheduled(), k.wake(), k.epoch()]
+}

@@ -1,0 +1,125 @@
+//! FAIL: fails attempts whose lease the worker still holds: each task either waits in
+//! the retry set until its due time (`retrying`) or dies and leaves Redis (`dead`; its
+//! record in the store is the dead letter). The updates go to the outbox, and the
+//! failures are counted in the current second's counter (see [`Counter`]).
+//!
+//! ```text
+//! KEYS[1] -> taskq:{<queue>}:lease
+//! KEYS[2] -> taskq:{<queue>}:retry
+//! KEYS[3] -> taskq:{<queue>}:stats:err:<second>
+//! KEYS[4] -> taskq:{<queue>}:outbox
+//! ARGV    -> task hash prefix, now (ms), worker id,
+//!            then per task: id, lease token, due (ms; -1: dead), extras
+//! reply   -> per task, the new seq, or 0 when the lease was no longer held
+//! ```
+
+use taskq_core::{QueueName, TaskId};
+
+use super::{invocation, lua_fns, script, seqs};
+use crate::keys::{Counter, QueueKeys};
+use crate::{Broker, Result, outbox};
+
+script!(
+    lua_fns!(),
+    r"
+local n, ent = 0, ob_new(ARGV[2], ARGV[3])
+local out = each_task(4, 4, function(i, id, k)
+  local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
+  if not seq then return nil end
+  local due, status = tonumber(ARGV[i + 2]), 'dead'
+  if due >= 0 then
+    status = 'retrying'
+    redis.call('HSET', k, 'state', 'retrying')
+    redis.call('HDEL', k, 'lease')
+    redis.call('ZADD', KEYS[2], due, id)
+  else
+    redis.call('DEL', k)
+  end
+  ob_add(ent, id, seq, status, attempts, ARGV[i + 3])
+  n = n + 1
+  return seq
+end)
+count(KEYS[3], n)
+ob_flush(KEYS[4], ent)
+return out
+",
+);
+
+/// How a failed attempt ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Retry at this time (ms since the epoch).
+    RetryAt(i64),
+    /// No more attempts.
+    Dead,
+}
+
+impl FailOutcome {
+    /// The script's `due` argument: the retry time (never negative), or -1 for dead.
+    fn due_arg(self) -> i64 {
+        match self {
+            FailOutcome::RetryAt(ms) => ms.max(0),
+            FailOutcome::Dead => -1,
+        }
+    }
+
+    /// The retry time recorded in the outbox update.
+    fn due(self) -> Option<i64> {
+        match self {
+            FailOutcome::RetryAt(ms) => Some(ms.max(0)),
+            FailOutcome::Dead => None,
+        }
+    }
+}
+
+impl Broker {
+    /// Fails attempts of `worker`, each with its error: each is retried at its time or
+    /// dies. Returns the new seq per item, or `None` where the lease was no longer held.
+    pub async fn fail(
+        &self,
+        queue: &QueueName,
+        worker: &str,
+        items: &[(TaskId, &str, FailOutcome, &str)],
+    ) -> Result<Vec<Option<u64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = QueueKeys::new(queue);
+        let now = taskq_core::now_ms();
+        let mut inv = invocation(&SCRIPT, &keys(&k, now));
+        inv.arg(k.task_prefix()).arg(now).arg(worker);
+        for (id, token, outcome, error) in items {
+            let extras = outbox::extras(Some(error), None, outcome.due());
+            inv.arg(id.to_string())
+                .arg(*token)
+                .arg(outcome.due_arg())
+                .arg(extras);
+        }
+        Ok(seqs(self.run(inv).await?))
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above, for a call at `now_ms` (which
+/// picks the counter's second).
+pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 4] {
+    [
+        k.lease(),
+        k.retry(),
+        k.counter(Counter::Failed, now_ms),
+        k.outbox(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_time_is_never_the_dead_marker() {
+        assert_eq!(FailOutcome::RetryAt(-5).due_arg(), 0);
+        assert_eq!(FailOutcome::RetryAt(-5).due(), Some(0));
+        assert_eq!(FailOutcome::RetryAt(7).due_arg(), 7);
+        assert_eq!(FailOutcome::Dead.due_arg(), -1);
+        assert_eq!(FailOutcome::Dead.due(), None);
+    }
+}

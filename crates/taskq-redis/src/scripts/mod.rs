@@ -1,0 +1,206 @@
+//! Every Lua script taskq runs: one module per script, each holding the Lua under a
+//! table of its KEYS and ARGV, the `keys` function that builds its KEYS (a fixed-size
+//! array in the order the Lua indexes them; a test checks the size against the Lua),
+//! its typed arguments (enums where the Lua takes a word), the parser of its reply and
+//! the [`Broker`] method that runs it, the way Asynq keeps each script right above the
+//! method that calls it.
+//!
+//! Each script touches the keys of exactly one queue (one `{queue}` hash tag, so one
+//! Redis Cluster slot), and each one moves tasks between that queue's structures
+//! atomically: no two workers can both take, reap or promote the same task.
+//!
+//! Per-task hashes hold the fields of [`crate::keys::task_hash`]. `seq` increases by one
+//! on every transition; the store uses it to ignore status updates that arrive out of
+//! order.
+//!
+//! **Transactional outbox.** Every script that moves a task between states (dequeue, ack,
+//! fail, release, promote, reap) also appends the status updates of that call to the
+//! queue's outbox stream (`taskq:{queue}:outbox`), in the same atomic step: one entry per
+//! call, so a status change Redis decided can never be lost between Redis and MongoDB.
+//! An entry's fields are `at` (the time of the transitions, ms), `w` (the worker, or
+//! empty), then one field per task: the task id, whose value is
+//! `<seq>|<status>|<attempts>|<extras>`, where `extras` is empty or a JSON object with
+//! `e` (the error), `r` (the result as JSON text) and `due` (the retry time, ms).
+//! [`crate::OutboxEntry`] parses it; the store writers consume the stream with the
+//! consumer group [`crate::keys::OUTBOX_GROUP`].
+//!
+//! [`Broker`]: crate::Broker
+
+use redis::{FromRedisValue, Script, ScriptInvocation};
+
+use crate::{Broker, Result};
+
+pub mod ack;
+pub mod cancel;
+pub mod cancel_requested;
+pub mod claim;
+pub mod dequeue;
+pub mod enqueue;
+pub mod extend;
+pub mod fail;
+pub mod outbox_ack;
+pub mod outbox_sweep;
+pub mod present;
+pub mod promote;
+pub mod reap;
+pub mod release;
+pub mod settle_claim;
+
+/// The Lua helpers every script may call, put in front of its own Lua:
+///
+/// - `ob_new(at, w)` starts an outbox entry, `ob_add(ent, id, seq, status, attempts,
+///   extras)` adds one task's update to it, and `ob_flush(key, ent)` appends it to the
+///   stream if it holds any (see the module documentation for the layout);
+/// - `wake(key)` leaves one wake-up token for idle workers blocked on the queue's wake
+///   list (a list of at most one element);
+/// - `unlease(k, id, token, lease)`: when `token` holds the lease of task `id` (hash
+///   `k`), takes it off the lease set, increments its `seq` and returns the new seq and
+///   the attempts; otherwise returns nil;
+/// - `to_head(k, id, list, now)` makes a taken task `queued` again at `now` and puts it
+///   at the head of its pending list `list` (the end `RPOP` takes first);
+/// - `count(key, n)` adds `n` to a per-second counter that lives two minutes (nothing
+///   when `n` is 0 or `key` is nil);
+/// - `each_task(first, stride, f)` calls `f(i, id, k)` for every task of the arguments
+///   (task `id` at `ARGV[i]`, from `ARGV[first]` on, `stride` values apart; `k` its hash,
+///   `ARGV[1]` being the hash prefix) and returns what each call returned, 0 for nil.
+macro_rules! lua_fns {
+    () => {
+        r"
+local function ob_new(at, w) return {'at', at, 'w', w} end
+local function ob_add(ent, id, seq, st, att, ex)
+  ent[#ent + 1] = id
+  ent[#ent + 1] = seq .. '|' .. st .. '|' .. att .. '|' .. ex
+end
+local function ob_flush(key, ent)
+  if #ent > 4 then redis.call('XADD', key, '*', unpack(ent)) end
+end
+local function wake(key)
+  redis.call('LPUSH', key, '1')
+  redis.call('LTRIM', key, 0, 0)
+end
+local function unlease(k, id, token, lease)
+  local vals = redis.call('HMGET', k, 'lease', 'attempts')
+  if vals[1] ~= token then return nil end
+  redis.call('ZREM', lease, id)
+  return redis.call('HINCRBY', k, 'seq', 1), vals[2]
+end
+local function to_head(k, id, list, now)
+  redis.call('HSET', k, 'state', 'queued', 'qat', now)
+  redis.call('HDEL', k, 'lease')
+  redis.call('RPUSH', list, id)
+end
+local function count(key, n)
+  if n > 0 and key then
+    redis.call('INCRBY', key, n)
+    redis.call('EXPIRE', key, 120)
+  end
+end
+local function each_task(first, stride, f)
+  local out = {}
+  for i = first, #ARGV, stride do
+    local id = ARGV[i]
+    out[#out + 1] = f(i, id, ARGV[1] .. id) or 0
+  end
+  return out
+end
+"
+    };
+}
+pub(crate) use lua_fns;
+
+/// Declares a script module's Lua, `LUA` (the pieces are concatenated: a prelude such
+/// as [`lua_fns`] first), and `SCRIPT`, the [`Script`] that runs it.
+macro_rules! script {
+    ($($lua:expr),+ $(,)?) => {
+        pub(crate) const LUA: &str = concat!($($lua),+);
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(LUA));
+    };
+}
+pub(crate) use script;
+
+/// An invocation of `script` with `keys` (in the order the Lua indexes them); the caller
+/// adds the arguments.
+pub(crate) fn invocation<'a>(script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    inv
+}
+
+impl Broker {
+    /// Runs a prepared script invocation on the shared connection.
+    pub(crate) async fn run<T: FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T> {
+        let mut c = self.conn.clone();
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+}
+
+/// The reply of the transition scripts (ack, fail, release): the new seq per task, or 0
+/// where the lease was no longer held.
+pub(crate) fn seqs(reply: Vec<i64>) -> Vec<Option<u64>> {
+    reply
+        .into_iter()
+        .map(|s| u64::try_from(s).ok().filter(|s| *s > 0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use taskq_core::QueueName;
+
+    use super::*;
+    use crate::keys::{Counter, QueueKeys};
+
+    /// The highest `KEYS[n]` a script's Lua names.
+    fn highest_key(lua: &str) -> usize {
+        lua.match_indices("KEYS[")
+            .filter_map(|(at, _)| {
+                let digits: String = lua[at + 5..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// (`cancel_requested` is left out: its one key only routes the call to the queue's
+    /// slot, and its Lua does not read it.)
+    #[test]
+    fn every_script_is_given_exactly_the_keys_its_lua_reads() {
+        let q: QueueName = "q".parse().unwrap_or_default();
+        let k = QueueKeys::new(&q);
+        // `ack` with its optional counter key.
+        let counted = Some(k.counter(Counter::Succeeded, 0));
+        let scripts: [(&str, &str, usize); 14] = [
+            ("ack", ack::LUA, ack::keys(&k, counted).len()),
+            ("cancel", cancel::LUA, cancel::keys(&k).len()),
+            ("claim", claim::LUA, claim::keys(&k, "x").len()),
+            ("dequeue", dequeue::LUA, dequeue::keys(&k).len()),
+            ("enqueue", enqueue::LUA, enqueue::keys(&k).len()),
+            ("extend", extend::LUA, extend::keys(&k).len()),
+            ("fail", fail::LUA, fail::keys(&k, 0).len()),
+            ("outbox_ack", outbox_ack::LUA, outbox_ack::keys(&k).len()),
+            (
+                "outbox_sweep",
+                outbox_sweep::LUA,
+                outbox_sweep::keys(&k).len(),
+            ),
+            ("present", present::LUA, present::keys(&k).len()),
+            ("promote", promote::LUA, promote::keys(&k).len()),
+            ("reap", reap::LUA, reap::keys(&k).len()),
+            ("release", release::LUA, release::keys(&k).len()),
+            (
+                "settle_claim",
+                settle_claim::LUA,
+                settle_claim::keys(&k, "x").len(),
+            ),
+        ];
+        for (name, lua, given) in scripts {
+            assert_eq!(highest_key(lua), given, "{name}");
+        }
+    }
+}

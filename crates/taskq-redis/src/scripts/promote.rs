@@ -1,0 +1,100 @@
+//! PROMOTE: moves due scheduled and retrying tasks to their pending lists; the `queued`
+//! updates go to the outbox.
+//!
+//! ```text
+//! KEYS[1]    -> taskq:{<queue>}:scheduled
+//! KEYS[2]    -> taskq:{<queue>}:retry
+//! KEYS[3..5] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[6]    -> taskq:{<queue>}:wake
+//! KEYS[7]    -> taskq:{<queue>}:outbox
+//! ARGV       -> task hash prefix, now (ms), limit
+//! reply      -> per promoted task, 4 values: id, seq, source (1 scheduled, 2 retry), attempts
+//! ```
+
+use redis::Value;
+use taskq_core::{QueueName, TaskId};
+
+use super::{invocation, lua_fns, script};
+use crate::keys::QueueKeys;
+use crate::reply::{id_seq, int};
+use crate::{Broker, Result};
+
+script!(
+    lua_fns!(),
+    r"
+local out = {}
+local ent = ob_new(ARGV[2], '')
+for z = 1, 2 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[z], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', KEYS[z], id)
+    local k = ARGV[1] .. id
+    local vals = redis.call('HMGET', k, 'prio', 'attempts')
+    if vals[1] then
+      local seq = redis.call('HINCRBY', k, 'seq', 1)
+      redis.call('HSET', k, 'state', 'queued', 'qat', ARGV[2])
+      redis.call('LPUSH', KEYS[3 + tonumber(vals[1])], id)
+      out[#out + 1] = id
+      out[#out + 1] = seq
+      out[#out + 1] = z
+      out[#out + 1] = tonumber(vals[2])
+      ob_add(ent, id, seq, 'queued', vals[2], '')
+    end
+  end
+end
+ob_flush(KEYS[7], ent)
+if #out > 0 then wake(KEYS[6]) end
+return out
+"
+);
+
+/// A task the promoter made runnable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promoted {
+    pub id: TaskId,
+    pub seq: u64,
+    /// True when it came from the retry set, false when from the scheduled set.
+    pub from_retry: bool,
+    pub attempts: u32,
+}
+
+fn parse(reply: &[Value]) -> Result<Vec<Promoted>> {
+    reply
+        .chunks_exact(4)
+        .map(|v| {
+            let (id, seq) = id_seq(v)?;
+            let from_retry = int(&v[2])? == 2;
+            // A hash without `attempts` (removed meanwhile) reads as 0.
+            let attempts = int(&v[3]).unwrap_or(0) as u32;
+            Ok(Promoted {
+                id,
+                seq,
+                from_retry,
+                attempts,
+            })
+        })
+        .collect()
+}
+
+impl Broker {
+    /// Makes up to `limit` due scheduled and retrying tasks of `queue` runnable.
+    pub async fn promote(
+        &self,
+        queue: &QueueName,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Promoted>> {
+        let k = QueueKeys::new(queue);
+        let mut inv = invocation(&SCRIPT, &keys(&k));
+        inv.arg(k.task_prefix()).arg(now_ms).arg(limit);
+        let reply: Vec<Value> = self.run(inv).await?;
+        parse(&reply)
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above.
+pub(crate) fn keys(k: &QueueKeys) -> [String; 7] {
+    let [high, normal, low] = k.pending_all();
+    let (scheduled, retry) = (k.scheduled(), k.retry());
+    [scheduled, retry, high, normal, low, k.wake(), k.outbox()]
+}

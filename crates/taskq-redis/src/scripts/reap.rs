@@ -1,0 +1,107 @@
+//! REAP: returns tasks whose lease expired: to the head of their pending list when
+//! attempts remain, otherwise out of Redis as dead. The expired attempt stays counted.
+//! The updates (`queued` or `dead`, with the error of each case) go to the outbox.
+//!
+//! ```text
+//! KEYS[1]    -> taskq:{<queue>}:lease
+//! KEYS[2..4] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[5]    -> taskq:{<queue>}:wake
+//! KEYS[6]    -> taskq:{<queue>}:outbox
+//! ARGV       -> task hash prefix, now (ms), limit, extras of a requeued task, extras of a dead one
+//! reply      -> per reaped task, 4 values: id, seq, attempts, outcome (1 requeued, 0 dead)
+//! ```
+
+use redis::Value;
+use taskq_core::{QueueName, TaskId};
+
+use super::{invocation, lua_fns, script};
+use crate::keys::QueueKeys;
+use crate::reply::{id_seq, int};
+use crate::{Broker, Result, outbox};
+
+/// The error recorded when an expired lease returns its task to the queue.
+pub const LEASE_EXPIRED_REQUEUED: &str = "lease expired: the worker stopped heartbeating";
+/// The error recorded when an expired lease was the task's last attempt.
+pub const LEASE_EXPIRED_DEAD: &str = "lease expired on the last attempt";
+
+script!(
+    lua_fns!(),
+    r"
+local out, woke = {}, false
+local ent = ob_new(ARGV[2], '')
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local k = ARGV[1] .. id
+  local vals = redis.call('HMGET', k, 'prio', 'attempts', 'max')
+  if vals[1] then
+    local seq = redis.call('HINCRBY', k, 'seq', 1)
+    local attempts = tonumber(vals[2])
+    local outcome = 0
+    if attempts >= tonumber(vals[3]) then
+      redis.call('DEL', k)
+      ob_add(ent, id, seq, 'dead', attempts, ARGV[5])
+    else
+      ob_add(ent, id, seq, 'queued', attempts, ARGV[4])
+      to_head(k, id, KEYS[2 + tonumber(vals[1])], ARGV[2])
+      outcome = 1
+      woke = true
+    end
+    out[#out + 1] = id
+    out[#out + 1] = seq
+    out[#out + 1] = attempts
+    out[#out + 1] = outcome
+  end
+end
+ob_flush(KEYS[6], ent)
+if woke then wake(KEYS[5]) end
+return out
+"
+);
+
+/// A task whose lease expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub id: TaskId,
+    pub seq: u64,
+    pub attempts: u32,
+    /// True when it went back to its queue, false when its attempts were used up.
+    pub requeued: bool,
+}
+
+fn parse(reply: &[Value]) -> Result<Vec<Reaped>> {
+    reply
+        .chunks_exact(4)
+        .map(|v| {
+            let (id, seq) = id_seq(v)?;
+            let (attempts, outcome) = (int(&v[2])?, int(&v[3])?);
+            Ok(Reaped {
+                id,
+                seq,
+                attempts: attempts as u32,
+                requeued: outcome == 1,
+            })
+        })
+        .collect()
+}
+
+impl Broker {
+    /// Returns up to `limit` tasks of `queue` whose lease expired before `now_ms`.
+    pub async fn reap(&self, queue: &QueueName, now_ms: i64, limit: usize) -> Result<Vec<Reaped>> {
+        let k = QueueKeys::new(queue);
+        let mut inv = invocation(&SCRIPT, &keys(&k));
+        inv.arg(k.task_prefix())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(outbox::extras(Some(LEASE_EXPIRED_REQUEUED), None, None))
+            .arg(outbox::extras(Some(LEASE_EXPIRED_DEAD), None, None));
+        let reply: Vec<Value> = self.run(inv).await?;
+        parse(&reply)
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above.
+pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+    let [high, normal, low] = k.pending_all();
+    [k.lease(), high, normal, low, k.wake(), k.outbox()]
+}
