@@ -703,7 +703,15 @@ async fn dashboard_in_headless_chromium() {
     // (On the queue's page: the overview's rows are swapped every few seconds.)
     c.goto(&ui("/ui/queues/emails")).await.expect("goto");
     click(&c, "button[value=pause]").await;
-    assert!(text(&c, "h1").await.contains("(paused)"));
+    let mut paused = false;
+    for _ in 0..100 {
+        if text(&c, "h1").await.contains("(paused)") {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(paused, "the queue's page does not say it is paused");
     let later = s.submit(json!({"type": "noop", "queue": "emails"})).await;
     c.goto(&ui("/ui")).await.expect("goto");
     let mut zero = false;
