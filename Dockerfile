@@ -7,9 +7,9 @@
 #   docker build --build-arg BIN=controller -t taskq-controller .
 #
 # Stages: `chef` (toolchain + cargo-chef) → `planner` (dependency recipe from the
-# manifests) → `builder` (dependencies compiled from the recipe in their own layer, shared
-# by every BIN and rebuilt only when Cargo.toml/Cargo.lock change; then the one binary,
-# `--locked`) → `runtime` (distroless cc: glibc, libgcc, CA certificates, no shell, no
+# manifests) → `builder` (the dependencies of `taskq-${BIN}` compiled from the recipe in
+# their own layer, one per BIN, rebuilt only when Cargo.toml/Cargo.lock change; then the
+# one binary, `--locked`) → `runtime` (distroless cc: glibc, libgcc, CA certificates, no shell, no
 # package manager, no build tools; numeric non-root user 65532).
 #
 # The runtime image is defined once (`runtime-base`) and finished two ways: `runtime`, the
@@ -42,19 +42,22 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# Every workspace dependency, release profile: the layer all three images share.
+ARG BIN=api
+# The dependencies of exactly the package the next RUN builds (`-p taskq-${BIN}`), release
+# profile. The same package set means the same unified features, so the build below
+# compiles only taskq's own crates; cooking `--workspace` instead unifies the features of
+# every member, and the package build then recompiled every dependency whose features differ.
 # One `sharing=locked` mount per RUN, and the last one: it serialises every RUN that uses
 # these caches (the git cache included). Buildah before 1.29 releases only the lock of a
 # RUN's last --mount; any earlier locked mount stays locked and the next RUN waits forever.
 RUN --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git \
     --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
-    cargo chef cook --release --locked --workspace --recipe-path recipe.json
-COPY . .
-ARG BIN=api
-RUN --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git \
-    --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     case "${BIN}" in api|worker|controller) ;; \
       *) echo "BIN must be api, worker or controller (got '${BIN}')" >&2; exit 1 ;; esac && \
+    cargo chef cook --release --locked -p "taskq-${BIN}" --recipe-path recipe.json
+COPY . .
+RUN --mount=type=cache,id=taskq-cargo-git,target=/usr/local/cargo/git \
+    --mount=type=cache,id=taskq-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p "taskq-${BIN}" --bin "taskq-${BIN}" && \
     install -D -m 0755 "target/release/taskq-${BIN}" /out/taskq && \
     strip --strip-debug /out/taskq

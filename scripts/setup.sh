@@ -5,6 +5,8 @@
 # - a JDK and Maven, only if missing (they run mongo-java-server, the MongoDB
 #   wire-protocol server used by the tests and the demo);
 # - curl, used by scripts/dev.sh;
+# - promtool (Debian package prometheus), which checks and unit-tests the chart's alerts
+#   (scripts/chart/alerts_test.py);
 # - chromium and chromium-driver (Debian), the headless browser the dashboard tests drive
 #   over WebDriver (about 32 s to install on a machine that has neither);
 # - mongo-java-server's jars, fetched by Maven into the cache directory
@@ -20,6 +22,7 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 # A Chrome that is already there (GitHub's Ubuntu runners ship google-chrome and
 # chromedriver; Ubuntu's own chromium package is a snap stub) is used as it is.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 &&

@@ -12,8 +12,10 @@ Checks, for every object the chart renders with one ci/ value set:
   no privilege escalation, all capabilities dropped and none added, RuntimeDefault seccomp;
 - only the controller mounts a ServiceAccount token;
 - the controller's Role grants exactly what it uses, and there is no ClusterRole;
-- the taskq containers set only variables their binary reads (TASKQ_* names parsed from
-  the clap attributes in crates/taskq-<binary>/src), the standard OTEL_* ones and RUST_LOG;
+- the taskq containers set only variables their binary reads (TASKQ_* names from
+  scripts/chart/env/, which the binaries' tests keep equal to what their clap parsers
+  declare), the standard OTEL_* ones, RUST_LOG, RUST_BACKTRACE, and variables that only
+  feed a later one's $(VAR) expansion;
 - the worker's shutdown grace is shorter than its terminationGracePeriodSeconds;
 - authentication: with api.auth.enabled (every set but `auth-off`) the api gets
   TASKQ_AUTH=on and TASKQ_TOKENS_FILE pointing into a read-only mount of the tokens Secret
@@ -48,7 +50,10 @@ OTEL_VARS = {
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
 }
+# Read by the Rust runtime of every binary, and by its TLS roots (rustls-native-certs).
+RUNTIME_VARS = {"RUST_LOG", "RUST_BACKTRACE", "SSL_CERT_FILE", "SSL_CERT_DIR"}
 # Exactly what taskq-controller calls, as (apiGroup, resource, verb): its watches (list,
 # watch), the Deployment read when its cache misses (get), the scale and status patches,
 # the Lease (get, create, update with resourceVersion) and Events (create, patch for
@@ -61,12 +66,11 @@ CONTROLLER_ALLOWED = {
     ("apps", "deployments/scale", "patch"),
     *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
+    *(("autoscaling", "horizontalpodautoscalers", v) for v in ("list", "watch")),
+    *(("keda.sh", "scaledobjects", v) for v in ("list", "watch")),
 }
-# Used only when crates/taskq-controller/src is missing: the variables the controller
-# shares with the other binaries.
-CONTROLLER_VARS = {"TASKQ_LISTEN", "TASKQ_REDIS_URL", "TASKQ_REDIS_CLUSTER", "TASKQ_LOG_FORMAT"}
-# The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be found
-# in its clap structs, or the env-name check below would be checking against stale names.
+# The api's authentication variables (crates/taskq-api/src/lib.rs ApiArgs): must be in its
+# list, or the env-name check below would be checking against stale names.
 API_AUTH_VARS = {"TASKQ_AUTH", "TASKQ_TOKENS", "TASKQ_TOKENS_FILE", "TASKQ_MAX_CONCURRENT_REQUESTS"}
 # Value sets and the tokens Secret they use: generated (None) or an existing one; `auth-off`
 # has authentication off.
@@ -75,6 +79,7 @@ EXISTING_TOKENS_SECRET = {"external": "taskq-api-tokens-prod"}
 TOKEN_KEYS = ("tokens", "admin-token", "submit-token")
 # A `role:token` entry (what TASKQ_TOKENS and the tokens file hold).
 ROLE_TOKEN = re.compile(r"\b(?:submit|admin)\s*:\s*[A-Za-z0-9._~+/=-]{16,}")
+STORES = ("redis", "mongodb")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
 
@@ -95,21 +100,14 @@ class Checker:
 
 
 def binary_vars(root: Path) -> dict[str, set[str]]:
-    """TASKQ_* variables each binary's clap structs read (`env = "TASKQ_..."` in its crate,
-    and in the argument groups of the library crates whose `cli` feature it enables)."""
-    read = lambda f: set(re.findall(r'env\s*=\s*"(TASKQ_[A-Z0-9_]+)"', f.read_text()))
+    """TASKQ_* variables each binary's clap parser reads: scripts/chart/env/taskq-<binary>.txt,
+    which the binaries' own tests keep equal to `Command::get_arguments().get_env()`
+    (taskq-controller's config tests, taskq-tests' env_names)."""
     out = {}
     for comp in ("api", "worker", "controller"):
-        crate = root / "crates" / f"taskq-{comp}"
-        if not (crate / "src").is_dir():
-            continue
-        names: set[str] = set()
-        for f in (crate / "src").rglob("*.rs"):
-            names |= read(f)
-        manifest = (crate / "Cargo.toml").read_text()
-        for lib in re.findall(r'^(taskq-[a-z]+)\s*=\s*\{[^}]*features\s*=\s*\[[^]]*"cli"', manifest, re.M):
-            names |= read(root / "crates" / lib / "src" / "cli.rs")
-        out[comp] = names
+        f = root / "scripts" / "chart" / "env" / f"taskq-{comp}.txt"
+        if f.is_file():
+            out[comp] = {line.strip() for line in f.read_text().splitlines() if line.strip()}
     return out
 
 
@@ -274,9 +272,9 @@ def main() -> int:
     docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
     c.check(len(docs) > 0, "the chart rendered no object")
     known = binary_vars(root)
-    c.check(bool(known.get("api")) and bool(known.get("worker")), "no TASKQ_* variable found in the api's or worker's clap structs")
+    c.check(all(known.get(b) for b in ("api", "worker", "controller")), "scripts/chart/env/taskq-{api,worker,controller}.txt missing or empty")
     missing = API_AUTH_VARS - known.get("api", set())
-    c.check(not missing, f"taskq-api's clap structs do not declare {sorted(missing)}")
+    c.check(not missing, f"scripts/chart/env/taskq-api.txt does not list {sorted(missing)}")
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -294,8 +292,17 @@ def main() -> int:
         if kind != "CustomResourceDefinition":
             labels = meta.get("labels", {})
             for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
-                        "app.kubernetes.io/managed-by", "helm.sh/chart"):
+                        "app.kubernetes.io/managed-by"):
                 c.check(key in labels, f"{ident}: label {key} missing")
+            store = labels.get("app.kubernetes.io/component") in STORES and kind not in ("Secret", "NetworkPolicy")
+            if store:
+                # scripts/chart/test.sh also renders with another chart version and compares.
+                c.check("helm.sh/chart" not in labels, f"{ident}: a bundled store's object carries the taskq chart version")
+            else:
+                c.check("helm.sh/chart" in labels, f"{ident}: label helm.sh/chart missing")
+        if kind == "Secret" and labels.get("app.kubernetes.io/component") in STORES and any("password" in k for k in secret_data(d)):
+            c.check(meta.get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+                    f"{ident}: generated store credentials are kept on uninstall (helm.sh/resource-policy: keep)")
         c.check(kind not in ("ClusterRole", "ClusterRoleBinding"), f"{ident}: the chart must not grant cluster-wide rights")
 
         if kind not in POD_KINDS:
@@ -330,7 +337,7 @@ def main() -> int:
             image = ctr["image"]
             c.check(not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image),
                     f"{cid}: image {image} must carry a fixed tag or digest")
-            if not is_hook:
+            if not is_hook and ctr in spec["containers"]:
                 for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                     c.check(probe in ctr, f"{cid}: {probe} missing")
             repo = image.split("@")[0].rsplit(":", 1)[0]
@@ -340,10 +347,20 @@ def main() -> int:
                 c.check(ctr.get("startupProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{cid}: startup on /livez")
                 names = [e["name"] for e in ctr.get("env", [])]
                 c.check(len(names) == len(set(names)), f"{cid}: duplicate env names")
-                allowed = known.get(comp, CONTROLLER_VARS) | OTEL_VARS | {"RUST_LOG"}
+                allowed = known.get(comp, set()) | OTEL_VARS | RUNTIME_VARS
+                # A variable that only feeds the kubelet's $(VAR) expansion of a later one
+                # (the Redis password inside TASKQ_REDIS_URL) is not read by the binary.
+                expanded = {m for e in ctr.get("env", []) for m in re.findall(r"\$\(([A-Z0-9_]+)\)", str(e.get("value", "")))}
                 for n in names:
-                    c.check(n in allowed, f"{cid}: sets {n}, which taskq-{comp} does not read")
+                    c.check(n in allowed or n in expanded, f"{cid}: sets {n}, which taskq-{comp} does not read")
                 env = {e["name"]: e for e in ctr.get("env", [])}
+                if name != "external":
+                    url = env.get("TASKQ_REDIS_URL", {}).get("value", "")
+                    c.check(re.fullmatch(r"redis://[A-Za-z0-9_.-]+:\$\(REDIS_PASSWORD\)@[a-z0-9.-]+:6379", url) is not None,
+                            f"{cid}: TASKQ_REDIS_URL logs in with the Secret's password through $(REDIS_PASSWORD) (got {url!r})")
+                    ref = env.get("REDIS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
+                    c.check(bool(ref.get("name")) and names.index("REDIS_PASSWORD") < names.index("TASKQ_REDIS_URL"),
+                            f"{cid}: REDIS_PASSWORD comes from a Secret and precedes TASKQ_REDIS_URL")
                 c.check(env.get("TASKQ_LISTEN", {}).get("value", "").startswith("0.0.0.0:"), f"{cid}: must listen on 0.0.0.0")
                 if comp == "worker":
                     grace = int(env["TASKQ_SHUTDOWN_GRACE_MS"]["value"])
@@ -376,6 +393,24 @@ def main() -> int:
     # PodDisruptionBudgets for the api and the workers.
     # (The dev overlay runs single replicas, where a budget would only block node drains.)
     pdbs = {component(d) for d in by_kind.get("PodDisruptionBudget", [])}
+    # No budget may block a node drain: maxUnavailable 0, or minAvailable not below the
+    # replicas (the autoscaler's minimum for an autoscaled Deployment, 0 when unknown).
+    scalers = {x["spec"]["deployment"]: x["spec"].get("minReplicas", 1) for x in by_kind.get("TaskQueueScaler", [])}
+    hpas = {x["spec"]["scaleTargetRef"]["name"]: x["spec"].get("minReplicas", 1) for x in by_kind.get("HorizontalPodAutoscaler", [])}
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        target = next((d for d in by_kind.get("Deployment", []) if component(d) == component(pdb)), None)
+        if target is None:
+            continue
+        tname = target["metadata"]["name"]
+        replicas = target["spec"].get("replicas", scalers.get(tname, hpas.get(tname, 0)))
+        spec = pdb["spec"]
+        ident = f"PodDisruptionBudget/{pdb['metadata']['name']}"
+        if "minAvailable" in spec:
+            m = spec["minAvailable"]
+            c.check(isinstance(m, int) and m < replicas, f"{ident}: minAvailable {m} with {replicas} replicas blocks a node drain")
+        else:
+            m = spec.get("maxUnavailable")
+            c.check(m not in (0, "0%", None), f"{ident}: maxUnavailable {m!r} blocks a node drain")
     if name != "dev":
         c.check({"api", "worker"} <= pdbs, f"PodDisruptionBudgets for api and worker (found {sorted(pdbs)})")
     if name == "dev":
@@ -398,10 +433,41 @@ def main() -> int:
             args = redis[0]["spec"]["template"]["spec"]["containers"][0].get("args", [])
             c.check("--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", "Redis runs with appendonly yes")
             c.check("noeviction" in args, "Redis never evicts keys")
+            opt = lambda flag: args[args.index(flag) + 1] if flag in args else None
+            c.check(opt("--requirepass") == "$(REDIS_PASSWORD)", f"Redis requires a password from its Secret (requirepass {opt('--requirepass')!r})")
+            c.check(opt("--protected-mode") == "yes", "Redis keeps protected mode on")
+            c.check(opt("--save") == "", "Redis takes no RDB snapshots (save \"\")")
+            user = args[args.index("--user") + 1:] if "--user" in args else []
+            user = user[: next((i for i, a in enumerate(user) if a.startswith("--")), len(user))]
+            c.check(len(user) > 2 and user[1] == "on" and user[2].startswith(">$("), f"Redis has an application ACL user with a Secret password (got {user[:3]})")
+            for denied in ("-flushall", "-flushdb", "-config", "-debug", "-@admin"):
+                c.check(denied in user, f"the Redis application user is denied {denied[1:]}")
+    routes = by_kind.get("HTTPRoute", [])
+    if name == "gateway":
+        c.check(len(routes) == 1 and not by_kind.get("Ingress"), "gateway: an HTTPRoute and no Ingress")
+        if routes:
+            api_svc = next((d for d in by_kind.get("Service", []) if component(d) == "api"), None)
+            backend = routes[0]["spec"]["rules"][0]["backendRefs"][0]
+            c.check(api_svc is not None and backend["name"] == api_svc["metadata"]["name"] and
+                    backend["port"] == api_svc["spec"]["ports"][0]["port"], "gateway: the route's backend is the api Service port")
+            c.check(routes[0]["spec"]["parentRefs"][0]["name"] == "eg", "gateway: the route attaches to the given Gateway")
+        hpas = by_kind.get("HorizontalPodAutoscaler", [])
+        c.check(len(hpas) == 1 and hpas[0]["spec"]["scaleTargetRef"]["name"] == deployments["worker"]["metadata"]["name"],
+                "gateway: worker.hpa scales the worker Deployment")
+        c.check("replicas" not in deployments["worker"]["spec"], "gateway: the HPA-scaled worker Deployment sets no replicas")
+    else:
+        c.check(not routes, "no HTTPRoute unless api.httpRoute.enabled")
+        c.check(not by_kind.get("HorizontalPodAutoscaler"), "no HorizontalPodAutoscaler unless worker.hpa.enabled")
+    if name == "observability":
+        c.check(len(by_kind.get("PrometheusRule", [])) == 1, "observability: the PrometheusRule")
+        alerts = {r["alert"] for g in by_kind.get("PrometheusRule", [{}])[0].get("spec", {}).get("groups", []) for r in g["rules"]}
+        want = {"TaskqBacklogGrowing", "TaskqDeadLetterGrowing", "TaskqWorkersSaturated", "TaskqTaskErrorRatioHigh",
+                "TaskqApiErrorRatioHigh", "TaskqControllerReconcileErrors", "TaskqRedisUnreachable", "TaskqMongoDBUnreachable"}
+        c.check(want <= alerts, f"observability: alerts {sorted(want - alerts)} missing")
     if name == "ingress-tls":
         ing = by_kind.get("Ingress", [])
         c.check(len(ing) == 1 and bool(ing[0]["spec"].get("tls")), "an Ingress with TLS")
-    if name in ("autoscaling", "observability"):
+    if name in ("autoscaling", "observability", "extensions"):
         c.check("controller" in deployments, "a controller Deployment")
         c.check(len(by_kind.get("Role", [])) == 1 and len(by_kind.get("RoleBinding", [])) == 1, "the controller's Role and RoleBinding")
         scalers = by_kind.get("TaskQueueScaler", [])
@@ -414,13 +480,51 @@ def main() -> int:
         c.check("taskqueuescalers.taskq.dev" in crds, "the TaskQueueScaler CRD is rendered (--include-crds)")
     else:
         c.check("controller" not in deployments and not by_kind.get("Role"), "no controller unless enabled")
+    for comp_name in ("api", "worker"):
+        d = deployments.get(comp_name)
+        if d is None:
+            continue
+        spec = d["spec"]["template"]["spec"]
+        aff = spec.get("affinity", {}).get("podAntiAffinity", {})
+        want = "requiredDuringSchedulingIgnoredDuringExecution" if (name, comp_name) == ("extensions", "api") else "preferredDuringSchedulingIgnoredDuringExecution"
+        c.check(want in aff, f"{comp_name}: anti-affinity preset {want} (got {sorted(aff)})")
+    if name == "extensions":
+        for comp_name in ("api", "worker", "controller"):
+            d = deployments[comp_name]
+            meta, spec = d["spec"]["template"]["metadata"], d["spec"]["template"]["spec"]
+            main = spec["containers"][0]
+            c.check(meta["labels"].get("team") == "platform" or comp_name == "worker", f"{comp_name}: podLabels")
+            c.check(spec.get("priorityClassName") == "system-cluster-critical" or comp_name == "worker", f"{comp_name}: priorityClassName")
+            c.check(bool(spec.get("topologySpreadConstraints")) or comp_name == "worker", f"{comp_name}: topologySpreadConstraints")
+        api_spec = deployments["api"]["spec"]["template"]["spec"]
+        api_main = api_spec["containers"][0]
+        c.check(api_main.get("envFrom") == [{"configMapRef": {"name": "taskq-extra-env", "optional": True}}], "api: extraEnvFrom")
+        c.check(any(m["name"] == "ca-bundle" for m in api_main.get("volumeMounts", [])) and
+                any(v["name"] == "ca-bundle" for v in api_spec.get("volumes", [])), "api: extraVolumes and extraVolumeMounts")
+        c.check(any(m["name"] == "api-tokens" for m in api_main.get("volumeMounts", [])), "api: the tokens mount stays beside the extra mounts")
+        c.check(deployments["api"]["spec"]["template"]["metadata"]["annotations"].get("example.com/owner") == "platform", "api: podAnnotations")
+        w_spec = deployments["worker"]["spec"]["template"]["spec"]
+        c.check([x["name"] for x in w_spec.get("initContainers", [])] == ["wait"], "worker: initContainers")
+        c.check("release taskq starting" in " ".join(w_spec.get("initContainers", [{}])[0].get("command", [])), "worker: initContainers go through tpl")
+        c.check([x["name"] for x in w_spec["containers"]] == ["worker", "proxy"], "worker: sidecars after the worker container")
+        c.check(any(v["name"] == "scratch" for v in w_spec.get("volumes", [])), "worker: extraVolumes")
+        c.check(w_spec["containers"][0].get("envFrom", [{}])[0].get("secretRef", {}).get("name") == "taskq-handler-credentials", "worker: extraEnvFrom")
+        claims = [t for st in by_kind.get("StatefulSet", []) for t in st["spec"].get("volumeClaimTemplates", [])]
+        c.check(claims and all(t["spec"].get("storageClassName") == "standard" for t in claims), "global.storageClass reaches the stores' claims")
+    if name == "observability":
+        env = {e["name"]: e.get("value") for e in deployments["worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        c.check(env.get("OTEL_RESOURCE_ATTRIBUTES") == "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME)",
+                f"worker: OTEL_RESOURCE_ATTRIBUTES from the downward API (got {env.get('OTEL_RESOURCE_ATTRIBUTES')!r})")
+        fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in deployments["worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        c.check((fields.get("K8S_POD_NAME"), fields.get("K8S_NAMESPACE_NAME"), fields.get("K8S_NODE_NAME")) == ("metadata.name", "metadata.namespace", "spec.nodeName"),
+                "worker: K8S_* variables from the downward API")
     if name == "observability":
         c.check(any(component(d) == "jaeger" for d in by_kind.get("Deployment", [])), "a Jaeger Deployment")
         env = {e["name"]: e.get("value") for e in deployments["api"]["spec"]["template"]["spec"]["containers"][0]["env"]}
         c.check(str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).endswith("-jaeger:4317"), "OTLP goes to the bundled Jaeger")
         c.check(len(by_kind.get("ServiceMonitor", [])) == 2, "ServiceMonitors for api and worker")
-        cms = by_kind.get("ConfigMap", [])
-        c.check(len(cms) == 1 and "taskq.json" in cms[0].get("data", {}), "the Grafana dashboard ConfigMap")
+        cms = [m for m in by_kind.get("ConfigMap", []) if "taskq.json" in m.get("data", {})]
+        c.check(len(cms) == 1, "the Grafana dashboard ConfigMap")
 
     print(f"template tests [{name}]: {c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0

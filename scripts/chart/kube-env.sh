@@ -32,8 +32,8 @@ ETCD_BIN="$BIN_DIR/etcd"
 # single-node cluster of scripts/cluster/up.sh. TASKQ_KUBE_COMPONENTS narrows the list.
 COMPONENTS="${TASKQ_KUBE_COMPONENTS:-kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy}"
 
-log() { printf 'kube-env: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# log, die and free_port come from the shared helpers.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 how_to_build() {
   cat >&2 <<EOF
@@ -115,10 +115,6 @@ cmd_build() {
     fi
   fi
   log "ready: $APISERVER, $(etcd_path) (total $((SECONDS - start))s)"
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
 kubeconfig() { echo "$STATE/kubeconfig"; }

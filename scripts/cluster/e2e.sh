@@ -107,6 +107,16 @@ submit() {
     done
 }
 
+# wait_running QUEUE WHAT: until at least one task of the queue runs (120 s at most);
+# fails saying that WHAT never started.
+wait_running() {
+    local queue="$1" what="$2" deadline=$((SECONDS + 120))
+    until [ "$(api GET "/v1/queues/$queue" | jq .counts.running)" -ge 1 ]; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "$what never started"
+        sleep 0.5
+    done
+}
+
 # records QUEUE: every record of the queue, one compact JSON object per line.
 records() {
     local queue="$1" cursor="" page
@@ -327,11 +337,7 @@ record "10,000 tasks, force delete + SIGKILL + rolling upgrade" "all succeeded, 
 
 say "phase 5: the Redis pod deleted mid-run"
 submit e2e-redis 5000 '{"type":"sleep","payload":{"ms":100}}' >/dev/null
-deadline=$((SECONDS + 120))
-until [ "$(api GET /v1/queues/e2e-redis | jq .counts.running)" -ge 1 ]; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "the Redis-phase tasks never started"
-    sleep 0.5
-done
+wait_running e2e-redis "the Redis-phase tasks"
 t0="$(now_ms)"
 kubectl -n "$NS" delete pod "$REL-redis-0" --wait=false >/dev/null
 sleep 2
@@ -351,11 +357,7 @@ record "5,000 tasks across a Redis restart" "all succeeded; recover: $recovered"
 
 say "phase 6: SIGTERM on pod deletion drains in-flight tasks"
 submit e2e-drain 8 '{"type":"sleep","payload":{"ms":4000}}' >/dev/null
-deadline=$((SECONDS + 120))
-until [ "$(api GET /v1/queues/e2e-drain | jq .counts.running)" -ge 1 ]; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "the drain tasks never started"
-    sleep 0.5
-done
+wait_running e2e-drain "the drain tasks"
 sleep 0.5
 busy="$(api GET '/v1/tasks?queue=e2e-drain&status=running&limit=100' | jq -r '.tasks[0].events | map(select(.status == "running")) | last | .worker')"
 pod="$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=worker -o json |

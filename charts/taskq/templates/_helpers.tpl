@@ -56,6 +56,21 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 
 {{/*
+Labels of the bundled stores (redis, mongodb): call with (dict "ctx" $ "component" "redis"
+"image" .Values.redis.image). No taskq chart or app version: a taskq upgrade must not
+change the stores' pod templates (and so restart them). The version label is the store's.
+*/}}
+{{- define "taskq.storeLabels" -}}
+{{ include "taskq.selectorLabels" . }}
+app.kubernetes.io/part-of: taskq
+app.kubernetes.io/version: {{ .image.tag | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
 An image reference from {registry, repository, tag, digest}: call with
 (dict "image" .Values.api.image "ctx" $). global.imageRegistry replaces the registry; an
 empty tag means the chart's appVersion; a digest pins the image.
@@ -137,9 +152,14 @@ or the one the chart generates), and where the api and the `helm test` pod mount
   readOnly: true
 {{- end -}}
 
-{{/* Redis: where its URL is kept. */}}
+{{/* Redis: the Secret of the bundled Redis's passwords (generated or existing). */}}
+{{- define "taskq.redis.authSecretName" -}}
+{{- default (include "taskq.componentName" (dict "ctx" . "component" "redis")) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Redis: the Secret and key of an external Redis's URL. */}}
 {{- define "taskq.redis.secretName" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- if .Values.redis.external.existingSecret -}}
 {{- .Values.redis.external.existingSecret -}}
 {{- else -}}
 {{- include "taskq.componentName" (dict "ctx" . "component" "redis") -}}
@@ -147,11 +167,43 @@ or the one the chart generates), and where the api and the `helm test` pod mount
 {{- end -}}
 
 {{- define "taskq.redis.secretKey" -}}
-{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}
+{{- if .Values.redis.external.existingSecret -}}
 {{- .Values.redis.external.existingSecretKey -}}
 {{- else -}}
 redis-url
 {{- end -}}
+{{- end -}}
+
+{{/*
+Memory in MiB of a Kubernetes quantity in Mi, Gi, M or G (0 when not one of those).
+*/}}
+{{- define "taskq.quantityMi" -}}
+{{- $q := toString . -}}
+{{- $mi := 0.0 -}}
+{{- if hasSuffix "Gi" $q -}}{{- $mi = mulf (float64 (trimSuffix "Gi" $q)) 1024 -}}
+{{- else if hasSuffix "Mi" $q -}}{{- $mi = float64 (trimSuffix "Mi" $q) -}}
+{{- else if hasSuffix "G" $q -}}{{- $mi = divf (mulf (float64 (trimSuffix "G" $q)) 1000000000) 1048576 -}}
+{{- else if hasSuffix "M" $q -}}{{- $mi = divf (mulf (float64 (trimSuffix "M" $q)) 1000000) 1048576 -}}
+{{- end -}}
+{{- $mi -}}
+{{- end -}}
+
+{{/*
+Redis's maxmemory: redis.maxmemory, else 70 % of the container's memory limit in `mb`
+(Redis's mb is MiB). Leaves room for the AOF rewrite, client buffers and the allocator.
+*/}}
+{{- define "taskq.redis.maxmemory" -}}
+{{- if .Values.redis.maxmemory -}}
+{{- .Values.redis.maxmemory -}}
+{{- else -}}
+{{- $limit := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.redis.resources)) -}}
+{{- printf "%dmb" (int64 (floor (mulf $limit 0.7))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* StorageClass of a bundled store's claim: its own, else global.storageClass. */}}
+{{- define "taskq.storageClass" -}}
+{{- default (dig "storageClass" "" .ctx.Values.global) .persistence.storageClass -}}
 {{- end -}}
 
 {{/* MongoDB: where its connection string is kept. */}}
@@ -193,11 +245,22 @@ Environment every taskq binary reads: backing services, logging, tracing. Call w
 {{- $ctx := .ctx -}}
 - name: TASKQ_LISTEN
   value: "0.0.0.0:{{ .port }}"
+{{- if $ctx.Values.redis.enabled }}
+# The application user's password, expanded into TASKQ_REDIS_URL below (never a literal).
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskq.redis.authSecretName" $ctx }}
+      key: {{ $ctx.Values.redis.auth.appPasswordKey }}
+- name: TASKQ_REDIS_URL
+  value: {{ printf "redis://%s:$(REDIS_PASSWORD)@%s:6379" ($ctx.Values.redis.auth.username | urlquery) (include "taskq.componentName" (dict "ctx" $ctx "component" "redis")) | quote }}
+{{- else }}
 - name: TASKQ_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "taskq.redis.secretName" $ctx }}
       key: {{ include "taskq.redis.secretKey" $ctx }}
+{{- end }}
 {{- if and (not $ctx.Values.redis.enabled) $ctx.Values.redis.external.cluster }}
 - name: TASKQ_REDIS_CLUSTER
   value: "true"
@@ -217,6 +280,7 @@ Environment every taskq binary reads: backing services, logging, tracing. Call w
   value: {{ $ctx.Values.config.logLevel | quote }}
 {{- $endpoint := include "taskq.otel.endpoint" $ctx }}
 {{- if and $ctx.Values.otel.enabled $endpoint }}
+{{ include "taskq.otelResourceEnv" $ctx }}
 - name: OTEL_SERVICE_NAME
   value: "taskq-{{ .component }}"
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -259,6 +323,57 @@ startupProbe:
   failureThreshold: {{ .startupProbe.failureThreshold }}
 {{- end -}}
 
+{{/*
+Extension points of a taskq container, after its own env: call with the component's
+values. extraEnvFrom, then extraVolumeMounts (call "taskq.extraVolumeMounts" inside the
+container's volumeMounts).
+*/}}
+{{- define "taskq.extraEnvFrom" -}}
+{{- with .extraEnvFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+initContainers and sidecars of a taskq pod (sidecars are appended to `containers`, call
+"taskq.sidecars" right after the main container), rendered through tpl so that they may
+refer to the release (e.g. `{{ .Release.Name }}`): call with (dict "ctx" $ "values" .Values.api).
+*/}}
+{{- define "taskq.initContainers" -}}
+{{- with .values.initContainers }}
+initContainers:
+  {{- tpl (toYaml .) $.ctx | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "taskq.sidecars" -}}
+{{- with .values.sidecars }}
+{{- tpl (toYaml .) $.ctx }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod identity for OpenTelemetry from the downward API: OTEL_RESOURCE_ATTRIBUTES with
+k8s.pod.name, k8s.namespace.name and k8s.node.name (the SDK's environment detector reads it).
+*/}}
+{{- define "taskq.otelResourceEnv" -}}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME)"
+{{- end -}}
+
 {{/* Scheduling fields of a pod spec from a component's values. */}}
 {{- define "taskq.scheduling" -}}
 {{- with .values.priorityClassName }}
@@ -272,9 +387,28 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .values.affinity }}
+{{- if .values.affinity }}
 affinity:
-  {{- toYaml . | nindent 2 }}
+  {{- toYaml .values.affinity | nindent 2 }}
+{{- else if .values.podAntiAffinityPreset }}
+# podAntiAffinityPreset: spread the replicas over nodes ({{ .values.podAntiAffinityPreset }}).
+affinity:
+  podAntiAffinity:
+    {{- if eq .values.podAntiAffinityPreset "hard" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "taskq.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 12 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "taskq.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 14 }}
+    {{- end }}
 {{- end }}
 {{- if .values.topologySpreadConstraints }}
 topologySpreadConstraints:
@@ -289,6 +423,29 @@ topologySpreadConstraints:
       {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+"true" when a component's PodDisruptionBudget cannot block a node drain: call with
+(dict "pdb" .Values.api.pdb "replicas" <the fewest replicas the component runs>).
+maxUnavailable of at least 1 (or a non-zero percentage), or an integer minAvailable below
+the replicas. A budget that could block a drain is not rendered.
+*/}}
+{{- define "taskq.pdbSafe" -}}
+{{- if not (kindIs "invalid" .pdb.minAvailable) -}}
+{{- if and (not (kindIs "string" .pdb.minAvailable)) (lt (int64 .pdb.minAvailable) (int64 .replicas)) -}}true{{- end -}}
+{{- else if not (kindIs "invalid" .pdb.maxUnavailable) -}}
+{{- if kindIs "string" .pdb.maxUnavailable -}}
+{{- if ne (trimSuffix "%" .pdb.maxUnavailable) "0" -}}true{{- end -}}
+{{- else if ge (int64 .pdb.maxUnavailable) 1 -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The fewest replicas the workers run: the autoscaler's minimum, or replicaCount. */}}
+{{- define "taskq.worker.minReplicas" -}}
+{{- if include "taskq.worker.autoscaled" . -}}{{ .Values.controller.scaler.minReplicas }}
+{{- else if .Values.worker.hpa.enabled -}}{{ .Values.worker.hpa.minReplicas }}
+{{- else -}}{{ .Values.worker.replicaCount }}{{- end -}}
 {{- end -}}
 
 {{/* A PodDisruptionBudget spec's budget from {minAvailable, maxUnavailable}. */}}
@@ -311,6 +468,23 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- end -}}
 {{- if and .Values.redis.enabled .Values.redis.external.cluster -}}
 {{- $errors = append $errors "redis.external.cluster needs an external Redis Cluster: the bundled Redis (redis.enabled) is a single node" -}}
+{{- end -}}
+{{- if .Values.redis.enabled -}}
+{{- $limitMi := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.redis.resources)) -}}
+{{- if le $limitMi 0.0 -}}
+{{- $errors = append $errors "redis.resources.limits.memory must be set in Mi, Gi, M or G: maxmemory is derived from it" -}}
+{{- else if .Values.redis.maxmemory -}}
+{{- $mm := lower (toString .Values.redis.maxmemory) -}}
+{{- $mmMi := 0.0 -}}
+{{- if hasSuffix "gb" $mm }}{{ $mmMi = mulf (float64 (trimSuffix "gb" $mm)) 1024 }}
+{{- else if hasSuffix "mb" $mm }}{{ $mmMi = float64 (trimSuffix "mb" $mm) }}
+{{- else -}}
+{{- $errors = append $errors (printf "redis.maxmemory %q: give it in mb or gb" .Values.redis.maxmemory) -}}
+{{- end -}}
+{{- if gt $mmMi (mulf $limitMi 0.8) -}}
+{{- $errors = append $errors (printf "redis.maxmemory (%s) must stay at or below 80%% of redis.resources.limits.memory (%v): the append-only-file rewrite and client buffers need the rest" .Values.redis.maxmemory .Values.redis.resources.limits.memory) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $graceMs := mul .Values.worker.terminationGracePeriodSeconds 1000 -}}
 {{- if ge (int64 .Values.worker.shutdownGraceMs) (int64 $graceMs) -}}
@@ -338,12 +512,21 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- $errors = append $errors (printf "%s.pdb: set only one of minAvailable and maxUnavailable" $c) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.worker.hpa.enabled (include "taskq.worker.autoscaled" .) -}}
+{{- $errors = append $errors "worker.hpa.enabled and controller.scaler.enabled (with controller.enabled) would put two autoscalers on the worker Deployment: enable one" -}}
+{{- end -}}
+{{- if and .Values.worker.hpa.enabled (gt (int64 .Values.worker.hpa.minReplicas) (int64 .Values.worker.hpa.maxReplicas)) -}}
+{{- $errors = append $errors "worker.hpa.minReplicas must not exceed worker.hpa.maxReplicas" -}}
+{{- end -}}
 {{- if .Values.controller.enabled -}}
 {{- with .Values.controller.scaler -}}
 {{- if and .enabled (gt (int64 .minReplicas) (int64 .maxReplicas)) -}}
 {{- $errors = append $errors (printf "controller.scaler.minReplicas (%v) must not exceed maxReplicas (%v)" .minReplicas .maxReplicas) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.api.httpRoute.enabled (not .Values.api.httpRoute.parentRefs) -}}
+{{- $errors = append $errors "api.httpRoute.enabled: give the Gateway in api.httpRoute.parentRefs" -}}
 {{- end -}}
 {{- if and .Values.api.ingress.enabled (not .Values.api.ingress.hosts) -}}
 {{- $errors = append $errors "api.ingress.enabled: give at least one entry in api.ingress.hosts" -}}
@@ -358,17 +541,13 @@ WiredTiger cache for the bundled MongoDB: 40 % of the container's memory limit (
 0.25 GB, MongoDB's minimum), 0.25 GB when no limit in Mi/Gi is set.
 */}}
 {{- define "taskq.mongodb.cacheSizeGB" -}}
-{{- $limit := toString (dig "limits" "memory" "" .Values.mongodb.resources) -}}
-{{- $mi := 0.0 -}}
-{{- if hasSuffix "Gi" $limit -}}{{- $mi = mulf (float64 (trimSuffix "Gi" $limit)) 1024 -}}
-{{- else if hasSuffix "Mi" $limit -}}{{- $mi = float64 (trimSuffix "Mi" $limit) -}}
-{{- end -}}
+{{- $mi := float64 (include "taskq.quantityMi" (dig "limits" "memory" "" .Values.mongodb.resources)) -}}
 {{- $gb := divf (mulf $mi 0.4) 1024 -}}
 {{- if lt $gb 0.25 }}{{ $gb = 0.25 }}{{ end -}}
 {{- printf "%.2f" $gb -}}
 {{- end -}}
 
-{{/* Does the worker Deployment have its replicas owned by the controller? */}}
+{{/* Does the worker Deployment have its replicas owned by the controller? (See also worker.hpa.) */}}
 {{- define "taskq.worker.autoscaled" -}}
 {{- if and .Values.controller.enabled .Values.controller.scaler.enabled -}}true{{- end -}}
 {{- end -}}

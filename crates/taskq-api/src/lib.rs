@@ -385,6 +385,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .merge(open)
         .split_for_parts();
+    // The dashboard: HTML, not part of the api's OpenAPI document.
     router
         .merge(ui::router(&state))
         .fallback(|| async { ApiError::not_found("no such route") })

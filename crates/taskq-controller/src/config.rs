@@ -112,4 +112,13 @@ mod tests {
         let args = Args::parse_from(["taskq-controller", "--leader-election", "false"]);
         assert!(!args.leader_election);
     }
+
+    /// scripts/chart/env/taskq-controller.txt lists exactly the variables this parser
+    /// reads: the chart's template tests allow no other TASKQ_* variable on the controller.
+    /// Regenerate with `TASKQ_WRITE_ENV_LISTS=1 cargo test -p taskq-controller env_list`.
+    #[test]
+    fn chart_env_list_is_what_the_parser_reads() {
+        use clap::CommandFactory;
+        taskq_testkit::assert_env_list("taskq-controller", &Args::command());
+    }
 }

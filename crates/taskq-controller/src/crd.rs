@@ -2,10 +2,14 @@
 //! `tqs`): which Deployment to scale, from which queues, within which bounds, and the
 //! status the controller reports back.
 //!
-//! The CRD in `charts/taskq/crds/` is generated from these types by the `crdgen` binary
-//! ([`crd_yaml`]); a test fails when the two differ. The schema carries no numeric bounds
-//! on purpose: every field is checked by [`TaskQueueScalerSpec::validate`], so a bad value
-//! shows up in the scaler's conditions and Events instead of failing the whole watch.
+//! The chart's CRD template (`charts/taskq/templates/crds/`) is generated from these types
+//! by the `crdgen` binary ([`crd_template`]); a test fails when the two differ. The
+//! schema rejects at admission what [`TaskQueueScalerSpec::validate`] rejects by bounds
+//! (OpenAPI minimums and maximums, and a CEL rule for `minReplicas <= maxReplicas`); the
+//! controller still validates every spec (duplicate queues, objects stored before the
+//! schema had these rules) and reports a bad one in the conditions and Events. The serde
+//! defaults are the schema's defaults and equal the chart's `controller.scaler` values
+//! (checked by scripts/chart/test.sh).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,6 +44,7 @@ const MAX_SECONDS: i64 = 86_400;
     derive = "PartialEq",
     doc = "Scales a Deployment from the depth of taskq queues.",
     label("app.kubernetes.io/part-of", "taskq"),
+    annotation("helm.sh/resource-policy", "keep"),
     printcolumn = r#"{"name": "Deployment", "type": "string", "jsonPath": ".spec.deployment"}"#,
     printcolumn = r#"{"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas"}"#,
     printcolumn = r#"{"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas"}"#,
@@ -50,31 +55,48 @@ const MAX_SECONDS: i64 = 86_400;
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "spec.minReplicas must not exceed spec.maxReplicas",
+    "fieldPath": ".minReplicas"
+}]))]
 pub struct TaskQueueScalerSpec {
     /// Name of the Deployment to scale, in the scaler's namespace.
+    #[schemars(length(min = 1, max = 253))]
     pub deployment: String,
     /// Queues whose pending tasks (queued, due scheduled, retrying, running) count.
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))
+    )]
     pub queues: Vec<String>,
     /// Fewest replicas; 0 allows scaling to zero.
     #[serde(default = "defaults::min_replicas")]
+    #[schemars(range(min = 0))]
     pub min_replicas: i32,
     /// Most replicas.
+    #[schemars(range(min = 1))]
     pub max_replicas: i32,
     /// Pending tasks one replica should carry: desired = ceil(depth / this).
     #[serde(default = "defaults::target_tasks_per_replica")]
+    #[schemars(range(min = 1))]
     pub target_tasks_per_replica: i64,
     /// Pending tasks needed to scale up from zero (with minReplicas 0); below it the
     /// scaler is inactive and goes to zero once the stabilization window has passed.
     #[serde(default = "defaults::activation_tasks")]
+    #[schemars(range(min = 0))]
     pub activation_tasks: i64,
     /// Seconds between depth readings.
     #[serde(default = "defaults::polling_interval")]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub polling_interval: i64,
     /// Seconds the desired count must stay lower before replicas are removed.
     #[serde(default = "defaults::scale_down_stabilization")]
+    #[schemars(range(min = 0, max = MAX_SECONDS))]
     pub scale_down_stabilization: i64,
     /// Most replicas added in one step; one step per polling interval.
     #[serde(default = "defaults::max_scale_up_step")]
+    #[schemars(range(min = 1))]
     pub max_scale_up_step: i32,
 }
 
@@ -83,13 +105,13 @@ mod defaults {
         1
     }
     pub fn target_tasks_per_replica() -> i64 {
-        10
+        50
     }
     pub fn activation_tasks() -> i64 {
         1
     }
     pub fn polling_interval() -> i64 {
-        15
+        5
     }
     pub fn scale_down_stabilization() -> i64 {
         300
@@ -223,18 +245,37 @@ impl TaskQueueScalerSpec {
     }
 }
 
-/// The CRD as YAML, with a header saying where it comes from: what `crdgen` writes to
-/// `charts/taskq/crds/taskqueuescalers.taskq.dev.yaml`.
+/// Where `crdgen` writes [`crd_template`], relative to the repository root.
+pub const CRD_TEMPLATE_PATH: &str = "charts/taskq/templates/crds/taskqueuescalers.taskq.dev.yaml";
+
+/// The lines of [`crd_template`] around the CRD itself.
+const TEMPLATE_HEAD: &str = "{{- /*\n\
+    TaskQueueScaler: scales a Deployment from the depth of taskq queues.\n\
+    Generated from crates/taskq-controller/src/crd.rs by\n\
+    \x20 cargo run -p taskq-controller --bin crdgen > charts/taskq/templates/crds/taskqueuescalers.taskq.dev.yaml\n\
+    Do not edit; a test fails when this file and the Rust types differ. A template (not\n\
+    crds/), so `helm upgrade` applies schema changes; kept on uninstall\n\
+    (helm.sh/resource-policy: keep) so that deleting a release never deletes every\n\
+    TaskQueueScaler of the cluster.\n\
+    */}}\n\
+    {{- if and .Values.crds.install .Values.controller.enabled }}\n";
+const TEMPLATE_TAIL: &str = "{{- end }}\n";
+
+/// The CRD as YAML.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    let body = serde_saphyr::to_string(&TaskQueueScaler::crd())?;
-    Ok(format!(
-        "# TaskQueueScaler: scales a Deployment from the depth of taskq queues.\n\
-         # Generated from crates/taskq-controller/src/crd.rs by\n\
-         #   cargo run -p taskq-controller --bin crdgen > charts/taskq/crds/taskqueuescalers.taskq.dev.yaml\n\
-         # Do not edit; a test fails when this file and the Rust types differ. Helm installs\n\
-         # files in crds/ before the templates and never deletes them on uninstall.\n\
-         {body}"
-    ))
+    serde_saphyr::to_string(&TaskQueueScaler::crd())
+}
+
+/// The chart's CRD template: [`crd_yaml`] behind `crds.install` and `controller.enabled`,
+/// what `crdgen` writes to [`CRD_TEMPLATE_PATH`].
+pub fn crd_template() -> Result<String, serde_saphyr::ser::Error> {
+    Ok(format!("{TEMPLATE_HEAD}{}{TEMPLATE_TAIL}", crd_yaml()?))
+}
+
+/// The CRD inside a [`crd_template`] text (`None` when the wrapping lines are missing).
+pub fn crd_of_template(text: &str) -> Option<&str> {
+    text.strip_prefix(TEMPLATE_HEAD)?
+        .strip_suffix(TEMPLATE_TAIL)
 }
 
 #[cfg(test)]
@@ -254,9 +295,9 @@ mod tests {
     fn defaults_fill_optional_fields() {
         let s = spec();
         assert_eq!(s.min_replicas, 1);
-        assert_eq!(s.target_tasks_per_replica, 10);
+        assert_eq!(s.target_tasks_per_replica, 50);
         assert_eq!(s.activation_tasks, 1);
-        assert_eq!(s.polling_interval, 15);
+        assert_eq!(s.polling_interval, 5);
         assert_eq!(s.scale_down_stabilization, 300);
         assert_eq!(s.max_scale_up_step, 4);
         let settings = s.validate().expect("valid");
@@ -336,21 +377,48 @@ mod tests {
     /// The chart ships exactly what `crdgen` generates from these types.
     #[test]
     fn chart_crd_matches_the_rust_types() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../charts/taskq/crds/taskqueuescalers.taskq.dev.yaml"
-        );
-        let shipped = std::fs::read_to_string(path).expect("read the chart's CRD");
-        let generated = crd_yaml().expect("serialize the CRD");
+        let path = format!("{}/../../{CRD_TEMPLATE_PATH}", env!("CARGO_MANIFEST_DIR"));
+        let shipped = std::fs::read_to_string(&path).expect("read the chart's CRD template");
+        let generated = crd_template().expect("serialize the CRD");
         assert!(
             shipped == generated,
             "{path} differs from the TaskQueueScaler types; regenerate it with\n  \
-             cargo run -p taskq-controller --bin crdgen > charts/taskq/crds/taskqueuescalers.taskq.dev.yaml"
+             cargo run -p taskq-controller --bin crdgen > {CRD_TEMPLATE_PATH}"
         );
         // And it parses back into the same object.
+        let body = crd_of_template(&shipped).expect("the template wraps the CRD");
         let parsed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-            serde_saphyr::from_str(&shipped).expect("the chart's CRD parses");
+            serde_saphyr::from_str(body).expect("the chart's CRD parses");
         assert_eq!(parsed, TaskQueueScaler::crd());
+    }
+
+    /// The schema carries the bounds `validate` checks, the CEL rule, and the defaults.
+    #[test]
+    fn crd_schema_validates_bounds_and_defaults() {
+        let crd = TaskQueueScaler::crd();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema json");
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        let p = &spec["properties"];
+        assert_eq!(p["minReplicas"]["minimum"], 0.0, "{p}");
+        assert_eq!(p["maxReplicas"]["minimum"], 1.0);
+        assert_eq!(p["targetTasksPerReplica"]["minimum"], 1.0);
+        assert_eq!(p["pollingInterval"]["maximum"], 86_400.0);
+        assert_eq!(p["maxScaleUpStep"]["minimum"], 1.0);
+        assert_eq!(p["queues"]["minItems"], 1);
+        assert_eq!(p["targetTasksPerReplica"]["default"], 50);
+        assert_eq!(p["pollingInterval"]["default"], 5);
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "self.minReplicas <= self.maxReplicas"
+        );
+        assert_eq!(
+            crd.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("helm.sh/resource-policy"))
+                .map(String::as_str),
+            Some("keep")
+        );
     }
 
     #[test]

@@ -197,4 +197,36 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("scaler=\"s\""), "{text}");
     }
+
+    /// The chart's alerts use only `taskq_controller_*` series this registry exports.
+    #[test]
+    fn prometheus_rule_queries_only_exported_controller_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/taskq/templates/prometheusrule.yaml"
+        );
+        let rule = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let m = Metrics::new();
+        m.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                namespace: "ns".into(),
+                scaler: "s".into(),
+                reason: "r".into(),
+            })
+            .inc();
+        let text = m.encode();
+        let used: std::collections::BTreeSet<&str> = rule
+            .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .filter(|w| w.starts_with("taskq_controller_"))
+            .collect();
+        assert!(!used.is_empty(), "the rule uses no controller metric");
+        for name in used {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "the alerts query {name}, which the controller does not export:\n{text}"
+            );
+        }
+    }
 }

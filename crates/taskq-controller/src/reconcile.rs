@@ -5,7 +5,9 @@
 //! 1. `GET deployments/<name>` — only when the watch cache does not hold the Deployment
 //!    (it does not exist, or the watch has not caught up with its creation);
 //! 2. `PATCH deployments/<name>/scale` — only when the replica count changes (never on a
-//!    Deployment annotated `taskq.dev/autoscaling-paused: "true"`, never unless leader);
+//!    Deployment annotated `taskq.dev/autoscaling-paused: "true"`, never on one that a
+//!    HorizontalPodAutoscaler or KEDA ScaledObject also targets (read from watch caches;
+//!    the scaler reports `Conflict`), never unless leader);
 //! 3. `POST events` (events.k8s.io) — on a scale and when an error condition first appears
 //!    (repeats of one event are `PATCH`ed into a series by the recorder);
 //! 4. `PATCH taskqueuescalers/<name>/status` (server-side apply) — only when the status
@@ -17,13 +19,15 @@
 //! ([`error_policy`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -56,6 +60,8 @@ pub mod reasons {
     pub const QUEUES_HAVE_TASKS: &str = "QueuesHaveTasks";
     pub const QUEUES_IDLE: &str = "QueuesIdle";
     pub const DEPTH_UNKNOWN: &str = "DepthUnknown";
+    /// A HorizontalPodAutoscaler or KEDA ScaledObject also targets the Deployment.
+    pub const CONFLICT: &str = "Conflict";
     pub const NO_ERROR: &str = "NoError";
 }
 
@@ -71,6 +77,8 @@ pub enum Error {
     Depth(#[from] taskq_redis::BrokerError),
     #[error("not the leader; nothing done")]
     NotLeader,
+    #[error("the HorizontalPodAutoscaler or ScaledObject cache has not been filled yet")]
+    CacheNotReady,
 }
 
 /// What one scaler's reconciles remember between runs (in memory, per leadership term).
@@ -98,7 +106,47 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub leadership: Leadership,
+    /// The other autoscalers of the namespace (none watched unless set).
+    others: OtherAutoscalers,
     state: Mutex<HashMap<(String, String), ScalerState>>,
+}
+
+/// Watch caches of the autoscalers that would fight the controller over a Deployment's
+/// replicas: HorizontalPodAutoscalers, and KEDA ScaledObjects where KEDA is installed.
+#[derive(Clone, Debug, Default)]
+pub struct OtherAutoscalers {
+    pub hpas: Option<Store<HorizontalPodAutoscaler>>,
+    pub scaled_objects: Option<Store<DynamicObject>>,
+}
+
+/// The Deployment an HPA scales, if it scales one.
+pub fn hpa_target(hpa: &HorizontalPodAutoscaler) -> Option<&str> {
+    let target = &hpa.spec.as_ref()?.scale_target_ref;
+    (target.kind == "Deployment").then_some(target.name.as_str())
+}
+
+/// The Deployment a KEDA ScaledObject scales, if it scales one (KEDA's default kind is
+/// Deployment).
+pub fn scaled_object_target(so: &DynamicObject) -> Option<&str> {
+    let target = &so.data["spec"]["scaleTargetRef"];
+    let kind = target["kind"].as_str().unwrap_or("Deployment");
+    (kind == "Deployment")
+        .then(|| target["name"].as_str())
+        .flatten()
+}
+
+/// Longest wait for a watch cache's first listing.
+const CACHE_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn ready<K>(store: &Store<K>) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match tokio::time::timeout(CACHE_READY_TIMEOUT, store.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Error::CacheNotReady),
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -125,8 +173,15 @@ impl Context {
             recorder,
             metrics,
             leadership,
+            others: OtherAutoscalers::default(),
             state: Mutex::default(),
         }
+    }
+
+    /// Refuses to scale Deployments that these autoscalers also target.
+    pub fn with_other_autoscalers(mut self, others: OtherAutoscalers) -> Self {
+        self.others = others;
+        self
     }
 
     fn with_state<T>(&self, scaler: &TaskQueueScaler, f: impl FnOnce(&mut ScalerState) -> T) -> T {
@@ -163,6 +218,32 @@ impl Context {
         Api::<Deployment>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
+    }
+
+    /// The HorizontalPodAutoscalers and KEDA ScaledObjects of `ns` whose target is the
+    /// Deployment `name`, as `kind/name`, from the watch caches (waiting for their first
+    /// listing, so a fresh controller never scales before it knows).
+    async fn other_autoscalers(&self, ns: &str, name: &str) -> Result<Vec<String>, Error> {
+        let mut found = Vec::new();
+        if let Some(hpas) = &self.others.hpas {
+            ready(hpas).await?;
+            for hpa in hpas.state() {
+                if hpa.namespace().as_deref() == Some(ns) && hpa_target(&hpa) == Some(name) {
+                    found.push(format!("HorizontalPodAutoscaler/{}", hpa.name_any()));
+                }
+            }
+        }
+        if let Some(scaled) = &self.others.scaled_objects {
+            ready(scaled).await?;
+            for so in scaled.state() {
+                if so.namespace().as_deref() == Some(ns) && scaled_object_target(&so) == Some(name)
+                {
+                    found.push(format!("ScaledObject/{}", so.name_any()));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     async fn scale(&self, ns: &str, name: &str, replicas: i32) -> Result<(), kube::Error> {
@@ -389,260 +470,413 @@ async fn reconcile_inner(scaler: &TaskQueueScaler, ctx: &Context) -> Result<Acti
     if !ctx.leadership.is_leader() {
         return Err(Error::NotLeader);
     }
-    let span = tracing::Span::current();
-    let ns = scaler.namespace().unwrap_or_default();
-    let name = scaler.name_any();
-    let labels = ScalerLabels {
-        namespace: ns.clone(),
-        scaler: name.clone(),
+    let mut run = Run::start(scaler, ctx);
+    let settings = match run.validate_spec().await? {
+        ControlFlow::Continue(s) => s,
+        ControlFlow::Break(action) => return Ok(action),
     };
-    let generation = scaler.metadata.generation;
-    let mut status = TaskQueueScalerStatus {
-        observed_generation: generation,
-        ..scaler.status.clone().unwrap_or_default()
+    let deployment = match run.find_deployment(&settings).await? {
+        ControlFlow::Continue(d) => d,
+        ControlFlow::Break(action) => return Ok(action),
     };
-    if let Some(written) = ctx.with_state(scaler, |s| s.written.clone()) {
-        // What we wrote last is newer than (or as new as) the cached object.
-        status = TaskQueueScalerStatus {
-            observed_generation: generation,
-            ..written
-        };
+    if let ControlFlow::Break(action) = run.refuse_other_autoscalers(&settings).await? {
+        return Ok(action);
+    }
+    let current = run.record_current(&deployment);
+    let (total, active) = run.read_depth(&settings).await?;
+    if is_paused(&deployment) {
+        return run.report_paused(&settings, current, active).await;
+    }
+    run.decide_and_scale(&settings, &deployment, current, total, active)
+        .await
+}
+
+/// Which way a scale moved the replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    /// The direction from `from` to `to` replicas (`to` differs from `from`).
+    pub fn of(from: i32, to: i32) -> Self {
+        if to > from { Self::Up } else { Self::Down }
     }
 
-    // 1. The spec.
-    let settings = match scaler.spec.validate() {
-        Ok(s) => s,
-        Err(problems) => {
-            ctx.with_state(scaler, |s| s.history.clear());
-            status.desired_replicas = None;
-            report_failure(
-                ctx,
-                scaler,
-                status,
-                reasons::INVALID_SPEC,
-                problems.join("; "),
-                None,
-            )
-            .await?;
-            // Nothing to do until the spec changes.
-            return Ok(Action::await_change());
+    /// The `direction` label of `taskq_controller_scale_operations_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
         }
-    };
-    ctx.with_state(scaler, |s| {
-        s.queues = settings.queues.iter().map(|q| q.to_string()).collect();
-    });
+    }
 
-    // 2. The Deployment.
-    let deployment = match ctx.deployment(&ns, &settings.deployment).await {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            ctx.with_state(scaler, |s| s.history.clear());
-            status.current_replicas = None;
-            status.desired_replicas = None;
-            report_failure(
-                ctx,
-                scaler,
-                status,
-                reasons::DEPLOYMENT_NOT_FOUND,
-                format!("deployment {ns}/{} does not exist", settings.deployment),
-                None,
-            )
-            .await?;
-            // Its creation triggers a reconcile through the Deployment watch; poll too.
-            return Ok(Action::requeue(settings.polling_interval));
+    /// The reason of the Normal Event a scale publishes.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Self::Up => "ScaledUp",
+            Self::Down => "ScaledDown",
         }
-        Err(e) => {
-            report_failure(
-                ctx,
-                scaler,
-                status,
-                reasons::API_ERROR,
-                format!("reading deployment {ns}/{}: {e}", settings.deployment),
-                None,
-            )
-            .await?;
-            return Err(e.into());
-        }
-    };
-    let current = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    status.current_replicas = Some(current);
-    span.record("current", current);
-    ctx.metrics
-        .current
-        .get_or_create(&labels)
-        .set(i64::from(current));
+    }
+}
 
-    // 3. The depth.
-    let depths: BTreeMap<String, u64> =
-        match depth::read_all(ctx.depth.as_ref(), &settings.queues).await {
-            Ok(d) => d,
+/// One reconcile of one scaler: the steps of [`reconcile_inner`], in order. Each step
+/// either hands its result to the next (`Continue`) or has reported and ends the
+/// reconcile (`Break` with the requeue action, or an error that is retried with backoff).
+struct Run<'a> {
+    scaler: &'a TaskQueueScaler,
+    ctx: &'a Context,
+    ns: String,
+    labels: ScalerLabels,
+    /// The status being built; written once at the end of every path.
+    status: TaskQueueScalerStatus,
+    span: tracing::Span,
+}
+
+impl<'a> Run<'a> {
+    /// The status starts from what was last written (newer than or as new as the cache).
+    fn start(scaler: &'a TaskQueueScaler, ctx: &'a Context) -> Self {
+        let ns = scaler.namespace().unwrap_or_default();
+        let generation = scaler.metadata.generation;
+        let base = ctx
+            .with_state(scaler, |s| s.written.clone())
+            .or_else(|| scaler.status.clone())
+            .unwrap_or_default();
+        Self {
+            scaler,
+            ctx,
+            labels: ScalerLabels {
+                namespace: ns.clone(),
+                scaler: scaler.name_any(),
+            },
+            ns,
+            status: TaskQueueScalerStatus {
+                observed_generation: generation,
+                ..base
+            },
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Reports a failure with the status built so far.
+    async fn fail(
+        &self,
+        reason: &str,
+        message: String,
+        active: Option<(bool, String)>,
+    ) -> Result<(), kube::Error> {
+        report_failure(
+            self.ctx,
+            self.scaler,
+            self.status.clone(),
+            reason,
+            message,
+            active,
+        )
+        .await
+    }
+
+    fn forget_history(&self) {
+        self.ctx.with_state(self.scaler, |s| s.history.clear());
+    }
+
+    /// Step 1: the spec. An invalid one waits for a change of the scaler.
+    async fn validate_spec(&mut self) -> Result<ControlFlow<Action, Settings>, Error> {
+        match self.scaler.spec.validate() {
+            Ok(settings) => {
+                self.ctx.with_state(self.scaler, |s| {
+                    s.queues = settings.queues.iter().map(|q| q.to_string()).collect();
+                });
+                Ok(ControlFlow::Continue(settings))
+            }
+            Err(problems) => {
+                self.forget_history();
+                self.status.desired_replicas = None;
+                self.fail(reasons::INVALID_SPEC, problems.join("; "), None)
+                    .await?;
+                Ok(ControlFlow::Break(Action::await_change()))
+            }
+        }
+    }
+
+    /// Step 2: the Deployment. A missing one is polled for (its creation also triggers a
+    /// reconcile through the Deployment watch).
+    async fn find_deployment(
+        &mut self,
+        settings: &Settings,
+    ) -> Result<ControlFlow<Action, Deployment>, Error> {
+        let ns = &self.ns;
+        match self.ctx.deployment(ns, &settings.deployment).await {
+            Ok(Some(d)) => Ok(ControlFlow::Continue(d)),
+            Ok(None) => {
+                self.forget_history();
+                self.status.current_replicas = None;
+                self.status.desired_replicas = None;
+                let message = format!("deployment {ns}/{} does not exist", settings.deployment);
+                self.fail(reasons::DEPLOYMENT_NOT_FOUND, message, None)
+                    .await?;
+                Ok(ControlFlow::Break(Action::requeue(
+                    settings.polling_interval,
+                )))
+            }
             Err(e) => {
-                // The last good reading stays in the status; the conditions say it is stale.
-                status.desired_replicas = Some(current);
-                report_failure(
-                    ctx,
-                    scaler,
-                    status,
-                    reasons::REDIS_UNAVAILABLE,
-                    format!("reading the queue depth: {e}"),
-                    None,
-                )
-                .await?;
-                return Err(e.into());
+                let message = format!("reading deployment {ns}/{}: {e}", settings.deployment);
+                self.fail(reasons::API_ERROR, message, None).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Step 3: no other autoscaler may own the same Deployment. Two autoscalers writing
+    /// one replica count undo each other's work, so the scaler reports `Conflict` and
+    /// leaves the replicas alone until the other one is gone.
+    async fn refuse_other_autoscalers(
+        &mut self,
+        settings: &Settings,
+    ) -> Result<ControlFlow<Action>, Error> {
+        let others = match self
+            .ctx
+            .other_autoscalers(&self.ns, &settings.deployment)
+            .await
+        {
+            Ok(others) => others,
+            Err(e) => {
+                self.fail(reasons::API_ERROR, e.to_string(), None).await?;
+                return Err(e);
             }
         };
-    let total: u64 = depths.values().sum();
-    span.record("depth", total);
-    for (queue, d) in &depths {
-        ctx.metrics
-            .depth
-            .get_or_create(&QueueLabels {
-                namespace: ns.clone(),
-                scaler: name.clone(),
-                queue: queue.clone(),
-            })
-            .set(i64::try_from(*d).unwrap_or(i64::MAX));
+        if others.is_empty() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        self.forget_history();
+        self.status.desired_replicas = None;
+        let message = format!(
+            "deployment {} is also scaled by {}; remove one of the autoscalers (its replicas are left alone)",
+            settings.deployment,
+            others.join(", ")
+        );
+        self.fail(reasons::CONFLICT, message, None).await?;
+        Ok(ControlFlow::Break(Action::requeue(
+            settings.polling_interval,
+        )))
     }
-    status.queue_depth = depths
-        .iter()
-        .map(|(q, d)| (q.clone(), i64::try_from(*d).unwrap_or(i64::MAX)))
-        .collect();
-    status.depth = Some(i64::try_from(total).unwrap_or(i64::MAX));
-    let active = activity(total, &settings);
 
-    // 4. A paused Deployment is reported on, never scaled.
-    if is_paused(&deployment) {
-        ctx.with_state(scaler, |s| s.history.clear());
-        status.desired_replicas = Some(current);
-        span.record("desired", current);
-        span.record("decision", reasons::PAUSED);
-        ctx.metrics
-            .desired
-            .get_or_create(&labels)
+    /// The Deployment's replicas, into the status, the span and the metrics.
+    fn record_current(&mut self, deployment: &Deployment) -> i32 {
+        let current = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        self.status.current_replicas = Some(current);
+        self.span.record("current", current);
+        self.ctx
+            .metrics
+            .current
+            .get_or_create(&self.labels)
             .set(i64::from(current));
+        current
+    }
+
+    /// Step 4: the depth of every queue, into the status and the metrics. On failure the
+    /// last good reading stays in the status; the conditions say it is stale.
+    async fn read_depth(&mut self, settings: &Settings) -> Result<(u64, (bool, String)), Error> {
+        let depths: BTreeMap<String, u64> =
+            match depth::read_all(self.ctx.depth.as_ref(), &settings.queues).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.status.desired_replicas = self.status.current_replicas;
+                    let message = format!("reading the queue depth: {e}");
+                    self.fail(reasons::REDIS_UNAVAILABLE, message, None).await?;
+                    return Err(e.into());
+                }
+            };
+        let total: u64 = depths.values().sum();
+        self.span.record("depth", total);
+        for (queue, d) in &depths {
+            self.ctx
+                .metrics
+                .depth
+                .get_or_create(&QueueLabels {
+                    namespace: self.ns.clone(),
+                    scaler: self.labels.scaler.clone(),
+                    queue: queue.clone(),
+                })
+                .set(i64::try_from(*d).unwrap_or(i64::MAX));
+        }
+        self.status.queue_depth = depths
+            .iter()
+            .map(|(q, d)| (q.clone(), i64::try_from(*d).unwrap_or(i64::MAX)))
+            .collect();
+        self.status.depth = Some(i64::try_from(total).unwrap_or(i64::MAX));
+        Ok((total, activity(total, settings)))
+    }
+
+    /// The desired count, into the status, the span and the metrics.
+    fn record_desired(&mut self, desired: i32, decision: &str) {
+        self.status.desired_replicas = Some(desired);
+        self.span.record("desired", desired);
+        self.span.record("decision", decision);
+        self.ctx
+            .metrics
+            .desired
+            .get_or_create(&self.labels)
+            .set(i64::from(desired));
+    }
+
+    /// Writes the status as working, with `reason` and `message`.
+    async fn finish_ok(
+        mut self,
+        settings: &Settings,
+        reason: &str,
+        message: String,
+        active: (bool, String),
+    ) -> Result<Action, Error> {
         set_conditions(
-            &mut status,
-            generation,
-            Health::Ok {
-                reason: reasons::PAUSED,
-                message: format!(
-                    "deployment {} is annotated {PAUSED_ANNOTATION}=true; its replicas are left alone",
-                    settings.deployment
-                ),
-            },
+            &mut self.status,
+            self.scaler.metadata.generation,
+            Health::Ok { reason, message },
             Some(active),
         );
-        ctx.write_status(scaler, status).await?;
-        return Ok(Action::requeue(settings.polling_interval));
+        self.ctx.write_status(self.scaler, self.status).await?;
+        Ok(Action::requeue(settings.polling_interval))
     }
 
-    // 5. Decide, and scale.
-    let decision: Decision = ctx.with_state(scaler, |s| {
-        scaling::decide(
-            &mut s.history,
-            Instant::now(),
-            total,
-            current,
-            &settings.policy,
-        )
-    });
-    span.record("desired", decision.desired);
-    span.record("decision", decision.reason.as_str());
-    status.desired_replicas = Some(decision.desired);
-    ctx.metrics
-        .desired
-        .get_or_create(&labels)
-        .set(i64::from(decision.desired));
-    let explanation = format!(
-        "{}: {total} pending tasks, {} per replica, recommended {}, desired {} (min {}, max {})",
-        decision.reason.as_str(),
-        settings.policy.target,
-        decision.recommended,
-        decision.desired,
-        settings.policy.min,
-        settings.policy.max,
-    );
-    if decision.desired != current {
-        // The last check before acting: a controller that may have lost its Lease stops.
-        if !ctx.leadership.is_leader() {
-            return Err(Error::NotLeader);
-        }
-        if let Err(e) = ctx.scale(&ns, &settings.deployment, decision.desired).await {
-            report_failure(
-                ctx,
-                scaler,
-                status,
-                reasons::SCALE_FAILED,
-                format!(
-                    "scaling deployment {} to {}: {e}",
-                    settings.deployment, decision.desired
-                ),
-                Some(active),
+    /// Step 5a: a paused Deployment is reported on, never scaled.
+    async fn report_paused(
+        mut self,
+        settings: &Settings,
+        current: i32,
+        active: (bool, String),
+    ) -> Result<Action, Error> {
+        self.forget_history();
+        self.record_desired(current, reasons::PAUSED);
+        let message = format!(
+            "deployment {} is annotated {PAUSED_ANNOTATION}=true; its replicas are left alone",
+            settings.deployment
+        );
+        self.finish_ok(settings, reasons::PAUSED, message, active)
+            .await
+    }
+
+    /// Step 5b: decide, scale when the count changes, report.
+    async fn decide_and_scale(
+        mut self,
+        settings: &Settings,
+        deployment: &Deployment,
+        current: i32,
+        total: u64,
+        active: (bool, String),
+    ) -> Result<Action, Error> {
+        let decision: Decision = self.ctx.with_state(self.scaler, |s| {
+            scaling::decide(
+                &mut s.history,
+                Instant::now(),
+                total,
+                current,
+                &settings.policy,
+            )
+        });
+        self.record_desired(decision.desired, decision.reason.as_str());
+        let explanation = format!(
+            "{}: {total} pending tasks, {} per replica, recommended {}, desired {} (min {}, max {})",
+            decision.reason.as_str(),
+            settings.policy.target,
+            decision.recommended,
+            decision.desired,
+            settings.policy.min,
+            settings.policy.max,
+        );
+        if decision.desired != current {
+            self.scale(
+                settings,
+                deployment,
+                current,
+                &decision,
+                total,
+                &explanation,
+                &active,
             )
             .await?;
+        }
+        self.finish_ok(settings, reasons::SCALER_READY, explanation, active)
+            .await
+    }
+
+    /// Patches the Deployment's scale to `decision.desired` and records it (log, metric,
+    /// status, Event); a failure is reported and returned.
+    #[allow(clippy::too_many_arguments)]
+    async fn scale(
+        &mut self,
+        settings: &Settings,
+        deployment: &Deployment,
+        current: i32,
+        decision: &Decision,
+        total: u64,
+        explanation: &str,
+        active: &(bool, String),
+    ) -> Result<(), Error> {
+        // The last check before acting: a controller that may have lost its Lease stops.
+        if !self.ctx.leadership.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let desired = decision.desired;
+        if let Err(e) = self
+            .ctx
+            .scale(&self.ns, &settings.deployment, desired)
+            .await
+        {
+            let message = format!(
+                "scaling deployment {} to {desired}: {e}",
+                settings.deployment
+            );
+            self.fail(reasons::SCALE_FAILED, message, Some(active.clone()))
+                .await?;
             return Err(e.into());
         }
-        let direction = if decision.desired > current {
-            "up"
-        } else {
-            "down"
-        };
+        let direction = Direction::of(current, desired);
         tracing::info!(
             deployment = %settings.deployment,
             from = current,
-            to = decision.desired,
+            to = desired,
             depth = total,
             reason = decision.reason.as_str(),
             "scaled"
         );
-        ctx.metrics
+        self.ctx
+            .metrics
             .scale_operations
             .get_or_create(&ScaleLabels {
-                namespace: ns.clone(),
-                scaler: name.clone(),
-                direction: direction.to_owned(),
+                namespace: self.ns.clone(),
+                scaler: self.labels.scaler.clone(),
+                direction: direction.as_str().to_owned(),
             })
             .inc();
-        ctx.metrics
+        self.ctx
+            .metrics
             .current
-            .get_or_create(&labels)
-            .set(i64::from(decision.desired));
-        status.current_replicas = Some(decision.desired);
-        status.last_scale_time = Some(now_time());
-        ctx.publish(
-            scaler,
-            Event {
-                type_: EventType::Normal,
-                reason: if direction == "up" {
-                    "ScaledUp".to_owned()
-                } else {
-                    "ScaledDown".to_owned()
+            .get_or_create(&self.labels)
+            .set(i64::from(desired));
+        self.status.current_replicas = Some(desired);
+        self.status.last_scale_time = Some(now_time());
+        self.ctx
+            .publish(
+                self.scaler,
+                Event {
+                    type_: EventType::Normal,
+                    reason: direction.event_reason().to_owned(),
+                    note: Some(format!(
+                        "deployment {} from {current} to {desired} replicas ({explanation})",
+                        settings.deployment
+                    )),
+                    action: "Scale".to_owned(),
+                    secondary: Some(deployment.object_ref(&())),
                 },
-                note: Some(format!(
-                    "deployment {} from {current} to {} replicas ({explanation})",
-                    settings.deployment, decision.desired
-                )),
-                action: "Scale".to_owned(),
-                secondary: Some(deployment.object_ref(&())),
-            },
-        )
-        .await;
+            )
+            .await;
+        Ok(())
     }
-    set_conditions(
-        &mut status,
-        generation,
-        Health::Ok {
-            reason: reasons::SCALER_READY,
-            message: explanation,
-        },
-        Some(active),
-    );
-    ctx.write_status(scaler, status).await?;
-    Ok(Action::requeue(settings.polling_interval))
 }
 
 /// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter); see

@@ -19,6 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -33,7 +35,7 @@ use crate::depth::DepthSource;
 use crate::http::{self, Health};
 use crate::leader::{Elector, Leadership, LeaseConfig, TermEnd};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::reconcile::{self, Context, OtherAutoscalers, hpa_target, scaled_object_target};
 
 /// The `reportingController` of the controller's Events.
 pub const REPORTING_CONTROLLER: &str = "taskq.dev/taskq-controller";
@@ -148,7 +150,21 @@ impl Term {
             .reflect(deployment_writer)
             .applied_objects()
             .predicate_filter(deployment_trigger, Default::default());
-        let ctx = Arc::new(Context::new(
+        // Other autoscalers: an HPA or ScaledObject that appears triggers its Deployment's
+        // scalers at once (to report Conflict); one that goes is noticed at the next poll.
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let (hpa_store, hpa_writer) = reflector::store();
+        let hpa_stream = watcher(hpas, watcher::Config::default())
+            .default_backoff()
+            .reflect(hpa_writer)
+            .applied_objects();
+        let keda = keda_scaled_objects(&self.client).await;
+        let mut others = OtherAutoscalers {
+            hpas: Some(hpa_store),
+            scaled_objects: None,
+        };
+        let ctx = Context::new(
             self.client.clone(),
             self.depth.clone(),
             deployment_store,
@@ -156,20 +172,43 @@ impl Term {
             self.recorder.clone(),
             self.metrics.clone(),
             self.leadership.clone(),
-        ));
+        );
         let targets = scaler_store.clone();
-        tracing::info!(namespace = %self.namespace, "watching TaskQueueScalers and Deployments");
-        Controller::for_stream(scaler_stream, scaler_store)
+        let scalers_of = move |ns: Option<String>, deployment: Option<&str>| {
+            targets
+                .state()
+                .into_iter()
+                .filter(|s| Some(s.spec.deployment.as_str()) == deployment && s.namespace() == ns)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        };
+        let for_deployment = scalers_of.clone();
+        let for_hpa = scalers_of.clone();
+        let mut controller = Controller::for_stream(scaler_stream, scaler_store)
             .watches_stream(deployment_stream, move |d: Deployment| {
-                let ns = d.namespace();
-                let name = d.name_any();
-                targets
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.spec.deployment == name && s.namespace() == ns)
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
+                for_deployment(d.namespace(), Some(d.name_any().as_str()))
             })
+            .watches_stream(hpa_stream, move |h: HorizontalPodAutoscaler| {
+                for_hpa(h.namespace(), hpa_target(&h))
+            });
+        if let Some(resource) = keda {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            others.scaled_objects = Some(writer.as_reader());
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .applied_objects();
+            controller = controller.watches_stream_with(
+                stream,
+                move |so: DynamicObject| scalers_of(so.namespace(), scaled_object_target(&so)),
+                resource,
+            );
+        }
+        let ctx = Arc::new(ctx.with_other_autoscalers(others));
+        tracing::info!(namespace = %self.namespace, "watching TaskQueueScalers, Deployments and other autoscalers");
+        controller
             .graceful_shutdown_on(stop.cancelled_owned())
             .run(reconcile::reconcile, reconcile::error_policy, ctx)
             .for_each(|result| async move {
@@ -184,6 +223,25 @@ impl Term {
             })
             .await;
         tracing::info!("controller stopped");
+    }
+}
+
+/// The ScaledObject resource when the cluster serves KEDA's `keda.sh/v1alpha1` API
+/// (discovery, which every authenticated client may read); `None` without KEDA. Looked up
+/// once per leadership term: KEDA installed later is watched from the next term on.
+async fn keda_scaled_objects(client: &kube::Client) -> Option<ApiResource> {
+    match client.list_api_group_resources("keda.sh/v1alpha1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "scaledobjects") => {
+            tracing::info!("KEDA found: ScaledObjects are watched for conflicts");
+            let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+            Some(ApiResource::from_gvk_with_plural(&gvk, "scaledobjects"))
+        }
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "KEDA discovery failed; ScaledObjects are not watched this term");
+            None
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Redis settings of taskq's binaries, as a clap argument group (feature `cli`).
 
-use crate::RedisConfig;
+use crate::{Broker, RedisConfig, Result};
 
 /// `--redis-url` / `TASKQ_REDIS_URL` and `--redis-cluster` / `TASKQ_REDIS_CLUSTER`, for
 /// `#[command(flatten)]` in a binary's parser.
@@ -22,5 +22,10 @@ impl RedisArgs {
     /// The connection settings these arguments name.
     pub fn config(&self) -> RedisConfig {
         RedisConfig::from_urls(&self.redis_url, self.redis_cluster)
+    }
+
+    /// A broker connected as these arguments say (see [`Broker::connect`]).
+    pub async fn connect(&self) -> Result<Broker> {
+        Broker::connect(&self.config()).await
     }
 }

@@ -76,7 +76,8 @@ impl ConnectionLike for Conn {
 /// What dedicated connections (for blocking commands) are opened from.
 #[derive(Clone)]
 pub(crate) enum Source {
-    Single(redis::Client),
+    /// Boxed: with TLS support a client holds its certificate settings.
+    Single(Box<redis::Client>),
     /// A client whose response timeout leaves room for blocking commands.
     Cluster(Box<ClusterClient>),
 }
@@ -87,6 +88,12 @@ pub(crate) const BLOCK_SECONDS: f64 = 1.0;
 pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
     if config.urls.is_empty() {
         return Err(BrokerError::Config("no redis url given".into()));
+    }
+    if config.urls.iter().any(|u| u.starts_with("rediss://")) {
+        // rustls needs one process-wide crypto provider; without this it picks one only
+        // when exactly one is compiled in, and panics otherwise. An error means a provider
+        // is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
     if config.cluster {
         let client = ClusterClient::builder(config.urls.clone())
@@ -108,7 +115,7 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
         let client = redis::Client::open(url.as_str())?;
         let conn =
             client.get_connection_manager_lazy(manager_config(Some(config.response_timeout)))?;
-        Ok((Conn::Single(conn), Source::Single(client)))
+        Ok((Conn::Single(conn), Source::Single(Box::new(client))))
     }
 }
 
@@ -132,5 +139,206 @@ impl Source {
             }
             Source::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+
+    /// `rediss://` (TLS) is compiled in: a build without redis's rustls features refuses
+    /// the URL before connecting.
+    #[tokio::test]
+    async fn tls_urls_are_supported() {
+        let config = RedisConfig::from_urls("rediss://taskq:secret@redis.example:6380/", false);
+        match open(&config).await {
+            Ok((Conn::Single(_), Source::Single(client))) => {
+                assert!(matches!(
+                    client.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                ));
+            }
+            Ok(_) => panic!("a single URL opened a cluster connection"),
+            Err(e) => panic!("rediss:// refused: {e}"),
+        }
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (Debian package openssl) runs");
+        assert!(status.success(), "openssl {args:?} failed");
+    }
+
+    /// A CA (`<name>-ca.pem`) and, when `server`, a certificate for 127.0.0.1 signed by it.
+    fn make_ca(dir: &Path, name: &str, server: bool) {
+        let (key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-keyout",
+                &key,
+                "-out",
+                &ca,
+            ],
+        );
+        if server {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                ],
+            );
+            std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
+                .expect("write san.cnf");
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    &ca,
+                    "-CAkey",
+                    &key,
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "san.cnf",
+                    "-out",
+                    "server.pem",
+                ],
+            );
+        }
+    }
+
+    /// Over `rediss://`, taskq verifies the server against the system's roots, which
+    /// `SSL_CERT_FILE` can replace (a private CA), and authenticates as the URL's user: a
+    /// real `redis-server` with TLS, a CA made here. The connection with the right CA
+    /// answers PING; with another CA it is refused. Each side runs in a child process of
+    /// this test binary (`tls_child`), since the variable is read from the environment.
+    #[test]
+    fn tls_connections_verify_the_server_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_ca(dir.path(), "good", true);
+        make_ca(dir.path(), "other", false);
+        let port = taskq_testkit::free_port();
+        let mut server = taskq_testkit::ChildGuard::spawn_logged(
+            "redis-server (TLS)",
+            Command::new("redis-server")
+                .current_dir(dir.path())
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "--tls-cert-file",
+                    "server.pem",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args([
+                    "--tls-ca-cert-file",
+                    "good-ca.pem",
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .args([
+                    "--save",
+                    "",
+                    "--user",
+                    "taskq",
+                    "on",
+                    ">tls-test-password",
+                    "~*",
+                    "&*",
+                    "+@all",
+                ])
+                .args(["--requirepass", "admin-password"]),
+        );
+        let url = format!("rediss://taskq:tls-test-password@127.0.0.1:{port}/");
+        let exe = std::env::current_exe().expect("test binary");
+        let child = |ca: &str| {
+            Command::new(&exe)
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "conn::tests::tls_child",
+                    "--nocapture",
+                ])
+                .env("SSL_CERT_FILE", dir.path().join(ca))
+                .env("TASKQ_TLS_TEST_URL", &url)
+                .output()
+                .expect("run the child test")
+        };
+        let mut trusted = child("good-ca.pem");
+        for _ in 0..50 {
+            if trusted.status.success() {
+                break;
+            }
+            assert!(
+                server.is_running(),
+                "redis-server exited:\n{}",
+                server.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            trusted = child("good-ca.pem");
+        }
+        assert!(
+            trusted.status.success(),
+            "with the server's CA: {}{}\n{}",
+            String::from_utf8_lossy(&trusted.stdout),
+            String::from_utf8_lossy(&trusted.stderr),
+            server.log()
+        );
+        let untrusted = child("other-ca.pem");
+        assert!(
+            !untrusted.status.success(),
+            "a server whose CA is not trusted was accepted"
+        );
+    }
+
+    #[tokio::test]
+    #[ignore = "run by tls_connections_verify_the_server_certificate with SSL_CERT_FILE set"]
+    async fn tls_child() {
+        let url = std::env::var("TASKQ_TLS_TEST_URL").expect("TASKQ_TLS_TEST_URL");
+        let config = RedisConfig::from_urls(&url, false);
+        let (mut conn, _) = open(&config).await.expect("open");
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("PING over TLS");
+        assert_eq!(pong, "PONG");
     }
 }

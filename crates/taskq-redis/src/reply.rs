@@ -46,12 +46,14 @@ pub(crate) fn task_ids(ids: Vec<String>) -> Result<Vec<TaskId>> {
         .collect()
 }
 
-/// The id and seq at the head of one task's values in a reply (`id, seq, ...`).
-pub(crate) fn id_seq(v: &[Value]) -> Result<(TaskId, u64)> {
-    match v {
-        [id, seq, ..] => Ok((task_id(id)?, int(seq)? as u64)),
-        _ => Err(BrokerError::Protocol(format!(
-            "expected a task id and its seq, got {v:?}"
-        ))),
-    }
+/// A reply of four values per task, `id, seq, a, b`: each task read by `read` from its
+/// id, its seq and its two other values.
+pub(crate) fn per_task<T>(
+    reply: &[Value],
+    read: impl Fn(TaskId, u64, &Value, &Value) -> Result<T>,
+) -> Result<Vec<T>> {
+    reply
+        .chunks_exact(4)
+        .map(|v| read(task_id(&v[0])?, int(&v[1])? as u64, &v[2], &v[3]))
+        .collect()
 }

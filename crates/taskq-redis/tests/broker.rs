@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::keys::task_hash;
-use taskq_redis::{Broker, EnqueueItem, FailOutcome, OutboxEntry, QueueKeys, RedisConfig};
+use taskq_redis::{Broker, EnqueueItem, FailOutcome, Leased, OutboxEntry, QueueKeys, RedisConfig};
 use taskq_testkit::{RedisCluster, RedisServer};
 
 fn record(queue: &str, priority: &str, delay_ms: Option<i64>) -> TaskRecord {
@@ -17,6 +17,30 @@ fn record(queue: &str, priority: &str, delay_ms: Option<i64>) -> TaskRecord {
     Limits::default()
         .admit(req, taskq_core::now(), None)
         .expect("valid")
+}
+
+/// The first enqueue of each record.
+fn items(recs: &[TaskRecord]) -> Vec<EnqueueItem> {
+    recs.iter()
+        .map(|r| EnqueueItem::from_record(r, 1))
+        .collect()
+}
+
+/// Fails `l`'s attempt with `error`, to be retried in a minute.
+async fn retry_later(broker: &Broker, queue: &QueueName, l: &Leased, error: &str) {
+    let due = FailOutcome::RetryAt(taskq_core::now_ms() + 60_000);
+    broker
+        .fail(queue, "w1", &[(l.msg.id, l.token.as_str(), due, error)])
+        .await
+        .expect("fail");
+}
+
+/// Gives `l` back to its queue.
+async fn release(broker: &Broker, queue: &QueueName, l: &Leased) {
+    broker
+        .release(queue, "w1", &[(l.msg.id, l.token.as_str())])
+        .await
+        .expect("release");
 }
 
 fn q(name: &str) -> QueueName {
@@ -45,10 +69,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .iter()
         .map(|p| record(queue, p, None))
         .collect();
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
+    let items = items(&recs);
     assert_eq!(
         broker.enqueue(&items).await.expect("enqueue"),
         vec![true; 4]
@@ -185,10 +206,7 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     let recs: Vec<TaskRecord> = (0..300)
         .map(|_| record(queue, "normal", Some(300)))
         .collect();
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
+    let items = items(&recs);
     broker.enqueue(&items).await.expect("enqueue");
     assert_eq!(
         broker.counts(&q(queue)).await.expect("counts").scheduled,
@@ -336,10 +354,7 @@ async fn outbox(broker: &Broker, queue: &str) {
         .await
         .expect("joining twice is fine");
     let recs: Vec<TaskRecord> = (0..4).map(|_| record(queue, "normal", None)).collect();
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
+    let items = items(&recs);
     broker.enqueue(&items).await.expect("enqueue");
     let leased = broker
         .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
@@ -355,27 +370,12 @@ async fn outbox(broker: &Broker, queue: &str) {
         )
         .await
         .expect("ack");
-    broker
-        .fail(
-            &qn,
-            "w1",
-            &[(
-                leased[1].msg.id,
-                leased[1].token.as_str(),
-                FailOutcome::RetryAt(taskq_core::now_ms() + 60_000),
-                "a|b \"c\"",
-            )],
-        )
-        .await
-        .expect("fail");
+    retry_later(broker, &qn, &leased[1], "a|b \"c\"").await;
     broker
         .ack_cancelled(&qn, "w1", &[(leased[2].msg.id, leased[2].token.as_str())])
         .await
         .expect("cancel");
-    broker
-        .release(&qn, "w1", &[(leased[3].msg.id, leased[3].token.as_str())])
-        .await
-        .expect("release");
+    release(broker, &qn, &leased[3]).await;
 
     // A writer reads everything and dies without acknowledging.
     let mut dead = broker.outbox_reader(&qn, "dead").await.expect("reader");
@@ -510,10 +510,7 @@ async fn scripts_on_a_redis_cluster() {
         .iter()
         .map(|n| record(n, "high", None))
         .collect();
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
+    let items = items(&recs);
     assert_eq!(
         broker.enqueue(&items).await.expect("enqueue"),
         vec![true; 5]
@@ -530,10 +527,7 @@ async fn task_hashes_hold_only_the_listed_fields() {
         .map(|_| record("fields", "normal", None))
         .chain([record("fields", "low", Some(60_000))])
         .collect();
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
+    let items = items(&recs);
     broker.enqueue(&items).await.expect("enqueue");
     let leased = broker
         .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
@@ -546,23 +540,8 @@ async fn task_hashes_hold_only_the_listed_fields() {
         broker.cancel(&qn, leased[0].msg.id).await.expect("cancel"),
         taskq_redis::CancelOutcome::Signalled
     );
-    broker
-        .fail(
-            &qn,
-            "w1",
-            &[(
-                leased[1].msg.id,
-                leased[1].token.as_str(),
-                FailOutcome::RetryAt(taskq_core::now_ms() + 60_000),
-                "boom",
-            )],
-        )
-        .await
-        .expect("fail");
-    broker
-        .release(&qn, "w1", &[(leased[2].msg.id, leased[2].token.as_str())])
-        .await
-        .expect("release");
+    retry_later(&broker, &qn, &leased[1], "boom").await;
+    release(&broker, &qn, &leased[2]).await;
 
     let client = redis::Client::open(server.url()).expect("client");
     let mut c = client

@@ -292,6 +292,40 @@ mod tests {
         }
     }
 
+    /// The chart's alerts (charts/taskq/templates/prometheusrule.yaml) use only series
+    /// this registry exports (the controller's `taskq_controller_*` ones are checked by
+    /// taskq-controller).
+    #[test]
+    fn prometheus_rule_queries_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/taskq/templates/prometheusrule.yaml"
+        );
+        let rule = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let m = Metrics::new();
+        let task = Metrics::task("q", "t");
+        for family in [&m.failed, &m.succeeded, &m.dead] {
+            family.get_or_create(&task).inc();
+        }
+        m.set_depth("q", &[("queued", 1)]);
+        m.observe_http("GET", "/", 200, Duration::from_millis(1));
+        let exported = exported_names(&m.encode());
+        let used: std::collections::BTreeSet<String> = rule
+            .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .filter(|w| w.starts_with("taskq_") && !w.starts_with("taskq_controller_"))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            used.len() >= 6,
+            "the rule uses too few taskq metrics: {used:?}"
+        );
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "the alerts query unknown metrics: {unknown:?}"
+        );
+    }
+
     /// Every series name the registry can emit: counters as `_total`, histograms as their
     /// `_bucket`, `_sum` and `_count` series, from the `# TYPE` lines.
     fn exported_names(text: &str) -> std::collections::BTreeSet<String> {

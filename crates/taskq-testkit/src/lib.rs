@@ -17,6 +17,7 @@
 //! a panic whose message says how to fix it (usually "run `scripts/setup.sh`"), never by
 //! silently skipping the test.
 
+mod env_list;
 mod mongo;
 pub mod otlp;
 mod port;
@@ -26,6 +27,7 @@ mod redis;
 mod resp;
 mod wait;
 
+pub use env_list::assert_env_list;
 pub use mongo::{MONGODB_URI_ENV, mongo_addr, mongo_uri, mongo_uri_via, unique_db_name};
 pub use port::free_port;
 pub use process::{ChildGuard, workspace_bin};

@@ -57,14 +57,12 @@ fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<ChildGuard, Sp
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    let child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`redis-server` not found on PATH: {SETUP_HINT}")
-        }
-        Err(e) => panic!("cannot start redis-server: {e}"),
-    };
-    let mut guard = ChildGuard::new(format!("redis-server:{port}"), child).with_log_path(log_path);
+    let mut guard = spawn(
+        &mut command,
+        "redis-server",
+        format!("redis-server:{port}"),
+        log_path,
+    );
     let addr = loopback(port);
     let expected_pid = format!("process_id:{}\r\n", guard.id());
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -321,15 +319,12 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("`redis-cli` not found on PATH: {SETUP_HINT}")
-            }
-            Err(e) => panic!("cannot start redis-cli: {e}"),
-        };
-        let mut guard =
-            ChildGuard::new("redis-cli --cluster create", child).with_log_path(log_path);
+        let mut guard = spawn(
+            &mut command,
+            "redis-cli",
+            "redis-cli --cluster create".to_owned(),
+            log_path,
+        );
         match guard.wait_timeout(CLUSTER_TIMEOUT) {
             Some(status) if status.success() => {}
             Some(status) => panic!(
@@ -396,6 +391,20 @@ impl RedisCluster {
         }
         out
     }
+}
+
+/// Spawns `command`, which runs the Redis program `program`, as a child named `name`
+/// whose output goes to `log_path`. Panics saying how to install the program when it is
+/// not on PATH.
+fn spawn(command: &mut Command, program: &str, name: String, log_path: PathBuf) -> ChildGuard {
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{program}` not found on PATH: {SETUP_HINT}")
+        }
+        Err(e) => panic!("cannot start {program}: {e}"),
+    };
+    ChildGuard::new(name, child).with_log_path(log_path)
 }
 
 #[cfg(test)]

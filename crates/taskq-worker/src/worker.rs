@@ -248,9 +248,7 @@ fn flush_observer(metrics: Arc<Metrics>) -> taskq_store::FlushObserver {
 /// worker binaries call this from `main`.
 pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
-    let broker = Broker::connect(&args.redis.config())
-        .await
-        .context("connecting to redis")?;
+    let broker = args.redis.connect().await.context("connecting to redis")?;
     let store = args
         .mongodb
         .connect()

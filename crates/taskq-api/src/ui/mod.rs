@@ -8,7 +8,7 @@
 //! - Pages: [`overview`] (queues, counts, throughput charts), [`tasks`] (search, detail,
 //!   actions), [`periodic`], [`workers`].
 //! - Actions call the functions the api's handlers use (`transitions::retry`, the queue
-//!   handlers, `tasks::cancel`), so the Redis/MongoDB write protocol stays in one place.
+//!   handlers, `transitions::cancel`), so the Redis/MongoDB write protocol stays in one place.
 //! - Every answer carries a strict Content-Security-Policy: scripts and styles only from
 //!   `/ui/assets` (compiled into the binary), nothing inline.
 

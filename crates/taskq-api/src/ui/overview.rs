@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use taskq_core::{QueueName, TaskStatus};
 use taskq_redis::history::MinuteStats;
-use taskq_redis::{QueueCounts, QueueLimits as Limits};
+use taskq_redis::{QueueCounts, QueueLimits};
 
 use super::layout::{self, Nav, UiError};
 use super::session::{SignedForm, Viewer, url_encode};
@@ -97,7 +97,7 @@ struct QueueRow {
     cancelled: u64,
     processed_1m: u64,
     failed_1m: u64,
-    limits: Limits,
+    limits: QueueLimits,
     history: Vec<MinuteStats>,
 }
 
@@ -135,7 +135,7 @@ async fn rows(state: &AppState) -> Result<Vec<QueueRow>, UiError> {
     futures::future::try_join_all(names.into_iter().map(|n| queue_row(state, n, now_ms))).await
 }
 
-fn limits_text(l: &Limits) -> String {
+fn limits_text(l: &QueueLimits) -> String {
     let mut parts = Vec::new();
     if let Some(r) = l.max_dispatches_per_second {
         parts.push(format!("{r}/s"));
@@ -440,7 +440,7 @@ pub async fn queue_action(
             Ok(back("resumed"))
         }
         "limits" => {
-            let limits = Limits {
+            let limits = QueueLimits {
                 max_dispatches_per_second: parse_opt(&form, "rate")?,
                 burst: parse_opt(&form, "burst")?,
                 max_concurrent: parse_opt(&form, "max_concurrent")?,

@@ -20,7 +20,6 @@ use taskq_store::Search;
 use super::layout::{self, Nav, UiError, status, when};
 use super::session::{SignedForm, Viewer, url_encode};
 use crate::AppState;
-use crate::extract::PathParam;
 
 /// Tasks per page.
 const PAGE: u32 = 50;
@@ -563,7 +562,7 @@ async fn run(state: &AppState, op: Op, ids: Vec<TaskId>) -> Result<u64, UiError>
         Op::Cancel => {
             let mut n = 0;
             for id in ids {
-                match crate::tasks::cancel(State(state.clone()), PathParam(id.to_string())).await {
+                match crate::transitions::cancel::cancel(state, id).await {
                     Ok(_) => n += 1,
                     // Finished or gone meanwhile: nothing to cancel.
                     Err(e)

@@ -1,11 +1,11 @@
-//! `crdgen`: prints the TaskQueueScaler CRD as YAML, for
-//! `charts/taskq/crds/taskqueuescalers.taskq.dev.yaml`:
+//! `crdgen`: prints the chart's TaskQueueScaler CRD template (the CRD as YAML behind
+//! `crds.install` and `controller.enabled`):
 //!
 //! ```text
-//! cargo run -p taskq-controller --bin crdgen > charts/taskq/crds/taskqueuescalers.taskq.dev.yaml
+//! cargo run -p taskq-controller --bin crdgen > charts/taskq/templates/crds/taskqueuescalers.taskq.dev.yaml
 //! ```
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", taskq_controller::crd::crd_yaml()?);
+    print!("{}", taskq_controller::crd::crd_template()?);
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -18,7 +19,7 @@ use taskq_controller::crd::{PAUSED_ANNOTATION, TaskQueueScaler, TaskQueueScalerS
 use taskq_controller::depth::FixedDepth;
 use taskq_controller::leader::Leadership;
 use taskq_controller::metrics::Metrics;
-use taskq_controller::reconcile::{self, Context, Error};
+use taskq_controller::reconcile::{self, Context, Error, OtherAutoscalers};
 use tower_test::mock::{self, Handle};
 
 const NS: &str = "team";
@@ -34,6 +35,10 @@ struct Fixture {
 }
 
 fn fixture(leadership: Leadership) -> Fixture {
+    fixture_with(leadership, OtherAutoscalers::default())
+}
+
+fn fixture_with(leadership: Leadership, others: OtherAutoscalers) -> Fixture {
     let (service, api) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let (deployment_store, deployments) = reflector::store();
@@ -48,15 +53,18 @@ fn fixture(leadership: Leadership) -> Fixture {
             instance: Some("test".into()),
         },
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        depth.clone(),
-        deployment_store,
-        scaler_store,
-        recorder,
-        metrics.clone(),
-        leadership,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            depth.clone(),
+            deployment_store,
+            scaler_store,
+            recorder,
+            metrics.clone(),
+            leadership,
+        )
+        .with_other_autoscalers(others),
+    );
     Fixture {
         ctx,
         api,
@@ -447,5 +455,52 @@ async fn a_controller_that_is_not_leader_makes_no_call() {
     .await
     .expect_err("not leader");
     assert!(matches!(err, Error::NotLeader));
+    expect_nothing_more(&mut f.api).await;
+}
+
+/// A Deployment that an HPA also scales: a Warning Event and the Conflict condition, and
+/// no scale however deep the queues.
+#[tokio::test]
+async fn a_deployment_an_hpa_also_scales_is_reported_as_conflict_and_never_scaled() {
+    let (hpas, mut writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "cpu", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"}, "maxReplicas": 5}
+    }))
+    .expect("hpa");
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(hpa));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let others = OtherAutoscalers {
+        hpas: Some(hpas),
+        scaled_objects: None,
+    };
+    let mut f = fixture_with(Leadership::always(), others);
+    f.deployments
+        .apply_watcher_event(&watcher::Event::Apply(deployment(1, false)));
+    f.depth.set("default", 500);
+    let s = Arc::new(scaler(spec()));
+    let task = tokio::spawn(reconcile::reconcile(s.clone(), f.ctx.clone()));
+    let (event, send) = expect(&mut f.api, Method::POST, EVENTS_PATH).await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "Conflict");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("HorizontalPodAutoscaler/cpu"),
+        "{event}"
+    );
+    respond(send, StatusCode::CREATED, &event);
+    let (apply, send) = expect(&mut f.api, Method::PATCH, STATUS_PATH).await;
+    let status = apply["status"].clone();
+    assert_eq!(condition(&status, "Ready"), ("False", "Conflict"));
+    assert_eq!(condition(&status, "Error"), ("True", "Conflict"));
+    respond(send, StatusCode::OK, &*s);
+    let action = task
+        .await
+        .expect("join")
+        .expect("a conflict is polled, not retried");
+    assert_eq!(action, Action::requeue(Duration::from_secs(7)));
     expect_nothing_more(&mut f.api).await;
 }

@@ -9,7 +9,8 @@
 //! Every test has its own namespace, holding the chart's ServiceAccount and Role (the
 //! rules are read from `charts/taskq/templates/controller/rbac.yaml`); the controller
 //! runs with that ServiceAccount's token, so a missing permission fails the test.
-//! The CRD applied is the chart's file.
+//! The CRD applied is the chart's template; a minimal KEDA ScaledObject CRD is applied
+//! for the conflict test.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -257,17 +258,49 @@ impl Kube {
     }
 
     async fn create_scaler(&self, name: &str, spec: serde_json::Value) {
-        let s: TaskQueueScaler = serde_json::from_value(json!({
+        self.try_create_scaler(name, spec)
+            .await
+            .expect("create scaler");
+    }
+
+    /// Creates a scaler from raw JSON (what the API server validates, not the Rust type).
+    async fn try_create_scaler(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<TaskQueueScaler, kube::Error> {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            self.admin.clone(),
+            &self.ns,
+            &kube::api::ApiResource::erase::<TaskQueueScaler>(&()),
+        );
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "taskq.dev/v1alpha1",
             "kind": "TaskQueueScaler",
             "metadata": {"name": name, "namespace": self.ns},
             "spec": spec,
         }))
         .expect("scaler");
-        self.scalers()
-            .create(&PostParams::default(), &s)
+        api.create(&PostParams::default(), &obj).await?;
+        self.scalers().get(name).await
+    }
+
+    /// Creates an object of any kind from JSON (HPAs, KEDA ScaledObjects).
+    async fn create_dynamic(&self, resource: &kube::api::ApiResource, obj: serde_json::Value) {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.admin.clone(), &self.ns, resource);
+        let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
+        api.create(&PostParams::default(), &obj)
             .await
-            .expect("create scaler");
+            .expect("create object");
+    }
+
+    async fn delete_dynamic(&self, resource: &kube::api::ApiResource, name: &str) {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.admin.clone(), &self.ns, resource);
+        api.delete(name, &Default::default())
+            .await
+            .expect("delete object");
     }
 
     async fn patch_scaler(&self, name: &str, spec: serde_json::Value) {
@@ -414,21 +447,26 @@ impl Kube {
 
 /// Applies the chart's CRD (server-side, idempotent) and waits until it is established.
 async fn install_crd(admin: &Client) {
-    let text = std::fs::read_to_string(repo_file(
-        "charts/taskq/crds/taskqueuescalers.taskq.dev.yaml",
-    ))
-    .expect("read the chart's CRD");
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD YAML");
+    let text = std::fs::read_to_string(repo_file(taskq_controller::crd::CRD_TEMPLATE_PATH))
+        .expect("read the chart's CRD template");
+    let body = taskq_controller::crd::crd_of_template(&text).expect("the CRD inside the template");
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(body).expect("CRD YAML");
+    apply_crd(admin, &crd).await;
+}
+
+/// Applies `crd` (server-side, idempotent) and waits until it is established.
+async fn apply_crd(admin: &Client, crd: &CustomResourceDefinition) {
+    let name = crd.metadata.name.clone().expect("a CRD name");
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
     api.patch(
-        "taskqueuescalers.taskq.dev",
+        &name,
         &PatchParams::apply("taskq-controller-tests").force(),
-        &Patch::Apply(&crd),
+        &Patch::Apply(crd),
     )
     .await
-    .expect("apply the CRD");
+    .unwrap_or_else(|e| panic!("apply the CRD {name}: {e}"));
     let established = wait_until(Duration::from_secs(30), POLL, || async {
-        api.get("taskqueuescalers.taskq.dev")
+        api.get(&name)
             .await
             .ok()
             .and_then(|c| c.status)
@@ -439,7 +477,10 @@ async fn install_crd(admin: &Client) {
             })
     })
     .await;
-    assert!(established, "the CRD was not established within 30 s");
+    assert!(
+        established,
+        "the CRD {name} was not established within 30 s"
+    );
 }
 
 /// Tasks enqueued straight into Redis, as the api would.
@@ -774,46 +815,78 @@ async fn invalid_specs_and_missing_deployments_are_reported_not_fatal() {
         }
         v
     };
-    kube.create_scaler(
-        "min-above-max",
-        with(json!({"minReplicas": 5, "maxReplicas": 2})),
-    )
-    .await;
-    kube.create_scaler(
-        "negative",
-        with(json!({"minReplicas": -1, "maxScaleUpStep": -2})),
-    )
-    .await;
+    // The schema rejects out-of-range values at admission (OpenAPI bounds, CEL).
+    let rejected = |r: Result<TaskQueueScaler, kube::Error>| match r {
+        Err(kube::Error::Api(status)) if status.code == 422 => status.message,
+        other => panic!("the API server accepted an invalid scaler: {other:?}"),
+    };
+    let msg = rejected(
+        kube.try_create_scaler(
+            "min-above-max",
+            with(json!({"minReplicas": 5, "maxReplicas": 2})),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.minReplicas must not exceed spec.maxReplicas"),
+        "{msg}"
+    );
+    let msg = rejected(
+        kube.try_create_scaler(
+            "negative",
+            with(json!({"minReplicas": -1, "maxScaleUpStep": -2})),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.minReplicas") && msg.contains("spec.maxScaleUpStep"),
+        "{msg}"
+    );
+    let msg = rejected(
+        kube.try_create_scaler("bad-queue", with(json!({"queues": ["not a queue"]})))
+            .await,
+    );
+    assert!(msg.contains("spec.queues[0]"), "{msg}");
+    // Omitted fields get the schema's defaults, the chart's values.
+    let defaulted = kube
+        .try_create_scaler(
+            "defaults",
+            json!({"deployment": "worker", "queues": ["default"], "maxReplicas": 4}),
+        )
+        .await
+        .expect("a minimal scaler");
+    assert_eq!(defaulted.spec.target_tasks_per_replica, 50);
+    assert_eq!(defaulted.spec.polling_interval, 5);
+    kube.scalers()
+        .delete("defaults", &Default::default())
+        .await
+        .expect("delete");
+
+    // What only the controller checks (a queue listed twice) is reported, not fatal.
+    kube.create_scaler("twice", with(json!({"queues": ["default", "default"]})))
+        .await;
     kube.create_scaler("no-deployment", with(json!({"deployment": "later"})))
         .await;
     kube.create_scaler("good", base.clone()).await;
     let controller = InProcess::start(&kube, &redis.url(), "ctl-invalid").await;
 
     let t = Duration::from_secs(20);
-    kube.wait_condition("min-above-max", "Ready", "False", "InvalidSpec", t)
+    kube.wait_condition("twice", "Ready", "False", "InvalidSpec", t)
         .await;
-    kube.wait_condition("min-above-max", "Error", "True", "InvalidSpec", t)
-        .await;
-    kube.wait_condition("negative", "Error", "True", "InvalidSpec", t)
+    kube.wait_condition("twice", "Error", "True", "InvalidSpec", t)
         .await;
     kube.wait_condition("no-deployment", "Error", "True", "DeploymentNotFound", t)
         .await;
     kube.wait_condition("good", "Ready", "True", "ScalerReady", t)
         .await;
-    let e = kube.wait_event("min-above-max", "InvalidSpec", t).await;
+    let e = kube.wait_event("twice", "InvalidSpec", t).await;
     assert_eq!(e.type_.as_deref(), Some("Warning"));
     assert!(
         e.note
             .as_deref()
             .unwrap_or_default()
-            .contains("spec.minReplicas (5) must not exceed spec.maxReplicas (2)"),
+            .contains("spec.queues lists `default` twice"),
         "{e:?}"
-    );
-    let e = kube.wait_event("negative", "InvalidSpec", t).await;
-    let note = e.note.unwrap_or_default();
-    assert!(
-        note.contains("spec.minReplicas must be 0 or more") && note.contains("maxScaleUpStep"),
-        "{note}"
     );
     kube.wait_event("no-deployment", "DeploymentNotFound", t)
         .await;
@@ -844,9 +917,9 @@ async fn invalid_specs_and_missing_deployments_are_reported_not_fatal() {
     .await;
 
     // Fixing the spec clears the error.
-    kube.patch_scaler("min-above-max", json!({"minReplicas": 1, "maxReplicas": 3}))
+    kube.patch_scaler("twice", json!({"queues": ["default"]}))
         .await;
-    kube.wait_condition("min-above-max", "Error", "False", "NoError", t)
+    kube.wait_condition("twice", "Error", "False", "NoError", t)
         .await;
     controller.stop().await;
 }
@@ -1134,4 +1207,117 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
             );
         }
     }
+}
+
+/// The KEDA ScaledObject kind, from a minimal CRD (group, names, an open schema): what
+/// the controller lists to find a second autoscaler.
+async fn install_keda_crd(admin: &Client) -> kube::api::ApiResource {
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "scaledobjects.keda.sh"},
+        "spec": {
+            "group": "keda.sh",
+            "scope": "Namespaced",
+            "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject", "listKind": "ScaledObjectList"},
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))
+    .expect("KEDA CRD");
+    apply_crd(admin, &crd).await;
+    let gvk = kube::api::GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+    kube::api::ApiResource::from_gvk_with_plural(&gvk, "scaledobjects")
+}
+
+/// A Deployment that an HPA or a KEDA ScaledObject also targets is never scaled: the
+/// scaler reports Conflict (condition and Warning Event) until the other one is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_autoscaler_on_the_deployment_is_a_conflict() {
+    let Some(kube) = Kube::new("conflict").await else {
+        return;
+    };
+    let keda = install_keda_crd(&kube.admin).await;
+    let hpa = kube::api::ApiResource::erase::<
+        k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+    >(&());
+    let redis = RedisServer::start();
+    let b = broker(&redis.url()).await;
+    kube.create_deployment("with-hpa", 1).await;
+    kube.create_deployment("with-keda", 1).await;
+    kube.create_dynamic(
+        &hpa,
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "cpu"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "with-hpa"},
+                     "minReplicas": 1, "maxReplicas": 3}
+        }),
+    )
+    .await;
+    kube.create_dynamic(
+        &keda,
+        json!({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": "redis-lists"},
+            "spec": {"scaleTargetRef": {"name": "with-keda"}, "triggers": []}
+        }),
+    )
+    .await;
+    let spec = |deployment: &str| {
+        json!({
+            "deployment": deployment, "queues": ["default"], "minReplicas": 1, "maxReplicas": 4,
+            "targetTasksPerReplica": 5, "pollingInterval": 1, "scaleDownStabilization": 30,
+        })
+    };
+    kube.create_scaler("hpa", spec("with-hpa")).await;
+    kube.create_scaler("keda", spec("with-keda")).await;
+    push(&b, "default", 20, None).await;
+    let controller = InProcess::start(&kube, &redis.url(), "ctl-conflict").await;
+
+    let t = Duration::from_secs(20);
+    for (scaler, other) in [
+        ("hpa", "HorizontalPodAutoscaler/cpu"),
+        ("keda", "ScaledObject/redis-lists"),
+    ] {
+        kube.wait_condition(scaler, "Ready", "False", "Conflict", t)
+            .await;
+        let e = kube.wait_event(scaler, "Conflict", t).await;
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        let note = e.note.unwrap_or_default();
+        assert!(note.contains(other), "{scaler}: {note}");
+    }
+    kube.assert_replicas_hold(
+        "with-hpa",
+        1,
+        Duration::from_secs(3),
+        "an HPA also targets it",
+    )
+    .await;
+    assert_eq!(
+        kube.replicas("with-keda").await,
+        1,
+        "a ScaledObject also targets it"
+    );
+
+    // The HPA goes: the scaler takes the Deployment over (20 tasks / 5 → 4 replicas).
+    kube.delete_dynamic(&hpa, "cpu").await;
+    kube.wait_condition("hpa", "Ready", "True", "ScalerReady", t)
+        .await;
+    kube.wait_replicas(
+        "with-hpa",
+        Instant::now(),
+        Duration::from_secs(5),
+        "scales once the HPA is gone",
+        |r| r == 4,
+    )
+    .await;
+    assert_eq!(
+        kube.replicas("with-keda").await,
+        1,
+        "the ScaledObject still targets it"
+    );
+    controller.stop().await;
 }

@@ -21,17 +21,16 @@ use crate::{Broker, BrokerError, Result, outbox};
 script!(
     lua_fns!(),
     r"
-local n, ent = 0, ob_new(ARGV[2], ARGV[3])
+local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(5, 3, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
-  if not seq then return nil end
-  redis.call('DEL', k)
-  ob_add(ent, id, seq, ARGV[4], attempts, ARGV[i + 2])
-  n = n + 1
+  if seq then
+    redis.call('DEL', k)
+    ob_add(ent, id, seq, ARGV[4], attempts, ARGV[i + 2])
+  end
   return seq
 end)
-count(KEYS[3], n)
-ob_flush(KEYS[2], ent)
+ob_flush(KEYS[2], ent, KEYS[3])
 return out
 ",
 );

@@ -22,25 +22,23 @@ use crate::{Broker, Result, outbox};
 script!(
     lua_fns!(),
     r"
-local n, ent = 0, ob_new(ARGV[2], ARGV[3])
+local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 4, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
   if not seq then return nil end
-  local due, status = tonumber(ARGV[i + 2]), 'dead'
-  if due >= 0 then
-    status = 'retrying'
-    redis.call('HSET', k, 'state', 'retrying')
-    redis.call('HDEL', k, 'lease')
-    redis.call('ZADD', KEYS[2], due, id)
-  else
+  local due = tonumber(ARGV[i + 2])
+  if due < 0 then
     redis.call('DEL', k)
+    ob_add(ent, id, seq, 'dead', attempts, ARGV[i + 3])
+    return seq
   end
-  ob_add(ent, id, seq, status, attempts, ARGV[i + 3])
-  n = n + 1
+  redis.call('HSET', k, 'state', 'retrying')
+  redis.call('HDEL', k, 'lease')
+  redis.call('ZADD', KEYS[2], due, id)
+  ob_add(ent, id, seq, 'retrying', attempts, ARGV[i + 3])
   return seq
 end)
-count(KEYS[3], n)
-ob_flush(KEYS[4], ent)
+ob_flush(KEYS[4], ent, KEYS[3])
 return out
 ",
 );

@@ -49,8 +49,9 @@ pub mod settle_claim;
 /// The Lua helpers every script may call, put in front of its own Lua:
 ///
 /// - `ob_new(at, w)` starts an outbox entry, `ob_add(ent, id, seq, status, attempts,
-///   extras)` adds one task's update to it, and `ob_flush(key, ent)` appends it to the
-///   stream if it holds any (see the module documentation for the layout);
+///   extras)` adds one task's update to it, and `ob_flush(key, ent, counter)` appends it
+///   to the stream if it holds any (see the module documentation for the layout) and
+///   counts its tasks in `counter` (see `count`; nil counts nothing);
 /// - `wake(key)` leaves one wake-up token for idle workers blocked on the queue's wake
 ///   list (a list of at most one element);
 /// - `unlease(k, id, token, lease)`: when `token` holds the lease of task `id` (hash
@@ -66,13 +67,20 @@ pub mod settle_claim;
 macro_rules! lua_fns {
     () => {
         r"
+local function count(key, n)
+  if n > 0 and key then
+    redis.call('INCRBY', key, n)
+    redis.call('EXPIRE', key, 120)
+  end
+end
 local function ob_new(at, w) return {'at', at, 'w', w} end
 local function ob_add(ent, id, seq, st, att, ex)
   ent[#ent + 1] = id
   ent[#ent + 1] = seq .. '|' .. st .. '|' .. att .. '|' .. ex
 end
-local function ob_flush(key, ent)
+local function ob_flush(key, ent, counter)
   if #ent > 4 then redis.call('XADD', key, '*', unpack(ent)) end
+  count(counter, (#ent - 4) / 2)
 end
 local function wake(key)
   redis.call('LPUSH', key, '1')
@@ -88,12 +96,6 @@ local function to_head(k, id, list, now)
   redis.call('HSET', k, 'state', 'queued', 'qat', now)
   redis.call('HDEL', k, 'lease')
   redis.call('RPUSH', list, id)
-end
-local function count(key, n)
-  if n > 0 and key then
-    redis.call('INCRBY', key, n)
-    redis.call('EXPIRE', key, 120)
-  end
 end
 local function each_task(first, stride, f)
   local out = {}

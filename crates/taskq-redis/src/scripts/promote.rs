@@ -16,7 +16,7 @@ use taskq_core::{QueueName, TaskId};
 
 use super::{invocation, lua_fns, script};
 use crate::keys::QueueKeys;
-use crate::reply::{id_seq, int};
+use crate::reply::{int, per_task};
 use crate::{Broker, Result};
 
 script!(
@@ -59,21 +59,15 @@ pub struct Promoted {
 }
 
 fn parse(reply: &[Value]) -> Result<Vec<Promoted>> {
-    reply
-        .chunks_exact(4)
-        .map(|v| {
-            let (id, seq) = id_seq(v)?;
-            let from_retry = int(&v[2])? == 2;
+    per_task(reply, |id, seq, source, attempts| {
+        Ok(Promoted {
+            id,
+            seq,
+            from_retry: int(source)? == 2,
             // A hash without `attempts` (removed meanwhile) reads as 0.
-            let attempts = int(&v[3]).unwrap_or(0) as u32;
-            Ok(Promoted {
-                id,
-                seq,
-                from_retry,
-                attempts,
-            })
+            attempts: int(attempts).unwrap_or(0) as u32,
         })
-        .collect()
+    })
 }
 
 impl Broker {

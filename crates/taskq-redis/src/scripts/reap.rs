@@ -16,7 +16,7 @@ use taskq_core::{QueueName, TaskId};
 
 use super::{invocation, lua_fns, script};
 use crate::keys::QueueKeys;
-use crate::reply::{id_seq, int};
+use crate::reply::{int, per_task};
 use crate::{Broker, Result, outbox};
 
 /// The error recorded when an expired lease returns its task to the queue.
@@ -70,19 +70,14 @@ pub struct Reaped {
 }
 
 fn parse(reply: &[Value]) -> Result<Vec<Reaped>> {
-    reply
-        .chunks_exact(4)
-        .map(|v| {
-            let (id, seq) = id_seq(v)?;
-            let (attempts, outcome) = (int(&v[2])?, int(&v[3])?);
-            Ok(Reaped {
-                id,
-                seq,
-                attempts: attempts as u32,
-                requeued: outcome == 1,
-            })
+    per_task(reply, |id, seq, attempts, outcome| {
+        Ok(Reaped {
+            id,
+            seq,
+            attempts: int(attempts)? as u32,
+            requeued: int(outcome)? == 1,
         })
-        .collect()
+    })
 }
 
 impl Broker {

@@ -1,5 +1,5 @@
 //! SETTLE_CLAIM: changes an idempotency claim only while the given task holds it: keeps
-//! it for a new lifetime, or drops it (see [`Settle`]).
+//! it for a new lifetime, or drops it (the `Settle` argument).
 //!
 //! ```text
 //! KEYS[1] -> taskq:{<queue>}:idem:<key>

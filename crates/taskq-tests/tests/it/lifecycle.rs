@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use taskq_core::{TaskId, TaskStatus};
 use taskq_worker::{HandlerError, TaskContext};
 
@@ -16,6 +16,16 @@ fn time(v: &serde_json::Value) -> DateTime<Utc> {
     v.as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not a time: {v}"))
+}
+
+/// The statuses of a record's history, oldest first.
+fn event_statuses(rec: &Value) -> Vec<&str> {
+    rec["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,13 +56,7 @@ async fn submitted_task_is_durable_then_runs_and_is_recorded() {
     );
     assert_eq!(rec["attempts"], 1);
     assert!(rec["started_at"].is_string() && rec["finished_at"].is_string());
-    let statuses: Vec<&str> = rec["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["status"].as_str())
-        .collect();
-    assert_eq!(statuses, ["queued", "running", "succeeded"]);
+    assert_eq!(event_statuses(&rec), ["queued", "running", "succeeded"]);
     // Finished tasks leave Redis.
     assert_eq!(env.redis_total("default").await, 0);
     w.shutdown().await;
@@ -105,13 +109,10 @@ async fn delayed_and_scheduled_tasks_run_at_their_time() {
         let due = time(&rec["scheduled_at"]);
         let started = time(&rec["started_at"]);
         assert!(started >= due, "started {started} before its time {due}");
-        let statuses: Vec<&str> = rec["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .filter_map(|e| e["status"].as_str())
-            .collect();
-        assert_eq!(statuses, ["scheduled", "queued", "running", "succeeded"]);
+        assert_eq!(
+            event_statuses(&rec),
+            ["scheduled", "queued", "running", "succeeded"]
+        );
     }
     w.shutdown().await;
 }

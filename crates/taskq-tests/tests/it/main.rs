@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cluster;
 mod crash;
+mod env_names;
 mod execute;
 mod http_errors;
 mod lifecycle;

@@ -1,0 +1,197 @@
+//! Phases 3 and 4: a worker starts and is timed through a set of queued tasks, read from
+//! the broker's keys (the pending list, the lease set, the task hashes); then the records
+//! are awaited in MongoDB.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use taskq_core::{Priority, TaskId, TaskStatus};
+
+use super::metrics::DepthWatch;
+use super::{Bench, POLL, STALL};
+use crate::cpu::PhaseCpu;
+use crate::report::Metric;
+
+/// What a timed processing phase observed.
+pub(super) struct Processing {
+    /// From spawning the worker to the first task leaving the queue.
+    pub startup: Duration,
+    /// From the first task leaving the queue to the last handler completing.
+    pub elapsed: Duration,
+    pub first: Instant,
+    pub cpu: PhaseCpu,
+    /// Samples the worker's write-buffer depth until the records settle.
+    pub depth: Option<DepthWatch>,
+}
+
+impl Bench {
+    /// Starts a worker and times it through the `ids` (all queued, normal priority).
+    pub(super) async fn process(
+        &mut self,
+        ids: &HashSet<String>,
+        phase: &str,
+    ) -> anyhow::Result<Processing> {
+        let normal = self.keys.pending(Priority::Normal);
+        let queued: u64 = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+        let spawned = Instant::now();
+        let worker = self.env.spawn_worker()?;
+        let depth = DepthWatch::start(self.http.clone(), format!("http://{}/metrics", worker.1));
+        self.worker = Some(worker);
+
+        // Until the first task leaves the normal list.
+        let mut last = queued;
+        let mut moved = Instant::now();
+        let (first, start_snap) = loop {
+            self.worker_alive()?;
+            let left = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+            if left < queued {
+                break (Instant::now(), self.snapshot());
+            }
+            if moved.elapsed() > STALL {
+                bail!("the worker took no task within {STALL:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        // Until the normal list is empty.
+        loop {
+            self.worker_alive()?;
+            let left = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+            if left == 0 {
+                break;
+            }
+            if left != last {
+                (last, moved) = (left, Instant::now());
+            } else if moved.elapsed() > STALL {
+                bail!("{left} tasks stayed queued for {STALL:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        // Until none of ours is still leased: no task of ours can be leased anew now.
+        let leased: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.lease())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .context("reading leases")?;
+        let mut running: Vec<String> = leased
+            .into_iter()
+            .filter(|id| ids.contains(id))
+            .map(|id| {
+                let id: TaskId = id
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("leased id {id}: {e}"))?;
+                Ok(self.keys.task(&id))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let tail = Instant::now();
+        while !running.is_empty() {
+            self.worker_alive()?;
+            let mut pipe = redis::pipe();
+            for k in &running {
+                pipe.exists(k);
+            }
+            let exists: Vec<bool> = pipe
+                .query_async(&mut self.conn.clone())
+                .await
+                .context("polling running tasks")?;
+            running = running
+                .into_iter()
+                .zip(exists)
+                .filter_map(|(k, e)| e.then_some(k))
+                .collect();
+            if tail.elapsed() > STALL {
+                bail!("{} tasks stayed running for {STALL:?}", running.len());
+            }
+            if !running.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let end = self.snapshot();
+        Ok(Processing {
+            startup: first.saturating_duration_since(spawned),
+            elapsed: end.at().saturating_duration_since(first),
+            first,
+            depth: Some(depth),
+            cpu: {
+                let cpu = start_snap.until(&end, phase);
+                self.report.cpu.push(cpu.clone());
+                cpu
+            },
+        })
+    }
+
+    /// Adds worker and Redis CPU per task of a processing phase.
+    /// `key` and `label` tell the phase apart (empty for the plain one).
+    pub(super) fn per_task_cpu(&mut self, cpu: &PhaseCpu, n: usize, key: &str, label: &str) {
+        for role in ["worker", "redis", "mongodb"] {
+            if let Some(s) = cpu.cpu_seconds(role) {
+                let name = format!("{role} CPU per processed task");
+                self.report.push(Metric::new(
+                    &format!("{role}_cpu_us_per_task{key}"),
+                    &format!("{name}{label}"),
+                    s * 1e6 / n as f64,
+                    "us",
+                ));
+            }
+        }
+    }
+
+    /// Waits until MongoDB counts `self.succeeded` tasks of the queue `succeeded`.
+    pub(super) async fn wait_settled(&self) -> anyhow::Result<Instant> {
+        let mut last = 0;
+        let mut moved = Instant::now();
+        loop {
+            let asked = Instant::now();
+            let counts = self
+                .store
+                .count_by_status(Some(&self.queue))
+                .await
+                .context("counting records")?;
+            let done = Instant::now();
+            let ok = counts.get(&TaskStatus::Succeeded).copied().unwrap_or(0);
+            if ok >= self.succeeded {
+                return Ok(done);
+            }
+            let dead = counts.get(&TaskStatus::Dead).copied().unwrap_or(0);
+            if dead > 0 {
+                bail!("{dead} tasks died; see the worker's log");
+            }
+            if ok != last {
+                (last, moved) = (ok, done);
+            } else if moved.elapsed() > STALL {
+                bail!(
+                    "records stopped settling at {ok} of {} succeeded: {counts:?}",
+                    self.succeeded
+                );
+            }
+            // Poll no more often than the count itself takes, so polling stays a small load.
+            let took = done.saturating_duration_since(asked);
+            tokio::time::sleep(took.max(Duration::from_millis(50))).await;
+        }
+    }
+
+    /// Waits until Redis holds no task of the queue.
+    pub(super) async fn wait_idle(&self) -> anyhow::Result<()> {
+        let mut last = u64::MAX;
+        let mut moved = Instant::now();
+        loop {
+            let c = self
+                .broker
+                .counts(&self.queue)
+                .await
+                .context("counting tasks")?;
+            let live = c.queued + c.running + c.scheduled + c.retrying;
+            if live == 0 {
+                return Ok(());
+            }
+            if live != last {
+                (last, moved) = (live, Instant::now());
+            } else if moved.elapsed() > STALL {
+                bail!("{live} tasks stayed in redis for {STALL:?}: {c:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Submits through the api: batches (phase 2, and the batch of every later processing
+//! run) and concurrent single submits (phase 5).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Bench;
+
+#[derive(Deserialize)]
+struct BatchReply {
+    accepted: usize,
+    results: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+struct BatchItem {
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+impl Bench {
+    /// Submits `n` tasks through `POST /v1/tasks/batch`; returns tasks/s and their ids.
+    pub(super) async fn batch_submit(
+        &mut self,
+        n: usize,
+        phase: &str,
+    ) -> anyhow::Result<(f64, HashSet<String>)> {
+        let url = self.api_url("/v1/tasks/batch")?;
+        let task = json!({"type": "noop", "queue": self.queue.as_str()});
+        let body = |k: usize| Bytes::from(json!({ "tasks": vec![task.clone(); k] }).to_string());
+        let full = body(self.cfg.batch_size);
+        let sizes: Vec<usize> = (0..n)
+            .step_by(self.cfg.batch_size)
+            .map(|start| (n - start).min(self.cfg.batch_size))
+            .collect();
+        let snap = self.snapshot();
+        let start = Instant::now();
+        let replies: Vec<Vec<String>> = futures::stream::iter(sizes)
+            .map(|k| {
+                let b = if k == self.cfg.batch_size {
+                    full.clone()
+                } else {
+                    body(k)
+                };
+                let req = self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(b);
+                async move {
+                    let r = req.send().await.context("batch submit")?;
+                    let status = r.status();
+                    if status != reqwest::StatusCode::CREATED {
+                        bail!(
+                            "batch submit answered {status}: {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                    }
+                    let reply: BatchReply = r.json().await.context("batch submit reply")?;
+                    if reply.accepted != k {
+                        bail!("batch submit accepted {} of {k} tasks", reply.accepted);
+                    }
+                    Ok::<Vec<String>, anyhow::Error>(
+                        reply.results.into_iter().filter_map(|i| i.id).collect(),
+                    )
+                }
+            })
+            .buffer_unordered(self.cfg.batch_concurrency)
+            .try_collect()
+            .await?;
+        let elapsed = start.elapsed();
+        self.report.cpu.push(snap.until(&self.snapshot(), phase));
+        let ids: HashSet<String> = replies.into_iter().flatten().collect();
+        if ids.len() != n {
+            bail!(
+                "batch submit returned {} distinct ids for {n} tasks",
+                ids.len()
+            );
+        }
+        Ok((n as f64 / elapsed.as_secs_f64(), ids))
+    }
+
+    /// `--single-tasks` single submits, `--single-concurrency` in flight; tasks/s.
+    pub(super) async fn single_submits(&mut self) -> anyhow::Result<f64> {
+        let url = self.api_url("/v1/tasks")?;
+        let body = Bytes::from(json!({"type": "noop", "queue": self.queue.as_str()}).to_string());
+        let snap = self.snapshot();
+        let start = Instant::now();
+        futures::stream::iter(0..self.cfg.single_tasks)
+            .map(|_| submit_one(&self.http, &url, body.clone()))
+            .buffer_unordered(self.cfg.single_concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let elapsed = start.elapsed();
+        self.report
+            .cpu
+            .push(snap.until(&self.snapshot(), "single submits (worker running)"));
+        Ok(self.cfg.single_tasks as f64 / elapsed.as_secs_f64())
+    }
+}
+
+/// One `POST /v1/tasks`; returns the new task's id.
+pub(super) async fn submit_one(
+    http: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+) -> anyhow::Result<String> {
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .context("submit")?;
+    let status = r.status();
+    if status != reqwest::StatusCode::CREATED {
+        bail!(
+            "submit answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(r.json::<Created>().await.context("submit reply")?.id)
+}
