@@ -85,7 +85,7 @@ pub struct ApiArgs {
     /// `on` (tokens required) or `off` (no authentication; only when said explicitly).
     #[arg(long, env = "TASKQ_AUTH", default_value = "on")]
     pub auth: String,
-    /// Tokens as `role:token` pairs, comma-separated; roles are `submit` and `admin`.
+    /// Tokens as `role:token` pairs, comma-separated; roles are `read`, `submit` and `admin`.
     #[arg(long, env = "TASKQ_TOKENS", hide_env_values = true, default_value = "")]
     pub tokens: String,
     /// A file of `role:token` lines (e.g. a mounted Kubernetes Secret).

@@ -55,7 +55,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A token from TASKQ_TOKENS or TASKQ_TOKENS_FILE, of role `submit` or `admin`.",
+                        "A token from TASKQ_TOKENS or TASKQ_TOKENS_FILE, of role `read` (every GET), `submit` (create and read tasks) or `admin` (everything).",
                     ))
                     .build(),
             ),

@@ -8,7 +8,7 @@
 //! so any number of workers may do it at once. A minute that ends while no worker runs
 //! is never rolled up and shows as zero. Keys share the queue's hash tag.
 
-use crate::{Broker, QueueKeys, Result};
+use crate::{Broker, Counter, QueueKeys, Result};
 
 /// How long a minute's sums are kept, in seconds.
 const MINUTE_TTL_SECONDS: u64 = 65 * 60;
@@ -22,12 +22,12 @@ pub struct MinuteStats {
     pub failed: u64,
 }
 
-fn second_key(keys: &QueueKeys, kind: &str, second: i64) -> String {
-    format!("{}{kind}:{second}", keys.stats_prefix())
+fn second_key(keys: &QueueKeys, kind: Counter, second: i64) -> String {
+    keys.counter(kind, second * 1000)
 }
 
-fn minute_key(keys: &QueueKeys, kind: &str, minute: i64) -> String {
-    format!("{}m:{kind}:{minute}", keys.stats_prefix())
+fn minute_key(keys: &QueueKeys, kind: Counter, minute: i64) -> String {
+    keys.minute_counter(kind, minute)
 }
 
 impl Broker {
@@ -43,14 +43,14 @@ impl Broker {
         let minute = now_s.div_euclid(60) - 1;
         let mut c = self.conn.clone();
         let exists: bool = redis::cmd("EXISTS")
-            .arg(minute_key(&keys, "ok", minute))
+            .arg(minute_key(&keys, Counter::Succeeded, minute))
             .query_async(&mut c)
             .await?;
         if exists {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for kind in ["ok", "err"] {
+        for kind in Counter::ALL {
             let names: Vec<String> = (0..60)
                 .map(|s| second_key(&keys, kind, minute * 60 + s))
                 .collect();
@@ -59,7 +59,7 @@ impl Broker {
         let (ok, err): (Vec<Option<u64>>, Vec<Option<u64>>) = pipe.query_async(&mut c).await?;
         let sum = |v: Vec<Option<u64>>| -> u64 { v.into_iter().flatten().sum() };
         let mut pipe = redis::pipe();
-        for (kind, n) in [("ok", sum(ok)), ("err", sum(err))] {
+        for (kind, n) in [(Counter::Succeeded, sum(ok)), (Counter::Failed, sum(err))] {
             pipe.cmd("SET")
                 .arg(minute_key(&keys, kind, minute))
                 .arg(n)
@@ -88,7 +88,7 @@ impl Broker {
         let minutes = i64::from(minutes.max(2));
         let first = current - minutes + 1;
         let mut pipe = redis::pipe();
-        for kind in ["ok", "err"] {
+        for kind in Counter::ALL {
             let rolled: Vec<String> = (first..current - 1)
                 .map(|m| minute_key(&keys, kind, m))
                 .collect();
@@ -139,8 +139,8 @@ mod tests {
     fn minute_keys_share_the_queue_tag_and_differ_from_second_keys() {
         let q: taskq_core::QueueName = "emails".parse().unwrap_or_default();
         let k = QueueKeys::new(&q);
-        let m = minute_key(&k, "ok", 5);
-        let s = second_key(&k, "ok", 5);
+        let m = minute_key(&k, Counter::Succeeded, 5);
+        let s = second_key(&k, Counter::Succeeded, 5);
         assert!(m.starts_with("taskq:{emails}:"), "{m}");
         assert_ne!(m, s);
     }

@@ -80,10 +80,11 @@ impl QueueKeys {
         )
     }
 
-    /// The prefix of the queue's throughput counters (`<base>stats:`): per second (see
-    /// [`QueueKeys::counter`]) and per minute (`crate::history`).
-    pub fn stats_prefix(&self) -> String {
-        format!("{}stats:", self.base)
+    /// The sum of the [`QueueKeys::counter`]s of `kind` over one minute (minutes since
+    /// the epoch), kept for about an hour for the dashboard's charts:
+    /// `<base>stats:m:ok:<minute>` or `<base>stats:m:err:<minute>`.
+    pub fn minute_counter(&self, kind: Counter, minute: i64) -> String {
+        format!("{}stats:m:{}:{minute}", self.base, kind.as_str())
     }
 
     /// The claim on one idempotency key of the queue: the id of the task that holds it.

@@ -703,7 +703,15 @@ async fn dashboard_in_headless_chromium() {
     // (On the queue's page: the overview's rows are swapped every few seconds.)
     c.goto(&ui("/ui/queues/emails")).await.expect("goto");
     click(&c, "button[value=pause]").await;
-    assert!(text(&c, "h1").await.contains("(paused)"));
+    let mut paused = false;
+    for _ in 0..100 {
+        if text(&c, "h1").await.contains("(paused)") {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(paused, "the queue's page does not say it is paused");
     let later = s.submit(json!({"type": "noop", "queue": "emails"})).await;
     c.goto(&ui("/ui")).await.expect("goto");
     let mut zero = false;
@@ -1067,10 +1075,12 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .expect("redis");
     // Minute m: 3 successes in its second 5, 2 failures in its second 59.
     let m: i64 = 29_000_000;
-    let prefix = taskq_redis::QueueKeys::new(&q).stats_prefix();
+    let keys = taskq_redis::QueueKeys::new(&q);
+    let ok = keys.counter(taskq_redis::Counter::Succeeded, (m * 60 + 5) * 1000);
+    let err = keys.counter(taskq_redis::Counter::Failed, (m * 60 + 59) * 1000);
     let _: () = redis::pipe()
-        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
-        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .set(&ok, 3)
+        .set(&err, 2)
         .query_async(&mut c)
         .await
         .expect("counters");
@@ -1091,8 +1101,8 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .expect("history");
     assert!(h.iter().all(|x| x.succeeded == 0 && x.failed == 0), "{h:?}");
     let _: () = redis::pipe()
-        .set(format!("{prefix}ok:{}", m * 60 + 5), 3)
-        .set(format!("{prefix}err:{}", m * 60 + 59), 2)
+        .set(&ok, 3)
+        .set(&err, 2)
         .query_async(&mut c)
         .await
         .expect("counters");
@@ -1106,8 +1116,8 @@ async fn throughput_history_keeps_rolled_up_minutes() {
         .await
         .expect("roll up");
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{prefix}ok:{}", m * 60 + 5))
-        .arg(format!("{prefix}err:{}", m * 60 + 59))
+        .arg(&ok)
+        .arg(&err)
         .query_async(&mut c)
         .await
         .expect("del");
