@@ -43,6 +43,21 @@ async fn ready(http: &reqwest::Client, api: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Waits until every api of `urls` is ready; fails with `what` otherwise.
+async fn all_ready(http: &reqwest::Client, urls: &[String], what: &str) {
+    for u in urls {
+        assert!(
+            wait_until(
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || ready(http, u)
+            )
+            .await,
+            "{u} {what}"
+        );
+    }
+}
+
 /// Every record of the database, oldest first.
 async fn all_records(store: &Store) -> Vec<TaskRecord> {
     let mut out = Vec::new();
@@ -396,17 +411,7 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    for u in &urls {
-        assert!(
-            wait_until(
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                || ready(&http, u)
-            )
-            .await,
-            "{u} never became ready"
-        );
-    }
+    all_ready(&http, &urls, "never became ready").await;
 
     // Key → (task id, whether the answer was 201 Created).
     let accepted: Arc<Mutex<HashMap<String, (TaskId, bool)>>> = Arc::default();
@@ -481,17 +486,7 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
         kills += 1;
         apis[i] = api_process(&env, ports[i], &uri, &[]);
     }
-    for u in &urls {
-        assert!(
-            wait_until(
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                || ready(&http, u)
-            )
-            .await,
-            "{u} did not come back"
-        );
-    }
+    all_ready(&http, &urls, "did not come back").await;
     stop.cancel();
     for c in clients {
         c.await.expect("client");
