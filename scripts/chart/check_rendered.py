@@ -198,6 +198,15 @@ def check_auth(c: "Checker", name: str, docs: list[dict], api: dict | None, test
         mcr = env.get("TASKQ_MAX_CONCURRENT_REQUESTS", {}).get("value", "")
         c.check(mcr.isdigit() and int(mcr) >= 1, f"api: TASKQ_MAX_CONCURRENT_REQUESTS is a positive integer (got {mcr!r})")
         c.check("value" not in env.get("TASKQ_TOKENS", {}), "api: TASKQ_TOKENS must never be a literal value")
+        ui = env.get("TASKQ_UI", {}).get("value")
+        c.check(ui in ("on", "read-only", "off"), f"api: TASKQ_UI is on, read-only or off (got {ui!r})")
+        trace_url = env.get("TASKQ_UI_TRACE_URL", {}).get("value")
+        if name == "observability":
+            c.check(ui == "read-only", f"observability: api.ui.mode reaches TASKQ_UI (got {ui!r})")
+            c.check(trace_url is not None and "{trace_id}" in trace_url,
+                    f"observability: TASKQ_UI_TRACE_URL carries {{trace_id}} (got {trace_url!r})")
+        else:
+            c.check(ui == "on" and trace_url is None, f"api: the dashboard is on without trace links by default (got {ui!r}, {trace_url!r})")
         if not enabled:
             c.check(env.get("TASKQ_AUTH", {}).get("value") == "off", f"api: TASKQ_AUTH=off")
             c.check("TASKQ_TOKENS_FILE" not in env and "TASKQ_TOKENS" not in env, f"api: no tokens with auth off")
