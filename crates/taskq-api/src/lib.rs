@@ -279,8 +279,6 @@ pub struct AppState {
     pub connections: ConnectionLimits,
     /// Whether Redis and MongoDB answer (kept by [`health::probe`] in [`run`]).
     pub health: health::Health,
-    /// Concurrent single submits written together.
-    pub group_commit: transitions::group::GroupCommit,
     /// The web dashboard's settings.
     pub ui: Arc<ui::UiConfig>,
 }
@@ -304,7 +302,6 @@ impl AppState {
             body: BodyLimits::default(),
             connections: ConnectionLimits::default(),
             health: health::Health::default(),
-            group_commit: transitions::group::GroupCommit::default(),
             ui: Arc::default(),
         }
     }

@@ -14,9 +14,9 @@ use futures::TryStreamExt;
 use mongodb::IndexModel;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
-use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
+use taskq_core::{QueueName, TaskId, TaskStatus};
 
-use crate::doc::{f, stored_task};
+use crate::doc::f;
 use crate::{Result, Store, TASKS};
 
 /// Which records [`Store::search`] returns; `None` fields match everything.
@@ -35,14 +35,6 @@ pub struct Search {
     pub text: Option<String>,
     /// Oldest first instead of newest first.
     pub oldest_first: bool,
-}
-
-/// One page of [`Store::search`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct SearchPage {
-    pub tasks: Vec<TaskRecord>,
-    /// Pass as `cursor` for the next page; `None` on the last page.
-    pub next_cursor: Option<TaskId>,
 }
 
 /// The smallest id text of a UUIDv7 created at `t`: every id created at or after `t`
@@ -155,28 +147,9 @@ impl Store {
         search: &Search,
         limit: u32,
         cursor: Option<TaskId>,
-    ) -> Result<SearchPage> {
+    ) -> Result<crate::Page> {
         let limit = limit.clamp(1, crate::MAX_LIST_LIMIT);
-        let docs: Vec<Document> = self
-            .collection()
-            .find(search.filter(cursor))
-            .sort(search.sort())
-            .limit(i64::from(limit) + 1)
-            .await?
-            .try_collect()
-            .await?;
-        let more = docs.len() > limit as usize;
-        let tasks = docs
-            .iter()
-            .take(limit as usize)
-            .map(|d| stored_task(d).map(|s| s.record))
-            .collect::<Result<Vec<_>>>()?;
-        let next_cursor = if more {
-            tasks.last().map(|t| t.id)
-        } else {
-            None
-        };
-        Ok(SearchPage { tasks, next_cursor })
+        self.page(search.filter(cursor), search.sort(), limit).await
     }
 
     /// The ids of the records matching `search`, in its order, after `cursor`: for bulk

@@ -19,7 +19,7 @@ mod store;
 mod update;
 mod writer;
 
-pub use browse::{Search, SearchPage};
+pub use browse::Search;
 #[cfg(feature = "cli")]
 pub use cli::MongoArgs;
 pub use error::{Error, Rejection, Result};

@@ -554,11 +554,17 @@ impl Store {
         if let Some(c) = cursor {
             q.insert(f::ID, doc! { "$lt": c.to_string() });
         }
+        self.page(q, doc! { f::ID: -1 }, limit).await
+    }
+
+    /// Up to `limit` records matching `filter` in `sort` order (`limit` already clamped),
+    /// with the cursor of the next page when there is one: the last id of this page.
+    pub(crate) async fn page(&self, filter: Document, sort: Document, limit: u32) -> Result<Page> {
         // One extra document tells whether another page exists.
         let docs: Vec<Document> = self
             .tasks
-            .find(q)
-            .sort(doc! { f::ID: -1 })
+            .find(filter)
+            .sort(sort)
             .limit(i64::from(limit) + 1)
             .await?
             .try_collect()

@@ -48,8 +48,7 @@ impl Submitted {
     }
 }
 
-/// Submits one admitted task: through [`submit_idempotent`] when it has a key, else
-/// together with the other single submits in flight ([`super::group`]).
+/// Submits one admitted task (through [`submit_idempotent`] when it has a key).
 pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitted, ApiError> {
     if rec.idempotency_key.is_some() {
         return submit_idempotent(state, rec).await;
@@ -61,9 +60,7 @@ pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitte
         task.queue = %rec.queue,
         task.type = %rec.kind,
     );
-    state
-        .group_commit
-        .submit(state, rec.clone())
+    persist_inner(state, std::slice::from_ref(&rec))
         .instrument(span)
         .await?;
     Ok(Submitted::Created(rec))

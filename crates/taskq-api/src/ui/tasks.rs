@@ -60,17 +60,22 @@ impl Filter {
         }
     }
 
-    /// The URL query of this filter (without cursor).
-    fn query(&self) -> String {
-        let mut parts = Vec::new();
-        for (k, v) in [
+    /// The text fields of this filter with their URL query names.
+    fn fields(&self) -> [(&'static str, &str); 6] {
+        [
             ("queue", &self.queue),
             ("status", &self.status),
             ("type", &self.kind),
             ("from", &self.from),
             ("to", &self.to),
             ("q", &self.text),
-        ] {
+        ]
+    }
+
+    /// The URL query of this filter (without cursor).
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in self.fields() {
             if !v.is_empty() {
                 parts.push(format!("{k}={}", url_encode(v)));
             }
@@ -127,15 +132,9 @@ impl Filter {
 
     fn describe(&self) -> String {
         let mut parts = Vec::new();
-        for (k, v) in [
-            ("queue", &self.queue),
-            ("status", &self.status),
-            ("type", &self.kind),
-            ("from", &self.from),
-            ("to", &self.to),
-            ("text", &self.text),
-        ] {
+        for (k, v) in self.fields() {
             if !v.is_empty() {
+                let k = if k == "q" { "text" } else { k };
                 parts.push(format!("{k} = {v}"));
             }
         }

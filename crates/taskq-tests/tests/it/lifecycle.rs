@@ -388,9 +388,8 @@ async fn payload_numbers_come_back_exactly_or_are_refused() {
     w.shutdown().await;
 }
 
-/// Concurrent single submits are written in groups (one `insert_many` and one enqueue per
-/// queue and group): every request is answered with its own task, each task is in both
-/// stores, and each runs once, whatever queue it went to.
+/// Concurrent single submits: every request is answered with its own task, each task is
+/// in both stores, and each runs once, whatever queue it went to.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_single_submits_each_get_their_own_durable_task() {
     let env = Env::start().await;
