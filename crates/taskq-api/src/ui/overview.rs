@@ -29,62 +29,93 @@ const CHART_MINUTES: u32 = 60;
 /// `100000+`: counting costs one index entry per task.
 const COUNT_CAP: u64 = 100_000;
 
-/// A count capped at [`COUNT_CAP`], as text.
-fn capped(n: u64) -> String {
-    if n >= COUNT_CAP {
-        format!("{COUNT_CAP}+")
-    } else {
-        n.to_string()
+/// A count capped at [`COUNT_CAP`]; `…` (class `counting`) while the first count is
+/// under way.
+fn capped(n: Option<u64>) -> Markup {
+    match n {
+        None => html! { span.counting title="counting" { "…" } },
+        Some(n) if n >= COUNT_CAP => html! { (COUNT_CAP) "+" },
+        Some(n) => html! { (n) },
     }
 }
 
 /// Seconds between two refreshes of the live part of the overview.
 const REFRESH_SECONDS: u32 = 3;
 
-/// How long a count of finished tasks is reused: every open overview polls every few
-/// seconds, and this keeps their MongoDB counts to one per queue and status per period
-/// whatever the number of viewers.
+/// How long a count of finished tasks is served before it is taken again: every open
+/// overview polls every few seconds, and this keeps their MongoDB counts to one per
+/// queue and status per period whatever the number of viewers.
 const COUNT_TTL: Duration = Duration::from_secs(5);
 
-/// A count and when it was taken, per queue and status.
-type Counts = HashMap<(QueueName, TaskStatus), (Instant, u64)>;
+/// One count of finished tasks: the last value taken (none before the first count
+/// returned), when it was taken (none once an action made it stale), and whether a count
+/// is under way.
+#[derive(Debug, Default)]
+struct Count {
+    value: Option<u64>,
+    taken: Option<Instant>,
+    counting: bool,
+}
 
-/// Counts of finished tasks per queue and status, with the time each was taken.
+/// The counts and the number of times they were made stale: a count that started before
+/// an action and returns after it is kept as a value but not as fresh.
+#[derive(Debug, Default)]
+struct Counts {
+    by_key: HashMap<(QueueName, TaskStatus), Count>,
+    generation: u64,
+}
+
+/// Counts of finished tasks per queue and status, shared by every viewer.
+///
+/// A request never waits for MongoDB to count: it shows the last value taken and, when
+/// that is older than [`COUNT_TTL`] (or there is none yet), starts one count in the
+/// background, at most one per queue and status at a time. The overview answers in the
+/// time its Redis reads take whatever the number of records, and a count that takes
+/// longer than the cache lives (a scan on a server without indexes) still completes and
+/// is shown by the next refresh instead of being started again by every request.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CountCache(Arc<Mutex<Counts>>);
 
 impl CountCache {
-    fn fresh(&self, key: &(QueueName, TaskStatus)) -> Option<u64> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(at, _)| at.elapsed() < COUNT_TTL)
-            .map(|(_, n)| *n)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets every count (after an action changed some).
+    /// The last count of `key`, starting a new one when it is stale or missing.
+    fn read(&self, state: &AppState, key: (QueueName, TaskStatus)) -> Option<u64> {
+        let mut counts = self.lock();
+        let generation = counts.generation;
+        let entry = counts.by_key.entry(key.clone()).or_default();
+        let stale = entry.taken.is_none_or(|at| at.elapsed() >= COUNT_TTL);
+        if stale && !entry.counting {
+            entry.counting = true;
+            let (cache, store) = (self.clone(), state.store.clone());
+            tokio::spawn(async move {
+                let n = store.count_status(&key.0, key.1, COUNT_CAP).await;
+                let mut counts = cache.lock();
+                let current = counts.generation == generation;
+                let entry = counts.by_key.entry(key).or_default();
+                entry.counting = false;
+                match n {
+                    Ok(n) => {
+                        entry.value = Some(n);
+                        entry.taken = current.then(Instant::now);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "counting finished tasks failed"),
+                }
+            });
+        }
+        entry.value
+    }
+
+    /// Marks every count stale (after an action changed some): the next view recounts.
     pub(crate) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut counts = self.lock();
+        counts.generation += 1;
+        for c in counts.by_key.values_mut() {
+            c.taken = None;
+        }
     }
-
-    fn put(&self, key: (QueueName, TaskStatus), n: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(key, (Instant::now(), n));
-    }
-}
-
-/// The count of `status` in `queue` (at most [`COUNT_CAP`]), from the cache when fresh.
-async fn finished_count(
-    state: &AppState,
-    queue: &QueueName,
-    status: TaskStatus,
-) -> Result<u64, UiError> {
-    let key = (queue.clone(), status);
-    if let Some(n) = state.ui.counts.fresh(&key) {
-        return Ok(n);
-    }
-    let n = state.store.count_status(queue, status, COUNT_CAP).await?;
-    state.ui.counts.put(key, n);
-    Ok(n)
 }
 
 /// One queue as the overview shows it.
@@ -92,9 +123,9 @@ struct QueueRow {
     name: QueueName,
     paused: bool,
     live: QueueCounts,
-    dead: u64,
-    succeeded: u64,
-    cancelled: u64,
+    dead: Option<u64>,
+    succeeded: Option<u64>,
+    cancelled: Option<u64>,
     processed_1m: u64,
     failed_1m: u64,
     limits: QueueLimits,
@@ -110,11 +141,12 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         b.limits(&name),
         b.throughput_history(&name, now_ms, CHART_MINUTES),
     )?;
-    let (dead, succeeded, cancelled) = tokio::try_join!(
-        finished_count(state, &name, TaskStatus::Dead),
-        finished_count(state, &name, TaskStatus::Succeeded),
-        finished_count(state, &name, TaskStatus::Cancelled),
-    )?;
+    let count = |status| state.ui.counts.read(state, (name.clone(), status));
+    let (dead, succeeded, cancelled) = (
+        count(TaskStatus::Dead),
+        count(TaskStatus::Succeeded),
+        count(TaskStatus::Cancelled),
+    );
     Ok(QueueRow {
         name,
         paused,
