@@ -20,6 +20,9 @@ MONGO_CACHE="${TASKQ_MONGO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskq/mongo-te
 MONGO_LIB="$MONGO_CACHE/lib"
 MONGO_POM="$TASKQ_ROOT/scripts/mongo-test-server/pom.xml"
 MONGO_LAUNCHER="$TASKQ_ROOT/scripts/mongo-test-server/MongoTestServer.java"
+# Where built tools and downloads are cached between runs, outside the repository.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+TASKQ_CACHE_DIR="${TASKQ_CACHE:-$HOME/.cache/taskq}"
 # Seconds a service may take to answer after it was started.
 SERVICE_TIMEOUT="${TASKQ_SERVICE_TIMEOUT:-60}"
 
@@ -29,6 +32,17 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 log() { printf '==> %s\n' "$*" >&2; }
+# The calling script's usage: its header comment, from line 2 to `set -euo pipefail`.
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+# etcd_flags NAME DATA_DIR CLIENT_PORT PEER_PORT: the flags of a one-member etcd on
+# loopback without fsync (the test API server's and the single-node cluster's), one a line.
+etcd_flags() {
+    local name="$1" dir="$2" client="http://127.0.0.1:$3" peer="http://127.0.0.1:$4"
+    printf '%s\n' --name "$name" --data-dir "$dir" \
+        --listen-client-urls "$client" --advertise-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$name=$peer" --unsafe-no-fsync
+}
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() {
     printf 'error: %s\n' "$*" >&2

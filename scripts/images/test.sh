@@ -45,7 +45,7 @@ while [ "$#" -gt 0 ]; do
         --bins=*) bins="${1#*=}" ;;
         --no-infra) infra=no ;;
         --infra) taskq=no ;;
-        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) usage; exit 0 ;;
         *) fail "unknown argument '$1' (see --help)" ;;
     esac
     shift
