@@ -19,6 +19,7 @@ mod serve;
 mod tasks;
 pub mod transitions;
 pub mod ui;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use clap::Parser;
@@ -281,12 +281,15 @@ pub struct AppState {
     pub health: health::Health,
     /// The web dashboard's settings.
     pub ui: Arc<ui::UiConfig>,
+    /// Requests waiting for their task to finish (`GET /v1/tasks/{id}?wait=`).
+    pub waits: wait::Waits,
 }
 
 impl AppState {
     /// State with default limits.
     pub fn new(broker: Broker, store: Store) -> Self {
         Self {
+            waits: wait::Waits::new(broker.clone()),
             broker,
             store,
             limits: Arc::new(Limits::default()),
@@ -409,14 +412,8 @@ pub fn app(state: AppState) -> Router {
                     },
                     body::buffer,
                 ))
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorCode::Timeout,
-                        "the request took too long",
-                    )
-                }))
-                .timeout(timeout)
+                // The request timeout, lengthened by a read's `wait`.
+                .layer(axum::middleware::from_fn_with_state(timeout, wait::deadline))
                 .concurrency_limit(state.max_concurrent_requests),
         )
         .with_state(state)
@@ -483,6 +480,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         probes.clone(),
     ));
     let draining = state.draining.clone();
+    let waits = state.waits.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -499,6 +497,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     serve(listener, app(state), connections, async move {
         shutdown.cancelled().await;
         draining.store(true, Ordering::Relaxed);
+        waits.drain();
         tracing::info!("draining in-flight requests");
     })
     .await
