@@ -288,8 +288,9 @@ pub struct AppState {
 impl AppState {
     /// State with default limits.
     pub fn new(broker: Broker, store: Store) -> Self {
+        let metrics = Metrics::new();
         Self {
-            waits: wait::Waits::new(broker.clone()),
+            waits: wait::Waits::new(broker.clone(), metrics.clone()),
             broker,
             store,
             limits: Arc::new(Limits::default()),
@@ -298,7 +299,7 @@ impl AppState {
             request_timeout: Duration::from_secs(30),
             draining: Arc::new(AtomicBool::new(false)),
             indexes_ready: Arc::new(AtomicBool::new(true)),
-            metrics: Metrics::new(),
+            metrics,
             tokens: None,
             idempotency_ttl: Duration::from_secs(86_400),
             max_concurrent_requests: 1024,

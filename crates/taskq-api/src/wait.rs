@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use taskq_core::{TaskId, TaskRecord};
 use taskq_redis::{Broker, Finished, FinishedSubscription};
+use taskq_telemetry::metrics::Metrics;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ pub struct Waits {
 
 struct Inner {
     broker: Broker,
+    metrics: Arc<Metrics>,
     waiters: Mutex<HashMap<TaskId, Entry>>,
     /// Wakes everyone and keeps new waiters from waiting (set when the api drains).
     draining: CancellationToken,
@@ -95,10 +97,11 @@ impl Inner {
 
 impl Waits {
     /// Waits whose subscription (on `broker`) starts with the first waiter.
-    pub fn new(broker: Broker) -> Self {
+    pub fn new(broker: Broker, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 broker,
+                metrics,
                 waiters: Mutex::default(),
                 draining: CancellationToken::new(),
                 subscriber: Once::new(),
@@ -135,6 +138,7 @@ impl Waits {
             count: 0,
         });
         entry.count += 1;
+        self.inner.metrics.api_waiting.inc();
         Waiter {
             id,
             rx: entry.tx.subscribe(),
@@ -161,6 +165,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        self.inner.metrics.api_waiting.dec();
         let mut waiters = self.inner.lock();
         if let Some(e) = waiters.get_mut(&self.id) {
             e.count -= 1;
@@ -229,6 +234,9 @@ pub(crate) async fn record(
     // Registered before the first read: see the module documentation.
     let mut waiter = (!wait.is_zero()).then(|| state.waits.register(id));
     loop {
+        if waiter.is_some() {
+            state.metrics.api_wait_reads.inc();
+        }
         let Some(stored) = state.store.get(id).await? else {
             return Err(ApiError::not_found(format!("no task {id}")));
         };
@@ -242,7 +250,8 @@ pub(crate) async fn record(
         tokio::select! {
             () = w.woken() => {}
             () = tokio::time::sleep_until(deadline) => {
-                // Answer with the state at the deadline (one more read, no more waiting).
+                // Answer with the state at the deadline: one more read, no more waiting.
+                state.metrics.api_wait_reads.inc();
                 waiter = None;
             }
         }
@@ -287,7 +296,10 @@ mod tests {
     async fn waits() -> Waits {
         let config = taskq_redis::RedisConfig::from_urls("redis://127.0.0.1:1", false);
         // Lazy: nothing connects until a command is sent.
-        Waits::new(Broker::connect(&config).await.expect("broker"))
+        Waits::new(
+            Broker::connect(&config).await.expect("broker"),
+            Metrics::new(),
+        )
     }
 
     #[tokio::test]
