@@ -414,7 +414,10 @@ pub fn app(state: AppState) -> Router {
                     body::buffer,
                 ))
                 // The request timeout, lengthened by a read's `wait`.
-                .layer(axum::middleware::from_fn_with_state(timeout, wait::deadline))
+                .layer(axum::middleware::from_fn_with_state(
+                    timeout,
+                    wait::deadline,
+                ))
                 .concurrency_limit(state.max_concurrent_requests),
         )
         .with_state(state)

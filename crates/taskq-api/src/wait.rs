@@ -269,7 +269,11 @@ pub(crate) async fn publish(state: &AppState, id: TaskId) {
 /// Middleware: the request timeout (`TASKQ_REQUEST_TIMEOUT_MS`), lengthened for a `GET`
 /// by its `wait`, so a wait longer than the timeout is answered at its deadline instead
 /// of `503 timeout`. A malformed `wait` adds nothing (the route refuses it).
-pub(crate) async fn deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+pub(crate) async fn deadline(
+    State(timeout): State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
     let wait = if req.method() == Method::GET {
         axum::extract::Query::<GetQuery>::try_from_uri(req.uri())
             .ok()

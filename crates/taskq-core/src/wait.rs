@@ -17,10 +17,7 @@ pub fn parse_wait(s: &str) -> Result<Duration, String> {
         })?,
     };
     if d > MAX_WAIT {
-        return Err(format!(
-            "`wait` must be at most {}s",
-            MAX_WAIT.as_secs()
-        ));
+        return Err(format!("`wait` must be at most {}s", MAX_WAIT.as_secs()));
     }
     Ok(d)
 }

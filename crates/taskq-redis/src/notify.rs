@@ -121,7 +121,10 @@ impl FinishedSubscription {
     }
 
     async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream)> {
-        let Some(client) = self.clients.get(self.next_client % self.clients.len().max(1)) else {
+        let Some(client) = self
+            .clients
+            .get(self.next_client % self.clients.len().max(1))
+        else {
             return Err(crate::BrokerError::Config("no redis url given".into()));
         };
         self.next_client = self.next_client.wrapping_add(1);

@@ -211,7 +211,9 @@ mod tests {
     #[test]
     fn results_over_the_limit_fail_for_good() {
         let small = serde_json::json!({"n": 1});
-        assert!(matches!(bounded(Some(small.clone()), 7), Outcome::Succeeded(Some(v)) if v == small));
+        assert!(
+            matches!(bounded(Some(small.clone()), 7), Outcome::Succeeded(Some(v)) if v == small)
+        );
         assert!(matches!(bounded(None, 1), Outcome::Succeeded(None)));
         match bounded(Some(small), 6) {
             Outcome::Failed(e) => {

@@ -39,7 +39,10 @@ async fn env_with_waits() -> (Env, Waits) {
 }
 
 /// A second api on `env`'s Redis (its own connections) and database, and its waiters.
-async fn second_api(env: &Env, redis: &RedisConfig) -> (String, Waits, tokio_util::sync::CancellationToken) {
+async fn second_api(
+    env: &Env,
+    redis: &RedisConfig,
+) -> (String, Waits, tokio_util::sync::CancellationToken) {
     let broker = Broker::connect(redis).await.expect("redis");
     let state = AppState::new(broker, env.store.clone());
     let waits = state.waits.clone();
@@ -62,7 +65,10 @@ fn get_waiting(api: &str, id: TaskId, wait: &str) -> JoinHandle<(StatusCode, Val
 /// Waits until `waits` has waiters for `n` tasks.
 async fn until_waiting(waits: &Waits, n: usize) {
     assert!(
-        wait_until(T, Duration::from_millis(10), || async { waits.tasks() == n }).await,
+        wait_until(T, Duration::from_millis(10), || async {
+            waits.tasks() == n
+        })
+        .await,
         "{} tasks have waiters, expected {n}",
         waits.tasks()
     );
@@ -72,7 +78,10 @@ async fn until_waiting(waits: &Waits, n: usize) {
 async fn woken(req: JoinHandle<(StatusCode, Value, Duration)>) -> Value {
     let (status, body, took) = req.await.expect("request task");
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(took < WOKEN_WITHIN, "answered after {took:?}, not woken: {body}");
+    assert!(
+        took < WOKEN_WITHIN,
+        "answered after {took:?}, not woken: {body}"
+    );
     body
 }
 
@@ -80,7 +89,9 @@ async fn woken(req: JoinHandle<(StatusCode, Value, Duration)>) -> Value {
 async fn a_waiter_gets_the_result_as_soon_as_the_task_succeeds() {
     let (env, waits) = env_with_waits().await;
     let payload = json!({"order": 42, "lines": ["a", "b"], "big": 18446744073709551615u64});
-    let id = env.submit(json!({"type": "echo", "payload": payload})).await;
+    let id = env
+        .submit(json!({"type": "echo", "payload": payload}))
+        .await;
     let req = get_waiting(&env.api, id, "60s");
     until_waiting(&waits, 1).await;
     let w = env.worker(Env::settings("default"), Env::builtins());
@@ -139,7 +150,10 @@ async fn an_unfinished_task_is_answered_at_the_deadline_as_it_stands() {
     assert_eq!(rec["status"], "running");
     // `wait=0` is a plain read.
     let (status, rec) = env.get(&format!("/v1/tasks/{running}?wait=0")).await;
-    assert_eq!((status, &rec["status"]), (StatusCode::OK, &json!("running")));
+    assert_eq!(
+        (status, &rec["status"]),
+        (StatusCode::OK, &json!("running"))
+    );
     until_waiting(&waits, 0).await;
     let (status, _) = env
         .post(&format!("/v1/tasks/{running}/cancel"), json!(null))
@@ -161,9 +175,17 @@ async fn bad_waits_are_refused_with_invalid_query() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_query");
     let (status, body) = env.get("/v1/tasks/not-an-id?wait=1s").await;
-    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("invalid_id")));
-    let (status, body) = env.get(&format!("/v1/tasks/{}?wait=1s", TaskId::new())).await;
-    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_id"))
+    );
+    let (status, body) = env
+        .get(&format!("/v1/tasks/{}?wait=1s", TaskId::new()))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
     assert_eq!(waits.tasks(), 0, "no refused request left a waiter behind");
 }
 
@@ -198,7 +220,10 @@ async fn waiters_on_another_api_wake_for_the_worker_and_for_a_cancel() {
     let w = env.worker(Env::settings("default"), Env::builtins());
     for req in [on_b_runs, on_a_runs] {
         let rec = woken(req).await;
-        assert_eq!((&rec["status"], &rec["result"]), (&json!("succeeded"), &json!("b")));
+        assert_eq!(
+            (&rec["status"], &rec["result"]),
+            (&json!("succeeded"), &json!("b"))
+        );
     }
     // Cancelled through api A: the waiter on api B wakes.
     let (status, body) = env
@@ -268,7 +293,10 @@ async fn waiters_wake_on_a_redis_cluster_whatever_node_they_listen_on() {
     let w = env.worker(Env::settings("default"), Env::builtins());
     for req in reqs {
         let rec = woken(req).await;
-        assert_eq!((&rec["status"], &rec["result"]), (&json!("succeeded"), &json!([1, 2])));
+        assert_eq!(
+            (&rec["status"], &rec["result"]),
+            (&json!("succeeded"), &json!([1, 2]))
+        );
     }
     w.shutdown().await;
 }
