@@ -21,7 +21,7 @@ pub(crate) async fn publish_finished(broker: &Broker, entries: &[OutboxEntry]) {
 
 /// Publishes that `ids` finished (their records say so already).
 pub(crate) async fn publish(broker: &Broker, ids: &[TaskId]) {
-    if let Err(e) = broker.publish_finished(&ids).await {
+    if let Err(e) = broker.publish_finished(ids).await {
         tracing::warn!(error = %e, tasks = ids.len(), "publishing finished tasks failed; their waiters answer at their deadline");
     }
 }
