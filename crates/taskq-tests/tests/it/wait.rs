@@ -7,7 +7,6 @@
 //! answers are checked to come well before them: only a wake-up can do that, since no
 //! waiter reads MongoDB again before its deadline.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -17,11 +16,11 @@ use taskq_api::wait::Waits;
 use taskq_core::{TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::StatusUpdate;
-use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
+use taskq_testkit::{free_port, mongo_uri, wait_until};
 use taskq_worker::TaskContext;
 use tokio::task::JoinHandle;
 
-use crate::harness::{Env, serve_api};
+use crate::harness::{Env, api_process, ready, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 /// Well under the 60 s waits: an answer before it came from a wake-up.
@@ -338,27 +337,16 @@ async fn a_result_over_the_limit_kills_the_task_with_a_clear_error() {
 async fn the_api_binary_answers_waiters_past_its_timeout_and_when_it_drains() {
     let env = Env::start().await;
     let port = free_port();
-    let mut api = ChildGuard::spawn_logged(
-        "taskq-api",
-        Command::new(workspace_bin("taskq-api"))
-            .env("TASKQ_REDIS_URL", env.redis.url())
-            .env("TASKQ_MONGODB_URI", mongo_uri())
-            .env("TASKQ_MONGODB_DATABASE", &env.db)
-            .env("TASKQ_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TASKQ_AUTH", "off")
-            .env("TASKQ_REQUEST_TIMEOUT_MS", "1000")
-            .env("RUST_LOG", "warn")
-            .env_remove("TASKQ_PERIODIC")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    let mut api = api_process(
+        &env,
+        port,
+        &mongo_uri(),
+        &[("TASKQ_REQUEST_TIMEOUT_MS", "1000")],
     );
     let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
     assert!(
-        wait_until(T, Duration::from_millis(100), || async {
-            reqwest::get(format!("{base}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await,
+        wait_until(T, Duration::from_millis(100), || ready(&http, &base)).await,
         "the api never became ready"
     );
     let id = env.submit(json!({"type": "noop", "queue": "idle"})).await;
