@@ -11,6 +11,7 @@ mod body;
 mod error;
 mod extract;
 pub mod health;
+mod limit;
 mod observe;
 pub mod openapi;
 pub mod periodic;
@@ -413,12 +414,11 @@ pub fn app(state: AppState) -> Router {
                     },
                     body::buffer,
                 ))
-                // The request timeout, lengthened by a read's `wait`.
+                // A request slot and the request timeout (lengthened by a read's `wait`).
                 .layer(axum::middleware::from_fn_with_state(
-                    timeout,
-                    wait::deadline,
-                ))
-                .concurrency_limit(state.max_concurrent_requests),
+                    limit::Limits::new(timeout, state.max_concurrent_requests),
+                    limit::limit,
+                )),
         )
         .with_state(state)
 }

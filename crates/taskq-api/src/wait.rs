@@ -19,10 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use taskq_core::{TaskId, TaskRecord};
 use taskq_redis::{Broker, Finished, FinishedSubscription};
@@ -263,33 +259,6 @@ pub(crate) async fn record(
 pub(crate) async fn publish(state: &AppState, id: TaskId) {
     if let Err(e) = state.broker.publish_finished(&[id]).await {
         tracing::warn!(error = %e, task = %id, "publishing a finished task failed; its waiters answer at their deadline");
-    }
-}
-
-/// Middleware: the request timeout (`TASKQ_REQUEST_TIMEOUT_MS`), lengthened for a `GET`
-/// by its `wait`, so a wait longer than the timeout is answered at its deadline instead
-/// of `503 timeout`. A malformed `wait` adds nothing (the route refuses it).
-pub(crate) async fn deadline(
-    State(timeout): State<Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let wait = if req.method() == Method::GET {
-        axum::extract::Query::<GetQuery>::try_from_uri(req.uri())
-            .ok()
-            .and_then(|q| q.0.wait().ok().flatten())
-            .unwrap_or_default()
-    } else {
-        Duration::ZERO
-    };
-    match tokio::time::timeout(timeout + wait, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Timeout,
-            "the request took too long",
-        )
-        .into_response(),
     }
 }
 
