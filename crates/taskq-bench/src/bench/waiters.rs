@@ -62,9 +62,10 @@ impl Bench {
         let reads_before = self.api_metric("taskq_api_wait_reads_total").await?;
 
         progress("worker starts; waiting for every answer");
-        let snap = self.snapshot();
         let started = Instant::now();
         self.worker = Some(self.env.spawn_worker()?);
+        // Taken with the worker running, so its CPU is tracked too.
+        let snap = self.snapshot();
         let mut lags = Vec::with_capacity(n);
         while let Some(joined) = set.join_next().await {
             let (answered_us, body) = joined.context("waiting request task")??;
