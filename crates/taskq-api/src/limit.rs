@@ -5,16 +5,18 @@
 //! both within `TASKQ_REQUEST_TIMEOUT_MS`, lengthened for a `GET` by its `wait` (see
 //! [`crate::wait`]): a wait longer than the timeout is answered at its deadline, not with
 //! `503 timeout`. The slot is taken here rather than by tower's `ConcurrencyLimit`, whose
-//! readiness would be polled through the middlewares above before the body is read.
+//! readiness would be polled through the middlewares above before the body is read, and
+//! it travels with the request as a [`Slot`], so a read that waits for its task gives the
+//! slot back while it waits and takes one again to read.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::wait::GetQuery;
@@ -35,8 +37,36 @@ impl Limits {
     }
 }
 
+/// The request slot a request holds, in its extensions. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    slots: Arc<Semaphore>,
+    held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl Slot {
+    /// Gives the slot back (while the request waits for something else).
+    pub(crate) fn release(&self) {
+        drop(self.lock().take());
+    }
+
+    /// Takes a slot again if it was given back, waiting for one.
+    pub(crate) async fn reacquire(&self) {
+        if self.lock().is_some() {
+            return;
+        }
+        // The semaphore is never closed.
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        *self.lock() = permit;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Middleware: a slot, then the request, within the (lengthened) request timeout.
-pub(crate) async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+pub(crate) async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -> Response {
     let wait = if req.method() == Method::GET {
         axum::extract::Query::<GetQuery>::try_from_uri(req.uri())
             .ok()
@@ -48,8 +78,15 @@ pub(crate) async fn limit(State(limits): State<Limits>, req: Request, next: Next
     };
     let served = async {
         // The semaphore is never closed.
-        let _slot = limits.slots.acquire().await;
-        next.run(req).await
+        let permit = limits.slots.clone().acquire_owned().await.ok();
+        let slot = Slot {
+            slots: limits.slots.clone(),
+            held: Arc::new(Mutex::new(permit)),
+        };
+        req.extensions_mut().insert(slot.clone());
+        let resp = next.run(req).await;
+        slot.release();
+        resp
     };
     match tokio::time::timeout(limits.timeout + wait, served).await {
         Ok(resp) => resp,

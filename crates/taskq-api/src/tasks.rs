@@ -257,10 +257,12 @@ pub async fn get(
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
     QueryParams(q): QueryParams<GetQuery>,
+    slot: Option<axum::Extension<crate::limit::Slot>>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
     let wait = q.wait()?.unwrap_or_default();
-    crate::wait::record(&state, id, wait).await.map(Json)
+    let slot = slot.as_ref().map(|s| &s.0);
+    crate::wait::record(&state, id, wait, slot).await.map(Json)
 }
 
 /// Query of `GET /v1/tasks`. Every field is text here so that a bad value is answered

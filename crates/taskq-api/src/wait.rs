@@ -14,6 +14,8 @@
 //! - A waiter's entry leaves the map when its request ends, however it ends (answered,
 //!   timed out, the client gone: the handler's future is dropped with its [`Waiter`]).
 //! - When the api drains, every waiter is woken and answers with the record as it stands.
+//! - A waiter holds no request slot while it waits: it gives its slot back before it
+//!   parks and takes one again to read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::limit::Slot;
 
 /// The requests of this process waiting for tasks to finish. Cheap to clone.
 #[derive(Clone)]
@@ -220,11 +223,13 @@ impl GetQuery {
     }
 }
 
-/// The record of `id`, once it is final, the api drains, or `wait` has passed.
+/// The record of `id`, once it is final, the api drains, or `wait` has passed. While it
+/// waits, the request gives its `slot` back (a waiter costs no request slot).
 pub(crate) async fn record(
     state: &AppState,
     id: TaskId,
     wait: Duration,
+    slot: Option<&Slot>,
 ) -> Result<TaskRecord, ApiError> {
     let deadline = Instant::now() + wait;
     // Registered before the first read: see the module documentation.
@@ -243,6 +248,9 @@ pub(crate) async fn record(
         if rec.status.is_final() || state.waits.inner.draining.is_cancelled() {
             return Ok(rec);
         }
+        if let Some(s) = slot {
+            s.release();
+        }
         tokio::select! {
             () = w.woken() => {}
             () = tokio::time::sleep_until(deadline) => {
@@ -250,6 +258,9 @@ pub(crate) async fn record(
                 state.metrics.api_wait_reads.inc();
                 waiter = None;
             }
+        }
+        if let Some(s) = slot {
+            s.reacquire().await;
         }
     }
 }

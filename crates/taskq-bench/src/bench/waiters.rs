@@ -19,11 +19,8 @@ const WAIT: &str = "60s";
 impl Bench {
     pub(super) async fn waiters(&mut self) -> anyhow::Result<()> {
         let n = self.cfg.waiters;
-        // A waiting request holds one of the api's request slots while it waits.
-        self.env.api_env.push((
-            "TASKQ_MAX_CONCURRENT_REQUESTS".to_owned(),
-            (n + 64).to_string(),
-        ));
+        // The api runs with its default request slots (1,024): a waiting request holds
+        // one only while it reads.
         progress("starting taskq-api");
         let api = self.env.start_api(&self.http).await?;
         self.api = Some(api);

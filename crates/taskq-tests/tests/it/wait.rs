@@ -376,3 +376,40 @@ async fn the_api_binary_answers_waiters_past_its_timeout_and_when_it_drains() {
         "the api did not stop cleanly"
     );
 }
+
+/// A waiting request gives its request slot back while it waits: with two slots, four
+/// waiters leave room for submits and reads, and take a slot again to answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_requests_hold_no_request_slot() {
+    let mut waits = None;
+    let env = Env::start_with(|s| {
+        waits = Some(s.waits.clone());
+        AppState {
+            max_concurrent_requests: 2,
+            ..s
+        }
+    })
+    .await;
+    let waits = waits.expect("state built");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(env.submit(json!({"type": "noop", "queue": "idle"})).await);
+    }
+    let reqs: Vec<_> = ids
+        .iter()
+        .map(|id| get_waiting(&env.api, *id, "60s"))
+        .collect();
+    until_waiting(&waits, 4).await;
+    // Were the slots held, these would wait until the request timeout (30 s): 503.
+    let more = env.submit(json!({"type": "noop", "queue": "idle"})).await;
+    assert_eq!(env.record(more).await["status"], "queued");
+    for id in &ids {
+        let (status, body) = env
+            .post(&format!("/v1/tasks/{id}/cancel"), json!(null))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for req in reqs {
+        assert_eq!(woken(req).await["status"], "cancelled");
+    }
+}
