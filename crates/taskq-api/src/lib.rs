@@ -77,7 +77,8 @@ pub struct ApiArgs {
     /// `timeout_ms` of tasks that give none.
     #[arg(long, env = "TASKQ_DEFAULT_TIMEOUT_MS", default_value_t = 600_000)]
     pub default_timeout_ms: u64,
-    /// Longest time one request may take before it is answered 503.
+    /// Longest time one request may take (waiting for a request slot included) before it
+    /// is answered 503; a `GET /v1/tasks/{id}?wait=` gets its wait on top.
     #[arg(long, env = "TASKQ_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
     /// Log format: `text` or `json`.
