@@ -11,6 +11,7 @@ mod body;
 mod error;
 mod extract;
 pub mod health;
+mod limit;
 mod observe;
 pub mod openapi;
 pub mod periodic;
@@ -19,6 +20,7 @@ mod serve;
 mod tasks;
 pub mod transitions;
 pub mod ui;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +29,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use clap::Parser;
@@ -76,7 +77,8 @@ pub struct ApiArgs {
     /// `timeout_ms` of tasks that give none.
     #[arg(long, env = "TASKQ_DEFAULT_TIMEOUT_MS", default_value_t = 600_000)]
     pub default_timeout_ms: u64,
-    /// Longest time one request may take before it is answered 503.
+    /// Longest time one request may take (waiting for a request slot included) before it
+    /// is answered 503; a `GET /v1/tasks/{id}?wait=` gets its wait on top.
     #[arg(long, env = "TASKQ_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
     /// Log format: `text` or `json`.
@@ -281,12 +283,16 @@ pub struct AppState {
     pub health: health::Health,
     /// The web dashboard's settings.
     pub ui: Arc<ui::UiConfig>,
+    /// Requests waiting for their task to finish (`GET /v1/tasks/{id}?wait=`).
+    pub waits: wait::Waits,
 }
 
 impl AppState {
     /// State with default limits.
     pub fn new(broker: Broker, store: Store) -> Self {
+        let metrics = Metrics::new();
         Self {
+            waits: wait::Waits::new(broker.clone(), metrics.clone()),
             broker,
             store,
             limits: Arc::new(Limits::default()),
@@ -295,7 +301,7 @@ impl AppState {
             request_timeout: Duration::from_secs(30),
             draining: Arc::new(AtomicBool::new(false)),
             indexes_ready: Arc::new(AtomicBool::new(true)),
-            metrics: Metrics::new(),
+            metrics,
             tokens: None,
             idempotency_ttl: Duration::from_secs(86_400),
             max_concurrent_requests: 1024,
@@ -409,15 +415,11 @@ pub fn app(state: AppState) -> Router {
                     },
                     body::buffer,
                 ))
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorCode::Timeout,
-                        "the request took too long",
-                    )
-                }))
-                .timeout(timeout)
-                .concurrency_limit(state.max_concurrent_requests),
+                // A request slot and the request timeout (lengthened by a read's `wait`).
+                .layer(axum::middleware::from_fn_with_state(
+                    limit::Limits::new(timeout, state.max_concurrent_requests),
+                    limit::limit,
+                )),
         )
         .with_state(state)
 }
@@ -483,6 +485,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         probes.clone(),
     ));
     let draining = state.draining.clone();
+    let waits = state.waits.clone();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -499,6 +502,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     serve(listener, app(state), connections, async move {
         shutdown.cancelled().await;
         draining.store(true, Ordering::Relaxed);
+        waits.drain();
         tracing::info!("draining in-flight requests");
     })
     .await

@@ -19,6 +19,7 @@ use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::retry::{self, Outcome};
 use crate::transitions::submit::{self, Submitted};
+use crate::wait::GetQuery;
 
 /// `POST /v1/tasks`: validates, writes the record, enqueues, answers 201 with it. With an
 /// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
@@ -235,16 +236,17 @@ pub async fn submit_batch(
     Ok((status, Json(body)).into_response())
 }
 
-/// `GET /v1/tasks/{id}`.
+/// `GET /v1/tasks/{id}`, with `?wait=` answered once the task finished (see
+/// [`crate::wait`]).
 #[utoipa::path(
     get,
     path = "/v1/tasks/{id}",
     operation_id = "get_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id.")),
+    params(("id" = TaskId, Path, description = "The task's id."), GetQuery),
     responses(
-        (status = 200, description = "The task's full record.", body = TaskRecord),
-        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
+        (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
+        (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
         (status = 401, description = "No valid bearer token.", body = ErrorBody),
         (status = 404, description = "No such task.", body = ErrorBody),
         (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
@@ -254,12 +256,13 @@ pub async fn submit_batch(
 pub async fn get(
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
+    QueryParams(q): QueryParams<GetQuery>,
+    slot: Option<axum::Extension<crate::limit::Slot>>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
-    match state.store.get(id).await? {
-        Some(t) => Ok(Json(t.record)),
-        None => Err(ApiError::not_found(format!("no task {id}"))),
-    }
+    let wait = q.wait()?.unwrap_or_default();
+    let slot = slot.as_ref().map(|s| &s.0);
+    crate::wait::record(&state, id, wait, slot).await.map(Json)
 }
 
 /// Query of `GET /v1/tasks`. Every field is text here so that a bad value is answered

@@ -78,6 +78,13 @@ pub struct Args {
     /// no exporter again.
     #[arg(long, env = "TASKQ_BENCH_COMPARE_TRACING")]
     pub compare_tracing: bool,
+    /// Instead of the usual phases, measure `GET /v1/tasks/{id}?wait=60s` with this many
+    /// waiters on one api: as many `sleep` tasks are batch-submitted with no worker, one
+    /// waiting request per task is held open, then a worker runs them. Reports the time
+    /// from each task's finish to its waiter's answer, the api's CPU and RSS, and its
+    /// MongoDB reads for the waiters. 0: off.
+    #[arg(long, env = "TASKQ_BENCH_WAITERS", default_value_t = 0)]
+    pub waiters: usize,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +116,7 @@ pub struct Config {
     pub worker_env: Vec<(String, String)>,
     pub api_env: Vec<(String, String)>,
     pub compare_tracing: bool,
+    pub waiters: usize,
     pub json: bool,
 }
 
@@ -156,6 +164,7 @@ impl Args {
         check("--latency-seconds", self.latency_seconds, 0.1, 3_600.0)?;
         check("--ceiling-seconds", self.ceiling_seconds, 0.1, 3_600.0)?;
         check("--backlog", self.backlog as f64, 0.0, 100_000_000.0)?;
+        check("--waiters", self.waiters as f64, 0.0, 100_000.0)?;
         let bin_dir = match self.bin_dir {
             Some(dir) => dir,
             None => {
@@ -190,6 +199,7 @@ impl Args {
             worker_env: self.worker_env,
             api_env: self.api_env,
             compare_tracing: self.compare_tracing,
+            waiters: self.waiters,
             json: self.json,
         })
     }

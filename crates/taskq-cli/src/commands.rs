@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
@@ -48,6 +49,24 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Error> {
     read.map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Why a task waited for did not succeed: it ended `dead` or `cancelled`, or had not
+/// finished when the wait ended. `None` when it succeeded.
+fn unsuccessful(task: &Value, waited: Duration) -> Option<Error> {
+    let id = text(&task["id"]);
+    let status = text(&task["status"]);
+    match status.as_str() {
+        "succeeded" => None,
+        "dead" | "cancelled" => Some(Error::input(match task["last_error"].as_str() {
+            Some(e) => format!("task {id} ended {status}: {e}"),
+            None => format!("task {id} ended {status}"),
+        })),
+        _ => Some(Error::input(format!(
+            "task {id} is still {status} after waiting {} ms",
+            waited.as_millis()
+        ))),
+    }
+}
+
 impl Ctx {
     /// The body as JSON, or rendered by `table`.
     fn show(&self, body: &Value, table: impl FnOnce(&Value) -> String) -> String {
@@ -65,8 +84,8 @@ impl Ctx {
         }
     }
 
-    /// `submit TYPE …`: `POST /v1/tasks`.
-    pub async fn submit(&self, a: &SubmitArgs) -> Result<String, Error> {
+    /// `submit TYPE …`: `POST /v1/tasks`; with `--wait`, then `get ID --wait`.
+    pub async fn submit(&self, a: &SubmitArgs) -> Result<Report, Error> {
         let kind = a
             .kind
             .as_deref()
@@ -118,7 +137,13 @@ impl Ctx {
                 headers,
             )
             .await?;
-        Ok(self.show(&ans.body, |t| {
+        if let Some(wait) = a.wait {
+            let id = ans.body["id"]
+                .as_str()
+                .ok_or_else(|| self.bad_response(ans.status, "the task has no `id`"))?;
+            return self.get(id, Some(wait)).await;
+        }
+        Ok(Report::ok(self.show(&ans.body, |t| {
             let id = text(&t["id"]);
             let headline = match (ans.status, &a.idempotency_key) {
                 (200, Some(key)) => format!(
@@ -128,7 +153,7 @@ impl Ctx {
                 _ => format!("task {id} submitted"),
             };
             render::task_summary(&headline, t)
-        }))
+        })))
     }
 
     /// `submit --file F`: `POST /v1/tasks/batch` per chunk of `batch_size` lines.
@@ -259,9 +284,18 @@ impl Ctx {
     }
 
     /// `get ID`: `GET /v1/tasks/{id}`.
-    pub async fn get(&self, id: &str) -> Result<String, Error> {
-        let ans = self.client.get(&["v1", "tasks", id], &[]).await?;
-        Ok(self.show(&ans.body, render::task_detail))
+    /// `get ID [--wait D]`: `GET /v1/tasks/{id}[?wait=D]`. With a wait, the command fails
+    /// (after printing the task) unless the task succeeded.
+    pub async fn get(&self, id: &str, wait: Option<Duration>) -> Result<Report, Error> {
+        let query: Vec<(&str, String)> = wait
+            .map(|w| ("wait", format!("{}ms", w.as_millis())))
+            .into_iter()
+            .collect();
+        let ans = self.client.get(&["v1", "tasks", id], &query).await?;
+        Ok(Report {
+            stdout: self.show(&ans.body, render::task_detail),
+            failure: wait.and_then(|w| unsuccessful(&ans.body, w)),
+        })
     }
 
     /// `list`: `GET /v1/tasks?…`, following `next_cursor` with `--all`.

@@ -92,6 +92,10 @@ pub enum Command {
         /// Task id.
         #[arg(value_parser = path_segment)]
         id: String,
+        /// Wait up to this long (e.g. 30s, 1500ms; at most 60s) for the task to finish;
+        /// then exit 1 unless it succeeded.
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        wait: Option<Duration>,
     },
     /// List tasks, newest first.
     List(ListArgs),
@@ -203,10 +207,14 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "kind", "payload", "payload_file", "queue", "priority", "delay_ms",
-            "run_at", "max_attempts", "timeout_ms", "idempotency_key",
+            "run_at", "max_attempts", "timeout_ms", "idempotency_key", "wait",
         ]
     )]
     pub file: Option<PathBuf>,
+    /// Wait up to this long (e.g. 30s, 1500ms; at most 60s) for the task to finish and
+    /// show it with its result; exit 1 unless it succeeded.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait: Option<Duration>,
     /// Tasks per batch request with --file.
     #[arg(
         long,
@@ -262,10 +270,16 @@ impl Report {
 
 /// Runs one command against the api, with `token` (from [`TOKEN_ENV`]) if any.
 pub async fn run(cli: Cli, token: Option<&str>) -> Result<Report, Error> {
+    // A waiting request may take its wait on top of the usual time.
+    let wait = match &cli.command {
+        Command::Get { wait, .. } => *wait,
+        Command::Submit(a) => a.wait,
+        _ => None,
+    };
     let client = Client::new(
         cli.api.clone(),
         token,
-        Duration::from_millis(cli.request_timeout_ms),
+        Duration::from_millis(cli.request_timeout_ms) + wait.unwrap_or_default(),
     )?;
     let ctx = commands::Ctx {
         client,
@@ -274,9 +288,9 @@ pub async fn run(cli: Cli, token: Option<&str>) -> Result<Report, Error> {
     match cli.command {
         Command::Submit(args) => match &args.file {
             Some(file) => ctx.submit_file(file, usize::from(args.batch_size)).await,
-            None => ctx.submit(&args).await.map(Report::ok),
+            None => ctx.submit(&args).await,
         },
-        Command::Get { id } => ctx.get(&id).await.map(Report::ok),
+        Command::Get { id, wait } => ctx.get(&id, wait).await,
         Command::List(args) => ctx.list(&args).await.map(Report::ok),
         Command::Retry { id } => ctx.retry(&id).await.map(Report::ok),
         Command::Cancel { id } => ctx.cancel(&id).await.map(Report::ok),
@@ -302,6 +316,10 @@ fn parse_api_url(s: &str) -> Result<Url, String> {
 
 fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    taskq_core::wait::parse_wait(s).map_err(|e| e.replace("`wait`", "the wait"))
 }
 
 fn parse_rfc3339(s: &str) -> Result<String, String> {
@@ -384,6 +402,15 @@ mod tests {
             Err(ErrorKind::ValueValidation)
         );
         assert_eq!(kind(&["get", ".."]), Err(ErrorKind::ValueValidation));
+        assert_eq!(kind(&["get", "x", "--wait", "1500ms"]), Ok(()));
+        assert_eq!(
+            kind(&["get", "x", "--wait", "61s"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["submit", "--file", "x", "--wait", "5s"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
         assert_eq!(
             kind(&["--api", "ftp://x", "recover"]),
             Err(ErrorKind::ValueValidation)

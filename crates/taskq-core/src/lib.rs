@@ -12,6 +12,7 @@ pub mod queue;
 pub mod status;
 pub mod task;
 pub mod validate;
+pub mod wait;
 pub mod wire;
 
 pub use backoff::Backoff;

@@ -103,7 +103,13 @@ pub struct TaskRecord {
     pub backoff: Backoff,
     #[schema(required = true)]
     pub last_error: Option<String>,
-    /// What the handler returned on success.
+    /// What the handler returned on success: any JSON value, at most the worker's
+    /// `TASKQ_MAX_RESULT_BYTES` (1 MiB by default) of compact JSON. Present once the task
+    /// is `succeeded` and its handler returned a value; `null` before that, when the
+    /// handler returned none, and for `dead` and `cancelled` tasks. A larger result fails
+    /// the attempt without retry: the task ends `dead` with `last_error` starting
+    /// `result too large`. Read it as soon as the task finishes with
+    /// `GET /v1/tasks/{id}?wait=30s`.
     #[schema(required = true)]
     pub result: Option<Value>,
     pub created_at: DateTime<Utc>,

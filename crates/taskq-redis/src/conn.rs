@@ -78,8 +78,10 @@ impl ConnectionLike for Conn {
 pub(crate) enum Source {
     /// Boxed: with TLS support a client holds its certificate settings.
     Single(Box<redis::Client>),
-    /// A client whose response timeout leaves room for blocking commands.
-    Cluster(Box<ClusterClient>),
+    /// A client whose response timeout leaves room for blocking commands, and a plain
+    /// client per seed node (for the pub/sub subscriber, which needs one node only:
+    /// `PUBLISH` reaches every node of a cluster).
+    Cluster(Box<ClusterClient>, Vec<redis::Client>),
 }
 
 /// Longest blocking wait issued on a dedicated connection, in seconds.
@@ -105,7 +107,15 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
             .response_timeout(config.response_timeout + Duration::from_secs_f64(BLOCK_SECONDS))
             .connection_timeout(Duration::from_secs(5))
             .build()?;
-        Ok((Conn::Cluster(conn), Source::Cluster(Box::new(blocking))))
+        let nodes = config
+            .urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok((
+            Conn::Cluster(conn),
+            Source::Cluster(Box::new(blocking), nodes),
+        ))
     } else {
         let [url] = config.urls.as_slice() else {
             return Err(BrokerError::Config(
@@ -137,7 +147,15 @@ impl Source {
                     manager_config(Some(timeout)),
                 )?))
             }
-            Source::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Source::Cluster(client, _) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
+    /// Clients a pub/sub subscriber may connect to, in the order to try them.
+    pub(crate) fn pubsub_clients(&self) -> Vec<redis::Client> {
+        match self {
+            Source::Single(client) => vec![(**client).clone()],
+            Source::Cluster(_, nodes) => nodes.clone(),
         }
     }
 }

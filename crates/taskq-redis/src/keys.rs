@@ -11,6 +11,13 @@ use taskq_core::{Priority, QueueName, TaskId};
 /// only read and written on its own, never inside a script).
 pub const QUEUES: &str = "taskq:queues";
 
+/// The pub/sub channel on which the ids of tasks that reached a final status are
+/// published (space-separated, after their records were written to MongoDB), so that
+/// api processes can answer `GET /v1/tasks/{id}?wait=…` at once. Plain pub/sub, not
+/// sharded: in a Redis Cluster a `PUBLISH` reaches the subscribers of every node, so one
+/// subscriber connection to any node hears every task.
+pub const FINISHED: &str = "taskq:finished";
+
 /// The consumer group of every queue's outbox stream: the store writers of all workers.
 pub const OUTBOX_GROUP: &str = "writers";
 

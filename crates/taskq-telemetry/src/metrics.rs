@@ -73,6 +73,10 @@ pub struct Metrics {
     pub slots: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistFamily<HttpLabels>,
+    /// Api requests waiting for their task to finish (`GET /v1/tasks/{id}?wait=`).
+    pub api_waiting: Gauge,
+    /// Record reads made by waiting requests (the first, one per wake-up, one at the deadline).
+    pub api_wait_reads: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -103,7 +107,19 @@ impl Metrics {
         let slots = Gauge::default();
         let http_requests = Family::default();
         let http_duration: HistFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram);
+        let api_waiting = Gauge::default();
+        let api_wait_reads = Counter::default();
         let r = &mut registry;
+        r.register(
+            "api_waiting_requests",
+            "Api requests waiting for their task to finish (?wait=)",
+            api_waiting.clone(),
+        );
+        r.register(
+            "api_wait_reads",
+            "MongoDB reads of records made by waiting requests",
+            api_wait_reads.clone(),
+        );
         r.register(
             "tasks_submitted",
             "Tasks accepted by the api",
@@ -208,6 +224,8 @@ impl Metrics {
             slots,
             http_requests,
             http_duration,
+            api_waiting,
+            api_wait_reads,
         })
     }
 

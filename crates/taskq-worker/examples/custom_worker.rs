@@ -8,6 +8,8 @@
 //! cargo run -p taskq-worker --example custom_worker
 //! curl -X POST localhost:8080/v1/tasks -H 'content-type: application/json' \
 //!   -d '{"type": "thumbnail", "payload": {"image": "cat.png", "width": 128}}'
+//! # the record, with the handler's result, as soon as the task finished:
+//! curl 'localhost:8080/v1/tasks/<id>?wait=30s'
 //! ```
 
 use std::time::Duration;
@@ -23,7 +25,8 @@ struct Thumbnail {
     width: u32,
 }
 
-/// A handler: decode the payload, do the work, return a result or say how it failed.
+/// A handler: decode the payload, do the work, return a result or say how it failed. The
+/// result is stored in the task's record (at most `TASKQ_MAX_RESULT_BYTES` of JSON).
 async fn thumbnail(ctx: TaskContext) -> Result<Option<serde_json::Value>, HandlerError> {
     let job: Thumbnail = ctx.payload_as()?;
     if job.width == 0 || job.width > 4096 {

@@ -61,6 +61,11 @@ pub struct WorkerArgs {
     /// more) plus the clock skew between hosts.
     #[arg(long, env = "TASKQ_SUBMIT_GRACE_MS", default_value_t = 15_000)]
     pub submit_grace_ms: u64,
+    /// Largest result a handler may return, in bytes of compact JSON. A larger one fails
+    /// its attempt without retry: the task ends `dead` with `last_error` starting
+    /// `result too large`.
+    #[arg(long, env = "TASKQ_MAX_RESULT_BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES)]
+    pub max_result_bytes: usize,
     /// URL prefixes the `http` handler may call (comma-separated). Empty disables it.
     #[arg(long, env = "TASKQ_HTTP_ALLOW", default_value = "")]
     pub http_allow: String,
@@ -74,6 +79,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
+
+/// `TASKQ_MAX_RESULT_BYTES` by default: 1 MiB, as the api's payload limit.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// The highest `TASKQ_MAX_RESULT_BYTES` accepted: 16 MiB, MongoDB's document limit.
+const MAX_RESULT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Validated runtime settings of a [`crate::Worker`].
 #[derive(Debug, Clone)]
@@ -96,6 +106,8 @@ pub struct Settings {
     pub submit_grace: Duration,
     /// How often submit-pending records are checked.
     pub submit_check_interval: Duration,
+    /// Largest handler result, in bytes of compact JSON (see [`crate::HandlerResult`]).
+    pub max_result_bytes: usize,
 }
 
 impl Settings {
@@ -115,6 +127,7 @@ impl Settings {
             outbox_claim_interval: Duration::from_secs(1),
             submit_grace: Duration::from_secs(15),
             submit_check_interval: Duration::from_millis(3_750),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -161,6 +174,12 @@ impl WorkerArgs {
             1_000,
             86_400_000,
         )?;
+        check(
+            "TASKQ_MAX_RESULT_BYTES",
+            self.max_result_bytes as u64,
+            1,
+            MAX_RESULT_BYTES_LIMIT,
+        )?;
         let claim_idle = Duration::from_millis(self.outbox_claim_idle_ms);
         let submit_grace = Duration::from_millis(self.submit_grace_ms);
         Ok(Settings {
@@ -179,6 +198,7 @@ impl WorkerArgs {
             submit_grace,
             submit_check_interval: (submit_grace / 4)
                 .clamp(Duration::from_millis(250), Duration::from_secs(10)),
+            max_result_bytes: self.max_result_bytes,
         })
     }
 }

@@ -111,7 +111,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             let timeout = Duration::from_millis(msg.timeout_ms);
             tokio::select! {
                 r = tokio::time::timeout(timeout, &mut handle) => match r {
-                    Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
+                    Ok(Ok(Ok(result))) => bounded(result, shared.settings.max_result_bytes),
                     Ok(Ok(Err(e))) => Outcome::Failed(e),
                     Ok(Err(join)) => Outcome::Failed(HandlerError::retry(join_failure(join))),
                     Err(_) => {
@@ -176,6 +176,21 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
     }
 }
 
+/// A success whose result fits in `max_bytes` of compact JSON; a larger result fails the
+/// attempt for good (retrying would produce it again), saying so in `last_error`.
+fn bounded(result: Option<Value>, max_bytes: usize) -> Outcome {
+    let size = result
+        .as_ref()
+        .and_then(|v| serde_json::to_vec(v).ok())
+        .map_or(0, |json| json.len());
+    if size > max_bytes {
+        return Outcome::Failed(HandlerError::permanent(format!(
+            "result too large: {size} bytes of JSON, more than TASKQ_MAX_RESULT_BYTES ({max_bytes})"
+        )));
+    }
+    Outcome::Succeeded(result)
+}
+
 fn join_failure(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "handler was aborted".to_owned();
@@ -187,4 +202,28 @@ fn join_failure(e: tokio::task::JoinError) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
     format!("handler panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_over_the_limit_fail_for_good() {
+        let small = serde_json::json!({"n": 1});
+        assert!(
+            matches!(bounded(Some(small.clone()), 7), Outcome::Succeeded(Some(v)) if v == small)
+        );
+        assert!(matches!(bounded(None, 1), Outcome::Succeeded(None)));
+        match bounded(Some(small), 6) {
+            Outcome::Failed(e) => {
+                assert!(!e.is_retryable());
+                assert_eq!(
+                    e.to_string(),
+                    "result too large: 7 bytes of JSON, more than TASKQ_MAX_RESULT_BYTES (6)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -1,5 +1,14 @@
 //! The handler API: what a task type runs, and how a handler says how its attempt ended.
 //!
+//! **Results.** The JSON value of `Ok(Some(value))` is the task's result: it is stored in
+//! the record's `result` when the task succeeds, and clients read it with
+//! `GET /v1/tasks/{id}?wait=30s`, which answers as soon as the task finished. `Ok(None)`
+//! stores no result (`null`). A result is at most `TASKQ_MAX_RESULT_BYTES` (1 MiB by
+//! default) of compact JSON; a larger one fails the attempt for good, as a
+//! [`HandlerError::Permanent`] would: the task ends `dead` with `last_error`
+//! `result too large: …`. Keep large outputs elsewhere (an object store) and return
+//! their address.
+//!
 //! ```no_run
 //! use taskq_worker::{HandlerError, Registry, TaskContext};
 //!
@@ -56,8 +65,9 @@ impl HandlerError {
     }
 }
 
-/// What a handler returns: an optional JSON result (stored in the task record) or how
-/// the attempt failed.
+/// What a handler returns: an optional JSON result (stored in the task record's `result`,
+/// at most `TASKQ_MAX_RESULT_BYTES`; see the module documentation) or how the attempt
+/// failed.
 pub type HandlerResult = Result<Option<Value>, HandlerError>;
 
 /// The future a handler returns.

@@ -11,7 +11,7 @@
 //! slots), `executor` (run one attempt: timeout, panic containment, cancellation),
 //! `completer` (acknowledge outcomes in batches), `heartbeat` (extend leases),
 //! `maintenance` (promote due tasks, reap expired leases), `outbox` (apply the queues'
-//! status updates to MongoDB), `submits` (settle records whose submit never reached
+//! status updates to MongoDB; `notify` then publishes the tasks that finished), `submits` (settle records whose submit never reached
 //! Redis), `registration` (the worker registry the dashboard lists) and `health` (probes).
 //!
 //! Shutdown order: stop fetching; let running attempts finish within the grace period;
@@ -27,6 +27,7 @@ mod handler;
 mod health;
 mod heartbeat;
 mod maintenance;
+mod notify;
 mod outbox;
 mod registration;
 mod submits;

@@ -170,6 +170,7 @@ impl Writer {
         if !updates.is_empty() {
             taskq_store::apply_batch(&self.shared.store, &self.opts, &self.stats, updates).await;
         }
+        crate::notify::publish_finished(&self.shared.broker, &entries).await;
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let mut delay = Duration::from_millis(50);
         for tries in 1.. {

@@ -94,6 +94,7 @@ async fn settle(
         .settle_submits(&never, &settled, taskq_core::now())
         .await?;
     if cancelled > 0 {
+        crate::notify::publish(&shared.broker, &never).await;
         tracing::warn!(%queue, cancelled, "records whose task never reached Redis were cancelled (submit_failed)");
     }
     Ok(())

@@ -11,6 +11,7 @@
 //!    alone decides, at its `seq` + 1).
 //! 3. MongoDB: a taken task's record becomes `cancelled` at S, so the answer carries it
 //!    (the outbox entry applies the same update again, harmlessly).
+//! 4. Redis: the id is published as finished, waking `?wait=` readers on every api.
 //!
 //! No undo is needed: MongoDB only follows what Redis decided. What a caller sees on a
 //! failure: in step 2, `503` and nothing changed; in step 3, `503` while the task is
@@ -53,6 +54,7 @@ pub(crate) async fn cancel(state: &AppState, id: TaskId) -> Result<Cancelled, Ap
     };
     let update = StatusUpdate::transition(id, seq, TaskStatus::Cancelled, attempts, now);
     state.store.apply(std::slice::from_ref(&update)).await?;
+    crate::wait::publish(state, id).await;
     state
         .metrics
         .cancelled

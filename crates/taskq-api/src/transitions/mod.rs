@@ -15,7 +15,7 @@
 //! | submit with an idempotency key | [`submit`] | Redis claim, then as above, then the claim's lifetime | drop the claim |
 //! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
-//! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S | none needed: MongoDB only follows Redis |
+//! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S, then the id published on `taskq:finished` (wakes `?wait=` readers) | none needed: MongoDB only follows Redis; a lost publish delays waiters to their deadline |
 //! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1) | none: idempotent, call again |
 //!
 //! The workers own the other transitions (lease, ack, fail, retry with backoff, dead,

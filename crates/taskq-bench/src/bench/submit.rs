@@ -29,14 +29,25 @@ struct Created {
 }
 
 impl Bench {
-    /// Submits `n` tasks through `POST /v1/tasks/batch`; returns tasks/s and their ids.
+    /// Submits `n` noop tasks through `POST /v1/tasks/batch`; returns tasks/s and their ids.
     pub(super) async fn batch_submit(
         &mut self,
         n: usize,
         phase: &str,
     ) -> anyhow::Result<(f64, HashSet<String>)> {
-        let url = self.api_url("/v1/tasks/batch")?;
         let task = json!({"type": "noop", "queue": self.queue.as_str()});
+        self.batch_submit_of(n, phase, task).await
+    }
+
+    /// Submits `n` copies of `task` through `POST /v1/tasks/batch`; returns tasks/s and
+    /// their ids.
+    pub(super) async fn batch_submit_of(
+        &mut self,
+        n: usize,
+        phase: &str,
+        task: serde_json::Value,
+    ) -> anyhow::Result<(f64, HashSet<String>)> {
+        let url = self.api_url("/v1/tasks/batch")?;
         let body = |k: usize| Bytes::from(json!({ "tasks": vec![task.clone(); k] }).to_string());
         let full = body(self.cfg.batch_size);
         let sizes: Vec<usize> = (0..n)

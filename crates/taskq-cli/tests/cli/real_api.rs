@@ -364,3 +364,104 @@ async fn batch_reports_rejected_items_by_line() {
         .json();
     assert_eq!(ids(&list).len(), 3 + 3 + 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_and_get_wait_for_the_task_to_finish() {
+    let api = RealApi::start().await;
+    let (stop, worker) = api.worker();
+    // The finished task with its result; exit 0.
+    let done = taskq(
+        &api.url,
+        &[
+            "submit",
+            "echo",
+            "--payload",
+            r#"{"answer": 42}"#,
+            "--wait",
+            "50s",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"], json!({"answer": 42}));
+    let out = taskq(
+        &api.url,
+        &["submit", "echo", "--payload", "7", "--wait", "50s"],
+    )
+    .await
+    .ok()
+    .to_owned();
+    assert!(out.contains("\nstatus           succeeded\n"), "{out}");
+    assert!(out.contains("\nresult           7\n"), "{out}");
+
+    // A task that dies: printed, then exit 1 saying how it ended.
+    let run = taskq(
+        &api.url,
+        &[
+            "submit",
+            "fail",
+            "--payload",
+            r#"{"permanent": true}"#,
+            "--wait",
+            "50s",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let line = run.error_line();
+    assert!(
+        line.starts_with("error: task ")
+            && line.ends_with(" ended dead: fail handler failed attempt 1"),
+        "{line}"
+    );
+    let dead: Value = serde_json::from_str(&run.stdout).expect("the record on stdout");
+    assert_eq!(dead["status"], "dead");
+
+    // One that does not finish within the wait: exit 1, the record as it stands.
+    let idle = taskq(
+        &api.url,
+        &["submit", "noop", "--queue", "idle", "-o", "json"],
+    )
+    .await
+    .json();
+    let idle_id = idle["id"].as_str().expect("id").to_owned();
+    let run = taskq(&api.url, &["get", &idle_id, "--wait", "1500ms"]).await;
+    assert_eq!(
+        run.error_line(),
+        format!("error: task {idle_id} is still queued after waiting 1500 ms")
+    );
+    assert!(
+        run.stdout.contains("\nstatus           queued\n"),
+        "{run:#?}"
+    );
+    // Cancelled while waited for: exit 1.
+    let waiting = tokio::spawn({
+        let (url, id) = (api.url.clone(), idle_id.clone());
+        async move { taskq(&url, &["get", &id, "--wait", "50s", "-o", "json"]).await }
+    });
+    taskq(&api.url, &["cancel", &idle_id]).await.ok();
+    let run = waiting.await.expect("taskq get --wait");
+    assert_eq!(
+        run.error_line(),
+        format!("error: task {idle_id} ended cancelled")
+    );
+    // A finished task answers at once; exit 0.
+    let id = done["id"].as_str().expect("id");
+    assert_eq!(
+        taskq(&api.url, &["get", id, "--wait", "50", "-o", "json"])
+            .await
+            .json(),
+        api.record(id).await
+    );
+    // Bad waits are usage errors, refused before anything is sent.
+    for bad in ["61s", "soon", "-1"] {
+        let run = taskq(&api.url, &["get", id, "--wait", bad]).await;
+        assert_eq!(run.code, Some(2), "--wait {bad}: {run:#?}");
+    }
+    stop.cancel();
+    worker.await.expect("worker");
+}

@@ -51,9 +51,16 @@ async fn tokens_and_roles_guard_every_endpoint() {
     let (status, body, _) = call(&env, "POST", "/v1/tasks", Some(SUBMIT)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["id"].as_str().expect("id").to_owned();
-    for path in [format!("/v1/tasks/{id}"), "/v1/tasks".to_owned()] {
+    for path in [
+        format!("/v1/tasks/{id}"),
+        format!("/v1/tasks/{id}?wait=100ms"),
+        "/v1/tasks".to_owned(),
+    ] {
         let (status, _, _) = call(&env, "GET", &path, Some(SUBMIT)).await;
         assert_eq!(status, StatusCode::OK, "{path}");
+        let (status, _, challenge) = call(&env, "GET", &path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(challenge);
     }
     // ...but may not operate the queues: 403.
     for (method, path) in [

@@ -13,7 +13,9 @@ use taskq_api::AppState;
 use taskq_core::{QueueSelection, TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::Store;
-use taskq_testkit::{RedisCluster, RedisServer, mongo_uri, unique_db_name};
+use taskq_testkit::{
+    ChildGuard, RedisCluster, RedisServer, mongo_uri, unique_db_name, workspace_bin,
+};
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -278,6 +280,32 @@ pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
         .expect("api server");
     });
     (url, stop)
+}
+
+/// A `taskq-api` process on `env`'s Redis and database, reaching MongoDB at `mongodb`,
+/// with `extra` environment.
+pub fn api_process(env: &Env, port: u16, mongodb: &str, extra: &[(&str, &str)]) -> ChildGuard {
+    ChildGuard::spawn_logged(
+        "taskq-api",
+        std::process::Command::new(workspace_bin("taskq-api"))
+            .env("TASKQ_REDIS_URL", env.redis.url())
+            .env("TASKQ_MONGODB_URI", mongodb)
+            .env("TASKQ_MONGODB_DATABASE", &env.db)
+            .env("TASKQ_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TASKQ_AUTH", "off")
+            .env("RUST_LOG", "warn")
+            .env_remove("TASKQ_PERIODIC")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(extra.iter().copied()),
+    )
+}
+
+/// Whether the api at `api` answers `/readyz` with 200.
+pub async fn ready(http: &reqwest::Client, api: &str) -> bool {
+    http.get(format!("{api}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 /// A registry whose handlers record what ran, for order and exactly-once checks.

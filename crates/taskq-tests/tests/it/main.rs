@@ -18,3 +18,4 @@ mod periodic;
 mod query;
 mod slow_clients;
 mod ui;
+mod wait;

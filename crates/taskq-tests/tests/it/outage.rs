@@ -3,7 +3,6 @@
 //! server (called by the built-in `http` handler), never taken from taskq's word.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,35 +12,10 @@ use taskq_core::{TaskId, TaskRecord, TaskStatus};
 use taskq_store::{ListFilter, Store};
 use taskq_testkit::{
     ChaosProxy, ChildGuard, free_port, mongo_addr, mongo_uri, mongo_uri_via, wait_until,
-    workspace_bin,
 };
 
 use crate::crash::{Log, execution_log, worker_process_with};
-use crate::harness::Env;
-
-/// A `taskq-api` process on `env`'s Redis and database, reaching MongoDB at `mongodb`.
-fn api_process(env: &Env, port: u16, mongodb: &str, extra: &[(&str, &str)]) -> ChildGuard {
-    ChildGuard::spawn_logged(
-        "taskq-api",
-        Command::new(workspace_bin("taskq-api"))
-            .env("TASKQ_REDIS_URL", env.redis.url())
-            .env("TASKQ_MONGODB_URI", mongodb)
-            .env("TASKQ_MONGODB_DATABASE", &env.db)
-            .env("TASKQ_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TASKQ_AUTH", "off")
-            .env("RUST_LOG", "warn")
-            .env_remove("TASKQ_PERIODIC")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .envs(extra.iter().copied()),
-    )
-}
-
-async fn ready(http: &reqwest::Client, api: &str) -> bool {
-    http.get(format!("{api}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
+use crate::harness::{Env, api_process, ready};
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
 async fn all_ready(http: &reqwest::Client, urls: &[String], what: &str) {
