@@ -203,6 +203,7 @@ impl Store {
                     .build(),
             ])
             .await?;
+        self.ensure_flow_indexes().await?;
         self.ensure_browse_indexes().await
     }
 
