@@ -35,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
     modifiers(&BearerAuth),
     tags(
         (name = "tasks", description = "Submit, read, retry and cancel tasks."),
+        (name = "flows", description = "Submit tasks that depend on each other (a DAG), read, cancel and retry them as one flow."),
         (name = "queues", description = "Queue state, pausing, limits and dead letters (admin)."),
         (name = "admin", description = "Operations on the whole system (admin)."),
         (name = "observability", description = "Probes, metrics and this document; no token needed."),

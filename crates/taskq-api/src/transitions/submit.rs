@@ -404,11 +404,17 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             &"the record took longer than the enqueue deadline to write",
         )));
     }
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
-    if let Err(e) = state.broker.enqueue(&items).await {
+    let enqueued = if recs.iter().any(|r| r.flow.is_some()) {
+        // A flow's tasks: its waiting tasks are registered, its roots enqueued.
+        super::flow::enqueue(state, recs).await
+    } else {
+        let items: Vec<EnqueueItem> = recs
+            .iter()
+            .map(|r| EnqueueItem::from_record(r, 1))
+            .collect();
+        state.broker.enqueue(&items).await.map(drop).map_err(Into::into)
+    };
+    if let Err(e) = enqueued {
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
         // take it out before the records go, so nothing answered with an error runs.
         let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
