@@ -166,19 +166,31 @@ async fn a_fan_out_and_fan_in_joins_every_branch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_dependency_cancels_its_dependents_and_a_retry_of_the_flow_runs_them() {
     let env = Env::start().await;
-    // `a` fails its first attempt for good (one attempt allowed), and succeeds when
-    // retried by hand; `d` does not depend on it and succeeds.
+    // `a` fails its first run for good, and succeeds when retried by hand; `d` does not
+    // depend on it and succeeds.
+    let mut registry = registry();
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    registry.register("once", move |_ctx: TaskContext| {
+        let first = !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if first {
+                Err(taskq_worker::HandlerError::permanent("the first run fails"))
+            } else {
+                Ok(Some(json!({"name": "a"})))
+            }
+        }
+    });
     let (id, names) = submit(
         &env,
         vec![
-            json!({"name": "a", "type": "fail", "payload": {"times": 1}, "max_attempts": 1}),
+            json!({"name": "a", "type": "once"}),
             collect("b", &["a"]),
             collect("c", &["b"]),
             collect("d", &[]),
         ],
     )
     .await;
-    let w = env.worker(Env::settings("default"), registry());
+    let w = env.worker(Env::settings("default"), registry);
     let v = wait_flow(&env, id, "failed", Duration::from_secs(30)).await;
     let a = names["a"];
     for t in ["b", "c"] {
@@ -194,7 +206,11 @@ async fn a_dead_dependency_cancels_its_dependents_and_a_retry_of_the_flow_runs_t
     assert_eq!(r, json!({"requeued": 1, "waiting": 2}));
     wait_flow(&env, id, "succeeded", Duration::from_secs(30)).await;
     let c = env.record(names["c"]).await;
-    assert_eq!(c["result"]["deps"][0]["name"], "b", "{c:#}");
+    assert_eq!(
+        c["result"],
+        json!({"name": "c", "deps": [{"name": "b", "deps": [{"name": "a"}]}]})
+    );
+    assert_eq!(assert_order(&env, id).await, 2);
     w.shutdown().await;
 }
 
