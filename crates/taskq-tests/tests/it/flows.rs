@@ -277,7 +277,7 @@ async fn a_flow_of_ten_thousand_tasks_respects_every_dependency() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flow_completes_when_workers_are_killed_mid_flow() {
     let env = Env::start().await;
-    // 40 chains of 8 tasks of 40 ms each.
+    // 40 chains of 8 tasks of 200 ms each: at least 1.6 s, longer than the kills take.
     let mut tasks = Vec::new();
     for c in 0..40 {
         for s in 0..8 {
@@ -286,7 +286,7 @@ async fn a_flow_completes_when_workers_are_killed_mid_flow() {
             } else {
                 vec![format!("{c}-{}", s - 1)]
             };
-            tasks.push(json!({"name": format!("{c}-{s}"), "type": "sleep", "payload": {"ms": 40},
+            tasks.push(json!({"name": format!("{c}-{s}"), "type": "sleep", "payload": {"ms": 200},
                 "depends_on": deps, "max_attempts": 20}));
         }
     }
@@ -302,13 +302,23 @@ async fn a_flow_completes_when_workers_are_killed_mid_flow() {
     };
     let mut workers: Vec<ChildGuard> = (0..2).map(start).collect();
     for round in 0..4 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Mid-flow: the kill loses running attempts and unapplied outbox entries.
+        assert_eq!(flow(&env, id).await["status"], "running");
         let i = round % workers.len();
         workers[i].kill_9();
         workers[i] = start(10 + round);
     }
-    wait_flow(&env, id, "succeeded", Duration::from_secs(120)).await;
+    let v = wait_flow(&env, id, "succeeded", Duration::from_secs(120)).await;
     assert_eq!(assert_order(&env, id).await, 40 * 7);
+    // Attempts were lost to the kills and made again.
+    let retried = v["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["attempts"].as_u64().unwrap_or(0) > 1)
+        .count();
+    assert!(retried > 0, "no attempt was lost: {v:#}");
     for w in &mut workers {
         w.terminate();
     }
