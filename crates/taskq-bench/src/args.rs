@@ -78,6 +78,12 @@ pub struct Args {
     /// no exporter again.
     #[arg(long, env = "TASKQ_BENCH_COMPARE_TRACING")]
     pub compare_tracing: bool,
+    /// Instead of the usual phases, compare processing of N tasks submitted as flows
+    /// (chains of this many tasks, `POST /v1/flows`) with N plain tasks, in the same run:
+    /// each arm from the worker's start until MongoDB has every record `succeeded`.
+    /// 0: off.
+    #[arg(long, env = "TASKQ_BENCH_FLOWS", default_value_t = 0, conflicts_with = "compare_tracing")]
+    pub flows: usize,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +115,7 @@ pub struct Config {
     pub worker_env: Vec<(String, String)>,
     pub api_env: Vec<(String, String)>,
     pub compare_tracing: bool,
+    pub flows: usize,
     pub json: bool,
 }
 
@@ -133,6 +140,7 @@ impl Args {
         }
         check("--tasks", self.tasks as f64, 1.0, 100_000_000.0)?;
         check("--slots", self.slots as f64, 1.0, 10_000.0)?;
+        check("--flows", self.flows as f64, 0.0, taskq_core::MAX_FLOW_TASKS as f64)?;
         check("--batch-size", self.batch_size as f64, 1.0, 100_000.0)?;
         check(
             "--batch-concurrency",
@@ -190,6 +198,7 @@ impl Args {
             worker_env: self.worker_env,
             api_env: self.api_env,
             compare_tracing: self.compare_tracing,
+            flows: self.flows,
             json: self.json,
         })
     }

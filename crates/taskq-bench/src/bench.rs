@@ -14,7 +14,7 @@
 //!    Redis.
 //!
 //! [`compare_tracing`] replaces them all with three processing runs, with and without
-//! trace export. The broker's keys are read through [`QueueKeys`], never spelt here.
+//! trace export, and [`flows`] with processing runs of plain tasks and of chains. The broker's keys are read through [`QueueKeys`], never spelt here.
 //!
 //! Invariants: all tasks go to a queue of their own (`bench-<run>`) and all records to a
 //! database of their own; both are removed at the end, also when a phase fails. The
@@ -25,6 +25,7 @@
 mod backlog;
 mod ceiling;
 mod compare_tracing;
+mod flows;
 mod latency;
 mod metrics;
 mod process;
@@ -137,6 +138,7 @@ pub async fn run(cfg: Config, names: &RunNames) -> anyhow::Result<Report> {
             "ceiling_seconds": cfg.ceiling_seconds,
             "backlog": cfg.backlog,
             "compare_tracing": cfg.compare_tracing,
+            "flows": cfg.flows,
             "redis": if redis.is_some() { "own redis-server" } else { "--redis-url" },
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "database": database,
@@ -268,6 +270,9 @@ impl Bench {
     async fn phases(&mut self) -> anyhow::Result<()> {
         if self.cfg.compare_tracing {
             return self.compare_tracing().await;
+        }
+        if self.cfg.flows > 0 {
+            return self.compare_flows().await;
         }
         let n = self.cfg.tasks;
 

@@ -2,8 +2,8 @@
 //! last hour as charts, refreshed by htmx every few seconds), the page of one queue, and
 //! the queue actions: pause, resume, limits, purge dead.
 //!
-//! Live counts come from Redis (list and sorted-set sizes), dead, succeeded and
-//! cancelled from MongoDB counts on the (queue, status, `_id`) index, throughput from
+//! Live counts come from Redis (list and sorted-set sizes), waiting (flow tasks), dead,
+//! succeeded and cancelled from MongoDB counts on the (queue, status, `_id`) index, throughput from
 //! Redis counters ([`taskq_redis::history`]).
 
 use std::collections::HashMap;
@@ -92,6 +92,8 @@ struct QueueRow {
     name: QueueName,
     paused: bool,
     live: QueueCounts,
+    /// Flow tasks waiting for their dependencies (a MongoDB count, like the finished).
+    waiting: u64,
     dead: u64,
     succeeded: u64,
     cancelled: u64,
@@ -110,7 +112,8 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         b.limits(&name),
         b.throughput_history(&name, now_ms, CHART_MINUTES),
     )?;
-    let (dead, succeeded, cancelled) = tokio::try_join!(
+    let (waiting, dead, succeeded, cancelled) = tokio::try_join!(
+        finished_count(state, &name, TaskStatus::Waiting),
         finished_count(state, &name, TaskStatus::Dead),
         finished_count(state, &name, TaskStatus::Succeeded),
         finished_count(state, &name, TaskStatus::Cancelled),
@@ -119,6 +122,7 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         name,
         paused,
         live,
+        waiting,
         dead,
         succeeded,
         cancelled,
@@ -223,6 +227,7 @@ fn live_part(viewer: &Viewer, rows: &[QueueRow]) -> Markup {
                 table id="queues" {
                     thead { tr {
                         th { "Queue" } th { "State" }
+                        th class="num" { "Waiting" }
                         th class="num" { "Queued" } th class="num" { "Scheduled" }
                         th class="num" { "Running" } th class="num" { "Retrying" }
                         th class="num" { "Dead" } th class="num" { "Succeeded" }
@@ -238,6 +243,7 @@ fn live_part(viewer: &Viewer, rows: &[QueueRow]) -> Markup {
                             tr data-queue=(q) tabindex="0" data-href=(format!("/ui/queues/{}", url_encode(q))) {
                                 td { a href=(format!("/ui/queues/{}", url_encode(q))) { (q) } }
                                 td { @if r.paused { span class="paused" { "paused" } } @else { "active" } }
+                                td class="num" { a href=(list("waiting")) { (capped(r.waiting)) } }
                                 td class="num" { a href=(list("queued")) { (r.live.queued) } }
                                 td class="num" { a href=(list("scheduled")) { (r.live.scheduled) } }
                                 td class="num" data-count="running" { a href=(list("running")) { (r.live.running) } }
@@ -357,6 +363,7 @@ pub async fn queue_page(
         div class="grid" {
             div class="card" {
                 dl class="kv" {
+                    dt { "waiting" } dd { (capped(r.waiting)) }
                     dt { "queued" } dd { (r.live.queued) }
                     dt { "scheduled" } dd { (r.live.scheduled) }
                     dt { "running" } dd data-count="running" { (r.live.running) }
