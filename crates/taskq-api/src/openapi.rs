@@ -200,6 +200,10 @@ mod tests {
             "GET /v1/tasks/{id}",
             "POST /v1/tasks/{id}/retry",
             "POST /v1/tasks/{id}/cancel",
+            "POST /v1/flows",
+            "GET /v1/flows/{id}",
+            "POST /v1/flows/{id}/cancel",
+            "POST /v1/flows/{id}/retry",
             "GET /v1/queues",
             "GET /v1/queues/{name}",
             "POST /v1/queues/{name}/pause",
@@ -231,8 +235,8 @@ mod tests {
                     assert!(responses.get("401").is_some(), "{method} {path}: no 401");
                     let admin = !matches!(
                         (method.as_str(), path.as_str()),
-                        ("post", "/v1/tasks" | "/v1/tasks/batch")
-                            | ("get", "/v1/tasks" | "/v1/tasks/{id}")
+                        ("post", "/v1/tasks" | "/v1/tasks/batch" | "/v1/flows")
+                            | ("get", "/v1/tasks" | "/v1/tasks/{id}" | "/v1/flows/{id}")
                     );
                     assert_eq!(
                         responses.get("403").is_some(),
