@@ -118,10 +118,7 @@ struct FlowItem {
 
 /// A task of `POST /v1/flows`: a task as [`parse_task`] reads it, plus its optional
 /// `name` and `depends_on`.
-pub fn parse_flow_task(
-    text: &str,
-    what: &str,
-) -> Result<(NewTask, taskq_core::FlowRef), ApiError> {
+pub fn parse_flow_task(text: &str, what: &str) -> Result<(NewTask, taskq_core::FlowRef), ApiError> {
     let item: FlowItem = parse_task_text(text, what)?;
     let task = serde_json::from_value(serde_json::Value::Object(item.task))
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("{what}: {e}")))?;

@@ -111,10 +111,7 @@ impl Flow {
             .into_iter()
             .map(|t| {
                 let r = t.record;
-                let (name, depends_on) = r
-                    .flow
-                    .map(|f| (f.name, f.depends_on))
-                    .unwrap_or_default();
+                let (name, depends_on) = r.flow.map(|f| (f.name, f.depends_on)).unwrap_or_default();
                 FlowTask {
                     id: r.id,
                     name,
@@ -180,14 +177,11 @@ pub async fn submit(
     for (index, raw) in req.tasks.iter().enumerate() {
         let what = format!("tasks[{index}]");
         let (task, link) = parse_flow_task(raw.get(), &what)?;
-        let rec = state
-            .limits
-            .admit(task, now, tp.clone())
-            .map_err(|e| {
-                let mut e = ApiError::from(e);
-                e.message = format!("{what}: {}", e.message);
-                e
-            })?;
+        let rec = state.limits.admit(task, now, tp.clone()).map_err(|e| {
+            let mut e = ApiError::from(e);
+            e.message = format!("{what}: {}", e.message);
+            e
+        })?;
         items.push((rec, link));
     }
     let plan = taskq_core::flow::plan(items).map_err(|e| invalid(e.to_string()))?;

@@ -82,7 +82,12 @@ pub struct Args {
     /// (chains of this many tasks, `POST /v1/flows`) with N plain tasks, in the same run:
     /// each arm from the worker's start until MongoDB has every record `succeeded`.
     /// 0: off.
-    #[arg(long, env = "TASKQ_BENCH_FLOWS", default_value_t = 0, conflicts_with = "compare_tracing")]
+    #[arg(
+        long,
+        env = "TASKQ_BENCH_FLOWS",
+        default_value_t = 0,
+        conflicts_with = "compare_tracing"
+    )]
     pub flows: usize,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
@@ -140,7 +145,12 @@ impl Args {
         }
         check("--tasks", self.tasks as f64, 1.0, 100_000_000.0)?;
         check("--slots", self.slots as f64, 1.0, 10_000.0)?;
-        check("--flows", self.flows as f64, 0.0, taskq_core::MAX_FLOW_TASKS as f64)?;
+        check(
+            "--flows",
+            self.flows as f64,
+            0.0,
+            taskq_core::MAX_FLOW_TASKS as f64,
+        )?;
         check("--batch-size", self.batch_size as f64, 1.0, 100_000.0)?;
         check(
             "--batch-concurrency",

@@ -118,7 +118,15 @@ fn flow_detail(f: &Value) -> String {
         ("TASKS", tasks.len().to_string()),
     ]);
     out.push_str(&columns(
-        &["ID", "NAME", "TYPE", "QUEUE", "STATUS", "DEPENDS ON", "LAST ERROR"],
+        &[
+            "ID",
+            "NAME",
+            "TYPE",
+            "QUEUE",
+            "STATUS",
+            "DEPENDS ON",
+            "LAST ERROR",
+        ],
         tasks
             .iter()
             .map(|t| {

@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(r[1].events[0].status, TaskStatus::Waiting);
         let link = r[2].flow.as_ref().map(|f| f.depends_on.clone());
         assert_eq!(link, Some(vec![r[1].id]));
-        assert!(r.iter().all(|t| t.flow.as_ref().map(|f| f.id) == Some(p.id)));
+        assert!(
+            r.iter()
+                .all(|t| t.flow.as_ref().map(|f| f.id) == Some(p.id))
+        );
         assert!(p.external.is_empty());
     }
 

@@ -68,7 +68,10 @@ impl Broker {
         for (item, deps) in waiting {
             let m = member(&item.msg.queue, item.msg.id);
             for (q, dep) in deps {
-                links.entry(q).or_default().push((dep.to_string(), m.clone()));
+                links
+                    .entry(q)
+                    .or_default()
+                    .push((dep.to_string(), m.clone()));
             }
         }
         futures::future::try_join_all(

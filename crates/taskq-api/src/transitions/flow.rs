@@ -71,11 +71,9 @@ pub(crate) async fn submit_flow(state: &AppState, plan: &FlowPlan) -> Result<(),
 /// tasks are registered (linked first), then the roots enqueued, then the dependencies
 /// outside the flow checked ([`wait_for`]).
 pub(crate) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
-    let queues: HashMap<TaskId, QueueName> =
-        recs.iter().map(|r| (r.id, r.queue.clone())).collect();
-    let (waiting, roots): (Vec<&TaskRecord>, Vec<&TaskRecord>) = recs
-        .iter()
-        .partition(|r| r.status == TaskStatus::Waiting);
+    let queues: HashMap<TaskId, QueueName> = recs.iter().map(|r| (r.id, r.queue.clone())).collect();
+    let (waiting, roots): (Vec<&TaskRecord>, Vec<&TaskRecord>) =
+        recs.iter().partition(|r| r.status == TaskStatus::Waiting);
     let waiting: Vec<(TaskRecord, u64)> = waiting.into_iter().map(|r| (r.clone(), 1)).collect();
     wait_for(state, &waiting, queues, false).await?;
     let items: Vec<EnqueueItem> = roots
@@ -197,7 +195,9 @@ pub(crate) async fn retry_flow(
         .map(|t| t.record.id)
         .collect();
     if !dead.is_empty() {
-        let outcomes = super::retry::retry(state, dead).await.map_err(|f| f.error)?;
+        let outcomes = super::retry::retry(state, dead)
+            .await
+            .map_err(|f| f.error)?;
         out.requeued = outcomes
             .iter()
             .filter(|o| matches!(o, super::retry::Outcome::Queued(_)))

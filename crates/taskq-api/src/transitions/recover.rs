@@ -44,6 +44,11 @@ pub(crate) async fn recover(state: &AppState) -> Result<(u64, u64), ApiError> {
     // After the unfinished tasks, so the waiting ones find their dependencies' queues
     // known again.
     let waiting = super::flow::recover_waiting(state).await?;
-    tracing::info!(enqueued, already_present = present, waiting, "recovery finished");
+    tracing::info!(
+        enqueued,
+        already_present = present,
+        waiting,
+        "recovery finished"
+    );
     Ok((enqueued, present))
 }

@@ -412,7 +412,12 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             .iter()
             .map(|r| EnqueueItem::from_record(r, 1))
             .collect();
-        state.broker.enqueue(&items).await.map(drop).map_err(Into::into)
+        state
+            .broker
+            .enqueue(&items)
+            .await
+            .map(drop)
+            .map_err(Into::into)
     };
     if let Err(e) = enqueued {
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
@@ -431,13 +436,13 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             {
                 tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
             }
-            return Err(PersistError::Api(e.into()));
+            return Err(PersistError::Api(e));
         }
         if let Err(undo) = unsubmit(state, recs).await {
             // Nothing of them is in Redis: the submit check cancels these records.
             tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");
         }
-        return Err(PersistError::Api(e.into()));
+        return Err(PersistError::Api(e));
     }
     for r in recs {
         state

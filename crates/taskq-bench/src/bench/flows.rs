@@ -24,7 +24,9 @@ impl Bench {
         let api = self.env.start_api(&self.http).await?;
         self.api = Some(api);
 
-        progress(&format!("plain: batch submit of {n} tasks (no worker running)"));
+        progress(&format!(
+            "plain: batch submit of {n} tasks (no worker running)"
+        ));
         self.batch_submit(n, "batch submit").await?;
         progress("plain: processing until every record settled (worker starts)");
         let plain = self.run_to_settled(n, "processing, plain").await?;

@@ -391,7 +391,10 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
         .lines()
         .find(|l| l.contains(" join "))
         .unwrap_or_else(|| panic!("no join row: {out}"));
-    assert!(join.contains("waiting") && join.contains("left,right"), "{out}");
+    assert!(
+        join.contains("waiting") && join.contains("left,right"),
+        "{out}"
+    );
 
     let (stop, worker) = api.worker();
     let done = taskq_testkit::wait_until(
@@ -410,18 +413,35 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
     worker.await.expect("worker");
 
     // Nothing left to cancel in a finished flow; a waiting one is cancelled whole.
-    let out = taskq(&api.url, &["flow", "cancel", &id]).await.ok().to_owned();
-    assert_eq!(out, format!("flow {id}: 0 tasks cancelled, 0 running tasks signalled\n"));
+    let out = taskq(&api.url, &["flow", "cancel", &id])
+        .await
+        .ok()
+        .to_owned();
+    assert_eq!(
+        out,
+        format!("flow {id}: 0 tasks cancelled, 0 running tasks signalled\n")
+    );
     let second = jsonl_file(
         r#"[{"name": "a", "type": "noop"}, {"name": "b", "type": "noop", "depends_on": ["a"]}]"#,
     );
-    let flow = taskq(&api.url, &["flow", "submit", path_str(&second), "-o", "json"])
+    let flow = taskq(
+        &api.url,
+        &["flow", "submit", path_str(&second), "-o", "json"],
+    )
+    .await
+    .json();
+    let id = flow["id"].as_str().expect("flow id").to_owned();
+    let out = taskq(&api.url, &["flow", "cancel", &id])
+        .await
+        .ok()
+        .to_owned();
+    assert_eq!(
+        out,
+        format!("flow {id}: 2 tasks cancelled, 0 running tasks signalled\n")
+    );
+    let flow = taskq(&api.url, &["flow", "get", &id, "-o", "json"])
         .await
         .json();
-    let id = flow["id"].as_str().expect("flow id").to_owned();
-    let out = taskq(&api.url, &["flow", "cancel", &id]).await.ok().to_owned();
-    assert_eq!(out, format!("flow {id}: 2 tasks cancelled, 0 running tasks signalled\n"));
-    let flow = taskq(&api.url, &["flow", "get", &id, "-o", "json"]).await.json();
     assert_eq!(flow["status"], "cancelled", "{flow:#}");
 
     let cycle = jsonl_file(
@@ -429,5 +449,8 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
     );
     let run = taskq(&api.url, &["flow", "submit", path_str(&cycle)]).await;
     let line = run.error_line();
-    assert!(line.contains("invalid_flow") && line.contains("cycle"), "{line}");
+    assert!(
+        line.contains("invalid_flow") && line.contains("cycle"),
+        "{line}"
+    );
 }

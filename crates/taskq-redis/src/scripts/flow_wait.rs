@@ -50,7 +50,10 @@ impl Broker {
     /// Registers waiting tasks, each with the ids of its unmet dependencies (not empty):
     /// one script call per queue, issued concurrently. Per item in order, whether it was
     /// registered (false: Redis holds a task with that id already).
-    pub async fn flow_wait(&self, items: &[(EnqueueItem, Vec<taskq_core::TaskId>)]) -> Result<Vec<bool>> {
+    pub async fn flow_wait(
+        &self,
+        items: &[(EnqueueItem, Vec<taskq_core::TaskId>)],
+    ) -> Result<Vec<bool>> {
         let mut by_queue: BTreeMap<&QueueName, Vec<usize>> = BTreeMap::new();
         for (i, (item, _)) in items.iter().enumerate() {
             by_queue.entry(&item.msg.queue).or_default().push(i);

@@ -182,7 +182,11 @@ mod tests {
         // `ack` with its optional counter key.
         let counted = Some(k.counter(Counter::Succeeded, 0));
         let scripts: [(&str, &str, usize); 16] = [
-            ("flow_release", flow_release::LUA, flow_release::keys(&k).len()),
+            (
+                "flow_release",
+                flow_release::LUA,
+                flow_release::keys(&k).len(),
+            ),
             ("flow_wait", flow_wait::LUA, flow_wait::keys(&k).len()),
             ("ack", ack::LUA, ack::keys(&k, counted).len()),
             ("cancel", cancel::LUA, cancel::keys(&k).len()),

@@ -39,7 +39,10 @@ fn collect(name: &str, deps: &[&str]) -> Value {
 async fn submit(env: &Env, tasks: Vec<Value>) -> (TaskId, HashMap<String, TaskId>) {
     let (status, v) = env.post("/v1/flows", json!({"tasks": tasks})).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    let id = v["id"].as_str().and_then(|s| s.parse().ok()).expect("flow id");
+    let id = v["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("flow id");
     let names = v["tasks"]
         .as_array()
         .expect("tasks")
@@ -199,7 +202,10 @@ async fn a_dead_dependency_cancels_its_dependents_and_a_retry_of_the_flow_runs_t
         assert_eq!(r["last_error"], format!("dependency {a} died"), "{r:#}");
         assert_eq!(r["attempts"], 0, "{r:#}");
     }
-    assert_eq!(v["counts"], json!({"cancelled": 2, "dead": 1, "succeeded": 1}));
+    assert_eq!(
+        v["counts"],
+        json!({"cancelled": 2, "dead": 1, "succeeded": 1})
+    );
 
     let (status, r) = env.post(&format!("/v1/flows/{id}/retry"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{r}");
@@ -286,8 +292,10 @@ async fn a_flow_completes_when_workers_are_killed_mid_flow() {
             } else {
                 vec![format!("{c}-{}", s - 1)]
             };
-            tasks.push(json!({"name": format!("{c}-{s}"), "type": "sleep", "payload": {"ms": 200},
-                "depends_on": deps, "max_attempts": 20}));
+            tasks.push(
+                json!({"name": format!("{c}-{s}"), "type": "sleep", "payload": {"ms": 200},
+                "depends_on": deps, "max_attempts": 20}),
+            );
         }
     }
     let (id, _) = submit(&env, tasks).await;
@@ -368,14 +376,21 @@ async fn a_flow_spanning_two_queues_completes_on_redis_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_flows_are_refused_and_nothing_is_written() {
     let env = Env::start().await;
-    let noop = |name: &str, deps: &[&str]| json!({"name": name, "type": "noop", "depends_on": deps});
+    let noop =
+        |name: &str, deps: &[&str]| json!({"name": name, "type": "noop", "depends_on": deps});
     let too_many: Vec<Value> = (0..10_001).map(|_| json!({"type": "noop"})).collect();
     let cases: Vec<(&str, Value)> = vec![
-        ("cycle", json!([noop("a", &["c"]), noop("b", &["a"]), noop("c", &["b"])])),
+        (
+            "cycle",
+            json!([noop("a", &["c"]), noop("b", &["a"]), noop("c", &["b"])]),
+        ),
         ("unknown name", json!([noop("a", &["nobody"])])),
         ("self-dependency", json!([noop("a", &["a"])])),
         ("duplicate name", json!([noop("a", &[]), noop("a", &[])])),
-        ("duplicate dependency", json!([noop("a", &[]), noop("b", &["a", "a"])])),
+        (
+            "duplicate dependency",
+            json!([noop("a", &[]), noop("b", &["a", "a"])]),
+        ),
         (
             "no such task",
             json!([noop("a", &[&TaskId::new().to_string()])]),
