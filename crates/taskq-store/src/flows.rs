@@ -13,7 +13,7 @@ use serde_json::Value;
 use taskq_core::{FlowLink, TaskId, TaskStatus};
 
 use crate::doc::{f, stored_task};
-use crate::{Error, MAX_LIST_LIMIT, Result, Store, StoredTask, TASKS};
+use crate::{Error, Result, Store, StoredTask, TASKS};
 
 /// Most ids asked for in one `$in` query.
 const IDS_PER_QUERY: usize = 1_000;
@@ -133,18 +133,7 @@ impl Store {
     /// Up to `limit` `waiting` tasks with ids above `after`, oldest first: what recovery
     /// registers again after Redis was lost.
     pub async fn waiting(&self, after: Option<TaskId>, limit: u32) -> Result<Vec<StoredTask>> {
-        let mut q = doc! { f::ST_STATUS: TaskStatus::Waiting.as_str() };
-        if let Some(a) = after {
-            q.insert(f::ID, doc! { "$gt": a.to_string() });
-        }
-        let docs: Vec<Document> = self
-            .flow_collection()
-            .find(q)
-            .sort(doc! { f::ID: 1 })
-            .limit(i64::from(limit.clamp(1, MAX_LIST_LIMIT)))
-            .await?
-            .try_collect()
-            .await?;
-        docs.iter().map(stored_task).collect()
+        self.by_status_after(TaskStatus::Waiting.as_str(), after, limit)
+            .await
     }
 }

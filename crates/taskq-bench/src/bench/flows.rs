@@ -6,11 +6,11 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
+use super::submit::post_created;
 use super::{Bench, STOP_GRACE, progress};
 use crate::report::Metric;
 
@@ -118,26 +118,9 @@ impl Bench {
             .collect();
         let start = Instant::now();
         futures::stream::iter(bodies)
-            .map(|b| {
-                let req = self
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(b);
-                async move {
-                    let r = req.send().await.context("flow submit")?;
-                    let status = r.status();
-                    if status != reqwest::StatusCode::CREATED {
-                        bail!(
-                            "flow submit answered {status}: {}",
-                            r.text().await.unwrap_or_default()
-                        );
-                    }
-                    Ok::<(), anyhow::Error>(())
-                }
-            })
+            .map(|b| post_created(&self.http, &url, b, "flow submit"))
             .buffer_unordered(self.cfg.batch_concurrency)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await?;
         Ok(n as f64 / start.elapsed().as_secs_f64())
     }
