@@ -597,3 +597,118 @@ async fn wake_listener_wakes_on_enqueue_and_times_out_otherwise() {
         .expect("enqueue");
     assert!(!wake.wait(Duration::from_millis(300)).await);
 }
+
+/// Flow scripts across two queues: a task waiting on two dependencies of another queue
+/// is queued only by the second success, once (settling again, or registering again as
+/// recovery does, changes nothing); a task waiting on one that died is cancelled with the
+/// reason; every change's update is in the dependent queue's outbox.
+async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
+    use taskq_redis::flow::Finished;
+    let (dq, qn) = (q(deps_queue), q(queue));
+    broker.outbox_join(&qn).await.expect("join");
+    let (d1, d2, d3) = (TaskId::new(), TaskId::new(), TaskId::new());
+    let joined = record(queue, "normal", None);
+    let doomed = record(queue, "high", None);
+    let both = vec![(dq.clone(), d1), (dq.clone(), d2)];
+    let registered = broker
+        .flow_register(&[
+            (EnqueueItem::from_record(&joined, 1), both.clone()),
+            (EnqueueItem::from_record(&doomed, 1), vec![(dq.clone(), d3)]),
+        ])
+        .await
+        .expect("register");
+    assert_eq!(registered, vec![true, true]);
+    // A waiting task is present (the submit check keeps it) but not runnable.
+    let (_, present) = broker
+        .present(&qn, &[joined.id, doomed.id])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![true, true]);
+    assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
+
+    let ok = |d| [(d, Finished::Succeeded)];
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    let died = [(d3, Finished::Died(format!("dependency {d3} died")))];
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (0, 1)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (0, 0)
+    );
+    let (_, present) = broker
+        .present(&qn, &[joined.id, doomed.id])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![true, false]);
+    // Registered again (Redis holds it: left alone) and d1 settled again: still waiting.
+    let again = broker
+        .flow_register(&[(EnqueueItem::from_record(&joined, 1), both)])
+        .await
+        .expect("register again");
+    assert_eq!(again, vec![false]);
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
+    // The last dependency succeeds: queued, once.
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
+        (1, 0)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
+        (0, 0)
+    );
+    let leased = broker
+        .dequeue(&qn, 2, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].msg.id, joined.id);
+
+    let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
+    let updates: Vec<(TaskId, u64, TaskStatus, Option<String>)> = reader
+        .read(100, false)
+        .await
+        .expect("read")
+        .iter()
+        .flat_map(|e| &e.updates)
+        .map(|u| (u.id, u.seq, u.status, u.error.clone()))
+        .collect();
+    assert_eq!(
+        updates,
+        vec![
+            (
+                doomed.id,
+                2,
+                TaskStatus::Cancelled,
+                Some(format!("dependency {d3} died"))
+            ),
+            (joined.id, 2, TaskStatus::Queued, None),
+            (joined.id, 3, TaskStatus::Running, None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_scripts_release_and_cancel_waiting_tasks_once() {
+    let (_server, broker) = single().await;
+    flow(&broker, "deps", "flow").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_scripts_work_across_queues_on_a_cluster() {
+    let (_cluster, broker) = cluster().await;
+    flow(&broker, "deps", "flow").await;
+}
