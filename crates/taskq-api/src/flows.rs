@@ -45,6 +45,12 @@ pub struct FlowRequest {
     /// At most 10,000 tasks; their `depends_on` must form a DAG.
     #[schema(value_type = Vec<NewFlowTask>)]
     pub tasks: Vec<Box<RawValue>>,
+    /// A task (as `POST /v1/tasks` takes it) run once if a task of the flow dies; it
+    /// depends on every task of the flow, reads their results like any dependent, and is
+    /// cancelled when they all succeed.
+    #[schema(value_type = Option<NewTask>)]
+    #[serde(default)]
+    pub on_failure: Option<Box<RawValue>>,
 }
 
 /// A flow's overall state.
@@ -71,6 +77,9 @@ pub struct FlowTask {
     pub kind: String,
     pub status: TaskStatus,
     pub depends_on: Vec<TaskId>,
+    /// The flow's failure handler.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_failure: bool,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub result: Option<Value>,
@@ -97,8 +106,12 @@ impl Flow {
                 .entry(t.record.status.as_str().to_owned())
                 .or_insert(0) += 1;
         }
-        let has = |s: TaskStatus| counts.contains_key(s.as_str());
-        let status = if tasks.iter().any(|t| !t.record.status.is_final()) {
+        // The flow's state is its tasks' (its failure handler only counts while running).
+        let handler = |t: &StoredTask| t.record.flow.as_ref().is_some_and(|f| f.on_failure);
+        let has = |s: TaskStatus| tasks.iter().any(|t| !handler(t) && t.record.status == s);
+        let status = if tasks.iter().any(|t| {
+            !t.record.status.is_final() && !(handler(t) && t.record.status == TaskStatus::Waiting)
+        }) {
             FlowStatus::Running
         } else if has(TaskStatus::Dead) {
             FlowStatus::Failed
@@ -111,7 +124,10 @@ impl Flow {
             .into_iter()
             .map(|t| {
                 let r = t.record;
-                let (name, depends_on) = r.flow.map(|f| (f.name, f.depends_on)).unwrap_or_default();
+                let (name, depends_on, on_failure) = r
+                    .flow
+                    .map(|f| (f.name, f.depends_on, f.on_failure))
+                    .unwrap_or_default();
                 FlowTask {
                     id: r.id,
                     name,
@@ -119,6 +135,7 @@ impl Flow {
                     kind: r.kind,
                     status: r.status,
                     depends_on,
+                    on_failure,
                     attempts: r.attempts,
                     last_error: r.last_error,
                     result: r.result,
@@ -184,7 +201,18 @@ pub async fn submit(
         })?;
         items.push((rec, link));
     }
-    let plan = taskq_core::flow::plan(items).map_err(|e| invalid(e.to_string()))?;
+    let on_failure = match &req.on_failure {
+        None => None,
+        Some(raw) => {
+            let task = crate::extract::parse_task(raw.get(), "on_failure")?;
+            Some(state.limits.admit(task, now, tp.clone()).map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = format!("on_failure: {}", e.message);
+                e
+            })?)
+        }
+    };
+    let plan = taskq_core::flow::plan(items, on_failure).map_err(|e| invalid(e.to_string()))?;
     flow::submit_flow(&state, &plan).await?;
     let stored = plan
         .records

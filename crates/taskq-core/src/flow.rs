@@ -32,6 +32,11 @@ pub struct FlowLink {
     /// The tasks that must succeed before this one runs.
     #[serde(default)]
     pub depends_on: Vec<TaskId>,
+    /// The flow's failure handler: it depends on every other task of the flow and runs
+    /// as soon as one of them dies (or is cancelled because of a dependency); it is
+    /// cancelled once they all succeeded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_failure: bool,
 }
 
 /// What one item of a flow request says about its place in the flow.
@@ -66,7 +71,7 @@ pub enum FlowError {
     #[error("tasks[{index}]: its dependencies form a cycle")]
     Cycle { index: usize },
     #[error(
-        "tasks[{index}]: a task with dependencies runs when they succeed; `run_at`, `delay_ms` and `idempotency_key` are not accepted in a flow"
+        "tasks[{index}] (the failure handler when it is past the last task): a task with dependencies runs when they succeed; `run_at`, `delay_ms` and `idempotency_key` are not accepted in a flow"
     )]
     NotInFlow { index: usize },
 }
@@ -91,9 +96,13 @@ fn good_name(name: &str) -> bool {
         && name.parse::<TaskId>().is_err()
 }
 
-/// Checks a flow request (admitted records with their [`FlowRef`]s) and links its
-/// records: each gets the flow's id, its name and its dependencies' ids.
-pub fn plan(items: Vec<(TaskRecord, FlowRef)>) -> Result<FlowPlan, FlowError> {
+/// Checks a flow request (admitted records with their [`FlowRef`]s, and its optional
+/// failure handler) and links its records: each gets the flow's id, its name and its
+/// dependencies' ids; the failure handler, last, depends on every other task.
+pub fn plan(
+    items: Vec<(TaskRecord, FlowRef)>,
+    on_failure: Option<TaskRecord>,
+) -> Result<FlowPlan, FlowError> {
     if items.is_empty() {
         return Err(FlowError::Empty);
     }
@@ -157,30 +166,53 @@ pub fn plan(items: Vec<(TaskRecord, FlowRef)>) -> Result<FlowPlan, FlowError> {
     }
     external.sort();
     external.dedup();
+    let index = items.len();
+    if let Some(h) = &on_failure
+        && (h.idempotency_key.is_some() || h.status != TaskStatus::Queued)
+    {
+        return Err(FlowError::NotInFlow { index });
+    }
     let id = TaskId::new();
-    let records = items
+    let all: Vec<TaskId> = items.iter().map(|(r, _)| r.id).collect();
+    let mut records: Vec<TaskRecord> = items
         .into_iter()
         .zip(deps)
         .map(|((mut rec, r), depends_on)| {
             if !depends_on.is_empty() {
-                rec.status = TaskStatus::Waiting;
-                for e in &mut rec.events {
-                    e.status = TaskStatus::Waiting;
-                }
+                waiting(&mut rec);
             }
             rec.flow = Some(FlowLink {
                 id,
                 name: r.name,
                 depends_on,
+                on_failure: false,
             });
             rec
         })
         .collect();
+    if let Some(mut h) = on_failure {
+        waiting(&mut h);
+        h.flow = Some(FlowLink {
+            id,
+            name: None,
+            depends_on: all,
+            on_failure: true,
+        });
+        records.push(h);
+    }
     Ok(FlowPlan {
         id,
         records,
         external,
     })
+}
+
+/// Makes a new record `waiting`.
+fn waiting(rec: &mut TaskRecord) {
+    rec.status = TaskStatus::Waiting;
+    for e in &mut rec.events {
+        e.status = TaskStatus::Waiting;
+    }
 }
 
 /// A task on a cycle of `deps` (task → the tasks it depends on), if there is one
@@ -212,8 +244,8 @@ mod tests {
     use super::*;
     use crate::{Limits, NewTask};
 
-    fn item(name: Option<&str>, deps: &[&str]) -> (TaskRecord, FlowRef) {
-        let rec = Limits::default()
+    fn admitted() -> TaskRecord {
+        Limits::default()
             .admit(
                 NewTask {
                     kind: "noop".into(),
@@ -222,9 +254,12 @@ mod tests {
                 crate::now(),
                 None,
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn item(name: Option<&str>, deps: &[&str]) -> (TaskRecord, FlowRef) {
         (
-            rec,
+            admitted(),
             FlowRef {
                 name: name.map(str::to_owned),
                 depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
@@ -234,11 +269,14 @@ mod tests {
 
     #[test]
     fn a_chain_links_ids_and_waits() {
-        let p = plan(vec![
-            item(Some("a"), &[]),
-            item(Some("b"), &["a"]),
-            item(Some("c"), &["b"]),
-        ])
+        let p = plan(
+            vec![
+                item(Some("a"), &[]),
+                item(Some("b"), &["a"]),
+                item(Some("c"), &["b"]),
+            ],
+            None,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
         let r = &p.records;
         assert_eq!(r[0].status, TaskStatus::Queued);
@@ -255,7 +293,7 @@ mod tests {
 
     #[test]
     fn bad_flows_are_refused() {
-        let err = |items| plan(items).err();
+        let err = |items| plan(items, None).err();
         assert_eq!(err(vec![]), Some(FlowError::Empty));
         assert_eq!(
             err(vec![item(Some("a"), &["b"]), item(Some("b"), &["a"])]),
@@ -288,8 +326,24 @@ mod tests {
     #[test]
     fn an_existing_task_id_is_an_external_dependency() {
         let dep = TaskId::new();
-        let p = plan(vec![item(None, &[&dep.to_string()])]).unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(vec![item(None, &[&dep.to_string()])], None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.external, vec![dep]);
         assert_eq!(p.records[0].status, TaskStatus::Waiting);
+    }
+
+    #[test]
+    fn the_failure_handler_depends_on_every_task() {
+        let p = plan(
+            vec![item(Some("a"), &[]), item(Some("b"), &["a"])],
+            Some(admitted()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let h = &p.records[2];
+        assert_eq!(h.status, TaskStatus::Waiting);
+        let link = h
+            .flow
+            .as_ref()
+            .map(|f| (f.on_failure, f.depends_on.clone()));
+        assert_eq!(link, Some((true, vec![p.records[0].id, p.records[1].id])));
     }
 }

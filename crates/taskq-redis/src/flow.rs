@@ -18,7 +18,18 @@ use std::str::FromStr;
 use taskq_core::{QueueName, TaskId, TaskStatus};
 
 use crate::scripts::flow_release::Release;
+use crate::scripts::flow_wait::WaitItem;
 use crate::{Broker, EnqueueItem, Result};
+
+/// A task to register as waiting, with its dependencies (queue and id; at least one).
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    pub item: EnqueueItem,
+    pub deps: Vec<(QueueName, TaskId)>,
+    /// The flow's failure handler: runs when a dependency dies, is cancelled when all
+    /// succeeded.
+    pub on_failure: bool,
+}
 
 /// How a dependency ended, for its dependents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,18 +67,14 @@ fn parse_member(m: &str) -> Option<(QueueName, TaskId)> {
 }
 
 impl Broker {
-    /// Registers waiting tasks, each with its unmet dependencies (queue and id; at
-    /// least one), linking them first (see the module documentation). Per task in
-    /// order, whether it was registered (false: Redis holds it already).
-    pub async fn flow_register(
-        &self,
-        waiting: &[(EnqueueItem, Vec<(QueueName, TaskId)>)],
-    ) -> Result<Vec<bool>> {
+    /// Registers waiting tasks, linking them first (see the module documentation). Per
+    /// task in order, whether it was registered (false: Redis holds it already).
+    pub async fn flow_register(&self, waiting: &[Waiting]) -> Result<Vec<bool>> {
         let mut links: std::collections::BTreeMap<&QueueName, Vec<(String, String)>> =
             Default::default();
-        for (item, deps) in waiting {
-            let m = member(&item.msg.queue, item.msg.id);
-            for (q, dep) in deps {
+        for w in waiting {
+            let m = member(&w.item.msg.queue, w.item.msg.id);
+            for (q, dep) in &w.deps {
                 links
                     .entry(q)
                     .or_default()
@@ -80,9 +87,13 @@ impl Broker {
                 .map(|(q, ls)| async move { self.flow_link(q, ls).await }),
         )
         .await?;
-        let items: Vec<(EnqueueItem, Vec<TaskId>)> = waiting
+        let items: Vec<WaitItem> = waiting
             .iter()
-            .map(|(item, deps)| (item.clone(), deps.iter().map(|(_, id)| *id).collect()))
+            .map(|w| WaitItem {
+                item: w.item.clone(),
+                unmet: w.deps.iter().map(|(_, id)| *id).collect(),
+                on_failure: w.on_failure,
+            })
             .collect();
         self.flow_wait(&items).await
     }

@@ -181,10 +181,12 @@ pub mod task_hash {
     pub const QUEUED_AT: &str = "qat";
     /// `1` once a user asked to cancel the running task.
     pub const CANCEL: &str = "cancel";
+    /// `fail` on a waiting flow failure handler (see [`crate::flow`]).
+    pub const MODE: &str = "mode";
 
     /// Every field, in the order above.
-    pub const ALL: [&str; 9] = [
-        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL,
+    pub const ALL: [&str; 10] = [
+        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL, MODE,
     ];
 }
 

@@ -1,4 +1,4 @@
-//! Flows in the store: a flow's task carries `flow: { id, name?, depends_on: [ids] }`
+//! Flows in the store: a flow's task carries `flow: { id, name?, on_failure?, depends_on: [ids] }`
 //! (see [`taskq_core::flow`]), indexed by `flow.id`, so a flow is read back with one
 //! query; dependencies' records are read by id (their results are what a dependent's
 //! handler reads), and recovery reads the `waiting` records to register them again.
@@ -23,6 +23,9 @@ pub(crate) fn link_doc(link: &FlowLink) -> Document {
     let mut d = doc! { "id": link.id.to_string() };
     if let Some(name) = &link.name {
         d.insert("name", name.as_str());
+    }
+    if link.on_failure {
+        d.insert("on_failure", true);
     }
     d.insert(
         "depends_on",
@@ -63,6 +66,7 @@ pub(crate) fn read_link(d: &Document, label: &str) -> Result<FlowLink> {
         id,
         name,
         depends_on,
+        on_failure: d.get_bool("on_failure").unwrap_or(false),
     })
 }
 

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use taskq_core::{FlowPlan, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
-use taskq_redis::flow::Finished;
+use taskq_redis::flow::{Finished, Waiting};
 use taskq_store::{StatusUpdate, StoredTask};
 
 use crate::AppState;
@@ -110,7 +110,7 @@ pub(crate) async fn wait_for(
     for t in state.store.get_many(&unknown).await? {
         queues.insert(t.record.id, t.record.queue);
     }
-    let items: Vec<(EnqueueItem, Vec<(QueueName, TaskId)>)> = waiting
+    let items: Vec<Waiting> = waiting
         .iter()
         .map(|(r, seq)| {
             let deps = r
@@ -121,13 +121,23 @@ pub(crate) async fn wait_for(
                 // the task back: it is left out.
                 .filter_map(|d| Some((queues.get(d)?.clone(), *d)))
                 .collect();
-            (EnqueueItem::from_record(r, *seq), deps)
+            Waiting {
+                item: EnqueueItem::from_record(r, *seq),
+                deps,
+                on_failure: r.flow.as_ref().is_some_and(|f| f.on_failure),
+            }
         })
         .collect();
-    let (linked, free): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, d)| !d.is_empty());
+    let (linked, free): (Vec<_>, Vec<_>) = items.into_iter().partition(|w| !w.deps.is_empty());
     state.broker.flow_register(&linked).await?;
+    // Their dependencies are gone: ordinary tasks run, a failure handler (nothing left
+    // whose failure it could handle) stays as it is.
+    let free: Vec<EnqueueItem> = free
+        .into_iter()
+        .filter(|w| !w.on_failure)
+        .map(|w| w.item)
+        .collect();
     if !free.is_empty() {
-        let free: Vec<EnqueueItem> = free.into_iter().map(|(i, _)| i).collect();
         state.broker.enqueue(&free).await?;
     }
     let check: Vec<TaskId> = if check_known {

@@ -6,6 +6,10 @@
 //! - It died (or was cancelled): the task is `cancelled` with the given reason and leaves
 //!   Redis.
 //!
+//! - A flow's failure handler (hash field `mode` = `fail`) is the other way round: a
+//!   dependency that died queues it (the reason as the update's error), and it is
+//!   cancelled once every dependency succeeded.
+//!
 //! Each change's status update goes to the queue's outbox in the same step.
 //!
 //! ```text
@@ -36,10 +40,29 @@ local out, woke = {}, false
 for i = 4, #ARGV, 3 do
   local id, dep, why = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local k, u = pfx .. id, upfx .. id
-  local vals = redis.call('HMGET', k, 'state', 'prio')
+  local vals = redis.call('HMGET', k, 'state', 'prio', 'mode')
   local r = 0
   if vals[1] ~= 'waiting' then
     redis.call('DEL', u)
+  elseif vals[3] == 'fail' then
+    if why == '' then
+      redis.call('SREM', u, dep)
+      if redis.call('SCARD', u) == 0 then
+        local seq = redis.call('HINCRBY', k, 'seq', 1)
+        redis.call('DEL', k, u)
+        ob_add(ent, id, seq, 'cancelled', 0, cjson.encode({e = 'every task of the flow succeeded'}))
+        r = 2
+      end
+    else
+      local seq = redis.call('HINCRBY', k, 'seq', 1)
+      redis.call('HSET', k, 'state', 'queued', 'qat', now)
+      redis.call('HDEL', k, 'mode')
+      redis.call('DEL', u)
+      redis.call('LPUSH', KEYS[1 + tonumber(vals[2])], id)
+      woke = true
+      ob_add(ent, id, seq, 'queued', 0, cjson.encode({e = why}))
+      r = 1
+    end
   elseif why == '' then
     redis.call('SREM', u, dep)
     if redis.call('SCARD', u) == 0 then

@@ -8,8 +8,10 @@
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> now (ms)
-//! then per task, 6 values: id, prio index, seq, max attempts, message JSON,
-//!                          unmet dependency ids joined by `,` (at least one)
+//! then per task, 7 values: id, prio index, seq, max attempts, message JSON,
+//!                          unmet dependency ids joined by `,` (at least one),
+//!                          mode: `all` (runs when all succeeded) or `fail` (the flow's
+//!                          failure handler: runs when one died)
 //! reply      -> per task, 1 (registered) or 0 (already present)
 //! ```
 
@@ -26,7 +28,7 @@ script!(
 local pfx, upfx, now = ARGV[1], ARGV[2], ARGV[3]
 redis.call('SET', KEYS[1], now, 'NX')
 local out = {}
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local id = ARGV[i]
   local k = pfx .. id
   if redis.call('EXISTS', k) == 1 then
@@ -34,6 +36,7 @@ for i = 4, #ARGV, 6 do
   else
     redis.call('HSET', k, 'msg', ARGV[i + 4], 'state', 'waiting', 'prio', ARGV[i + 1],
       'seq', ARGV[i + 2], 'attempts', 0, 'max', ARGV[i + 3], 'qat', now)
+    if ARGV[i + 6] == 'fail' then redis.call('HSET', k, 'mode', 'fail') end
     local u = upfx .. id
     redis.call('DEL', u)
     for dep in string.gmatch(ARGV[i + 5], '[^,]+') do
@@ -46,16 +49,23 @@ return out
 "
 );
 
+/// One waiting task for [`Broker::flow_wait`].
+#[derive(Clone, Debug)]
+pub struct WaitItem {
+    pub item: EnqueueItem,
+    /// Its unmet dependencies (not empty).
+    pub unmet: Vec<taskq_core::TaskId>,
+    /// The flow's failure handler (see [`crate::flow`]).
+    pub on_failure: bool,
+}
+
 impl Broker {
-    /// Registers waiting tasks, each with the ids of its unmet dependencies (not empty):
-    /// one script call per queue, issued concurrently. Per item in order, whether it was
-    /// registered (false: Redis holds a task with that id already).
-    pub async fn flow_wait(
-        &self,
-        items: &[(EnqueueItem, Vec<taskq_core::TaskId>)],
-    ) -> Result<Vec<bool>> {
+    /// Registers waiting tasks: one script call per queue, issued concurrently. Per item
+    /// in order, whether it was registered (false: Redis holds a task with that id
+    /// already).
+    pub async fn flow_wait(&self, items: &[WaitItem]) -> Result<Vec<bool>> {
         let mut by_queue: BTreeMap<&QueueName, Vec<usize>> = BTreeMap::new();
-        for (i, (item, _)) in items.iter().enumerate() {
+        for (i, WaitItem { item, .. }) in items.iter().enumerate() {
             by_queue.entry(&item.msg.queue).or_default().push(i);
         }
         let now = taskq_core::now_ms();
@@ -64,7 +74,11 @@ impl Broker {
             let mut inv = invocation(&SCRIPT, &keys(&k));
             inv.arg(k.task_prefix()).arg(k.unmet_prefix()).arg(now);
             let encoded = idx.iter().try_for_each(|&i| {
-                let (it, unmet) = &items[i];
+                let WaitItem {
+                    item: it,
+                    unmet,
+                    on_failure,
+                } = &items[i];
                 let msg = serde_json::to_string(&it.msg)
                     .map_err(|e| BrokerError::Protocol(e.to_string()))?;
                 let unmet: Vec<String> = unmet.iter().map(ToString::to_string).collect();
@@ -73,7 +87,8 @@ impl Broker {
                     .arg(it.seq)
                     .arg(it.msg.max_attempts)
                     .arg(msg)
-                    .arg(unmet.join(","));
+                    .arg(unmet.join(","))
+                    .arg(if *on_failure { "fail" } else { "all" });
                 Ok::<_, BrokerError>(())
             });
             async move {

@@ -221,6 +221,87 @@ async fn a_dead_dependency_cancels_its_dependents_and_a_retry_of_the_flow_runs_t
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does() {
+    let env = Env::start().await;
+    let w = env.worker(Env::settings("default"), registry());
+    let handler = json!({"type": "collect", "payload": {"name": "handler"}});
+    let (status, v) = env
+        .post(
+            "/v1/flows",
+            json!({"tasks": [
+                collect("a", &[]),
+                {"name": "boom", "type": "fail", "payload": {"permanent": true}, "depends_on": ["a"]},
+                collect("c", &["boom"]),
+            ], "on_failure": handler}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let failing: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+    assert_eq!(v["tasks"][3]["on_failure"], true, "{v:#}");
+    assert_eq!(
+        v["tasks"][3]["depends_on"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let handler_id: TaskId = v["tasks"][3]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("handler id");
+    let boom: TaskId = v["tasks"][1]["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("boom id");
+    let h = env
+        .wait_status(handler_id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    // It ran once a task died, and read the results of those that succeeded.
+    assert_eq!(
+        h["result"],
+        json!({"name": "handler", "deps": [null, null, {"name": "a", "deps": []}]})
+    );
+    let queued = h["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["status"] == "queued"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(queued["error"], format!("dependency {boom} died"), "{h:#}");
+    let v = wait_flow(&env, failing, "failed", Duration::from_secs(30)).await;
+    assert_eq!(
+        v["counts"],
+        json!({"cancelled": 1, "dead": 1, "succeeded": 2}),
+        "{v:#}"
+    );
+
+    let (status, v) = env
+        .post(
+            "/v1/flows",
+            json!({"tasks": [collect("a", &[]), collect("b", &["a"])], "on_failure": handler}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let fine: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+    let v = wait_flow(&env, fine, "succeeded", Duration::from_secs(30)).await;
+    let handler = &v["tasks"][2];
+    let done = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { flow(&env, fine).await["tasks"][2]["status"] == "cancelled" },
+    )
+    .await;
+    assert!(done, "{v:#}");
+    let h = env
+        .record(
+            handler["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("id"),
+        )
+        .await;
+    assert_eq!(h["last_error"], "every task of the flow succeeded", "{h:#}");
+    assert_eq!(h["attempts"], 0);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_flow_cancels_every_unfinished_task() {
     let env = Env::start().await;
     let (id, names) = submit(
