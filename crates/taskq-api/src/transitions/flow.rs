@@ -28,7 +28,8 @@
 //! |---|---|---|
 //! | submit a flow (`POST /v1/flows`) | MongoDB: every record in one insert (`seq` 1, submit-pending mark; roots `queued`, dependents `waiting`); Redis: dependents sets, waiting tasks, then the roots' enqueue; then dependencies on existing tasks are checked | as a batch submit ([`super::submit`]): Redis remove, records deleted; `503`, nothing runs |
 //! | dependency succeeded | (worker) MongoDB update applied, then `FLOW_RELEASE` queues the last-waiting dependents (`waiting → queued`, their update in their queue's outbox), then the outbox entry is acknowledged | none: repeated until acknowledged |
-//! | dependency dead or cancelled | as above; the dependents become `cancelled` (`dependency <id> died`), and their own settle cascades | none |
+//! | dependency dead or cancelled | as above; the dependents become `cancelled` (`dependency <id> died`), and their own settle cascades; the flow's failure handler (`on_failure`, a waiting task depending on every task, hash field `mode` = `fail`) becomes `queued` instead | none |
+//! | every task succeeded | as above; the failure handler's last dependency succeeding cancels it (`every task of the flow succeeded`) | none |
 //! | cancel a flow (`POST /v1/flows/{id}/cancel`) | [`super::cancel`] for every unfinished task (a waiting one leaves Redis like a queued one) | per task as a cancel; finished tasks are skipped |
 //! | retry a flow (`POST /v1/flows/{id}/retry`) | [`super::retry`] for every dead task; then every task cancelled because of a dependency goes back to `waiting` (MongoDB at `seq` + 1, then [`wait_for`]) | `503` part-way: call again (each step is skipped for tasks it already moved) |
 //! | recover after Redis lost its data | [`recover_waiting`]: every `waiting` record is registered again by [`wait_for`] | idempotent: call again |
