@@ -109,9 +109,12 @@ impl Flow {
         // The flow's state is its tasks' (its failure handler only counts while running).
         let handler = |t: &StoredTask| t.record.flow.as_ref().is_some_and(|f| f.on_failure);
         let has = |s: TaskStatus| tasks.iter().any(|t| !handler(t) && t.record.status == s);
-        let status = if tasks.iter().any(|t| {
-            !t.record.status.is_final() && !(handler(t) && t.record.status == TaskStatus::Waiting)
-        }) {
+        // A waiting failure handler does not keep the flow running.
+        let idle_handler = |t: &StoredTask| handler(t) && t.record.status == TaskStatus::Waiting;
+        let status = if tasks
+            .iter()
+            .any(|t| !t.record.status.is_final() && !idle_handler(t))
+        {
             FlowStatus::Running
         } else if has(TaskStatus::Dead) {
             FlowStatus::Failed
