@@ -79,9 +79,9 @@ pub struct Args {
     #[arg(long, env = "TASKQ_BENCH_COMPARE_TRACING")]
     pub compare_tracing: bool,
     /// Instead of the usual phases, compare processing of N tasks submitted as flows
-    /// (chains of this many tasks, `POST /v1/flows`) with N plain tasks, in the same run:
-    /// each arm from the worker's start until MongoDB has every record `succeeded`.
-    /// 0: off.
+    /// of this many tasks (`POST /v1/flows`, shaped by --flow-shape) with N plain tasks,
+    /// in the same run: each arm from the worker's start until MongoDB has every record
+    /// `succeeded`. 0: off.
     #[arg(
         long,
         env = "TASKQ_BENCH_FLOWS",
@@ -89,6 +89,10 @@ pub struct Args {
         conflicts_with = "compare_tracing"
     )]
     pub flows: usize,
+    /// Shape of the --flows groups: `chain` (each task waits for the one before it) or
+    /// `fan` (one task, then all but two in parallel, then one that waits for them all).
+    #[arg(long, env = "TASKQ_BENCH_FLOW_SHAPE", value_enum, default_value_t = FlowShape::Chain)]
+    pub flow_shape: FlowShape,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -121,7 +125,17 @@ pub struct Config {
     pub api_env: Vec<(String, String)>,
     pub compare_tracing: bool,
     pub flows: usize,
+    pub flow_shape: FlowShape,
     pub json: bool,
+}
+
+/// The shape of each flow of `--flows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowShape {
+    /// a → b → c → …
+    Chain,
+    /// a → {b1 … bn} → c
+    Fan,
 }
 
 impl Args {
@@ -209,6 +223,7 @@ impl Args {
             api_env: self.api_env,
             compare_tracing: self.compare_tracing,
             flows: self.flows,
+            flow_shape: self.flow_shape,
             json: self.json,
         })
     }

@@ -1,5 +1,6 @@
-//! `--flows L`: processing of N tasks submitted as flows (chains of L tasks, each task
-//! waiting for the one before it) against N plain tasks, in the same run. Each arm
+//! `--flows L`: processing of N tasks submitted as flows of L tasks (`--flow-shape`:
+//! chains, each task waiting for the one before it, or fan-out/fan-in, one task, L - 2
+//! in parallel, one joining them) against N plain tasks, in the same run. Each arm
 //! submits with no worker running, then starts a fresh worker and is timed from its
 //! spawn until MongoDB has every record `succeeded`: a dependent is released only once
 //! its dependency's record is written, so records settled is where flows pay.
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::submit::post_created;
 use super::{Bench, STOP_GRACE, progress};
+use crate::args::FlowShape;
 use crate::report::Metric;
 
 /// Most tasks per flow request (whole chains).
@@ -37,24 +39,28 @@ impl Bench {
             "tasks/s",
         ));
 
+        let shape = match self.cfg.flow_shape {
+            FlowShape::Chain => format!("chains of {len}"),
+            FlowShape::Fan => format!("fan-out/fan-in of {len}"),
+        };
         progress(&format!(
-            "flows: submit of {n} tasks as chains of {len} (no worker running)"
+            "flows: submit of {n} tasks as {shape} (no worker running)"
         ));
-        let submit = self.submit_chains(n, len).await?;
+        let submit = self.submit_flows(n, len).await?;
         self.report.push(Metric::new(
             "flow_submit_tasks_per_s",
-            &format!("flow submit, chains of {len}"),
+            &format!("flow submit, {shape}"),
             submit,
             "tasks/s",
         ));
         progress("flows: processing until every record settled (worker starts)");
         let flows = self
-            .run_to_settled(n, &format!("processing, chains of {len}"))
+            .run_to_settled(n, &format!("processing, {shape}"))
             .await?;
         self.report.push(
             Metric::new(
                 "settled_tasks_per_s_flows",
-                &format!("processed and settled, chains of {len}"),
+                &format!("processed and settled, {shape}"),
                 flows,
                 "tasks/s",
             )
@@ -86,18 +92,22 @@ impl Bench {
         Ok(n as f64 / elapsed.as_secs_f64())
     }
 
-    /// Submits `n` noop tasks as chains of `len` through `POST /v1/flows`, whole chains
+    /// Submits `n` noop tasks as flows of `len` through `POST /v1/flows`, whole flows
     /// per request; returns tasks/s.
-    async fn submit_chains(&mut self, n: usize, len: usize) -> anyhow::Result<f64> {
+    async fn submit_flows(&mut self, n: usize, len: usize) -> anyhow::Result<f64> {
         let url = self.api_url("/v1/flows")?;
         let queue = self.queue.to_string();
+        let fan = self.cfg.flow_shape == FlowShape::Fan;
         let chain = |c: usize, k: usize| -> Vec<Value> {
             (0..k)
                 .map(|s| {
-                    let deps: Vec<String> = if s == 0 {
-                        Vec::new()
-                    } else {
-                        vec![format!("{c}-{}", s - 1)]
+                    let name = |s: usize| format!("{c}-{s}");
+                    let deps: Vec<String> = match s {
+                        0 => Vec::new(),
+                        // The join of a fan waits for every task between.
+                        _ if fan && s == k - 1 && k > 2 => (1..s).map(name).collect(),
+                        _ if fan => vec![name(0)],
+                        _ => vec![name(s - 1)],
                     };
                     json!({"name": format!("{c}-{s}"), "type": "noop", "queue": queue, "depends_on": deps})
                 })
