@@ -129,19 +129,6 @@ pub(super) async fn submit_one(
     url: &str,
     body: Bytes,
 ) -> anyhow::Result<String> {
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .context("submit")?;
-    let status = r.status();
-    if status != reqwest::StatusCode::CREATED {
-        bail!(
-            "submit answered {status}: {}",
-            r.text().await.unwrap_or_default()
-        );
-    }
+    let r = post_created(http, url, body, "submit").await?;
     Ok(r.json::<Created>().await.context("submit reply")?.id)
 }
