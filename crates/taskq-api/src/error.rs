@@ -67,11 +67,14 @@ pub enum ErrorCode {
     /// 408: the body arrived too slowly (`TASKQ_BODY_READ_TIMEOUT_MS`,
     /// `TASKQ_BODY_MIN_BYTES_PER_SECOND`).
     BodyTimeout,
+    /// 400: a flow whose `depends_on` do not form a DAG of known tasks (a cycle, an
+    /// unknown name or id, a self-dependency, a duplicate), or that is too large.
+    InvalidFlow,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::InvalidBody,
@@ -96,6 +99,7 @@ impl ErrorCode {
         Self::HeadersTooLarge,
         Self::InexactNumber,
         Self::BodyTimeout,
+        Self::InvalidFlow,
     ];
 
     /// The name on the wire.
@@ -125,6 +129,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "headers_too_large",
             Self::InexactNumber => "inexact_number",
             Self::BodyTimeout => "body_timeout",
+            Self::InvalidFlow => "invalid_flow",
         }
     }
 }
@@ -319,6 +324,7 @@ mod tests {
             "headers_too_large",
             "inexact_number",
             "body_timeout",
+            "invalid_flow",
         ];
         assert_eq!(ErrorCode::ALL.len(), wire.len());
         for (code, name) in ErrorCode::ALL.into_iter().zip(wire) {

@@ -87,6 +87,11 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
 /// submit and for each task of a batch (`what` names it in messages). Every number in
 /// it must keep its meaning ([`exact_numbers`]), so a payload comes back as it was sent.
 pub fn parse_task(text: &str, what: &str) -> Result<NewTask, ApiError> {
+    parse_task_text(text, what)
+}
+
+/// [`parse_object`] after the [`exact_numbers`] check.
+fn parse_task_text<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, ApiError> {
     if let Err(number) = exact_numbers(text.as_bytes()) {
         return Err(ApiError::bad_request(
             ErrorCode::InexactNumber,
@@ -98,6 +103,32 @@ pub fn parse_task(text: &str, what: &str) -> Result<NewTask, ApiError> {
     }
 
     parse_object(text.as_bytes(), what)
+}
+
+/// The first fields of a flow's task: its name and dependencies; the rest is a task.
+#[derive(serde::Deserialize)]
+struct FlowItem {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(flatten)]
+    task: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A task of `POST /v1/flows`: a task as [`parse_task`] reads it, plus its optional
+/// `name` and `depends_on`.
+pub fn parse_flow_task(text: &str, what: &str) -> Result<(NewTask, taskq_core::FlowRef), ApiError> {
+    let item: FlowItem = parse_task_text(text, what)?;
+    let task = serde_json::from_value(serde_json::Value::Object(item.task))
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("{what}: {e}")))?;
+    Ok((
+        task,
+        taskq_core::FlowRef {
+            name: item.name,
+            depends_on: item.depends_on,
+        },
+    ))
 }
 
 /// Checks that every number in the JSON text `bytes` survives parsing with its meaning:

@@ -10,6 +10,7 @@ mod auth;
 mod body;
 mod error;
 mod extract;
+mod flows;
 pub mod health;
 mod limit;
 mod observe;
@@ -331,13 +332,17 @@ pub(crate) fn routes() -> Routes {
     Routes {
         submits: OpenApiRouter::new()
             .routes(routes!(tasks::submit))
-            .routes(routes!(tasks::submit_batch)),
+            .routes(routes!(tasks::submit_batch))
+            .routes(routes!(flows::submit)),
         reads: OpenApiRouter::new()
             .routes(routes!(tasks::list))
-            .routes(routes!(tasks::get)),
+            .routes(routes!(tasks::get))
+            .routes(routes!(flows::get)),
         admin: OpenApiRouter::new()
             .routes(routes!(tasks::retry))
             .routes(routes!(tasks::cancel))
+            .routes(routes!(flows::cancel))
+            .routes(routes!(flows::retry))
             .routes(routes!(queues::list))
             .routes(routes!(queues::get))
             .routes(routes!(queues::pause))

@@ -35,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
     modifiers(&BearerAuth),
     tags(
         (name = "tasks", description = "Submit, read, retry and cancel tasks."),
+        (name = "flows", description = "Submit tasks that depend on each other (a DAG), read, cancel and retry them as one flow."),
         (name = "queues", description = "Queue state, pausing, limits and dead letters (admin)."),
         (name = "admin", description = "Operations on the whole system (admin)."),
         (name = "observability", description = "Probes, metrics and this document; no token needed."),
@@ -199,6 +200,10 @@ mod tests {
             "GET /v1/tasks/{id}",
             "POST /v1/tasks/{id}/retry",
             "POST /v1/tasks/{id}/cancel",
+            "POST /v1/flows",
+            "GET /v1/flows/{id}",
+            "POST /v1/flows/{id}/cancel",
+            "POST /v1/flows/{id}/retry",
             "GET /v1/queues",
             "GET /v1/queues/{name}",
             "POST /v1/queues/{name}/pause",
@@ -230,8 +235,8 @@ mod tests {
                     assert!(responses.get("401").is_some(), "{method} {path}: no 401");
                     let admin = !matches!(
                         (method.as_str(), path.as_str()),
-                        ("post", "/v1/tasks" | "/v1/tasks/batch")
-                            | ("get", "/v1/tasks" | "/v1/tasks/{id}")
+                        ("post", "/v1/tasks" | "/v1/tasks/batch" | "/v1/flows")
+                            | ("get", "/v1/tasks" | "/v1/tasks/{id}" | "/v1/flows/{id}")
                     );
                     assert_eq!(
                         responses.get("403").is_some(),

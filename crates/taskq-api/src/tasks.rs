@@ -408,7 +408,7 @@ pub async fn retry(
     }
 }
 
-fn parse_id(s: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
         ApiError::bad_request(ErrorCode::InvalidId, e.to_string())
     })
@@ -417,7 +417,7 @@ fn parse_id(s: &str) -> Result<TaskId, ApiError> {
 /// The trace context stored with new tasks: the request span's when traces are
 /// exported (so attempts become its children), otherwise the caller's well-formed
 /// `traceparent`, passed through unchanged.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     if let Some(tp) = taskq_telemetry::traceparent(&tracing::Span::current()) {
         return Some(tp);
     }

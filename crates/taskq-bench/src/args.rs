@@ -85,6 +85,21 @@ pub struct Args {
     /// MongoDB reads for the waiters. 0: off.
     #[arg(long, env = "TASKQ_BENCH_WAITERS", default_value_t = 0)]
     pub waiters: usize,
+    /// Instead of the usual phases, compare processing of N tasks submitted as flows
+    /// of this many tasks (`POST /v1/flows`, shaped by --flow-shape) with N plain tasks,
+    /// in the same run: each arm from the worker's start until MongoDB has every record
+    /// `succeeded`. 0: off.
+    #[arg(
+        long,
+        env = "TASKQ_BENCH_FLOWS",
+        default_value_t = 0,
+        conflicts_with = "compare_tracing"
+    )]
+    pub flows: usize,
+    /// Shape of the --flows groups: `chain` (each task waits for the one before it) or
+    /// `fan` (one task, then all but two in parallel, then one that waits for them all).
+    #[arg(long, env = "TASKQ_BENCH_FLOW_SHAPE", value_enum, default_value_t = FlowShape::Chain)]
+    pub flow_shape: FlowShape,
     /// Print the results as JSON on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -117,7 +132,18 @@ pub struct Config {
     pub api_env: Vec<(String, String)>,
     pub compare_tracing: bool,
     pub waiters: usize,
+    pub flows: usize,
+    pub flow_shape: FlowShape,
     pub json: bool,
+}
+
+/// The shape of each flow of `--flows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowShape {
+    /// a → b → c → …
+    Chain,
+    /// a → {b1 … bn} → c
+    Fan,
 }
 
 impl Args {
@@ -141,6 +167,12 @@ impl Args {
         }
         check("--tasks", self.tasks as f64, 1.0, 100_000_000.0)?;
         check("--slots", self.slots as f64, 1.0, 10_000.0)?;
+        check(
+            "--flows",
+            self.flows as f64,
+            0.0,
+            taskq_core::MAX_FLOW_TASKS as f64,
+        )?;
         check("--batch-size", self.batch_size as f64, 1.0, 100_000.0)?;
         check(
             "--batch-concurrency",
@@ -200,6 +232,8 @@ impl Args {
             api_env: self.api_env,
             compare_tracing: self.compare_tracing,
             waiters: self.waiters,
+            flows: self.flows,
+            flow_shape: self.flow_shape,
             json: self.json,
         })
     }

@@ -14,7 +14,9 @@
 //!    Redis.
 //!
 //! [`compare_tracing`] replaces them all with three processing runs, with and without
-//! trace export; [`waiters`] with one run of many requests waiting for their tasks. The broker's keys are read through [`QueueKeys`], never spelt here.
+//! trace export; [`waiters`] with one run of many requests waiting for their tasks;
+//! [`flows`] with processing runs of plain tasks and of chains. The broker's keys are
+//! read through [`QueueKeys`], never spelt here.
 //!
 //! Invariants: all tasks go to a queue of their own (`bench-<run>`) and all records to a
 //! database of their own; both are removed at the end, also when a phase fails. The
@@ -25,6 +27,7 @@
 mod backlog;
 mod ceiling;
 mod compare_tracing;
+mod flows;
 mod latency;
 mod metrics;
 mod process;
@@ -139,6 +142,7 @@ pub async fn run(cfg: Config, names: &RunNames) -> anyhow::Result<Report> {
             "backlog": cfg.backlog,
             "compare_tracing": cfg.compare_tracing,
             "waiters": cfg.waiters,
+            "flows": cfg.flows,
             "redis": if redis.is_some() { "own redis-server" } else { "--redis-url" },
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "database": database,
@@ -273,6 +277,9 @@ impl Bench {
         }
         if self.cfg.waiters > 0 {
             return self.waiters().await;
+        }
+        if self.cfg.flows > 0 {
+            return self.compare_flows().await;
         }
         let n = self.cfg.tasks;
 

@@ -36,7 +36,7 @@ fn json_text(v: &Value) -> String {
 }
 
 /// The bytes of `path`, or of stdin for `-`.
-fn read_input(path: &Path) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_input(path: &Path) -> Result<Vec<u8>, Error> {
     let read = if path == Path::new("-") {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -69,7 +69,7 @@ fn unsuccessful(task: &Value, waited: Duration) -> Option<Error> {
 
 impl Ctx {
     /// The body as JSON, or rendered by `table`.
-    fn show(&self, body: &Value, table: impl FnOnce(&Value) -> String) -> String {
+    pub(crate) fn show(&self, body: &Value, table: impl FnOnce(&Value) -> String) -> String {
         match self.output {
             Output::Json => json_text(body),
             Output::Table => render::terminal_safe(&table(body)),

@@ -12,6 +12,7 @@
 mod client;
 mod commands;
 mod error;
+mod flow;
 pub mod jsonl;
 pub mod render;
 
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 pub use client::{Answer, Client};
 pub use error::Error;
+pub use flow::FlowCommand;
 
 /// Environment variable holding the api's bearer token. Deliberately not a flag: a
 /// token on the command line would show in process lists and shell history.
@@ -142,6 +144,9 @@ pub enum Command {
     },
     /// Put tasks that MongoDB holds as pending but Redis lost back into Redis.
     Recover,
+    /// Flows: tasks that depend on each other, submitted and handled as one.
+    #[command(subcommand)]
+    Flow(FlowCommand),
 }
 
 /// Task priority.
@@ -229,8 +234,8 @@ pub struct SubmitArgs {
 /// `taskq list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only tasks in this status: scheduled, queued, running, retrying, succeeded, dead
-    /// or cancelled.
+    /// Only tasks in this status: waiting, scheduled, queued, running, retrying,
+    /// succeeded, dead or cancelled.
     #[arg(long)]
     pub status: Option<String>,
     /// Only tasks of this type.
@@ -300,6 +305,7 @@ pub async fn run(cli: Cli, token: Option<&str>) -> Result<Report, Error> {
         Command::RetryDead { queue } => ctx.retry_dead(&queue).await.map(Report::ok),
         Command::PurgeDead { queue, yes } => ctx.purge_dead(&queue, yes).await.map(Report::ok),
         Command::Recover => ctx.recover().await.map(Report::ok),
+        Command::Flow(cmd) => ctx.flow(&cmd).await.map(Report::ok),
     }
 }
 

@@ -7,6 +7,7 @@
 //! component agrees on names, limits and transitions.
 
 pub mod backoff;
+pub mod flow;
 pub mod id;
 pub mod queue;
 pub mod status;
@@ -16,6 +17,7 @@ pub mod wait;
 pub mod wire;
 
 pub use backoff::Backoff;
+pub use flow::{FlowLink, FlowPlan, FlowRef, MAX_FLOW_TASKS};
 pub use id::TaskId;
 pub use queue::{QueueName, QueueSelection, QueueWeights};
 pub use status::{Priority, TaskStatus};

@@ -1,6 +1,8 @@
 //! Task statuses, the one state machine every component follows, and priorities.
 //!
 //! ```text
+//!   waiting ──last dependency succeeded──> queued      (a flow's task; see `crate::flow`)
+//!   waiting ──a dependency died, or cancel──> cancelled
 //! scheduled ──due──> queued ──lease──> running ──ok──> succeeded
 //!     │                ▲  ▲               │ ├──error, attempts left──> retrying ──due──> queued
 //!     │                │  └─lease expired─┘ └──error, none left / non-retryable──> dead
@@ -20,6 +22,8 @@ use utoipa::ToSchema;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
+    /// A flow's task waiting for its dependencies to succeed.
+    Waiting,
     /// Waiting for its `run_at` time.
     Scheduled,
     /// Runnable; waiting for a worker.
@@ -39,7 +43,8 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [TaskStatus; 7] = [
+    pub const ALL: [TaskStatus; 8] = [
+        TaskStatus::Waiting,
         TaskStatus::Scheduled,
         TaskStatus::Queued,
         TaskStatus::Running,
@@ -52,6 +57,7 @@ impl TaskStatus {
     /// The status's wire name.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Waiting => "waiting",
             TaskStatus::Scheduled => "scheduled",
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
@@ -76,6 +82,8 @@ impl TaskStatus {
         matches!(
             (self, to),
             (Scheduled, Queued)
+                // The last dependency of a flow's task succeeded.
+                | (Waiting, Queued)
                 | (Queued, Running)
                 | (Running, Succeeded)
                 | (Running, Retrying)
@@ -85,7 +93,7 @@ impl TaskStatus {
                 | (Retrying, Queued)
                 | (Dead, Queued)
                 // Running tasks are cancelled cooperatively: the handler is signalled.
-                | (Queued | Scheduled | Retrying | Running, Cancelled)
+                | (Waiting | Queued | Scheduled | Retrying | Running, Cancelled)
         )
     }
 }
@@ -99,7 +107,7 @@ impl fmt::Display for TaskStatus {
 /// The text named no status.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown status `{0}` (expected one of scheduled, queued, running, succeeded, retrying, dead, cancelled)"
+    "unknown status `{0}` (expected one of waiting, scheduled, queued, running, succeeded, retrying, dead, cancelled)"
 )]
 pub struct UnknownStatus(pub String);
 

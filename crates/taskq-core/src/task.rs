@@ -131,6 +131,10 @@ pub struct TaskRecord {
     /// The submit's idempotency key, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The flow this task belongs to, its name there and its dependencies (see
+    /// [`crate::flow`]); absent for a task submitted on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<crate::flow::FlowLink>,
 }
 
 impl TaskRecord {
@@ -147,6 +151,11 @@ impl TaskRecord {
             backoff: self.backoff,
             traceparent: self.traceparent.clone(),
             created_at_ms: self.created_at.timestamp_millis(),
+            depends_on: self
+                .flow
+                .as_ref()
+                .map(|f| f.depends_on.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -167,4 +176,8 @@ pub struct TaskMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     pub created_at_ms: i64,
+    /// The tasks of its flow this one waited for (their results are readable by its
+    /// handler).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<TaskId>,
 }

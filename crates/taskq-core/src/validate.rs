@@ -180,6 +180,7 @@ impl Limits {
                 worker: None,
             }],
             idempotency_key: req.idempotency_key,
+            flow: None,
         })
     }
 }

@@ -125,6 +125,18 @@ impl QueueKeys {
         format!("{}t:", self.base)
     }
 
+    /// Prefix of the sets of a `waiting` task's unmet dependencies (task ids); scripts
+    /// append the task id (see [`crate::flow`]).
+    pub fn unmet_prefix(&self) -> String {
+        format!("{}unmet:", self.base)
+    }
+
+    /// Prefix of the sets of a task's dependents (members `<queue> <id>`, the dependents
+    /// living in any queue); scripts append the task id (see [`crate::flow`]).
+    pub fn dependents_prefix(&self) -> String {
+        format!("{}dependents:", self.base)
+    }
+
     /// The hash of one task; its fields are listed in [`task_hash`].
     pub fn task(&self, id: &TaskId) -> String {
         format!("{}t:{id}", self.base)
@@ -159,7 +171,8 @@ impl Counter {
 pub mod task_hash {
     /// The task's message (JSON of `TaskMessage`), as the worker receives it.
     pub const MSG: &str = "msg";
-    /// `queued`, `scheduled`, `running` or `retrying`.
+    /// `waiting` (a flow's task, see [`crate::flow`]), `queued`, `scheduled`, `running`
+    /// or `retrying`.
     pub const STATE: &str = "state";
     /// The priority's index in the pending lists (see [`super::priority_index`]).
     pub const PRIO: &str = "prio";
@@ -175,10 +188,12 @@ pub mod task_hash {
     pub const QUEUED_AT: &str = "qat";
     /// `1` once a user asked to cancel the running task.
     pub const CANCEL: &str = "cancel";
+    /// `fail` on a waiting flow failure handler (see [`crate::flow`]).
+    pub const MODE: &str = "mode";
 
     /// Every field, in the order above.
-    pub const ALL: [&str; 9] = [
-        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL,
+    pub const ALL: [&str; 10] = [
+        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL, MODE,
     ];
 }
 
@@ -218,6 +233,8 @@ mod tests {
             k.epoch(),
             k.task(&id),
             k.task_prefix(),
+            k.unmet_prefix(),
+            k.dependents_prefix(),
             k.idempotency("order-{42}"),
             k.counter(Counter::Succeeded, 1_700_000_000_123),
         ];

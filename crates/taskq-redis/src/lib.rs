@@ -19,6 +19,7 @@
 #[cfg(feature = "cli")]
 mod cli;
 mod conn;
+pub mod flow;
 pub mod history;
 pub mod keys;
 pub mod notify;

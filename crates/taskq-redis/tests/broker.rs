@@ -518,7 +518,8 @@ async fn scripts_on_a_redis_cluster() {
 }
 
 /// Every field a task hash holds in any live state (scheduled, queued, running, flagged
-/// for cancellation, retrying, released) is one of `keys::task_hash::ALL`.
+/// for cancellation, retrying, released, a flow's waiting failure handler) is one of
+/// `keys::task_hash::ALL`.
 #[tokio::test(flavor = "multi_thread")]
 async fn task_hashes_hold_only_the_listed_fields() {
     let (server, broker) = single().await;
@@ -542,6 +543,17 @@ async fn task_hashes_hold_only_the_listed_fields() {
     );
     retry_later(&broker, &qn, &leased[1], "boom").await;
     release(&broker, &qn, &leased[2]).await;
+    // And a flow's waiting failure handler.
+    let handler = record("fields", "normal", None);
+    broker
+        .flow_register(&[taskq_redis::flow::Waiting {
+            item: EnqueueItem::from_record(&handler, 1),
+            deps: vec![(qn.clone(), TaskId::new())],
+            on_failure: true,
+        }])
+        .await
+        .expect("register");
+    let recs: Vec<TaskRecord> = recs.into_iter().chain([handler]).collect();
 
     let client = redis::Client::open(server.url()).expect("client");
     let mut c = client
@@ -596,4 +608,170 @@ async fn wake_listener_wakes_on_enqueue_and_times_out_otherwise() {
         .await
         .expect("enqueue");
     assert!(!wake.wait(Duration::from_millis(300)).await);
+}
+
+/// Flow scripts across two queues: a task waiting on two dependencies of another queue
+/// is queued only by the second success, once (settling again, or registering again as
+/// recovery does, changes nothing); a task waiting on one that died is cancelled with the
+/// reason; every change's update is in the dependent queue's outbox.
+async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
+    use taskq_redis::flow::{Finished, Waiting};
+    let wait = |r: &TaskRecord, deps: Vec<(QueueName, TaskId)>, on_failure| Waiting {
+        item: EnqueueItem::from_record(r, 1),
+        deps,
+        on_failure,
+    };
+    let (dq, qn) = (q(deps_queue), q(queue));
+    broker.outbox_join(&qn).await.expect("join");
+    let (d1, d2, d3) = (TaskId::new(), TaskId::new(), TaskId::new());
+    let joined = record(queue, "normal", None);
+    let doomed = record(queue, "high", None);
+    let both = vec![(dq.clone(), d1), (dq.clone(), d2)];
+    let registered = broker
+        .flow_register(&[
+            wait(&joined, both.clone(), false),
+            wait(&doomed, vec![(dq.clone(), d3)], false),
+        ])
+        .await
+        .expect("register");
+    assert_eq!(registered, vec![true, true]);
+    // A waiting task is present (the submit check keeps it) but not runnable.
+    let (_, present) = broker
+        .present(&qn, &[joined.id, doomed.id])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![true, true]);
+    assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
+
+    let ok = |d| [(d, Finished::Succeeded)];
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    let died = [(d3, Finished::Died(format!("dependency {d3} died")))];
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (0, 1)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (0, 0)
+    );
+    let (_, present) = broker
+        .present(&qn, &[joined.id, doomed.id])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![true, false]);
+    // Registered again (Redis holds it: left alone) and d1 settled again: still waiting.
+    let again = broker
+        .flow_register(&[wait(&joined, both, false)])
+        .await
+        .expect("register again");
+    assert_eq!(again, vec![false]);
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
+        (0, 0)
+    );
+    assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
+    // The last dependency succeeds: queued, once.
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
+        (1, 0)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
+        (0, 0)
+    );
+    let leased = broker
+        .dequeue(&qn, 2, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].msg.id, joined.id);
+
+    let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
+    let updates: Vec<(TaskId, u64, TaskStatus, Option<String>)> = reader
+        .read(100, false)
+        .await
+        .expect("read")
+        .iter()
+        .flat_map(|e| &e.updates)
+        .map(|u| (u.id, u.seq, u.status, u.error.clone()))
+        .collect();
+    assert_eq!(
+        updates,
+        vec![
+            (
+                doomed.id,
+                2,
+                TaskStatus::Cancelled,
+                Some(format!("dependency {d3} died"))
+            ),
+            (joined.id, 2, TaskStatus::Queued, None),
+            (joined.id, 3, TaskStatus::Running, None),
+        ]
+    );
+
+    // Failure handlers: one runs when a dependency dies, the other is cancelled when all
+    // of its dependencies succeeded.
+    let (e1, e2) = (TaskId::new(), TaskId::new());
+    let runs = record(queue, "normal", None);
+    let idle = record(queue, "normal", None);
+    broker
+        .flow_register(&[
+            wait(&runs, vec![(dq.clone(), e1), (dq.clone(), e2)], true),
+            wait(&idle, vec![(dq.clone(), e1)], true),
+        ])
+        .await
+        .expect("register handlers");
+    assert_eq!(
+        broker.flow_settle(&dq, &ok(e1)).await.expect("settle"),
+        (0, 1)
+    );
+    let why = format!("dependency {e2} died");
+    let died = [(e2, Finished::Died(why.clone()))];
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (1, 0)
+    );
+    assert_eq!(
+        broker.flow_settle(&dq, &died).await.expect("settle"),
+        (0, 0)
+    );
+    let updates: Vec<(TaskId, TaskStatus, Option<String>)> = reader
+        .read(100, false)
+        .await
+        .expect("read")
+        .iter()
+        .flat_map(|e| &e.updates)
+        .map(|u| (u.id, u.status, u.error.clone()))
+        .collect();
+    assert_eq!(
+        updates,
+        vec![
+            (
+                idle.id,
+                TaskStatus::Cancelled,
+                Some("every task of the flow succeeded".to_owned())
+            ),
+            (runs.id, TaskStatus::Queued, Some(why)),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_scripts_release_and_cancel_waiting_tasks_once() {
+    let (_server, broker) = single().await;
+    flow(&broker, "deps", "flow").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_scripts_work_across_queues_on_a_cluster() {
+    let (_cluster, broker) = cluster().await;
+    flow(&broker, "deps", "flow").await;
 }

@@ -11,7 +11,8 @@
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
 //!   events: [ { status, at, attempt, error?, worker? } ],
-//!   sp?: date }                 (submit pending: see `f::SUBMIT_PENDING`)
+//!   sp?: date,                  (submit pending: see `f::SUBMIT_PENDING`)
+//!   flow?: { id, name?, depends_on: [ids] } }   (a flow's task: see `crate::flows`)
 //! ```
 //!
 //! Invariants:
@@ -73,6 +74,9 @@ pub(crate) mod f {
     /// check once Redis holds the task. A record that keeps it past the grace period
     /// was never enqueued (see `Store::pending_submits`).
     pub const SUBMIT_PENDING: &str = "sp";
+    /// A flow's task: `{ id, name?, depends_on }` (see `crate::flows`).
+    pub const FLOW: &str = "flow";
+    pub const FLOW_ID: &str = "flow.id";
 }
 
 /// The value indexed for an idempotency key.
@@ -184,6 +188,9 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         d.insert(f::IDEMPOTENCY_KEY, key.as_str());
         d.insert(f::IDEM, idem(rec.queue.as_str(), key));
     }
+    if let Some(link) = &rec.flow {
+        d.insert(f::FLOW, crate::flows::link_doc(link));
+    }
     Ok(d)
 }
 
@@ -257,6 +264,10 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         updated_at: r.date(f::UPDATED_AT)?,
         traceparent: r.opt_str(f::TRACEPARENT)?,
         idempotency_key: r.opt_str(f::IDEMPOTENCY_KEY)?,
+        flow: match doc.get(f::FLOW) {
+            None | Some(Bson::Null) => None,
+            Some(_) => Some(crate::flows::read_link(r.doc(f::FLOW)?, &label)?),
+        },
         events,
     };
     let seq = st.uint(f::SEQ)?;
@@ -476,6 +487,7 @@ mod tests {
             updated_at: ms(1_700_000_001_000),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             idempotency_key: Some("order-42".into()),
+            flow: None,
             events: vec![
                 TaskEvent {
                     status: TaskStatus::Queued,

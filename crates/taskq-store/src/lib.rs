@@ -15,6 +15,7 @@ mod browse;
 mod cli;
 mod doc;
 mod error;
+mod flows;
 mod store;
 mod update;
 mod writer;

@@ -203,6 +203,7 @@ impl Store {
                     .build(),
             ])
             .await?;
+        self.ensure_flow_indexes().await?;
         self.ensure_browse_indexes().await
     }
 
@@ -366,7 +367,19 @@ impl Store {
         .iter()
         .map(|s| s.as_str())
         .collect();
-        let mut q = doc! { f::ST_STATUS: { "$in": live } };
+        self.by_status_after(doc! { "$in": live }, after, limit)
+            .await
+    }
+
+    /// Up to `limit` tasks whose status matches `status` (a value or a query on it) with
+    /// ids above `after`, oldest first.
+    pub(crate) async fn by_status_after(
+        &self,
+        status: impl Into<Bson>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<StoredTask>> {
+        let mut q = doc! { f::ST_STATUS: status.into() };
         if let Some(a) = after {
             q.insert(f::ID, doc! { "$gt": a.to_string() });
         }

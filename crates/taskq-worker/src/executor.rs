@@ -105,7 +105,9 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                 // The attempt's own span, so outgoing calls continue this trace.
                 traceparent: taskq_telemetry::traceparent(&span)
                     .or_else(|| msg.traceparent.clone()),
+                depends_on: msg.depends_on.clone(),
                 cancel: cancel.clone(),
+                store: Some(shared.store.clone()),
             };
             let mut handle = tokio::spawn(handler.call(hctx).instrument(span.clone()));
             let timeout = Duration::from_millis(msg.timeout_ms);

@@ -86,7 +86,12 @@ pub struct TaskContext {
     pub max_attempts: u32,
     /// W3C trace context of the submit request, when it had one.
     pub traceparent: Option<String>,
+    /// The tasks of its flow this one waited for (empty outside a flow); see
+    /// [`TaskContext::dependency_results`].
+    pub depends_on: Vec<TaskId>,
     pub(crate) cancel: CancellationToken,
+    /// Where the dependencies' results are read from (none in [`TaskContext::for_test`]).
+    pub(crate) store: Option<taskq_store::Store>,
 }
 
 impl TaskContext {
@@ -106,6 +111,20 @@ impl TaskContext {
         self.cancel.is_cancelled()
     }
 
+    /// The results of the tasks this one depends on (see [`TaskContext::depends_on`]),
+    /// by id: every one succeeded, and its result is in MongoDB, before this task was
+    /// queued. One query; an empty map for a task without dependencies. A store error is
+    /// a retryable failure of the attempt.
+    pub async fn dependency_results(&self) -> Result<HashMap<TaskId, Option<Value>>, HandlerError> {
+        let Some(store) = self.store.as_ref().filter(|_| !self.depends_on.is_empty()) else {
+            return Ok(HashMap::new());
+        };
+        store
+            .results(&self.depends_on)
+            .await
+            .map_err(|e| HandlerError::retry(format!("reading the dependencies' results: {e}")))
+    }
+
     /// A context for calling a handler outside a worker, e.g. in a unit test.
     pub fn for_test(kind: &str, payload: Value) -> Self {
         Self {
@@ -116,7 +135,9 @@ impl TaskContext {
             attempt: 1,
             max_attempts: 1,
             traceparent: None,
+            depends_on: Vec::new(),
             cancel: CancellationToken::new(),
+            store: None,
         }
     }
 }

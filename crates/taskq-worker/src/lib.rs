@@ -23,6 +23,7 @@ mod completer;
 mod config;
 mod executor;
 mod fetcher;
+mod flows;
 mod handler;
 mod health;
 mod heartbeat;

@@ -12,7 +12,8 @@
 //!
 //! Invariants:
 //! - An entry is acknowledged only after [`taskq_store::apply_batch`] returned for its
-//!   updates (written, or dropped after the server refused them repeatedly).
+//!   updates (written, or dropped after the server refused them repeatedly), and after
+//!   the flow dependents of its finished tasks were settled ([`crate::flows`]).
 //! - Applying an entry twice is harmless (the store's updates are idempotent and ordered
 //!   by `seq`), so claiming from a slow but live writer costs only a repeated write.
 //! - At shutdown the writer keeps applying until the stream has nothing new for it (or
@@ -171,6 +172,11 @@ impl Writer {
             taskq_store::apply_batch(&self.shared.store, &self.opts, &self.stats, updates).await;
         }
         crate::notify::publish_finished(&self.shared.broker, &entries).await;
+        // Only once their final updates are in MongoDB are the dependents of finished
+        // tasks told (see `crate::flows`); not acknowledged until then.
+        if !crate::flows::settle(&self.shared.broker, &self.queue, &entries).await {
+            return;
+        }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let mut delay = Duration::from_millis(50);
         for tries in 1.. {

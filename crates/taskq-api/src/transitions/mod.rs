@@ -16,7 +16,10 @@
 //! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
 //! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S, then the id published on `taskq:finished` (wakes `?wait=` readers) | none needed: MongoDB only follows Redis; a lost publish delays waiters to their deadline |
-//! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1) | none: idempotent, call again |
+//! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1), then every `waiting` record registered again ([`flow`]) | none: idempotent, call again |
+//! | submit a flow | [`flow`] | as a batch submit: MongoDB insert (roots `queued`, dependents `waiting`), then Redis: dependents sets, waiting tasks, roots' enqueue | as a batch submit |
+//! | waiting → queued / cancelled (a dependency finished) | [`flow`] (run by the workers' outbox writers) | MongoDB has the dependency's final update, then the `FLOW_RELEASE` script (the dependent's update in its queue's outbox), then the outbox entry is acknowledged | none: repeated until acknowledged |
+//! | cancel / retry a flow | [`flow`] | per task as [`cancel`] / [`retry`]; a retry puts tasks cancelled by a dependency back to `waiting` (MongoDB, then Redis) | per task |
 //!
 //! The workers own the other transitions (lease, ack, fail, retry with backoff, dead,
 //! release, promote, reap): each is one Lua script in `taskq-redis` that also appends the
@@ -25,6 +28,7 @@
 //! transition is as durable as its Redis write.
 
 pub(crate) mod cancel;
+pub(crate) mod flow;
 pub(crate) mod recover;
 pub(crate) mod retry;
 pub(crate) mod submit;

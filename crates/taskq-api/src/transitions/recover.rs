@@ -5,7 +5,8 @@
 //! page is enqueued in Redis with `seq` + 1, due at its schedule (a task that was
 //! running is due now: its attempt was lost with Redis). The enqueue script skips tasks
 //! Redis still holds, so the call is idempotent: no undo, and on a failure (`503`)
-//! calling again finishes the job without duplicating anything.
+//! calling again finishes the job without duplicating anything. Then the flows' `waiting`
+//! tasks are registered again (see [`super::flow::recover_waiting`]).
 
 use taskq_core::TaskStatus;
 use taskq_redis::EnqueueItem;
@@ -40,6 +41,14 @@ pub(crate) async fn recover(state: &AppState) -> Result<(u64, u64), ApiError> {
             }
         }
     }
-    tracing::info!(enqueued, already_present = present, "recovery finished");
+    // After the unfinished tasks, so the waiting ones find their dependencies' queues
+    // known again.
+    let waiting = super::flow::recover_waiting(state).await?;
+    tracing::info!(
+        enqueued,
+        already_present = present,
+        waiting,
+        "recovery finished"
+    );
     Ok((enqueued, present))
 }

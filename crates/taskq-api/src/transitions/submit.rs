@@ -404,11 +404,22 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             &"the record took longer than the enqueue deadline to write",
         )));
     }
-    let items: Vec<EnqueueItem> = recs
-        .iter()
-        .map(|r| EnqueueItem::from_record(r, 1))
-        .collect();
-    if let Err(e) = state.broker.enqueue(&items).await {
+    let enqueued = if recs.iter().any(|r| r.flow.is_some()) {
+        // A flow's tasks: its waiting tasks are registered, its roots enqueued.
+        super::flow::enqueue(state, recs).await
+    } else {
+        let items: Vec<EnqueueItem> = recs
+            .iter()
+            .map(|r| EnqueueItem::from_record(r, 1))
+            .collect();
+        state
+            .broker
+            .enqueue(&items)
+            .await
+            .map(drop)
+            .map_err(Into::into)
+    };
+    if let Err(e) = enqueued {
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
         // take it out before the records go, so nothing answered with an error runs.
         let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
@@ -425,13 +436,13 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             {
                 tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
             }
-            return Err(PersistError::Api(e.into()));
+            return Err(PersistError::Api(e));
         }
         if let Err(undo) = unsubmit(state, recs).await {
             // Nothing of them is in Redis: the submit check cancels these records.
             tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");
         }
-        return Err(PersistError::Api(e.into()));
+        return Err(PersistError::Api(e));
     }
     for r in recs {
         state

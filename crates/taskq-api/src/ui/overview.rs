@@ -2,8 +2,8 @@
 //! last hour as charts, refreshed by htmx every few seconds), the page of one queue, and
 //! the queue actions: pause, resume, limits, purge dead.
 //!
-//! Live counts come from Redis (list and sorted-set sizes), dead, succeeded and
-//! cancelled from MongoDB counts on the (queue, status, `_id`) index, throughput from
+//! Live counts come from Redis (list and sorted-set sizes), waiting (flow tasks), dead,
+//! succeeded and cancelled from MongoDB counts on the (queue, status, `_id`) index, throughput from
 //! Redis counters ([`taskq_redis::history`]).
 
 use std::collections::HashMap;
@@ -123,6 +123,8 @@ struct QueueRow {
     name: QueueName,
     paused: bool,
     live: QueueCounts,
+    /// Flow tasks waiting for their dependencies (a MongoDB count, like the finished).
+    waiting: Option<u64>,
     dead: Option<u64>,
     succeeded: Option<u64>,
     cancelled: Option<u64>,
@@ -142,7 +144,8 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         b.throughput_history(&name, now_ms, CHART_MINUTES),
     )?;
     let count = |status| state.ui.counts.read(state, (name.clone(), status));
-    let (dead, succeeded, cancelled) = (
+    let (waiting, dead, succeeded, cancelled) = (
+        count(TaskStatus::Waiting),
         count(TaskStatus::Dead),
         count(TaskStatus::Succeeded),
         count(TaskStatus::Cancelled),
@@ -151,6 +154,7 @@ async fn queue_row(state: &AppState, name: QueueName, now_ms: i64) -> Result<Que
         name,
         paused,
         live,
+        waiting,
         dead,
         succeeded,
         cancelled,
@@ -255,6 +259,7 @@ fn live_part(viewer: &Viewer, rows: &[QueueRow]) -> Markup {
                 table id="queues" {
                     thead { tr {
                         th { "Queue" } th { "State" }
+                        th class="num" { "Waiting" }
                         th class="num" { "Queued" } th class="num" { "Scheduled" }
                         th class="num" { "Running" } th class="num" { "Retrying" }
                         th class="num" { "Dead" } th class="num" { "Succeeded" }
@@ -270,6 +275,7 @@ fn live_part(viewer: &Viewer, rows: &[QueueRow]) -> Markup {
                             tr data-queue=(q) tabindex="0" data-href=(format!("/ui/queues/{}", url_encode(q))) {
                                 td { a href=(format!("/ui/queues/{}", url_encode(q))) { (q) } }
                                 td { @if r.paused { span class="paused" { "paused" } } @else { "active" } }
+                                td class="num" { a href=(list("waiting")) { (capped(r.waiting)) } }
                                 td class="num" { a href=(list("queued")) { (r.live.queued) } }
                                 td class="num" { a href=(list("scheduled")) { (r.live.scheduled) } }
                                 td class="num" data-count="running" { a href=(list("running")) { (r.live.running) } }
@@ -389,6 +395,7 @@ pub async fn queue_page(
         div class="grid" {
             div class="card" {
                 dl class="kv" {
+                    dt { "waiting" } dd { (capped(r.waiting)) }
                     dt { "queued" } dd { (r.live.queued) }
                     dt { "scheduled" } dd { (r.live.scheduled) }
                     dt { "running" } dd data-count="running" { (r.live.running) }

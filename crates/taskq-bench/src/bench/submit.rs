@@ -63,20 +63,9 @@ impl Bench {
                 } else {
                     body(k)
                 };
-                let req = self
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(b);
+                let sent = post_created(&self.http, &url, b, "batch submit");
                 async move {
-                    let r = req.send().await.context("batch submit")?;
-                    let status = r.status();
-                    if status != reqwest::StatusCode::CREATED {
-                        bail!(
-                            "batch submit answered {status}: {}",
-                            r.text().await.unwrap_or_default()
-                        );
-                    }
+                    let r = sent.await?;
                     let reply: BatchReply = r.json().await.context("batch submit reply")?;
                     if reply.accepted != k {
                         bail!("batch submit accepted {} of {k} tasks", reply.accepted);
@@ -120,25 +109,37 @@ impl Bench {
     }
 }
 
-/// One `POST /v1/tasks`; returns the new task's id.
-pub(super) async fn submit_one(
+/// POSTs the JSON `body` to `url` and expects `201 Created` (`what` names the call in
+/// errors); returns the answer.
+pub(super) async fn post_created(
     http: &reqwest::Client,
     url: &str,
     body: Bytes,
-) -> anyhow::Result<String> {
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
     let r = http
         .post(url)
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
-        .context("submit")?;
+        .with_context(|| what.to_owned())?;
     let status = r.status();
     if status != reqwest::StatusCode::CREATED {
         bail!(
-            "submit answered {status}: {}",
+            "{what} answered {status}: {}",
             r.text().await.unwrap_or_default()
         );
     }
+    Ok(r)
+}
+
+/// One `POST /v1/tasks`; returns the new task's id.
+pub(super) async fn submit_one(
+    http: &reqwest::Client,
+    url: &str,
+    body: Bytes,
+) -> anyhow::Result<String> {
+    let r = post_created(http, url, body, "submit").await?;
     Ok(r.json::<Created>().await.context("submit reply")?.id)
 }

@@ -465,3 +465,93 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     stop.cancel();
     worker.await.expect("worker");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_submit_get_cancel_and_a_refused_flow() {
+    let api = RealApi::start().await;
+    // A fan-out/fan-in as the README shows it: one task, two branches, one join.
+    let file = jsonl_file(
+        r#"{"tasks": [
+          {"name": "fetch", "type": "echo", "payload": {"url": "https://example.com"}},
+          {"name": "left", "type": "echo", "depends_on": ["fetch"]},
+          {"name": "right", "type": "echo", "depends_on": ["fetch"]},
+          {"name": "join", "type": "noop", "depends_on": ["left", "right"]}
+        ]}"#,
+    );
+    let flow = taskq(&api.url, &["flow", "submit", path_str(&file), "-o", "json"])
+        .await
+        .json();
+    assert_eq!(flow["status"], "running", "{flow:#}");
+    assert_eq!(flow["counts"], json!({"queued": 1, "waiting": 3}));
+    let id = flow["id"].as_str().expect("flow id").to_owned();
+
+    // The table names dependencies by name.
+    let out = taskq(&api.url, &["flow", "get", &id]).await.ok().to_owned();
+    assert!(out.contains(&id), "{out}");
+    let join = out
+        .lines()
+        .find(|l| l.contains(" join "))
+        .unwrap_or_else(|| panic!("no join row: {out}"));
+    assert!(
+        join.contains("waiting") && join.contains("left,right"),
+        "{out}"
+    );
+
+    let (stop, worker) = api.worker();
+    let done = taskq_testkit::wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            taskq(&api.url, &["flow", "get", &id, "-o", "json"])
+                .await
+                .json()["status"]
+                == "succeeded"
+        },
+    )
+    .await;
+    assert!(done, "the flow did not succeed");
+    stop.cancel();
+    worker.await.expect("worker");
+
+    // Nothing left to cancel in a finished flow; a waiting one is cancelled whole.
+    let out = taskq(&api.url, &["flow", "cancel", &id])
+        .await
+        .ok()
+        .to_owned();
+    assert_eq!(
+        out,
+        format!("flow {id}: 0 tasks cancelled, 0 running tasks signalled\n")
+    );
+    let second = jsonl_file(
+        r#"[{"name": "a", "type": "noop"}, {"name": "b", "type": "noop", "depends_on": ["a"]}]"#,
+    );
+    let flow = taskq(
+        &api.url,
+        &["flow", "submit", path_str(&second), "-o", "json"],
+    )
+    .await
+    .json();
+    let id = flow["id"].as_str().expect("flow id").to_owned();
+    let out = taskq(&api.url, &["flow", "cancel", &id])
+        .await
+        .ok()
+        .to_owned();
+    assert_eq!(
+        out,
+        format!("flow {id}: 2 tasks cancelled, 0 running tasks signalled\n")
+    );
+    let flow = taskq(&api.url, &["flow", "get", &id, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(flow["status"], "cancelled", "{flow:#}");
+
+    let cycle = jsonl_file(
+        r#"[{"name": "a", "type": "noop", "depends_on": ["b"]}, {"name": "b", "type": "noop", "depends_on": ["a"]}]"#,
+    );
+    let run = taskq(&api.url, &["flow", "submit", path_str(&cycle)]).await;
+    let line = run.error_line();
+    assert!(
+        line.contains("invalid_flow") && line.contains("cycle"),
+        "{line}"
+    );
+}

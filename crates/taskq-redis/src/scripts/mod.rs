@@ -38,6 +38,10 @@ pub mod dequeue;
 pub mod enqueue;
 pub mod extend;
 pub mod fail;
+pub mod flow_children;
+pub mod flow_link;
+pub mod flow_release;
+pub mod flow_wait;
 pub mod outbox_ack;
 pub mod outbox_sweep;
 pub mod present;
@@ -169,15 +173,21 @@ mod tests {
             .unwrap_or(0)
     }
 
-    /// (`cancel_requested` is left out: its one key only routes the call to the queue's
-    /// slot, and its Lua does not read it.)
+    /// (`cancel_requested`, `flow_children` and `flow_link` are left out: their one key
+    /// only routes the call to the queue's slot, and their Lua does not read it.)
     #[test]
     fn every_script_is_given_exactly_the_keys_its_lua_reads() {
         let q: QueueName = "q".parse().unwrap_or_default();
         let k = QueueKeys::new(&q);
         // `ack` with its optional counter key.
         let counted = Some(k.counter(Counter::Succeeded, 0));
-        let scripts: [(&str, &str, usize); 14] = [
+        let scripts: [(&str, &str, usize); 16] = [
+            (
+                "flow_release",
+                flow_release::LUA,
+                flow_release::keys(&k).len(),
+            ),
+            ("flow_wait", flow_wait::LUA, flow_wait::keys(&k).len()),
             ("ack", ack::LUA, ack::keys(&k, counted).len()),
             ("cancel", cancel::LUA, cancel::keys(&k).len()),
             ("claim", claim::LUA, claim::keys(&k, "x").len()),

@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod env_names;
 mod execute;
+mod flows;
 mod http_errors;
 mod lifecycle;
 mod observability;

@@ -1,0 +1,361 @@
+//! Flow endpoints: submit a flow, read it, cancel it, retry it (see
+//! [`crate::transitions::flow`] for what each writes).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use taskq_core::{MAX_FLOW_TASKS, NewTask, QueueName, TaskId, TaskStatus};
+use taskq_store::StoredTask;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::extract::{JsonBody, PathParam, parse_flow_task};
+use crate::tasks::{parse_id, traceparent};
+use crate::transitions::cancel::{self, Cancelled};
+use crate::transitions::flow;
+
+/// One task of a flow request: a task as `POST /v1/tasks` takes it (without `run_at`,
+/// `delay_ms` on a task with dependencies, and without `idempotency_key`), plus its
+/// name and dependencies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewFlowTask {
+    /// Unique in the flow; what `depends_on` of other tasks refers to.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$", example = "resize")]
+    pub name: Option<String>,
+    /// Names of tasks of this request, or ids of existing tasks, that must succeed
+    /// before this one runs.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(flatten)]
+    pub task: NewTask,
+}
+
+/// The body of `POST /v1/flows`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRequest {
+    /// At most 10,000 tasks; their `depends_on` must form a DAG.
+    #[schema(value_type = Vec<NewFlowTask>)]
+    pub tasks: Vec<Box<RawValue>>,
+    /// A task (as `POST /v1/tasks` takes it) run once if a task of the flow dies; it
+    /// depends on every task of the flow, reads their results like any dependent, and is
+    /// cancelled when they all succeed.
+    #[schema(value_type = Option<NewTask>)]
+    #[serde(default)]
+    pub on_failure: Option<Box<RawValue>>,
+}
+
+/// A flow's overall state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowStatus {
+    /// Some task has not finished.
+    Running,
+    /// Every task succeeded.
+    Succeeded,
+    /// Every task finished and some died.
+    Failed,
+    /// Every task finished, none died, some were cancelled.
+    Cancelled,
+}
+
+/// One task of a flow as `GET /v1/flows/{id}` shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FlowTask {
+    pub id: TaskId,
+    pub name: Option<String>,
+    pub queue: QueueName,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: TaskStatus,
+    pub depends_on: Vec<TaskId>,
+    /// The flow's failure handler.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_failure: bool,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A flow: its state, the count of its tasks per status, and every task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Flow {
+    pub id: TaskId,
+    pub status: FlowStatus,
+    /// Tasks per status (statuses without tasks left out).
+    pub counts: BTreeMap<String, usize>,
+    /// In the order of the flow request.
+    pub tasks: Vec<FlowTask>,
+}
+
+impl Flow {
+    fn of(id: TaskId, tasks: Vec<StoredTask>) -> Self {
+        let mut counts = BTreeMap::new();
+        for t in &tasks {
+            *counts
+                .entry(t.record.status.as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+        // The flow's state is its tasks' (its failure handler only counts while running).
+        let handler = |t: &StoredTask| t.record.flow.as_ref().is_some_and(|f| f.on_failure);
+        let has = |s: TaskStatus| tasks.iter().any(|t| !handler(t) && t.record.status == s);
+        // A waiting failure handler does not keep the flow running.
+        let idle_handler = |t: &StoredTask| handler(t) && t.record.status == TaskStatus::Waiting;
+        let status = if tasks
+            .iter()
+            .any(|t| !t.record.status.is_final() && !idle_handler(t))
+        {
+            FlowStatus::Running
+        } else if has(TaskStatus::Dead) {
+            FlowStatus::Failed
+        } else if has(TaskStatus::Cancelled) {
+            FlowStatus::Cancelled
+        } else {
+            FlowStatus::Succeeded
+        };
+        let tasks = tasks
+            .into_iter()
+            .map(|t| {
+                let r = t.record;
+                let (name, depends_on, on_failure) = r
+                    .flow
+                    .map(|f| (f.name, f.depends_on, f.on_failure))
+                    .unwrap_or_default();
+                FlowTask {
+                    id: r.id,
+                    name,
+                    queue: r.queue,
+                    kind: r.kind,
+                    status: r.status,
+                    depends_on,
+                    on_failure,
+                    attempts: r.attempts,
+                    last_error: r.last_error,
+                    result: r.result,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                }
+            })
+            .collect();
+        Flow {
+            id,
+            status,
+            counts,
+            tasks,
+        }
+    }
+}
+
+/// `POST /v1/flows`: checks the whole flow (names, dependencies, cycles, size), writes
+/// every task in one go (all or nothing) and answers 201 with the flow.
+#[utoipa::path(
+    post,
+    path = "/v1/flows",
+    operation_id = "submit_flow",
+    tag = "flows",
+    request_body = FlowRequest,
+    params(
+        ("traceparent" = Option<String>, Header, nullable = false,
+            description = "W3C trace context, stored with every task of the flow."),
+    ),
+    responses(
+        (status = 201, description = "Created: the flow, its roots `queued`, the others `waiting`.", body = Flow,
+            headers(("Location" = String, description = "`/v1/flows/{id}`"))),
+        (status = 400, description = "A task is invalid (the codes of `POST /v1/tasks`), or the flow is (`invalid_flow`: a cycle, an unknown name or task id, a self-dependency, a duplicate name or dependency, more than 10,000 tasks); nothing was written.", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 413, description = "The body is larger than the api accepts.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<FlowRequest>,
+) -> Result<Response, ApiError> {
+    let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidFlow, m);
+    if req.tasks.len() > MAX_FLOW_TASKS {
+        return Err(invalid(format!(
+            "{} tasks in one flow; the limit is {MAX_FLOW_TASKS}",
+            req.tasks.len()
+        )));
+    }
+    let now = taskq_core::now();
+    let tp = traceparent(&headers);
+    let mut items = Vec::with_capacity(req.tasks.len());
+    for (index, raw) in req.tasks.iter().enumerate() {
+        let what = format!("tasks[{index}]");
+        let (task, link) = parse_flow_task(raw.get(), &what)?;
+        let rec = state.limits.admit(task, now, tp.clone()).map_err(|e| {
+            let mut e = ApiError::from(e);
+            e.message = format!("{what}: {}", e.message);
+            e
+        })?;
+        items.push((rec, link));
+    }
+    let on_failure = match &req.on_failure {
+        None => None,
+        Some(raw) => {
+            let task = crate::extract::parse_task(raw.get(), "on_failure")?;
+            Some(state.limits.admit(task, now, tp.clone()).map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = format!("on_failure: {}", e.message);
+                e
+            })?)
+        }
+    };
+    let plan = taskq_core::flow::plan(items, on_failure).map_err(|e| invalid(e.to_string()))?;
+    flow::submit_flow(&state, &plan).await?;
+    let stored = plan
+        .records
+        .into_iter()
+        .map(|record| StoredTask {
+            record,
+            seq: 1,
+            submit_pending: None,
+        })
+        .collect();
+    let location = format!("/v1/flows/{}", plan.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(Flow::of(plan.id, stored)),
+    )
+        .into_response())
+}
+
+async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
+    let id = parse_id(id)?;
+    let tasks = state.store.flow_tasks(id).await?;
+    if tasks.is_empty() {
+        return Err(ApiError::not_found(format!("no flow {id}")));
+    }
+    Ok((id, tasks))
+}
+
+/// `GET /v1/flows/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/flows/{id}",
+    operation_id = "get_flow",
+    tag = "flows",
+    params(("id" = TaskId, Path, description = "The flow's id.")),
+    responses(
+        (status = 200, description = "The flow with every task's state.", body = Flow),
+        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 404, description = "No such flow.", body = ErrorBody),
+        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<Flow>, ApiError> {
+    let (id, tasks) = flow_tasks(&state, &id).await?;
+    Ok(Json(Flow::of(id, tasks)))
+}
+
+/// What `POST /v1/flows/{id}/cancel` did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FlowCancelled {
+    /// Tasks that were waiting, queued, scheduled or retrying and are now cancelled.
+    pub cancelled: u64,
+    /// Running tasks whose handlers were signalled (they end `cancelled` shortly).
+    pub signalled: u64,
+}
+
+/// `POST /v1/flows/{id}/cancel`: cancels every unfinished task of the flow.
+#[utoipa::path(
+    post,
+    path = "/v1/flows/{id}/cancel",
+    operation_id = "cancel_flow",
+    tag = "flows",
+    params(("id" = TaskId, Path, description = "The flow's id.")),
+    responses(
+        (status = 200, description = "What was cancelled.", body = FlowCancelled),
+        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token may not change tasks.", body = ErrorBody),
+        (status = 404, description = "No such flow.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable; the tasks cancelled before it stay cancelled; call again.", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowCancelled>, ApiError> {
+    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let mut out = FlowCancelled {
+        cancelled: 0,
+        signalled: 0,
+    };
+    // Dependents first: a dependency's cancel would otherwise cascade to them too,
+    // racing this loop (harmless, but noisier).
+    for t in tasks.iter().rev() {
+        if t.record.status.is_final() {
+            continue;
+        }
+        match cancel::cancel(&state, t.record.id).await {
+            Ok(Cancelled::Now(_)) => out.cancelled += 1,
+            Ok(Cancelled::Signalled(_)) => out.signalled += 1,
+            // Finished meanwhile.
+            Err(e) if e.status == StatusCode::CONFLICT => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(out))
+}
+
+/// What `POST /v1/flows/{id}/retry` did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FlowRetried {
+    /// Dead tasks queued again.
+    pub requeued: u64,
+    /// Tasks that had been cancelled because a dependency died, waiting again.
+    pub waiting: u64,
+}
+
+/// `POST /v1/flows/{id}/retry`: retries every dead task of the flow and puts the tasks
+/// cancelled because of a dependency back to `waiting`. Tasks cancelled by a user stay
+/// cancelled.
+#[utoipa::path(
+    post,
+    path = "/v1/flows/{id}/retry",
+    operation_id = "retry_flow",
+    tag = "flows",
+    params(("id" = TaskId, Path, description = "The flow's id.")),
+    responses(
+        (status = 200, description = "What was retried.", body = FlowRetried),
+        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody),
+        (status = 403, description = "The token may not change tasks.", body = ErrorBody),
+        (status = 404, description = "No such flow.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable part-way; call again (tasks already waiting again are completed by `POST /v1/admin/recover`).", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowRetried>, ApiError> {
+    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let r = flow::retry_flow(&state, tasks).await?;
+    Ok(Json(FlowRetried {
+        requeued: r.requeued,
+        waiting: r.rewaiting,
+    }))
+}

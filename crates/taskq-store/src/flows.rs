@@ -1,0 +1,143 @@
+//! Flows in the store: a flow's task carries `flow: { id, name?, on_failure?, depends_on: [ids] }`
+//! (see [`taskq_core::flow`]), indexed by `flow.id`, so a flow is read back with one
+//! query; dependencies' records are read by id (their results are what a dependent's
+//! handler reads), and recovery reads the `waiting` records to register them again.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use mongodb::IndexModel;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use serde_json::Value;
+use taskq_core::{FlowLink, TaskId, TaskStatus};
+
+use crate::doc::{f, stored_task};
+use crate::{Error, Result, Store, StoredTask, TASKS};
+
+/// Most ids asked for in one `$in` query.
+const IDS_PER_QUERY: usize = 1_000;
+
+/// The `flow` subdocument of a record.
+pub(crate) fn link_doc(link: &FlowLink) -> Document {
+    let mut d = doc! { "id": link.id.to_string() };
+    if let Some(name) = &link.name {
+        d.insert("name", name.as_str());
+    }
+    if link.on_failure {
+        d.insert("on_failure", true);
+    }
+    d.insert(
+        "depends_on",
+        link.depends_on
+            .iter()
+            .map(|id| Bson::String(id.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    d
+}
+
+/// Reads the `flow` subdocument of record `label`.
+pub(crate) fn read_link(d: &Document, label: &str) -> Result<FlowLink> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        id: label.to_owned(),
+        reason: format!("field `flow` {reason}"),
+    };
+    let id = d
+        .get_str("id")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("has no valid `id`"))?;
+    let name = match d.get("name") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::String(s)) => Some(s.clone()),
+        Some(_) => return Err(corrupt("has a `name` that is not a string")),
+    };
+    let depends_on = match d.get("depends_on") {
+        None | Some(Bson::Null) => Vec::new(),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().and_then(|s| s.parse().ok()))
+            .collect::<Option<Vec<TaskId>>>()
+            .ok_or_else(|| corrupt("has a `depends_on` entry that is not a task id"))?,
+        Some(_) => return Err(corrupt("has a `depends_on` that is not an array")),
+    };
+    Ok(FlowLink {
+        id,
+        name,
+        depends_on,
+        on_failure: d.get_bool("on_failure").unwrap_or(false),
+    })
+}
+
+impl Store {
+    fn flow_collection(&self) -> mongodb::Collection<Document> {
+        self.database().collection(TASKS)
+    }
+
+    /// The index [`Store::flow_tasks`] relies on. Idempotent.
+    pub(crate) async fn ensure_flow_indexes(&self) -> Result<()> {
+        self.flow_collection()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { f::FLOW_ID: 1, f::ID: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("flow_id".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every task of flow `flow`, oldest first (the order of the flow request).
+    pub async fn flow_tasks(&self, flow: TaskId) -> Result<Vec<StoredTask>> {
+        let docs: Vec<Document> = self
+            .flow_collection()
+            .find(doc! { f::FLOW_ID: flow.to_string() })
+            .sort(doc! { f::ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter().map(stored_task).collect()
+    }
+
+    /// The records of `ids` that exist, in no particular order.
+    pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<StoredTask>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let keys: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
+            let docs: Vec<Document> = self
+                .flow_collection()
+                .find(doc! { f::ID: { "$in": keys } })
+                .await?
+                .try_collect()
+                .await?;
+            for d in &docs {
+                out.push(stored_task(d)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The result of each of `ids` (`None` for a task without one); tasks without a
+    /// record are left out. One query per thousand ids.
+    pub async fn results(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, Option<Value>>> {
+        Ok(self
+            .get_many(ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.record.id, t.record.result))
+            .collect())
+    }
+
+    /// Up to `limit` `waiting` tasks with ids above `after`, oldest first: what recovery
+    /// registers again after Redis was lost.
+    pub async fn waiting(&self, after: Option<TaskId>, limit: u32) -> Result<Vec<StoredTask>> {
+        self.by_status_after(TaskStatus::Waiting.as_str(), after, limit)
+            .await
+    }
+}
