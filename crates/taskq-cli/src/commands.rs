@@ -102,6 +102,9 @@ impl Ctx {
         if let Some(t) = a.timeout_ms {
             body.insert("timeout_ms".into(), t.into());
         }
+        if let Some(k) = &a.key {
+            body.insert("key".into(), k.as_str().into());
+        }
         let mut headers = HeaderMap::new();
         if let Some(key) = &a.idempotency_key {
             let v = HeaderValue::from_str(key)
@@ -271,6 +274,7 @@ impl Ctx {
             ("status", &a.status),
             ("type", &a.kind),
             ("queue", &a.queue),
+            ("key", &a.key),
         ];
         for (name, value) in filters {
             if let Some(v) = value {
@@ -353,7 +357,7 @@ impl Ctx {
             return Ok(self.show(&ans.body, |_| render::queue_list(queues)));
         };
         let ans = self.client.get(&["v1", "queues", name], &[]).await?;
-        Ok(self.show(&ans.body, |q| render::queue_list(std::slice::from_ref(q))))
+        Ok(self.show(&ans.body, render::queue_detail))
     }
 
     /// `pause Q` / `resume Q`: `POST /v1/queues/{name}/pause|resume`.

@@ -196,6 +196,10 @@ pub struct SubmitArgs {
     /// Submitting again with the same key returns the first task instead of a new one.
     #[arg(long, value_name = "KEY", value_parser = parse_header_value)]
     pub idempotency_key: Option<String>,
+    /// The task's key (a customer, an entity id): tasks of one key run in submit order
+    /// within a priority, at most the queue's `max_running_per_key` at once.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
     /// Submit every task of a JSON-lines file (`-` for stdin): one POST body object a
     /// line, blank lines skipped.
     #[arg(
@@ -203,7 +207,7 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "kind", "payload", "payload_file", "queue", "priority", "delay_ms",
-            "run_at", "max_attempts", "timeout_ms", "idempotency_key",
+            "run_at", "max_attempts", "timeout_ms", "idempotency_key", "key",
         ]
     )]
     pub file: Option<PathBuf>,
@@ -231,6 +235,9 @@ pub struct ListArgs {
     /// Only tasks of this queue.
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only tasks of this key.
+    #[arg(long)]
+    pub key: Option<String>,
     /// Tasks per page (the api's default: 50).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub limit: Option<u16>,

@@ -53,6 +53,12 @@ pub struct NewTask {
     #[serde(default)]
     #[schema(pattern = "^[!-~]{1,256}$")]
     pub idempotency_key: Option<String>,
+    /// Orders and spreads work per key (a customer, an entity id): tasks of one key run
+    /// in submit order within a priority, at most the queue's `max_running_per_key` at
+    /// once, and a busy key never holds back the others (see the README's "Keys").
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:/@-]{1,128}$", example = "customer-42")]
+    pub key: Option<String>,
 }
 
 /// Partial backoff settings given on submit. `initial_ms` must not exceed `max_ms`
@@ -125,6 +131,9 @@ pub struct TaskRecord {
     /// The submit's idempotency key, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The task's key (see [`NewTask::key`]), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl TaskRecord {
@@ -141,6 +150,7 @@ impl TaskRecord {
             backoff: self.backoff,
             traceparent: self.traceparent.clone(),
             created_at_ms: self.created_at.timestamp_millis(),
+            key: self.key.clone(),
         }
     }
 }
@@ -161,4 +171,7 @@ pub struct TaskMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     pub created_at_ms: i64,
+    /// The task's key (see [`NewTask::key`]), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }

@@ -107,6 +107,30 @@ impl QueueKeys {
         format!("{}epoch", self.base)
     }
 
+    /// The queue's active task keys (a sorted set: member the key, score how many of its
+    /// tasks Redis holds, in any state). A key leaves it with its last task.
+    pub fn active_keys(&self) -> String {
+        format!("{}keys", self.base)
+    }
+
+    /// How many keyed tasks wait in their keys' backlogs (a counter; they are `queued`
+    /// but not in a pending list), so the queue's depth counts them.
+    pub fn backlogged(&self) -> String {
+        format!("{}keyed", self.base)
+    }
+
+    /// The state of one task key (a hash: `pend`, the id of its task in a pending list;
+    /// `run`, how many of its tasks run). Gone when both are.
+    pub fn key_state(&self, key: &str) -> String {
+        format!("{}kh:{key}", self.base)
+    }
+
+    /// The backlog of one task key and priority (a list, FIFO: LPUSH at the back, RPOP
+    /// from the front): its queued tasks other than the one in a pending list.
+    pub fn key_backlog(&self, key: &str, p: Priority) -> String {
+        format!("{}kb{}:{key}", self.base, priority_index(p))
+    }
+
     /// A `SCAN MATCH` pattern of every key of the queue (queue names hold no glob
     /// characters).
     pub fn pattern(&self) -> String {
@@ -168,10 +192,12 @@ pub mod task_hash {
     pub const QUEUED_AT: &str = "qat";
     /// `1` once a user asked to cancel the running task.
     pub const CANCEL: &str = "cancel";
+    /// The task's key, when it has one (see [`super::QueueKeys::key_state`]).
+    pub const KEY: &str = "key";
 
     /// Every field, in the order above.
-    pub const ALL: [&str; 9] = [
-        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL,
+    pub const ALL: [&str; 10] = [
+        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL, KEY,
     ];
 }
 
@@ -213,6 +239,10 @@ mod tests {
             k.task_prefix(),
             k.idempotency("order-{42}"),
             k.counter(Counter::Succeeded, 1_700_000_000_123),
+            k.active_keys(),
+            k.backlogged(),
+            k.key_state("customer:{7}"),
+            k.key_backlog("customer:{7}", Priority::Low),
         ];
         keys.extend(k.pending_all());
         let pattern = k.pattern();

@@ -38,7 +38,7 @@ pub use conn::RedisConfig;
 use conn::{Conn, Source};
 pub use keys::{Counter, QueueKeys};
 pub use outbox::{OutboxEntry, OutboxReader, OutboxUpdate};
-pub use queue::{QueueCounts, QueueLimits};
+pub use queue::{KeyLoad, QueueCounts, QueueLimits};
 pub use scripts::cancel::CancelOutcome;
 pub use scripts::dequeue::{Dequeued, Leased};
 pub use scripts::fail::FailOutcome;

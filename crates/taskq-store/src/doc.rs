@@ -10,6 +10,7 @@
 //!   last_error: string|null, result: "<JSON text>"|null,
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
+//!   key?: string,               (the task's key, when it has one)
 //!   events: [ { status, at, attempt, error?, worker? } ],
 //!   sp?: date }                 (submit pending: see `f::SUBMIT_PENDING`)
 //! ```
@@ -65,6 +66,8 @@ pub(crate) mod f {
     pub const TRACEPARENT: &str = "traceparent";
     pub const EVENTS: &str = "events";
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// The task's key (absent when it has none).
+    pub const KEY: &str = "key";
     /// `<queue>:<idempotency key>`, under a unique sparse index: at most one record per
     /// key and queue. Removed when the key's retention ends, so the key can be reused.
     pub const IDEM: &str = "idem";
@@ -184,6 +187,9 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
         d.insert(f::IDEMPOTENCY_KEY, key.as_str());
         d.insert(f::IDEM, idem(rec.queue.as_str(), key));
     }
+    if let Some(key) = &rec.key {
+        d.insert(f::KEY, key.as_str());
+    }
     Ok(d)
 }
 
@@ -257,6 +263,7 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
         updated_at: r.date(f::UPDATED_AT)?,
         traceparent: r.opt_str(f::TRACEPARENT)?,
         idempotency_key: r.opt_str(f::IDEMPOTENCY_KEY)?,
+        key: r.opt_str(f::KEY)?,
         events,
     };
     let seq = st.uint(f::SEQ)?;
@@ -476,6 +483,7 @@ mod tests {
             updated_at: ms(1_700_000_001_000),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             idempotency_key: Some("order-42".into()),
+            key: Some("customer-7".into()),
             events: vec![
                 TaskEvent {
                     status: TaskStatus::Queued,

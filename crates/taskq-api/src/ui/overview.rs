@@ -146,6 +146,9 @@ fn limits_text(l: &QueueLimits) -> String {
     if let Some(c) = l.max_concurrent {
         parts.push(format!("≤{c} running"));
     }
+    if let Some(c) = l.max_running_per_key {
+        parts.push(format!("≤{c} running per key"));
+    }
     if parts.is_empty() {
         "none".into()
     } else {
@@ -366,6 +369,7 @@ pub async fn queue_page(
                     dt { "cancelled" } dd { (capped(r.cancelled)) }
                     dt { "processed / failed last minute" } dd { (r.processed_1m) " / " (r.failed_1m) }
                     dt { "limits" } dd { (limits_text(&r.limits)) }
+                    dt { "active keys" } dd { (r.live.active_keys) }
                 }
             }
             div class="card" {
@@ -396,6 +400,9 @@ pub async fn queue_page(
                 label { "max running"
                     input type="number" name="max_concurrent" min="1" step="1"
                         value=(opt(r.limits.max_concurrent.map(|v| v.to_string()))); }
+                label { "max running per key"
+                    input type="number" name="max_running_per_key" min="1" step="1"
+                        value=(opt(r.limits.max_running_per_key.map(|v| v.to_string()))); }
                 button type="submit" class="primary" { "Save limits" }
                 span class="muted" { "Empty fields clear a limit." }
             }
@@ -444,6 +451,7 @@ pub async fn queue_action(
                 max_dispatches_per_second: parse_opt(&form, "rate")?,
                 burst: parse_opt(&form, "burst")?,
                 max_concurrent: parse_opt(&form, "max_concurrent")?,
+                max_running_per_key: parse_opt(&form, "max_running_per_key")?,
             };
             let _ =
                 crate::queues::set_limits(State(state.clone()), path(), JsonBody(limits)).await?;

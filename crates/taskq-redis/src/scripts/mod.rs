@@ -44,6 +44,7 @@ pub mod present;
 pub mod promote;
 pub mod reap;
 pub mod release;
+pub mod remove;
 pub mod settle_claim;
 
 /// The Lua helpers every script may call, put in front of its own Lua:
@@ -110,6 +111,115 @@ end
 }
 pub(crate) use lua_fns;
 
+/// The Lua helpers of task keys ("ordered and fair work per key"), put after
+/// [`lua_fns`] in front of the scripts that move keyed tasks. They take `q`, a table
+/// of the queue's keys the script was given: `pend` (the three pending lists, highest
+/// priority first), `lim` (the limits hash), `act` (the active keys,
+/// [`QueueKeys::active_keys`](crate::keys::QueueKeys::active_keys)) and `nb` (the
+/// backlog counter, [`QueueKeys::backlogged`](crate::keys::QueueKeys::backlogged));
+/// they set `q.woke` when they made a task runnable and add to `q.held` each key whose
+/// next task waits for its running limit. Per-key names are built from `ARGV[1]` (the
+/// task hash prefix `taskq:{q}:t:`), so they share the queue's hash tag.
+///
+/// The rules: of a key's queued tasks at most one is in a pending list (its head,
+/// recorded in the key's `pend`); the others wait in the key's backlog, one FIFO list
+/// per priority. `kpump` pushes the next head (highest priority first) to the back of
+/// its pending list when the key has none there and fewer than the queue's
+/// `key_conc` (`max_running_per_key`) running: so DEQUEUE, which pops the pending
+/// lists, takes keys round robin and never two heads of one key at once.
+///
+/// - `kjoin(q, uk)` / `kleave(q, uk)`: a task of key `uk` enters / leaves Redis (the
+///   key's score in `act`; the key leaves `act` with its last task);
+/// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
+///   the front when `front`: a retry or a returned task keeps its place), then `kpump`;
+/// - `kpump(q, uk, head)`: see above (`head`: to the front of the pending list);
+/// - `kstart(q, uk, id)`: DEQUEUE took the key's head: one more running, next head;
+/// - `kstop(q, uk)`: a task of the key stopped running (the caller pumps or leaves);
+/// - `kdone(q, uk)`: a running task of the key left Redis (ack, dead): `kstop`,
+///   `kleave`, `kpump`;
+/// - `kto_head(q, k, id, prio, uk, now)`: a taken task is queued again to run next
+///   (release, reap): [`lua_fns`]'s `to_head` for a task without key (`uk` nil), else
+///   `kstop` and `kqueue` at the front of its backlog and of its pending list;
+/// - `kunqueue(q, uk, id, prio)`: takes a queued task of the key out of its pending
+///   list or backlog (cancel, remove).
+macro_rules! key_fns {
+    () => {
+        r"
+local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
+local function nbdec(q)
+  if redis.call('DECR', q.nb) <= 0 then redis.call('DEL', q.nb) end
+end
+local function kpump(q, uk, head)
+  local h = kname('kh', uk)
+  local st = redis.call('HMGET', h, 'pend', 'run')
+  if st[1] then return end
+  local lim = tonumber(redis.call('HGET', q.lim, 'key_conc'))
+  local held = lim and (tonumber(st[2]) or 0) >= lim
+  for p = 0, 2 do
+    local l = kname('kb' .. p, uk)
+    if held then
+      if redis.call('EXISTS', l) == 1 then
+        q.held = (q.held or 0) + 1
+        return
+      end
+    else
+      local id = redis.call('RPOP', l)
+      if id then
+        nbdec(q)
+        if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
+        redis.call('HSET', h, 'pend', id)
+        q.woke = true
+        return
+      end
+    end
+  end
+end
+local function kjoin(q, uk) redis.call('ZINCRBY', q.act, 1, uk) end
+local function kleave(q, uk)
+  if tonumber(redis.call('ZINCRBY', q.act, -1, uk)) <= 0 then redis.call('ZREM', q.act, uk) end
+end
+local function kqueue(q, uk, id, prio, front, head)
+  local l = kname('kb' .. prio, uk)
+  if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
+  redis.call('INCR', q.nb)
+  kpump(q, uk, head)
+end
+local function kstart(q, uk, id)
+  local h = kname('kh', uk)
+  if redis.call('HGET', h, 'pend') == id then redis.call('HDEL', h, 'pend') end
+  redis.call('HINCRBY', h, 'run', 1)
+  kpump(q, uk)
+end
+local function kstop(q, uk)
+  local h = kname('kh', uk)
+  if redis.call('HINCRBY', h, 'run', -1) <= 0 then redis.call('HDEL', h, 'run') end
+end
+local function kto_head(q, k, id, prio, uk, now)
+  if not uk then return to_head(k, id, q.pend[prio + 1], now) end
+  redis.call('HSET', k, 'state', 'queued', 'qat', now)
+  redis.call('HDEL', k, 'lease')
+  kstop(q, uk)
+  kqueue(q, uk, id, prio, true, true)
+end
+local function kdone(q, uk)
+  kstop(q, uk)
+  kleave(q, uk)
+  kpump(q, uk)
+end
+local function kunqueue(q, uk, id, prio)
+  local h = kname('kh', uk)
+  if redis.call('HGET', h, 'pend') == id then
+    redis.call('LREM', q.pend[prio + 1], 1, id)
+    redis.call('HDEL', h, 'pend')
+  elseif redis.call('LREM', kname('kb' .. prio, uk), 1, id) > 0 then
+    nbdec(q)
+  end
+end
+"
+    };
+}
+pub(crate) use key_fns;
+
 /// Declares a script module's Lua, `LUA` (the pieces are concatenated: a prelude such
 /// as [`lua_fns`] first), and `SCRIPT`, the [`Script`] that runs it.
 macro_rules! script {
@@ -120,6 +230,12 @@ macro_rules! script {
     };
 }
 pub(crate) use script;
+
+/// The queue keys the [`key_fns`] helpers need, in the order the scripts give them
+/// after their own: the limits hash, the active keys, the backlog counter.
+pub(crate) fn key_keys(k: &crate::keys::QueueKeys) -> [String; 3] {
+    [k.limits(), k.active_keys(), k.backlogged()]
+}
 
 /// An invocation of `script` with `keys` (in the order the Lua indexes them); the caller
 /// adds the arguments.
@@ -177,7 +293,7 @@ mod tests {
         let k = QueueKeys::new(&q);
         // `ack` with its optional counter key.
         let counted = Some(k.counter(Counter::Succeeded, 0));
-        let scripts: [(&str, &str, usize); 14] = [
+        let scripts: [(&str, &str, usize); 15] = [
             ("ack", ack::LUA, ack::keys(&k, counted).len()),
             ("cancel", cancel::LUA, cancel::keys(&k).len()),
             ("claim", claim::LUA, claim::keys(&k, "x").len()),
@@ -195,6 +311,7 @@ mod tests {
             ("promote", promote::LUA, promote::keys(&k).len()),
             ("reap", reap::LUA, reap::keys(&k).len()),
             ("release", release::LUA, release::keys(&k).len()),
+            ("remove", remove::LUA, remove::keys(&k).len()),
             (
                 "settle_claim",
                 settle_claim::LUA,
