@@ -1,7 +1,7 @@
 //! REMOVE: takes tasks out of Redis whatever their state, without an outbox entry: undoes
 //! an enqueue whose outcome is unknown (an error or a lost reply) when a submit or a
-//! retry fails. The hashes go, so ids left in the scheduled, retry and lease sets are
-//! skipped and dropped by the scripts that meet them; a task with a key is also taken
+//! retry fails. The hashes go, and the ids leave the scheduled, retry and lease sets and
+//! (without a key) the pending lists; a task with a key is also taken
 //! out of its key (pending slot or backlog, running count, active keys), so the key's
 //! next task is not held back by a task that no longer exists.
 //!
@@ -11,6 +11,9 @@
 //! KEYS[5]    -> taskq:{<queue>}:limits
 //! KEYS[6]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[7]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[8]    -> taskq:{<queue>}:lease
+//! KEYS[9]    -> taskq:{<queue>}:scheduled
+//! KEYS[10]   -> taskq:{<queue>}:retry
 //! ARGV       -> task hash prefix, then ids
 //! reply      -> how many tasks were in Redis
 //! ```
@@ -40,7 +43,10 @@ for i = 2, #ARGV do
       kunqueue(q, uk, id, tonumber(vals[2]))
     elseif uk and vals[1] == 'running' then
       kstop(q, uk)
+    elseif vals[1] == 'queued' then
+      redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
     end
+    for z = 8, 10 do redis.call('ZREM', KEYS[z], id) end
     redis.call('DEL', k)
     if uk then
       kleave(q, uk)
@@ -73,8 +79,19 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 7] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
     let [lim, act, nb] = key_keys(k);
-    [high, normal, low, k.wake(), lim, act, nb]
+    [
+        high,
+        normal,
+        low,
+        k.wake(),
+        lim,
+        act,
+        nb,
+        k.lease(),
+        k.scheduled(),
+        k.retry(),
+    ]
 }
