@@ -147,6 +147,9 @@ impl Broker {
         let top: Vec<(String, f64)> = c
             .zrevrange_withscores(keys.active_keys(), 0, n as isize - 1)
             .await?;
+        if top.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for (key, _) in &top {
             pipe.hget(keys.key_state(key), "run");

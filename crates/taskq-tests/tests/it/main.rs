@@ -10,6 +10,7 @@ mod crash;
 mod env_names;
 mod execute;
 mod http_errors;
+mod keys;
 mod lifecycle;
 mod observability;
 mod operations;
