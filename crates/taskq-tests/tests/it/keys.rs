@@ -29,7 +29,9 @@ async fn limit_per_key(env: &Env, queue: &str, n: u32) {
 }
 
 /// Submits `rounds` tasks of each of `keys` keys (round by round, so keys interleave), in
-/// batches; returns the ids per key in submit order.
+/// batches; returns the ids per key in submit order. Tasks sleep 1-3 ms, those of every
+/// hundredth key 1.5 s: long enough that without the limit a key's next task (taken
+/// once the other keys' heads are) would start while its previous one still runs.
 async fn submit_keyed(
     env: &Env,
     queue: &str,
@@ -41,7 +43,7 @@ async fn submit_keyed(
         for k in 0..keys {
             bodies.push(json!({
                 "type": "sleep", "queue": queue, "key": format!("k-{k}"),
-                "payload": {"ms": 1 + k % 3},
+                "payload": {"ms": if k % 100 == 0 { 1500 } else { 1 + k % 3 }},
             }));
         }
     }
