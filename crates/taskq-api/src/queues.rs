@@ -288,6 +288,20 @@ pub async fn set_limits(
     {
         return invalid("`max_running_per_key` must be 1 to 1000000");
     }
+    if let Some(r) = limits.max_dispatches_per_second_per_key
+        && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+    {
+        return invalid("`max_dispatches_per_second_per_key` must be above 0 and at most 1000000");
+    }
+    if limits.burst_per_key.is_some() && limits.max_dispatches_per_second_per_key.is_none() {
+        return invalid("`burst_per_key` needs `max_dispatches_per_second_per_key`");
+    }
+    if limits
+        .burst_per_key
+        .is_some_and(|b| !(1..=1_000_000).contains(&b))
+    {
+        return invalid("`burst_per_key` must be 1 to 1000000");
+    }
     state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))
 }

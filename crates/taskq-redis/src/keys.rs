@@ -119,8 +119,15 @@ impl QueueKeys {
         format!("{}keyed", self.base)
     }
 
+    /// Task keys waiting for their rate per key (a sorted set: member the key, score when
+    /// its next token is due, ms by Redis's clock); PROMOTE pumps them then.
+    pub fn parked_keys(&self) -> String {
+        format!("{}kpark", self.base)
+    }
+
     /// The state of one task key (a hash: `pend`, the id of its task in a pending list;
-    /// `run`, how many of its tasks run). Gone when both are.
+    /// `run`, how many of its tasks run; `tok` and `ts`, its rate bucket). Deleted with
+    /// the key's last task.
     pub fn key_state(&self, key: &str) -> String {
         format!("{}kh:{key}", self.base)
     }
@@ -241,6 +248,7 @@ mod tests {
             k.counter(Counter::Succeeded, 1_700_000_000_123),
             k.active_keys(),
             k.backlogged(),
+            k.parked_keys(),
             k.key_state("customer:{7}"),
             k.key_backlog("customer:{7}", Priority::Low),
         ];

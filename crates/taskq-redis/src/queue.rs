@@ -35,6 +35,16 @@ pub struct QueueLimits {
     #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_running_per_key: Option<u32>,
+    /// Token-bucket rate of dispatches per second of each key: a key whose bucket is
+    /// empty waits (parked until its next token; released by the workers' promoter,
+    /// every `TASKQ_PROMOTE_INTERVAL_MS`) while other keys go on.
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
+    pub max_dispatches_per_second_per_key: Option<f64>,
+    /// Bucket size per key (default: the rate per key, rounded up). Needs
+    /// `max_dispatches_per_second_per_key`.
+    #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub burst_per_key: Option<u32>,
 }
 
 /// Task counts of one queue, as Redis sees them.
@@ -81,6 +91,16 @@ impl Broker {
         if let Some(c) = limits.max_running_per_key {
             fields.push(("key_conc", c.to_string()));
         }
+        if let Some(r) = limits.max_dispatches_per_second_per_key {
+            fields.push(("key_rate", r.to_string()));
+            fields.push((
+                "key_burst",
+                limits
+                    .burst_per_key
+                    .unwrap_or_else(|| r.ceil().max(1.0) as u32)
+                    .to_string(),
+            ));
+        }
         if !fields.is_empty() {
             pipe.hset_multiple(keys.limits(), &fields);
         }
@@ -94,20 +114,31 @@ impl Broker {
     /// The dispatch limits of `queue`.
     pub async fn limits(&self, queue: &QueueName) -> Result<QueueLimits> {
         let mut c = self.conn.clone();
-        let (rate, burst, conc, key_conc): (Option<f64>, Option<u32>, Option<u32>, Option<u32>) =
-            redis::cmd("HMGET")
-                .arg(QueueKeys::new(queue).limits())
-                .arg("rate")
-                .arg("burst")
-                .arg("concurrency")
-                .arg("key_conc")
-                .query_async(&mut c)
-                .await?;
+        #[allow(clippy::type_complexity)]
+        let (rate, burst, conc, key_conc, key_rate, key_burst): (
+            Option<f64>,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+            Option<f64>,
+            Option<u32>,
+        ) = redis::cmd("HMGET")
+            .arg(QueueKeys::new(queue).limits())
+            .arg("rate")
+            .arg("burst")
+            .arg("concurrency")
+            .arg("key_conc")
+            .arg("key_rate")
+            .arg("key_burst")
+            .query_async(&mut c)
+            .await?;
         Ok(QueueLimits {
             max_dispatches_per_second: rate,
             burst: rate.and(burst),
             max_concurrent: conc,
             max_running_per_key: key_conc,
+            max_dispatches_per_second_per_key: key_rate,
+            burst_per_key: key_rate.and(key_burst),
         })
     }
 

@@ -678,6 +678,7 @@ async fn task_keys(broker: &Broker, queue: &str, urls: &[String]) {
     key_limit(broker, &qn, None).await;
     order_per_priority_without_a_running_limit(broker, &qn).await;
     a_busy_key_does_not_hold_back_another(broker, &qn).await;
+    the_rate_per_key_holds(broker, &qn).await;
     let c = broker.counts(&qn).await.expect("counts");
     assert_eq!(
         (c.queued, c.running, c.scheduled, c.retrying, c.active_keys),
@@ -910,4 +911,69 @@ async fn order_per_priority_without_a_running_limit(broker: &Broker, qn: &QueueN
     for l in &taken {
         ack(broker, qn, l).await;
     }
+}
+
+/// A rate of 5 dispatches per second per key with a bucket of 1: each key's tasks start
+/// at least ~200 ms apart (its bucket empty, the key is parked until PROMOTE releases
+/// it), while another key goes on with its own bucket.
+async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
+    let limits = QueueLimits {
+        max_dispatches_per_second_per_key: Some(5.0),
+        burst_per_key: Some(1),
+        ..QueueLimits::default()
+    };
+    broker.set_limits(qn, &limits).await.expect("limits");
+    assert_eq!(broker.limits(qn).await.expect("limits"), limits);
+    let recs: Vec<TaskRecord> = (0..4)
+        .flat_map(|_| {
+            [
+                keyed(qn.as_str(), "slow", "normal"),
+                keyed(qn.as_str(), "other", "normal"),
+            ]
+        })
+        .collect();
+    broker.enqueue(&items(&recs)).await.expect("enqueue");
+    let d = broker
+        .dequeue(qn, 100, Duration::from_secs(60), "w1", 0)
+        .await
+        .expect("dequeue");
+    assert_eq!(d.tasks.len(), 2, "one task per key: each bucket held one token");
+    assert_eq!(d.key_held, 2, "both keys parked");
+    let mut started: Vec<(String, std::time::Instant)> = d
+        .tasks
+        .iter()
+        .map(|l| (l.msg.key.clone().unwrap_or_default(), std::time::Instant::now()))
+        .collect();
+    for l in &d.tasks {
+        ack(broker, qn, l).await;
+    }
+    // Not due yet: nothing is released.
+    broker.promote(qn, taskq_core::now_ms(), 100).await.expect("promote");
+    assert!(take(broker, qn, 100).await.is_empty(), "a parked key was taken");
+    while started.len() < recs.len() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        broker.promote(qn, taskq_core::now_ms(), 100).await.expect("promote");
+        for l in take(broker, qn, 100).await {
+            started.push((l.msg.key.clone().unwrap_or_default(), std::time::Instant::now()));
+            ack(broker, qn, &l).await;
+        }
+    }
+    for key in ["slow", "other"] {
+        let times: Vec<std::time::Instant> = started
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(times.len(), 4);
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            // 200 ms a token; a start is seen up to one loop pass (20 ms and a few
+            // round trips) after its token was taken.
+            assert!(gap >= Duration::from_millis(160), "{key}: {gap:?} between starts");
+        }
+    }
+    broker
+        .set_limits(qn, &QueueLimits::default())
+        .await
+        .expect("limits");
 }

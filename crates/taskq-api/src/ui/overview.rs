@@ -149,6 +149,12 @@ fn limits_text(l: &QueueLimits) -> String {
     if let Some(c) = l.max_running_per_key {
         parts.push(format!("≤{c} running per key"));
     }
+    if let Some(r) = l.max_dispatches_per_second_per_key {
+        parts.push(format!("{r}/s per key"));
+    }
+    if let Some(b) = l.burst_per_key {
+        parts.push(format!("burst {b} per key"));
+    }
     if parts.is_empty() {
         "none".into()
     } else {
@@ -403,6 +409,12 @@ pub async fn queue_page(
                 label { "max running per key"
                     input type="number" name="max_running_per_key" min="1" step="1"
                         value=(opt(r.limits.max_running_per_key.map(|v| v.to_string()))); }
+                label { "dispatches per second per key"
+                    input type="number" name="key_rate" min="0" step="any"
+                        value=(opt(r.limits.max_dispatches_per_second_per_key.map(|v| v.to_string()))); }
+                label { "burst per key"
+                    input type="number" name="key_burst" min="1" step="1"
+                        value=(opt(r.limits.burst_per_key.map(|v| v.to_string()))); }
                 button type="submit" class="primary" { "Save limits" }
                 span class="muted" { "Empty fields clear a limit." }
             }
@@ -452,6 +464,8 @@ pub async fn queue_action(
                 burst: parse_opt(&form, "burst")?,
                 max_concurrent: parse_opt(&form, "max_concurrent")?,
                 max_running_per_key: parse_opt(&form, "max_running_per_key")?,
+                max_dispatches_per_second_per_key: parse_opt(&form, "key_rate")?,
+                burst_per_key: parse_opt(&form, "key_burst")?,
             };
             let _ =
                 crate::queues::set_limits(State(state.clone()), path(), JsonBody(limits)).await?;

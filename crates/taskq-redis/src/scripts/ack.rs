@@ -12,7 +12,8 @@
 //! KEYS[7]    -> taskq:{<queue>}:limits
 //! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
-//! KEYS[10]   -> taskq:{<queue>}:stats:ok:<second>   (optional: absent, nothing is counted)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
+//! KEYS[11]   -> taskq:{<queue>}:stats:ok:<second>   (optional: absent, nothing is counted)
 //! ARGV    -> task hash prefix, now (ms), worker id, final status,
 //!            then per task: id, lease token, extras
 //! reply   -> per task, the new seq, or 0 when the lease was no longer held
@@ -28,7 +29,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[4], KEYS[5], KEYS[6]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9]}
+local q = {pend = {KEYS[4], KEYS[5], KEYS[6]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(5, 3, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
@@ -40,7 +41,7 @@ local out = each_task(5, 3, function(i, id, k)
   end
   return seq
 end)
-ob_flush(KEYS[2], ent, KEYS[10])
+ob_flush(KEYS[2], ent, KEYS[11])
 if q.woke then wake(KEYS[3]) end
 return out
 ",

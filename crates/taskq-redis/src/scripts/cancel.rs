@@ -15,6 +15,7 @@
 //! KEYS[8]    -> taskq:{<queue>}:limits
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, id, now (ms)
 //! reply      -> {0} not in Redis, {1, seq, attempts} cancelled, {2, 0} running and flagged
 //! ```
@@ -29,7 +30,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10]}
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
 local id = ARGV[2]
 local k = ARGV[1] .. id
 local vals = redis.call('HMGET', k, 'state', 'prio', 'attempts', 'key')
@@ -99,9 +100,9 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -113,5 +114,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
         lim,
         act,
         nb,
+        park,
     ]
 }

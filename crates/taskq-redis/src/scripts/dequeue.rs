@@ -21,6 +21,7 @@
 //! KEYS[8]    -> taskq:{<queue>}:outbox
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, n, lease deadline (ms), worker id, now (ms),
 //!               max outbox entries (0: no limit)
 //! reply      -> a flag (1 when a queue limit held tasks back), how many keys' next
@@ -43,7 +44,7 @@ script!(
     key_fns!(),
     r"
 local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[9], nb = KEYS[10]}
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
 local out, got = {0, 0}, 0
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
 local cap = tonumber(ARGV[6])
@@ -182,10 +183,10 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
     let (lease, wake, paused) = (k.lease(), k.wake(), k.paused());
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -197,5 +198,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
         k.outbox(),
         act,
         nb,
+        park,
     ]
 }

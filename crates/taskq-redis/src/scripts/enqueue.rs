@@ -15,6 +15,7 @@
 //! KEYS[7]    -> taskq:{<queue>}:limits   (`key_conc`: the running limit per key)
 //! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> now (ms)
 //! then per task, 8 values: id, prio index, due (ms), seq, attempts, max attempts,
@@ -36,7 +37,7 @@ script!(
     key_fns!(),
     r"
 local pfx, now = ARGV[1], tonumber(ARGV[2])
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9]}
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local out, woke = {}, false
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 for i = 3, #ARGV, 8 do
@@ -127,9 +128,9 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -140,5 +141,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
         lim,
         act,
         nb,
+        park,
     ]
 }

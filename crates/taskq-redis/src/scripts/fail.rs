@@ -16,6 +16,7 @@
 //! KEYS[9]    -> taskq:{<queue>}:limits
 //! KEYS[10]   -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[11]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[12]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV    -> task hash prefix, now (ms), worker id,
 //!            then per task: id, lease token, due (ms; -1: dead), extras
 //! reply   -> per task, the new seq, or 0 when the lease was no longer held
@@ -31,7 +32,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[6], KEYS[7], KEYS[8]}, lim = KEYS[9], act = KEYS[10], nb = KEYS[11]}
+local q = {pend = {KEYS[6], KEYS[7], KEYS[8]}, lim = KEYS[9], act = KEYS[10], nb = KEYS[11], park = KEYS[12]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 4, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
@@ -116,9 +117,9 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above, for a call at `now_ms` (which
 /// picks the counter's second).
-pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 11] {
+pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 12] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         k.lease(),
         k.retry(),
@@ -131,6 +132,7 @@ pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 11] {
         lim,
         act,
         nb,
+        park,
     ]
 }
 

@@ -1,7 +1,8 @@
 //! PROMOTE: moves due scheduled and retrying tasks to their pending lists; the `queued`
 //! updates go to the outbox. A task with a key goes to its key's backlog instead (a
 //! scheduled one at the back, a retry at the front, so it keeps its place in its key's
-//! order; see [`key_fns`](super::key_fns)).
+//! order; see [`key_fns`](super::key_fns)). Then it pumps the keys parked by their rate
+//! whose next token is due (by Redis's clock).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:scheduled
@@ -12,6 +13,7 @@
 //! KEYS[8]    -> taskq:{<queue>}:limits
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), limit
 //! reply      -> per promoted task, 4 values: id, seq, source (1 scheduled, 2 retry), attempts
 //! ```
@@ -28,7 +30,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[3], KEYS[4], KEYS[5]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10]}
+local q = {pend = {KEYS[3], KEYS[4], KEYS[5]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
 local out = {}
 local ent = ob_new(ARGV[2], '')
 for z = 1, 2 do
@@ -54,7 +56,12 @@ for z = 1, 2 do
   end
 end
 ob_flush(KEYS[7], ent)
-if #out > 0 then wake(KEYS[6]) end
+local parked = redis.call('ZRANGEBYSCORE', q.park, '-inf', rnow(), 'LIMIT', 0, tonumber(ARGV[3]))
+for _, uk in ipairs(parked) do
+  redis.call('ZREM', q.park, uk)
+  kpump(q, uk)
+end
+if #out > 0 or q.woke then wake(KEYS[6]) end
 return out
 "
 );
@@ -98,10 +105,10 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
     let (scheduled, retry) = (k.scheduled(), k.retry());
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         scheduled,
         retry,
@@ -113,5 +120,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
         lim,
         act,
         nb,
+        park,
     ]
 }

@@ -12,6 +12,7 @@
 //! KEYS[7]    -> taskq:{<queue>}:limits
 //! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), limit, extras of a requeued task, extras of a dead one
 //! reply      -> per reaped task, 4 values: id, seq, attempts, outcome (1 requeued, 0 dead)
 //! ```
@@ -33,7 +34,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[2], KEYS[3], KEYS[4]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9]}
+local q = {pend = {KEYS[2], KEYS[3], KEYS[4]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local out, woke = {}, false
 local ent = ob_new(ARGV[2], '')
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -104,9 +105,9 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         k.lease(),
         high,
@@ -117,5 +118,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
         lim,
         act,
         nb,
+        park,
     ]
 }

@@ -11,6 +11,7 @@
 //! KEYS[7]    -> taskq:{<queue>}:limits
 //! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), worker id, then per task: id, lease token
 //! reply      -> per task, the new seq, or 0 when the lease was no longer held
 //! ```
@@ -25,7 +26,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9]}
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 2, function(i, id, k)
   local seq = unlease(k, id, ARGV[i + 1], KEYS[4])
@@ -67,9 +68,9 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -80,5 +81,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
         lim,
         act,
         nb,
+        park,
     ]
 }

@@ -11,9 +11,10 @@
 //! KEYS[5]    -> taskq:{<queue>}:limits
 //! KEYS[6]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[7]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
-//! KEYS[8]    -> taskq:{<queue>}:lease
-//! KEYS[9]    -> taskq:{<queue>}:scheduled
-//! KEYS[10]   -> taskq:{<queue>}:retry
+//! KEYS[8]    -> taskq:{<queue>}:kpark    (keys waiting for their rate)
+//! KEYS[9]    -> taskq:{<queue>}:lease
+//! KEYS[10]   -> taskq:{<queue>}:scheduled
+//! KEYS[11]   -> taskq:{<queue>}:retry
 //! ARGV       -> task hash prefix, then ids
 //! reply      -> how many tasks were in Redis
 //! ```
@@ -30,7 +31,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7]}
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
 local n = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -46,7 +47,7 @@ for i = 2, #ARGV do
     elseif vals[1] == 'queued' then
       redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
     end
-    for z = 8, 10 do redis.call('ZREM', KEYS[z], id) end
+    for z = 9, 11 do redis.call('ZREM', KEYS[z], id) end
     redis.call('DEL', k)
     if uk then
       kleave(q, uk)
@@ -79,9 +80,9 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
-    let [lim, act, nb] = key_keys(k);
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -90,6 +91,7 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
         lim,
         act,
         nb,
+        park,
         k.lease(),
         k.scheduled(),
         k.retry(),
