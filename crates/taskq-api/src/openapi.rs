@@ -316,9 +316,14 @@ mod tests {
             schemas["NewTask"]["anyOf"][1]["properties"]["delay_ms"]["type"],
             "null"
         );
+        let limits = &schemas["QueueLimits"]["allOf"];
         assert_eq!(
-            schemas["QueueLimits"]["anyOf"][1]["required"],
+            limits[0]["anyOf"][1]["required"],
             json!(["max_dispatches_per_second"])
+        );
+        assert_eq!(
+            limits[1]["anyOf"][1]["required"],
+            json!(["max_dispatches_per_second_per_key"])
         );
     }
 

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::jsonl::{self, Line};
 use crate::render::{self, Rejected, text};
-use crate::{Client, Error, ListArgs, Output, Report, SubmitArgs};
+use crate::{Client, Error, LimitsArgs, ListArgs, Output, Report, SubmitArgs};
 
 /// Header carrying `--idempotency-key`.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -393,6 +393,29 @@ impl Ctx {
                 crate::error::one_line(queue)
             )
         }))
+    }
+
+    /// `limits Q`: `PUT /v1/queues/{name}/limits`, then the queue as `queues Q` shows it.
+    pub async fn limits(&self, a: &LimitsArgs) -> Result<String, Error> {
+        let body = json!({
+            "max_dispatches_per_second": a.max_dispatches_per_second,
+            "burst": a.burst,
+            "max_concurrent": a.max_concurrent,
+            "max_running_per_key": a.max_running_per_key,
+            "max_dispatches_per_second_per_key": a.max_dispatches_per_second_per_key,
+            "burst_per_key": a.burst_per_key,
+        });
+        let ans = self
+            .client
+            .call(
+                Method::PUT,
+                &["v1", "queues", &a.queue, "limits"],
+                &[],
+                Some(&body),
+                HeaderMap::new(),
+            )
+            .await?;
+        Ok(self.show(&ans.body, render::queue_detail))
     }
 
     /// `purge-dead Q`: asks first unless `yes`, then `POST /v1/queues/{name}/purge-dead`.

@@ -242,11 +242,21 @@ async fn bad_keys_and_key_limits_are_refused() {
     assert_eq!(env.redis_total("default").await, 0);
     let (status, body) = env.get("/v1/tasks?key=a%20b").await;
     assert_400("list key", (status, &body), "invalid_query");
-    for bad in [json!(0), json!(-1), json!(1_000_001), json!("x"), json!(1.5)] {
+    let bad_limits = [json!(0), json!(-1), json!(1_000_001), json!("x"), json!(1.5)]
+        .map(|v| json!({"max_running_per_key": v}))
+        .into_iter()
+        .chain([
+            json!({"max_dispatches_per_second_per_key": 0}),
+            json!({"max_dispatches_per_second_per_key": -2.5}),
+            json!({"max_dispatches_per_second_per_key": "fast"}),
+            json!({"burst_per_key": 3}),
+            json!({"max_dispatches_per_second_per_key": 2, "burst_per_key": 0}),
+        ]);
+    for bad in bad_limits {
         let resp = env
             .http
             .put(format!("{}/v1/queues/default/limits", env.api))
-            .json(&json!({"max_running_per_key": bad}))
+            .json(&bad)
             .send()
             .await
             .expect("put");
