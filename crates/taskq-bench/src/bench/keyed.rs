@@ -1,0 +1,57 @@
+//! Phase 7 (`--keys`): the processing phase again with every task keyed (keys `k-0` …
+//! round robin) under the queue's `max_running_per_key`, reported as a fraction of the
+//! plain processing phase: the cost of ordered and fair work per key.
+
+use anyhow::Context;
+use taskq_redis::QueueLimits;
+
+use super::{Bench, STOP_GRACE, TARGET_KEYED_FRACTION, progress};
+use crate::report::{Metric, Target};
+
+impl Bench {
+    /// Stops the worker, sets `--max-running-per-key`, submits N keyed tasks through the
+    /// api and times a fresh worker through them; clears the limit afterwards.
+    pub(super) async fn keyed(&mut self, plain_processed: f64) -> anyhow::Result<()> {
+        let (n, keys) = (self.cfg.tasks, self.cfg.keys);
+        if let Some((w, _)) = self.worker.take() {
+            w.stop(STOP_GRACE).await?;
+        }
+        let limits = QueueLimits {
+            max_running_per_key: self.cfg.max_running_per_key,
+            ..QueueLimits::default()
+        };
+        self.broker
+            .set_limits(&self.queue, &limits)
+            .await
+            .context("setting max_running_per_key")?;
+        let limit = self
+            .cfg
+            .max_running_per_key
+            .map_or("no running limit".to_owned(), |m| format!("max {m} running per key"));
+        progress(&format!(
+            "phase 7: batch submit of {n} tasks over {keys} keys ({limit})"
+        ));
+        let (_, ids) = self.batch_submit(n, keys, "batch submit, keyed").await?;
+        progress("phase 7: processing keyed tasks");
+        let p = self.process(&ids, "processing, keyed").await?;
+        let processed = n as f64 / p.elapsed.as_secs_f64();
+        self.report.push(
+            Metric::new(
+                "processed_keyed_tasks_per_s",
+                &format!("processed, {keys} keys, {limit}"),
+                processed,
+                "tasks/s",
+            )
+            .of("processed without keys", plain_processed)
+            .target(Target::FractionAtLeast(TARGET_KEYED_FRACTION)),
+        );
+        self.per_task_cpu(&p.cpu, n, "_keyed", ", keyed");
+        self.succeeded += n as u64;
+        self.wait_settled().await?;
+        self.broker
+            .set_limits(&self.queue, &QueueLimits::default())
+            .await
+            .context("clearing the limits")?;
+        Ok(())
+    }
+}
