@@ -8,10 +8,10 @@
 //!    every handler has completed (its lease acknowledged in Redis);
 //! 4. [`process`]: records settled: until MongoDB counts every task `succeeded`
 //!    ([`metrics`] reads the worker's write figures meanwhile);
-//! 5. [`submit`]: concurrent single submits with the worker running;
-//! 6. [`latency`]: latency from submit to handler start at a steady, open-loop rate;
-//! 7. [`keyed`]: optionally (`--keys`), phases 2–4 again with every task keyed (keys
+//! 5. [`keyed`]: optionally (`--keys`), phases 2–4 again with every task keyed (keys
 //!    round robin) under `--max-running-per-key`, against phase 3's figure;
+//! 6. [`submit`]: concurrent single submits with the worker running;
+//! 7. [`latency`]: latency from submit to handler start at a steady, open-loop rate;
 //! 8. [`backlog`]: optionally, phases 2–4 again with a low-priority backlog queued in
 //!    Redis.
 //!
@@ -335,6 +335,10 @@ impl Bench {
         ));
         self.writer_figures(p.depth, n, "", "").await;
 
+        if self.cfg.keys > 0 {
+            self.keyed(processed).await?;
+        }
+
         progress(&format!(
             "phase 5: {} concurrent single submits",
             self.cfg.single_tasks
@@ -363,9 +367,6 @@ impl Bench {
 
         self.worker_rss("worker_peak_rss_mib", "peak RSS (VmHWM) taskq-worker");
 
-        if self.cfg.keys > 0 {
-            self.keyed(processed).await?;
-        }
         if self.cfg.backlog > 0 {
             self.backlog(processed).await?;
         }

@@ -1,4 +1,4 @@
-//! Phase 7 (`--keys`): the processing phase again with every task keyed (keys `k-0` …
+//! Phase 4b (`--keys`, right after the plain processing phase): the processing phase again with every task keyed (keys `k-0` …
 //! round robin) under the queue's `max_running_per_key`, reported as a fraction of the
 //! plain processing phase: the cost of ordered and fair work per key.
 
@@ -29,10 +29,14 @@ impl Bench {
             .max_running_per_key
             .map_or("no running limit".to_owned(), |m| format!("max {m} running per key"));
         progress(&format!(
-            "phase 7: batch submit of {n} tasks over {keys} keys ({limit})"
+            "phase 4b: batch submit of {n} tasks over {keys} keys ({limit})"
         ));
+        // Submit once the api finds both stores up again after the plain phase's writes.
+        if let Some((api, addr)) = &mut self.api {
+            crate::procs::wait_ready(api, *addr, &self.http).await?;
+        }
         let (_, ids) = self.batch_submit(n, keys, "batch submit, keyed").await?;
-        progress("phase 7: processing keyed tasks");
+        progress("phase 4b: processing keyed tasks");
         let p = self.process(&ids, "processing, keyed").await?;
         let processed = n as f64 / p.elapsed.as_secs_f64();
         self.report.push(
