@@ -266,12 +266,16 @@ pub fn queue_detail(q: &Value) -> String {
     } else {
         limits.join(" ")
     };
-    out.push_str(&format!("limits: {limits}
-"));
+    out.push_str(&format!(
+        "limits: {limits}
+"
+    ));
     let busiest = q["keys"]["busiest"].as_array().cloned().unwrap_or_default();
     if !busiest.is_empty() {
-        out.push_str("busiest keys:
-");
+        out.push_str(
+            "busiest keys:
+",
+        );
         out.push_str(&columns(
             &["KEY", "TASKS", "RUNNING"],
             busiest

@@ -157,8 +157,16 @@ impl Broker {
             .zcard(keys.active_keys());
         let mut c = self.conn.clone();
         #[allow(clippy::type_complexity)]
-        let (h, n, l, s, r, run, backlog, active): (u64, u64, u64, u64, u64, u64, Option<u64>, u64) =
-            pipe.query_async(&mut c).await?;
+        let (h, n, l, s, r, run, backlog, active): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Option<u64>,
+            u64,
+        ) = pipe.query_async(&mut c).await?;
         Ok(QueueCounts {
             queued: h + n + l + backlog.unwrap_or(0),
             scheduled: s,

@@ -710,7 +710,10 @@ async fn limit_one_runs_one_per_key_in_order(broker: &Broker, qn: &QueueName) {
     let got: HashSet<TaskId> = ids(&d.tasks).into_iter().collect();
     assert_eq!(got, HashSet::from([a[0].id, b[0].id, plain.id]));
     assert_eq!(d.key_held, 2, "both keys' next tasks wait for their limit");
-    assert!(take(broker, qn, 100).await.is_empty(), "a second task of a key");
+    assert!(
+        take(broker, qn, 100).await.is_empty(),
+        "a second task of a key"
+    );
     let running = broker.busiest_keys(qn, 10).await.expect("busiest");
     assert!(running.iter().all(|k| k.running == 1), "{running:?}");
 
@@ -783,7 +786,12 @@ async fn a_retry_returns_to_the_front_of_its_key(broker: &Broker, qn: &QueueName
         .fail(
             qn,
             "w1",
-            &[(t[0].id, first[0].token.as_str(), FailOutcome::RetryAt(now), "boom")],
+            &[(
+                t[0].id,
+                first[0].token.as_str(),
+                FailOutcome::RetryAt(now),
+                "boom",
+            )],
         )
         .await
         .expect("fail");
@@ -874,10 +882,7 @@ async fn release_reap_cancel_and_remove_free_the_key(broker: &Broker, qn: &Queue
 /// taken highest priority first and in submit order within a priority.
 async fn order_per_priority_without_a_running_limit(broker: &Broker, qn: &QueueName) {
     let prios = ["normal", "high", "normal", "high", "low", "low", "normal"];
-    let t: Vec<TaskRecord> = prios
-        .iter()
-        .map(|p| keyed(qn.as_str(), "p", p))
-        .collect();
+    let t: Vec<TaskRecord> = prios.iter().map(|p| keyed(qn.as_str(), "p", p)).collect();
     broker.enqueue(&items(&t)).await.expect("enqueue");
     let mut taken = Vec::new();
     loop {
@@ -900,10 +905,7 @@ async fn order_per_priority_without_a_running_limit(broker: &Broker, qn: &QueueN
         assert_eq!(run, submitted, "{p} tasks of the key in submit order");
     }
     // The first head was taken before the high ones arrived; after it, high first.
-    let after_first: Vec<&str> = taken[1..]
-        .iter()
-        .map(|l| l.msg.priority.as_str())
-        .collect();
+    let after_first: Vec<&str> = taken[1..].iter().map(|l| l.msg.priority.as_str()).collect();
     assert_eq!(
         after_first,
         ["high", "high", "normal", "normal", "low", "low"]
@@ -937,24 +939,45 @@ async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
         .dequeue(qn, 100, Duration::from_secs(60), "w1", 0)
         .await
         .expect("dequeue");
-    assert_eq!(d.tasks.len(), 2, "one task per key: each bucket held one token");
+    assert_eq!(
+        d.tasks.len(),
+        2,
+        "one task per key: each bucket held one token"
+    );
     assert_eq!(d.key_held, 2, "both keys parked");
     let mut started: Vec<(String, std::time::Instant)> = d
         .tasks
         .iter()
-        .map(|l| (l.msg.key.clone().unwrap_or_default(), std::time::Instant::now()))
+        .map(|l| {
+            (
+                l.msg.key.clone().unwrap_or_default(),
+                std::time::Instant::now(),
+            )
+        })
         .collect();
     for l in &d.tasks {
         ack(broker, qn, l).await;
     }
     // Not due yet: nothing is released.
-    broker.promote(qn, taskq_core::now_ms(), 100).await.expect("promote");
-    assert!(take(broker, qn, 100).await.is_empty(), "a parked key was taken");
+    broker
+        .promote(qn, taskq_core::now_ms(), 100)
+        .await
+        .expect("promote");
+    assert!(
+        take(broker, qn, 100).await.is_empty(),
+        "a parked key was taken"
+    );
     while started.len() < recs.len() {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        broker.promote(qn, taskq_core::now_ms(), 100).await.expect("promote");
+        broker
+            .promote(qn, taskq_core::now_ms(), 100)
+            .await
+            .expect("promote");
         for l in take(broker, qn, 100).await {
-            started.push((l.msg.key.clone().unwrap_or_default(), std::time::Instant::now()));
+            started.push((
+                l.msg.key.clone().unwrap_or_default(),
+                std::time::Instant::now(),
+            ));
             ack(broker, qn, &l).await;
         }
     }
@@ -969,7 +992,10 @@ async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
             let gap = pair[1] - pair[0];
             // 200 ms a token; a start is seen up to one loop pass (20 ms and a few
             // round trips) after its token was taken.
-            assert!(gap >= Duration::from_millis(160), "{key}: {gap:?} between starts");
+            assert!(
+                gap >= Duration::from_millis(160),
+                "{key}: {gap:?} between starts"
+            );
         }
     }
     broker

@@ -11,12 +11,16 @@
 //!
 //! | transition | module | writes, in order | undo |
 //! |---|---|---|---|
-//! | submit (single, batch, periodic tick) | [`submit`] | MongoDB insert (`seq` 1, marked), Redis enqueue within the deadline | Redis remove, then delete the records still marked by this submit; else cancel (`submit_failed`) |
+//! | submit (single, batch, periodic tick) | [`submit`] | MongoDB insert (`seq` 1, marked, with its `key`), Redis enqueue within the deadline (a keyed task into its key's backlog) | Redis remove (the `REMOVE` script, which also takes a keyed task out of its key), then delete the records still marked by this submit; else cancel (`submit_failed`) |
 //! | submit with an idempotency key | [`submit`] | Redis claim, then as above, then the claim's lifetime | drop the claim |
 //! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
 //! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S | none needed: MongoDB only follows Redis |
-//! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1) | none: idempotent, call again |
+//! | recover after Redis lost its data | [`recover`] | MongoDB read in id (submit) order, Redis enqueue of what Redis lacks (`seq` + 1), so each key keeps its order | none: idempotent, call again |
+//!
+//! Task keys add no transition: the scripts that move a keyed task (enqueue, dequeue, ack,
+//! fail, release, reap, cancel, promote, remove) also keep its key's backlog, head and
+//! running count in the same atomic step (`taskq-redis`'s `scripts::key_fns`).
 //!
 //! The workers own the other transitions (lease, ack, fail, retry with backoff, dead,
 //! release, promote, reap): each is one Lua script in `taskq-redis` that also appends the

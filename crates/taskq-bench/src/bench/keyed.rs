@@ -27,7 +27,9 @@ impl Bench {
         let limit = self
             .cfg
             .max_running_per_key
-            .map_or("no running limit".to_owned(), |m| format!("max {m} running per key"));
+            .map_or("no running limit".to_owned(), |m| {
+                format!("max {m} running per key")
+            });
         progress(&format!(
             "phase 4b: batch submit of {n} tasks over {keys} keys ({limit})"
         ));

@@ -214,7 +214,14 @@ async fn keys_limits_and_the_busiest_keys() {
     let api = RealApi::start().await;
     let out = taskq(
         &api.url,
-        &["limits", "keyed", "--max-running-per-key", "1", "--max-concurrent", "8"],
+        &[
+            "limits",
+            "keyed",
+            "--max-running-per-key",
+            "1",
+            "--max-concurrent",
+            "8",
+        ],
     )
     .await
     .ok()
@@ -227,7 +234,9 @@ async fn keys_limits_and_the_busiest_keys() {
     for key in ["acme", "acme", "zeta"] {
         let t = taskq(
             &api.url,
-            &["submit", "noop", "--queue", "keyed", "--key", key, "-o", "json"],
+            &[
+                "submit", "noop", "--queue", "keyed", "--key", key, "-o", "json",
+            ],
         )
         .await
         .json();
@@ -244,10 +253,16 @@ async fn keys_limits_and_the_busiest_keys() {
     assert!(out.contains("busiest keys:\nKEY"), "{out}");
     let acme_row = out.lines().position(|l| l.starts_with("acme "));
     let zeta_row = out.lines().position(|l| l.starts_with("zeta "));
-    assert!(acme_row.is_some() && acme_row < zeta_row, "busiest first: {out}");
+    assert!(
+        acme_row.is_some() && acme_row < zeta_row,
+        "busiest first: {out}"
+    );
     let bad = taskq(&api.url, &["submit", "noop", "--key", "a b"]).await;
     let line = bad.error_line();
-    assert!(line.contains("invalid_field") && line.contains("key"), "{line}");
+    assert!(
+        line.contains("invalid_field") && line.contains("key"),
+        "{line}"
+    );
 }
 
 async fn list_all(api: &RealApi) -> Value {

@@ -2,7 +2,7 @@
 //! and its final update (`succeeded` or `cancelled`) goes to the outbox. Successes are
 //! counted in the current second's counter (see [`Counter`]); cancellations are not
 //! counted (the call passes no counter key). A task with a key frees its running slot in
-//! the key, whose next task may become runnable (see [`key_fns`](super::key_fns)).
+//! the key, whose next task may become runnable (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:lease

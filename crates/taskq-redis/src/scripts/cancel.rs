@@ -4,7 +4,7 @@
 //! `cancelled` update goes to the outbox in the same step, so its record follows even
 //! if the caller never writes it (the api writes it too, to answer with it). A waiting
 //! task with a key leaves its key's pending slot or backlog, and the key's next task
-//! may become runnable (see [`key_fns`](super::key_fns)).
+//! may become runnable (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}

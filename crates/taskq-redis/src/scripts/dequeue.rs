@@ -2,7 +2,7 @@
 //! within the queue's limits: at most `concurrency` running at once (across all workers)
 //! and a token bucket of `rate` dispatches per second holding up to `burst` tokens.
 //!
-//! A task with a key was its key's head (see [`key_fns`](super::key_fns)): its key counts
+//! A task with a key was its key's head (see the `key_fns` of [`scripts`](super)): its key counts
 //! one more running, and the key's next task joins the back of its pending list unless
 //! the key reached the queue's `max_running_per_key`; so keys are served round robin and
 //! a busy key never holds back the others.

@@ -4,7 +4,7 @@
 //!
 //! A task due now goes to its pending list, or, when it has a key, to the back of its
 //! key's backlog, from which the key's head moves to the pending list when the key has
-//! none there and its running limit allows (see [`key_fns`](super::key_fns)). Tasks of
+//! none there and its running limit allows (see the `key_fns` of [`scripts`](super)). Tasks of
 //! one call are added in the order given, so one key's tasks keep that order.
 //!
 //! ```text

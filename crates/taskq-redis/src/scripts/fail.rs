@@ -3,7 +3,7 @@
 //! record in the store is the dead letter). The updates go to the outbox, and the
 //! failures are counted in the current second's counter (see [`Counter`]). A task with a
 //! key frees its running slot in the key either way, so the key's next task may run
-//! (see [`key_fns`](super::key_fns)); a retry returns to the front of its key's backlog
+//! (see the `key_fns` of [`scripts`](super)); a retry returns to the front of its key's backlog
 //! when due (PROMOTE).
 //!
 //! ```text

@@ -1,7 +1,7 @@
 //! PROMOTE: moves due scheduled and retrying tasks to their pending lists; the `queued`
 //! updates go to the outbox. A task with a key goes to its key's backlog instead (a
 //! scheduled one at the back, a retry at the front, so it keeps its place in its key's
-//! order; see [`key_fns`](super::key_fns)). Then it pumps the keys parked by their rate
+//! order; see the `key_fns` of [`scripts`](super)). Then it pumps the keys parked by their rate
 //! whose next token is due (by Redis's clock).
 //!
 //! ```text

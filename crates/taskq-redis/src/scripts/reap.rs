@@ -2,7 +2,7 @@
 //! attempts remain, otherwise out of Redis as dead. The expired attempt stays counted.
 //! The updates (`queued` or `dead`, with the error of each case) go to the outbox. A task
 //! with a key frees its running slot in the key; requeued, it goes to the front of its
-//! key's backlog (see [`key_fns`](super::key_fns)).
+//! key's backlog (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:lease

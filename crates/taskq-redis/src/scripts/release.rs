@@ -1,7 +1,7 @@
 //! RELEASE: gives leased tasks back without counting the attempt (graceful shutdown).
 //! They go to the head of their pending list so they run next (a task with a key: to the
 //! front of its key's backlog, and from there to the head of its pending list when its
-//! key allows, see [`key_fns`](super::key_fns)); the `queued` updates go to the outbox.
+//! key allows, see the `key_fns` of [`scripts`](super)); the `queued` updates go to the outbox.
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}

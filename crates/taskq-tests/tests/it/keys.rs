@@ -87,12 +87,18 @@ async fn wait_succeeded(env: &Env, n: u64, timeout: Duration) {
         env.counts().await.get(&TaskStatus::Succeeded).copied() == Some(n)
     })
     .await;
-    assert!(done, "not all {n} tasks succeeded: {:?}", env.counts().await);
+    assert!(
+        done,
+        "not all {n} tasks succeeded: {:?}",
+        env.counts().await
+    );
 }
 
 /// The start and finish of a record's one attempt.
 fn span(r: &TaskRecord) -> (DateTime<Utc>, DateTime<Utc>) {
-    let started = r.started_at.unwrap_or_else(|| panic!("{} never started", r.id));
+    let started = r
+        .started_at
+        .unwrap_or_else(|| panic!("{} never started", r.id));
     let finished = r
         .finished_at
         .unwrap_or_else(|| panic!("{} never finished", r.id));
@@ -139,7 +145,11 @@ async fn one_per_key(env: &Env, queue: &str, keys: usize, rounds: usize, w: usiz
     let order = submit_keyed(env, queue, keys, rounds).await;
     let (_, q) = env.get(&format!("/v1/queues/{queue}")).await;
     assert_eq!(q["keys"]["active"], keys, "{q}");
-    assert_eq!(q["keys"]["busiest"].as_array().map(Vec::len), Some(10), "{q}");
+    assert_eq!(
+        q["keys"]["busiest"].as_array().map(Vec::len),
+        Some(10),
+        "{q}"
+    );
     assert_eq!(q["limits"]["max_running_per_key"], 1, "{q}");
     let running = workers(env, queue, w, slots);
     let total = (keys * rounds) as u64;
@@ -206,7 +216,10 @@ fn assert_400(what: &str, (status, body): (StatusCode, &Value), code: &str) {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.trim().is_empty(), "{what}: {body}");
     if code != "invalid_request" {
-        assert!(message.contains("key"), "{what}: the message names the key: {body}");
+        assert!(
+            message.contains("key"),
+            "{what}: the message names the key: {body}"
+        );
     }
 }
 
@@ -238,20 +251,30 @@ async fn bad_keys_and_key_limits_are_refused() {
             );
         }
     }
-    assert_eq!(env.total_records().await, 0, "a refused submit wrote a record");
+    assert_eq!(
+        env.total_records().await,
+        0,
+        "a refused submit wrote a record"
+    );
     assert_eq!(env.redis_total("default").await, 0);
     let (status, body) = env.get("/v1/tasks?key=a%20b").await;
     assert_400("list key", (status, &body), "invalid_query");
-    let bad_limits = [json!(0), json!(-1), json!(1_000_001), json!("x"), json!(1.5)]
-        .map(|v| json!({"max_running_per_key": v}))
-        .into_iter()
-        .chain([
-            json!({"max_dispatches_per_second_per_key": 0}),
-            json!({"max_dispatches_per_second_per_key": -2.5}),
-            json!({"max_dispatches_per_second_per_key": "fast"}),
-            json!({"burst_per_key": 3}),
-            json!({"max_dispatches_per_second_per_key": 2, "burst_per_key": 0}),
-        ]);
+    let bad_limits = [
+        json!(0),
+        json!(-1),
+        json!(1_000_001),
+        json!("x"),
+        json!(1.5),
+    ]
+    .map(|v| json!({"max_running_per_key": v}))
+    .into_iter()
+    .chain([
+        json!({"max_dispatches_per_second_per_key": 0}),
+        json!({"max_dispatches_per_second_per_key": -2.5}),
+        json!({"max_dispatches_per_second_per_key": "fast"}),
+        json!({"burst_per_key": 3}),
+        json!({"max_dispatches_per_second_per_key": 2, "burst_per_key": 0}),
+    ]);
     for bad in bad_limits {
         let resp = env
             .http
