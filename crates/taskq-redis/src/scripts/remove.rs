@@ -47,7 +47,9 @@ for i = 2, #ARGV do
     elseif vals[1] == 'queued' then
       redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
     end
-    for z = 9, 11 do redis.call('ZREM', KEYS[z], id) end
+    redis.call('ZREM', KEYS[9], id)
+    redis.call('ZREM', KEYS[10], id)
+    redis.call('ZREM', KEYS[11], id)
     redis.call('DEL', k)
     if uk then
       kleave(q, uk)
