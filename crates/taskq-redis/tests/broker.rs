@@ -484,13 +484,14 @@ async fn outbox(broker: &Broker, queue: &str) {
 async fn scripts_on_a_single_redis() {
     let (server, broker) = single().await;
     task_keys(&broker, "keyed", &[server.url()]).await;
+    a_lost_head_does_not_block_its_key(&broker, &server.url()).await;
     lifecycle(&broker, "default").await;
     outbox(&broker, "outbox").await;
     concurrent_maintenance(&broker, "bulk").await;
     idempotency_claims(&broker, "default").await;
     assert_eq!(
         broker.queues().await.expect("queues"),
-        vec![q("bulk"), q("default"), q("keyed"), q("outbox")]
+        vec![q("bulk"), q("default"), q("keyed"), q("lost"), q("outbox")]
     );
 }
 
@@ -1002,4 +1003,26 @@ async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
         .set_limits(qn, &QueueLimits::default())
         .await
         .expect("limits");
+}
+
+/// A key's head whose hash Redis lost (deleted behind the scripts' back) does not hold
+/// the key back: the next pump of the key lets its next task through.
+async fn a_lost_head_does_not_block_its_key(broker: &Broker, url: &str) {
+    let qn = q("lost");
+    key_limit(broker, &qn, Some(1)).await;
+    let t: Vec<TaskRecord> = (0..2).map(|_| keyed("lost", "k", "normal")).collect();
+    broker.enqueue(&items(&t[..1])).await.expect("enqueue");
+    let client = redis::Client::open(url).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let _: i64 = redis::cmd("DEL")
+        .arg(QueueKeys::new(&qn).task(&t[0].id))
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    broker.enqueue(&items(&t[1..])).await.expect("enqueue");
+    let l = take(broker, &qn, 10).await;
+    assert_eq!(ids(&l), vec![t[1].id]);
 }

@@ -127,7 +127,8 @@ pub(crate) use lua_fns;
 /// recorded in the key's `pend`); the others wait in the key's backlog, one FIFO list
 /// per priority. `kpump` pushes the next head (highest priority first) to the back of
 /// its pending list when the key has none there and fewer than the queue's
-/// `key_conc` (`max_running_per_key`) running: so DEQUEUE, which pops the pending
+/// `key_conc` (`max_running_per_key`) running (a recorded head whose task is gone or
+/// no longer queued does not count): so DEQUEUE, which pops the pending
 /// lists, takes keys round robin and never two heads of one key at once. With a rate
 /// per key (`key_rate` per second, bucket `key_burst`; its state `tok` and `ts` in the
 /// key's hash, times from Redis's clock) a push takes a token; a key whose bucket is
@@ -177,7 +178,11 @@ end
 local function kpump(q, uk, head)
   local h = kname('kh', uk)
   local st = redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
-  if st[1] then return end
+  if st[1] then
+    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return end
+    -- The head no longer exists (Redis lost it): the key must not wait for it.
+    redis.call('HDEL', h, 'pend')
+  end
   local lim = redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
   local conc, rate = tonumber(lim[1]), tonumber(lim[2])
   for p = 0, 2 do
