@@ -354,6 +354,10 @@ pub async fn queue_page(
             format!("no queue {name}"),
         ));
     }
+    let busiest = state
+        .broker
+        .busiest_keys(&name, crate::queues::BUSIEST_KEYS)
+        .await?;
     let r = queue_row(&state, name, taskq_core::now_ms()).await?;
     let q = r.name.as_str().to_owned();
     let action = format!("/ui/queues/{}/action", url_encode(&q));
@@ -381,6 +385,21 @@ pub async fn queue_page(
             div class="card" {
                 div class="legend" { span class="k-ok" { "■ succeeded" } span class="k-bad" { "■ failed" } }
                 (chart(&ok, &bad))
+            }
+        }
+        @if !busiest.is_empty() {
+            h2 { "Busiest keys" }
+            table {
+                thead { tr { th { "key" } th { "tasks in Redis" } th { "running" } } }
+                tbody {
+                    @for k in &busiest {
+                        tr {
+                            td class="mono" { (k.key) }
+                            td { (k.tasks) }
+                            td { (k.running) }
+                        }
+                    }
+                }
             }
         }
         @if viewer.acts() {
