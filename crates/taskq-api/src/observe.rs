@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::future::join_all;
 use serde::Serialize;
-use taskq_telemetry::metrics::CONTENT_TYPE;
+use taskq_telemetry::metrics::{CONTENT_TYPE, Metrics};
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -83,15 +83,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             let counts = join_all(queues.iter().map(|q| state.broker.counts(q))).await;
             for (q, c) in queues.iter().zip(counts) {
                 match c {
-                    Ok(c) => state.metrics.set_depth(
-                        q.as_str(),
-                        &[
-                            ("queued", c.queued),
-                            ("scheduled", c.scheduled),
-                            ("retrying", c.retrying),
-                            ("running", c.running),
-                        ],
-                    ),
+                    Ok(c) => {
+                        state.metrics.set_depth(
+                            q.as_str(),
+                            &[
+                                ("queued", c.queued),
+                                ("scheduled", c.scheduled),
+                                ("retrying", c.retrying),
+                                ("running", c.running),
+                            ],
+                        );
+                        state
+                            .metrics
+                            .active_keys
+                            .get_or_create(&Metrics::queue(q.as_str()))
+                            .set(i64::try_from(c.active_keys).unwrap_or(i64::MAX));
+                    }
                     Err(e) => tracing::warn!(error = %e, queue = %q, "reading queue depth failed"),
                 }
             }

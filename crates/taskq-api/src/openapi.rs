@@ -99,7 +99,8 @@ fn add_cross_field_rules(doc: &mut Value) {
             "NewTask",
             json!([null_or_absent("run_at"), null_or_absent("delay_ms")]),
         ),
-        // queues::set_limits: "`burst` needs `max_dispatches_per_second`".
+        // queues::set_limits: "`burst` needs `max_dispatches_per_second`", and the same
+        // of the per-key pair.
         (
             "QueueLimits",
             json!([
@@ -110,10 +111,32 @@ fn add_cross_field_rules(doc: &mut Value) {
                 }
             ]),
         ),
+        (
+            "QueueLimits",
+            json!([
+                null_or_absent("burst_per_key"),
+                {
+                    "required": ["max_dispatches_per_second_per_key"],
+                    "properties": {"max_dispatches_per_second_per_key": {"type": "number"}}
+                }
+            ]),
+        ),
     ];
     for (schema, any_of) in rules {
         if let Some(Value::Object(s)) = doc.pointer_mut(&format!("/components/schemas/{schema}")) {
-            s.insert("anyOf".to_owned(), any_of);
+            // A second rule on one schema: every rule under `allOf`.
+            match s.remove("anyOf") {
+                None if !s.contains_key("allOf") => {
+                    s.insert("anyOf".to_owned(), any_of);
+                }
+                first => {
+                    let all = s.entry("allOf").or_insert_with(|| json!([]));
+                    if let Value::Array(all) = all {
+                        all.extend(first.map(|f| json!({ "anyOf": f })));
+                        all.push(json!({ "anyOf": any_of }));
+                    }
+                }
+            }
         }
     }
 }
@@ -298,9 +321,14 @@ mod tests {
             schemas["NewTask"]["anyOf"][1]["properties"]["delay_ms"]["type"],
             "null"
         );
+        let limits = &schemas["QueueLimits"]["allOf"];
         assert_eq!(
-            schemas["QueueLimits"]["anyOf"][1]["required"],
+            limits[0]["anyOf"][1]["required"],
             json!(["max_dispatches_per_second"])
+        );
+        assert_eq!(
+            limits[1]["anyOf"][1]["required"],
+            json!(["max_dispatches_per_second_per_key"])
         );
     }
 

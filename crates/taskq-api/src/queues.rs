@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use taskq_core::{QueueName, TaskStatus};
-use taskq_redis::QueueLimits;
+use taskq_redis::{KeyLoad, QueueLimits};
 use utoipa::ToSchema;
 
 use crate::extract::{JsonBody, PathParam};
@@ -38,10 +38,25 @@ pub struct QueueInfo {
     pub failed_1m: u64,
     /// Dispatch limits enforced across all workers.
     pub limits: QueueLimits,
+    /// The queue's task keys.
+    pub keys: KeysInfo,
 }
 
+/// The task keys of a queue (see the README's "Keys: ordered and fair work").
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysInfo {
+    /// Keys with at least one task in Redis (queued, scheduled, retrying or running).
+    pub active: u64,
+    /// The keys with the most tasks in Redis, busiest first (at most
+    /// [`BUSIEST_KEYS`]).
+    pub busiest: Vec<KeyLoad>,
+}
+
+/// How many of the busiest keys a queue shows.
+pub const BUSIEST_KEYS: usize = 10;
+
 async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> {
-    let (live, paused, (processed_1m, failed_1m), stored, limits) = tokio::try_join!(
+    let (live, paused, (processed_1m, failed_1m), stored, limits, busiest) = tokio::try_join!(
         async { state.broker.counts(&name).await.map_err(ApiError::from) },
         async { state.broker.is_paused(&name).await.map_err(ApiError::from) },
         async {
@@ -59,6 +74,13 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
                 .map_err(ApiError::from)
         },
         async { state.broker.limits(&name).await.map_err(ApiError::from) },
+        async {
+            state
+                .broker
+                .busiest_keys(&name, BUSIEST_KEYS)
+                .await
+                .map_err(ApiError::from)
+        },
     )?;
     Ok(QueueInfo {
         counts: Counts {
@@ -73,6 +95,10 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
         processed_1m,
         failed_1m,
         limits,
+        keys: KeysInfo {
+            active: live.active_keys,
+            busiest,
+        },
     })
 }
 
@@ -255,6 +281,26 @@ pub async fn set_limits(
         .is_some_and(|c| !(1..=1_000_000).contains(&c))
     {
         return invalid("`max_concurrent` must be 1 to 1000000");
+    }
+    if limits
+        .max_running_per_key
+        .is_some_and(|c| !(1..=1_000_000).contains(&c))
+    {
+        return invalid("`max_running_per_key` must be 1 to 1000000");
+    }
+    if let Some(r) = limits.max_dispatches_per_second_per_key
+        && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+    {
+        return invalid("`max_dispatches_per_second_per_key` must be above 0 and at most 1000000");
+    }
+    if limits.burst_per_key.is_some() && limits.max_dispatches_per_second_per_key.is_none() {
+        return invalid("`burst_per_key` needs `max_dispatches_per_second_per_key`");
+    }
+    if limits
+        .burst_per_key
+        .is_some_and(|b| !(1..=1_000_000).contains(&b))
+    {
+        return invalid("`burst_per_key` must be 1 to 1000000");
     }
     state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))

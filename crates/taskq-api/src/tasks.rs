@@ -281,6 +281,9 @@ pub struct ListQuery {
     /// Only tasks of this queue.
     #[param(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     pub queue: Option<String>,
+    /// Only tasks of this key.
+    #[param(pattern = "^[A-Za-z0-9_.:/@-]{1,128}$")]
+    pub key: Option<String>,
     /// Page size (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
@@ -339,6 +342,9 @@ pub async fn list(
     {
         return Err(invalid("`type` must be 1-128 characters".into()));
     }
+    if let Some(k) = &q.key {
+        taskq_core::validate::check_key(k).map_err(|m| invalid(format!("`key` {m}")))?;
+    }
     let limit = match q.limit {
         None => DEFAULT_PAGE,
         Some(l) => l
@@ -358,6 +364,7 @@ pub async fn list(
         status,
         kind: q.kind,
         queue,
+        key: q.key,
     };
     let page = state.store.list(&filter, limit, cursor).await?;
     Ok(Json(TaskList {

@@ -57,6 +57,15 @@ pub struct Args {
     /// second processing phase of N tasks. 0 skips that phase.
     #[arg(long, env = "TASKQ_BENCH_BACKLOG", default_value_t = 0)]
     pub backlog: usize,
+    /// Keys of a keyed processing phase: N tasks with keys `k-0` … round robin, processed
+    /// under `--max-running-per-key`, reported against the plain processing phase. 0
+    /// skips that phase.
+    #[arg(long, env = "TASKQ_BENCH_KEYS", default_value_t = 0)]
+    pub keys: usize,
+    /// The queue's `max_running_per_key` during the keyed phase (none: keys are only
+    /// served round robin).
+    #[arg(long, env = "TASKQ_BENCH_MAX_RUNNING_PER_KEY", requires = "keys")]
+    pub max_running_per_key: Option<u32>,
     /// Use `taskq-api` and `taskq-worker` from the `release` profile directory next to
     /// this executable's profile directory.
     #[arg(long, conflicts_with = "bin_dir")]
@@ -127,6 +136,8 @@ pub struct Config {
     pub latency_seconds: f64,
     pub ceiling_seconds: f64,
     pub backlog: usize,
+    pub keys: usize,
+    pub max_running_per_key: Option<u32>,
     pub bin_dir: PathBuf,
     pub worker_env: Vec<(String, String)>,
     pub api_env: Vec<(String, String)>,
@@ -197,6 +208,13 @@ impl Args {
         check("--ceiling-seconds", self.ceiling_seconds, 0.1, 3_600.0)?;
         check("--backlog", self.backlog as f64, 0.0, 100_000_000.0)?;
         check("--waiters", self.waiters as f64, 0.0, 100_000.0)?;
+        check("--keys", self.keys as f64, 0.0, 10_000_000.0)?;
+        if let Some(m) = self.max_running_per_key {
+            check("--max-running-per-key", f64::from(m), 1.0, 1_000_000.0)?;
+            if self.keys == 0 {
+                bail!("--max-running-per-key needs --keys");
+            }
+        }
         let bin_dir = match self.bin_dir {
             Some(dir) => dir,
             None => {
@@ -227,6 +245,8 @@ impl Args {
             latency_seconds: self.latency_seconds,
             ceiling_seconds: self.ceiling_seconds,
             backlog: self.backlog,
+            keys: self.keys,
+            max_running_per_key: self.max_running_per_key,
             bin_dir,
             worker_env: self.worker_env,
             api_env: self.api_env,
@@ -286,5 +306,8 @@ mod tests {
         assert!(parse(&["--redis-url", "redis://a:1,redis://b:2"]).is_err());
         assert!(parse(&["--release-bins", "--bin-dir", "/x"]).is_err());
         assert!(parse(&["--worker-env", "NOEQUALS"]).is_err());
+        assert!(parse(&["--keys", "10", "--max-running-per-key", "0"]).is_err());
+        assert!(parse(&["--keys", "0", "--max-running-per-key", "1"]).is_err());
+        assert!(parse(&["--keys", "1000", "--max-running-per-key", "1"]).is_ok());
     }
 }

@@ -8,9 +8,11 @@
 //!    every handler has completed (its lease acknowledged in Redis);
 //! 4. [`process`]: records settled: until MongoDB counts every task `succeeded`
 //!    ([`metrics`] reads the worker's write figures meanwhile);
-//! 5. [`submit`]: concurrent single submits with the worker running;
-//! 6. [`latency`]: latency from submit to handler start at a steady, open-loop rate;
-//! 7. [`backlog`]: optionally, phases 2–4 again with a low-priority backlog queued in
+//! 5. [`keyed`]: optionally (`--keys`), phases 2–4 again with every task keyed (keys
+//!    round robin) under `--max-running-per-key`, against phase 3's figure;
+//! 6. [`submit`]: concurrent single submits with the worker running;
+//! 7. [`latency`]: latency from submit to handler start at a steady, open-loop rate;
+//! 8. [`backlog`]: optionally, phases 2–4 again with a low-priority backlog queued in
 //!    Redis.
 //!
 //! [`compare_tracing`] replaces them all with three processing runs, with and without
@@ -21,13 +23,14 @@
 //! Invariants: all tasks go to a queue of their own (`bench-<run>`) and all records to a
 //! database of their own; both are removed at the end, also when a phase fails. The
 //! bench's tasks are `normal` priority and the backlog is `low`, so "the normal list is
-//! empty and none of our ids holds a lease" means every handler of the measured set has
-//! completed, whatever else is queued.
+//! empty, no keyed task waits in a key's backlog and none of our ids holds a lease" means
+//! every handler of the measured set has completed, whatever else is queued.
 
 mod backlog;
 mod ceiling;
 mod compare_tracing;
 mod flows;
+mod keyed;
 mod latency;
 mod metrics;
 mod process;
@@ -65,6 +68,8 @@ const TARGET_P99_MS: f64 = 5.0;
 const TARGET_WORKER_RSS_MIB: f64 = 64.0;
 /// "Cost per task flat" read as: at least this fraction of the no-backlog rate.
 const TARGET_BACKLOG_FRACTION: f64 = 0.9;
+/// Processing with keys as a fraction of processing without (issue 15).
+const TARGET_KEYED_FRACTION: f64 = 0.7;
 
 /// Runs every phase and returns the report. Children, the bench queue's Redis keys and
 /// the run's databases are cleaned up whether or not a phase fails.
@@ -293,7 +298,7 @@ impl Bench {
         progress(&format!(
             "phase 2: batch submit of {n} tasks (no worker running)"
         ));
-        let (rate, ids) = self.batch_submit(n, "batch submit").await?;
+        let (rate, ids) = self.batch_submit(n, 0, "batch submit").await?;
         self.report.push(
             Metric::new("batch_submit_tasks_per_s", "batch submit", rate, "tasks/s")
                 .of("mongo insert_many", mongo_ceiling)
@@ -341,6 +346,10 @@ impl Bench {
             "ms",
         ));
         self.writer_figures(p.depth, n, "", "").await;
+
+        if self.cfg.keys > 0 {
+            self.keyed(processed).await?;
+        }
 
         progress(&format!(
             "phase 5: {} concurrent single submits",
@@ -452,12 +461,6 @@ impl Bench {
             Some((w, _)) => w.check_alive(),
             None => bail!("no worker is running"),
         }
-    }
-
-    async fn redis_u64(&self, cmd: &mut redis::Cmd) -> anyhow::Result<u64> {
-        cmd.query_async(&mut self.conn.clone())
-            .await
-            .context("polling redis")
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -377,7 +377,8 @@ impl ServiceEnv {
     }
 }
 
-async fn wait_ready(
+/// Waits until the child's `/readyz` answers 200 (both its stores up).
+pub async fn wait_ready(
     proc: &mut Proc,
     addr: SocketAddr,
     http: &reqwest::Client,

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::jsonl::{self, Line};
 use crate::render::{self, Rejected, text};
-use crate::{Client, Error, ListArgs, Output, Report, SubmitArgs};
+use crate::{Client, Error, LimitsArgs, ListArgs, Output, Report, SubmitArgs};
 
 /// Header carrying `--idempotency-key`.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -120,6 +120,9 @@ impl Ctx {
         }
         if let Some(t) = a.timeout_ms {
             body.insert("timeout_ms".into(), t.into());
+        }
+        if let Some(k) = &a.key {
+            body.insert("key".into(), k.as_str().into());
         }
         let mut headers = HeaderMap::new();
         if let Some(key) = &a.idempotency_key {
@@ -305,6 +308,7 @@ impl Ctx {
             ("status", &a.status),
             ("type", &a.kind),
             ("queue", &a.queue),
+            ("key", &a.key),
         ];
         for (name, value) in filters {
             if let Some(v) = value {
@@ -387,7 +391,7 @@ impl Ctx {
             return Ok(self.show(&ans.body, |_| render::queue_list(queues)));
         };
         let ans = self.client.get(&["v1", "queues", name], &[]).await?;
-        Ok(self.show(&ans.body, |q| render::queue_list(std::slice::from_ref(q))))
+        Ok(self.show(&ans.body, render::queue_detail))
     }
 
     /// `pause Q` / `resume Q`: `POST /v1/queues/{name}/pause|resume`.
@@ -423,6 +427,29 @@ impl Ctx {
                 crate::error::one_line(queue)
             )
         }))
+    }
+
+    /// `limits Q`: `PUT /v1/queues/{name}/limits`, then the queue as `queues Q` shows it.
+    pub async fn limits(&self, a: &LimitsArgs) -> Result<String, Error> {
+        let body = json!({
+            "max_dispatches_per_second": a.max_dispatches_per_second,
+            "burst": a.burst,
+            "max_concurrent": a.max_concurrent,
+            "max_running_per_key": a.max_running_per_key,
+            "max_dispatches_per_second_per_key": a.max_dispatches_per_second_per_key,
+            "burst_per_key": a.burst_per_key,
+        });
+        let ans = self
+            .client
+            .call(
+                Method::PUT,
+                &["v1", "queues", &a.queue, "limits"],
+                &[],
+                Some(&body),
+                HeaderMap::new(),
+            )
+            .await?;
+        Ok(self.show(&ans.body, render::queue_detail))
     }
 
     /// `purge-dead Q`: asks first unless `yes`, then `POST /v1/queues/{name}/purge-dead`.

@@ -119,6 +119,8 @@ pub enum Command {
         #[arg(value_parser = path_segment)]
         name: Option<String>,
     },
+    /// Set a queue's dispatch limits; a limit not given is cleared.
+    Limits(LimitsArgs),
     /// Stop workers from starting tasks of a queue.
     Pause {
         #[arg(value_parser = path_segment)]
@@ -205,6 +207,10 @@ pub struct SubmitArgs {
     /// Submitting again with the same key returns the first task instead of a new one.
     #[arg(long, value_name = "KEY", value_parser = parse_header_value)]
     pub idempotency_key: Option<String>,
+    /// The task's key (a customer, an entity id): tasks of one key run in submit order
+    /// within a priority, at most the queue's `max_running_per_key` at once.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
     /// Submit every task of a JSON-lines file (`-` for stdin): one POST body object a
     /// line, blank lines skipped.
     #[arg(
@@ -212,7 +218,7 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "kind", "payload", "payload_file", "queue", "priority", "delay_ms",
-            "run_at", "max_attempts", "timeout_ms", "idempotency_key", "wait",
+            "run_at", "max_attempts", "timeout_ms", "idempotency_key", "wait", "key",
         ]
     )]
     pub file: Option<PathBuf>,
@@ -231,6 +237,32 @@ pub struct SubmitArgs {
     pub batch_size: u16,
 }
 
+/// `taskq limits`: the body of `PUT /v1/queues/{name}/limits` (every limit not given is
+/// cleared, as the endpoint does).
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    #[arg(value_parser = path_segment)]
+    pub queue: String,
+    /// Dispatches (task starts) per second across all workers.
+    #[arg(long, value_name = "RATE")]
+    pub max_dispatches_per_second: Option<f64>,
+    /// Starts allowed at once after a quiet period (needs the rate).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Tasks of the queue running at once.
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<u32>,
+    /// Tasks of one key running at once (1: one at a time, in submit order).
+    #[arg(long, value_name = "N")]
+    pub max_running_per_key: Option<u32>,
+    /// Dispatches per second of each key.
+    #[arg(long, value_name = "RATE")]
+    pub max_dispatches_per_second_per_key: Option<f64>,
+    /// Bucket size per key (needs the rate per key).
+    #[arg(long, value_name = "N")]
+    pub burst_per_key: Option<u32>,
+}
+
 /// `taskq list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -244,6 +276,9 @@ pub struct ListArgs {
     /// Only tasks of this queue.
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only tasks of this key.
+    #[arg(long)]
+    pub key: Option<String>,
     /// Tasks per page (the api's default: 50).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub limit: Option<u16>,
@@ -300,6 +335,7 @@ pub async fn run(cli: Cli, token: Option<&str>) -> Result<Report, Error> {
         Command::Retry { id } => ctx.retry(&id).await.map(Report::ok),
         Command::Cancel { id } => ctx.cancel(&id).await.map(Report::ok),
         Command::Queues { name } => ctx.queues(name.as_deref()).await.map(Report::ok),
+        Command::Limits(args) => ctx.limits(&args).await.map(Report::ok),
         Command::Pause { queue } => ctx.pause(&queue, true).await.map(Report::ok),
         Command::Resume { queue } => ctx.pause(&queue, false).await.map(Report::ok),
         Command::RetryDead { queue } => ctx.retry_dead(&queue).await.map(Report::ok),

@@ -226,6 +226,7 @@ pub fn queue_list(queues: &[Value]) -> String {
             "DEAD",
             "PROCESSED/1M",
             "FAILED/1M",
+            "KEYS",
         ],
         queues
             .iter()
@@ -241,10 +242,49 @@ pub fn queue_list(queues: &[Value]) -> String {
                     text(&c["dead"]),
                     text(&q["processed_1m"]),
                     text(&q["failed_1m"]),
+                    text(&q["keys"]["active"]),
                 ]
             })
             .collect(),
     )
+}
+
+/// One queue: its counts, then its limits and its busiest keys.
+pub fn queue_detail(q: &Value) -> String {
+    let mut out = queue_list(std::slice::from_ref(q));
+    let limits: Vec<String> = q["limits"]
+        .as_object()
+        .map(|l| {
+            l.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k}={}", text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let limits = if limits.is_empty() {
+        "none".to_owned()
+    } else {
+        limits.join(" ")
+    };
+    out.push_str(&format!(
+        "limits: {limits}
+"
+    ));
+    let busiest = q["keys"]["busiest"].as_array().cloned().unwrap_or_default();
+    if !busiest.is_empty() {
+        out.push_str(
+            "busiest keys:
+",
+        );
+        out.push_str(&columns(
+            &["KEY", "TASKS", "RUNNING"],
+            busiest
+                .iter()
+                .map(|k| vec![text(&k["key"]), text(&k["tasks"]), text(&k["running"])])
+                .collect(),
+        ));
+    }
+    out
 }
 
 /// One rejected item of a batch submit.
@@ -427,12 +467,12 @@ mod tests {
         let out = queue_list(&[json!({
             "name": "default", "paused": true,
             "counts": {"scheduled": 1, "queued": 2, "running": 3, "retrying": 4, "dead": 5},
-            "processed_1m": 60, "failed_1m": 7
+            "processed_1m": 60, "failed_1m": 7, "keys": {"active": 8, "busiest": []}
         })]);
         assert_eq!(
             out,
-            "NAME     PAUSED  SCHEDULED  QUEUED  RUNNING  RETRYING  DEAD  PROCESSED/1M  FAILED/1M\n\
-             default  yes     1          2       3        4         5     60            7\n"
+            "NAME     PAUSED  SCHEDULED  QUEUED  RUNNING  RETRYING  DEAD  PROCESSED/1M  FAILED/1M  KEYS\n\
+             default  yes     1          2       3        4         5     60            7          8\n"
         );
         assert_eq!(queue_list(&[]), "no queues\n");
     }

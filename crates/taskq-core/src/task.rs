@@ -53,6 +53,12 @@ pub struct NewTask {
     #[serde(default)]
     #[schema(pattern = "^[!-~]{1,256}$")]
     pub idempotency_key: Option<String>,
+    /// Orders and spreads work per key (a customer, an entity id): tasks of one key run
+    /// in submit order within a priority, at most the queue's `max_running_per_key` at
+    /// once, and a busy key never holds back the others (see the README's "Keys").
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:/@-]{1,128}$", example = "customer-42")]
+    pub key: Option<String>,
 }
 
 /// Partial backoff settings given on submit. `initial_ms` must not exceed `max_ms`
@@ -135,6 +141,9 @@ pub struct TaskRecord {
     /// [`crate::flow`]); absent for a task submitted on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<crate::flow::FlowLink>,
+    /// The task's key (see [`NewTask::key`]), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl TaskRecord {
@@ -156,6 +165,7 @@ impl TaskRecord {
                 .as_ref()
                 .map(|f| f.depends_on.clone())
                 .unwrap_or_default(),
+            key: self.key.clone(),
         }
     }
 }
@@ -180,4 +190,7 @@ pub struct TaskMessage {
     /// handler).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<TaskId>,
+    /// The task's key (see [`NewTask::key`]), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }

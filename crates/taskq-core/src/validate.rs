@@ -12,6 +12,25 @@ pub const MAX_TYPE_LEN: usize = 128;
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
+/// Longest accepted task key.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Checks a task key: 1-[`MAX_KEY_LEN`] characters from letters, digits and `_ . : / @ -`
+/// (no spaces, no braces: a key names Redis keys under its queue's `{queue}` hash tag).
+/// Returns what to fix.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key.bytes().all(|b| is_type_byte(b) || b == b'@');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1-{MAX_KEY_LEN} characters from letters, digits and `_ . : / @ -`"
+        ))
+    }
+}
+
 /// Bounds and defaults applied to every submitted task.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -148,6 +167,9 @@ impl Limits {
                 ),
             ));
         }
+        if let Some(k) = &req.key {
+            check_key(k).map_err(|m| ValidationError::field("key", m))?;
+        }
         let status = if scheduled_at > now {
             TaskStatus::Scheduled
         } else {
@@ -181,6 +203,7 @@ impl Limits {
             }],
             idempotency_key: req.idempotency_key,
             flow: None,
+            key: req.key,
         })
     }
 }
@@ -314,6 +337,14 @@ mod tests {
             )),
             "delay_ms"
         );
+        assert_eq!(field_of(admit(json!({"type": "x", "key": ""}))), "key");
+        assert_eq!(field_of(admit(json!({"type": "x", "key": "a b"}))), "key");
+        assert_eq!(field_of(admit(json!({"type": "x", "key": "{q}"}))), "key");
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        assert_eq!(field_of(admit(json!({"type": "x", "key": long}))), "key");
+        let ok = admit(json!({"type": "x", "key": "customer-42@eu/1:a"}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.key.as_deref(), Some("customer-42@eu/1:a"));
         assert_eq!(
             field_of(admit(json!({"type": "x", "backoff": {"multiplier": 0.5}}))),
             "backoff.multiplier"

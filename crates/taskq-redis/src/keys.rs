@@ -114,6 +114,37 @@ impl QueueKeys {
         format!("{}epoch", self.base)
     }
 
+    /// The queue's active task keys (a sorted set: member the key, score how many of its
+    /// tasks Redis holds, in any state). A key leaves it with its last task.
+    pub fn active_keys(&self) -> String {
+        format!("{}keys", self.base)
+    }
+
+    /// How many keyed tasks wait in their keys' backlogs (a counter; they are `queued`
+    /// but not in a pending list), so the queue's depth counts them.
+    pub fn backlogged(&self) -> String {
+        format!("{}keyed", self.base)
+    }
+
+    /// Task keys waiting for their rate per key (a sorted set: member the key, score when
+    /// its next token is due, ms by Redis's clock); PROMOTE pumps them then.
+    pub fn parked_keys(&self) -> String {
+        format!("{}kpark", self.base)
+    }
+
+    /// The state of one task key (a hash: `pend`, the id of its task in a pending list;
+    /// `run`, how many of its tasks run; `tok` and `ts`, its rate bucket). Deleted with
+    /// the key's last task.
+    pub fn key_state(&self, key: &str) -> String {
+        format!("{}kh:{key}", self.base)
+    }
+
+    /// The backlog of one task key and priority (a list, FIFO: LPUSH at the back, RPOP
+    /// from the front): its queued tasks other than the one in a pending list.
+    pub fn key_backlog(&self, key: &str, p: Priority) -> String {
+        format!("{}kb{}:{key}", self.base, priority_index(p))
+    }
+
     /// A `SCAN MATCH` pattern of every key of the queue (queue names hold no glob
     /// characters).
     pub fn pattern(&self) -> String {
@@ -190,10 +221,12 @@ pub mod task_hash {
     pub const CANCEL: &str = "cancel";
     /// `fail` on a waiting flow failure handler (see [`crate::flow`]).
     pub const MODE: &str = "mode";
+    /// The task's key, when it has one (see [`super::QueueKeys::key_state`]).
+    pub const KEY: &str = "key";
 
     /// Every field, in the order above.
-    pub const ALL: [&str; 10] = [
-        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL, MODE,
+    pub const ALL: [&str; 11] = [
+        MSG, STATE, PRIO, ATTEMPTS, MAX, SEQ, LEASE, QUEUED_AT, CANCEL, MODE, KEY,
     ];
 }
 
@@ -237,6 +270,11 @@ mod tests {
             k.dependents_prefix(),
             k.idempotency("order-{42}"),
             k.counter(Counter::Succeeded, 1_700_000_000_123),
+            k.active_keys(),
+            k.backlogged(),
+            k.parked_keys(),
+            k.key_state("customer:{7}"),
+            k.key_backlog("customer:{7}", Priority::Low),
         ];
         keys.extend(k.pending_all());
         let pattern = k.pattern();

@@ -4,7 +4,8 @@
 //! pending lists per queue, one per priority), which wait for a time (the scheduled and
 //! retry sorted sets), which are running and until when their lease lasts (the lease
 //! sorted set), and each task's message and counters (one hash per task, fields in
-//! [`keys::task_hash`]). Every transition is one Lua script of [`scripts`] (one module
+//! [`keys::task_hash`]), and for tasks with a key, each key's backlog, head and running
+//! count (the `key_fns` helpers of [`scripts`]). Every transition is one Lua script of [`scripts`] (one module
 //! per script, with its keys, arguments and reply), so concurrent workers, reapers and
 //! promoters never race. Finished tasks leave Redis; their records live in the store.
 //!
@@ -41,7 +42,7 @@ use conn::{Conn, Source};
 pub use keys::{Counter, QueueKeys};
 pub use notify::{Finished, FinishedSubscription};
 pub use outbox::{OutboxEntry, OutboxReader, OutboxUpdate};
-pub use queue::{QueueCounts, QueueLimits};
+pub use queue::{KeyLoad, QueueCounts, QueueLimits};
 pub use scripts::cancel::CancelOutcome;
 pub use scripts::dequeue::{Dequeued, Leased};
 pub use scripts::fail::FailOutcome;

@@ -1,15 +1,13 @@
 //! A queue's state outside the task transitions: its dispatch limits, its pause flag,
-//! its counts per live state, its finished-attempt counters, the registry of queues, and
-//! the removal of tasks whose submit failed. Plain commands and `MULTI` pipelines on the
-//! queue's own keys; no script.
-
-use std::collections::BTreeMap;
+//! its counts per live state, its active task keys, its finished-attempt counters and
+//! the registry of queues. Plain commands and `MULTI` pipelines on the queue's own
+//! keys; no script.
 
 use redis::AsyncCommands;
-use taskq_core::{QueueName, TaskId};
+use taskq_core::QueueName;
 
 use crate::keys::{self, Counter, QueueKeys};
-use crate::{Broker, BrokerError, Result};
+use crate::{Broker, Result};
 
 /// Per-queue dispatch limits, enforced across all workers (in the dequeue script).
 /// `null` or absent fields mean no limit. The `#[schema]` bounds are the ones the api
@@ -31,6 +29,22 @@ pub struct QueueLimits {
     #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent: Option<u32>,
+    /// Most tasks of one key running at once (1: one at a time, in submit order within
+    /// a priority). Without it keys have no running limit but are still served round
+    /// robin. A change applies as each key's tasks next start or stop.
+    #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub max_running_per_key: Option<u32>,
+    /// Token-bucket rate of dispatches per second of each key: a key whose bucket is
+    /// empty waits (parked until its next token; released by the workers' promoter,
+    /// every `TASKQ_PROMOTE_INTERVAL_MS`) while other keys go on.
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
+    pub max_dispatches_per_second_per_key: Option<f64>,
+    /// Bucket size per key (default: the rate per key, rounded up). Needs
+    /// `max_dispatches_per_second_per_key`.
+    #[serde(default, deserialize_with = "taskq_core::wire::opt_int")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub burst_per_key: Option<u32>,
 }
 
 /// Task counts of one queue, as Redis sees them.
@@ -40,31 +54,21 @@ pub struct QueueCounts {
     pub scheduled: u64,
     pub retrying: u64,
     pub running: u64,
+    /// Task keys with at least one task in Redis.
+    pub active_keys: u64,
+}
+
+/// One of a queue's busiest task keys.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct KeyLoad {
+    pub key: String,
+    /// Its tasks in Redis (queued, scheduled, retrying or running).
+    pub tasks: u64,
+    /// Its tasks running now.
+    pub running: u64,
 }
 
 impl Broker {
-    /// Removes tasks from Redis whatever their state: their hashes go, so the ids left
-    /// in lists and sets are skipped and dropped by the scripts. Undoes an enqueue whose
-    /// outcome is unknown (an error or a lost reply) when the submit fails.
-    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<()> {
-        let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
-        for (q, id) in tasks {
-            by_queue
-                .entry(q)
-                .or_default()
-                .push(QueueKeys::new(q).task(id));
-        }
-        let calls = by_queue.into_values().map(|keys| {
-            let mut c = self.conn.clone();
-            async move {
-                let _: i64 = c.del(keys).await?;
-                Ok::<_, BrokerError>(())
-            }
-        });
-        futures::future::try_join_all(calls).await?;
-        Ok(())
-    }
-
     /// Sets (or with `None` clears) the dispatch limits of `queue`, for every worker.
     pub async fn set_limits(&self, queue: &QueueName, limits: &QueueLimits) -> Result<()> {
         let keys = QueueKeys::new(queue);
@@ -84,6 +88,19 @@ impl Broker {
         if let Some(c) = limits.max_concurrent {
             fields.push(("concurrency", c.to_string()));
         }
+        if let Some(c) = limits.max_running_per_key {
+            fields.push(("key_conc", c.to_string()));
+        }
+        if let Some(r) = limits.max_dispatches_per_second_per_key {
+            fields.push(("key_rate", r.to_string()));
+            fields.push((
+                "key_burst",
+                limits
+                    .burst_per_key
+                    .unwrap_or_else(|| r.ceil().max(1.0) as u32)
+                    .to_string(),
+            ));
+        }
         if !fields.is_empty() {
             pipe.hset_multiple(keys.limits(), &fields);
         }
@@ -97,17 +114,31 @@ impl Broker {
     /// The dispatch limits of `queue`.
     pub async fn limits(&self, queue: &QueueName) -> Result<QueueLimits> {
         let mut c = self.conn.clone();
-        let (rate, burst, conc): (Option<f64>, Option<u32>, Option<u32>) = redis::cmd("HMGET")
+        #[allow(clippy::type_complexity)]
+        let (rate, burst, conc, key_conc, key_rate, key_burst): (
+            Option<f64>,
+            Option<u32>,
+            Option<u32>,
+            Option<u32>,
+            Option<f64>,
+            Option<u32>,
+        ) = redis::cmd("HMGET")
             .arg(QueueKeys::new(queue).limits())
             .arg("rate")
             .arg("burst")
             .arg("concurrency")
+            .arg("key_conc")
+            .arg("key_rate")
+            .arg("key_burst")
             .query_async(&mut c)
             .await?;
         Ok(QueueLimits {
             max_dispatches_per_second: rate,
             burst: rate.and(burst),
             max_concurrent: conc,
+            max_running_per_key: key_conc,
+            max_dispatches_per_second_per_key: key_rate,
+            burst_per_key: key_rate.and(key_burst),
         })
     }
 
@@ -121,15 +152,57 @@ impl Broker {
             .llen(l)
             .zcard(keys.scheduled())
             .zcard(keys.retry())
-            .zcard(keys.lease());
+            .zcard(keys.lease())
+            .get(keys.backlogged())
+            .zcard(keys.active_keys());
         let mut c = self.conn.clone();
-        let (h, n, l, s, r, run): (u64, u64, u64, u64, u64, u64) = pipe.query_async(&mut c).await?;
+        #[allow(clippy::type_complexity)]
+        let (h, n, l, s, r, run, backlog, active): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Option<u64>,
+            u64,
+        ) = pipe.query_async(&mut c).await?;
         Ok(QueueCounts {
-            queued: h + n + l,
+            queued: h + n + l + backlog.unwrap_or(0),
             scheduled: s,
             retrying: r,
             running: run,
+            active_keys: active,
         })
+    }
+
+    /// The `n` task keys of `queue` with the most tasks in Redis, busiest first.
+    pub async fn busiest_keys(&self, queue: &QueueName, n: usize) -> Result<Vec<KeyLoad>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = QueueKeys::new(queue);
+        let mut c = self.conn.clone();
+        let top: Vec<(String, f64)> = c
+            .zrevrange_withscores(keys.active_keys(), 0, n as isize - 1)
+            .await?;
+        if top.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, _) in &top {
+            pipe.hget(keys.key_state(key), "run");
+        }
+        let running: Vec<Option<u64>> = pipe.query_async(&mut c).await?;
+        Ok(top
+            .into_iter()
+            .zip(running)
+            .map(|((key, tasks), run)| KeyLoad {
+                key,
+                tasks: tasks.max(0.0) as u64,
+                running: run.unwrap_or(0),
+            })
+            .collect())
     }
 
     /// How many scheduled tasks of `queue` are due at `now_ms` (their time has come but no

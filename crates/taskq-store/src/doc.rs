@@ -10,6 +10,7 @@
 //!   last_error: string|null, result: "<JSON text>"|null,
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
+//!   key?: string,               (the task's key, when it has one)
 //!   events: [ { status, at, attempt, error?, worker? } ],
 //!   sp?: date,                  (submit pending: see `f::SUBMIT_PENDING`)
 //!   flow?: { id, name?, depends_on: [ids] } }   (a flow's task: see `crate::flows`)
@@ -66,6 +67,8 @@ pub(crate) mod f {
     pub const TRACEPARENT: &str = "traceparent";
     pub const EVENTS: &str = "events";
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// The task's key (absent when it has none).
+    pub const KEY: &str = "key";
     /// `<queue>:<idempotency key>`, under a unique sparse index: at most one record per
     /// key and queue. Removed when the key's retention ends, so the key can be reused.
     pub const IDEM: &str = "idem";
@@ -191,6 +194,9 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
     if let Some(link) = &rec.flow {
         d.insert(f::FLOW, crate::flows::link_doc(link));
     }
+    if let Some(key) = &rec.key {
+        d.insert(f::KEY, key.as_str());
+    }
     Ok(d)
 }
 
@@ -268,6 +274,7 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
             None | Some(Bson::Null) => None,
             Some(_) => Some(crate::flows::read_link(r.doc(f::FLOW)?, &label)?),
         },
+        key: r.opt_str(f::KEY)?,
         events,
     };
     let seq = st.uint(f::SEQ)?;
@@ -488,6 +495,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             idempotency_key: Some("order-42".into()),
             flow: None,
+            key: Some("customer-7".into()),
             events: vec![
                 TaskEvent {
                     status: TaskStatus::Queued,

@@ -108,6 +108,8 @@ pub struct ListFilter {
     /// The task type.
     pub kind: Option<String>,
     pub queue: Option<QueueName>,
+    /// The task's key.
+    pub key: Option<String>,
 }
 
 /// One page of [`Store::list`], newest first.
@@ -178,6 +180,16 @@ impl Store {
                 index("status_id", doc! { f::ST_STATUS: 1, f::ID: -1 }),
                 index("queue_id", doc! { f::QUEUE: 1, f::ID: -1 }),
                 index("type_id", doc! { f::TYPE: 1, f::ID: -1 }),
+                // Sparse: only keyed tasks carry `key`.
+                IndexModel::builder()
+                    .keys(doc! { f::KEY: 1, f::ID: -1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("key_id".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
                 index(
                     "queue_status_id",
                     doc! { f::QUEUE: 1, f::ST_STATUS: 1, f::ID: -1 },
@@ -563,6 +575,9 @@ impl Store {
         }
         if let Some(queue) = &filter.queue {
             q.insert(f::QUEUE, queue.as_str());
+        }
+        if let Some(k) = &filter.key {
+            q.insert(f::KEY, k.as_str());
         }
         if let Some(c) = cursor {
             q.insert(f::ID, doc! { "$lt": c.to_string() });

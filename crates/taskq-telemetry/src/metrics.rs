@@ -63,6 +63,11 @@ pub struct Metrics {
     pub wait: HistFamily<QueueLabels>,
     pub depth: Family<DepthLabels, Gauge>,
     pub lease_expirations: Family<QueueLabels, Counter>,
+    /// Task keys with tasks in Redis, per queue (not per key: bounded cardinality).
+    pub active_keys: Family<QueueLabels, Gauge>,
+    /// Times a key's next task was left waiting because the key reached the queue's
+    /// `max_running_per_key`, per queue.
+    pub key_limit_holds: Family<QueueLabels, Counter>,
     /// Heartbeats that failed or found the lease gone.
     pub heartbeats_missed: Counter,
     pub write_buffer_depth: Gauge,
@@ -99,6 +104,8 @@ impl Metrics {
         let wait: HistFamily<QueueLabels> = Family::new_with_constructor(seconds_histogram);
         let depth = Family::default();
         let lease_expirations = Family::default();
+        let active_keys = Family::default();
+        let key_limit_holds = Family::default();
         let heartbeats_missed = Counter::default();
         let write_buffer_depth = Gauge::default();
         let flush_duration = seconds_histogram();
@@ -164,6 +171,16 @@ impl Metrics {
             lease_expirations.clone(),
         );
         r.register(
+            "queue_active_keys",
+            "Task keys with tasks in Redis, per queue",
+            active_keys.clone(),
+        );
+        r.register(
+            "key_limit_holds",
+            "Times a key's next task waited for the queue's max_running_per_key",
+            key_limit_holds.clone(),
+        );
+        r.register(
             "heartbeats_missed",
             "Heartbeats that failed or found the lease lost",
             heartbeats_missed.clone(),
@@ -216,6 +233,8 @@ impl Metrics {
             wait,
             depth,
             lease_expirations,
+            active_keys,
+            key_limit_holds,
             heartbeats_missed,
             write_buffer_depth,
             flush_duration,

@@ -10,6 +10,8 @@ use rand::rngs::SmallRng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use taskq_telemetry::metrics::Metrics;
+
 use crate::executor;
 use crate::worker::RunCtx;
 
@@ -74,6 +76,13 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
                     continue;
                 }
                 Ok(d) => {
+                    if d.key_held > 0 {
+                        shared
+                            .metrics
+                            .key_limit_holds
+                            .get_or_create(&Metrics::queue(queue.as_str()))
+                            .inc_by(u64::from(d.key_held));
+                    }
                     leased = d.tasks;
                     break;
                 }

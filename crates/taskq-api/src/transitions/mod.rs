@@ -11,15 +11,19 @@
 //!
 //! | transition | module | writes, in order | undo |
 //! |---|---|---|---|
-//! | submit (single, batch, periodic tick) | [`submit`] | MongoDB insert (`seq` 1, marked), Redis enqueue within the deadline | Redis remove, then delete the records still marked by this submit; else cancel (`submit_failed`) |
+//! | submit (single, batch, periodic tick) | [`submit`] | MongoDB insert (`seq` 1, marked, with its `key`), Redis enqueue within the deadline (a keyed task into its key's backlog) | Redis remove (the `REMOVE` script, which also takes a keyed task out of its key), then delete the records still marked by this submit; else cancel (`submit_failed`) |
 //! | submit with an idempotency key | [`submit`] | Redis claim, then as above, then the claim's lifetime | drop the claim |
 //! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
 //! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S, then the id published on `taskq:finished` (wakes `?wait=` readers) | none needed: MongoDB only follows Redis; a lost publish delays waiters to their deadline |
-//! | recover after Redis lost its data | [`recover`] | MongoDB read, Redis enqueue of what Redis lacks (`seq` + 1), then every `waiting` record registered again ([`flow`]) | none: idempotent, call again |
+//! | recover after Redis lost its data | [`recover`] | MongoDB read in id (submit) order, Redis enqueue of what Redis lacks (`seq` + 1), so each key keeps its order, then every `waiting` record registered again ([`flow`]) | none: idempotent, call again |
 //! | submit a flow | [`flow`] | as a batch submit: MongoDB insert (roots `queued`, dependents `waiting`), then Redis: dependents sets, waiting tasks, roots' enqueue | as a batch submit |
 //! | waiting → queued / cancelled (a dependency finished) | [`flow`] (run by the workers' outbox writers) | MongoDB has the dependency's final update, then the `FLOW_RELEASE` script (the dependent's update in its queue's outbox), then the outbox entry is acknowledged | none: repeated until acknowledged |
 //! | cancel / retry a flow | [`flow`] | per task as [`cancel`] / [`retry`]; a retry puts tasks cancelled by a dependency back to `waiting` (MongoDB, then Redis) | per task |
+//!
+//! Task keys add no transition: the scripts that move a keyed task (enqueue, dequeue, ack,
+//! fail, release, reap, cancel, promote, remove) also keep its key's backlog, head and
+//! running count in the same atomic step (`taskq-redis`'s `scripts::key_fns`).
 //!
 //! The workers own the other transitions (lease, ack, fail, retry with backoff, dead,
 //! release, promote, reap): each is one Lua script in `taskq-redis` that also appends the

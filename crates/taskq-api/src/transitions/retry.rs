@@ -77,6 +77,7 @@ pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64
         status: Some(TaskStatus::Dead),
         kind: None,
         queue: Some(name),
+        ..ListFilter::default()
     };
     let mut retried = 0u64;
     let partial = |error: ApiError, retried: u64, stuck: u64| {

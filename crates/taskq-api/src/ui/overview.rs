@@ -182,6 +182,15 @@ fn limits_text(l: &QueueLimits) -> String {
     if let Some(c) = l.max_concurrent {
         parts.push(format!("≤{c} running"));
     }
+    if let Some(c) = l.max_running_per_key {
+        parts.push(format!("≤{c} running per key"));
+    }
+    if let Some(r) = l.max_dispatches_per_second_per_key {
+        parts.push(format!("{r}/s per key"));
+    }
+    if let Some(b) = l.burst_per_key {
+        parts.push(format!("burst {b} per key"));
+    }
     if parts.is_empty() {
         "none".into()
     } else {
@@ -383,6 +392,10 @@ pub async fn queue_page(
             format!("no queue {name}"),
         ));
     }
+    let busiest = state
+        .broker
+        .busiest_keys(&name, crate::queues::BUSIEST_KEYS)
+        .await?;
     let r = queue_row(&state, name, taskq_core::now_ms()).await?;
     let q = r.name.as_str().to_owned();
     let action = format!("/ui/queues/{}/action", url_encode(&q));
@@ -405,11 +418,27 @@ pub async fn queue_page(
                     dt { "cancelled" } dd { (capped(r.cancelled)) }
                     dt { "processed / failed last minute" } dd { (r.processed_1m) " / " (r.failed_1m) }
                     dt { "limits" } dd { (limits_text(&r.limits)) }
+                    dt { "active keys" } dd { (r.live.active_keys) }
                 }
             }
             div class="card" {
                 div class="legend" { span class="k-ok" { "■ succeeded" } span class="k-bad" { "■ failed" } }
                 (chart(&ok, &bad))
+            }
+        }
+        @if !busiest.is_empty() {
+            h2 { "Busiest keys" }
+            table {
+                thead { tr { th { "key" } th { "tasks in Redis" } th { "running" } } }
+                tbody {
+                    @for k in &busiest {
+                        tr {
+                            td class="mono" { (k.key) }
+                            td { (k.tasks) }
+                            td { (k.running) }
+                        }
+                    }
+                }
             }
         }
         @if viewer.acts() {
@@ -435,6 +464,15 @@ pub async fn queue_page(
                 label { "max running"
                     input type="number" name="max_concurrent" min="1" step="1"
                         value=(opt(r.limits.max_concurrent.map(|v| v.to_string()))); }
+                label { "max running per key"
+                    input type="number" name="max_running_per_key" min="1" step="1"
+                        value=(opt(r.limits.max_running_per_key.map(|v| v.to_string()))); }
+                label { "dispatches per second per key"
+                    input type="number" name="key_rate" min="0" step="any"
+                        value=(opt(r.limits.max_dispatches_per_second_per_key.map(|v| v.to_string()))); }
+                label { "burst per key"
+                    input type="number" name="key_burst" min="1" step="1"
+                        value=(opt(r.limits.burst_per_key.map(|v| v.to_string()))); }
                 button type="submit" class="primary" { "Save limits" }
                 span class="muted" { "Empty fields clear a limit." }
             }
@@ -483,6 +521,9 @@ pub async fn queue_action(
                 max_dispatches_per_second: parse_opt(&form, "rate")?,
                 burst: parse_opt(&form, "burst")?,
                 max_concurrent: parse_opt(&form, "max_concurrent")?,
+                max_running_per_key: parse_opt(&form, "max_running_per_key")?,
+                max_dispatches_per_second_per_key: parse_opt(&form, "key_rate")?,
+                burst_per_key: parse_opt(&form, "key_burst")?,
             };
             let _ =
                 crate::queues::set_limits(State(state.clone()), path(), JsonBody(limits)).await?;

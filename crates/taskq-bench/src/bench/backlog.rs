@@ -59,7 +59,7 @@ impl Bench {
         progress(&format!(
             "phase 7: batch submit of {n} tasks with the backlog queued"
         ));
-        let (rate, ids) = self.batch_submit(n, "batch submit, backlog").await?;
+        let (rate, ids) = self.batch_submit(n, 0, "batch submit, backlog").await?;
         self.report.push(Metric::new(
             "batch_submit_backlog_tasks_per_s",
             "batch submit, backlog queued",

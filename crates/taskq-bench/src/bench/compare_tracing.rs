@@ -51,7 +51,7 @@ impl Bench {
                 arms.len()
             ));
             let (submit, ids) = self
-                .batch_submit(n, &format!("batch submit, {label}"))
+                .batch_submit(n, 0, &format!("batch submit, {label}"))
                 .await?;
             progress(&format!(
                 "arm {}/{}: {label}: processing (worker starts)",

@@ -29,7 +29,7 @@ impl Bench {
         progress(&format!(
             "plain: batch submit of {n} tasks (no worker running)"
         ));
-        self.batch_submit(n, "batch submit").await?;
+        self.batch_submit(n, 0, "batch submit").await?;
         progress("plain: processing until every record settled (worker starts)");
         let plain = self.run_to_settled(n, "processing, plain").await?;
         self.report.push(Metric::new(

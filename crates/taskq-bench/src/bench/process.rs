@@ -32,8 +32,7 @@ impl Bench {
         ids: &HashSet<String>,
         phase: &str,
     ) -> anyhow::Result<Processing> {
-        let normal = self.keys.pending(Priority::Normal);
-        let queued: u64 = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+        let queued = self.queued_normal().await?;
         let spawned = Instant::now();
         let worker = self.env.spawn_worker()?;
         let depth = DepthWatch::start(self.http.clone(), format!("http://{}/metrics", worker.1));
@@ -44,7 +43,7 @@ impl Bench {
         let mut moved = Instant::now();
         let (first, start_snap) = loop {
             self.worker_alive()?;
-            let left = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+            let left = self.queued_normal().await?;
             if left < queued {
                 break (Instant::now(), self.snapshot());
             }
@@ -56,7 +55,7 @@ impl Bench {
         // Until the normal list is empty.
         loop {
             self.worker_alive()?;
-            let left = self.redis_u64(redis::cmd("LLEN").arg(&normal)).await?;
+            let left = self.queued_normal().await?;
             if left == 0 {
                 break;
             }
@@ -120,6 +119,19 @@ impl Bench {
                 cpu
             },
         })
+    }
+
+    /// Normal-priority tasks waiting: the normal pending list plus the keyed tasks in
+    /// their keys' backlogs (the bench's keyed tasks are all normal priority).
+    async fn queued_normal(&self) -> anyhow::Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.llen(self.keys.pending(Priority::Normal))
+            .get(self.keys.backlogged());
+        let (listed, backlogged): (u64, Option<u64>) = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .context("reading the queue")?;
+        Ok(listed + backlogged.unwrap_or(0))
     }
 
     /// Adds worker and Redis CPU per task of a processing phase.

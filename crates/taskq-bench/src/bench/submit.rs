@@ -30,38 +30,52 @@ struct Created {
 
 impl Bench {
     /// Submits `n` noop tasks through `POST /v1/tasks/batch`; returns tasks/s and their ids.
+    /// With `keys` > 0 task `i` has the key `k-<i mod keys>`.
     pub(super) async fn batch_submit(
         &mut self,
         n: usize,
+        keys: usize,
         phase: &str,
     ) -> anyhow::Result<(f64, HashSet<String>)> {
         let task = json!({"type": "noop", "queue": self.queue.as_str()});
-        self.batch_submit_of(n, phase, task).await
+        self.batch_submit_of(n, keys, phase, task).await
     }
 
     /// Submits `n` copies of `task` through `POST /v1/tasks/batch`; returns tasks/s and
-    /// their ids.
+    /// their ids. With `keys` > 0 copy `i` has the key `k-<i mod keys>`.
     pub(super) async fn batch_submit_of(
         &mut self,
         n: usize,
+        keys: usize,
         phase: &str,
         task: serde_json::Value,
     ) -> anyhow::Result<(f64, HashSet<String>)> {
         let url = self.api_url("/v1/tasks/batch")?;
-        let body = |k: usize| Bytes::from(json!({ "tasks": vec![task.clone(); k] }).to_string());
-        let full = body(self.cfg.batch_size);
-        let sizes: Vec<usize> = (0..n)
+        let body = |start: usize, k: usize| {
+            let tasks: Vec<serde_json::Value> = (start..start + k)
+                .map(|i| {
+                    let mut t = task.clone();
+                    if keys > 0 {
+                        t["key"] = json!(format!("k-{}", i % keys));
+                    }
+                    t
+                })
+                .collect();
+            Bytes::from(json!({ "tasks": tasks }).to_string())
+        };
+        let full = body(0, self.cfg.batch_size);
+        let sizes: Vec<(usize, usize)> = (0..n)
             .step_by(self.cfg.batch_size)
-            .map(|start| (n - start).min(self.cfg.batch_size))
+            .map(|start| (start, (n - start).min(self.cfg.batch_size)))
             .collect();
         let snap = self.snapshot();
         let start = Instant::now();
         let replies: Vec<Vec<String>> = futures::stream::iter(sizes)
-            .map(|k| {
-                let b = if k == self.cfg.batch_size {
+            .map(|(at, k)| {
+                let b = if k == self.cfg.batch_size && keys == 0 {
                     full.clone()
                 } else {
-                    body(k)
+                    body(at, k)
                 };
                 let sent = post_created(&self.http, &url, b, "batch submit");
                 async move {

@@ -29,7 +29,7 @@ impl Bench {
         ));
         let task =
             json!({"type": "sleep", "payload": {"ms": SLEEP_MS}, "queue": self.queue.as_str()});
-        let (_, ids) = self.batch_submit_of(n, "batch submit", task).await?;
+        let (_, ids) = self.batch_submit_of(n, 0, "batch submit", task).await?;
 
         progress(&format!("opening {n} waiting requests (?wait={WAIT})"));
         let mut set = tokio::task::JoinSet::new();

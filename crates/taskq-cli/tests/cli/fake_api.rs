@@ -109,7 +109,12 @@ fn queue(name: &str, paused: bool) -> Value {
         "paused": paused,
         "counts": {"scheduled": 1, "queued": 20, "running": 3, "retrying": 4, "dead": 5},
         "processed_1m": 600,
-        "failed_1m": 7
+        "failed_1m": 7,
+        "limits": {"max_concurrent": 4, "max_running_per_key": 1, "burst": null},
+        "keys": {"active": 2, "busiest": [
+            {"key": "acme", "tasks": 9, "running": 1},
+            {"key": "zeta", "tasks": 1, "running": 0}
+        ]}
     })
 }
 
@@ -691,12 +696,21 @@ async fn queues_are_listed_and_shown() {
     let out = taskq(&api.url, &["queues"]).await.ok().to_owned();
     assert_eq!(
         out,
-        "NAME      PAUSED  SCHEDULED  QUEUED  RUNNING  RETRYING  DEAD  PROCESSED/1M  FAILED/1M\n\
-         default   no      1          20      3        4         5     600           7\n\
-         critical  yes     1          20      3        4         5     600           7\n"
+        "NAME      PAUSED  SCHEDULED  QUEUED  RUNNING  RETRYING  DEAD  PROCESSED/1M  FAILED/1M  KEYS\n\
+         default   no      1          20      3        4         5     600           7          2\n\
+         critical  yes     1          20      3        4         5     600           7          2\n"
     );
     let out = taskq(&api.url, &["queues", "low"]).await.ok().to_owned();
-    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.ends_with(
+            "limits: max_concurrent=4 max_running_per_key=1\n\
+             busiest keys:\n\
+             KEY   TASKS  RUNNING\n\
+             acme  9      1\n\
+             zeta  1      0\n"
+        ),
+        "{out}"
+    );
     assert!(
         out.lines()
             .nth(1)

@@ -209,6 +209,62 @@ async fn submit_get_and_list_against_the_api() {
     assert_eq!(all["next_cursor"], Value::Null);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_limits_and_the_busiest_keys() {
+    let api = RealApi::start().await;
+    let out = taskq(
+        &api.url,
+        &[
+            "limits",
+            "keyed",
+            "--max-running-per-key",
+            "1",
+            "--max-concurrent",
+            "8",
+        ],
+    )
+    .await
+    .ok()
+    .to_owned();
+    assert!(
+        out.contains("max_running_per_key=1") && out.contains("max_concurrent=8"),
+        "{out}"
+    );
+    let mut ids = Vec::new();
+    for key in ["acme", "acme", "zeta"] {
+        let t = taskq(
+            &api.url,
+            &[
+                "submit", "noop", "--queue", "keyed", "--key", key, "-o", "json",
+            ],
+        )
+        .await
+        .json();
+        assert_eq!(t["key"], key);
+        ids.push(t["id"].as_str().expect("id").to_owned());
+    }
+    let list = taskq(&api.url, &["list", "--key", "acme", "-o", "json"])
+        .await
+        .json();
+    let mut acme = vec![ids[0].clone(), ids[1].clone()];
+    acme.reverse();
+    assert_eq!(self::ids(&list), acme, "newest first");
+    let out = taskq(&api.url, &["queues", "keyed"]).await.ok().to_owned();
+    assert!(out.contains("busiest keys:\nKEY"), "{out}");
+    let acme_row = out.lines().position(|l| l.starts_with("acme "));
+    let zeta_row = out.lines().position(|l| l.starts_with("zeta "));
+    assert!(
+        acme_row.is_some() && acme_row < zeta_row,
+        "busiest first: {out}"
+    );
+    let bad = taskq(&api.url, &["submit", "noop", "--key", "a b"]).await;
+    let line = bad.error_line();
+    assert!(
+        line.contains("invalid_field") && line.contains("key"),
+        "{line}"
+    );
+}
+
 async fn list_all(api: &RealApi) -> Value {
     taskq(&api.url, &["list", "--queue", "cli", "-o", "json"])
         .await

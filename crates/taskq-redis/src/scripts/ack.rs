@@ -1,12 +1,19 @@
 //! ACK: completes attempts whose lease the worker still holds: the task leaves Redis,
 //! and its final update (`succeeded` or `cancelled`) goes to the outbox. Successes are
 //! counted in the current second's counter (see [`Counter`]); cancellations are not
-//! counted (the call passes no counter key).
+//! counted (the call passes no counter key). A task with a key frees its running slot in
+//! the key, whose next task may become runnable (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
-//! KEYS[1] -> taskq:{<queue>}:lease
-//! KEYS[2] -> taskq:{<queue>}:outbox
-//! KEYS[3] -> taskq:{<queue>}:stats:ok:<second>   (optional: absent, nothing is counted)
+//! KEYS[1]    -> taskq:{<queue>}:lease
+//! KEYS[2]    -> taskq:{<queue>}:outbox
+//! KEYS[3]    -> taskq:{<queue>}:wake
+//! KEYS[4..6] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[7]    -> taskq:{<queue>}:limits
+//! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
+//! KEYS[11]   -> taskq:{<queue>}:stats:ok:<second>   (optional: absent, nothing is counted)
 //! ARGV    -> task hash prefix, now (ms), worker id, final status,
 //!            then per task: id, lease token, extras
 //! reply   -> per task, the new seq, or 0 when the lease was no longer held
@@ -14,23 +21,28 @@
 
 use taskq_core::{QueueName, TaskId, TaskStatus};
 
-use super::{invocation, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, BrokerError, Result, outbox};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[4], KEYS[5], KEYS[6]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(5, 3, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
   if seq then
+    local uk = redis.call('HGET', k, 'key')
     redis.call('DEL', k)
+    if uk then kdone(q, uk) end
     ob_add(ent, id, seq, ARGV[4], attempts, ARGV[i + 2])
   end
   return seq
 end)
-ob_flush(KEYS[2], ent, KEYS[3])
+ob_flush(KEYS[2], ent, KEYS[11])
+if q.woke then wake(KEYS[3]) end
 return out
 ",
 );
@@ -124,9 +136,11 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above; `counter` is the optional
-/// third.
+/// last.
 pub(crate) fn keys(k: &QueueKeys, counter: Option<String>) -> Vec<String> {
-    let mut keys = vec![k.lease(), k.outbox()];
+    let mut keys = vec![k.lease(), k.outbox(), k.wake()];
+    keys.extend(k.pending_all());
+    keys.extend(key_keys(k));
     keys.extend(counter);
     keys
 }

@@ -2,39 +2,58 @@
 //! retrying) leaves Redis at once; a running one is flagged (its hash's `cancel` field),
 //! and its worker stops the handler and finishes it as cancelled. A waiting task's
 //! `cancelled` update goes to the outbox in the same step, so its record follows even
-//! if the caller never writes it (the api writes it too, to answer with it).
+//! if the caller never writes it (the api writes it too, to answer with it). A waiting
+//! task with a key leaves its key's pending slot or backlog, and the key's next task
+//! may become runnable (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[4]    -> taskq:{<queue>}:scheduled
 //! KEYS[5]    -> taskq:{<queue>}:retry
 //! KEYS[6]    -> taskq:{<queue>}:outbox
+//! KEYS[7]    -> taskq:{<queue>}:wake
+//! KEYS[8]    -> taskq:{<queue>}:limits
+//! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, id, now (ms)
 //! reply      -> {0} not in Redis, {1, seq, attempts} cancelled, {2, 0} running and flagged
 //! ```
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
 local id = ARGV[2]
 local k = ARGV[1] .. id
-local vals = redis.call('HMGET', k, 'state', 'prio', 'attempts')
+local vals = redis.call('HMGET', k, 'state', 'prio', 'attempts', 'key')
 if not vals[1] then return {0} end
 if vals[1] == 'running' then
   redis.call('HSET', k, 'cancel', '1')
   return {2, 0}
 end
 local seq = redis.call('HINCRBY', k, 'seq', 1)
-redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
+local uk = vals[4]
+if uk and vals[1] == 'queued' then
+  kunqueue(q, uk, id, tonumber(vals[2]))
+elseif not uk then
+  redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
+end
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZREM', KEYS[5], id)
 redis.call('DEL', k)
+if uk then
+  kleave(q, uk)
+  kpump(q, uk)
+  if q.woke then wake(KEYS[7]) end
+end
 local attempts = tonumber(vals[3]) or 0
 local ent = ob_new(ARGV[3], '')
 ob_add(ent, id, seq, 'cancelled', attempts, '')
@@ -81,7 +100,20 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
-    [high, normal, low, k.scheduled(), k.retry(), k.outbox()]
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        high,
+        normal,
+        low,
+        k.scheduled(),
+        k.retry(),
+        k.outbox(),
+        k.wake(),
+        lim,
+        act,
+        nb,
+        park,
+    ]
 }

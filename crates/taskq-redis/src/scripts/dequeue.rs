@@ -2,6 +2,11 @@
 //! within the queue's limits: at most `concurrency` running at once (across all workers)
 //! and a token bucket of `rate` dispatches per second holding up to `burst` tokens.
 //!
+//! A task with a key was its key's head (see the `key_fns` of [`scripts`](super)): its key counts
+//! one more running, and the key's next task joins the back of its pending list unless
+//! the key reached the queue's `max_running_per_key`; so keys are served round robin and
+//! a busy key never holds back the others.
+//!
 //! Records each task's `running` update in the outbox. While the outbox holds `max
 //! outbox` entries or more (MongoDB is behind), nothing is taken: the store's lag stays
 //! bounded. Leaves a wake token when work remains, so the next idle worker picks it up.
@@ -11,11 +16,16 @@
 //! KEYS[4]    -> taskq:{<queue>}:lease
 //! KEYS[5]    -> taskq:{<queue>}:wake
 //! KEYS[6]    -> taskq:{<queue>}:paused   (nothing is taken while it exists)
-//! KEYS[7]    -> taskq:{<queue>}:limits   (hash: rate, burst, concurrency, tokens, ts)
+//! KEYS[7]    -> taskq:{<queue>}:limits   (hash: rate, burst, concurrency, tokens, ts,
+//!                                         key_conc)
 //! KEYS[8]    -> taskq:{<queue>}:outbox
+//! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, n, lease deadline (ms), worker id, now (ms),
 //!               max outbox entries (0: no limit)
-//! reply      -> a flag (1 when a limit held tasks back), then per task 6 values:
+//! reply      -> a flag (1 when a queue limit held tasks back), how many keys' next
+//!               task waits for their running limit, then per task 6 values:
 //!               id, message JSON, attempts, seq, lease token, queued-at (ms)
 //! ```
 
@@ -24,16 +34,18 @@ use std::time::Duration;
 use redis::Value;
 use taskq_core::{QueueName, TaskMessage};
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{bytes, int, string};
 use crate::{Broker, BrokerError, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
 local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local out, got = {0}, 0
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
+local out, got = {0, 0}, 0
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
 local cap = tonumber(ARGV[6])
 if cap > 0 and redis.call('XLEN', KEYS[8]) >= cap then
@@ -61,7 +73,7 @@ for p = 1, 3 do
     if not ids then break end
     for _, id in ipairs(ids) do
       local k = pfx .. id
-      local vals = redis.call('HMGET', k, 'msg', 'state', 'qat')
+      local vals = redis.call('HMGET', k, 'msg', 'state', 'qat', 'key')
       if vals[1] and vals[2] == 'queued' then
         local attempts = redis.call('HINCRBY', k, 'attempts', 1)
         local seq = redis.call('HINCRBY', k, 'seq', 1)
@@ -77,6 +89,7 @@ for p = 1, 3 do
         out[b + 6] = tonumber(vals[3]) or 0
         ob_add(ent, id, seq, 'running', attempts, '')
         got = got + 1
+        if vals[4] then kstart(q, vals[4], id) end
       end
     end
   end
@@ -85,6 +98,7 @@ if rate then
   redis.call('HSET', KEYS[7], 'tokens', tostring(tokens - got), 'ts', now)
 end
 ob_flush(KEYS[8], ent)
+out[2] = q.held or 0
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
   wake(KEYS[5])
 end
@@ -112,11 +126,14 @@ pub struct Dequeued {
     pub tasks: Vec<Leased>,
     /// A queue limit (rate or concurrency) held tasks back: try again soon.
     pub limited: bool,
+    /// Keys whose next task this call left waiting because the key reached its
+    /// `max_running_per_key` (it moves on when one of the key's tasks stops running).
+    pub key_held: u32,
 }
 
 fn parse(reply: &[Value]) -> Result<Dequeued> {
-    let Some((flag, rest)) = reply.split_first() else {
-        return Err(BrokerError::Protocol("empty dequeue reply".into()));
+    let [flag, held, rest @ ..] = reply else {
+        return Err(BrokerError::Protocol("short dequeue reply".into()));
     };
     let tasks = rest
         .chunks_exact(6)
@@ -135,6 +152,7 @@ fn parse(reply: &[Value]) -> Result<Dequeued> {
     Ok(Dequeued {
         tasks,
         limited: int(flag)? == 1,
+        key_held: u32::try_from(int(held)?).unwrap_or(0),
     })
 }
 
@@ -165,9 +183,10 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 8] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
     let (lease, wake, paused) = (k.lease(), k.wake(), k.paused());
+    let [lim, act, nb, park] = key_keys(k);
     [
         high,
         normal,
@@ -175,7 +194,10 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 8] {
         lease,
         wake,
         paused,
-        k.limits(),
+        lim,
         k.outbox(),
+        act,
+        nb,
+        park,
     ]
 }

@@ -2,14 +2,24 @@
 //! task), and sets the queue's epoch unless it exists (see
 //! [`QueueKeys::epoch`](crate::keys::QueueKeys::epoch)).
 //!
+//! A task due now goes to its pending list, or, when it has a key, to the back of its
+//! key's backlog, from which the key's head moves to the pending list when the key has
+//! none there and its running limit allows (see the `key_fns` of [`scripts`](super)). Tasks of
+//! one call are added in the order given, so one key's tasks keep that order.
+//!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[4]    -> taskq:{<queue>}:scheduled
 //! KEYS[5]    -> taskq:{<queue>}:wake
 //! KEYS[6]    -> taskq:{<queue>}:epoch
+//! KEYS[7]    -> taskq:{<queue>}:limits   (`key_conc`: the running limit per key)
+//! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> now (ms)
-//! then per task, 7 values: id, prio index, due (ms), seq, attempts, max attempts, message JSON
+//! then per task, 8 values: id, prio index, due (ms), seq, attempts, max attempts,
+//!              message JSON, key (empty: none)
 //! reply      -> per task, 1 (added) or 0 (already present)
 //! ```
 
@@ -18,17 +28,19 @@ use std::collections::BTreeMap;
 use redis::AsyncCommands;
 use taskq_core::QueueName;
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::{self, QueueKeys};
 use crate::{Broker, BrokerError, EnqueueItem, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
 local pfx, now = ARGV[1], tonumber(ARGV[2])
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local out, woke = {}, false
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local id = ARGV[i]
   local k = pfx .. id
   if redis.call('EXISTS', k) == 1 then
@@ -39,8 +51,15 @@ for i = 3, #ARGV, 7 do
     if due > now then state = 'scheduled' end
     redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
       'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
+    local uk = ARGV[i + 7]
+    if uk ~= '' then
+      redis.call('HSET', k, 'key', uk)
+      kjoin(q, uk)
+    end
     if due > now then
       redis.call('ZADD', KEYS[4], due, id)
+    elseif uk ~= '' then
+      kqueue(q, uk, id, prio, false)
     else
       redis.call('LPUSH', KEYS[1 + prio], id)
       woke = true
@@ -48,12 +67,12 @@ for i = 3, #ARGV, 7 do
     out[#out + 1] = 1
   end
 end
-if woke then wake(KEYS[5]) end
+if woke or q.woke then wake(KEYS[5]) end
 return out
 "
 );
 
-/// The 7 per-task arguments of one item.
+/// The 8 per-task arguments of one item.
 fn push_item(inv: &mut redis::ScriptInvocation<'_>, it: &EnqueueItem) -> Result<()> {
     let msg = serde_json::to_string(&it.msg).map_err(|e| BrokerError::Protocol(e.to_string()))?;
     inv.arg(it.msg.id.to_string())
@@ -62,7 +81,8 @@ fn push_item(inv: &mut redis::ScriptInvocation<'_>, it: &EnqueueItem) -> Result<
         .arg(it.seq)
         .arg(it.attempts)
         .arg(it.msg.max_attempts)
-        .arg(msg);
+        .arg(msg)
+        .arg(it.msg.key.as_deref().unwrap_or(""));
     Ok(())
 }
 
@@ -108,7 +128,19 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    [high, normal, low, k.scheduled(), k.wake(), k.epoch()]
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        high,
+        normal,
+        low,
+        k.scheduled(),
+        k.wake(),
+        k.epoch(),
+        lim,
+        act,
+        nb,
+        park,
+    ]
 }

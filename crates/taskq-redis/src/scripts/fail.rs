@@ -1,13 +1,22 @@
 //! FAIL: fails attempts whose lease the worker still holds: each task either waits in
 //! the retry set until its due time (`retrying`) or dies and leaves Redis (`dead`; its
 //! record in the store is the dead letter). The updates go to the outbox, and the
-//! failures are counted in the current second's counter (see [`Counter`]).
+//! failures are counted in the current second's counter (see [`Counter`]). A task with a
+//! key frees its running slot in the key either way, so the key's next task may run
+//! (see the `key_fns` of [`scripts`](super)); a retry returns to the front of its key's backlog
+//! when due (PROMOTE).
 //!
 //! ```text
-//! KEYS[1] -> taskq:{<queue>}:lease
-//! KEYS[2] -> taskq:{<queue>}:retry
-//! KEYS[3] -> taskq:{<queue>}:stats:err:<second>
-//! KEYS[4] -> taskq:{<queue>}:outbox
+//! KEYS[1]    -> taskq:{<queue>}:lease
+//! KEYS[2]    -> taskq:{<queue>}:retry
+//! KEYS[3]    -> taskq:{<queue>}:stats:err:<second>
+//! KEYS[4]    -> taskq:{<queue>}:outbox
+//! KEYS[5]    -> taskq:{<queue>}:wake
+//! KEYS[6..8] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[9]    -> taskq:{<queue>}:limits
+//! KEYS[10]   -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[11]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[12]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV    -> task hash prefix, now (ms), worker id,
 //!            then per task: id, lease token, due (ms; -1: dead), extras
 //! reply   -> per task, the new seq, or 0 when the lease was no longer held
@@ -15,22 +24,30 @@
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, Result, outbox};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[6], KEYS[7], KEYS[8]}, lim = KEYS[9], act = KEYS[10], nb = KEYS[11], park = KEYS[12]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 4, function(i, id, k)
   local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
   if not seq then return nil end
   local due = tonumber(ARGV[i + 2])
+  local uk = redis.call('HGET', k, 'key')
   if due < 0 then
     redis.call('DEL', k)
+    if uk then kdone(q, uk) end
     ob_add(ent, id, seq, 'dead', attempts, ARGV[i + 3])
     return seq
+  end
+  if uk then
+    kstop(q, uk)
+    kpump(q, uk)
   end
   redis.call('HSET', k, 'state', 'retrying')
   redis.call('HDEL', k, 'lease')
@@ -39,6 +56,7 @@ local out = each_task(4, 4, function(i, id, k)
   return seq
 end)
 ob_flush(KEYS[4], ent, KEYS[3])
+if q.woke then wake(KEYS[5]) end
 return out
 ",
 );
@@ -99,12 +117,22 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above, for a call at `now_ms` (which
 /// picks the counter's second).
-pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 4] {
+pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 12] {
+    let [high, normal, low] = k.pending_all();
+    let [lim, act, nb, park] = key_keys(k);
     [
         k.lease(),
         k.retry(),
         k.counter(Counter::Failed, now_ms),
         k.outbox(),
+        k.wake(),
+        high,
+        normal,
+        low,
+        lim,
+        act,
+        nb,
+        park,
     ]
 }
 

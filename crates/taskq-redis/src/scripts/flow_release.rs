@@ -10,12 +10,19 @@
 //!   dependency that died queues it (the reason as the update's error), and it is
 //!   cancelled once every dependency succeeded.
 //!
-//! Each change's status update goes to the queue's outbox in the same step.
+//! Each change's status update goes to the queue's outbox in the same step. A task with
+//! a key (registered in its key by FLOW_WAIT) is queued into its key's backlog, and one
+//! cancelled here leaves its key, as ENQUEUE and CANCEL do (the `key_fns` of
+//! [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[4]    -> taskq:{<queue>}:wake
 //! KEYS[5]    -> taskq:{<queue>}:outbox
+//! KEYS[6]    -> taskq:{<queue>}:limits   (`key_conc`: the running limit per key)
+//! KEYS[7]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[8]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[9]    -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> now (ms)
@@ -27,20 +34,39 @@ use std::collections::BTreeMap;
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[6], act = KEYS[7], nb = KEYS[8], park = KEYS[9]}
 local pfx, upfx, now = ARGV[1], ARGV[2], ARGV[3]
 local ent = ob_new(now, '')
 local out, woke = {}, false
+-- The waiting task `id` becomes queued: on its pending list, or its key's backlog.
+local function queue(id, prio, uk)
+  if uk then
+    kqueue(q, uk, id, prio, false)
+  else
+    redis.call('LPUSH', q.pend[1 + prio], id)
+    woke = true
+  end
+end
+-- The waiting task left Redis: its key (if any) counts one task less.
+local function leave(uk)
+  if uk then
+    kleave(q, uk)
+    kpump(q, uk)
+  end
+end
 for i = 4, #ARGV, 3 do
   local id, dep, why = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local k, u = pfx .. id, upfx .. id
-  local vals = redis.call('HMGET', k, 'state', 'prio', 'mode')
+  local vals = redis.call('HMGET', k, 'state', 'prio', 'mode', 'key')
+  local uk = vals[4] or nil
   local r = 0
   if vals[1] ~= 'waiting' then
     redis.call('DEL', u)
@@ -50,6 +76,7 @@ for i = 4, #ARGV, 3 do
       if redis.call('SCARD', u) == 0 then
         local seq = redis.call('HINCRBY', k, 'seq', 1)
         redis.call('DEL', k, u)
+        leave(uk)
         ob_add(ent, id, seq, 'cancelled', 0, cjson.encode({e = 'every task of the flow succeeded'}))
         r = 2
       end
@@ -58,8 +85,7 @@ for i = 4, #ARGV, 3 do
       redis.call('HSET', k, 'state', 'queued', 'qat', now)
       redis.call('HDEL', k, 'mode')
       redis.call('DEL', u)
-      redis.call('LPUSH', KEYS[1 + tonumber(vals[2])], id)
-      woke = true
+      queue(id, tonumber(vals[2]), uk)
       ob_add(ent, id, seq, 'queued', 0, cjson.encode({e = why}))
       r = 1
     end
@@ -68,21 +94,21 @@ for i = 4, #ARGV, 3 do
     if redis.call('SCARD', u) == 0 then
       local seq = redis.call('HINCRBY', k, 'seq', 1)
       redis.call('HSET', k, 'state', 'queued', 'qat', now)
-      redis.call('LPUSH', KEYS[1 + tonumber(vals[2])], id)
-      woke = true
+      queue(id, tonumber(vals[2]), uk)
       ob_add(ent, id, seq, 'queued', 0, '')
       r = 1
     end
   else
     local seq = redis.call('HINCRBY', k, 'seq', 1)
     redis.call('DEL', k, u)
+    leave(uk)
     ob_add(ent, id, seq, 'cancelled', 0, cjson.encode({e = why}))
     r = 2
   end
   out[#out + 1] = r
 end
 ob_flush(KEYS[5], ent, nil)
-if woke then wake(KEYS[4]) end
+if woke or q.woke then wake(KEYS[4]) end
 return out
 "
 );
@@ -126,7 +152,8 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 5] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
     let [high, normal, low] = k.pending_all();
-    [high, normal, low, k.wake(), k.outbox()]
+    let [lim, act, nb, park] = key_keys(k);
+    [high, normal, low, k.wake(), k.outbox(), lim, act, nb, park]
 }

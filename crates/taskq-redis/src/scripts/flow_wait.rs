@@ -2,16 +2,19 @@
 //! hash (state `waiting`, the message and counters an enqueue would write) and the set
 //! of its unmet dependencies. A task whose hash exists already is left alone (so
 //! recovery never duplicates one). Sets the queue's epoch unless it exists, like ENQUEUE.
+//! A task with a key joins its key (it counts among the key's tasks in Redis) as ENQUEUE
+//! has it join; FLOW_RELEASE later queues it into the key's backlog, or lets it leave.
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:epoch
+//! KEYS[2]    -> taskq:{<queue>}:keys     (active task keys)
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> now (ms)
 //! then per task, 7 values: id, prio index, seq, max attempts, message JSON,
 //!                          unmet dependency ids joined by `,` (at least one),
 //!                          mode: `all` (runs when all succeeded) or `fail` (the flow's
-//!                          failure handler: runs when one died)
+//!                          failure handler: runs when one died), key (empty: none)
 //! reply      -> per task, 1 (registered) or 0 (already present)
 //! ```
 
@@ -28,7 +31,7 @@ script!(
 local pfx, upfx, now = ARGV[1], ARGV[2], ARGV[3]
 redis.call('SET', KEYS[1], now, 'NX')
 local out = {}
-for i = 4, #ARGV, 7 do
+for i = 4, #ARGV, 8 do
   local id = ARGV[i]
   local k = pfx .. id
   if redis.call('EXISTS', k) == 1 then
@@ -37,6 +40,11 @@ for i = 4, #ARGV, 7 do
     redis.call('HSET', k, 'msg', ARGV[i + 4], 'state', 'waiting', 'prio', ARGV[i + 1],
       'seq', ARGV[i + 2], 'attempts', 0, 'max', ARGV[i + 3], 'qat', now)
     if ARGV[i + 6] == 'fail' then redis.call('HSET', k, 'mode', 'fail') end
+    local uk = ARGV[i + 7]
+    if uk ~= '' then
+      redis.call('HSET', k, 'key', uk)
+      redis.call('ZINCRBY', KEYS[2], 1, uk)
+    end
     local u = upfx .. id
     redis.call('DEL', u)
     for dep in string.gmatch(ARGV[i + 5], '[^,]+') do
@@ -88,7 +96,8 @@ impl Broker {
                     .arg(it.msg.max_attempts)
                     .arg(msg)
                     .arg(unmet.join(","))
-                    .arg(if *on_failure { "fail" } else { "all" });
+                    .arg(if *on_failure { "fail" } else { "all" })
+                    .arg(it.msg.key.as_deref().unwrap_or(""));
                 Ok::<_, BrokerError>(())
             });
             async move {
@@ -108,6 +117,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`].
-pub(crate) fn keys(k: &QueueKeys) -> [String; 1] {
-    [k.epoch()]
+pub(crate) fn keys(k: &QueueKeys) -> [String; 2] {
+    [k.epoch(), k.active_keys()]
 }

@@ -48,6 +48,7 @@ pub mod present;
 pub mod promote;
 pub mod reap;
 pub mod release;
+pub mod remove;
 pub mod settle_claim;
 
 /// The Lua helpers every script may call, put in front of its own Lua:
@@ -114,6 +115,146 @@ end
 }
 pub(crate) use lua_fns;
 
+/// The Lua helpers of task keys ("ordered and fair work per key"), put after
+/// [`lua_fns`] in front of the scripts that move keyed tasks. They take `q`, a table
+/// of the queue's keys the script was given: `pend` (the three pending lists, highest
+/// priority first), `lim` (the limits hash), `act` (the active keys,
+/// [`QueueKeys::active_keys`](crate::keys::QueueKeys::active_keys)), `nb` (the
+/// backlog counter, [`QueueKeys::backlogged`](crate::keys::QueueKeys::backlogged)) and
+/// `park` (keys waiting for their rate,
+/// [`QueueKeys::parked_keys`](crate::keys::QueueKeys::parked_keys));
+/// they set `q.woke` when they made a task runnable and add to `q.held` each key whose
+/// next task waits for its running limit. Per-key names are built from `ARGV[1]` (the
+/// task hash prefix `taskq:{q}:t:`), so they share the queue's hash tag.
+///
+/// The rules: of a key's queued tasks at most one is in a pending list (its head,
+/// recorded in the key's `pend`); the others wait in the key's backlog, one FIFO list
+/// per priority. `kpump` pushes the next head (highest priority first) to the back of
+/// its pending list when the key has none there and fewer than the queue's
+/// `key_conc` (`max_running_per_key`) running (a recorded head whose task is gone or
+/// no longer queued does not count): so DEQUEUE, which pops the pending
+/// lists, takes keys round robin and never two heads of one key at once. With a rate
+/// per key (`key_rate` per second, bucket `key_burst`; its state `tok` and `ts` in the
+/// key's hash, times from Redis's clock) a push takes a token; a key whose bucket is
+/// empty is parked in `park`, scored by when its next token is due, and PROMOTE pumps
+/// it again then. The key's hash and its place in `park` go with its last task.
+///
+/// - `kjoin(q, uk)` / `kleave(q, uk)`: a task of key `uk` enters / leaves Redis (the
+///   key's score in `act`; the key leaves `act` with its last task);
+/// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
+///   the front when `front`: a retry or a returned task keeps its place), then `kpump`;
+/// - `kpump(q, uk, head)`: see above (`head`: to the front of the pending list);
+/// - `rnow()`: Redis's clock (ms); `ktoken(...)`: takes a token of the key's bucket or
+///   parks the key;
+/// - `kstart(q, uk, id)`: DEQUEUE took the key's head: one more running, next head;
+/// - `kstop(q, uk)`: a task of the key stopped running (the caller pumps or leaves);
+/// - `kdone(q, uk)`: a running task of the key left Redis (ack, dead): `kstop`,
+///   `kleave`, `kpump`;
+/// - `kto_head(q, k, id, prio, uk, now)`: a taken task is queued again to run next
+///   (release, reap): [`lua_fns`]'s `to_head` for a task without key (`uk` nil), else
+///   `kstop` and `kqueue` at the front of its backlog and of its pending list;
+/// - `kunqueue(q, uk, id, prio)`: takes a queued task of the key out of its pending
+///   list or backlog (cancel, remove).
+macro_rules! key_fns {
+    () => {
+        r"
+local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
+local function nbdec(q)
+  if redis.call('DECR', q.nb) <= 0 then redis.call('DEL', q.nb) end
+end
+local function rnow()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ktoken(q, uk, h, st, rate, burst)
+  local now = rnow()
+  burst = tonumber(burst) or math.max(1, math.ceil(rate))
+  local ts = tonumber(st[4]) or now
+  local tok = math.min(burst, (tonumber(st[3]) or burst) + math.max(0, now - ts) * rate / 1000)
+  if tok < 1 then
+    redis.call('ZADD', q.park, now + math.ceil((1 - tok) * 1000 / rate), uk)
+    redis.call('HSET', h, 'tok', tostring(tok), 'ts', now)
+    return false
+  end
+  redis.call('HSET', h, 'tok', tostring(tok - 1), 'ts', now)
+  return true
+end
+local function kpump(q, uk, head)
+  local h = kname('kh', uk)
+  local st = redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
+  if st[1] then
+    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return end
+    -- The head no longer exists (Redis lost it): the key must not wait for it.
+    redis.call('HDEL', h, 'pend')
+  end
+  local lim = redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
+  local conc, rate = tonumber(lim[1]), tonumber(lim[2])
+  for p = 0, 2 do
+    local l = kname('kb' .. p, uk)
+    if redis.call('EXISTS', l) == 1 then
+      if (conc and (tonumber(st[2]) or 0) >= conc) or (rate and not ktoken(q, uk, h, st, rate, lim[3])) then
+        q.held = (q.held or 0) + 1
+        return
+      end
+      local id = redis.call('RPOP', l)
+      nbdec(q)
+      if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
+      redis.call('HSET', h, 'pend', id)
+      q.woke = true
+      return
+    end
+  end
+end
+local function kjoin(q, uk) redis.call('ZINCRBY', q.act, 1, uk) end
+local function kleave(q, uk)
+  if tonumber(redis.call('ZINCRBY', q.act, -1, uk)) <= 0 then
+    redis.call('ZREM', q.act, uk)
+    redis.call('ZREM', q.park, uk)
+    redis.call('DEL', kname('kh', uk))
+  end
+end
+local function kqueue(q, uk, id, prio, front, head)
+  local l = kname('kb' .. prio, uk)
+  if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
+  redis.call('INCR', q.nb)
+  kpump(q, uk, head)
+end
+local function kstart(q, uk, id)
+  local h = kname('kh', uk)
+  if redis.call('HGET', h, 'pend') == id then redis.call('HDEL', h, 'pend') end
+  redis.call('HINCRBY', h, 'run', 1)
+  kpump(q, uk)
+end
+local function kstop(q, uk)
+  local h = kname('kh', uk)
+  if redis.call('HINCRBY', h, 'run', -1) <= 0 then redis.call('HDEL', h, 'run') end
+end
+local function kto_head(q, k, id, prio, uk, now)
+  if not uk then return to_head(k, id, q.pend[prio + 1], now) end
+  redis.call('HSET', k, 'state', 'queued', 'qat', now)
+  redis.call('HDEL', k, 'lease')
+  kstop(q, uk)
+  kqueue(q, uk, id, prio, true, true)
+end
+local function kdone(q, uk)
+  kstop(q, uk)
+  kleave(q, uk)
+  kpump(q, uk)
+end
+local function kunqueue(q, uk, id, prio)
+  local h = kname('kh', uk)
+  if redis.call('HGET', h, 'pend') == id then
+    redis.call('LREM', q.pend[prio + 1], 1, id)
+    redis.call('HDEL', h, 'pend')
+  elseif redis.call('LREM', kname('kb' .. prio, uk), 1, id) > 0 then
+    nbdec(q)
+  end
+end
+"
+    };
+}
+pub(crate) use key_fns;
+
 /// Declares a script module's Lua, `LUA` (the pieces are concatenated: a prelude such
 /// as [`lua_fns`] first), and `SCRIPT`, the [`Script`] that runs it.
 macro_rules! script {
@@ -124,6 +265,13 @@ macro_rules! script {
     };
 }
 pub(crate) use script;
+
+/// The queue keys the [`key_fns`] helpers need, in the order the scripts give them
+/// after their own: the limits hash, the active keys, the backlog counter, the parked
+/// keys.
+pub(crate) fn key_keys(k: &crate::keys::QueueKeys) -> [String; 4] {
+    [k.limits(), k.active_keys(), k.backlogged(), k.parked_keys()]
+}
 
 /// An invocation of `script` with `keys` (in the order the Lua indexes them); the caller
 /// adds the arguments.
@@ -181,7 +329,7 @@ mod tests {
         let k = QueueKeys::new(&q);
         // `ack` with its optional counter key.
         let counted = Some(k.counter(Counter::Succeeded, 0));
-        let scripts: [(&str, &str, usize); 16] = [
+        let scripts: [(&str, &str, usize); 17] = [
             (
                 "flow_release",
                 flow_release::LUA,
@@ -205,6 +353,7 @@ mod tests {
             ("promote", promote::LUA, promote::keys(&k).len()),
             ("reap", reap::LUA, reap::keys(&k).len()),
             ("release", release::LUA, release::keys(&k).len()),
+            ("remove", remove::LUA, remove::keys(&k).len()),
             (
                 "settle_claim",
                 settle_claim::LUA,

@@ -1,5 +1,8 @@
 //! PROMOTE: moves due scheduled and retrying tasks to their pending lists; the `queued`
-//! updates go to the outbox.
+//! updates go to the outbox. A task with a key goes to its key's backlog instead (a
+//! scheduled one at the back, a retry at the front, so it keeps its place in its key's
+//! order; see the `key_fns` of [`scripts`](super)). Then it pumps the keys parked by their rate
+//! whose next token is due (by Redis's clock).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:scheduled
@@ -7,6 +10,10 @@
 //! KEYS[3..5] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[6]    -> taskq:{<queue>}:wake
 //! KEYS[7]    -> taskq:{<queue>}:outbox
+//! KEYS[8]    -> taskq:{<queue>}:limits
+//! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), limit
 //! reply      -> per promoted task, 4 values: id, seq, source (1 scheduled, 2 retry), attempts
 //! ```
@@ -14,14 +21,16 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[3], KEYS[4], KEYS[5]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
 local out = {}
 local ent = ob_new(ARGV[2], '')
 for z = 1, 2 do
@@ -29,11 +38,15 @@ for z = 1, 2 do
   for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[z], id)
     local k = ARGV[1] .. id
-    local vals = redis.call('HMGET', k, 'prio', 'attempts')
+    local vals = redis.call('HMGET', k, 'prio', 'attempts', 'key')
     if vals[1] then
       local seq = redis.call('HINCRBY', k, 'seq', 1)
       redis.call('HSET', k, 'state', 'queued', 'qat', ARGV[2])
-      redis.call('LPUSH', KEYS[3 + tonumber(vals[1])], id)
+      if vals[3] then
+        kqueue(q, vals[3], id, tonumber(vals[1]), z == 2)
+      else
+        redis.call('LPUSH', KEYS[3 + tonumber(vals[1])], id)
+      end
       out[#out + 1] = id
       out[#out + 1] = seq
       out[#out + 1] = z
@@ -43,7 +56,12 @@ for z = 1, 2 do
   end
 end
 ob_flush(KEYS[7], ent)
-if #out > 0 then wake(KEYS[6]) end
+local parked = redis.call('ZRANGEBYSCORE', q.park, '-inf', rnow(), 'LIMIT', 0, tonumber(ARGV[3]))
+for _, uk in ipairs(parked) do
+  redis.call('ZREM', q.park, uk)
+  kpump(q, uk)
+end
+if #out > 0 or q.woke then wake(KEYS[6]) end
 return out
 "
 );
@@ -87,8 +105,21 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 7] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
     let [high, normal, low] = k.pending_all();
     let (scheduled, retry) = (k.scheduled(), k.retry());
-    [scheduled, retry, high, normal, low, k.wake(), k.outbox()]
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        scheduled,
+        retry,
+        high,
+        normal,
+        low,
+        k.wake(),
+        k.outbox(),
+        lim,
+        act,
+        nb,
+        park,
+    ]
 }

@@ -1,12 +1,18 @@
 //! REAP: returns tasks whose lease expired: to the head of their pending list when
 //! attempts remain, otherwise out of Redis as dead. The expired attempt stays counted.
-//! The updates (`queued` or `dead`, with the error of each case) go to the outbox.
+//! The updates (`queued` or `dead`, with the error of each case) go to the outbox. A task
+//! with a key frees its running slot in the key; requeued, it goes to the front of its
+//! key's backlog (see the `key_fns` of [`scripts`](super)).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:lease
 //! KEYS[2..4] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[5]    -> taskq:{<queue>}:wake
 //! KEYS[6]    -> taskq:{<queue>}:outbox
+//! KEYS[7]    -> taskq:{<queue>}:limits
+//! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), limit, extras of a requeued task, extras of a dead one
 //! reply      -> per reaped task, 4 values: id, seq, attempts, outcome (1 requeued, 0 dead)
 //! ```
@@ -14,7 +20,7 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script};
+use super::{invocation, key_fns, key_keys, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result, outbox};
@@ -26,24 +32,27 @@ pub const LEASE_EXPIRED_DEAD: &str = "lease expired on the last attempt";
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[2], KEYS[3], KEYS[4]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local out, woke = {}, false
 local ent = ob_new(ARGV[2], '')
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local k = ARGV[1] .. id
-  local vals = redis.call('HMGET', k, 'prio', 'attempts', 'max')
+  local vals = redis.call('HMGET', k, 'prio', 'attempts', 'max', 'key')
   if vals[1] then
     local seq = redis.call('HINCRBY', k, 'seq', 1)
     local attempts = tonumber(vals[2])
     local outcome = 0
     if attempts >= tonumber(vals[3]) then
       redis.call('DEL', k)
+      if vals[4] then kdone(q, vals[4]) end
       ob_add(ent, id, seq, 'dead', attempts, ARGV[5])
     else
       ob_add(ent, id, seq, 'queued', attempts, ARGV[4])
-      to_head(k, id, KEYS[2 + tonumber(vals[1])], ARGV[2])
+      kto_head(q, k, id, tonumber(vals[1]), vals[4], ARGV[2])
       outcome = 1
       woke = true
     end
@@ -54,7 +63,7 @@ for _, id in ipairs(ids) do
   end
 end
 ob_flush(KEYS[6], ent)
-if woke then wake(KEYS[5]) end
+if woke or q.woke then wake(KEYS[5]) end
 return out
 "
 );
@@ -96,7 +105,19 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    [k.lease(), high, normal, low, k.wake(), k.outbox()]
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        k.lease(),
+        high,
+        normal,
+        low,
+        k.wake(),
+        k.outbox(),
+        lim,
+        act,
+        nb,
+        park,
+    ]
 }

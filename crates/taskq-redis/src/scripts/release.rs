@@ -1,32 +1,40 @@
 //! RELEASE: gives leased tasks back without counting the attempt (graceful shutdown).
-//! They go to the head of their pending list so they run next; the `queued` updates go
-//! to the outbox.
+//! They go to the head of their pending list so they run next (a task with a key: to the
+//! front of its key's backlog, and from there to the head of its pending list when its
+//! key allows, see the `key_fns` of [`scripts`](super)); the `queued` updates go to the outbox.
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
 //! KEYS[4]    -> taskq:{<queue>}:lease
 //! KEYS[5]    -> taskq:{<queue>}:wake
 //! KEYS[6]    -> taskq:{<queue>}:outbox
+//! KEYS[7]    -> taskq:{<queue>}:limits
+//! KEYS[8]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[9]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[10]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV       -> task hash prefix, now (ms), worker id, then per task: id, lease token
 //! reply      -> per task, the new seq, or 0 when the lease was no longer held
 //! ```
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
 script!(
     lua_fns!(),
+    key_fns!(),
     r"
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 2, function(i, id, k)
   local seq = unlease(k, id, ARGV[i + 1], KEYS[4])
   if not seq then return nil end
   local attempts = redis.call('HINCRBY', k, 'attempts', -1)
   ob_add(ent, id, seq, 'queued', attempts, '')
-  to_head(k, id, KEYS[1 + tonumber(redis.call('HGET', k, 'prio'))], ARGV[2])
+  local vals = redis.call('HMGET', k, 'prio', 'key')
+  kto_head(q, k, id, tonumber(vals[1]), vals[2], ARGV[2])
   return seq
 end)
 ob_flush(KEYS[6], ent)
@@ -60,7 +68,19 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 6] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
     let [high, normal, low] = k.pending_all();
-    [high, normal, low, k.lease(), k.wake(), k.outbox()]
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        high,
+        normal,
+        low,
+        k.lease(),
+        k.wake(),
+        k.outbox(),
+        lim,
+        act,
+        nb,
+        park,
+    ]
 }

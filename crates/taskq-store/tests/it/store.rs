@@ -42,6 +42,7 @@ async fn insert_and_get_round_trip_exotic_payloads() {
     let mut rec = task("emails", "send.welcome", payload);
     rec.result = Some(json!({ "$id": 18446744073709551615u64 }));
     rec.last_error = Some("previous failure".into());
+    rec.key = Some("customer-7".into());
     db.store.insert(&rec).await.must();
 
     let got = db.store.get(rec.id).await.must().must();
@@ -155,7 +156,11 @@ async fn list_filters_and_pages_newest_first() {
         } else {
             TaskStatus::Queued
         };
-        all.push(task_in(queue, kind, status));
+        let mut t = task_in(queue, kind, status);
+        if i % 4 == 0 {
+            t.key = Some(format!("customer-{}", i % 8));
+        }
+        all.push(t);
     }
     // Inserted in two batches, out of id order, to show the sort does the work.
     db.store.insert_many(&all[15..]).await.must();
@@ -231,11 +236,20 @@ async fn list_filters_and_pages_newest_first() {
     let odd_dead = ListFilter {
         status: Some(TaskStatus::Dead),
         queue: Some("odd".parse::<QueueName>().must()),
-        kind: None,
+        ..ListFilter::default()
     };
     let got = db.store.list(&odd_dead, 100, None).await.must();
     let want = ids(&|t| t.status == TaskStatus::Dead && t.queue.as_str() == "odd");
     assert!(!want.is_empty());
+    assert_eq!(only_old(got.tasks), want);
+
+    let customer = ListFilter {
+        key: Some("customer-4".into()),
+        ..ListFilter::default()
+    };
+    let got = db.store.list(&customer, 100, None).await.must();
+    let want = ids(&|t| t.key.as_deref() == Some("customer-4"));
+    assert_eq!(want.len(), 4);
     assert_eq!(only_old(got.tasks), want);
 
     // Paging a filter.

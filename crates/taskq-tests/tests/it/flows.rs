@@ -301,6 +301,113 @@ async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does
     w.shutdown().await;
 }
 
+/// Sets the queue's `max_running_per_key`.
+async fn limit_per_key(env: &Env, queue: &str, n: u32) {
+    let resp = env
+        .http
+        .put(format!("{}/v1/queues/{queue}/limits", env.api))
+        .json(&json!({"max_running_per_key": n}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// The queue's active keys, as `GET /v1/queues/{name}` shows them.
+async fn active_keys(env: &Env, queue: &str) -> Value {
+    let (status, q) = env.get(&format!("/v1/queues/{queue}")).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    q["keys"]["active"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
+    let env = Env::start().await;
+    limit_per_key(&env, "default", 1).await;
+    // A chain whose every task has the key `k`, and a branch that dies so that its
+    // keyed dependent is cancelled: each joins its key while waiting and leaves it.
+    let keyed = |mut t: Value| {
+        t["key"] = json!("k");
+        t
+    };
+    let (id, names) = submit(
+        &env,
+        vec![
+            keyed(collect("a", &[])),
+            keyed(collect("b", &["a"])),
+            keyed(collect("c", &["b"])),
+            keyed(json!({"name": "doomed", "type": "fail", "payload": {"permanent": true}})),
+            keyed(collect("never", &["doomed"])),
+        ],
+    )
+    .await;
+    assert_eq!(active_keys(&env, "default").await, 1);
+    // Plain keyed tasks of the same key, submitted after the flow.
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let (status, v) = env
+            .post(
+                "/v1/tasks",
+                json!({"type": "sleep", "payload": {"ms": 20 + i}, "key": "k"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        others.push(
+            v["id"]
+                .as_str()
+                .and_then(|s| s.parse::<TaskId>().ok())
+                .expect("id"),
+        );
+    }
+    let w = env.worker(Env::settings("default"), registry());
+    let v = wait_flow(&env, id, "failed", Duration::from_secs(60)).await;
+    assert_eq!(
+        v["counts"],
+        json!({"succeeded": 3, "dead": 1, "cancelled": 1}),
+        "{v:#}"
+    );
+    for o in &others {
+        env.wait_status(*o, TaskStatus::Succeeded, Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(assert_order(&env, id).await, 3);
+    // One at a time for the key: no two of its attempts overlap.
+    let mut spans = Vec::new();
+    for t in names.values().chain(&others) {
+        let r = env.record(*t).await;
+        let at = |f: &str| {
+            r[f].as_str()
+                .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        };
+        if let (Some(s), Some(f)) = (at("started_at"), at("finished_at")) {
+            if r["status"] == "succeeded" || r["status"] == "dead" {
+                spans.push((s, f, t.to_string()));
+            }
+        }
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two tasks of key k overlapped: {pair:?}"
+        );
+    }
+    // The key leaves Redis with its last task, the cancelled one included.
+    let gone = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { active_keys(&env, "default").await == 0 },
+    )
+    .await;
+    assert!(
+        gone,
+        "the key is still active: {}",
+        active_keys(&env, "default").await
+    );
+    assert_eq!(env.redis_total("default").await, 0);
+    w.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_flow_cancels_every_unfinished_task() {
     let env = Env::start().await;

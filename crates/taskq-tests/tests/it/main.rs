@@ -11,6 +11,7 @@ mod env_names;
 mod execute;
 mod flows;
 mod http_errors;
+mod keys;
 mod lifecycle;
 mod observability;
 mod operations;

@@ -239,6 +239,7 @@ async fn retry_dead_that_loses_redis_midway_leaves_the_rest_dead() {
         status: Some(TaskStatus::Queued),
         kind: None,
         queue: Some("a".parse().expect("queue")),
+        ..ListFilter::default()
     };
     assert!(
         wait_until(T, Duration::from_millis(1), || async {

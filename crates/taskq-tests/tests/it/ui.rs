@@ -496,7 +496,9 @@ async fn dashboard_in_headless_chromium() {
         .submit(json!({"type": "echo", "payload": {"customer": "acme-4711"}}))
         .await;
     let sleeper = s
-        .submit(json!({"type": "sleep", "payload": {"ms": 120000}, "queue": "slow"}))
+        .submit(
+            json!({"type": "sleep", "payload": {"ms": 120000}, "queue": "slow", "key": "tenant-9"}),
+        )
         .await;
     for id in dead_http.iter().chain(&dead_fail) {
         s.wait_status(id, "dead").await;
@@ -524,6 +526,13 @@ async fn dashboard_in_headless_chromium() {
         );
         assert_eq!(count(&c, "#bulk").await, 0, "{path} offers bulk actions");
     }
+    // The queue's page lists its busiest keys (the running sleeper's).
+    c.goto(&ui("/ui/queues/slow")).await.expect("goto");
+    let keys = text(&c, "main").await;
+    assert!(
+        keys.contains("Busiest keys") && keys.contains("tenant-9"),
+        "{keys}"
+    );
     let csrf = attr(&c, "form[action='/ui/logout'] input[name=csrf]", "value")
         .await
         .expect("the read session's csrf token");

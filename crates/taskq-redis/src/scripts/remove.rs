@@ -1,0 +1,101 @@
+//! REMOVE: takes tasks out of Redis whatever their state, without an outbox entry: undoes
+//! an enqueue whose outcome is unknown (an error or a lost reply) when a submit or a
+//! retry fails. The hashes go, and the ids leave the scheduled, retry and lease sets and
+//! (without a key) the pending lists; a task with a key is also taken
+//! out of its key (pending slot or backlog, running count, active keys), so the key's
+//! next task is not held back by a task that no longer exists.
+//!
+//! ```text
+//! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
+//! KEYS[4]    -> taskq:{<queue>}:wake
+//! KEYS[5]    -> taskq:{<queue>}:limits
+//! KEYS[6]    -> taskq:{<queue>}:keys     (active task keys)
+//! KEYS[7]    -> taskq:{<queue>}:keyed    (tasks in key backlogs)
+//! KEYS[8]    -> taskq:{<queue>}:kpark    (keys waiting for their rate)
+//! KEYS[9]    -> taskq:{<queue>}:lease
+//! KEYS[10]   -> taskq:{<queue>}:scheduled
+//! KEYS[11]   -> taskq:{<queue>}:retry
+//! ARGV       -> task hash prefix, then ids
+//! reply      -> how many tasks were in Redis
+//! ```
+
+use std::collections::BTreeMap;
+
+use taskq_core::{QueueName, TaskId};
+
+use super::{invocation, key_fns, key_keys, lua_fns, script};
+use crate::keys::QueueKeys;
+use crate::{Broker, Result};
+
+script!(
+    lua_fns!(),
+    key_fns!(),
+    r"
+local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local k = ARGV[1] .. id
+  local vals = redis.call('HMGET', k, 'state', 'prio', 'key')
+  if vals[1] then
+    n = n + 1
+    local uk = vals[3]
+    if uk and vals[1] == 'queued' then
+      kunqueue(q, uk, id, tonumber(vals[2]))
+    elseif uk and vals[1] == 'running' then
+      kstop(q, uk)
+    elseif vals[1] == 'queued' then
+      redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
+    end
+    redis.call('ZREM', KEYS[9], id)
+    redis.call('ZREM', KEYS[10], id)
+    redis.call('ZREM', KEYS[11], id)
+    redis.call('DEL', k)
+    if uk then
+      kleave(q, uk)
+      kpump(q, uk)
+    end
+  end
+end
+if q.woke then wake(KEYS[4]) end
+return n
+"
+);
+
+impl Broker {
+    /// Removes tasks from Redis whatever their state (see the module documentation):
+    /// one script call per queue, issued concurrently.
+    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<()> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
+        for (q, id) in tasks {
+            by_queue.entry(q).or_default().push(id.to_string());
+        }
+        let calls = by_queue.into_iter().map(|(queue, ids)| {
+            let k = QueueKeys::new(queue);
+            let mut inv = invocation(&SCRIPT, &keys(&k));
+            inv.arg(k.task_prefix()).arg(ids);
+            async move { self.run::<i64>(inv).await }
+        });
+        futures::future::try_join_all(calls).await?;
+        Ok(())
+    }
+}
+
+/// The KEYS of [`LUA`], in the order of the table above.
+pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
+    let [high, normal, low] = k.pending_all();
+    let [lim, act, nb, park] = key_keys(k);
+    [
+        high,
+        normal,
+        low,
+        k.wake(),
+        lim,
+        act,
+        nb,
+        park,
+        k.lease(),
+        k.scheduled(),
+        k.retry(),
+    ]
+}
