@@ -187,7 +187,9 @@ local function kpump(q, uk, head)
     -- The head no longer exists (Redis lost it): the key must not wait for it.
     redis.call('HDEL', h, 'pend')
   end
-  local lim = redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
+  -- The limits hold for the whole call: read once.
+  q.limv = q.limv or redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
+  local lim = q.limv
   local conc, rate = tonumber(lim[1]), tonumber(lim[2])
   for p = 0, 2 do
     local l = kname('kb' .. p, uk)
