@@ -222,18 +222,39 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 curl -fsS --max-time 2 "http://127.0.0.1:$pf_port/livez" >/dev/null || fail "kubectl port-forward did not come up"
-id="$(TASKQ_API="http://127.0.0.1:$pf_port" TASKQ_TOKEN="$SUBMIT_TOKEN" target/release/taskq --output json \
-    submit echo --payload '{"hello":"port-forward"}' | jq -r .id)"
-[ -n "$id" ] && [ "$id" != null ] || fail "taskq submit through port-forward returned no id"
-for _ in $(seq 1 120); do
-    status="$(curl -fsS "http://127.0.0.1:$pf_port/v1/tasks/$id" -H "Authorization: Bearer $SUBMIT_TOKEN" | jq -r .status)"
-    [ "$status" = succeeded ] && break
+pf_cli() { TASKQ_API="http://127.0.0.1:$pf_port" TASKQ_TOKEN="$SUBMIT_TOKEN" target/release/taskq "$@"; }
+# Submit and wait for the result (the workers may still be scaling up from zero).
+done_json="$(pf_cli --output json submit echo --payload '{"hello":"port-forward"}' --wait 60s)" ||
+    fail "taskq submit --wait through port-forward: $done_json"
+id="$(jq -r .id <<<"$done_json")"
+[ "$(jq -c .result <<<"$done_json")" = '{"hello":"port-forward"}' ] ||
+    fail "task $id answered without its result: $done_json"
+status="$(curl -fsS "http://127.0.0.1:$pf_port/v1/tasks/$id?wait=5s" -H "Authorization: Bearer $SUBMIT_TOKEN" | jq -r .status)"
+[ "$status" = succeeded ] || fail "task $id submitted through port-forward is $status"
+# A chain a -> b -> c whose tasks share a key, with one task of the key at a time.
+api PUT "/v1/queues/default/limits" -H 'content-type: application/json' \
+    -d '{"max_running_per_key": 1}' >/dev/null
+flow_file="$STATE/chain.json"
+cat >"$flow_file" <<'JSON'
+[
+  {"name": "a", "type": "echo", "payload": {"step": "a"}, "key": "e2e"},
+  {"name": "b", "type": "echo", "payload": {"step": "b"}, "key": "e2e", "depends_on": ["a"]},
+  {"name": "c", "type": "echo", "payload": {"step": "c"}, "key": "e2e", "depends_on": ["b"]}
+]
+JSON
+flow_id="$(pf_cli --output json flow submit "$flow_file" | jq -r .id)"
+[ -n "$flow_id" ] && [ "$flow_id" != null ] || fail "taskq flow submit returned no id"
+for _ in $(seq 1 60); do
+    flow_status="$(pf_cli --output json flow get "$flow_id" | jq -r .status)"
+    [ "$flow_status" = running ] || break
     sleep 1
 done
-[ "$status" = succeeded ] || fail "task $id submitted through port-forward is $status"
+[ "$flow_status" = succeeded ] || fail "flow $flow_id is $flow_status"
+pf_cli flow get "$flow_id" >&2
+api PUT "/v1/queues/default/limits" -H 'content-type: application/json' -d '{}' >/dev/null
 TASKQ_API="http://127.0.0.1:$pf_port" TASKQ_TOKEN="$TOKEN" target/release/taskq get "$id" >&2
 TASKQ_API="http://127.0.0.1:$pf_port" TASKQ_TOKEN="$TOKEN" target/release/taskq queues >&2
-record "CLI + curl through port-forward" "ok ($id succeeded)"
+record "CLI + curl through port-forward" "ok ($id succeeded with --wait; keyed chain $flow_id succeeded)"
 kill "$port_forward_pid" 2>/dev/null || true
 port_forward_pid=""
 

@@ -107,9 +107,13 @@ async fn insert_many_and_delete() {
 #[tokio::test]
 async fn a_taken_over_record_outlives_the_original_submits_undo() {
     let db = TestDb::new().await;
-    let recs: Vec<TaskRecord> = (0..3).map(|i| task("undo", "t", json!(i))).collect();
-    db.store.insert_many(&recs).await.must();
+    // One submit: every record carries its mark (their creation time), to the millisecond.
+    let mut recs: Vec<TaskRecord> = (0..3).map(|i| task("undo", "t", json!(i))).collect();
     let mark = recs[0].created_at;
+    for r in &mut recs {
+        r.created_at = mark;
+    }
+    db.store.insert_many(&recs).await.must();
     let stored = db.store.get(recs[0].id).await.must().must();
     assert_eq!(stored.submit_pending, Some(mark));
 

@@ -370,10 +370,14 @@ async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
         env.wait_status(*o, TaskStatus::Succeeded, Duration::from_secs(30))
             .await;
     }
-    assert_eq!(assert_order(&env, id).await, 3);
-    // One at a time for the key: no two of its attempts overlap.
+    // One at a time for the key: no two of its attempts overlap (and so the chain ran
+    // in its order).
     let mut spans = Vec::new();
-    for t in names.values().chain(&others) {
+    for (name, t) in names
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .chain(others.iter().map(|t| ("", t)))
+    {
         let r = env.record(*t).await;
         let at = |f: &str| {
             r[f].as_str()
@@ -381,11 +385,22 @@ async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
         };
         if let (Some(s), Some(f)) = (at("started_at"), at("finished_at")) {
             if r["status"] == "succeeded" || r["status"] == "dead" {
-                spans.push((s, f, t.to_string()));
+                spans.push((s, f, format!("{name} {t}")));
             }
         }
     }
+    assert_eq!(spans.len(), 4 + others.len(), "{spans:?}");
     spans.sort();
+    let chain: Vec<&str> = spans
+        .iter()
+        .filter_map(|(_, _, n)| {
+            ["a ", "b ", "c "]
+                .iter()
+                .find(|p| n.starts_with(**p))
+                .copied()
+        })
+        .collect();
+    assert_eq!(chain, ["a ", "b ", "c "], "{spans:?}");
     for pair in spans.windows(2) {
         assert!(
             pair[0].1 <= pair[1].0,
