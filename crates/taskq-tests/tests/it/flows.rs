@@ -383,10 +383,10 @@ async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
             r[f].as_str()
                 .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
         };
-        if let (Some(s), Some(f)) = (at("started_at"), at("finished_at")) {
-            if r["status"] == "succeeded" || r["status"] == "dead" {
-                spans.push((s, f, format!("{name} {t}")));
-            }
+        if let (Some(s), Some(f)) = (at("started_at"), at("finished_at"))
+            && (r["status"] == "succeeded" || r["status"] == "dead")
+        {
+            spans.push((s, f, format!("{name} {t}")));
         }
     }
     assert_eq!(spans.len(), 4 + others.len(), "{spans:?}");
