@@ -42,8 +42,8 @@ pub struct NewFlowTask {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowRequest {
-    /// At most 10,000 tasks; their `depends_on` must form a DAG.
-    #[schema(value_type = Vec<NewFlowTask>)]
+    /// At least one and at most 10,000 tasks; their `depends_on` must form a DAG.
+    #[schema(value_type = Vec<NewFlowTask>, min_items = 1, max_items = 10000)]
     pub tasks: Vec<Box<RawValue>>,
     /// A task (as `POST /v1/tasks` takes it) run once if a task of the flow dies; it
     /// depends on every task of the flow, reads their results like any dependent, and is

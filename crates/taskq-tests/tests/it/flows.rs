@@ -301,18 +301,6 @@ async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does
     w.shutdown().await;
 }
 
-/// Sets the queue's `max_running_per_key`.
-async fn limit_per_key(env: &Env, queue: &str, n: u32) {
-    let resp = env
-        .http
-        .put(format!("{}/v1/queues/{queue}/limits", env.api))
-        .json(&json!({"max_running_per_key": n}))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(resp.status(), StatusCode::OK);
-}
-
 /// The queue's active keys, as `GET /v1/queues/{name}` shows them.
 async fn active_keys(env: &Env, queue: &str) -> Value {
     let (status, q) = env.get(&format!("/v1/queues/{queue}")).await;
@@ -323,7 +311,8 @@ async fn active_keys(env: &Env, queue: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
     let env = Env::start().await;
-    limit_per_key(&env, "default", 1).await;
+    env.set_limits("default", json!({"max_running_per_key": 1}))
+        .await;
     // A chain whose every task has the key `k`, and a branch that dies so that its
     // keyed dependent is cancelled: each joins its key while waiting and leaves it.
     let keyed = |mut t: Value| {
@@ -345,18 +334,9 @@ async fn keyed_tasks_in_a_flow_wait_in_their_key_and_never_overlap_it() {
     // Plain keyed tasks of the same key, submitted after the flow.
     let mut others = Vec::new();
     for i in 0..5 {
-        let (status, v) = env
-            .post(
-                "/v1/tasks",
-                json!({"type": "sleep", "payload": {"ms": 20 + i}, "key": "k"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
         others.push(
-            v["id"]
-                .as_str()
-                .and_then(|s| s.parse::<TaskId>().ok())
-                .expect("id"),
+            env.submit(json!({"type": "sleep", "payload": {"ms": 20 + i}, "key": "k"}))
+                .await,
         );
     }
     let w = env.worker(Env::settings("default"), registry());

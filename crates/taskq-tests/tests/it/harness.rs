@@ -179,6 +179,18 @@ impl Env {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sets every limit of `queue` (`PUT /v1/queues/{queue}/limits`); must be accepted.
+    pub async fn set_limits(&self, queue: &str, limits: Value) {
+        let resp = self
+            .http
+            .put(format!("{}/v1/queues/{queue}/limits", self.api))
+            .json(&limits)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), StatusCode::OK, "{limits}");
+    }
+
     /// Submits one task and returns its id.
     pub async fn submit(&self, body: Value) -> TaskId {
         let (status, v) = self.post("/v1/tasks", body).await;

@@ -16,16 +16,10 @@ use taskq_testkit::wait_until;
 
 use crate::harness::{Env, RunningWorker};
 
-/// Sets the queue's `max_running_per_key`.
+/// Sets the queue's `max_running_per_key` (and no other limit).
 async fn limit_per_key(env: &Env, queue: &str, n: u32) {
-    let resp = env
-        .http
-        .put(format!("{}/v1/queues/{queue}/limits", env.api))
-        .json(&json!({"max_running_per_key": n}))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(resp.status(), StatusCode::OK);
+    env.set_limits(queue, json!({"max_running_per_key": n}))
+        .await;
 }
 
 /// Submits `rounds` tasks of each of `keys` keys (round by round, so keys interleave), in
