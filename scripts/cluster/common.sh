@@ -16,10 +16,13 @@
 #   pod CIDR     10.244.0.0/16 (this node: 10.244.0.0/24 on bridge taskq0)
 #   services     10.97.0.0/16; kubernetes = 10.97.0.1, kube-dns = 10.97.0.10
 
+# The shared helpers (etcd_flags, TASKQ_CACHE_DIR); log and die are redefined below with
+# this script family's prefix.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 CLUSTER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$CLUSTER_SCRIPTS/../.." && pwd)"
 KUBE_VERSION="${TASKQ_KUBE_VERSION:-1.34.4}"
-CACHE="${TASKQ_CACHE:-$HOME/.cache/taskq}"
+CACHE="$TASKQ_CACHE_DIR"
 KUBE_BIN="$CACHE/kube/v$KUBE_VERSION"
 TOOLS="$CACHE/cluster"
 TOOLS_BIN="$TOOLS/bin"
