@@ -343,8 +343,8 @@ impl Broker {
         Ok((crate::reply::string(next)?, entries(list)?))
     }
 
-    /// Entries in `queue`'s outbox: not yet applied, plus a few applied ones not trimmed
-    /// yet.
+    /// Entries in `queue`'s outbox: those not yet applied, plus applied ones behind a
+    /// pending entry (not trimmed yet); 0 only when every entry was applied.
     pub async fn outbox_len(&self, queue: &QueueName) -> Result<u64> {
         let mut c = self.conn.clone();
         Ok(redis::cmd("XLEN")

@@ -9,17 +9,16 @@
 //! and then:
 //! - a task Redis holds was enqueued: its mark is cleared;
 //! - a task Redis does not hold, whose record was created after the queue's epoch (so
-//!   Redis has not lost data since), was never enqueued: its record ends `cancelled`
-//!   with reason `submit_failed` (a task whose submit failed never runs);
+//!   Redis has not lost data since), and the queue's outbox drained after that look (so
+//!   the task did not run and finish with its updates still unapplied), was never
+//!   enqueued: its record ends `cancelled` with reason `submit_failed` (a task whose
+//!   submit failed never runs); with entries in the outbox it waits for a later round;
 //! - a task Redis does not hold, created before the epoch, may have been in a Redis that
 //!   lost its data: left alone for `POST /v1/admin/recover`, mark cleared.
 //!
 //! The grace period must exceed the api's enqueue deadline (5 s after a record's
 //! `created_at`, no api sends its task's enqueue any more) plus the clock skew between
-//! hosts. Every write is conditional, so
-//! every worker runs this at once safely. A record cancelled here whose task did reach
-//! Redis after all (a status update delayed beyond the grace period) is corrected by that
-//! update, whose `seq` is higher.
+//! hosts. Every write is conditional, so every worker runs this at once safely.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,12 +77,21 @@ async fn settle(
 ) -> anyhow::Result<()> {
     let ids: Vec<TaskId> = pending.iter().map(|p| p.id).collect();
     let (epoch_ms, present) = shared.broker.present(queue, &ids).await?;
+    // A task that reached Redis and already finished is absent too, its first status
+    // update (which clears the mark) still in the outbox, unapplied while MongoDB is
+    // slow or a writer is behind. Only with the outbox drained after that look (every
+    // transition Redis made before it is in MongoDB, and the cancel below is conditional
+    // on the mark) did an absent task never reach Redis; otherwise the decision waits
+    // for a later round.
+    let drained = shared.broker.outbox_len(queue).await? == 0;
     let (mut never, mut settled) = (Vec::new(), Vec::new());
     for (p, present) in pending.iter().zip(present) {
         if present {
             settled.push(p.id);
         } else if p.created_at.timestamp_millis() >= epoch_ms {
-            never.push(p.id);
+            if drained {
+                never.push(p.id);
+            }
         } else {
             tracing::info!(task = %p.id, %queue, "a submit-pending task predates what Redis remembers; left to recovery");
             settled.push(p.id);

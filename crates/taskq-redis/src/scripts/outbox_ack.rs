@@ -1,7 +1,8 @@
 //! OUTBOX_ACK: acknowledges outbox entries the store has applied, then trims the stream
 //! of every acknowledged entry: below the oldest pending one, or, when none is pending,
-//! below the newest one acknowledged here (every entry before it was delivered, and none
-//! is pending, so all are acknowledged).
+//! up to and including the newest one acknowledged here (every entry before it was
+//! delivered, and none is pending, so all are acknowledged). The stream's length is
+//! therefore at least the number of entries not yet applied, and 0 only when all were.
 //!
 //! ```text
 //! KEYS[1] -> taskq:{<queue>}:outbox
@@ -19,7 +20,10 @@ script!(
     r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
 local p = redis.call('XPENDING', KEYS[1], ARGV[1])
-local floor = ARGV[2]
+-- MINID keeps the floor itself: just above the newest acknowledged id, so that an empty
+-- stream means every entry was applied (the submit check relies on it).
+local ms, sq = string.match(ARGV[2], '^(%d+)-(%d+)$')
+local floor = ms .. '-' .. (tonumber(sq) + 1)
 if p[1] > 0 then floor = p[2] end
 redis.call('XTRIM', KEYS[1], 'MINID', floor)
 return n

@@ -424,3 +424,58 @@ async fn handler_errors_can_ask_for_a_later_retry() {
     assert!(at("running", 2) - at("retrying", 1) >= chrono::Duration::milliseconds(700));
     w.shutdown().await;
 }
+
+/// A task that ran and finished in Redis while its worker could not write to MongoDB is
+/// absent from Redis with its record still submit-pending, its updates waiting in the
+/// outbox. Another worker's submit check must not take it for a submit that never reached
+/// Redis: the record is never cancelled, and ends `succeeded` once MongoDB is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_submit_check_leaves_tasks_whose_updates_wait_in_the_outbox() {
+    let env = Env::start().await;
+    let proxy = ChaosProxy::start(mongo_addr());
+    let opts = taskq_store::StoreOptions {
+        server_selection_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let flaky_store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
+        .await
+        .expect("store via proxy");
+    let mut settings = Env::settings("default");
+    settings.submit_check_interval = Duration::from_secs(3600);
+    let runner = env.worker_with_store(settings, Env::builtins(), flaky_store);
+    let warm = env.submit(json!({"type": "noop"})).await;
+    env.wait_status(warm, TaskStatus::Succeeded, T).await;
+
+    proxy.cut();
+    let id = env.submit(json!({"type": "noop"})).await;
+    // It runs and leaves Redis; its updates wait in the outbox.
+    assert!(
+        wait_until(T, Duration::from_millis(20), || async {
+            env.redis_total("default").await == 0
+        })
+        .await
+    );
+    // A worker of another queue, whose submit check looks at every queue's records.
+    let mut check = Env::settings("elsewhere");
+    check.submit_grace = Duration::from_millis(300);
+    check.submit_check_interval = Duration::from_millis(100);
+    let checker = env.worker(check, Env::builtins());
+    // Many rounds past the grace period: the record is still as the api wrote it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rec = env.record(id).await;
+    assert_eq!(rec["status"], "queued", "{rec:#}");
+
+    proxy.restore();
+    env.wait_status(id, TaskStatus::Succeeded, T).await;
+    let rec = env.record(id).await;
+    let statuses: Vec<&str> = rec["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "succeeded"], "{rec:#}");
+    checker.shutdown().await;
+    runner.shutdown().await;
+}
