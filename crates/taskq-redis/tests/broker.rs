@@ -463,8 +463,25 @@ async fn outbox(broker: &Broker, queue: &str) {
         3
     );
 
-    // A full outbox holds the dequeue back.
+    // A full outbox holds the dequeue back: one task taken without a cap leaves its
+    // `running` update unapplied, then a cap at the outbox's length holds the next one.
+    let more: Vec<TaskRecord> = (0..2).map(|_| record(queue, "normal", None)).collect();
+    broker
+        .enqueue(
+            &more
+                .iter()
+                .map(|r| EnqueueItem::from_record(r, 1))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("enqueue");
+    let taken = broker
+        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue");
+    assert_eq!(taken.tasks.len(), 1);
     let len = broker.outbox_len(&qn).await.expect("len") as usize;
+    assert!(len >= 1);
     let held = broker
         .dequeue(&qn, 1, Duration::from_secs(30), "w1", len.max(1))
         .await
