@@ -18,6 +18,7 @@
 //! - Delivering an entry twice (a claim racing a slow writer, a crash between apply and
 //!   acknowledgement) is harmless: applying a status update is idempotent.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::Value;
@@ -341,6 +342,34 @@ impl Broker {
             )));
         };
         Ok((crate::reply::string(next)?, entries(list)?))
+    }
+
+    /// The tasks with updates in `queue`'s outbox (an entry leaves only once it was
+    /// applied), or `None` when the outbox holds more than `limit` entries or one that
+    /// cannot be read (then nothing can be said of a task's updates).
+    pub async fn outbox_tasks(
+        &self,
+        queue: &QueueName,
+        limit: usize,
+    ) -> Result<Option<HashSet<TaskId>>> {
+        let mut c = self.conn.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(QueueKeys::new(queue).outbox())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit + 1)
+            .query_async(&mut c)
+            .await?;
+        let list = entries(&v)?;
+        if list.len() > limit || list.iter().any(|e| e.malformed > 0) {
+            return Ok(None);
+        }
+        Ok(Some(
+            list.iter()
+                .flat_map(|e| e.updates.iter().map(|u| u.id))
+                .collect(),
+        ))
     }
 
     /// Entries in `queue`'s outbox: those not yet applied, plus applied ones behind a

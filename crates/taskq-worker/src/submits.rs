@@ -9,10 +9,10 @@
 //! and then:
 //! - a task Redis holds was enqueued: its mark is cleared;
 //! - a task Redis does not hold, whose record was created after the queue's epoch (so
-//!   Redis has not lost data since), and the queue's outbox drained after that look (so
-//!   the task did not run and finish with its updates still unapplied), was never
+//!   Redis has not lost data since), and of which the queue's outbox holds no update
+//!   (so it did not run and finish with its updates still unapplied), was never
 //!   enqueued: its record ends `cancelled` with reason `submit_failed` (a task whose
-//!   submit failed never runs); with entries in the outbox it waits for a later round;
+//!   submit failed never runs); one with updates in the outbox waits for a later round;
 //! - a task Redis does not hold, created before the epoch, may have been in a Redis that
 //!   lost its data: left alone for `POST /v1/admin/recover`, mark cleared.
 //!
@@ -33,6 +33,9 @@ use crate::worker::Shared;
 const PAGE: u32 = 1_000;
 /// Pages per round, so one round stays short.
 const MAX_PAGES: usize = 20;
+/// Most outbox entries read to tell whether a task absent from Redis ran (a longer
+/// outbox postpones the decision to a later round).
+const OUTBOX_SCAN: usize = 2_000;
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.settings.submit_check_interval);
@@ -77,24 +80,26 @@ async fn settle(
 ) -> anyhow::Result<()> {
     let ids: Vec<TaskId> = pending.iter().map(|p| p.id).collect();
     let (epoch_ms, present) = shared.broker.present(queue, &ids).await?;
-    // A task that reached Redis and already finished is absent too, its first status
-    // update (which clears the mark) still in the outbox, unapplied while MongoDB is
-    // slow or a writer is behind. Only with the outbox drained after that look (every
-    // transition Redis made before it is in MongoDB, and the cancel below is conditional
-    // on the mark) did an absent task never reach Redis; otherwise the decision waits
-    // for a later round.
-    let drained = shared.broker.outbox_len(queue).await? == 0;
     let (mut never, mut settled) = (Vec::new(), Vec::new());
     for (p, present) in pending.iter().zip(present) {
         if present {
             settled.push(p.id);
         } else if p.created_at.timestamp_millis() >= epoch_ms {
-            if drained {
-                never.push(p.id);
-            }
+            never.push(p.id);
         } else {
             tracing::info!(task = %p.id, %queue, "a submit-pending task predates what Redis remembers; left to recovery");
             settled.push(p.id);
+        }
+    }
+    if !never.is_empty() {
+        // A task that reached Redis and already finished is absent too, its first status
+        // update (which clears the mark) still in the outbox, unapplied while MongoDB is
+        // slow or a writer is behind. Read after that look, an outbox without an update
+        // of the task means it never reached Redis (an entry leaves only once applied, and
+        // the cancel below is conditional on the mark); otherwise a later round decides.
+        match shared.broker.outbox_tasks(queue, OUTBOX_SCAN).await? {
+            Some(in_outbox) => never.retain(|id| !in_outbox.contains(id)),
+            None => never.clear(),
         }
     }
     let cancelled = shared
