@@ -194,18 +194,25 @@ async fn a_killed_workers_task_completes_elsewhere_after_its_lease() {
     w.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn status_updates_wait_out_a_mongodb_outage() {
-    let env = Env::start().await;
+/// A store of `env`'s database reached through a proxy that can cut it, with short
+/// timeouts so that a cut shows at once.
+async fn store_via_proxy(env: &Env) -> (ChaosProxy, Store) {
     let proxy = ChaosProxy::start(mongo_addr());
     let opts = taskq_store::StoreOptions {
         server_selection_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let flaky_store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
+    let store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
         .await
         .expect("store via proxy");
+    (proxy, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_updates_wait_out_a_mongodb_outage() {
+    let env = Env::start().await;
+    let (proxy, flaky_store) = store_via_proxy(&env).await;
     let mut settings = Env::settings("default");
     settings.concurrency = 8;
     let w = env.worker_with_store(settings, Env::builtins(), flaky_store);
@@ -432,15 +439,7 @@ async fn handler_errors_can_ask_for_a_later_retry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_submit_check_leaves_tasks_whose_updates_wait_in_the_outbox() {
     let env = Env::start().await;
-    let proxy = ChaosProxy::start(mongo_addr());
-    let opts = taskq_store::StoreOptions {
-        server_selection_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let flaky_store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
-        .await
-        .expect("store via proxy");
+    let (proxy, flaky_store) = store_via_proxy(&env).await;
     let mut settings = Env::settings("default");
     settings.submit_check_interval = Duration::from_secs(3600);
     let runner = env.worker_with_store(settings, Env::builtins(), flaky_store);
