@@ -1,7 +1,9 @@
 //! Connections to a single Redis or to a Redis Cluster behind one type.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -41,14 +43,66 @@ impl RedisConfig {
 /// A multiplexed connection to either deployment kind.
 #[derive(Clone)]
 pub(crate) enum Conn {
-    Single(ConnectionManager),
+    Single(Single),
     Cluster(ClusterConnection),
+}
+
+/// A reconnecting connection to one server, shared by its clones.
+///
+/// `ConnectionManager` reconnects when a command fails on a dropped or desynchronised
+/// connection, but not when the connection attempt itself failed with anything other than
+/// an I/O error: a peer that is not Redis (an address not yet routed to the server, answered
+/// by something speaking HTTP) or a refused `AUTH` leaves it answering every later command
+/// with that same error. So such an error replaces the manager with a fresh one, which
+/// connects again on its next command; commands never wait for a replacement.
+#[derive(Clone)]
+pub(crate) struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: Arc<ArcSwap<ConnectionManager>>,
+}
+
+impl Single {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
+        let manager = client.get_connection_manager_lazy(config.clone())?;
+        Ok(Self {
+            client,
+            config,
+            current: Arc::new(ArcSwap::from_pointee(manager)),
+        })
+    }
+
+    /// After `error` on `used`: when the error says the connection cannot be used again and
+    /// the manager would not replace it by itself (anything but an I/O error), put a new
+    /// manager in its place, unless another clone already did.
+    fn recover(&self, used: &Arc<ConnectionManager>, error: &redis::RedisError) {
+        if error.is_io_error() || !error.is_unrecoverable_error() {
+            return;
+        }
+        let Ok(fresh) = self
+            .client
+            .get_connection_manager_lazy(self.config.clone())
+        else {
+            return;
+        };
+        let previous = self.current.compare_and_swap(used, Arc::new(fresh));
+        if Arc::ptr_eq(&previous, used) {
+            tracing::warn!(%error, "redis connection unusable; reconnecting");
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) => Box::pin(async move {
+                let used = c.current.load_full();
+                let result = (*used).clone().req_packed_command(cmd).await;
+                if let Err(e) = &result {
+                    c.recover(&used, e);
+                }
+                result
+            }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -60,14 +114,24 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Single(c) => Box::pin(async move {
+                let used = c.current.load_full();
+                let result = (*used)
+                    .clone()
+                    .req_packed_commands(cmd, offset, count)
+                    .await;
+                if let Err(e) = &result {
+                    c.recover(&used, e);
+                }
+                result
+            }),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c) => c.current.load().get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -123,8 +187,7 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
             ));
         };
         let client = redis::Client::open(url.as_str())?;
-        let conn =
-            client.get_connection_manager_lazy(manager_config(Some(config.response_timeout)))?;
+        let conn = Single::new(client.clone(), manager_config(Some(config.response_timeout)))?;
         Ok((Conn::Single(conn), Source::Single(Box::new(client))))
     }
 }
@@ -143,7 +206,8 @@ impl Source {
         match self {
             Source::Single(client) => {
                 let timeout = Duration::from_secs_f64(BLOCK_SECONDS) + Duration::from_secs(5);
-                Ok(Conn::Single(client.get_connection_manager_lazy(
+                Ok(Conn::Single(Single::new(
+                    (**client).clone(),
                     manager_config(Some(timeout)),
                 )?))
             }
@@ -182,6 +246,73 @@ mod tests {
             Ok(_) => panic!("a single URL opened a cluster connection"),
             Err(e) => panic!("rediss:// refused: {e}"),
         }
+    }
+
+    /// A server address answered first by something that is not Redis (as a Service
+    /// address is before its routing rules exist) and only later by Redis: the connection
+    /// reconnects instead of failing every later command with the first answer's error.
+    #[tokio::test]
+    async fn a_connection_first_answered_by_a_non_redis_peer_recovers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let redis = taskq_testkit::RedisServer::start();
+        let upstream = redis.addr();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let answered_http = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = answered_http.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 6 {
+                    // The first six connections (the manager retries a failed attempt twice) reach an HTTP server that stays connected.
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = socket.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let reply = "HTTP/1.1 404 Not Found\r\nserver: test\r\ncontent-length: 0\r\n\r\n";
+                            if socket.write_all(reply.as_bytes()).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut socket, &mut server).await;
+                        }
+                    });
+                }
+            }
+        });
+
+        let config = RedisConfig::from_urls(&format!("redis://{addr}/"), false);
+        let (conn, _) = open(&config).await.expect("open");
+        let mut first_error = None;
+        let mut pong = None;
+        for _ in 0..50 {
+            let mut c = conn.clone();
+            match redis::cmd("PING").query_async::<String>(&mut c).await {
+                Ok(p) => {
+                    pong = Some(p);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let first_error = first_error.expect("the HTTP peer's answer was refused");
+        assert_eq!(
+            pong.as_deref(),
+            Some("PONG"),
+            "never recovered after: {first_error}"
+        );
+        assert!(answered_http.load(std::sync::atomic::Ordering::SeqCst) >= 7);
     }
 
     fn openssl(dir: &Path, args: &[&str]) {
