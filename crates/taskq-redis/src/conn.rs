@@ -56,20 +56,22 @@ pub(crate) enum Conn {
 /// with that same error. So such an error replaces the manager with a fresh one, which
 /// connects again on its next command; commands never wait for a replacement.
 #[derive(Clone)]
-pub(crate) struct Single {
+pub(crate) struct Single(Arc<SingleInner>);
+
+struct SingleInner {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    current: Arc<ArcSwap<ConnectionManager>>,
+    current: ArcSwap<ConnectionManager>,
 }
 
 impl Single {
     fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
         let manager = client.get_connection_manager_lazy(config.clone())?;
-        Ok(Self {
+        Ok(Self(Arc::new(SingleInner {
             client,
             config,
-            current: Arc::new(ArcSwap::from_pointee(manager)),
-        })
+            current: ArcSwap::from_pointee(manager),
+        })))
     }
 
     /// After `error` on `used`: when the error says the connection cannot be used again and
@@ -80,12 +82,13 @@ impl Single {
             return;
         }
         let Ok(fresh) = self
+            .0
             .client
-            .get_connection_manager_lazy(self.config.clone())
+            .get_connection_manager_lazy(self.0.config.clone())
         else {
             return;
         };
-        let previous = self.current.compare_and_swap(used, Arc::new(fresh));
+        let previous = self.0.current.compare_and_swap(used, Arc::new(fresh));
         if Arc::ptr_eq(&previous, used) {
             tracing::warn!(%error, "redis connection unusable; reconnecting");
         }
@@ -96,7 +99,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => Box::pin(async move {
-                let used = c.current.load_full();
+                let used = c.0.current.load_full();
                 let result = (*used).clone().req_packed_command(cmd).await;
                 if let Err(e) = &result {
                     c.recover(&used, e);
@@ -115,7 +118,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => Box::pin(async move {
-                let used = c.current.load_full();
+                let used = c.0.current.load_full();
                 let result = (*used)
                     .clone()
                     .req_packed_commands(cmd, offset, count)
@@ -131,7 +134,7 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.current.load().get_db(),
+            Conn::Single(c) => c.0.current.load().get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -187,7 +190,10 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(Conn, Source)> {
             ));
         };
         let client = redis::Client::open(url.as_str())?;
-        let conn = Single::new(client.clone(), manager_config(Some(config.response_timeout)))?;
+        let conn = Single::new(
+            client.clone(),
+            manager_config(Some(config.response_timeout)),
+        )?;
         Ok((Conn::Single(conn), Source::Single(Box::new(client))))
     }
 }
