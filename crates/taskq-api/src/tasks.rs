@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, ErrorDetail};
 use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
+use crate::transitions::flow;
 use crate::transitions::retry::{self, Outcome};
 use crate::transitions::submit::{self, Submitted};
 use crate::wait::GetQuery;
@@ -397,7 +398,20 @@ pub async fn retry(
     let id = parse_id(&id)?;
     match retry::retry(&state, vec![id]).await {
         Ok(outcomes) => match outcomes.into_iter().next() {
-            Some(Outcome::Queued(record)) => Ok(Json(*record)),
+            Some(Outcome::Queued(record)) => {
+                flow::rewait_dependents(&state, &[&record])
+                    .await
+                    .map_err(|e| {
+                        let flow = record.flow.as_ref().map(|f| f.id.to_string());
+                        e.with_outcome(&format!(
+                            "the task was queued again, but the tasks of its flow cancelled \
+                             because it died stay cancelled; POST /v1/flows/{}/retry puts \
+                             them back to waiting",
+                            flow.as_deref().unwrap_or("{id}")
+                        ))
+                    })?;
+                Ok(Json(*record))
+            }
             Some(Outcome::NotFound) | None => Err(ApiError::not_found(format!("no task {id}"))),
             Some(Outcome::NotDead(status)) => Err(ApiError::conflict(format!(
                 "task {id} is {status}; only dead tasks can be retried"

@@ -32,6 +32,7 @@
 //! | every task succeeded | as above; the failure handler's last dependency succeeding cancels it (`every task of the flow succeeded`) | none |
 //! | cancel a flow (`POST /v1/flows/{id}/cancel`) | [`super::cancel`] for every unfinished task (a waiting one leaves Redis like a queued one) | per task as a cancel; finished tasks are skipped |
 //! | retry a flow (`POST /v1/flows/{id}/retry`) | [`super::retry`] for every dead task; then every task cancelled because of a dependency goes back to `waiting` (MongoDB at `seq` + 1, then [`wait_for`]) | `503` part-way: call again (each step is skipped for tasks it already moved) |
+//! | retry one dead task (`POST /v1/tasks/{id}/retry`, `retry-dead`) | [`super::retry`]; then the tasks of its flow cancelled because it died go back to `waiting` as above ([`rewait_dependents`]) | `503` after the task was queued: its dependents stay cancelled, the flow's retry puts them back |
 //! | recover after Redis lost its data | [`recover_waiting`]: every `waiting` record is registered again by [`wait_for`] | idempotent: call again |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -214,14 +215,51 @@ pub(crate) async fn retry_flow(
             .filter(|o| matches!(o, super::retry::Outcome::Queued(_)))
             .count() as u64;
     }
+    out.rewaiting = rewait(state, tasks, |reason| reason.starts_with("dependency ")).await?;
+    Ok(out)
+}
+
+/// After dead tasks were retried one by one (`POST /v1/tasks/{id}/retry`,
+/// `POST /v1/queues/{name}/retry-dead`): the tasks of their flows that were cancelled
+/// because one of them died (reason `dependency <id> died`, which a whole branch
+/// carries) go back to `waiting`, as a flow's retry puts them. Dependents in other
+/// flows (a flow depending on an existing task) are left cancelled: their flow's retry
+/// puts them back. Returns how many wait again.
+pub(crate) async fn rewait_dependents(
+    state: &AppState,
+    retried: &[&TaskRecord],
+) -> Result<u64, ApiError> {
+    let mut by_flow: BTreeMap<TaskId, HashSet<String>> = BTreeMap::new();
+    for r in retried {
+        if let Some(flow) = &r.flow {
+            by_flow
+                .entry(flow.id)
+                .or_default()
+                .insert(format!("dependency {} died", r.id));
+        }
+    }
+    let mut rewaiting = 0;
+    for (flow, reasons) in by_flow {
+        let tasks = state.store.flow_tasks(flow).await?;
+        rewaiting += rewait(state, tasks, |reason| reasons.contains(reason)).await?;
+    }
+    Ok(rewaiting)
+}
+
+/// Puts those of `tasks` (of one flow) that were cancelled because of a dependency, with
+/// a reason `cause` accepts, back to `waiting`: the record first (`cancelled → waiting`
+/// at `seq` + 1), then Redis ([`wait_for`], which settles the dependencies that already
+/// finished). Returns how many wait again.
+async fn rewait(
+    state: &AppState,
+    tasks: Vec<StoredTask>,
+    cause: impl Fn(&str) -> bool,
+) -> Result<u64, ApiError> {
     let now = taskq_core::now();
     let mut waiting = Vec::new();
     for t in tasks {
         let r = &t.record;
-        let by_dependency = r
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("dependency "));
+        let by_dependency = r.last_error.as_deref().is_some_and(&cause);
         if r.status != TaskStatus::Cancelled || !by_dependency || r.flow.is_none() {
             continue;
         }
@@ -232,7 +270,7 @@ pub(crate) async fn retry_flow(
         rec.status = TaskStatus::Waiting;
         waiting.push((rec, seq));
     }
-    out.rewaiting = waiting.len() as u64;
+    let n = waiting.len() as u64;
     wait_for(state, &waiting, HashMap::new(), true).await?;
-    Ok(out)
+    Ok(n)
 }

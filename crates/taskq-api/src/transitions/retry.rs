@@ -105,11 +105,25 @@ pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64
         let ids = page.tasks.iter().map(|t| t.id).collect();
         match retry(state, ids).await {
             Ok(outcomes) => {
-                let queued = outcomes
+                let queued: Vec<&TaskRecord> = outcomes
                     .iter()
-                    .filter(|o| matches!(o, Outcome::Queued(_)))
-                    .count();
-                retried += queued as u64;
+                    .filter_map(|o| match o {
+                        Outcome::Queued(r) => Some(&**r),
+                        _ => None,
+                    })
+                    .collect();
+                retried += queued.len() as u64;
+                super::flow::rewait_dependents(state, &queued)
+                    .await
+                    .map_err(|e| {
+                        e.with_outcome(&format!(
+                            "{retried} dead tasks were queued again, but the tasks of their \
+                             flows cancelled because they died stay cancelled; \
+                             POST /v1/flows/{{flow}}/retry puts them back to waiting, and \
+                             calling again retries the dead tasks left"
+                        ))
+                    })?;
+                let queued = queued.len();
                 if queued == 0 {
                     // Every task of the page changed under us: none is left to retry.
                     break;

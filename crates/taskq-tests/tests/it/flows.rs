@@ -220,6 +220,97 @@ async fn a_dead_dependency_cancels_its_dependents_and_a_retry_of_the_flow_runs_t
     w.shutdown().await;
 }
 
+/// Retrying one dead task (`POST /v1/tasks/{id}/retry`) puts back to `waiting` the tasks
+/// of its flow that were cancelled because it died, and only those: `e`, cancelled
+/// because `x` died, stays cancelled until `x` is retried too (through the queue's
+/// `retry-dead`).
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_one_dead_task_puts_back_the_tasks_its_death_cancelled() {
+    let env = Env::start().await;
+    let mut registry = registry();
+    let runs = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, u32>::new()));
+    registry.register("once", move |ctx: TaskContext| {
+        let name = ctx.payload["name"].as_str().unwrap_or_default().to_owned();
+        let first = {
+            let mut runs = runs.lock().expect("runs");
+            let n = runs.entry(name.clone()).or_default();
+            *n += 1;
+            *n == 1
+        };
+        async move {
+            if first {
+                Err(taskq_worker::HandlerError::permanent("the first run fails"))
+            } else {
+                Ok(Some(json!({ "name": name })))
+            }
+        }
+    });
+    let once = |name: &str| json!({"name": name, "type": "once", "payload": {"name": name}});
+    let (id, names) = submit(
+        &env,
+        vec![
+            once("a"),
+            collect("b", &["a"]),
+            collect("c", &["b"]),
+            once("x"),
+            collect("e", &["x"]),
+        ],
+    )
+    .await;
+    let w = env.worker(Env::settings("default"), registry);
+    wait_flow(&env, id, "failed", Duration::from_secs(30)).await;
+    let (a, x) = (names["a"], names["x"]);
+    for (t, dead) in [("b", a), ("c", a), ("e", x)] {
+        let r = env.record(names[t]).await;
+        assert_eq!(r["status"], "cancelled", "{r:#}");
+        assert_eq!(r["last_error"], format!("dependency {dead} died"), "{r:#}");
+    }
+
+    let (status, r) = env.post(&format!("/v1/tasks/{a}/retry"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    for t in ["b", "c"] {
+        let done = wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async { env.record(names[t]).await["status"] == "succeeded" },
+        )
+        .await;
+        assert!(done, "{t}: {:#}", env.record(names[t]).await);
+    }
+    let c = env.record(names["c"]).await;
+    assert_eq!(
+        c["result"],
+        json!({"name": "c", "deps": [{"name": "b", "deps": [{"name": "a"}]}]})
+    );
+    let history: Vec<&str> = c["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "waiting",
+            "cancelled",
+            "waiting",
+            "queued",
+            "running",
+            "succeeded"
+        ],
+        "{c:#}"
+    );
+    let e = env.record(names["e"]).await;
+    assert_eq!(e["status"], "cancelled", "{e:#}");
+    assert_eq!(flow(&env, id).await["status"], "failed");
+
+    let (status, r) = env.post("/v1/queues/default/retry-dead", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    wait_flow(&env, id, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(assert_order(&env, id).await, 3);
+    w.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does() {
     let env = Env::start().await;
