@@ -374,7 +374,8 @@ pub async fn list(
     }))
 }
 
-/// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt.
+/// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt; the tasks
+/// of its flow cancelled because it died wait again.
 #[utoipa::path(
     post,
     path = "/v1/tasks/{id}/retry",
