@@ -803,6 +803,69 @@ async fn flow_scripts_work_across_queues_on_a_cluster() {
     flow(&broker, "deps", "flow").await;
 }
 
+/// An undone flow submit (REMOVE of every task it registered, as the api's undo does)
+/// leaves no flow set of its tasks behind: neither the waiting task's unmet set nor the
+/// root's dependents set, nor their hashes.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_flow_tasks_removes_their_flow_sets() {
+    use taskq_redis::flow::Waiting;
+    let (server, broker) = single().await;
+    let qn = q("undone");
+    let root = record("undone", "normal", None);
+    let mut dependent = record("undone", "normal", None);
+    dependent.key = Some("customer-1".into());
+    broker
+        .flow_register(&[Waiting {
+            item: EnqueueItem::from_record(&dependent, 1),
+            deps: vec![(qn.clone(), root.id)],
+            on_failure: false,
+        }])
+        .await
+        .expect("register");
+    broker
+        .enqueue(&[EnqueueItem::from_record(&root, 1)])
+        .await
+        .expect("enqueue");
+    let keys = |pattern: String| {
+        let url = server.url();
+        async move {
+            let client = redis::Client::open(url.as_str()).expect("client");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connection");
+            let mut found: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut c)
+                .await
+                .expect("keys");
+            found.sort();
+            found
+        }
+    };
+    let sets = || keys("taskq:{undone}:*[dt]*:*".into());
+    let before = sets().await;
+    assert!(
+        before.iter().any(|k| k.contains(":unmet:"))
+            && before.iter().any(|k| k.contains(":dependents:")),
+        "the flow's sets were not written: {before:?}"
+    );
+    broker
+        .remove(&[(qn.clone(), root.id), (qn.clone(), dependent.id)])
+        .await
+        .expect("remove");
+    let after = sets().await;
+    assert!(
+        !after.iter().any(|k| {
+            [":unmet:", ":dependents:", ":t:"]
+                .iter()
+                .any(|p| k.contains(p))
+        }),
+        "left behind: {after:?}"
+    );
+    assert_eq!(keys("taskq:{undone}:k*".into()).await, Vec::<String>::new());
+}
+
 // ---- Task keys: ordered and fair work per key ----
 
 /// A task of `queue` with key `key` and `priority`.

@@ -3,7 +3,11 @@
 //! retry fails. The hashes go, and the ids leave the scheduled, retry and lease sets and
 //! (without a key) the pending lists; a task with a key is also taken
 //! out of its key (pending slot or backlog, running count, active keys), so the key's
-//! next task is not held back by a task that no longer exists.
+//! next task is not held back by a task that no longer exists. A flow task's set of unmet
+//! dependencies and its own set of dependents go with it; the member naming it in the
+//! dependents set of a dependency in another queue (a flow that depends on an existing
+//! task) stays until that dependency finishes and its set is forgotten (releasing a task
+//! that is gone does nothing).
 //!
 //! ```text
 //! KEYS[1..3] -> taskq:{<queue>}:pending:{high,normal,low}
@@ -15,7 +19,10 @@
 //! KEYS[9]    -> taskq:{<queue>}:lease
 //! KEYS[10]   -> taskq:{<queue>}:scheduled
 //! KEYS[11]   -> taskq:{<queue>}:retry
-//! ARGV       -> task hash prefix, then ids
+//! ARGV[1]    -> task hash prefix
+//! ARGV[2]    -> unmet set prefix
+//! ARGV[3]    -> dependents set prefix
+//! ARGV[4..]  -> ids
 //! reply      -> how many tasks were in Redis
 //! ```
 
@@ -33,9 +40,10 @@ script!(
     r"
 local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
 local n = 0
-for i = 2, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   local k = ARGV[1] .. id
+  redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
   local vals = redis.call('HMGET', k, 'state', 'prio', 'key')
   if vals[1] then
     n = n + 1
@@ -73,7 +81,10 @@ impl Broker {
         let calls = by_queue.into_iter().map(|(queue, ids)| {
             let k = QueueKeys::new(queue);
             let mut inv = invocation(&SCRIPT, &keys(&k));
-            inv.arg(k.task_prefix()).arg(ids);
+            inv.arg(k.task_prefix())
+                .arg(k.unmet_prefix())
+                .arg(k.dependents_prefix())
+                .arg(ids);
             async move { self.run::<i64>(inv).await }
         });
         futures::future::try_join_all(calls).await?;
