@@ -1284,3 +1284,39 @@ async fn a_lost_head_does_not_block_its_key(broker: &Broker, url: &str) {
     let l = take(broker, &qn, 10).await;
     assert_eq!(ids(&l), vec![t[1].id]);
 }
+
+/// The finished-task subscription on a cluster outlives its seed: given one seed (a
+/// proxy in front of one node), it learns the other nodes when it subscribes, and when
+/// the seed goes away it subscribes on another node and hears what is published there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_finished_subscription_moves_to_another_cluster_node_when_its_seed_goes() {
+    use taskq_redis::notify::Finished;
+    let cluster = RedisCluster::start();
+    let seed = taskq_testkit::ChaosProxy::start(cluster.addrs()[0]);
+    let broker = Broker::connect(&RedisConfig::from_urls(
+        &format!("redis://{}", seed.addr()),
+        true,
+    ))
+    .await
+    .expect("connect");
+    let mut sub = broker.finished_subscription();
+    assert_eq!(next(&mut sub).await, Finished::Subscribed);
+    seed.cut();
+    // The lost connection is noticed (end of stream or a failed keepalive), then the
+    // subscription is made again on a node it learnt.
+    assert_eq!(next(&mut sub).await, Finished::Subscribed);
+    let other = Broker::connect(&RedisConfig::from_urls(&cluster.urls()[1], true))
+        .await
+        .expect("connect");
+    let id = TaskId::new();
+    other.publish_finished(&[id]).await.expect("publish");
+    assert_eq!(next(&mut sub).await, Finished::Tasks(vec![id]));
+}
+
+async fn next(
+    sub: &mut taskq_redis::notify::FinishedSubscription,
+) -> taskq_redis::notify::Finished {
+    tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("the subscription answered within 30 s")
+}
