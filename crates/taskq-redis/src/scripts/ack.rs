@@ -32,9 +32,8 @@ script!(
 local q = {pend = {KEYS[4], KEYS[5], KEYS[6]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(5, 3, function(i, id, k)
-  local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
+  local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])
   if seq then
-    local uk = redis.call('HGET', k, 'key')
     redis.call('DEL', k)
     if uk then kdone(q, uk) end
     ob_add(ent, id, seq, ARGV[4], attempts, ARGV[i + 2])

@@ -73,12 +73,12 @@ for p = 1, 3 do
     if not ids then break end
     for _, id in ipairs(ids) do
       local k = pfx .. id
-      local vals = redis.call('HMGET', k, 'msg', 'state', 'qat', 'key')
+      local vals = redis.call('HMGET', k, 'msg', 'state', 'qat', 'key', 'attempts', 'seq')
       if vals[1] and vals[2] == 'queued' then
-        local attempts = redis.call('HINCRBY', k, 'attempts', 1)
-        local seq = redis.call('HINCRBY', k, 'seq', 1)
+        local attempts = (tonumber(vals[5]) or 0) + 1
+        local seq = (tonumber(vals[6]) or 0) + 1
         local token = wid .. ':' .. attempts
-        redis.call('HSET', k, 'state', 'running', 'lease', token)
+        redis.call('HSET', k, 'state', 'running', 'lease', token, 'attempts', attempts, 'seq', seq)
         redis.call('ZADD', KEYS[4], deadline, id)
         local b = #out
         out[b + 1] = id

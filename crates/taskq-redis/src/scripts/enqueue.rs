@@ -38,7 +38,7 @@ script!(
     r"
 local pfx, now = ARGV[1], tonumber(ARGV[2])
 local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
-local out, woke = {}, false
+local out, now_due = {}, {{}, {}, {}}
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 for i = 3, #ARGV, 8 do
   local id = ARGV[i]
@@ -49,25 +49,36 @@ for i = 3, #ARGV, 8 do
     local prio, due = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
     local state = 'queued'
     if due > now then state = 'scheduled' end
-    redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
-      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
     local uk = ARGV[i + 7]
     if uk ~= '' then
-      redis.call('HSET', k, 'key', uk)
+      redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
+        'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now, 'key', uk)
       kjoin(q, uk)
+    else
+      redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
+        'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
     end
     if due > now then
       redis.call('ZADD', KEYS[4], due, id)
     elseif uk ~= '' then
       kqueue(q, uk, id, prio, false)
     else
-      redis.call('LPUSH', KEYS[1 + prio], id)
-      woke = true
+      local ids = now_due[1 + prio]
+      ids[#ids + 1] = id
     end
     out[#out + 1] = 1
   end
 end
-if woke or q.woke then wake(KEYS[5]) end
+-- One LPUSH per pending list, in the order given (as one LPUSH per task would).
+local woke = q.woke
+for p = 1, 3 do
+  local ids = now_due[p]
+  for j = 1, #ids, 1000 do
+    redis.call('LPUSH', KEYS[p], unpack(ids, j, math.min(j + 999, #ids)))
+    woke = true
+  end
+end
+if woke then wake(KEYS[5]) end
 return out
 "
 );

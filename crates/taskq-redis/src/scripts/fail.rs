@@ -35,10 +35,9 @@ script!(
 local q = {pend = {KEYS[6], KEYS[7], KEYS[8]}, lim = KEYS[9], act = KEYS[10], nb = KEYS[11], park = KEYS[12]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 4, function(i, id, k)
-  local seq, attempts = unlease(k, id, ARGV[i + 1], KEYS[1])
+  local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])
   if not seq then return nil end
   local due = tonumber(ARGV[i + 2])
-  local uk = redis.call('HGET', k, 'key')
   if due < 0 then
     redis.call('DEL', k)
     if uk then kdone(q, uk) end
@@ -49,7 +48,7 @@ local out = each_task(4, 4, function(i, id, k)
     kstop(q, uk)
     kpump(q, uk)
   end
-  redis.call('HSET', k, 'state', 'retrying')
+  redis.call('HSET', k, 'state', 'retrying', 'seq', seq)
   redis.call('HDEL', k, 'lease')
   redis.call('ZADD', KEYS[2], due, id)
   ob_add(ent, id, seq, 'retrying', attempts, ARGV[i + 3])

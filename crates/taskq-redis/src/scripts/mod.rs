@@ -60,8 +60,9 @@ pub mod settle_claim;
 /// - `wake(key)` leaves one wake-up token for idle workers blocked on the queue's wake
 ///   list (a list of at most one element);
 /// - `unlease(k, id, token, lease)`: when `token` holds the lease of task `id` (hash
-///   `k`), takes it off the lease set, increments its `seq` and returns the new seq and
-///   the attempts; otherwise returns nil;
+///   `k`), takes it off the lease set and returns its next `seq` (the caller writes it
+///   to the hash, or deletes the hash), its attempts, its key (false: none) and its
+///   priority index; otherwise returns nil. One read for all of it;
 /// - `to_head(k, id, list, now)` makes a taken task `queued` again at `now` and puts it
 ///   at the head of its pending list `list` (the end `RPOP` takes first);
 /// - `count(key, n)` adds `n` to a per-second counter that lives two minutes (nothing
@@ -92,10 +93,10 @@ local function wake(key)
   redis.call('LTRIM', key, 0, 0)
 end
 local function unlease(k, id, token, lease)
-  local vals = redis.call('HMGET', k, 'lease', 'attempts')
+  local vals = redis.call('HMGET', k, 'lease', 'attempts', 'seq', 'key', 'prio')
   if vals[1] ~= token then return nil end
   redis.call('ZREM', lease, id)
-  return redis.call('HINCRBY', k, 'seq', 1), vals[2]
+  return (tonumber(vals[3]) or 0) + 1, vals[2], vals[4], tonumber(vals[5])
 end
 local function to_head(k, id, list, now)
   redis.call('HSET', k, 'state', 'queued', 'qat', now)
@@ -143,7 +144,8 @@ pub(crate) use lua_fns;
 ///   key's score in `act`; the key leaves `act` with its last task);
 /// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
 ///   the front when `front`: a retry or a returned task keeps its place), then `kpump`;
-/// - `kpump(q, uk, head)`: see above (`head`: to the front of the pending list);
+/// - `kpump(q, uk, head, st)`: see above (`head`: to the front of the pending list;
+///   `st`: the key hash's `pend`, `run`, `tok` and `ts` when the caller has them);
 /// - `rnow()`: Redis's clock (ms); `ktoken(...)`: takes a token of the key's bucket or
 ///   parks the key;
 /// - `kstart(q, uk, id)`: DEQUEUE took the key's head: one more running, next head;
@@ -179,9 +181,9 @@ local function ktoken(q, uk, h, st, rate, burst)
   redis.call('HSET', h, 'tok', tostring(tok - 1), 'ts', now)
   return true
 end
-local function kpump(q, uk, head)
+local function kpump(q, uk, head, st)
   local h = kname('kh', uk)
-  local st = redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
+  st = st or redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
   if st[1] then
     if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return end
     -- The head no longer exists (Redis lost it): the key must not wait for it.
@@ -223,9 +225,13 @@ local function kqueue(q, uk, id, prio, front, head)
 end
 local function kstart(q, uk, id)
   local h = kname('kh', uk)
-  if redis.call('HGET', h, 'pend') == id then redis.call('HDEL', h, 'pend') end
-  redis.call('HINCRBY', h, 'run', 1)
-  kpump(q, uk)
+  local st = redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
+  if st[1] == id then
+    redis.call('HDEL', h, 'pend')
+    st[1] = false
+  end
+  st[2] = redis.call('HINCRBY', h, 'run', 1)
+  kpump(q, uk, nil, st)
 end
 local function kstop(q, uk)
   local h = kname('kh', uk)

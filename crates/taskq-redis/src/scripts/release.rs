@@ -29,12 +29,12 @@ script!(
 local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 2, function(i, id, k)
-  local seq = unlease(k, id, ARGV[i + 1], KEYS[4])
+  local seq, attempts, uk, prio = unlease(k, id, ARGV[i + 1], KEYS[4])
   if not seq then return nil end
-  local attempts = redis.call('HINCRBY', k, 'attempts', -1)
+  attempts = tonumber(attempts) - 1
+  redis.call('HSET', k, 'seq', seq, 'attempts', attempts)
   ob_add(ent, id, seq, 'queued', attempts, '')
-  local vals = redis.call('HMGET', k, 'prio', 'key')
-  kto_head(q, k, id, tonumber(vals[1]), vals[2], ARGV[2])
+  kto_head(q, k, id, prio, uk, ARGV[2])
   return seq
 end)
 ob_flush(KEYS[6], ent)
