@@ -866,6 +866,71 @@ async fn removing_flow_tasks_removes_their_flow_sets() {
     assert_eq!(keys("taskq:{undone}:k*".into()).await, Vec::<String>::new());
 }
 
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Writers acknowledge their batches in any order: acknowledging an older batch after a
+/// newer one still trims both, so the outbox is empty once every entry was applied, and
+/// an entry not yet delivered stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_is_empty_after_batches_are_acknowledged_out_of_order() {
+    let (_server, broker) = single().await;
+    let qn = q("acks");
+    broker.outbox_join(&qn).await.expect("join");
+    let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
+    let batch = || {
+        let rec = record("acks", "normal", None);
+        let broker = &broker;
+        let qn = &qn;
+        async move {
+            broker
+                .enqueue(&[EnqueueItem::from_record(&rec, 1)])
+                .await
+                .expect("enqueue");
+            let leased = broker
+                .dequeue(qn, 1, Duration::from_secs(30), "w", 0)
+                .await
+                .expect("dequeue")
+                .tasks;
+            assert_eq!(leased.len(), 1);
+        }
+    };
+    batch().await;
+    let older = reader.read(10, false).await.expect("read");
+    batch().await;
+    let newer = reader.read(10, false).await.expect("read");
+    assert_eq!((older.len(), newer.len()), (1, 1));
+    batch().await; // delivered to nobody yet
+    let ids = |es: &[OutboxEntry]| es.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let (older, newer) = (ids(&older), ids(&newer));
+    broker
+        .outbox_ack(&qn, &refs(&newer))
+        .await
+        .expect("ack newer");
+    assert_eq!(
+        broker.outbox_len(&qn).await.expect("len"),
+        3,
+        "older still pending"
+    );
+    broker
+        .outbox_ack(&qn, &refs(&older))
+        .await
+        .expect("ack older");
+    assert_eq!(
+        broker.outbox_len(&qn).await.expect("len"),
+        1,
+        "only the undelivered entry stays"
+    );
+    let last = reader.read(10, false).await.expect("read");
+    assert_eq!(last.len(), 1);
+    broker
+        .outbox_ack(&qn, &refs(&ids(&last)))
+        .await
+        .expect("ack last");
+    assert_eq!(broker.outbox_len(&qn).await.expect("len"), 0);
+}
+
 // ---- Task keys: ordered and fair work per key ----
 
 /// A task of `queue` with key `key` and `priority`.

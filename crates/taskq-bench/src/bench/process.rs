@@ -150,11 +150,20 @@ impl Bench {
         }
     }
 
-    /// Waits until MongoDB counts `self.succeeded` tasks of the queue `succeeded`.
+    /// Waits until MongoDB counts `self.succeeded` tasks of the queue `succeeded`;
+    /// returns when they were all applied.
+    ///
+    /// Counting in MongoDB scans the records on mongo-java-server and would take the
+    /// server's time from the writes being measured, so the wait watches Redis instead:
+    /// the queue holds no live task and its outbox is empty (every status update was
+    /// applied and acknowledged; a waiting flow task is always behind a live task or an
+    /// outbox entry). Only then does it count in MongoDB, to confirm; a short count goes
+    /// back to watching (counting at most as often as a count takes).
     pub(super) async fn wait_settled(&self) -> anyhow::Result<Instant> {
         let mut last = 0;
         let mut moved = Instant::now();
         loop {
+            let applied = self.wait_applied().await?;
             let asked = Instant::now();
             let counts = self
                 .store
@@ -164,7 +173,7 @@ impl Bench {
             let done = Instant::now();
             let ok = counts.get(&TaskStatus::Succeeded).copied().unwrap_or(0);
             if ok >= self.succeeded {
-                return Ok(done);
+                return Ok(applied);
             }
             let dead = counts.get(&TaskStatus::Dead).copied().unwrap_or(0);
             if dead > 0 {
@@ -178,9 +187,40 @@ impl Bench {
                     self.succeeded
                 );
             }
-            // Poll no more often than the count itself takes, so polling stays a small load.
             let took = done.saturating_duration_since(asked);
             tokio::time::sleep(took.max(Duration::from_millis(50))).await;
+        }
+    }
+
+    /// Waits until Redis holds no live task of the queue and its outbox is empty;
+    /// returns when it saw that.
+    async fn wait_applied(&self) -> anyhow::Result<Instant> {
+        let mut last = (u64::MAX, u64::MAX);
+        let mut moved = Instant::now();
+        loop {
+            let asked = Instant::now();
+            let c = self
+                .broker
+                .counts(&self.queue)
+                .await
+                .context("counting tasks")?;
+            let outbox = self
+                .broker
+                .outbox_len(&self.queue)
+                .await
+                .context("reading the outbox length")?;
+            let live = c.queued + c.running + c.scheduled + c.retrying;
+            if live == 0 && outbox == 0 {
+                return Ok(asked);
+            }
+            if (live, outbox) != last {
+                (last, moved) = ((live, outbox), Instant::now());
+            } else if moved.elapsed() > STALL {
+                bail!(
+                    "{live} live tasks and {outbox} outbox entries stayed in redis for {STALL:?}: {c:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

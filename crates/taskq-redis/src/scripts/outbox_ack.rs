@@ -1,8 +1,10 @@
 //! OUTBOX_ACK: acknowledges outbox entries the store has applied, then trims the stream
 //! of every acknowledged entry: below the oldest pending one, or, when none is pending,
-//! up to and including the newest one acknowledged here (every entry before it was
-//! delivered, and none is pending, so all are acknowledged). The stream's length is
-//! therefore at least the number of entries not yet applied, and 0 only when all were.
+//! up to and including the group's last delivered entry (every entry up to it was
+//! delivered, and none is pending, so all are acknowledged; writers acknowledge their
+//! batches in any order, so this may be newer than the entries acknowledged here). The
+//! stream's length is therefore at least the number of entries not yet applied, and 0
+//! only when all were.
 //!
 //! ```text
 //! KEYS[1] -> taskq:{<queue>}:outbox
@@ -22,9 +24,22 @@ local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
 local p = redis.call('XPENDING', KEYS[1], ARGV[1])
 -- MINID keeps the floor itself: just above the newest acknowledged id, so that an empty
 -- stream means every entry was applied (the submit check relies on it).
-local ms, sq = string.match(ARGV[2], '^(%d+)-(%d+)$')
-local floor = ms .. '-' .. (tonumber(sq) + 1)
-if p[1] > 0 then floor = p[2] end
+local function above(id)
+  local ms, sq = string.match(id, '^(%d+)-(%d+)$')
+  return ms .. '-' .. (tonumber(sq) + 1)
+end
+local floor = above(ARGV[2])
+if p[1] > 0 then
+  floor = p[2]
+else
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
+    end
+    if name == ARGV[1] and last then floor = above(last) end
+  end
+end
 redis.call('XTRIM', KEYS[1], 'MINID', floor)
 return n
 "
