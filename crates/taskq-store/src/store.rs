@@ -890,8 +890,13 @@ fn encode_id(id: TaskId, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Most records one multi-document statement addresses.
-const MAX_GROUP: usize = 10_000;
+/// Most records one multi-document statement addresses. Kept small: a server may match
+/// each record it finds through the `_id` index against the whole `$in` list again
+/// (mongo-java-server does, with a linear scan of the list), so a statement's cost can
+/// grow with the square of its size; the release of thousands of flow dependents at
+/// once made single statements of thousands of ids that took most of a flow's MongoDB
+/// time. A hundred ids keep that small while still saving most statements.
+const MAX_GROUP: usize = 100;
 
 /// Statements of one `update` command, the tasks each addresses and its update document.
 #[derive(Default)]
