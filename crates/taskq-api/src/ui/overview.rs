@@ -172,25 +172,20 @@ async fn rows(state: &AppState) -> Result<Vec<QueueRow>, UiError> {
 }
 
 fn limits_text(l: &QueueLimits) -> String {
-    let mut parts = Vec::new();
-    if let Some(r) = l.max_dispatches_per_second {
-        parts.push(format!("{r}/s"));
-    }
-    if let Some(b) = l.burst {
-        parts.push(format!("burst {b}"));
-    }
-    if let Some(c) = l.max_concurrent {
-        parts.push(format!("≤{c} running"));
-    }
-    if let Some(c) = l.max_running_per_key {
-        parts.push(format!("≤{c} running per key"));
-    }
-    if let Some(r) = l.max_dispatches_per_second_per_key {
-        parts.push(format!("{r}/s per key"));
-    }
-    if let Some(b) = l.burst_per_key {
-        parts.push(format!("burst {b} per key"));
-    }
+    // Each limit that is set, in the order of the form.
+    let parts: Vec<String> = [
+        l.max_dispatches_per_second.map(|r| format!("{r}/s")),
+        l.burst.map(|b| format!("burst {b}")),
+        l.max_concurrent.map(|c| format!("≤{c} running")),
+        l.max_running_per_key
+            .map(|c| format!("≤{c} running per key")),
+        l.max_dispatches_per_second_per_key
+            .map(|r| format!("{r}/s per key")),
+        l.burst_per_key.map(|b| format!("burst {b} per key")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if parts.is_empty() {
         "none".into()
     } else {
