@@ -219,7 +219,17 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// The 401 and 403 answers of every admin-only operation.
+/// The 401 answer of every operation that needs a token (added by
+/// [`crate::openapi`] to each route of a guarded group).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum AuthErrors {
+    #[response(status = 401, description = "No valid bearer token.")]
+    Unauthorized(ErrorBody),
+}
+
+/// The 401 and 403 answers of every admin-only operation (added by [`crate::openapi`] to
+/// each route of the admin group).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum AdminAuthErrors {
@@ -240,6 +250,58 @@ pub enum QueueNameErrors {
     InvalidName(ErrorBody),
     #[response(status = 404, description = "No such queue.")]
     Unknown(ErrorBody),
+}
+
+/// The 400 and 404 answers of the operations on one task, `/v1/tasks/{id}/...`.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum TaskIdErrors {
+    #[response(status = 400, description = "`id` is not a task id (`invalid_id`).")]
+    InvalidId(ErrorBody),
+    #[response(status = 404, description = "No such task.")]
+    Unknown(ErrorBody),
+}
+
+/// The 400 and 404 answers of the operations on one flow, `/v1/flows/{id}/...`.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum FlowIdErrors {
+    #[response(status = 400, description = "`id` is not a flow id (`invalid_id`).")]
+    InvalidId(ErrorBody),
+    #[response(status = 404, description = "No such flow.")]
+    Unknown(ErrorBody),
+}
+
+/// The 413 and 415 answers of the operations that take a JSON body ([`crate::extract`]).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum JsonBodyErrors {
+    #[response(status = 413, description = "The body is larger than the api accepts.")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "The body is not `application/json`.")]
+    NotJson(ErrorBody),
+}
+
+/// The 503 of a read of records (see [`crate::health`]).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum RecordsUnavailable {
+    #[response(
+        status = 503,
+        description = "MongoDB is unavailable, or the request timed out."
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// The 503 of an operation on both stores that leaves nothing to say about what it kept.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum StoresUnavailable {
+    #[response(
+        status = 503,
+        description = "Redis or MongoDB is unavailable, or the request timed out."
+    )]
+    Unavailable(ErrorBody),
 }
 
 /// What went wrong: a stable machine-readable `code` and a message for people.

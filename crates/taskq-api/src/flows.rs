@@ -16,7 +16,9 @@ use taskq_store::StoredTask;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{
+    ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors, RecordsUnavailable,
+};
 use crate::extract::{JsonBody, PathParam, parse_flow_task};
 use crate::tasks::{parse_id, traceparent};
 use crate::transitions::cancel::{self, Cancelled};
@@ -172,12 +174,9 @@ impl Flow {
         (status = 201, description = "Created: the flow, its roots `queued`, the others `waiting`.", body = Flow,
             headers(("Location" = String, description = "`/v1/flows/{id}`"))),
         (status = 400, description = "A task is invalid (the codes of `POST /v1/tasks`), or the flow is (`invalid_flow`: a cycle, an unknown name or task id, a self-dependency, a duplicate name or dependency, more than 10,000 tasks); nothing was written.", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 413, description = "The body is larger than the api accepts.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        JsonBodyErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn submit(
     State(state): State<AppState>,
@@ -253,12 +252,9 @@ async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTas
     params(("id" = TaskId, Path, description = "The flow's id.")),
     responses(
         (status = 200, description = "The flow with every task's state.", body = Flow),
-        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 404, description = "No such flow.", body = ErrorBody),
-        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        FlowIdErrors,
+        RecordsUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -286,13 +282,9 @@ pub struct FlowCancelled {
     params(("id" = TaskId, Path, description = "The flow's id.")),
     responses(
         (status = 200, description = "What was cancelled.", body = FlowCancelled),
-        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token may not change tasks.", body = ErrorBody),
-        (status = 404, description = "No such flow.", body = ErrorBody),
+        FlowIdErrors,
         (status = 503, description = "Redis or MongoDB is unavailable; the tasks cancelled before it stay cancelled; call again.", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -340,13 +332,9 @@ pub struct FlowRetried {
     params(("id" = TaskId, Path, description = "The flow's id.")),
     responses(
         (status = 200, description = "What was retried.", body = FlowRetried),
-        (status = 400, description = "`id` is not a flow id (`invalid_id`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 403, description = "The token may not change tasks.", body = ErrorBody),
-        (status = 404, description = "No such flow.", body = ErrorBody),
+        FlowIdErrors,
         (status = 503, description = "Redis or MongoDB is unavailable part-way; call again (tasks already waiting again are completed by `POST /v1/admin/recover`).", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn retry(
     State(state): State<AppState>,

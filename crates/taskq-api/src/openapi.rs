@@ -15,10 +15,11 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+use crate::error::{AdminAuthErrors, ApiError, AuthErrors, ErrorBody};
 use utoipa_axum::router::OpenApiRouter;
 
 /// The document's frame (info, tags, security); the operations come from the routes
@@ -75,9 +76,9 @@ fn render() -> Result<Bytes, String> {
         open,
     } = crate::routes();
     let openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(submits)
-        .merge(reads)
-        .merge(admin)
+        .merge(guarded::<AuthErrors>(submits))
+        .merge(guarded::<AuthErrors>(reads))
+        .merge(guarded::<AdminAuthErrors>(admin))
         .merge(open)
         .into_openapi();
     let mut doc = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
@@ -85,6 +86,27 @@ fn render() -> Result<Bytes, String> {
     serde_json::to_vec(&doc)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
+}
+
+/// Documents a token guard on every operation of its route group (see [`crate::app`]):
+/// the `bearer` security requirement and the guard's answers `E`, so that no handler
+/// restates them and none can be left out.
+fn guarded<E: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let answers = E::responses();
+    for item in group.get_openapi_mut().paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
+            op.responses.responses.extend(answers.clone());
+        }
+    }
+    group
 }
 
 /// Rules between two fields, which `#[schema]` attributes cannot state, added as

@@ -430,33 +430,41 @@ mod tests {
 
     #[test]
     fn next_fire_is_the_first_whole_second_tick_after() {
-        let daily = schedule("0 0 3 * * *");
-        assert_eq!(
-            daily.next_after(at("2026-11-23T02:59:59.500Z")),
-            Some(at("2026-11-23T03:00:00Z"))
-        );
-        // Strictly after: a tick is never its own successor.
-        assert_eq!(
-            daily.next_after(at("2026-11-23T03:00:00Z")),
-            Some(at("2026-11-24T03:00:00Z"))
-        );
-        let every_second = schedule("*/1 * * * * *");
-        assert_eq!(
-            every_second.next_after(at("2026-11-23T12:00:00.250Z")),
-            Some(at("2026-11-23T12:00:01Z"))
-        );
-        assert_eq!(
-            every_second.next_after(at("2026-12-31T23:59:59.999Z")),
-            Some(at("2027-01-01T00:00:00Z"))
-        );
-        let weekdays = schedule("0 30 9 * * Mon-Fri");
-        // 2026-11-21 is a Saturday.
-        assert_eq!(
-            weekdays.next_after(at("2026-11-21T10:00:00Z")),
-            Some(at("2026-11-23T09:30:00Z"))
-        );
-        let ended = schedule("0 0 0 1 1 * 2026-2100");
-        assert_eq!(ended.next_after(at("2100-06-01T00:00:00Z")), None);
+        // (schedule, from, its next tick after `from`)
+        let cases = [
+            (
+                "0 0 3 * * *",
+                "2026-11-23T02:59:59.500Z",
+                Some("2026-11-23T03:00:00Z"),
+            ),
+            // Strictly after: a tick is never its own successor.
+            (
+                "0 0 3 * * *",
+                "2026-11-23T03:00:00Z",
+                Some("2026-11-24T03:00:00Z"),
+            ),
+            (
+                "*/1 * * * * *",
+                "2026-11-23T12:00:00.250Z",
+                Some("2026-11-23T12:00:01Z"),
+            ),
+            (
+                "*/1 * * * * *",
+                "2026-12-31T23:59:59.999Z",
+                Some("2027-01-01T00:00:00Z"),
+            ),
+            // 2026-11-21 is a Saturday.
+            (
+                "0 30 9 * * Mon-Fri",
+                "2026-11-21T10:00:00Z",
+                Some("2026-11-23T09:30:00Z"),
+            ),
+            ("0 0 0 1 1 * 2026-2100", "2100-06-01T00:00:00Z", None),
+        ];
+        for (cron, from, want) in cases {
+            let got = schedule(cron).next_after(at(from));
+            assert_eq!(got, want.map(at), "{cron} after {from}");
+        }
     }
 
     #[test]

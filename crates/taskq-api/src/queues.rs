@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use crate::extract::{JsonBody, PathParam};
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, QueueNameErrors};
+use crate::error::{
+    ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors, StoresUnavailable,
+};
 use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
@@ -153,10 +155,8 @@ pub struct Recovered {
     tag = "queues",
     responses(
         (status = 200, description = "Every queue that has received a task (or limits).", body = QueueList),
-        AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
     let names = state.broker.queues().await?;
@@ -174,10 +174,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
     responses(
         (status = 200, description = "The queue.", body = QueueInfo),
         QueueNameErrors,
-        AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -197,10 +195,8 @@ pub async fn get(
     responses(
         (status = 200, description = "The queue, now paused.", body = QueueInfo),
         QueueNameErrors,
-        AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn pause(
     State(state): State<AppState>,
@@ -221,10 +217,8 @@ pub async fn pause(
     responses(
         (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
         QueueNameErrors,
-        AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn resume(
     State(state): State<AppState>,
@@ -247,12 +241,9 @@ pub async fn resume(
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
-        AdminAuthErrors,
-        (status = 413, description = "The body is larger than the api accepts.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        JsonBodyErrors,
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn set_limits(
     State(state): State<AppState>,
@@ -316,10 +307,8 @@ pub async fn set_limits(
     responses(
         (status = 200, description = "How many dead tasks were queued again.", body = Retried),
         QueueNameErrors,
-        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. The message says how many tasks were queued again; the others stay dead, so calling again retries the rest.", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn retry_dead(
     State(state): State<AppState>,
@@ -340,10 +329,8 @@ pub async fn retry_dead(
     responses(
         (status = 200, description = "How many dead tasks were deleted.", body = Purged),
         QueueNameErrors,
-        AdminAuthErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn purge_dead(
     State(state): State<AppState>,
@@ -367,10 +354,8 @@ pub async fn purge_dead(
     tag = "admin",
     responses(
         (status = 200, description = "What was enqueued again.", body = Recovered),
-        AdminAuthErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; calling again is safe.", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn recover(State(state): State<AppState>) -> Result<Json<Recovered>, ApiError> {
     let (enqueued, already_present) = recover::recover(&state).await?;

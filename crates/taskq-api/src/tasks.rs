@@ -14,7 +14,10 @@ use taskq_store::ListFilter;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, ErrorBody, ErrorCode, ErrorDetail};
+use crate::error::{
+    ApiError, ErrorBody, ErrorCode, ErrorDetail, RecordsUnavailable, StoresUnavailable,
+    TaskIdErrors,
+};
 use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
@@ -43,13 +46,11 @@ use crate::wait::GetQuery;
         (status = 200, description = "The idempotency key repeats one used in this queue within the retention window: the original task; nothing was written.",
             body = TaskRecord, headers(("Location" = String, description = "`/v1/tasks/{id}`"))),
         (status = 400, description = "Malformed JSON (`invalid_json`), wrong shape or unknown field (`invalid_request`), a value out of range (`invalid_field`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
         (status = 409, description = "A concurrent submit holds the same idempotency key; retry.", body = ErrorBody),
         (status = 413, description = "The payload or the body is larger than the api accepts.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn submit(
     State(state): State<AppState>,
@@ -142,13 +143,11 @@ pub struct BatchResponse {
         (status = 201, description = "Every item was accepted.", body = BatchResponse),
         (status = 207, description = "Some items were accepted; `results` says which were not and why.", body = BatchResponse),
         (status = 400, description = "No item is valid (the body is a batch answer with `error` set), or the request itself is malformed or empty.", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
         (status = 409, description = "A concurrent submit holds an item's idempotency key; retry.", body = ErrorBody),
         (status = 413, description = "More tasks than `TASKQ_MAX_BATCH`, or a body over `TASKQ_MAX_BODY_BYTES`.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn submit_batch(
     State(state): State<AppState>,
@@ -248,11 +247,9 @@ pub async fn submit_batch(
     responses(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
         (status = 404, description = "No such task.", body = ErrorBody),
-        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        RecordsUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn get(
     State(state): State<AppState>,
@@ -317,10 +314,8 @@ const DEFAULT_PAGE: u32 = 50;
     responses(
         (status = 200, description = "One page of tasks, newest first.", body = TaskList),
         (status = 400, description = "An unknown or malformed query parameter (`invalid_query`).", body = ErrorBody),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody),
-        (status = 503, description = "MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        RecordsUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -384,13 +379,10 @@ pub async fn list(
     params(("id" = TaskId, Path, description = "The task's id.")),
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
-        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
-        AdminAuthErrors,
-        (status = 404, description = "No such task.", body = ErrorBody),
+        TaskIdErrors,
         (status = 409, description = "The task is not dead.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead (the message says otherwise in the rare case it could not be put back).", body = ErrorBody),
     ),
-    security(("bearer" = [])),
 )]
 pub async fn retry(
     State(state): State<AppState>,
@@ -459,13 +451,10 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     responses(
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
-        (status = 400, description = "`id` is not a task id (`invalid_id`).", body = ErrorBody),
-        AdminAuthErrors,
-        (status = 404, description = "No such task.", body = ErrorBody),
+        TaskIdErrors,
         (status = 409, description = "The task already finished.", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out.", body = ErrorBody),
+        StoresUnavailable,
     ),
-    security(("bearer" = [])),
 )]
 pub async fn cancel(
     State(state): State<AppState>,

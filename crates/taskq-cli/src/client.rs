@@ -118,33 +118,43 @@ impl Client {
         Ok(Answer { status, body })
     }
 
-    /// [`Client::send`], then any status but 2xx as an error.
+    /// A request with a JSON body; any status but 2xx is an error.
     pub async fn call(
         &self,
         method: Method,
         segments: &[&str],
-        query: &[(&str, String)],
-        body: Option<&Value>,
+        body: &Value,
         headers: HeaderMap,
     ) -> Result<Answer, Error> {
-        let answer = self.send(method, segments, query, body, headers).await?;
+        let answer = self
+            .send(method, segments, &[], Some(body), headers)
+            .await?;
+        self.succeeded(answer)
+    }
+
+    /// `GET` of a JSON resource.
+    pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Answer, Error> {
+        let answer = self
+            .send(Method::GET, segments, query, None, HeaderMap::new())
+            .await?;
+        self.succeeded(answer)
+    }
+
+    /// `POST` without a body, as the api's actions (retry, cancel, pause, …) take.
+    pub async fn post_action(&self, segments: &[&str]) -> Result<Answer, Error> {
+        let answer = self
+            .send(Method::POST, segments, &[], None, HeaderMap::new())
+            .await?;
+        self.succeeded(answer)
+    }
+
+    /// `answer` when its status is 2xx, otherwise the error it stands for.
+    fn succeeded(&self, answer: Answer) -> Result<Answer, Error> {
         if (200..300).contains(&answer.status) {
             Ok(answer)
         } else {
             Err(self.error_of(&answer))
         }
-    }
-
-    /// `GET` of a JSON resource.
-    pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Answer, Error> {
-        self.call(Method::GET, segments, query, None, HeaderMap::new())
-            .await
-    }
-
-    /// `POST` without a body, as the api's actions (retry, cancel, pause, …) take.
-    pub async fn post_action(&self, segments: &[&str]) -> Result<Answer, Error> {
-        self.call(Method::POST, segments, &[], None, HeaderMap::new())
-            .await
     }
 
     /// The error an unsuccessful answer stands for: the api's own when the body has the

@@ -76,6 +76,16 @@ impl Ctx {
         }
     }
 
+    /// POSTs an action (`POST /v1/...` without a body) and shows its answer.
+    pub(crate) async fn act(
+        &self,
+        segments: &[&str],
+        table: impl FnOnce(&Value) -> String,
+    ) -> Result<String, Error> {
+        let ans = self.client.post_action(segments).await?;
+        Ok(self.show(&ans.body, table))
+    }
+
     fn bad_response(&self, status: u16, what: &str) -> Error {
         Error::BadResponse {
             url: self.client.display_base(),
@@ -135,8 +145,7 @@ impl Ctx {
             .call(
                 Method::POST,
                 &["v1", "tasks"],
-                &[],
-                Some(&Value::Object(body)),
+                &Value::Object(body),
                 headers,
             )
             .await?;
@@ -350,16 +359,13 @@ impl Ctx {
 
     /// `retry ID`: `POST /v1/tasks/{id}/retry`.
     pub async fn retry(&self, id: &str) -> Result<String, Error> {
-        let ans = self
-            .client
-            .post_action(&["v1", "tasks", id, "retry"])
-            .await?;
-        Ok(self.show(&ans.body, |t| {
+        self.act(&["v1", "tasks", id, "retry"], |t| {
             render::task_summary(
                 &format!("task {} will run again from attempt 1", text(&t["id"])),
                 t,
             )
-        }))
+        })
+        .await
     }
 
     /// `cancel ID`: `POST /v1/tasks/{id}/cancel`; 202 means a running task was signalled.
@@ -401,32 +407,26 @@ impl Ctx {
         } else {
             ("resume", "resumed")
         };
-        let ans = self
-            .client
-            .post_action(&["v1", "queues", queue, action])
-            .await?;
-        Ok(self.show(&ans.body, |q| {
+        self.act(&["v1", "queues", queue, action], |q| {
             format!(
                 "queue {} {done}\n{}",
                 text(&q["name"]),
                 render::queue_list(std::slice::from_ref(q))
             )
-        }))
+        })
+        .await
     }
 
     /// `retry-dead Q`: `POST /v1/queues/{name}/retry-dead`.
     pub async fn retry_dead(&self, queue: &str) -> Result<String, Error> {
-        let ans = self
-            .client
-            .post_action(&["v1", "queues", queue, "retry-dead"])
-            .await?;
-        Ok(self.show(&ans.body, |b| {
+        self.act(&["v1", "queues", queue, "retry-dead"], |b| {
             format!(
                 "{} dead tasks of queue {} will run again\n",
                 text(&b["retried"]),
                 crate::error::one_line(queue)
             )
-        }))
+        })
+        .await
     }
 
     /// `limits Q`: `PUT /v1/queues/{name}/limits`, then the queue as `queues Q` shows it.
@@ -444,8 +444,7 @@ impl Ctx {
             .call(
                 Method::PUT,
                 &["v1", "queues", &a.queue, "limits"],
-                &[],
-                Some(&body),
+                &body,
                 HeaderMap::new(),
             )
             .await?;
@@ -459,29 +458,26 @@ impl Ctx {
                 "Delete every dead task of queue {queue:?} for good?"
             ))?;
         }
-        let ans = self
-            .client
-            .post_action(&["v1", "queues", queue, "purge-dead"])
-            .await?;
-        Ok(self.show(&ans.body, |b| {
+        self.act(&["v1", "queues", queue, "purge-dead"], |b| {
             format!(
                 "{} dead tasks of queue {} deleted\n",
                 text(&b["purged"]),
                 crate::error::one_line(queue)
             )
-        }))
+        })
+        .await
     }
 
     /// `recover`: `POST /v1/admin/recover`.
     pub async fn recover(&self) -> Result<String, Error> {
-        let ans = self.client.post_action(&["v1", "admin", "recover"]).await?;
-        Ok(self.show(&ans.body, |b| {
+        self.act(&["v1", "admin", "recover"], |b| {
             format!(
                 "{} tasks put back into Redis, {} were already there\n",
                 text(&b["enqueued"]),
                 text(&b["already_present"])
             )
-        }))
+        })
+        .await
     }
 }
 

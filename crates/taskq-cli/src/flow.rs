@@ -8,7 +8,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::commands::{Ctx, read_input};
-use crate::render::{clip, columns, fields, text};
+use crate::render::{clip, columns, fields, text, texts};
 use crate::{Error, path_segment};
 
 /// `taskq flow` subcommands.
@@ -49,30 +49,24 @@ impl Ctx {
                 Ok(self.show(&ans.body, flow_detail))
             }
             FlowCommand::Cancel { id } => {
-                let ans = self
-                    .client
-                    .post_action(&["v1", "flows", id, "cancel"])
-                    .await?;
-                Ok(self.show(&ans.body, |v| {
+                self.act(&["v1", "flows", id, "cancel"], |v| {
                     format!(
                         "flow {id}: {} tasks cancelled, {} running tasks signalled\n",
                         text(&v["cancelled"]),
                         text(&v["signalled"])
                     )
-                }))
+                })
+                .await
             }
             FlowCommand::Retry { id } => {
-                let ans = self
-                    .client
-                    .post_action(&["v1", "flows", id, "retry"])
-                    .await?;
-                Ok(self.show(&ans.body, |v| {
+                self.act(&["v1", "flows", id, "retry"], |v| {
                     format!(
                         "flow {id}: {} dead tasks queued again, {} tasks waiting again\n",
                         text(&v["requeued"]),
                         text(&v["waiting"])
                     )
-                }))
+                })
+                .await
             }
         }
     }
@@ -93,13 +87,7 @@ impl Ctx {
         };
         let ans = self
             .client
-            .call(
-                Method::POST,
-                &["v1", "flows"],
-                &[],
-                Some(&body),
-                HeaderMap::new(),
-            )
+            .call(Method::POST, &["v1", "flows"], &body, HeaderMap::new())
             .await?;
         Ok(self.show(&ans.body, flow_detail))
     }
@@ -138,15 +126,9 @@ fn flow_detail(f: &Value) -> String {
                     .filter_map(|d| d.as_str())
                     .map(|d| names.get(d).copied().unwrap_or(d))
                     .collect();
-                vec![
-                    text(&t["id"]),
-                    text(&t["name"]),
-                    text(&t["type"]),
-                    text(&t["queue"]),
-                    text(&t["status"]),
-                    clip(&deps.join(","), 60),
-                    clip(&text(&t["last_error"]), 60),
-                ]
+                let mut row = texts(t, &["id", "name", "type", "queue", "status"]);
+                row.extend([clip(&deps.join(","), 60), clip(&text(&t["last_error"]), 60)]);
+                row
             })
             .collect(),
     ));

@@ -69,6 +69,12 @@ pub fn text(v: &Value) -> String {
     }
 }
 
+/// The fields of `v` named by `fields`, each as [`text`] shows it: a table row's plain
+/// columns.
+pub fn texts(v: &Value, fields: &[&str]) -> Vec<String> {
+    fields.iter().map(|f| text(&v[*f])).collect()
+}
+
 /// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` in UTC (milliseconds when not zero);
 /// anything else as [`text`].
 pub fn time(v: &Value) -> String {
@@ -149,13 +155,9 @@ pub fn task_detail(t: &Value) -> String {
             events
                 .iter()
                 .map(|e| {
-                    vec![
-                        time(&e["at"]),
-                        text(&e["status"]),
-                        text(&e["attempt"]),
-                        text(&e["worker"]),
-                        text(&e["error"]),
-                    ]
+                    let mut row = vec![time(&e["at"])];
+                    row.extend(texts(e, &["status", "attempt", "worker", "error"]));
+                    row
                 })
                 .collect(),
         ));
@@ -182,16 +184,13 @@ pub fn task_list(tasks: &[Value], next_cursor: Option<&str>) -> String {
             tasks
                 .iter()
                 .map(|t| {
-                    vec![
-                        text(&t["id"]),
-                        text(&t["type"]),
-                        text(&t["queue"]),
-                        text(&t["status"]),
-                        text(&t["priority"]),
+                    let mut row = texts(t, &["id", "type", "queue", "status", "priority"]);
+                    row.extend([
                         attempts(t),
                         time(&t["created_at"]),
                         clip(&one_line(&text(&t["last_error"])), CLIP),
-                    ]
+                    ]);
+                    row
                 })
                 .collect(),
         )

@@ -162,6 +162,11 @@ pub struct Settings {
 impl TaskQueueScalerSpec {
     /// Checks every field; on failure returns one message per problem.
     pub fn validate(&self) -> Result<Settings, Vec<String>> {
+        let at_least = |problems: &mut Vec<String>, field: &str, value: i64, min: i64| {
+            if value < min {
+                problems.push(format!("spec.{field} must be {min} or more (got {value})"));
+            }
+        };
         let mut problems = Vec::new();
         if self.deployment.trim().is_empty() {
             problems.push("spec.deployment must name a Deployment".to_owned());
@@ -177,36 +182,31 @@ impl TaskQueueScalerSpec {
                 Err(e) => problems.push(format!("spec.queues: {e}")),
             }
         }
-        if self.min_replicas < 0 {
-            problems.push(format!(
-                "spec.minReplicas must be 0 or more (got {})",
-                self.min_replicas
-            ));
-        }
-        if self.max_replicas < 1 {
-            problems.push(format!(
-                "spec.maxReplicas must be 1 or more (got {})",
-                self.max_replicas
-            ));
-        }
+        at_least(
+            &mut problems,
+            "minReplicas",
+            i64::from(self.min_replicas),
+            0,
+        );
+        at_least(
+            &mut problems,
+            "maxReplicas",
+            i64::from(self.max_replicas),
+            1,
+        );
         if self.min_replicas > self.max_replicas {
             problems.push(format!(
                 "spec.minReplicas ({}) must not exceed spec.maxReplicas ({})",
                 self.min_replicas, self.max_replicas
             ));
         }
-        if self.target_tasks_per_replica < 1 {
-            problems.push(format!(
-                "spec.targetTasksPerReplica must be 1 or more (got {})",
-                self.target_tasks_per_replica
-            ));
-        }
-        if self.activation_tasks < 0 {
-            problems.push(format!(
-                "spec.activationTasks must be 0 or more (got {})",
-                self.activation_tasks
-            ));
-        }
+        at_least(
+            &mut problems,
+            "targetTasksPerReplica",
+            self.target_tasks_per_replica,
+            1,
+        );
+        at_least(&mut problems, "activationTasks", self.activation_tasks, 0);
         if !(1..=MAX_SECONDS).contains(&self.polling_interval) {
             problems.push(format!(
                 "spec.pollingInterval must be between 1 and {MAX_SECONDS} seconds (got {})",

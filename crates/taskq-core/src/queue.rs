@@ -210,23 +210,18 @@ mod tests {
         let w = weights("critical=6, default=3,low");
         let got: Vec<(&str, u32)> = w.entries().iter().map(|(q, w)| (q.as_str(), *w)).collect();
         assert_eq!(got, vec![("critical", 6), ("default", 3), ("low", 1)]);
-        assert_eq!("".parse::<QueueWeights>(), Err(InvalidQueueWeights::Empty));
-        assert!(matches!(
-            "a=0".parse::<QueueWeights>(),
-            Err(InvalidQueueWeights::Weight(_))
-        ));
-        assert!(matches!(
-            "a=x".parse::<QueueWeights>(),
-            Err(InvalidQueueWeights::Weight(_))
-        ));
-        assert!(matches!(
-            "a,a".parse::<QueueWeights>(),
-            Err(InvalidQueueWeights::Duplicate(_))
-        ));
-        assert!(matches!(
-            "{a}".parse::<QueueWeights>(),
-            Err(InvalidQueueWeights::Name(_))
-        ));
+        let error = |text: &str| match text.parse::<QueueWeights>() {
+            Ok(_) => "none",
+            Err(InvalidQueueWeights::Empty) => "empty",
+            Err(InvalidQueueWeights::Weight(_)) => "weight",
+            Err(InvalidQueueWeights::Duplicate(_)) => "duplicate",
+            Err(InvalidQueueWeights::Name(_)) => "name",
+        };
+        assert_eq!(error(""), "empty");
+        assert_eq!(error("a=0"), "weight");
+        assert_eq!(error("a=x"), "weight");
+        assert_eq!(error("a,a"), "duplicate");
+        assert_eq!(error("{a}"), "name");
     }
 
     #[test]

@@ -219,6 +219,18 @@ fn in_range(field: &'static str, v: i64, min: u64, max: u64) -> Result<u64, Vali
         .ok_or_else(|| ValidationError::field(field, format!("must be between {min} and {max}")))
 }
 
+/// `v` when it lies in `min..=max` (the message shows the bounds as given, `1` for `1.0`).
+fn in_float_range(field: &'static str, v: f64, min: f64, max: f64) -> Result<f64, ValidationError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ValidationError::field(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
 const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
 
 fn merge_backoff(base: Backoff, o: Option<BackoffOverride>) -> Result<Backoff, ValidationError> {
@@ -231,22 +243,10 @@ fn merge_backoff(base: Backoff, o: Option<BackoffOverride>) -> Result<Backoff, V
         b.max_ms = in_range("backoff.max_ms", v, 1, MAX_BACKOFF_MS)?;
     }
     if let Some(v) = o.multiplier {
-        if !(1.0..=10.0).contains(&v) {
-            return Err(ValidationError::field(
-                "backoff.multiplier",
-                "must be between 1 and 10",
-            ));
-        }
-        b.multiplier = v;
+        b.multiplier = in_float_range("backoff.multiplier", v, 1.0, 10.0)?;
     }
     if let Some(v) = o.jitter {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(ValidationError::field(
-                "backoff.jitter",
-                "must be between 0 and 1",
-            ));
-        }
-        b.jitter = v;
+        b.jitter = in_float_range("backoff.jitter", v, 0.0, 1.0)?;
     }
     if b.initial_ms > b.max_ms {
         return Err(ValidationError::field(

@@ -68,6 +68,20 @@ pub struct KeyLoad {
     pub running: u64,
 }
 
+/// Adds a token bucket's fields when it has a rate; without a burst, the bucket holds
+/// the rate rounded up (at least one start).
+fn push_bucket<'a>(
+    fields: &mut Vec<(&'a str, String)>,
+    (rate_field, rate): (&'a str, Option<f64>),
+    (burst_field, burst): (&'a str, Option<u32>),
+) {
+    if let Some(r) = rate {
+        let burst = burst.unwrap_or_else(|| r.ceil().max(1.0) as u32);
+        fields.push((rate_field, r.to_string()));
+        fields.push((burst_field, burst.to_string()));
+    }
+}
+
 impl Broker {
     /// Sets (or with `None` clears) the dispatch limits of `queue`, for every worker.
     pub async fn set_limits(&self, queue: &QueueName, limits: &QueueLimits) -> Result<()> {
@@ -75,32 +89,22 @@ impl Broker {
         let mut pipe = redis::pipe();
         pipe.atomic().del(keys.limits());
         let mut fields: Vec<(&str, String)> = Vec::new();
-        if let Some(r) = limits.max_dispatches_per_second {
-            fields.push(("rate", r.to_string()));
-            fields.push((
-                "burst",
-                limits
-                    .burst
-                    .unwrap_or_else(|| r.ceil().max(1.0) as u32)
-                    .to_string(),
-            ));
-        }
+        push_bucket(
+            &mut fields,
+            ("rate", limits.max_dispatches_per_second),
+            ("burst", limits.burst),
+        );
         if let Some(c) = limits.max_concurrent {
             fields.push(("concurrency", c.to_string()));
         }
         if let Some(c) = limits.max_running_per_key {
             fields.push(("key_conc", c.to_string()));
         }
-        if let Some(r) = limits.max_dispatches_per_second_per_key {
-            fields.push(("key_rate", r.to_string()));
-            fields.push((
-                "key_burst",
-                limits
-                    .burst_per_key
-                    .unwrap_or_else(|| r.ceil().max(1.0) as u32)
-                    .to_string(),
-            ));
-        }
+        push_bucket(
+            &mut fields,
+            ("key_rate", limits.max_dispatches_per_second_per_key),
+            ("key_burst", limits.burst_per_key),
+        );
         if !fields.is_empty() {
             pipe.hset_multiple(keys.limits(), &fields);
         }

@@ -30,20 +30,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 async fn promote_due(shared: &Shared) {
     for queue in shared.settings.queues.weights().names() {
         loop {
-            let now = taskq_core::now();
-            let promoted = match shared
-                .broker
-                .promote(queue, now.timestamp_millis(), LIMIT)
-                .await
-            {
-                Ok(p) => p,
+            let now_ms = taskq_core::now().timestamp_millis();
+            match shared.broker.promote(queue, now_ms, LIMIT).await {
+                // A full batch: more may be due.
+                Ok(promoted) if promoted.len() >= LIMIT => {}
+                Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, %queue, "promoting due tasks failed");
                     break;
                 }
-            };
-            if promoted.len() < LIMIT {
-                break;
             }
         }
     }
@@ -51,12 +46,8 @@ async fn promote_due(shared: &Shared) {
 
 async fn reap_expired(shared: &Shared) {
     for queue in shared.settings.queues.weights().names() {
-        let now = taskq_core::now();
-        let reaped = match shared
-            .broker
-            .reap(queue, now.timestamp_millis(), LIMIT)
-            .await
-        {
+        let now_ms = taskq_core::now().timestamp_millis();
+        let reaped = match shared.broker.reap(queue, now_ms, LIMIT).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, %queue, "reaping expired leases failed");

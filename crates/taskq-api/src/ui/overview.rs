@@ -172,25 +172,20 @@ async fn rows(state: &AppState) -> Result<Vec<QueueRow>, UiError> {
 }
 
 fn limits_text(l: &QueueLimits) -> String {
-    let mut parts = Vec::new();
-    if let Some(r) = l.max_dispatches_per_second {
-        parts.push(format!("{r}/s"));
-    }
-    if let Some(b) = l.burst {
-        parts.push(format!("burst {b}"));
-    }
-    if let Some(c) = l.max_concurrent {
-        parts.push(format!("≤{c} running"));
-    }
-    if let Some(c) = l.max_running_per_key {
-        parts.push(format!("≤{c} running per key"));
-    }
-    if let Some(r) = l.max_dispatches_per_second_per_key {
-        parts.push(format!("{r}/s per key"));
-    }
-    if let Some(b) = l.burst_per_key {
-        parts.push(format!("burst {b} per key"));
-    }
+    // Each limit that is set, in the order of the form.
+    let parts: Vec<String> = [
+        l.max_dispatches_per_second.map(|r| format!("{r}/s")),
+        l.burst.map(|b| format!("burst {b}")),
+        l.max_concurrent.map(|c| format!("≤{c} running")),
+        l.max_running_per_key
+            .map(|c| format!("≤{c} running per key")),
+        l.max_dispatches_per_second_per_key
+            .map(|r| format!("{r}/s per key")),
+        l.burst_per_key.map(|b| format!("burst {b} per key")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if parts.is_empty() {
         "none".into()
     } else {
@@ -401,7 +396,6 @@ pub async fn queue_page(
     let action = format!("/ui/queues/{}/action", url_encode(&q));
     let ok: Vec<u64> = r.history.iter().map(|m| m.succeeded).collect();
     let bad: Vec<u64> = r.history.iter().map(|m| m.failed).collect();
-    let opt = |v: Option<String>| v.unwrap_or_default();
     let body = html! {
         h1 { "Queue " (q) @if r.paused { " " span class="paused" { "(paused)" } } }
         @if let Some(n) = notice(query.as_deref()) { p class="notice" role="status" { (n) } }
@@ -455,30 +449,35 @@ pub async fn queue_page(
             form method="post" action=(action) class="filters card" {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 input type="hidden" name="op" value="limits";
-                label { "dispatches per second"
-                    input type="number" name="rate" min="0" step="any"
-                        value=(opt(r.limits.max_dispatches_per_second.map(|v| v.to_string()))); }
-                label { "burst"
-                    input type="number" name="burst" min="1" step="1"
-                        value=(opt(r.limits.burst.map(|v| v.to_string()))); }
-                label { "max running"
-                    input type="number" name="max_concurrent" min="1" step="1"
-                        value=(opt(r.limits.max_concurrent.map(|v| v.to_string()))); }
-                label { "max running per key"
-                    input type="number" name="max_running_per_key" min="1" step="1"
-                        value=(opt(r.limits.max_running_per_key.map(|v| v.to_string()))); }
-                label { "dispatches per second per key"
-                    input type="number" name="key_rate" min="0" step="any"
-                        value=(opt(r.limits.max_dispatches_per_second_per_key.map(|v| v.to_string()))); }
-                label { "burst per key"
-                    input type="number" name="key_burst" min="1" step="1"
-                        value=(opt(r.limits.burst_per_key.map(|v| v.to_string()))); }
+                (rate_input("dispatches per second", "rate", r.limits.max_dispatches_per_second))
+                (count_input("burst", "burst", r.limits.burst))
+                (count_input("max running", "max_concurrent", r.limits.max_concurrent))
+                (count_input("max running per key", "max_running_per_key", r.limits.max_running_per_key))
+                (rate_input("dispatches per second per key", "key_rate", r.limits.max_dispatches_per_second_per_key))
+                (count_input("burst per key", "key_burst", r.limits.burst_per_key))
                 button type="submit" class="primary" { "Save limits" }
                 span class="muted" { "Empty fields clear a limit." }
             }
         }
     };
     Ok(layout::page(&viewer, Nav::Overview, &format!("Queue {q}"), body).into_response())
+}
+
+/// A limit's field of the queue form: a rate (any number from 0), empty when unset.
+fn rate_input(label: &str, name: &str, value: Option<f64>) -> Markup {
+    limit_input(label, name, "0", "any", value.map(|v| v.to_string()))
+}
+
+/// A limit's field of the queue form: a count (a whole number from 1), empty when unset.
+fn count_input(label: &str, name: &str, value: Option<u32>) -> Markup {
+    limit_input(label, name, "1", "1", value.map(|v| v.to_string()))
+}
+
+fn limit_input(label: &str, name: &str, min: &str, step: &str, value: Option<String>) -> Markup {
+    html! {
+        label { (label)
+            input type="number" name=(name) min=(min) step=(step) value=(value.unwrap_or_default()); }
+    }
 }
 
 fn parse_opt<T: std::str::FromStr>(form: &SignedForm, key: &str) -> Result<Option<T>, UiError> {
