@@ -141,7 +141,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// An error answer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,

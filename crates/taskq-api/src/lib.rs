@@ -286,6 +286,8 @@ pub struct AppState {
     pub ui: Arc<ui::UiConfig>,
     /// Requests waiting for their task to finish (`GET /v1/tasks/{id}?wait=`).
     pub waits: wait::Waits,
+    /// The group commit of single submits.
+    pub submits: transitions::group::GroupCommit,
 }
 
 impl AppState {
@@ -310,6 +312,7 @@ impl AppState {
             connections: ConnectionLimits::default(),
             health: health::Health::default(),
             ui: Arc::default(),
+            submits: transitions::group::GroupCommit::default(),
         }
     }
 }

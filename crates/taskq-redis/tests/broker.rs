@@ -191,16 +191,40 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .tasks;
     assert_eq!(retry[0].attempt, 2);
 
-    // Removing a task makes every script skip it.
-    broker
+    // Running tasks are not removed (their attempts are under way): the remove reports
+    // them, and their leases still expire as any other's.
+    let mut left = broker
         .remove(&[(q(queue), retry[0].msg.id), (q(queue), again[0].msg.id)])
         .await
         .expect("remove");
+    left.sort();
+    let mut running = vec![retry[0].msg.id, again[0].msg.id];
+    running.sort();
+    assert_eq!(left, running);
     let reaped = broker
         .reap(&q(queue), taskq_core::now_ms() + 60_000, 100)
         .await
         .expect("reap");
-    assert!(reaped.is_empty(), "{reaped:?}");
+    assert_eq!(reaped.len(), 2, "{reaped:?}");
+
+    // A removed queued task is skipped by every script.
+    let gone = record(queue, "normal", None);
+    broker
+        .enqueue(&[EnqueueItem::from_record(&gone, 1)])
+        .await
+        .expect("enqueue");
+    assert!(
+        broker
+            .remove(&[(q(queue), gone.id)])
+            .await
+            .expect("remove")
+            .is_empty()
+    );
+    let (_, present) = broker
+        .present(&q(queue), &[gone.id])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![false]);
 }
 
 /// Many concurrent reapers and promoters each take a task at most once.
@@ -866,6 +890,39 @@ async fn removing_flow_tasks_removes_their_flow_sets() {
     assert_eq!(keys("taskq:{undone}:k*".into()).await, Vec::<String>::new());
 }
 
+/// REMOVE takes out queued tasks but leaves one a worker already took, and says so: its
+/// enqueue did land, and the attempt under way finishes normally.
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_leaves_running_tasks_and_reports_them() {
+    let (_server, broker) = single().await;
+    let qn = q("undo");
+    let recs: Vec<TaskRecord> = (0..2).map(|_| record("undo", "normal", None)).collect();
+    broker.enqueue(&items(&recs)).await.expect("enqueue");
+    let taken = broker
+        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(taken.len(), 1);
+    let running = taken[0].msg.id;
+    let queued = recs
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != running)
+        .expect("other");
+    let left = broker
+        .remove(&[(qn.clone(), queued), (qn.clone(), running)])
+        .await
+        .expect("remove");
+    assert_eq!(left, vec![running]);
+    let (_, present) = broker
+        .present(&qn, &[queued, running])
+        .await
+        .expect("present");
+    assert_eq!(present, vec![false, true]);
+    ack(&broker, &qn, &taken[0]).await;
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -1175,12 +1232,16 @@ async fn release_reap_cancel_and_remove_free_the_key(broker: &Broker, qn: &Queue
         .expect("remove");
     let l = take(broker, qn, 10).await;
     assert_eq!(ids(&l), vec![t[4].id]);
-    // A running task removed frees its key too.
+    // A running task is not removed (its attempt is under way): it keeps its key until
+    // it finishes.
     broker.enqueue(&items(&t[5..])).await.expect("enqueue");
-    broker
+    let left = broker
         .remove(&[(qn.clone(), t[4].id)])
         .await
         .expect("remove");
+    assert_eq!(left, vec![t[4].id]);
+    assert!(take(broker, qn, 10).await.is_empty());
+    ack(broker, qn, &l[0]).await;
     let l = take(broker, qn, 10).await;
     assert_eq!(ids(&l), vec![t[5].id]);
     ack(broker, qn, &l[0]).await;

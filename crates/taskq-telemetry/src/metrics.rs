@@ -82,6 +82,8 @@ pub struct Metrics {
     pub api_waiting: Gauge,
     /// Record reads made by waiting requests (the first, one per wake-up, one at the deadline).
     pub api_wait_reads: Counter,
+    /// Single submits written together by one group commit (one insert, one enqueue).
+    pub submit_group_size: Histogram,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -116,7 +118,14 @@ impl Metrics {
         let http_duration: HistFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram);
         let api_waiting = Gauge::default();
         let api_wait_reads = Counter::default();
+        // 1 to 1,024 submits.
+        let submit_group_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let r = &mut registry;
+        r.register(
+            "api_submit_group_size",
+            "Single submits written together by one group commit",
+            submit_group_size.clone(),
+        );
         r.register(
             "api_waiting_requests",
             "Api requests waiting for their task to finish (?wait=)",
@@ -245,6 +254,7 @@ impl Metrics {
             http_duration,
             api_waiting,
             api_wait_reads,
+            submit_group_size,
         })
     }
 

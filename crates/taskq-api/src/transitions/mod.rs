@@ -11,7 +11,7 @@
 //!
 //! | transition | module | writes, in order | undo |
 //! |---|---|---|---|
-//! | submit (single, batch, periodic tick) | [`submit`] | MongoDB insert (`seq` 1, marked, with its `key`), Redis enqueue within the deadline (a keyed task into its key's backlog) | Redis remove (the `REMOVE` script, which also takes a keyed task out of its key), then delete the records still marked by this submit; else cancel (`submit_failed`) |
+//! | submit (single, batch, periodic tick; single ones written in groups by [`group`]) | [`submit`] | MongoDB insert (`seq` 1, marked, with its `key`), Redis enqueue within the deadline (a keyed task into its key's backlog) | Redis remove (the `REMOVE` script, which also takes a keyed task out of its key), then delete the records still marked by this submit; else cancel (`submit_failed`) |
 //! | submit with an idempotency key | [`submit`] | Redis claim, then as above, then the claim's lifetime | drop the claim |
 //! | repeat of an interrupted submit | [`submit`] | MongoDB re-mark (take-over), Redis enqueue | the submit check |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
@@ -33,6 +33,7 @@
 
 pub(crate) mod cancel;
 pub(crate) mod flow;
+pub(crate) mod group;
 pub(crate) mod recover;
 pub(crate) mod retry;
 pub(crate) mod submit;

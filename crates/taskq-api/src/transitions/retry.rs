@@ -9,7 +9,8 @@
 //!
 //! Undo: when the enqueue fails its outcome is unknown (a lost reply may hide a success),
 //! so the tasks are removed from Redis (best effort; a dead task is never in Redis, so
-//! nothing else goes), then every record is put back to `dead` with `seq` S+1, the
+//! nothing else goes; one a worker already took stays, and so does its record, which its
+//! own updates then move on), then every other record is put back to `dead` with `seq` S+1, the
 //! attempts and finish time of the death the retry undid, and a `dead` event that says
 //! why. The records then say what Redis holds, and the caller may simply call again.
 //!
@@ -196,11 +197,21 @@ async fn undo(state: &AppState, moved: Vec<StoredTask>) -> u64 {
         .iter()
         .map(|t| (t.record.queue.clone(), t.record.id))
         .collect();
-    if let Err(e) = state.broker.remove(&tasks).await {
-        tracing::warn!(error = %e, count = tasks.len(), "could not remove tasks whose retry enqueue failed");
-    }
+    let running = match state.broker.remove(&tasks).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::warn!(error = %e, count = tasks.len(), "could not remove tasks whose retry enqueue failed");
+            Vec::new()
+        }
+    };
+    // A task a worker took already did reach Redis (the reply was lost): it runs, so its
+    // record is left to follow it instead of going back to `dead`.
     let now = taskq_core::now();
-    let reverts: Vec<StatusUpdate> = moved.iter().map(|t| back_to_dead(t, now)).collect();
+    let reverts: Vec<StatusUpdate> = moved
+        .iter()
+        .filter(|t| !running.contains(&t.record.id))
+        .map(|t| back_to_dead(t, now))
+        .collect();
     match state.store.apply(&reverts).await {
         Ok(()) => 0,
         Err(taskq_store::Error::Rejected(rejected)) => {

@@ -10,7 +10,8 @@
 //!
 //! Undo, when step 2 fails or the deadline passed: the tasks are taken out of Redis,
 //! then the records that still carry this submit's own mark are deleted (a repeat may
-//! have taken one over). When taking them out of Redis fails too, the records are
+//! have taken one over). A task a worker already took (the enqueue landed and only its
+//! reply was lost) is not taken out: it runs, and its record stays to follow it. When taking them out of Redis fails too, the records are
 //! cancelled (`submit_failed`) instead; when the delete fails, the workers' submit check
 //! cancels them once they are older than its grace period. What the caller sees: `503`,
 //! and the task never runs unless Redis did get it (a lost reply), in which case its own
@@ -18,7 +19,8 @@
 //!
 //! With an idempotency key ([`submit_idempotent`]) a claim in Redis comes first, and a
 //! repeat of the key finds the original (see [`repeat_pending`] for a repeat of a
-//! submit that was interrupted).
+//! submit that was interrupted). Single submits without one are written in groups
+//! ([`super::group`]): the same two steps for every submit that arrived meanwhile.
 
 use std::time::Duration;
 
@@ -60,7 +62,9 @@ pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitte
         task.queue = %rec.queue,
         task.type = %rec.kind,
     );
-    persist_inner(state, std::slice::from_ref(&rec))
+    state
+        .submits
+        .submit(state, rec.clone())
         .instrument(span)
         .await?;
     Ok(Submitted::Created(rec))
@@ -308,7 +312,7 @@ async fn insert_idempotent(
 }
 
 /// Why [`persist`] failed.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum PersistError {
     /// A record with the same idempotency key exists; nothing was written.
     Duplicate,
@@ -357,7 +361,7 @@ pub(crate) async fn persist(state: &AppState, recs: &[TaskRecord]) -> Result<(),
 /// Removes the records of `recs` that still carry their own submit-pending mark (their
 /// `created_at`; a repeat may have taken a record over, see [`take_over`]). Records of
 /// one submit share one creation time.
-async fn unsubmit(state: &AppState, recs: &[TaskRecord]) -> taskq_store::Result<u64> {
+pub(super) async fn unsubmit(state: &AppState, recs: &[TaskRecord]) -> taskq_store::Result<u64> {
     let mut marks: Vec<chrono::DateTime<chrono::Utc>> = recs.iter().map(|r| r.created_at).collect();
     marks.sort();
     marks.dedup();
@@ -374,6 +378,13 @@ async fn unsubmit(state: &AppState, recs: &[TaskRecord]) -> taskq_store::Result<
 }
 
 async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
+    insert(state, recs).await?;
+    enqueue(state, recs).await
+}
+
+/// Step 1 of [`persist`]: the records, marked submit-pending. On a failure nothing of
+/// them is left (an unordered `insert_many` that wrote part of them is undone).
+pub(super) async fn insert(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
     let inserted = match recs {
         [] => return Ok(()),
         [one] => state.store.insert(one).await,
@@ -392,6 +403,15 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
             }
             return Err(PersistError::Api(e.into()));
         }
+    }
+    Ok(())
+}
+
+/// Step 2 of [`persist`], once the records are in MongoDB: the tasks, unless the
+/// enqueue deadline passed; undone (Redis, then the records) on a failure.
+pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
+    if recs.is_empty() {
+        return Ok(());
     }
     let oldest = recs.iter().map(|r| r.created_at).min().unwrap_or_default();
     if taskq_core::now() - oldest > chrono::Duration::from_std(ENQUEUE_DEADLINE).unwrap_or_default()
@@ -423,22 +443,38 @@ async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), Pers
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
         // take it out before the records go, so nothing answered with an error runs.
         let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
-        if let Err(undo) = state.broker.remove(&tasks).await {
-            // Redis may hold some of the tasks (a lost reply): keep their records but
-            // cancel them (submit_failed), so recovery never runs them. A task that does
-            // run after all overrides that with its own, later status updates.
-            let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
-            tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
-            if let Err(e) = state
-                .store
-                .settle_submits(&ids, &[], taskq_core::now())
-                .await
-            {
-                tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
+        let running = match state.broker.remove(&tasks).await {
+            Ok(running) => running,
+            Err(undo) => {
+                // Redis may hold some of the tasks (a lost reply): keep their records but
+                // cancel them (submit_failed), so recovery never runs them. A task that
+                // does run after all overrides that with its own, later status updates.
+                let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+                tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
+                if let Err(e) = state
+                    .store
+                    .settle_submits(&ids, &[], taskq_core::now())
+                    .await
+                {
+                    tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
+                }
+                return Err(PersistError::Api(e));
             }
-            return Err(PersistError::Api(e));
+        };
+        // A task a worker took already did reach Redis (the reply was lost): it runs, so
+        // its record stays and follows it.
+        let recs: Vec<TaskRecord> = recs
+            .iter()
+            .filter(|r| !running.contains(&r.id))
+            .cloned()
+            .collect();
+        if !running.is_empty() {
+            tracing::warn!(
+                count = running.len(),
+                "tasks whose enqueue reported an error are already running; their records stay"
+            );
         }
-        if let Err(undo) = unsubmit(state, recs).await {
+        if let Err(undo) = unsubmit(state, &recs).await {
             // Nothing of them is in Redis: the submit check cancels these records.
             tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");
         }

@@ -1,6 +1,7 @@
-//! REMOVE: takes tasks out of Redis whatever their state, without an outbox entry: undoes
-//! an enqueue whose outcome is unknown (an error or a lost reply) when a submit or a
-//! retry fails. The hashes go, and the ids leave the scheduled, retry and lease sets and
+//! REMOVE: takes tasks out of Redis, without an outbox entry: undoes an enqueue whose
+//! outcome is unknown (an error or a lost reply) when a submit or a retry fails. A task
+//! a worker has already taken (`running`) is left alone and reported: the enqueue did
+//! land, the attempt is under way, and its own status updates will say so. The hashes go, and the ids leave the scheduled, retry and lease sets and
 //! (without a key) the pending lists; a task with a key is also taken
 //! out of its key (pending slot or backlog, running count, active keys), so the key's
 //! next task is not held back by a task that no longer exists. A flow task's set of unmet
@@ -23,7 +24,7 @@
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> dependents set prefix
 //! ARGV[4..]  -> ids
-//! reply      -> how many tasks were in Redis
+//! reply      -> the ids left because they were running
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,19 +40,20 @@ script!(
     key_fns!(),
     r"
 local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
-local n = 0
+local running = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
   local k = ARGV[1] .. id
-  redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
   local vals = redis.call('HMGET', k, 'state', 'prio', 'key')
-  if vals[1] then
-    n = n + 1
+  if vals[1] == 'running' then
+    running[#running + 1] = id
+  else
+    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
+  end
+  if vals[1] and vals[1] ~= 'running' then
     local uk = vals[3]
     if uk and vals[1] == 'queued' then
       kunqueue(q, uk, id, tonumber(vals[2]))
-    elseif uk and vals[1] == 'running' then
-      kstop(q, uk)
     elseif vals[1] == 'queued' then
       redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
     end
@@ -66,14 +68,15 @@ for i = 4, #ARGV do
   end
 end
 if q.woke then wake(KEYS[4]) end
-return n
+return running
 "
 );
 
 impl Broker {
-    /// Removes tasks from Redis whatever their state (see the module documentation):
-    /// one script call per queue, issued concurrently.
-    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<()> {
+    /// Removes tasks from Redis unless a worker took them already (see the module
+    /// documentation): one script call per queue, issued concurrently. Returns the tasks
+    /// left because they were running.
+    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<Vec<TaskId>> {
         let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
         for (q, id) in tasks {
             by_queue.entry(q).or_default().push(id.to_string());
@@ -85,10 +88,14 @@ impl Broker {
                 .arg(k.unmet_prefix())
                 .arg(k.dependents_prefix())
                 .arg(ids);
-            async move { self.run::<i64>(inv).await }
+            async move { self.run::<Vec<String>>(inv).await }
         });
-        futures::future::try_join_all(calls).await?;
-        Ok(())
+        let running = futures::future::try_join_all(calls).await?;
+        Ok(running
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.parse().ok())
+            .collect())
     }
 }
 

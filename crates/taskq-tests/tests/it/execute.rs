@@ -9,13 +9,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{TaskId, TaskStatus};
-use taskq_store::Store;
-use taskq_testkit::{
-    ChaosProxy, ChildGuard, mongo_addr, mongo_uri, mongo_uri_via, wait_until, workspace_bin,
-};
+use taskq_testkit::{ChildGuard, mongo_uri, wait_until, workspace_bin};
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::Env;
+use crate::harness::{Env, store_via_proxy};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -192,21 +189,6 @@ async fn a_killed_workers_task_completes_elsewhere_after_its_lease() {
         Some(json!("survivor"))
     );
     w.shutdown().await;
-}
-
-/// A store of `env`'s database reached through a proxy that can cut it, with short
-/// timeouts so that a cut shows at once.
-async fn store_via_proxy(env: &Env) -> (ChaosProxy, Store) {
-    let proxy = ChaosProxy::start(mongo_addr());
-    let opts = taskq_store::StoreOptions {
-        server_selection_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
-        .await
-        .expect("store via proxy");
-    (proxy, store)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,8 @@ use taskq_core::{QueueSelection, TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_store::Store;
 use taskq_testkit::{
-    ChildGuard, RedisCluster, RedisServer, mongo_uri, unique_db_name, workspace_bin,
+    ChaosProxy, ChildGuard, RedisCluster, RedisServer, mongo_addr, mongo_uri, mongo_uri_via,
+    unique_db_name, workspace_bin,
 };
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio::task::JoinHandle;
@@ -343,4 +344,19 @@ impl Recorder {
     pub fn runs(&self) -> Vec<(TaskId, String, u32)> {
         self.runs.lock().expect("lock").clone()
     }
+}
+
+/// A store of `env`'s database reached through a proxy that can cut it, with short
+/// timeouts so that a cut shows at once.
+pub async fn store_via_proxy(env: &Env) -> (ChaosProxy, Store) {
+    let proxy = ChaosProxy::start(mongo_addr());
+    let opts = taskq_store::StoreOptions {
+        server_selection_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
+        .await
+        .expect("store via proxy");
+    (proxy, store)
 }

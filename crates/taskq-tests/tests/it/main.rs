@@ -10,6 +10,7 @@ mod crash;
 mod env_names;
 mod execute;
 mod flows;
+mod group;
 mod http_errors;
 mod keys;
 mod lifecycle;

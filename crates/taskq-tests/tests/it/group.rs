@@ -1,0 +1,148 @@
+//! Group commit of single submits: concurrent `POST /v1/tasks` share writes, and each is
+//! still answered only once its own task is in both stores; a submit given up before its
+//! group's enqueue never runs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use taskq_api::AppState;
+use taskq_core::{QueueName, TaskId, TaskStatus};
+use taskq_testkit::wait_until;
+
+use crate::harness::{Env, serve_api, store_via_proxy};
+
+/// `taskq_api_submit_group_size` `_count` and `_sum` from the api's metrics.
+async fn group_sizes(env: &Env) -> (f64, f64) {
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.api))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        sample("taskq_api_submit_group_size_count"),
+        sample("taskq_api_submit_group_size_sum"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durable() {
+    let env = Env::start().await;
+    let submits = (0..200).map(|i| {
+        let env = &env;
+        async move {
+            let queue = if i % 2 == 0 { "default" } else { "other" };
+            let (status, v) = env
+                .post(
+                    "/v1/tasks",
+                    json!({"type": "noop", "queue": queue, "payload": {"i": i}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{v}");
+            let id: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+            // Answered: the record is in MongoDB and the task in Redis already.
+            let rec = env.store.get(id).await.expect("get").expect("record");
+            assert_eq!(rec.record.status, TaskStatus::Queued);
+            let q: QueueName = queue.parse().expect("queue");
+            let (_, present) = env.broker.present(&q, &[id]).await.expect("present");
+            assert_eq!(present, vec![true], "task {id} not in redis when answered");
+            assert_eq!(rec.record.payload, json!({"i": i}));
+            id
+        }
+    });
+    let ids: HashSet<TaskId> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 200);
+    let (groups, grouped) = group_sizes(&env).await;
+    assert_eq!(grouped, 200.0, "every submit went through a group");
+    assert!(
+        groups < 200.0,
+        "no two of 200 concurrent submits shared a write ({groups} groups)"
+    );
+    let w = env.worker(Env::settings("default,other"), Env::builtins());
+    let done = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let counts = env.store.count_by_status(None).await.expect("counts");
+            counts.get(&TaskStatus::Succeeded).copied() == Some(200)
+        },
+    )
+    .await;
+    assert!(done, "not every grouped submit ran");
+    w.shutdown().await;
+}
+
+/// A submit whose request times out while MongoDB holds its group's insert (the store
+/// frozen) is answered with an error; when the insert then completes, the submit is
+/// left out of the enqueue and its record removed, so it never runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_given_up_before_its_enqueue_never_runs() {
+    let env = Env::start().await;
+    let (proxy, frozen_store) = store_via_proxy(&env).await;
+    frozen_store.ping().await.expect("store via proxy");
+    let state = AppState {
+        request_timeout: Duration::from_millis(800),
+        ..AppState::new(env.broker.clone(), frozen_store)
+    };
+    let (api, stop) = serve_api(state).await;
+    proxy.freeze();
+    let resp = env
+        .http
+        .post(format!("{api}/v1/tasks"))
+        .json(&json!({"type": "noop", "payload": {"given": "up"}}))
+        .send()
+        .await
+        .expect("request");
+    assert_ne!(resp.status(), StatusCode::CREATED);
+    proxy.thaw();
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    // The insert lands after the thaw; then the record goes again.
+    let gone = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            env.store
+                .count_by_status(None)
+                .await
+                .expect("counts")
+                .values()
+                .sum::<u64>()
+                == 0
+        },
+    )
+    .await;
+    let counts = env.store.count_by_status(None).await.expect("counts");
+    assert!(gone, "the given-up submit's record stayed: {counts:?}");
+    // Nothing reached Redis: a second later still nothing ran or exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = env
+        .broker
+        .counts(&"default".parse().expect("queue"))
+        .await
+        .expect("counts");
+    assert_eq!(c.queued + c.running, 0, "{c:?}");
+    assert_eq!(
+        env.store
+            .count_by_status(None)
+            .await
+            .expect("counts")
+            .values()
+            .sum::<u64>(),
+        0
+    );
+    w.shutdown().await;
+    stop.cancel();
+}
