@@ -10,35 +10,22 @@
 //! same name first re-reads its own pending entries. Writers of workers that stopped are
 //! removed from the group once they hold no entry.
 //!
-//! Up to [`IN_FLIGHT`] batches are applied at once: while MongoDB writes one batch, the
-//! next is read and written beside it, so the time from a transition in Redis to its
-//! record (and to the release of its flow dependents) is about one write, not a write
-//! plus the one ahead of it.
-//!
 //! Invariants:
 //! - An entry is acknowledged only after [`taskq_store::apply_batch`] returned for its
 //!   updates (written, or dropped after the server refused them repeatedly), and after
 //!   the flow dependents of its finished tasks were settled ([`crate::flows`]).
-//! - Batches applied side by side may reach MongoDB in either order. The state, the
-//!   dates and the history do not depend on that order (see `taskq_store::update`);
-//!   `last_error` and `result` do (the last write wins), so a batch that carries an error
-//!   or a result for a task still being written by an earlier batch waits for that
-//!   batch first. A task's updates therefore reach `last_error` and `result` in stream
-//!   order.
 //! - Applying an entry twice is harmless (the store's updates are idempotent and ordered
 //!   by `seq`), so claiming from a slow but live writer costs only a repeated write.
 //! - At shutdown the writer keeps applying until the stream has nothing new for it (or
 //!   the drain deadline passes); whatever is left stays in Redis for the other writers.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskq_core::{QueueName, TaskId};
+use taskq_core::QueueName;
 use taskq_redis::{OutboxEntry, OutboxReader, OutboxUpdate};
 use taskq_store::{StatusUpdate, WriterOptions, WriterStats};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +43,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const SWEEP_IDLE: Duration = Duration::from_secs(120);
 /// Pause after a Redis error.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
-/// Most batches one writer applies at once.
-const IN_FLIGHT: usize = 2;
 
 /// Runs the writer of `queue` until `drain` is cancelled and the stream has nothing new
 /// for it.
@@ -68,16 +53,15 @@ pub(crate) async fn run(
     stats: Arc<WriterStats>,
     drain: CancellationToken,
 ) {
-    let w = Arc::new(Writer {
+    let w = Writer {
         shared,
         queue,
         opts,
         stats,
-    });
+    };
     let Some(mut reader) = w.connect(&drain).await else {
         return;
     };
-    let mut in_flight = InFlight::default();
     let mut next_claim = Instant::now();
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     loop {
@@ -85,8 +69,6 @@ pub(crate) async fn run(
         let now = Instant::now();
         if !draining && now >= next_claim {
             next_claim = now + w.shared.settings.outbox_claim_interval;
-            // Claimed entries may hold updates of tasks in the batches being written.
-            in_flight.wait_all().await;
             w.claim_idle().await;
             w.refresh_depth().await;
         }
@@ -104,16 +86,11 @@ pub(crate) async fn run(
         }
         // Blocks up to a second when nothing is new, so the claim tick and the drain
         // signal are seen within about a second.
-        in_flight.reap();
-        if in_flight.len() >= IN_FLIGHT {
-            in_flight.wait_oldest().await;
-        }
         let entries = match w.gather(&mut reader, !draining).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, queue = %w.queue, "reading the outbox failed");
                 if draining {
-                    in_flight.wait_all().await;
                     return;
                 }
                 tokio::time::sleep(ERROR_PAUSE).await;
@@ -126,71 +103,11 @@ pub(crate) async fn run(
         };
         if entries.is_empty() {
             if draining {
-                in_flight.wait_all().await;
                 return;
             }
             continue;
         }
-        in_flight.start(&w, entries).await;
-    }
-}
-
-/// The batches a writer is applying, oldest first, each with its tasks.
-#[derive(Default)]
-struct InFlight(VecDeque<(HashSet<TaskId>, JoinHandle<()>)>);
-
-impl InFlight {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Forgets the batches that are done.
-    fn reap(&mut self) {
-        self.0.retain(|(_, handle)| !handle.is_finished());
-    }
-
-    async fn wait_oldest(&mut self) {
-        if let Some((_, handle)) = self.0.pop_front() {
-            join(handle).await;
-        }
-    }
-
-    async fn wait_all(&mut self) {
-        while !self.0.is_empty() {
-            self.wait_oldest().await;
-        }
-    }
-
-    /// Starts applying `entries`, once the batches holding a task to which they bring an
-    /// error or a result are done (see the module's invariants).
-    async fn start(&mut self, w: &Arc<Writer>, entries: Vec<OutboxEntry>) {
-        let updates = || entries.iter().flat_map(|e| &e.updates);
-        let last_write_wins: HashSet<TaskId> = updates()
-            .filter(|u| u.error.is_some() || u.result.is_some())
-            .map(|u| u.id)
-            .collect();
-        while let Some(i) = self
-            .0
-            .iter()
-            .rposition(|(ids, _)| !ids.is_disjoint(&last_write_wins))
-        {
-            // Everything up to the newest such batch, in order.
-            for _ in 0..=i {
-                self.wait_oldest().await;
-            }
-        }
-        let ids = updates().map(|u| u.id).collect();
-        let w = w.clone();
-        let handle = tokio::spawn(async move { w.apply_and_ack(entries).await });
-        self.0.push_back((ids, handle));
-    }
-}
-
-async fn join(handle: JoinHandle<()>) {
-    if let Err(e) = handle.await {
-        // A panic in a batch leaves its entries unacknowledged: they are claimed and
-        // applied again.
-        tracing::error!(error = %e, "applying an outbox batch failed");
+        w.apply_and_ack(entries).await;
     }
 }
 
