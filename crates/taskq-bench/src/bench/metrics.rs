@@ -55,7 +55,10 @@ impl DepthWatch {
 }
 
 /// The samples of a Prometheus text exposition, keyed by name with labels.
-async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<HashMap<String, f64>> {
+pub(super) async fn scrape(
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<HashMap<String, f64>> {
     let text = http
         .get(url)
         .timeout(Duration::from_secs(2))

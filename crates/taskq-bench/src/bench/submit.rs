@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Bench;
+use crate::report::Metric;
 
 #[derive(Deserialize)]
 struct BatchReply {
@@ -104,8 +105,10 @@ impl Bench {
         Ok((n as f64 / elapsed.as_secs_f64(), ids))
     }
 
-    /// `--single-tasks` single submits, `--single-concurrency` in flight; tasks/s.
+    /// `--single-tasks` single submits, `--single-concurrency` in flight; tasks/s. Also
+    /// reports how many submits the api's group commit wrote together, on average.
     pub(super) async fn single_submits(&mut self) -> anyhow::Result<f64> {
+        let groups_before = self.api_submit_groups().await;
         let url = self.api_url("/v1/tasks")?;
         let body = Bytes::from(json!({"type": "noop", "queue": self.queue.as_str()}).to_string());
         let snap = self.snapshot();
@@ -119,7 +122,28 @@ impl Bench {
         self.report
             .cpu
             .push(snap.until(&self.snapshot(), "single submits (worker running)"));
+        match (groups_before, self.api_submit_groups().await) {
+            (Some((c0, s0)), Some((c1, s1))) if c1 > c0 => self.report.push(Metric::new(
+                "single_submits_per_group",
+                "single submits per group commit (mean)",
+                (s1 - s0) / (c1 - c0),
+                "submits",
+            )),
+            _ => self
+                .report
+                .note("could not read the api's taskq_api_submit_group_size".to_owned()),
+        }
         Ok(self.cfg.single_tasks as f64 / elapsed.as_secs_f64())
+    }
+
+    /// `_count` and `_sum` of the api's `taskq_api_submit_group_size`.
+    async fn api_submit_groups(&self) -> Option<(f64, f64)> {
+        let url = self.api_url("/metrics").ok()?;
+        let m = super::metrics::scrape(&self.http, &url).await.ok()?;
+        Some((
+            *m.get("taskq_api_submit_group_size_count")?,
+            *m.get("taskq_api_submit_group_size_sum")?,
+        ))
     }
 }
 
