@@ -12,8 +12,10 @@
 //! - it is answered `201` only once its own record is in MongoDB and its own task in
 //!   Redis ([`super::submit`]'s two steps, run for the group);
 //! - a submit whose request was given up (its answer can no longer be sent) before its
-//!   group's enqueue is left out of the enqueue and its record removed: like a single
-//!   submit that failed, it never runs;
+//!   group's insert is not written; one given up between its group's insert and enqueue
+//!   is left out of the enqueue and its record removed (once the insert returned: until
+//!   then the record may show, as a failed single submit's may): like a single submit
+//!   that failed, it never runs;
 //! - when the group's insert fails for anything but an unreachable MongoDB, the group's
 //!   submits are written again one by one, so a record the server refuses fails only its
 //!   own submit. An unreachable MongoDB, or a failed enqueue (undone as for a single
@@ -116,7 +118,12 @@ fn take_group(inner: &mut Inner) -> Vec<Waiting> {
 }
 
 /// Writes one group and answers each of its submits.
-async fn write(state: &AppState, group: Vec<Waiting>) {
+async fn write(state: &AppState, mut group: Vec<Waiting>) {
+    // Submits given up while they waited for their group are not written at all.
+    group.retain(|w| !w.answer.is_closed());
+    if group.is_empty() {
+        return;
+    }
     state.metrics.submit_group_size.observe(group.len() as f64);
     let recs: Vec<TaskRecord> = group.iter().map(|w| w.rec.clone()).collect();
     match submit::insert(state, &recs).await {

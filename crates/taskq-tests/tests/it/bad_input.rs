@@ -831,8 +831,33 @@ async fn mongodb_down_makes_submit_503_and_leaves_nothing_in_redis() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(env.total_records().await, 2);
+    // A submit answered 503 while MongoDB came back may still have had its insert land
+    // (a reply lost on a reconnecting pool, or a submit given up while its insert was on
+    // the way, whose record is removed once the insert returns). Its task never reaches
+    // Redis, and its record, if it stays, is still marked submit-pending, which the
+    // workers' submit check cancels.
+    wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async { env.total_records().await == 2 },
+    )
+    .await;
     assert_eq!(env.redis_total("default").await, 2);
+    // No worker runs here, so every record is still marked; of them, exactly the two
+    // accepted tasks are in Redis.
+    let pending = env
+        .store
+        .pending_submits(taskq_core::now() + chrono::Duration::hours(1), 100)
+        .await
+        .expect("pending submits");
+    assert_eq!(env.total_records().await, pending.len() as u64);
+    let ids: Vec<_> = pending.iter().map(|p| p.id).collect();
+    let (_, present) = env
+        .broker
+        .present(&"default".parse().expect("queue"), &ids)
+        .await
+        .expect("present");
+    assert_eq!(present.iter().filter(|p| **p).count(), 2, "{pending:?}");
     stop.cancel();
 }
 
