@@ -6,9 +6,14 @@
 //! running is due now: its attempt was lost with Redis). The enqueue script skips tasks
 //! Redis still holds, so the call is idempotent: no undo, and on a failure (`503`)
 //! calling again finishes the job without duplicating anything. Then the flows' `waiting`
-//! tasks are registered again (see [`super::flow::recover_waiting`]).
+//! tasks are registered again (see [`super::flow::recover_waiting`]), and every queue's
+//! task keys get their running counts recounted from the tasks running in Redis
+//! (`KEY_RECOUNT`): after a partial loss a lost running task would otherwise hold its
+//! key's running slot for ever.
 
-use taskq_core::TaskStatus;
+use std::collections::BTreeSet;
+
+use taskq_core::{QueueName, TaskStatus};
 use taskq_redis::EnqueueItem;
 
 use crate::AppState;
@@ -18,10 +23,14 @@ use crate::error::ApiError;
 pub(crate) async fn recover(state: &AppState) -> Result<(u64, u64), ApiError> {
     let mut after = None;
     let (mut enqueued, mut present) = (0u64, 0u64);
+    // The queues to recount: those Redis knows, and those of the unfinished records (the
+    // set of queues may be lost too).
+    let mut queues: BTreeSet<QueueName> = state.broker.queues().await?.into_iter().collect();
     loop {
         let batch = state.store.unfinished(after, 1000).await?;
         let Some(last) = batch.last() else { break };
         after = Some(last.record.id);
+        queues.extend(batch.iter().map(|t| t.record.queue.clone()));
         let items: Vec<EnqueueItem> = batch
             .iter()
             .map(|t| {
@@ -44,10 +53,15 @@ pub(crate) async fn recover(state: &AppState) -> Result<(u64, u64), ApiError> {
     // After the unfinished tasks, so the waiting ones find their dependencies' queues
     // known again.
     let waiting = super::flow::recover_waiting(state).await?;
+    let mut keys_recounted = 0;
+    for queue in &queues {
+        keys_recounted += state.broker.key_recount(queue).await?;
+    }
     tracing::info!(
         enqueued,
         already_present = present,
         waiting,
+        keys_recounted,
         "recovery finished"
     );
     Ok((enqueued, present))

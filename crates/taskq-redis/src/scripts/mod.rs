@@ -42,6 +42,7 @@ pub mod flow_children;
 pub mod flow_link;
 pub mod flow_release;
 pub mod flow_wait;
+pub mod key_recount;
 pub mod outbox_ack;
 pub mod outbox_sweep;
 pub mod present;
@@ -337,7 +338,8 @@ mod tests {
         let k = QueueKeys::new(&q);
         // `ack` with its optional counter key.
         let counted = Some(k.counter(Counter::Succeeded, 0));
-        let scripts: [(&str, &str, usize); 17] = [
+        let scripts: [(&str, &str, usize); 18] = [
+            ("key_recount", key_recount::LUA, key_recount::keys(&k).len()),
             (
                 "flow_release",
                 flow_release::LUA,

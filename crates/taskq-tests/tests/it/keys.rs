@@ -203,6 +203,69 @@ async fn recovery_after_redis_lost_its_data_keeps_each_keys_order() {
     assert_one_at_a_time_in_order(&order, &records(&env, "orders").await);
 }
 
+/// Redis loses part of its data: the hash of a keyed task that was running. Its key's
+/// running count still holds the slot, so with a limit of 1 the key's next task waits for
+/// ever; `POST /v1/admin/recover` enqueues the lost task again and recounts the key, and
+/// both run.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task() {
+    let env = Env::start().await;
+    limit_per_key(&env, "orders", 1).await;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let (status, body) = env
+            .post(
+                "/v1/tasks",
+                json!({"type": "noop", "queue": "orders", "key": "k", "payload": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(
+            body["id"]
+                .as_str()
+                .expect("id")
+                .parse::<TaskId>()
+                .expect("id"),
+        );
+    }
+    // A worker that then vanished took the first task; Redis then lost that task's hash.
+    let queue = "orders".parse().expect("queue");
+    let taken = env
+        .broker
+        .dequeue(&queue, 1, Duration::from_secs(60), "gone", 0)
+        .await
+        .expect("dequeue")
+        .tasks;
+    assert_eq!(
+        taken.iter().map(|t| t.msg.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let client = redis::Client::open(env.redis.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(format!("taskq:{{orders}}:t:{}", ids[0]))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    assert_eq!(deleted, 1);
+
+    let w = env.worker(Env::settings("orders"), Env::builtins());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        env.record(ids[1]).await["status"],
+        "queued",
+        "the key's next task ran although its running slot looked taken"
+    );
+    let (status, body) = env.post("/v1/admin/recover", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["enqueued"], 1, "{body}");
+    wait_succeeded(&env, 2, Duration::from_secs(20)).await;
+    w.shutdown().await;
+}
+
 #[track_caller]
 fn assert_400(what: &str, (status, body): (StatusCode, &Value), code: &str) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
