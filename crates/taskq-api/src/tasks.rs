@@ -392,17 +392,7 @@ pub async fn retry(
     match retry::retry(&state, vec![id]).await {
         Ok(outcomes) => match outcomes.into_iter().next() {
             Some(Outcome::Queued(record)) => {
-                flow::rewait_dependents(&state, &[&record])
-                    .await
-                    .map_err(|e| {
-                        let flow = record.flow.as_ref().map(|f| f.id.to_string());
-                        e.with_outcome(&format!(
-                            "the task was queued again, but the tasks of its flow cancelled \
-                             because it died stay cancelled; POST /v1/flows/{}/retry puts \
-                             them back to waiting",
-                            flow.as_deref().unwrap_or("{id}")
-                        ))
-                    })?;
+                flow::rewait_dependents(&state, &[&record]).await?;
                 Ok(Json(*record))
             }
             Some(Outcome::NotFound) | None => Err(ApiError::not_found(format!("no task {id}"))),

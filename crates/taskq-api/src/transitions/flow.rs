@@ -224,7 +224,8 @@ pub(crate) async fn retry_flow(
 /// because one of them died (reason `dependency <id> died`, which a whole branch
 /// carries) go back to `waiting`, as a flow's retry puts them. Dependents in other
 /// flows (a flow depending on an existing task) are left cancelled: their flow's retry
-/// puts them back. Returns how many wait again.
+/// puts them back. Returns how many wait again. Its error says that the dead tasks were
+/// queued again and names the flow whose retry completes the step.
 pub(crate) async fn rewait_dependents(
     state: &AppState,
     retried: &[&TaskRecord],
@@ -240,8 +241,17 @@ pub(crate) async fn rewait_dependents(
     }
     let mut rewaiting = 0;
     for (flow, reasons) in by_flow {
-        let tasks = state.store.flow_tasks(flow).await?;
-        rewaiting += rewait(state, tasks, |reason| reasons.contains(reason)).await?;
+        let step = async {
+            let tasks = state.store.flow_tasks(flow).await?;
+            rewait(state, tasks, |reason| reasons.contains(reason)).await
+        };
+        rewaiting += step.await.map_err(|e| {
+            e.with_outcome(&format!(
+                "the dead tasks were queued again, but the tasks of flow {flow} cancelled \
+                 because they died stay cancelled; POST /v1/flows/{flow}/retry puts them \
+                 back to waiting"
+            ))
+        })?;
     }
     Ok(rewaiting)
 }

@@ -21,9 +21,11 @@
 //!   own submit. An unreachable MongoDB, or a failed enqueue (undone as for a single
 //!   submit), fails the whole group with that error.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
+use futures::FutureExt;
 use taskq_core::TaskRecord;
 use tokio::sync::oneshot;
 
@@ -36,15 +38,61 @@ const FLUSHES: usize = 4;
 /// Most submits in one group (one `insert_many`).
 const MAX_GROUP: usize = 1_000;
 
-/// One submit waiting in a group: its record and where its answer goes.
-struct Waiting {
-    rec: TaskRecord,
-    answer: oneshot::Sender<Result<(), PersistError>>,
+/// Where a submit's answer goes: its record back, once it is in both stores.
+type Answer = oneshot::Sender<Result<TaskRecord, PersistError>>;
+
+/// Submits, each record beside its answer (kept apart so the records are written from
+/// one slice, never copied).
+#[derive(Default)]
+struct Group {
+    recs: Vec<TaskRecord>,
+    answers: Vec<Answer>,
+}
+
+impl Group {
+    fn one(rec: TaskRecord, answer: Answer) -> Self {
+        Self {
+            recs: vec![rec],
+            answers: vec![answer],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Splits off the submits whose request was given up (their answer can no longer be
+    /// delivered): (still waiting, given up).
+    fn split_given_up(self) -> (Group, Group) {
+        let (mut waiting, mut given_up) = (Group::default(), Group::default());
+        for (rec, answer) in self.recs.into_iter().zip(self.answers) {
+            let to = if answer.is_closed() {
+                &mut given_up
+            } else {
+                &mut waiting
+            };
+            to.recs.push(rec);
+            to.answers.push(answer);
+        }
+        (waiting, given_up)
+    }
+
+    fn answer_ok(self) {
+        for (rec, answer) in self.recs.into_iter().zip(self.answers) {
+            let _ = answer.send(Ok(rec));
+        }
+    }
+
+    fn answer_err(self, error: &PersistError) {
+        for answer in self.answers {
+            let _ = answer.send(Err(error.clone()));
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    open: Vec<Waiting>,
+    open: Group,
     flushing: usize,
 }
 
@@ -59,17 +107,18 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Writes `rec` to both stores with the submits around it; returns once it is in
-    /// both (or failed).
+    /// Writes `rec` to both stores with the submits around it; returns the record once it
+    /// is in both (or the error).
     pub(crate) async fn submit(
         &self,
         state: &AppState,
         rec: TaskRecord,
-    ) -> Result<(), PersistError> {
+    ) -> Result<TaskRecord, PersistError> {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut inner = self.lock();
-            inner.open.push(Waiting { rec, answer });
+            inner.open.recs.push(rec);
+            inner.open.answers.push(answer);
             if inner.flushing < FLUSHES {
                 inner.flushing += 1;
                 Some(take_group(&mut inner))
@@ -90,19 +139,27 @@ impl GroupCommit {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while the lock was held cannot leave `Inner` half-changed (each change
-        // is one push or one swap), so a poisoned lock is still good.
+        // No code that can panic runs while the lock is held (pushes and drains), so a
+        // poisoned lock is still consistent.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes `group`, then every group that opened meanwhile, until none is left.
-    async fn flush_from(&self, state: &AppState, mut group: Vec<Waiting>) {
+    /// Writes `group`, then every group that opened meanwhile, until none is left. A
+    /// panic while writing one group fails that group's submits (their answers are
+    /// dropped) and the loop goes on, so the flush slot is never lost.
+    async fn flush_from(&self, state: &AppState, mut group: Group) {
         loop {
-            write(state, group).await;
+            if AssertUnwindSafe(write(state, group))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("writing a submit group panicked; its submits failed");
+            }
             let mut inner = self.lock();
-            if inner.open.is_empty() {
+            if inner.open.recs.is_empty() {
                 inner.flushing -= 1;
                 return;
             }
@@ -112,73 +169,60 @@ impl GroupCommit {
 }
 
 /// The open group's first [`MAX_GROUP`] submits.
-fn take_group(inner: &mut Inner) -> Vec<Waiting> {
+fn take_group(inner: &mut Inner) -> Group {
     let n = inner.open.len().min(MAX_GROUP);
-    inner.open.drain(..n).collect()
+    Group {
+        recs: inner.open.recs.drain(..n).collect(),
+        answers: inner.open.answers.drain(..n).collect(),
+    }
 }
 
 /// Writes one group and answers each of its submits.
-async fn write(state: &AppState, mut group: Vec<Waiting>) {
+async fn write(state: &AppState, group: Group) {
     // Submits given up while they waited for their group are not written at all.
-    group.retain(|w| !w.answer.is_closed());
-    if group.is_empty() {
+    let (group, _) = group.split_given_up();
+    if group.len() == 0 {
         return;
     }
     state.metrics.submit_group_size.observe(group.len() as f64);
-    let recs: Vec<TaskRecord> = group.iter().map(|w| w.rec.clone()).collect();
-    match submit::insert(state, &recs).await {
-        Ok(()) => {}
+    match submit::insert(state, &group.recs).await {
+        Ok(()) => finish(state, group).await,
         Err(PersistError::Api(e))
             if group.len() > 1 && e.status != StatusCode::SERVICE_UNAVAILABLE =>
         {
             tracing::warn!(error = %e.message, submits = group.len(), "a grouped insert failed; writing its submits one by one");
-            let each = group.into_iter().map(|w| async move {
-                let result = submit::insert(state, std::slice::from_ref(&w.rec)).await;
-                finish(state, vec![w], result).await;
-            });
+            let each = group
+                .recs
+                .into_iter()
+                .zip(group.answers)
+                .map(|(rec, answer)| async move {
+                    let one = Group::one(rec, answer);
+                    match submit::insert(state, &one.recs).await {
+                        Ok(()) => finish(state, one).await,
+                        Err(e) => one.answer_err(&e),
+                    }
+                });
             futures::future::join_all(each).await;
-            return;
         }
-        Err(e) => {
-            answer_all(group, &e);
-            return;
-        }
+        Err(e) => group.answer_err(&e),
     }
-    finish(state, group, Ok(())).await;
 }
 
 /// After the insert of `group`: the submits still waiting are enqueued, the records of
-/// those given up are removed, and every submit is answered.
-async fn finish(state: &AppState, group: Vec<Waiting>, inserted: Result<(), PersistError>) {
-    if let Err(e) = inserted {
-        answer_all(group, &e);
-        return;
-    }
-    let (waiting, given_up): (Vec<Waiting>, Vec<Waiting>) =
-        group.into_iter().partition(|w| !w.answer.is_closed());
-    if !given_up.is_empty() {
-        let recs: Vec<TaskRecord> = given_up.into_iter().map(|w| w.rec).collect();
+/// those given up meanwhile are removed, and every submit is answered.
+async fn finish(state: &AppState, group: Group) {
+    let (waiting, given_up) = group.split_given_up();
+    if given_up.len() > 0 {
         tracing::info!(
-            submits = recs.len(),
+            submits = given_up.len(),
             "submits given up before their enqueue; removing their records"
         );
-        if let Err(e) = submit::unsubmit(state, &recs).await {
-            tracing::warn!(error = %e, count = recs.len(), "could not remove the records of given-up submits; the submit check cancels them");
+        if let Err(e) = submit::unsubmit(state, &given_up.recs).await {
+            tracing::warn!(error = %e, count = given_up.len(), "could not remove the records of given-up submits; the submit check cancels them");
         }
     }
-    let recs: Vec<TaskRecord> = waiting.iter().map(|w| w.rec.clone()).collect();
-    match submit::enqueue(state, &recs).await {
-        Ok(()) => {
-            for w in waiting {
-                let _ = w.answer.send(Ok(()));
-            }
-        }
-        Err(e) => answer_all(waiting, &e),
-    }
-}
-
-fn answer_all(group: Vec<Waiting>, error: &PersistError) {
-    for w in group {
-        let _ = w.answer.send(Err(error.clone()));
+    match submit::enqueue(state, &waiting.recs).await {
+        Ok(()) => waiting.answer_ok(),
+        Err(e) => waiting.answer_err(&e),
     }
 }

@@ -114,16 +114,7 @@ pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64
                     })
                     .collect();
                 retried += queued.len() as u64;
-                super::flow::rewait_dependents(state, &queued)
-                    .await
-                    .map_err(|e| {
-                        e.with_outcome(&format!(
-                            "{retried} dead tasks were queued again, but the tasks of their \
-                             flows cancelled because they died stay cancelled; \
-                             POST /v1/flows/{{flow}}/retry puts them back to waiting, and \
-                             calling again retries the dead tasks left"
-                        ))
-                    })?;
+                super::flow::rewait_dependents(state, &queued).await?;
                 let queued = queued.len();
                 if queued == 0 {
                     // Every task of the page changed under us: none is left to retry.

@@ -62,11 +62,7 @@ pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitte
         task.queue = %rec.queue,
         task.type = %rec.kind,
     );
-    state
-        .submits
-        .submit(state, rec.clone())
-        .instrument(span)
-        .await?;
+    let rec = state.submits.submit(state, rec).instrument(span).await?;
     Ok(Submitted::Created(rec))
 }
 

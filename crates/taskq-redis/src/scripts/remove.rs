@@ -45,25 +45,25 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   local k = ARGV[1] .. id
   local vals = redis.call('HMGET', k, 'state', 'prio', 'key')
-  if vals[1] == 'running' then
+  local state, uk = vals[1], vals[3]
+  if state == 'running' then
     running[#running + 1] = id
   else
     redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-  end
-  if vals[1] and vals[1] ~= 'running' then
-    local uk = vals[3]
-    if uk and vals[1] == 'queued' then
+    if uk and state == 'queued' then
       kunqueue(q, uk, id, tonumber(vals[2]))
-    elseif vals[1] == 'queued' then
+    elseif state == 'queued' then
       redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
     end
-    redis.call('ZREM', KEYS[9], id)
-    redis.call('ZREM', KEYS[10], id)
-    redis.call('ZREM', KEYS[11], id)
-    redis.call('DEL', k)
-    if uk then
-      kleave(q, uk)
-      kpump(q, uk)
+    if state then
+      redis.call('ZREM', KEYS[9], id)
+      redis.call('ZREM', KEYS[10], id)
+      redis.call('ZREM', KEYS[11], id)
+      redis.call('DEL', k)
+      if uk then
+        kleave(q, uk)
+        kpump(q, uk)
+      end
     end
   end
 end
