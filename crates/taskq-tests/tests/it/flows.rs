@@ -268,16 +268,11 @@ async fn retrying_one_dead_task_puts_back_the_tasks_its_death_cancelled() {
 
     let (status, r) = env.post(&format!("/v1/tasks/{a}/retry"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{r}");
-    for t in ["b", "c"] {
-        let done = wait_until(
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || async { env.record(names[t]).await["status"] == "succeeded" },
-        )
+    env.wait_status(names["b"], TaskStatus::Succeeded, Duration::from_secs(30))
         .await;
-        assert!(done, "{t}: {:#}", env.record(names[t]).await);
-    }
-    let c = env.record(names["c"]).await;
+    let c = env
+        .wait_status(names["c"], TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
     assert_eq!(
         c["result"],
         json!({"name": "c", "deps": [{"name": "b", "deps": [{"name": "a"}]}]})

@@ -11,27 +11,14 @@ use taskq_api::AppState;
 use taskq_core::{QueueName, TaskId, TaskStatus};
 use taskq_testkit::wait_until;
 
-use crate::harness::{Env, serve_api, store_via_proxy};
+use crate::harness::{Env, metric_value, scrape_metrics, serve_api, store_via_proxy};
 
 /// `taskq_api_submit_group_size` `_count` and `_sum` from the api's metrics.
 async fn group_sizes(env: &Env) -> (f64, f64) {
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.api))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let sample = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let text = scrape_metrics(&env.http, &env.api).await;
     (
-        sample("taskq_api_submit_group_size_count"),
-        sample("taskq_api_submit_group_size_sum"),
+        metric_value(&text, "taskq_api_submit_group_size_count"),
+        metric_value(&text, "taskq_api_submit_group_size_sum"),
     )
 }
 

@@ -360,3 +360,25 @@ pub async fn store_via_proxy(env: &Env) -> (ChaosProxy, Store) {
         .expect("store via proxy");
     (proxy, store)
 }
+
+/// The Prometheus text `base`/metrics serves.
+pub async fn scrape_metrics(http: &reqwest::Client, base: &str) -> String {
+    let resp = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.text().await.expect("text")
+}
+
+/// The value of the first sample whose line starts with `series` (name and labels), 0
+/// when there is none.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}

@@ -13,7 +13,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::otlp::{Receiver, Span};
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::Env;
+use crate::harness::{Env, metric_value, scrape_metrics};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -240,24 +240,9 @@ async fn metrics_move_as_tasks_run() {
 
     let scrape = |base: String| {
         let http = env.http.clone();
-        async move {
-            let resp = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .expect("scrape");
-            assert_eq!(resp.status(), StatusCode::OK);
-            resp.text().await.expect("text")
-        }
+        async move { scrape_metrics(&http, &base).await }
     };
-    let value = |text: &str, series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
-    };
+    let value = metric_value;
     let before = scrape(worker_url.clone()).await;
     assert_eq!(value(&before, "taskq_worker_inflight "), 0.0);
     assert_eq!(value(&before, "taskq_worker_slots "), 16.0, "{before}");
