@@ -48,6 +48,7 @@ pub use scripts::dequeue::{Dequeued, Leased};
 pub use scripts::fail::FailOutcome;
 pub use scripts::promote::Promoted;
 pub use scripts::reap::{LEASE_EXPIRED_DEAD, LEASE_EXPIRED_REQUEUED, Reaped};
+pub use scripts::remove::Removed;
 pub use wake::WakeListener;
 pub use workers::WorkerInfo;
 

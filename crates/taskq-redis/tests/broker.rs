@@ -196,7 +196,8 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     let mut left = broker
         .remove(&[(q(queue), retry[0].msg.id), (q(queue), again[0].msg.id)])
         .await
-        .expect("remove");
+        .expect("remove")
+        .running;
     left.sort();
     let mut running = vec![retry[0].msg.id, again[0].msg.id];
     running.sort();
@@ -218,6 +219,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
             .remove(&[(q(queue), gone.id)])
             .await
             .expect("remove")
+            .running
             .is_empty()
     );
     let (_, present) = broker
@@ -891,11 +893,15 @@ async fn removing_flow_tasks_removes_their_flow_sets() {
 }
 
 /// REMOVE takes out queued tasks but leaves one a worker already took, and says so: its
-/// enqueue did land, and the attempt under way finishes normally.
+/// enqueue did land, and the attempt under way finishes normally. A task that already
+/// finished is absent; REMOVE reports it as unknown while the outbox still holds its
+/// updates (MongoDB does not know yet that it ran), and not once they were applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn remove_leaves_running_tasks_and_reports_them() {
     let (_server, broker) = single().await;
     let qn = q("undo");
+    broker.outbox_join(&qn).await.expect("join");
+    let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
     let recs: Vec<TaskRecord> = (0..2).map(|_| record("undo", "normal", None)).collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
     let taken = broker
@@ -914,13 +920,46 @@ async fn remove_leaves_running_tasks_and_reports_them() {
         .remove(&[(qn.clone(), queued), (qn.clone(), running)])
         .await
         .expect("remove");
-    assert_eq!(left, vec![running]);
+    assert_eq!(
+        left,
+        taskq_redis::Removed {
+            running: vec![running],
+            unknown: Vec::new()
+        }
+    );
     let (_, present) = broker
         .present(&qn, &[queued, running])
         .await
         .expect("present");
     assert_eq!(present, vec![false, true]);
     ack(&broker, &qn, &taken[0]).await;
+
+    // Finished, its updates still in the outbox: the absence proves nothing.
+    let never = record("undo", "normal", None).id;
+    let left = broker
+        .remove(&[(qn.clone(), running), (qn.clone(), never)])
+        .await
+        .expect("remove");
+    assert_eq!(left.running, Vec::<TaskId>::new());
+    let mut unknown = left.unknown;
+    unknown.sort();
+    let mut both = vec![running, never];
+    both.sort();
+    assert_eq!(unknown, both);
+
+    // Once the outbox is applied, an absent task is one that never arrived (or whose
+    // record MongoDB already has as run).
+    let entries = reader.read(100, false).await.expect("read");
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    broker.outbox_ack(&qn, &refs(&ids)).await.expect("ack");
+    assert_eq!(broker.outbox_len(&qn).await.expect("len"), 0);
+    assert_eq!(
+        broker
+            .remove(&[(qn.clone(), running), (qn.clone(), never)])
+            .await
+            .expect("remove"),
+        taskq_redis::Removed::default()
+    );
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -1239,7 +1278,7 @@ async fn release_reap_cancel_and_remove_free_the_key(broker: &Broker, qn: &Queue
         .remove(&[(qn.clone(), t[4].id)])
         .await
         .expect("remove");
-    assert_eq!(left, vec![t[4].id]);
+    assert_eq!(left.running, vec![t[4].id]);
     assert!(take(broker, qn, 10).await.is_empty());
     ack(broker, qn, &l[0]).await;
     let l = take(broker, qn, 10).await;

@@ -15,6 +15,12 @@
 //!   open and new ones are accepted, as with a server that is stopped with SIGSTOP or a
 //!   network that drops packets) until [`ChaosProxy::thaw`]; bytes read meanwhile are
 //!   held and delivered in order afterwards;
+//! - after [`ChaosProxy::hold_replies`] returns, bytes from the clients still reach the
+//!   upstream but nothing comes back (a request lands, its reply is lost in transit)
+//!   until [`ChaosProxy::thaw`]; [`ChaosProxy::hold_replies_after`] does the same from
+//!   the first client read that contains a given byte string on;
+//! - after [`ChaosProxy::sever`] returns, every proxied connection is shut down (bytes
+//!   held for it are dropped) while the port keeps accepting new ones;
 //! - dropping the proxy cuts it, then stops every task it spawned.
 //!
 //! Sockets are shut down (`shutdown(2)`) before they are closed. Closing alone is not
@@ -25,6 +31,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +53,36 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 enum Request {
     Cut(std_mpsc::Sender<()>),
     Restore(std_mpsc::Sender<io::Result<()>>),
+    Sever(std_mpsc::Sender<()>),
+}
+
+/// Which bytes the proxy holds back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Hold {
+    Nothing,
+    /// Nothing yet; the replies once a client sent these bytes (within one read).
+    RepliesAfter(Vec<u8>),
+    /// Those from the upstream to the clients.
+    Replies,
+    /// Both ways.
+    All,
+}
+
+/// A direction bytes travel through the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    ToUpstream,
+    ToClient,
+}
+
+impl Hold {
+    fn holds(&self, direction: Direction) -> bool {
+        match self {
+            Hold::Nothing | Hold::RepliesAfter(_) => false,
+            Hold::Replies => direction == Direction::ToClient,
+            Hold::All => true,
+        }
+    }
 }
 
 /// A TCP proxy on a free loopback port that forwards to `upstream` until told to cut.
@@ -54,8 +91,8 @@ pub struct ChaosProxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     requests: mpsc::UnboundedSender<Request>,
-    /// `true` while frozen.
-    frozen: watch::Sender<bool>,
+    /// What is held back now.
+    frozen: Arc<watch::Sender<Hold>>,
     /// The proxy's own runtime; `None` only during drop.
     runtime: Option<Runtime>,
 }
@@ -84,8 +121,8 @@ impl ChaosProxy {
             .local_addr()
             .unwrap_or_else(|e| panic!("cannot read the chaos proxy's address: {e}"));
         let (requests, inbox) = mpsc::unbounded_channel();
-        let (frozen, frozen_rx) = watch::channel(false);
-        runtime.spawn(serve(listener, addr, upstream, inbox, frozen_rx));
+        let frozen = Arc::new(watch::Sender::new(Hold::Nothing));
+        runtime.spawn(serve(listener, addr, upstream, inbox, frozen.clone()));
         Self {
             addr,
             upstream,
@@ -139,12 +176,41 @@ impl ChaosProxy {
     /// Freezes the network: connections stay open (new ones are accepted) but no byte
     /// passes either way until [`ChaosProxy::thaw`].
     pub fn freeze(&self) {
-        self.frozen.send_replace(true);
+        self.frozen.send_replace(Hold::All);
+    }
+
+    /// Holds back the upstream's replies only: requests still reach it, nothing comes
+    /// back until [`ChaosProxy::thaw`].
+    pub fn hold_replies(&self) {
+        self.frozen.send_replace(Hold::Replies);
+    }
+
+    /// Like [`ChaosProxy::hold_replies`], from the moment a client's bytes containing
+    /// `needle` pass on to the upstream (their own reply is the first held): loses the
+    /// reply of one chosen request. The needle is looked for within each read, not
+    /// across reads.
+    pub fn hold_replies_after(&self, needle: &[u8]) {
+        self.frozen
+            .send_replace(Hold::RepliesAfter(needle.to_vec()));
     }
 
     /// Lets bytes pass again, those held during the freeze first.
     pub fn thaw(&self) {
-        self.frozen.send_replace(false);
+        self.frozen.send_replace(Hold::Nothing);
+    }
+
+    /// Shuts down every proxied connection (dropping the bytes held for them) but keeps
+    /// accepting new ones: the clients see their connections reset and can reconnect at
+    /// once. Returns once they are closed.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the proxy task does not acknowledge within 10 s.
+    pub fn sever(&self) {
+        let (done, ack) = std_mpsc::channel();
+        self.send(Request::Sever(done));
+        ack.recv_timeout(ACK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("chaos proxy did not acknowledge sever: {e}"));
     }
 
     fn send(&self, request: Request) {
@@ -217,7 +283,7 @@ async fn serve(
     addr: SocketAddr,
     upstream: SocketAddr,
     mut inbox: mpsc::UnboundedReceiver<Request>,
-    frozen: watch::Receiver<bool>,
+    frozen: Arc<watch::Sender<Hold>>,
 ) {
     let mut port = PortState::Listening(listener);
     let mut generation = Generation::default();
@@ -247,6 +313,10 @@ async fn serve(
                         }
                     };
                     let _ = done.send(result);
+                }
+                Some(Request::Sever(done)) => {
+                    std::mem::take(&mut generation).close().await;
+                    let _ = done.send(());
                 }
             },
             accepted = accept(&port) => match accepted {
@@ -290,7 +360,7 @@ async fn forward(
     client: TcpStream,
     upstream: SocketAddr,
     cancel: CancellationToken,
-    frozen: watch::Receiver<bool>,
+    frozen: Arc<watch::Sender<Hold>>,
 ) {
     let server = tokio::select! {
         () = cancel.cancelled() => None,
@@ -307,8 +377,8 @@ async fn forward(
             () = cancel.cancelled() => {}
             _ = async {
                 tokio::join!(
-                    pump(client_read, server_write, frozen.clone()),
-                    pump(server_read, client_write, frozen),
+                    pump(client_read, server_write, frozen.clone(), Direction::ToUpstream),
+                    pump(server_read, client_write, frozen, Direction::ToClient),
                 )
             } => {}
         }
@@ -322,22 +392,39 @@ async fn forward(
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
+    hold: Arc<watch::Sender<Hold>>,
+    direction: Direction,
 ) -> io::Result<()> {
+    let mut frozen = hold.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if frozen.wait_for(|f| !*f).await.is_err() {
+        if frozen.wait_for(|h| !h.holds(direction)).await.is_err() {
             return Ok(());
         }
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
-        if frozen.wait_for(|f| !*f).await.is_err() {
+        if frozen.wait_for(|h| !h.holds(direction)).await.is_err() {
             return Ok(());
+        }
+        if direction == Direction::ToUpstream {
+            // Held before the request leaves, so that its own reply is held too.
+            hold.send_if_modified(|h| match h {
+                Hold::RepliesAfter(needle) if contains(&buf[..n], needle) => {
+                    *h = Hold::Replies;
+                    true
+                }
+                _ => false,
+            });
         }
         to.write_all(&buf[..n]).await?;
     }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -460,6 +547,68 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), late.read_exact(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(_))), "{read:?}");
         assert_eq!(&buf, b"late");
+    }
+
+    /// Once a request with the chosen bytes passed, it reaches the upstream but its
+    /// answer does not come back (one before it did); severing then closes that connection while a new one is accepted.
+    #[tokio::test]
+    async fn held_replies_are_lost_when_the_connection_is_severed() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind upstream");
+        let upstream = listener.local_addr().expect("upstream addr");
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 || seen_tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = ChaosProxy::start(upstream);
+        let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+        proxy.hold_replies_after(b"req");
+        assert_eq!(
+            round_trip(&mut stream, b"abc").await.expect("before"),
+            b"abc"
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), seen.recv())
+                .await
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some(&b"abc"[..])
+        );
+        stream.write_all(b"req").await.expect("write");
+        let arrived = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
+        assert_eq!(arrived.ok().flatten().as_deref(), Some(&b"req"[..]));
+        let mut buf = [0u8; 3];
+        let read =
+            tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut buf)).await;
+        assert!(read.is_err(), "a reply passed: {read:?}");
+        proxy.sever();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the severed connection still answered: {read:?}"
+        );
+        proxy.thaw();
+        assert_eq!(
+            connect_and_echo(proxy.addr())
+                .await
+                .expect("a new connection"),
+            b"hello"
+        );
     }
 
     #[test]

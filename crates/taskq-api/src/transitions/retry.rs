@@ -188,8 +188,10 @@ async fn undo(state: &AppState, moved: Vec<StoredTask>) -> u64 {
         .iter()
         .map(|t| (t.record.queue.clone(), t.record.id))
         .collect();
+    // A task absent from Redis (never enqueued, or already run) goes back to `dead` at a
+    // seq its own updates override if it ran (see `back_to_dead`).
     let running = match state.broker.remove(&tasks).await {
-        Ok(running) => running,
+        Ok(removed) => removed.running,
         Err(e) => {
             tracing::warn!(error = %e, count = tasks.len(), "could not remove tasks whose retry enqueue failed");
             Vec::new()

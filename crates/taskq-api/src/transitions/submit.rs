@@ -11,8 +11,11 @@
 //! Undo, when step 2 fails or the deadline passed: the tasks are taken out of Redis,
 //! then the records that still carry this submit's own mark are deleted (a repeat may
 //! have taken one over). A task a worker already took (the enqueue landed and only its
-//! reply was lost) is not taken out: it runs, and its record stays to follow it. When taking them out of Redis fails too, the records are
-//! cancelled (`submit_failed`) instead; when the delete fails, the workers' submit check
+//! reply was lost) is not taken out: it runs, and its record stays to follow it. A task
+//! Redis no longer holds while its queue's outbox still has updates on the way may have
+//! run to its end already: its record is cancelled (`submit_failed`, overridden by the
+//! task's own updates) rather than deleted. When taking them out of Redis fails too, the
+//! records are cancelled the same way; when the delete fails, the workers' submit check
 //! cancels them once they are older than its grace period. What the caller sees: `503`,
 //! and the task never runs unless Redis did get it (a lost reply), in which case its own
 //! status updates override the cancellation.
@@ -403,6 +406,21 @@ pub(super) async fn insert(state: &AppState, recs: &[TaskRecord]) -> Result<(), 
     Ok(())
 }
 
+/// Cancels the records of tasks whose enqueue failed and which Redis may still have
+/// run (`submit_failed`, at `seq` 1: the task's own status updates override it).
+async fn cancel_unsubmitted(state: &AppState, ids: &[TaskId]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = state
+        .store
+        .settle_submits(ids, &[], taskq_core::now())
+        .await
+    {
+        tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
+    }
+}
+
 /// Step 2 of [`persist`], once the records are in MongoDB: the tasks, unless the
 /// enqueue deadline passed; undone (Redis, then the records) on a failure.
 pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
@@ -439,37 +457,35 @@ pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(),
         // Part of the batch may be in Redis (another queue's script, or a lost reply):
         // take it out before the records go, so nothing answered with an error runs.
         let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
-        let running = match state.broker.remove(&tasks).await {
-            Ok(running) => running,
+        let removed = match state.broker.remove(&tasks).await {
+            Ok(removed) => removed,
             Err(undo) => {
                 // Redis may hold some of the tasks (a lost reply): keep their records but
                 // cancel them (submit_failed), so recovery never runs them. A task that
                 // does run after all overrides that with its own, later status updates.
                 let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
                 tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
-                if let Err(e) = state
-                    .store
-                    .settle_submits(&ids, &[], taskq_core::now())
-                    .await
-                {
-                    tracing::error!(error = %e, count = ids.len(), "could not cancel records whose enqueue failed; the submit check cancels them");
-                }
+                cancel_unsubmitted(state, &ids).await;
                 return Err(PersistError::Api(e));
             }
         };
         // A task a worker took already did reach Redis (the reply was lost): it runs, so
         // its record stays and follows it.
-        let recs: Vec<TaskRecord> = recs
-            .iter()
-            .filter(|r| !running.contains(&r.id))
-            .cloned()
-            .collect();
-        if !running.is_empty() {
+        if !removed.running.is_empty() {
             tracing::warn!(
-                count = running.len(),
+                count = removed.running.len(),
                 "tasks whose enqueue reported an error are already running; their records stay"
             );
         }
+        // A task absent while its queue's outbox is not yet applied may have run to its
+        // end already: its record is cancelled, not deleted, so that its own status
+        // updates (later in seq) can still land on it.
+        cancel_unsubmitted(state, &removed.unknown).await;
+        let recs: Vec<TaskRecord> = recs
+            .iter()
+            .filter(|r| !removed.running.contains(&r.id) && !removed.unknown.contains(&r.id))
+            .cloned()
+            .collect();
         if let Err(undo) = unsubmit(state, &recs).await {
             // Nothing of them is in Redis: the submit check cancels these records.
             tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");

@@ -1,8 +1,12 @@
 //! REMOVE: takes tasks out of Redis, without an outbox entry: undoes an enqueue whose
 //! outcome is unknown (an error or a lost reply) when a submit or a retry fails. A task
 //! a worker has already taken (`running`) is left alone and reported: the enqueue did
-//! land, the attempt is under way, and its own status updates will say so. The hashes go, and the ids leave the scheduled, retry and lease sets and
-//! (without a key) the pending lists; a task with a key is also taken
+//! land, the attempt is under way, and its own status updates will say so. A task that
+//! is absent either never arrived or already ran to its end; while the queue's outbox
+//! holds updates not yet applied to MongoDB, it is reported as one of those two (the
+//! caller must not treat its record as never enqueued). The hashes of the others go, and
+//! the ids leave the scheduled, retry and lease sets and (without a key) the pending
+//! lists; a task with a key is also taken
 //! out of its key (pending slot or backlog, running count, active keys), so the key's
 //! next task is not held back by a task that no longer exists. A flow task's set of unmet
 //! dependencies and its own set of dependents go with it; the member naming it in the
@@ -20,11 +24,13 @@
 //! KEYS[9]    -> taskq:{<queue>}:lease
 //! KEYS[10]   -> taskq:{<queue>}:scheduled
 //! KEYS[11]   -> taskq:{<queue>}:retry
+//! KEYS[12]   -> taskq:{<queue>}:outbox
 //! ARGV[1]    -> task hash prefix
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> dependents set prefix
 //! ARGV[4..]  -> ids
-//! reply      -> the ids left because they were running
+//! reply      -> {the ids left because they were running,
+//!                the absent ids when the outbox is not empty}
 //! ```
 
 use std::collections::BTreeMap;
@@ -40,7 +46,7 @@ script!(
     key_fns!(),
     r"
 local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
-local running = {}
+local running, absent = {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]
   local k = ARGV[1] .. id
@@ -49,6 +55,7 @@ for i = 4, #ARGV do
   if state == 'running' then
     running[#running + 1] = id
   else
+    if not state then absent[#absent + 1] = id end
     redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
     if uk and state == 'queued' then
       kunqueue(q, uk, id, tonumber(vals[2]))
@@ -68,15 +75,28 @@ for i = 4, #ARGV do
   end
 end
 if q.woke then wake(KEYS[4]) end
-return running
+if #absent > 0 and redis.call('XLEN', KEYS[12]) == 0 then absent = {} end
+return {running, absent}
 "
 );
+
+/// What [`Broker::remove`] could not take out of Redis.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Tasks a worker had taken already: their enqueue landed and they run.
+    pub running: Vec<TaskId>,
+    /// Tasks absent from Redis while their queue's outbox held updates not yet applied:
+    /// never enqueued, or already run to their end with their updates still on the way
+    /// to MongoDB. (Absent tasks of a queue whose outbox was empty are not listed: had
+    /// they run, MongoDB would already say so.)
+    pub unknown: Vec<TaskId>,
+}
 
 impl Broker {
     /// Removes tasks from Redis unless a worker took them already (see the module
     /// documentation): one script call per queue, issued concurrently. Returns the tasks
-    /// left because they were running.
-    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<Vec<TaskId>> {
+    /// left because they were running, and those whose absence proves nothing.
+    pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<Removed> {
         let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
         for (q, id) in tasks {
             by_queue.entry(q).or_default().push(id.to_string());
@@ -88,19 +108,21 @@ impl Broker {
                 .arg(k.unmet_prefix())
                 .arg(k.dependents_prefix())
                 .arg(ids);
-            async move { self.run::<Vec<String>>(inv).await }
+            async move { self.run::<(Vec<String>, Vec<String>)>(inv).await }
         });
-        let running = futures::future::try_join_all(calls).await?;
-        Ok(running
-            .into_iter()
-            .flatten()
-            .filter_map(|id| id.parse().ok())
-            .collect())
+        let replies = futures::future::try_join_all(calls).await?;
+        let ids = |v: Vec<String>| v.into_iter().filter_map(|id| id.parse::<TaskId>().ok());
+        let mut out = Removed::default();
+        for (running, unknown) in replies {
+            out.running.extend(ids(running));
+            out.unknown.extend(ids(unknown));
+        }
+        Ok(out)
     }
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
+pub(crate) fn keys(k: &QueueKeys) -> [String; 12] {
     let [high, normal, low] = k.pending_all();
     let [lim, act, nb, park] = key_keys(k);
     [
@@ -115,5 +137,6 @@ pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
         k.lease(),
         k.scheduled(),
         k.retry(),
+        k.outbox(),
     ]
 }

@@ -14,8 +14,11 @@ use taskq_testkit::{
     ChaosProxy, ChildGuard, free_port, mongo_addr, mongo_uri, mongo_uri_via, wait_until,
 };
 
+use taskq_api::AppState;
+use taskq_redis::{Broker, RedisConfig};
+
 use crate::crash::{Log, execution_log, worker_process_with};
-use crate::harness::{Env, api_process, ready};
+use crate::harness::{Env, Recorder, api_process, ready, serve_api, store_via_proxy};
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
 async fn all_ready(http: &reqwest::Client, urls: &[String], what: &str) {
@@ -528,4 +531,90 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
         records.len(),
     );
     assert_eq!(duplicates, 0, "an api crash made a task run twice");
+}
+
+/// A submit whose enqueue reached Redis but whose reply was lost, for a task that ran to
+/// its end before the submit's undo looked (its updates still on their way to MongoDB):
+/// the undo cannot tell it from a task that never arrived, so it must not delete the
+/// record. The client sees `503`; the record ends `succeeded` once the worker's updates
+/// land, as the execution says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_enqueue_reply_for_a_task_that_already_ran_keeps_its_record() {
+    let env = Env::start().await;
+    let (store_proxy, worker_store) = store_via_proxy(&env).await;
+    let redis_proxy = ChaosProxy::start(env.redis.addr());
+    let broker = Broker::connect(&RedisConfig::from_urls(
+        &format!("redis://{}", redis_proxy.addr()),
+        false,
+    ))
+    .await
+    .expect("redis via proxy");
+    let (api, api_stop) = serve_api(AppState::new(broker, env.store.clone())).await;
+
+    let recorder = Recorder::default();
+    let mut registry = Env::builtins();
+    recorder.register(&mut registry, "rec");
+    let worker = env.worker_with_store(Env::settings("lost"), registry, worker_store);
+    let warm = env.submit(json!({"type": "rec", "queue": "lost"})).await;
+    env.wait_status(warm, TaskStatus::Succeeded, Duration::from_secs(10))
+        .await;
+    all_ready(&env.http, std::slice::from_ref(&api), "not ready").await;
+
+    // The worker's updates stay in the outbox; the api's enqueue (its first script call)
+    // lands, its reply not.
+    store_proxy.freeze();
+    redis_proxy.hold_replies_after(b"EVALSHA");
+    let http = env.http.clone();
+    let submit = tokio::spawn(async move {
+        http.post(format!("{api}/v1/tasks"))
+            .json(&json!({"type": "rec", "queue": "lost"}))
+            .send()
+            .await
+            .expect("submit")
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            let ran = recorder.runs().len() > 1;
+            async move { ran }
+        })
+        .await,
+        "the task did not run (redis holds {}, records {}); submit answered: {:?}",
+        env.redis_total("lost").await,
+        env.total_records().await,
+        if submit.is_finished() {
+            let r = submit.await.expect("submit task");
+            Some((r.status(), r.text().await))
+        } else {
+            None
+        }
+    );
+    let id = recorder.runs()[1].0;
+    // The api's connection breaks: its enqueue fails, and its undo reconnects at once.
+    redis_proxy.sever();
+    redis_proxy.thaw();
+    let answer = submit.await.expect("submit task");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    store_proxy.thaw();
+    let settled = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let store = env.store.clone();
+        async move {
+            store
+                .get(id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.record.status == TaskStatus::Succeeded)
+        }
+    })
+    .await;
+    let record = env.store.get(id).await.expect("get");
+    assert!(
+        settled,
+        "task {id} ran but its record says {:?}",
+        record.map(|t| (t.record.status, t.record.last_error))
+    );
+    assert_eq!(recorder.runs().len(), 2);
+    api_stop.cancel();
+    worker.shutdown().await;
 }
