@@ -21,6 +21,15 @@ pub const FINISHED: &str = "taskq:finished";
 /// The consumer group of every queue's outbox stream: the store writers of all workers.
 pub const OUTBOX_GROUP: &str = "writers";
 
+/// Methods of [`QueueKeys`] that name one fixed key of the queue: `base` + suffix.
+macro_rules! fixed_keys {
+    ($($(#[$doc:meta])* $name:ident => $suffix:literal;)*) => {
+        $($(#[$doc])* pub fn $name(&self) -> String {
+            format!("{}{}", self.base, $suffix)
+        })*
+    };
+}
+
 /// The keys of one queue.
 #[derive(Clone, Debug)]
 pub struct QueueKeys {
@@ -35,6 +44,51 @@ impl QueueKeys {
         }
     }
 
+    fixed_keys! {
+        /// Tasks waiting for their `run_at` (sorted set scored by due time in ms).
+        scheduled => "scheduled";
+        /// Tasks waiting for their retry backoff (sorted set scored by due time in ms).
+        retry => "retry";
+        /// Running tasks (sorted set scored by lease deadline in ms).
+        lease => "lease";
+        /// Wake-up tokens (a list of at most one element) that idle workers block on.
+        wake => "wake";
+        /// Present while the queue is paused: workers take nothing from it.
+        paused => "paused";
+        /// The queue's dispatch limits and its rate limiter's state (a hash: `rate`, `burst`,
+        /// `concurrency`, `tokens`, `ts`).
+        limits => "limits";
+        /// The transactional outbox (a stream): every script that changes a task's state
+        /// appends the status updates of that call as one entry, in the same atomic step, and
+        /// the store writers of the [`OUTBOX_GROUP`] consumer group apply them to MongoDB.
+        outbox => "outbox";
+        /// Since when (ms) Redis has known the queue: set if absent by every enqueue and by
+        /// every worker that serves the queue, so after Redis lost its data it is renewed.
+        /// A record created before it may have been in a Redis that is gone; one created
+        /// after it and absent from Redis was never enqueued (or already finished).
+        epoch => "epoch";
+        /// The queue's active task keys (a sorted set: member the key, score how many of its
+        /// tasks Redis holds, in any state). A key leaves it with its last task.
+        active_keys => "keys";
+        /// How many keyed tasks wait in their keys' backlogs (a counter; they are `queued`
+        /// but not in a pending list), so the queue's depth counts them.
+        backlogged => "keyed";
+        /// Task keys waiting for their rate per key (a sorted set: member the key, score when
+        /// its next token is due, ms by Redis's clock); PROMOTE pumps them then.
+        parked_keys => "kpark";
+        /// A `SCAN MATCH` pattern of every key of the queue (queue names hold no glob
+        /// characters).
+        pattern => "*";
+        /// Prefix of the per-task hashes; scripts append the task id.
+        task_prefix => "t:";
+        /// Prefix of the sets of a `waiting` task's unmet dependencies (task ids); scripts
+        /// append the task id (see [`crate::flow`]).
+        unmet_prefix => "unmet:";
+        /// Prefix of the sets of a task's dependents (members `<queue> <id>`, the dependents
+        /// living in any queue); scripts append the task id (see [`crate::flow`]).
+        dependents_prefix => "dependents:";
+    }
+
     /// Runnable task ids of one priority (a list: LPUSH to enqueue, RPOP to dequeue).
     pub fn pending(&self, p: Priority) -> String {
         format!("{}pending:{}", self.base, p.as_str())
@@ -43,37 +97,6 @@ impl QueueKeys {
     /// The three pending lists, highest priority first.
     pub fn pending_all(&self) -> [String; 3] {
         Priority::ALL.map(|p| self.pending(p))
-    }
-
-    /// Tasks waiting for their `run_at` (sorted set scored by due time in ms).
-    pub fn scheduled(&self) -> String {
-        format!("{}scheduled", self.base)
-    }
-
-    /// Tasks waiting for their retry backoff (sorted set scored by due time in ms).
-    pub fn retry(&self) -> String {
-        format!("{}retry", self.base)
-    }
-
-    /// Running tasks (sorted set scored by lease deadline in ms).
-    pub fn lease(&self) -> String {
-        format!("{}lease", self.base)
-    }
-
-    /// Wake-up tokens (a list of at most one element) that idle workers block on.
-    pub fn wake(&self) -> String {
-        format!("{}wake", self.base)
-    }
-
-    /// Present while the queue is paused: workers take nothing from it.
-    pub fn paused(&self) -> String {
-        format!("{}paused", self.base)
-    }
-
-    /// The queue's dispatch limits and its rate limiter's state (a hash: `rate`, `burst`,
-    /// `concurrency`, `tokens`, `ts`).
-    pub fn limits(&self) -> String {
-        format!("{}limits", self.base)
     }
 
     /// The counter of `kind` attempts finished in the second of `ms` (expires after two
@@ -99,39 +122,6 @@ impl QueueKeys {
         format!("{}idem:{key}", self.base)
     }
 
-    /// The transactional outbox (a stream): every script that changes a task's state
-    /// appends the status updates of that call as one entry, in the same atomic step, and
-    /// the store writers of the [`OUTBOX_GROUP`] consumer group apply them to MongoDB.
-    pub fn outbox(&self) -> String {
-        format!("{}outbox", self.base)
-    }
-
-    /// Since when (ms) Redis has known the queue: set if absent by every enqueue and by
-    /// every worker that serves the queue, so after Redis lost its data it is renewed.
-    /// A record created before it may have been in a Redis that is gone; one created
-    /// after it and absent from Redis was never enqueued (or already finished).
-    pub fn epoch(&self) -> String {
-        format!("{}epoch", self.base)
-    }
-
-    /// The queue's active task keys (a sorted set: member the key, score how many of its
-    /// tasks Redis holds, in any state). A key leaves it with its last task.
-    pub fn active_keys(&self) -> String {
-        format!("{}keys", self.base)
-    }
-
-    /// How many keyed tasks wait in their keys' backlogs (a counter; they are `queued`
-    /// but not in a pending list), so the queue's depth counts them.
-    pub fn backlogged(&self) -> String {
-        format!("{}keyed", self.base)
-    }
-
-    /// Task keys waiting for their rate per key (a sorted set: member the key, score when
-    /// its next token is due, ms by Redis's clock); PROMOTE pumps them then.
-    pub fn parked_keys(&self) -> String {
-        format!("{}kpark", self.base)
-    }
-
     /// The state of one task key (a hash: `pend`, the id of its task in a pending list;
     /// `run`, how many of its tasks run; `tok` and `ts`, its rate bucket). Deleted with
     /// the key's last task.
@@ -143,29 +133,6 @@ impl QueueKeys {
     /// from the front): its queued tasks other than the one in a pending list.
     pub fn key_backlog(&self, key: &str, p: Priority) -> String {
         format!("{}kb{}:{key}", self.base, priority_index(p))
-    }
-
-    /// A `SCAN MATCH` pattern of every key of the queue (queue names hold no glob
-    /// characters).
-    pub fn pattern(&self) -> String {
-        format!("{}*", self.base)
-    }
-
-    /// Prefix of the per-task hashes; scripts append the task id.
-    pub fn task_prefix(&self) -> String {
-        format!("{}t:", self.base)
-    }
-
-    /// Prefix of the sets of a `waiting` task's unmet dependencies (task ids); scripts
-    /// append the task id (see [`crate::flow`]).
-    pub fn unmet_prefix(&self) -> String {
-        format!("{}unmet:", self.base)
-    }
-
-    /// Prefix of the sets of a task's dependents (members `<queue> <id>`, the dependents
-    /// living in any queue); scripts append the task id (see [`crate::flow`]).
-    pub fn dependents_prefix(&self) -> String {
-        format!("{}dependents:", self.base)
     }
 
     /// The hash of one task; its fields are listed in [`task_hash`].

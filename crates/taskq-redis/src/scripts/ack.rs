@@ -21,7 +21,7 @@
 
 use taskq_core::{QueueName, TaskId, TaskStatus};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script, seqs};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, BrokerError, Result, outbox};
 
@@ -137,9 +137,5 @@ impl Broker {
 /// The KEYS of [`LUA`], in the order of the table above; `counter` is the optional
 /// last.
 pub(crate) fn keys(k: &QueueKeys, counter: Option<String>) -> Vec<String> {
-    let mut keys = vec![k.lease(), k.outbox(), k.wake()];
-    keys.extend(k.pending_all());
-    keys.extend(key_keys(k));
-    keys.extend(counter);
-    keys
+    key_list![[k.lease(), k.outbox(), k.wake()], k.pending_all(), key_keys(k), counter]
 }

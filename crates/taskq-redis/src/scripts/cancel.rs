@@ -22,7 +22,7 @@
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
@@ -40,20 +40,8 @@ if vals[1] == 'running' then
   return {2, 0}
 end
 local seq = redis.call('HINCRBY', k, 'seq', 1)
-local uk = vals[4]
-if uk and vals[1] == 'queued' then
-  kunqueue(q, uk, id, tonumber(vals[2]))
-elseif not uk then
-  redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
-end
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZREM', KEYS[5], id)
-redis.call('DEL', k)
-if uk then
-  kleave(q, uk)
-  kpump(q, uk)
-  if q.woke then wake(KEYS[7]) end
-end
+kdrop(q, k, id, vals[1], tonumber(vals[2]), vals[4], {KEYS[4], KEYS[5]})
+if q.woke then wake(KEYS[7]) end
 local attempts = tonumber(vals[3]) or 0
 local ent = ob_new(ARGV[3], '')
 ob_add(ent, id, seq, 'cancelled', attempts, '')
@@ -100,20 +88,10 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        high,
-        normal,
-        low,
-        k.scheduled(),
-        k.retry(),
-        k.outbox(),
-        k.wake(),
-        lim,
-        act,
-        nb,
-        park,
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![
+        k.pending_all(),
+        [k.scheduled(), k.retry(), k.outbox(), k.wake()],
+        key_keys(k),
     ]
 }

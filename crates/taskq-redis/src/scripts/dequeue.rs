@@ -34,7 +34,7 @@ use std::time::Duration;
 use redis::Value;
 use taskq_core::{QueueName, TaskMessage};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{bytes, int, string};
 use crate::{Broker, BrokerError, Result};
@@ -183,21 +183,10 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
-    let [high, normal, low] = k.pending_all();
-    let (lease, wake, paused) = (k.lease(), k.wake(), k.paused());
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
     let [lim, act, nb, park] = key_keys(k);
-    [
-        high,
-        normal,
-        low,
-        lease,
-        wake,
-        paused,
-        lim,
-        k.outbox(),
-        act,
-        nb,
-        park,
+    key_list![
+        k.pending_all(),
+        [k.lease(), k.wake(), k.paused(), lim, k.outbox(), act, nb, park],
     ]
 }

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use redis::AsyncCommands;
 use taskq_core::QueueName;
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::{self, QueueKeys};
 use crate::{Broker, BrokerError, EnqueueItem, Result};
 
@@ -139,19 +139,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        high,
-        normal,
-        low,
-        k.scheduled(),
-        k.wake(),
-        k.epoch(),
-        lim,
-        act,
-        nb,
-        park,
-    ]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![k.pending_all(), [k.scheduled(), k.wake(), k.epoch()], key_keys(k)]
 }

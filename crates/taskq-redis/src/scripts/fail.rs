@@ -24,7 +24,7 @@
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script, seqs};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, Result, outbox};
 
@@ -116,22 +116,11 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above, for a call at `now_ms` (which
 /// picks the counter's second).
-pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> [String; 12] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        k.lease(),
-        k.retry(),
-        k.counter(Counter::Failed, now_ms),
-        k.outbox(),
-        k.wake(),
-        high,
-        normal,
-        low,
-        lim,
-        act,
-        nb,
-        park,
+pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> Vec<String> {
+    key_list![
+        [k.lease(), k.retry(), k.counter(Counter::Failed, now_ms), k.outbox(), k.wake()],
+        k.pending_all(),
+        key_keys(k),
     ]
 }
 

@@ -21,7 +21,7 @@
 
 use taskq_core::QueueName;
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
@@ -64,8 +64,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 9] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [high, normal, low, k.wake(), lim, act, nb, park, k.lease()]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![k.pending_all(), [k.wake()], key_keys(k), [k.lease()]]
 }

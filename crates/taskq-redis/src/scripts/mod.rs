@@ -157,7 +157,11 @@ pub(crate) use lua_fns;
 ///   (release, reap): [`lua_fns`]'s `to_head` for a task without key (`uk` nil), else
 ///   `kstop` and `kqueue` at the front of its backlog and of its pending list;
 /// - `kunqueue(q, uk, id, prio)`: takes a queued task of the key out of its pending
-///   list or backlog (cancel, remove).
+///   list or backlog;
+/// - `kdrop(q, k, id, state, prio, uk, zsets)`: takes a task that is not running out
+///   of Redis (cancel, remove): out of its pending list or key backlog when queued, out
+///   of the sorted sets `zsets`, its hash `k` deleted, its key (`uk`, or nil) left and
+///   pumped.
 macro_rules! key_fns {
     () => {
         r"
@@ -259,6 +263,17 @@ local function kunqueue(q, uk, id, prio)
     nbdec(q)
   end
 end
+local function kdrop(q, k, id, state, prio, uk, zsets)
+  if state == 'queued' then
+    if uk then kunqueue(q, uk, id, prio) else redis.call('LREM', q.pend[prio + 1], 1, id) end
+  end
+  for _, z in ipairs(zsets) do redis.call('ZREM', z, id) end
+  redis.call('DEL', k)
+  if uk then
+    kleave(q, uk)
+    kpump(q, uk)
+  end
+end
 "
     };
 }
@@ -281,6 +296,18 @@ pub(crate) use script;
 pub(crate) fn key_keys(k: &crate::keys::QueueKeys) -> [String; 4] {
     [k.limits(), k.active_keys(), k.backlogged(), k.parked_keys()]
 }
+
+/// A script's KEYS, in the order its Lua indexes them, from groups of keys (each an
+/// iterator of key names: an array of single keys, [`QueueKeys::pending_all`](crate::keys::QueueKeys::pending_all),
+/// [`key_keys`], an optional key).
+macro_rules! key_list {
+    ($($group:expr),* $(,)?) => {{
+        let mut keys: Vec<String> = Vec::new();
+        $(keys.extend($group);)*
+        keys
+    }};
+}
+pub(crate) use key_list;
 
 /// An invocation of `script` with `keys` (in the order the Lua indexes them); the caller
 /// adds the arguments.

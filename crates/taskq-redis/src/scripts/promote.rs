@@ -21,7 +21,7 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result};
@@ -105,21 +105,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 11] {
-    let [high, normal, low] = k.pending_all();
-    let (scheduled, retry) = (k.scheduled(), k.retry());
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        scheduled,
-        retry,
-        high,
-        normal,
-        low,
-        k.wake(),
-        k.outbox(),
-        lim,
-        act,
-        nb,
-        park,
-    ]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![[k.scheduled(), k.retry()], k.pending_all(), [k.wake(), k.outbox()], key_keys(k)]
 }

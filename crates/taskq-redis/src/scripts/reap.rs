@@ -20,7 +20,7 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result, outbox};
@@ -105,19 +105,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        k.lease(),
-        high,
-        normal,
-        low,
-        k.wake(),
-        k.outbox(),
-        lim,
-        act,
-        nb,
-        park,
-    ]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![[k.lease()], k.pending_all(), [k.wake(), k.outbox()], key_keys(k)]
 }

@@ -18,7 +18,7 @@
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script, seqs};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script, seqs};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
@@ -68,19 +68,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 10] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        high,
-        normal,
-        low,
-        k.lease(),
-        k.wake(),
-        k.outbox(),
-        lim,
-        act,
-        nb,
-        park,
-    ]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![k.pending_all(), [k.lease(), k.wake(), k.outbox()], key_keys(k)]
 }

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, lua_fns, script};
+use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
 use crate::keys::QueueKeys;
 use crate::{Broker, Result};
 
@@ -57,21 +57,7 @@ for i = 4, #ARGV do
   else
     if not state then absent[#absent + 1] = id end
     redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-    if uk and state == 'queued' then
-      kunqueue(q, uk, id, tonumber(vals[2]))
-    elseif state == 'queued' then
-      redis.call('LREM', KEYS[1 + tonumber(vals[2])], 1, id)
-    end
-    if state then
-      redis.call('ZREM', KEYS[9], id)
-      redis.call('ZREM', KEYS[10], id)
-      redis.call('ZREM', KEYS[11], id)
-      redis.call('DEL', k)
-      if uk then
-        kleave(q, uk)
-        kpump(q, uk)
-      end
-    end
+    if state then kdrop(q, k, id, state, tonumber(vals[2]), uk, {KEYS[9], KEYS[10], KEYS[11]}) end
   end
 end
 if q.woke then wake(KEYS[4]) end
@@ -122,21 +108,6 @@ impl Broker {
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> [String; 12] {
-    let [high, normal, low] = k.pending_all();
-    let [lim, act, nb, park] = key_keys(k);
-    [
-        high,
-        normal,
-        low,
-        k.wake(),
-        lim,
-        act,
-        nb,
-        park,
-        k.lease(),
-        k.scheduled(),
-        k.retry(),
-        k.outbox(),
-    ]
+pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+    key_list![k.pending_all(), [k.wake()], key_keys(k), [k.lease(), k.scheduled(), k.retry(), k.outbox()]]
 }
