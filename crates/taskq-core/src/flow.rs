@@ -345,5 +345,14 @@ mod tests {
             .as_ref()
             .map(|f| (f.on_failure, f.depends_on.clone()));
         assert_eq!(link, Some((true, vec![p.records[0].id, p.records[1].id])));
+        // Its message names the flow, not every task of it; the others name their own
+        // dependencies.
+        let m = h.message();
+        assert_eq!((m.depends_on.len(), m.failure_handler_of), (0, Some(p.id)));
+        let m = p.records[1].message();
+        assert_eq!(
+            (m.depends_on, m.failure_handler_of),
+            (vec![p.records[0].id], None)
+        );
     }
 }

@@ -160,11 +160,15 @@ impl TaskRecord {
             backoff: self.backoff,
             traceparent: self.traceparent.clone(),
             created_at_ms: self.created_at.timestamp_millis(),
+            // A failure handler depends on every other task of its flow: it carries the
+            // flow's id instead of their ids, so its message stays small.
             depends_on: self
                 .flow
                 .as_ref()
+                .filter(|f| !f.on_failure)
                 .map(|f| f.depends_on.clone())
                 .unwrap_or_default(),
+            failure_handler_of: self.flow.as_ref().filter(|f| f.on_failure).map(|f| f.id),
             key: self.key.clone(),
         }
     }
@@ -187,9 +191,13 @@ pub struct TaskMessage {
     pub traceparent: Option<String>,
     pub created_at_ms: i64,
     /// The tasks of its flow this one waited for (their results are readable by its
-    /// handler).
+    /// handler); empty for a failure handler (see `failure_handler_of`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<TaskId>,
+    /// Set on a flow's failure handler: the flow's id. Its dependencies are every other
+    /// task of that flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_handler_of: Option<TaskId>,
     /// The task's key (see [`NewTask::key`]), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,

@@ -134,6 +134,22 @@ impl Store {
             .collect())
     }
 
+    /// The result of every task of flow `flow` but `except` (its failure handler), by id
+    /// (`None` for a task without one). One query.
+    pub async fn flow_results(
+        &self,
+        flow: TaskId,
+        except: TaskId,
+    ) -> Result<HashMap<TaskId, Option<Value>>> {
+        Ok(self
+            .flow_tasks(flow)
+            .await?
+            .into_iter()
+            .filter(|t| t.record.id != except)
+            .map(|t| (t.record.id, t.record.result))
+            .collect())
+    }
+
     /// Up to `limit` `waiting` tasks with ids above `after`, oldest first: what recovery
     /// registers again after Redis was lost.
     pub async fn waiting(&self, after: Option<TaskId>, limit: u32) -> Result<Vec<StoredTask>> {

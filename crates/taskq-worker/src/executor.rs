@@ -106,6 +106,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                 traceparent: taskq_telemetry::traceparent(&span)
                     .or_else(|| msg.traceparent.clone()),
                 depends_on: msg.depends_on.clone(),
+                failure_handler_of: msg.failure_handler_of,
                 cancel: cancel.clone(),
                 store: Some(shared.store.clone()),
             };

@@ -89,6 +89,9 @@ pub struct TaskContext {
     /// The tasks of its flow this one waited for (empty outside a flow); see
     /// [`TaskContext::dependency_results`].
     pub depends_on: Vec<TaskId>,
+    /// On a flow's failure handler, the flow: its dependencies are every other task of
+    /// it (not listed in `depends_on`).
+    pub(crate) failure_handler_of: Option<TaskId>,
     pub(crate) cancel: CancellationToken,
     /// Where the dependencies' results are read from (none in [`TaskContext::for_test`]).
     pub(crate) store: Option<taskq_store::Store>,
@@ -113,16 +116,20 @@ impl TaskContext {
 
     /// The results of the tasks this one depends on (see [`TaskContext::depends_on`]),
     /// by id: every one succeeded, and its result is in MongoDB, before this task was
-    /// queued. One query; an empty map for a task without dependencies. A store error is
-    /// a retryable failure of the attempt.
+    /// queued. For a flow's failure handler, every other task of its flow (`None` for
+    /// those without a result: the one that died, those it cancelled). One query per
+    /// thousand dependencies (one for a failure handler); an empty map for a task
+    /// without dependencies. A store error is a retryable failure of the attempt.
     pub async fn dependency_results(&self) -> Result<HashMap<TaskId, Option<Value>>, HandlerError> {
-        let Some(store) = self.store.as_ref().filter(|_| !self.depends_on.is_empty()) else {
+        let Some(store) = self.store.as_ref() else {
             return Ok(HashMap::new());
         };
-        store
-            .results(&self.depends_on)
-            .await
-            .map_err(|e| HandlerError::retry(format!("reading the dependencies' results: {e}")))
+        let read = match self.failure_handler_of {
+            Some(flow) => store.flow_results(flow, self.id).await,
+            None if self.depends_on.is_empty() => return Ok(HashMap::new()),
+            None => store.results(&self.depends_on).await,
+        };
+        read.map_err(|e| HandlerError::retry(format!("reading the dependencies' results: {e}")))
     }
 
     /// A context for calling a handler outside a worker, e.g. in a unit test.
@@ -136,6 +143,7 @@ impl TaskContext {
             max_attempts: 1,
             traceparent: None,
             depends_on: Vec::new(),
+            failure_handler_of: None,
             cancel: CancellationToken::new(),
             store: None,
         }

@@ -137,5 +137,10 @@ impl Broker {
 /// The KEYS of [`LUA`], in the order of the table above; `counter` is the optional
 /// last.
 pub(crate) fn keys(k: &QueueKeys, counter: Option<String>) -> Vec<String> {
-    key_list![[k.lease(), k.outbox(), k.wake()], k.pending_all(), key_keys(k), counter]
+    key_list![
+        [k.lease(), k.outbox(), k.wake()],
+        k.pending_all(),
+        key_keys(k),
+        counter
+    ]
 }

@@ -187,6 +187,15 @@ pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
     let [lim, act, nb, park] = key_keys(k);
     key_list![
         k.pending_all(),
-        [k.lease(), k.wake(), k.paused(), lim, k.outbox(), act, nb, park],
+        [
+            k.lease(),
+            k.wake(),
+            k.paused(),
+            lim,
+            k.outbox(),
+            act,
+            nb,
+            park
+        ],
     ]
 }

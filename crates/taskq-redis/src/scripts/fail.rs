@@ -118,7 +118,13 @@ impl Broker {
 /// picks the counter's second).
 pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> Vec<String> {
     key_list![
-        [k.lease(), k.retry(), k.counter(Counter::Failed, now_ms), k.outbox(), k.wake()],
+        [
+            k.lease(),
+            k.retry(),
+            k.counter(Counter::Failed, now_ms),
+            k.outbox(),
+            k.wake()
+        ],
         k.pending_all(),
         key_keys(k),
     ]

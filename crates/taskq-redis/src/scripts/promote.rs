@@ -106,5 +106,10 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above.
 pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
-    key_list![[k.scheduled(), k.retry()], k.pending_all(), [k.wake(), k.outbox()], key_keys(k)]
+    key_list![
+        [k.scheduled(), k.retry()],
+        k.pending_all(),
+        [k.wake(), k.outbox()],
+        key_keys(k)
+    ]
 }

@@ -69,5 +69,9 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above.
 pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
-    key_list![k.pending_all(), [k.lease(), k.wake(), k.outbox()], key_keys(k)]
+    key_list![
+        k.pending_all(),
+        [k.lease(), k.wake(), k.outbox()],
+        key_keys(k)
+    ]
 }

@@ -109,5 +109,10 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above.
 pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
-    key_list![k.pending_all(), [k.wake()], key_keys(k), [k.lease(), k.scheduled(), k.retry(), k.outbox()]]
+    key_list![
+        k.pending_all(),
+        [k.wake()],
+        key_keys(k),
+        [k.lease(), k.scheduled(), k.retry(), k.outbox()]
+    ]
 }
