@@ -29,7 +29,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[4], KEYS[5], KEYS[6]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
+local q = kq(4, 7)
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(5, 3, function(i, id, k)
   local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])

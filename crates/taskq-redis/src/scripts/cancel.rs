@@ -30,7 +30,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
+local q = kq(1, 8)
 local id = ARGV[2]
 local k = ARGV[1] .. id
 local vals = redis.call('HMGET', k, 'state', 'prio', 'attempts', 'key')

@@ -16,9 +16,9 @@
 //! KEYS[4]    -> taskq:{<queue>}:lease
 //! KEYS[5]    -> taskq:{<queue>}:wake
 //! KEYS[6]    -> taskq:{<queue>}:paused   (nothing is taken while it exists)
-//! KEYS[7]    -> taskq:{<queue>}:limits   (hash: rate, burst, concurrency, tokens, ts,
+//! KEYS[7]    -> taskq:{<queue>}:outbox
+//! KEYS[8]    -> taskq:{<queue>}:limits   (hash: rate, burst, concurrency, tokens, ts,
 //!                                         key_conc)
-//! KEYS[8]    -> taskq:{<queue>}:outbox
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
 //! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
@@ -44,16 +44,16 @@ script!(
     key_fns!(),
     r"
 local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
+local q = kq(1, 8)
 local out, got = {0, 0}, 0
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
 local cap = tonumber(ARGV[6])
-if cap > 0 and redis.call('XLEN', KEYS[8]) >= cap then
+if cap > 0 and redis.call('XLEN', KEYS[7]) >= cap then
   out[1] = 1
   return out
 end
 local ent = ob_new(ARGV[5], wid)
-local lim = redis.call('HMGET', KEYS[7], 'rate', 'burst', 'concurrency', 'tokens', 'ts')
+local lim = redis.call('HMGET', KEYS[8], 'rate', 'burst', 'concurrency', 'tokens', 'ts')
 local allow = n
 if lim[3] then
   allow = math.min(allow, tonumber(lim[3]) - redis.call('ZCARD', KEYS[4]))
@@ -95,9 +95,9 @@ for p = 1, 3 do
   end
 end
 if rate then
-  redis.call('HSET', KEYS[7], 'tokens', tostring(tokens - got), 'ts', now)
+  redis.call('HSET', KEYS[8], 'tokens', tostring(tokens - got), 'ts', now)
 end
-ob_flush(KEYS[8], ent)
+ob_flush(KEYS[7], ent)
 out[2] = q.held or 0
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
   wake(KEYS[5])
@@ -184,18 +184,9 @@ impl Broker {
 
 /// The KEYS of [`LUA`], in the order of the table above.
 pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
-    let [lim, act, nb, park] = key_keys(k);
     key_list![
         k.pending_all(),
-        [
-            k.lease(),
-            k.wake(),
-            k.paused(),
-            lim,
-            k.outbox(),
-            act,
-            nb,
-            park
-        ],
+        [k.lease(), k.wake(), k.paused(), k.outbox()],
+        key_keys(k)
     ]
 }

@@ -37,7 +37,7 @@ script!(
     key_fns!(),
     r"
 local pfx, now = ARGV[1], tonumber(ARGV[2])
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
+local q = kq(1, 7)
 local out, now_due = {}, {{}, {}, {}}
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
 for i = 3, #ARGV, 8 do

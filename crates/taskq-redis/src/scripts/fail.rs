@@ -32,7 +32,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[6], KEYS[7], KEYS[8]}, lim = KEYS[9], act = KEYS[10], nb = KEYS[11], park = KEYS[12]}
+local q = kq(6, 9)
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 4, function(i, id, k)
   local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])

@@ -42,7 +42,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[6], act = KEYS[7], nb = KEYS[8], park = KEYS[9]}
+local q = kq(1, 6)
 local pfx, upfx, now = ARGV[1], ARGV[2], ARGV[3]
 local ent = ob_new(now, '')
 local out, woke = {}, false

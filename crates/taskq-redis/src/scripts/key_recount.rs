@@ -29,7 +29,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
+local q = kq(1, 5)
 local running = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
   local vals = redis.call('HMGET', ARGV[1] .. id, 'state', 'key')

@@ -141,6 +141,8 @@ pub(crate) use lua_fns;
 /// empty is parked in `park`, scored by when its next token is due, and PROMOTE pumps
 /// it again then. The key's hash and its place in `park` go with its last task.
 ///
+/// - `kq(p, l)`: the table `q` the others take: the pending lists at `KEYS[p..p+2]`,
+///   the [`key_keys`] at `KEYS[l..l+3]`;
 /// - `kjoin(q, uk)` / `kleave(q, uk)`: a task of key `uk` enters / leaves Redis (the
 ///   key's score in `act`; the key leaves `act` with its last task);
 /// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
@@ -165,6 +167,9 @@ pub(crate) use lua_fns;
 macro_rules! key_fns {
     () => {
         r"
+local function kq(p, l)
+  return {pend = {KEYS[p], KEYS[p + 1], KEYS[p + 2]}, lim = KEYS[l], act = KEYS[l + 1], nb = KEYS[l + 2], park = KEYS[l + 3]}
+end
 local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
 local function nbdec(q)
   if redis.call('DECR', q.nb) <= 0 then redis.call('DEL', q.nb) end
@@ -343,18 +348,21 @@ mod tests {
     use super::*;
     use crate::keys::{Counter, QueueKeys};
 
-    /// The highest `KEYS[n]` a script's Lua names.
+    /// The highest `KEYS[n]` a script's Lua names, directly or through `kq(p, l)`
+    /// (whose last key is `KEYS[l + 3]`).
     fn highest_key(lua: &str) -> usize {
-        lua.match_indices("KEYS[")
-            .filter_map(|(at, _)| {
-                let digits: String = lua[at + 5..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse().ok()
-            })
-            .max()
-            .unwrap_or(0)
+        let number = |at: usize| -> Option<usize> {
+            let digits: String = lua[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        let direct = lua
+            .match_indices("KEYS[")
+            .filter_map(|(at, _)| number(at + 5));
+        let through_kq = lua.match_indices("kq(").filter_map(|(at, _)| {
+            let comma = lua[at..].find(", ")? + at;
+            number(comma + 2).map(|l| l + 3)
+        });
+        direct.chain(through_kq).max().unwrap_or(0)
     }
 
     /// (`cancel_requested`, `flow_children` and `flow_link` are left out: their one key

@@ -30,7 +30,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[3], KEYS[4], KEYS[5]}, lim = KEYS[8], act = KEYS[9], nb = KEYS[10], park = KEYS[11]}
+local q = kq(3, 8)
 local out = {}
 local ent = ob_new(ARGV[2], '')
 for z = 1, 2 do

@@ -34,7 +34,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[2], KEYS[3], KEYS[4]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
+local q = kq(2, 7)
 local out, woke = {}, false
 local ent = ob_new(ARGV[2], '')
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))

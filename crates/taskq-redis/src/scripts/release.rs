@@ -26,7 +26,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[7], act = KEYS[8], nb = KEYS[9], park = KEYS[10]}
+local q = kq(1, 7)
 local ent = ob_new(ARGV[2], ARGV[3])
 local out = each_task(4, 2, function(i, id, k)
   local seq, attempts, uk, prio = unlease(k, id, ARGV[i + 1], KEYS[4])

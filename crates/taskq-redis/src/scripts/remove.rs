@@ -45,7 +45,7 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local q = {pend = {KEYS[1], KEYS[2], KEYS[3]}, lim = KEYS[5], act = KEYS[6], nb = KEYS[7], park = KEYS[8]}
+local q = kq(1, 5)
 local running, absent = {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]
