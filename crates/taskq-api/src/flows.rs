@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,8 @@ use crate::AppState;
 use crate::error::{
     ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors, RecordsUnavailable,
 };
-use crate::extract::{JsonBody, PathParam, parse_flow_task};
-use crate::tasks::{parse_id, traceparent};
+use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
+use crate::tasks::parse_id;
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
 
@@ -166,10 +166,7 @@ impl Flow {
     operation_id = "submit_flow",
     tag = "flows",
     request_body = FlowRequest,
-    params(
-        ("traceparent" = Option<String>, Header, nullable = false,
-            description = "W3C trace context, stored with every task of the flow."),
-    ),
+    params(TraceContext),
     responses(
         (status = 201, description = "Created: the flow, its roots `queued`, the others `waiting`.", body = Flow,
             headers(("Location" = String, description = "`/v1/flows/{id}`"))),
@@ -180,7 +177,7 @@ impl Flow {
 )]
 pub async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    TraceContext { traceparent }: TraceContext,
     JsonBody(req): JsonBody<FlowRequest>,
 ) -> Result<Response, ApiError> {
     let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidFlow, m);
@@ -191,28 +188,29 @@ pub async fn submit(
         )));
     }
     let now = taskq_core::now();
-    let tp = traceparent(&headers);
+    // Admits one task of the flow; `what` names it in the message of its error.
+    let admit = |task, what: &str| {
+        state
+            .limits
+            .admit(task, now, traceparent.clone())
+            .map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = format!("{what}: {}", e.message);
+                e
+            })
+    };
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.iter().enumerate() {
         let what = format!("tasks[{index}]");
         let (task, link) = parse_flow_task(raw.get(), &what)?;
-        let rec = state.limits.admit(task, now, tp.clone()).map_err(|e| {
-            let mut e = ApiError::from(e);
-            e.message = format!("{what}: {}", e.message);
-            e
-        })?;
-        items.push((rec, link));
+        items.push((admit(task, &what)?, link));
     }
     let on_failure = match &req.on_failure {
         None => None,
-        Some(raw) => {
-            let task = crate::extract::parse_task(raw.get(), "on_failure")?;
-            Some(state.limits.admit(task, now, tp.clone()).map_err(|e| {
-                let mut e = ApiError::from(e);
-                e.message = format!("on_failure: {}", e.message);
-                e
-            })?)
-        }
+        Some(raw) => Some(admit(
+            crate::extract::parse_task(raw.get(), "on_failure")?,
+            "on_failure",
+        )?),
     };
     let plan = taskq_core::flow::plan(items, on_failure).map_err(|e| invalid(e.to_string()))?;
     flow::submit_flow(&state, &plan).await?;
