@@ -13,7 +13,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use taskq_core::{MAX_FLOW_TASKS, NewTask, QueueName, TaskId, TaskStatus};
 use taskq_store::StoredTask;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{
@@ -232,13 +232,26 @@ pub async fn submit(
         .into_response())
 }
 
-async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
-    let id = parse_id(id)?;
-    let tasks = state.store.flow_tasks(id).await?;
-    if tasks.is_empty() {
-        return Err(ApiError::not_found(format!("no flow {id}")));
+/// The path of the operations on one flow, `/v1/flows/{id}/...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FlowPath {
+    /// The flow's id.
+    #[param(value_type = TaskId)]
+    pub id: String,
+}
+
+impl FlowPath {
+    /// The flow's id (`invalid_id` when malformed) and its tasks in the order of the flow
+    /// request (404 when it has none).
+    async fn tasks(&self, state: &AppState) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
+        let id = parse_id(&self.id)?;
+        let tasks = state.store.flow_tasks(id).await?;
+        if tasks.is_empty() {
+            return Err(ApiError::not_found(format!("no flow {id}")));
+        }
+        Ok((id, tasks))
     }
-    Ok((id, tasks))
 }
 
 /// `GET /v1/flows/{id}`.
@@ -247,7 +260,7 @@ async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTas
     path = "/v1/flows/{id}",
     operation_id = "get_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "The flow with every task's state.", body = Flow),
         FlowIdErrors,
@@ -256,9 +269,9 @@ async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTas
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<Flow>, ApiError> {
-    let (id, tasks) = flow_tasks(&state, &id).await?;
+    let (id, tasks) = flow.tasks(&state).await?;
     Ok(Json(Flow::of(id, tasks)))
 }
 
@@ -277,7 +290,7 @@ pub struct FlowCancelled {
     path = "/v1/flows/{id}/cancel",
     operation_id = "cancel_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "What was cancelled.", body = FlowCancelled),
         FlowIdErrors,
@@ -286,9 +299,9 @@ pub struct FlowCancelled {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowCancelled>, ApiError> {
-    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let (_, tasks) = flow.tasks(&state).await?;
     let mut out = FlowCancelled {
         cancelled: 0,
         signalled: 0,
@@ -327,7 +340,7 @@ pub struct FlowRetried {
     path = "/v1/flows/{id}/retry",
     operation_id = "retry_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "What was retried.", body = FlowRetried),
         FlowIdErrors,
@@ -336,9 +349,9 @@ pub struct FlowRetried {
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowRetried>, ApiError> {
-    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let (_, tasks) = flow.tasks(&state).await?;
     let r = flow::retry_flow(&state, tasks).await?;
     Ok(Json(FlowRetried {
         requeued: r.requeued,

@@ -237,7 +237,7 @@ pub async fn submit_batch(
     path = "/v1/tasks/{id}",
     operation_id = "get_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id."), GetQuery),
+    params(TaskPath, GetQuery),
     responses(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
@@ -247,7 +247,7 @@ pub async fn submit_batch(
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
     QueryParams(q): QueryParams<GetQuery>,
     slot: Option<axum::Extension<crate::limit::Slot>>,
 ) -> Result<Json<TaskRecord>, ApiError> {
@@ -370,7 +370,7 @@ pub async fn list(
     path = "/v1/tasks/{id}/retry",
     operation_id = "retry_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id.")),
+    params(TaskPath),
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
         TaskIdErrors,
@@ -380,7 +380,7 @@ pub async fn list(
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
     match retry::retry(&state, vec![id]).await {
@@ -406,10 +406,21 @@ pub async fn retry(
     }
 }
 
+/// A task or flow id from the path (`invalid_id` when malformed).
 pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
         ApiError::bad_request(ErrorCode::InvalidId, e.to_string())
     })
+}
+
+/// The path of the operations on one task, `/v1/tasks/{id}/...`. The id is taken as text
+/// and parsed by [`parse_id`], so that a malformed one is `invalid_id`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// The task's id.
+    #[param(value_type = TaskId)]
+    pub id: String,
 }
 
 /// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
@@ -420,7 +431,7 @@ pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     path = "/v1/tasks/{id}/cancel",
     operation_id = "cancel_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id.")),
+    params(TaskPath),
     responses(
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
@@ -431,7 +442,7 @@ pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     Ok(match cancel::cancel(&state, id).await? {
