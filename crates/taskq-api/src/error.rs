@@ -304,6 +304,14 @@ pub enum StoresUnavailable {
     Unavailable(ErrorBody),
 }
 
+/// The 503 of an operation that needs no store: only the request timeout answers it.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum TimedOut {
+    #[response(status = 503, description = "The request timed out.")]
+    Timeout(ErrorBody),
+}
+
 /// What went wrong: a stable machine-readable `code` and a message for people.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct ErrorDetail {

@@ -6,6 +6,7 @@ use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use taskq_core::NewTask;
+use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -220,6 +221,32 @@ where
             .await
             .map(|p| PathParam(p.0))
             .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidPath, rej.body_text()))
+    }
+}
+
+/// The `traceparent` the tasks a request creates carry (see
+/// [`taskq_telemetry::trace_context::carried`]): the request span's when traces are
+/// exported (so attempts become its children), otherwise the caller's well-formed
+/// `traceparent` header, passed through unchanged. Never rejects a request.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct TraceContext {
+    /// W3C trace context, stored with every task the request creates so their attempts join the trace.
+    #[param(nullable = false)]
+    pub traceparent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        Ok(TraceContext {
+            traceparent: taskq_telemetry::trace_context::carried(&tracing::Span::current(), header),
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,14 +13,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use taskq_core::{MAX_FLOW_TASKS, NewTask, QueueName, TaskId, TaskStatus};
 use taskq_store::StoredTask;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{
     ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors, RecordsUnavailable,
 };
-use crate::extract::{JsonBody, PathParam, parse_flow_task};
-use crate::tasks::{parse_id, traceparent};
+use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
+use crate::tasks::parse_id;
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
 
@@ -166,10 +166,7 @@ impl Flow {
     operation_id = "submit_flow",
     tag = "flows",
     request_body = FlowRequest,
-    params(
-        ("traceparent" = Option<String>, Header, nullable = false,
-            description = "W3C trace context, stored with every task of the flow."),
-    ),
+    params(TraceContext),
     responses(
         (status = 201, description = "Created: the flow, its roots `queued`, the others `waiting`.", body = Flow,
             headers(("Location" = String, description = "`/v1/flows/{id}`"))),
@@ -180,7 +177,7 @@ impl Flow {
 )]
 pub async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    TraceContext { traceparent }: TraceContext,
     JsonBody(req): JsonBody<FlowRequest>,
 ) -> Result<Response, ApiError> {
     let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidFlow, m);
@@ -191,28 +188,29 @@ pub async fn submit(
         )));
     }
     let now = taskq_core::now();
-    let tp = traceparent(&headers);
+    // Admits one task of the flow; `what` names it in the message of its error.
+    let admit = |task, what: &str| {
+        state
+            .limits
+            .admit(task, now, traceparent.clone())
+            .map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = format!("{what}: {}", e.message);
+                e
+            })
+    };
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.iter().enumerate() {
         let what = format!("tasks[{index}]");
         let (task, link) = parse_flow_task(raw.get(), &what)?;
-        let rec = state.limits.admit(task, now, tp.clone()).map_err(|e| {
-            let mut e = ApiError::from(e);
-            e.message = format!("{what}: {}", e.message);
-            e
-        })?;
-        items.push((rec, link));
+        items.push((admit(task, &what)?, link));
     }
     let on_failure = match &req.on_failure {
         None => None,
-        Some(raw) => {
-            let task = crate::extract::parse_task(raw.get(), "on_failure")?;
-            Some(state.limits.admit(task, now, tp.clone()).map_err(|e| {
-                let mut e = ApiError::from(e);
-                e.message = format!("on_failure: {}", e.message);
-                e
-            })?)
-        }
+        Some(raw) => Some(admit(
+            crate::extract::parse_task(raw.get(), "on_failure")?,
+            "on_failure",
+        )?),
     };
     let plan = taskq_core::flow::plan(items, on_failure).map_err(|e| invalid(e.to_string()))?;
     flow::submit_flow(&state, &plan).await?;
@@ -234,13 +232,26 @@ pub async fn submit(
         .into_response())
 }
 
-async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
-    let id = parse_id(id)?;
-    let tasks = state.store.flow_tasks(id).await?;
-    if tasks.is_empty() {
-        return Err(ApiError::not_found(format!("no flow {id}")));
+/// The path of the operations on one flow, `/v1/flows/{id}/...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FlowPath {
+    /// The flow's id.
+    #[param(value_type = TaskId)]
+    pub id: String,
+}
+
+impl FlowPath {
+    /// The flow's id (`invalid_id` when malformed) and its tasks in the order of the flow
+    /// request (404 when it has none).
+    async fn tasks(&self, state: &AppState) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
+        let id = parse_id(&self.id)?;
+        let tasks = state.store.flow_tasks(id).await?;
+        if tasks.is_empty() {
+            return Err(ApiError::not_found(format!("no flow {id}")));
+        }
+        Ok((id, tasks))
     }
-    Ok((id, tasks))
 }
 
 /// `GET /v1/flows/{id}`.
@@ -249,7 +260,7 @@ async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTas
     path = "/v1/flows/{id}",
     operation_id = "get_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "The flow with every task's state.", body = Flow),
         FlowIdErrors,
@@ -258,9 +269,9 @@ async fn flow_tasks(state: &AppState, id: &str) -> Result<(TaskId, Vec<StoredTas
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<Flow>, ApiError> {
-    let (id, tasks) = flow_tasks(&state, &id).await?;
+    let (id, tasks) = flow.tasks(&state).await?;
     Ok(Json(Flow::of(id, tasks)))
 }
 
@@ -279,7 +290,7 @@ pub struct FlowCancelled {
     path = "/v1/flows/{id}/cancel",
     operation_id = "cancel_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "What was cancelled.", body = FlowCancelled),
         FlowIdErrors,
@@ -288,9 +299,9 @@ pub struct FlowCancelled {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowCancelled>, ApiError> {
-    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let (_, tasks) = flow.tasks(&state).await?;
     let mut out = FlowCancelled {
         cancelled: 0,
         signalled: 0,
@@ -329,7 +340,7 @@ pub struct FlowRetried {
     path = "/v1/flows/{id}/retry",
     operation_id = "retry_flow",
     tag = "flows",
-    params(("id" = TaskId, Path, description = "The flow's id.")),
+    params(FlowPath),
     responses(
         (status = 200, description = "What was retried.", body = FlowRetried),
         FlowIdErrors,
@@ -338,9 +349,9 @@ pub struct FlowRetried {
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowRetried>, ApiError> {
-    let (_, tasks) = flow_tasks(&state, &id).await?;
+    let (_, tasks) = flow.tasks(&state).await?;
     let r = flow::retry_flow(&state, tasks).await?;
     Ok(Json(FlowRetried {
         requeued: r.requeued,

@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, AuthErrors, ErrorBody};
+use crate::error::{AdminAuthErrors, ApiError, AuthErrors, TimedOut};
 use utoipa_axum::router::OpenApiRouter;
 
 /// The document's frame (info, tags, security); the operations come from the routes
@@ -171,7 +171,7 @@ fn add_cross_field_rules(doc: &mut Value) {
     tag = "observability",
     responses(
         (status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"),
-        (status = 503, description = "The request timed out.", body = ErrorBody),
+        TimedOut,
     ),
 )]
 pub async fn document() -> Response {

@@ -5,10 +5,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use taskq_core::{QueueName, TaskStatus};
-use taskq_redis::{KeyLoad, QueueLimits};
-use utoipa::ToSchema;
+use taskq_redis::{Broker, BrokerError, KeyLoad, QueueLimits};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{JsonBody, PathParam};
 
@@ -104,17 +104,45 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
     })
 }
 
-/// A queue name from the path, which must name a known queue.
-async fn known(state: &AppState, name: &str) -> Result<QueueName, ApiError> {
-    let name: QueueName = name
-        .parse()
-        .map_err(|e: taskq_core::queue::InvalidQueueName| {
-            ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
-        })?;
-    if state.broker.queues().await?.contains(&name) {
-        Ok(name)
-    } else {
-        Err(ApiError::not_found(format!("no queue {name}")))
+/// The path of the operations on one queue, `/v1/queues/{name}/...`. The name is taken
+/// as text and parsed by [`QueuePath::parse`], so that a malformed one is `invalid_queue`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct QueuePath {
+    /// The queue's name.
+    #[param(value_type = QueueName)]
+    pub name: String,
+}
+
+impl QueuePath {
+    /// The queue's name (`invalid_queue` when malformed).
+    fn parse(&self) -> Result<QueueName, ApiError> {
+        self.name
+            .parse()
+            .map_err(|e: taskq_core::queue::InvalidQueueName| {
+                ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
+            })
+    }
+
+    /// The queue's name, which must name a known queue (404 otherwise).
+    async fn known(&self, state: &AppState) -> Result<QueueName, ApiError> {
+        let name = self.parse()?;
+        if state.broker.queues().await?.contains(&name) {
+            Ok(name)
+        } else {
+            Err(ApiError::not_found(format!("no queue {name}")))
+        }
+    }
+
+    /// Runs `change` on the known queue, then answers with the queue as it is after it.
+    async fn apply(
+        &self,
+        state: &AppState,
+        change: impl AsyncFnOnce(&Broker, &QueueName) -> Result<(), BrokerError>,
+    ) -> Result<Json<QueueInfo>, ApiError> {
+        let name = self.known(state).await?;
+        change(&state.broker, &name).await?;
+        Ok(Json(info(state, name).await?))
     }
 }
 
@@ -170,7 +198,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
     path = "/v1/queues/{name}",
     operation_id = "get_queue",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     responses(
         (status = 200, description = "The queue.", body = QueueInfo),
         QueueNameErrors,
@@ -179,9 +207,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
 ) -> Result<Json<QueueInfo>, ApiError> {
-    let name = known(&state, &name).await?;
+    let name = queue.known(&state).await?;
     Ok(Json(info(&state, name).await?))
 }
 
@@ -191,7 +219,7 @@ pub async fn get(
     path = "/v1/queues/{name}/pause",
     operation_id = "pause_queue",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     responses(
         (status = 200, description = "The queue, now paused.", body = QueueInfo),
         QueueNameErrors,
@@ -200,11 +228,9 @@ pub async fn get(
 )]
 pub async fn pause(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
 ) -> Result<Json<QueueInfo>, ApiError> {
-    let name = known(&state, &name).await?;
-    state.broker.pause(&name).await?;
-    Ok(Json(info(&state, name).await?))
+    queue.apply(&state, Broker::pause).await
 }
 
 /// `POST /v1/queues/{name}/resume`.
@@ -213,7 +239,7 @@ pub async fn pause(
     path = "/v1/queues/{name}/resume",
     operation_id = "resume_queue",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     responses(
         (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
         QueueNameErrors,
@@ -222,11 +248,9 @@ pub async fn pause(
 )]
 pub async fn resume(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
 ) -> Result<Json<QueueInfo>, ApiError> {
-    let name = known(&state, &name).await?;
-    state.broker.resume(&name).await?;
-    Ok(Json(info(&state, name).await?))
+    queue.apply(&state, Broker::resume).await
 }
 
 /// `PUT /v1/queues/{name}/limits`: sets the queue's dispatch limits (`null` or absent
@@ -236,7 +260,7 @@ pub async fn resume(
     path = "/v1/queues/{name}/limits",
     operation_id = "set_queue_limits",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     request_body = QueueLimits,
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
@@ -247,54 +271,60 @@ pub async fn resume(
 )]
 pub async fn set_limits(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
     JsonBody(limits): JsonBody<QueueLimits>,
 ) -> Result<Json<QueueInfo>, ApiError> {
-    let name: QueueName = name
-        .parse()
-        .map_err(|e: taskq_core::queue::InvalidQueueName| {
-            ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
-        })?;
-    let invalid = |m: &str| Err(ApiError::bad_request(ErrorCode::InvalidField, m));
-    if let Some(r) = limits.max_dispatches_per_second
-        && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
-    {
-        return invalid("`max_dispatches_per_second` must be above 0 and at most 1000000");
-    }
-    if limits.burst.is_some() && limits.max_dispatches_per_second.is_none() {
-        return invalid("`burst` needs `max_dispatches_per_second`");
-    }
-    if limits.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
-        return invalid("`burst` must be 1 to 1000000");
-    }
-    if limits
-        .max_concurrent
-        .is_some_and(|c| !(1..=1_000_000).contains(&c))
-    {
-        return invalid("`max_concurrent` must be 1 to 1000000");
-    }
-    if limits
-        .max_running_per_key
-        .is_some_and(|c| !(1..=1_000_000).contains(&c))
-    {
-        return invalid("`max_running_per_key` must be 1 to 1000000");
-    }
-    if let Some(r) = limits.max_dispatches_per_second_per_key
-        && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
-    {
-        return invalid("`max_dispatches_per_second_per_key` must be above 0 and at most 1000000");
-    }
-    if limits.burst_per_key.is_some() && limits.max_dispatches_per_second_per_key.is_none() {
-        return invalid("`burst_per_key` needs `max_dispatches_per_second_per_key`");
-    }
-    if limits
-        .burst_per_key
-        .is_some_and(|b| !(1..=1_000_000).contains(&b))
-    {
-        return invalid("`burst_per_key` must be 1 to 1000000");
-    }
+    let name = queue.parse()?;
+    check_limits(&limits).map_err(|m| ApiError::bad_request(ErrorCode::InvalidField, m))?;
     state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))
+}
+
+/// The largest rate, burst and count a queue's limits take.
+const MAX_LIMIT: u32 = 1_000_000;
+
+/// Checks each of `limits` in turn; the first that is out of range, or a burst without its
+/// rate, is named in the message.
+fn check_limits(limits: &QueueLimits) -> Result<(), String> {
+    let rate = |field: &str, rate: Option<f64>| match rate {
+        Some(r) if !(r.is_finite() && r > 0.0 && r <= f64::from(MAX_LIMIT)) => {
+            Err(format!("`{field}` must be above 0 and at most {MAX_LIMIT}"))
+        }
+        _ => Ok(()),
+    };
+    let count = |field: &str, count: Option<u32>| match count {
+        Some(c) if !(1..=MAX_LIMIT).contains(&c) => {
+            Err(format!("`{field}` must be 1 to {MAX_LIMIT}"))
+        }
+        _ => Ok(()),
+    };
+    // A burst is a count that only means something beside its rate.
+    let burst = |field: &str, burst: Option<u32>, rate_field: &str, rate: Option<f64>| {
+        if burst.is_some() && rate.is_none() {
+            return Err(format!("`{field}` needs `{rate_field}`"));
+        }
+        count(field, burst)
+    };
+    let (per_queue, per_key) = (
+        "max_dispatches_per_second",
+        "max_dispatches_per_second_per_key",
+    );
+    rate(per_queue, limits.max_dispatches_per_second)?;
+    burst(
+        "burst",
+        limits.burst,
+        per_queue,
+        limits.max_dispatches_per_second,
+    )?;
+    count("max_concurrent", limits.max_concurrent)?;
+    count("max_running_per_key", limits.max_running_per_key)?;
+    rate(per_key, limits.max_dispatches_per_second_per_key)?;
+    burst(
+        "burst_per_key",
+        limits.burst_per_key,
+        per_key,
+        limits.max_dispatches_per_second_per_key,
+    )
 }
 
 /// `POST /v1/queues/{name}/retry-dead`: runs every dead task of the queue again.
@@ -303,7 +333,7 @@ pub async fn set_limits(
     path = "/v1/queues/{name}/retry-dead",
     operation_id = "retry_dead",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     responses(
         (status = 200, description = "How many dead tasks were queued again.", body = Retried),
         QueueNameErrors,
@@ -312,9 +342,9 @@ pub async fn set_limits(
 )]
 pub async fn retry_dead(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
 ) -> Result<Json<Retried>, ApiError> {
-    let name = known(&state, &name).await?;
+    let name = queue.known(&state).await?;
     let retried = retry::retry_queue(&state, name).await?;
     Ok(Json(Retried { retried }))
 }
@@ -325,7 +355,7 @@ pub async fn retry_dead(
     path = "/v1/queues/{name}/purge-dead",
     operation_id = "purge_dead",
     tag = "queues",
-    params(("name" = QueueName, Path, description = "The queue's name.")),
+    params(QueuePath),
     responses(
         (status = 200, description = "How many dead tasks were deleted.", body = Purged),
         QueueNameErrors,
@@ -334,9 +364,9 @@ pub async fn retry_dead(
 )]
 pub async fn purge_dead(
     State(state): State<AppState>,
-    PathParam(name): PathParam<String>,
+    PathParam(queue): PathParam<QueuePath>,
 ) -> Result<Json<Purged>, ApiError> {
-    let name = known(&state, &name).await?;
+    let name = queue.known(&state).await?;
     let purged = state
         .store
         .delete_by_status(&name, TaskStatus::Dead)

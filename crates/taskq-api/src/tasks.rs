@@ -18,7 +18,7 @@ use crate::error::{
     ApiError, ErrorBody, ErrorCode, ErrorDetail, RecordsUnavailable, StoresUnavailable,
     TaskIdErrors,
 };
-use crate::extract::{JsonBody, PathParam, QueryParams, parse_task};
+use crate::extract::{JsonBody, PathParam, QueryParams, TraceContext, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
 use crate::transitions::retry::{self, Outcome};
@@ -37,8 +37,7 @@ use crate::wait::GetQuery;
     params(
         ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,256}$",
             description = "Same as the `idempotency_key` field (they must agree when both are given)."),
-        ("traceparent" = Option<String>, Header, nullable = false,
-            description = "W3C trace context, stored with the task so its attempts join the trace."),
+        TraceContext,
     ),
     responses(
         (status = 201, description = "Created: the new task.", body = TaskRecord,
@@ -55,6 +54,7 @@ use crate::wait::GetQuery;
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
+    TraceContext { traceparent }: TraceContext,
     JsonBody(raw): JsonBody<Box<RawValue>>,
 ) -> Result<Response, ApiError> {
     let mut req = parse_task(raw.get(), "the body")?;
@@ -75,9 +75,7 @@ pub async fn submit(
             _ => req.idempotency_key = Some(h),
         }
     }
-    let rec = state
-        .limits
-        .admit(req, taskq_core::now(), traceparent(&headers))?;
+    let rec = state.limits.admit(req, taskq_core::now(), traceparent)?;
     let (status, rec) = match submit::submit(&state, rec).await? {
         Submitted::Created(r) => (StatusCode::CREATED, r),
         Submitted::Existing(r) => (StatusCode::OK, r),
@@ -135,10 +133,7 @@ pub struct BatchResponse {
     operation_id = "submit_batch",
     tag = "tasks",
     request_body = BatchRequest,
-    params(
-        ("traceparent" = Option<String>, Header, nullable = false,
-            description = "W3C trace context, stored with every task of the batch."),
-    ),
+    params(TraceContext),
     responses(
         (status = 201, description = "Every item was accepted.", body = BatchResponse),
         (status = 207, description = "Some items were accepted; `results` says which were not and why.", body = BatchResponse),
@@ -151,7 +146,7 @@ pub struct BatchResponse {
 )]
 pub async fn submit_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    TraceContext { traceparent }: TraceContext,
     JsonBody(req): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if req.tasks.is_empty() {
@@ -172,7 +167,6 @@ pub async fn submit_batch(
         ));
     }
     let now = taskq_core::now();
-    let tp = traceparent(&headers);
     let mut accepted = Vec::new();
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.into_iter().enumerate() {
@@ -181,7 +175,7 @@ pub async fn submit_batch(
         let admitted = parse_task(raw.get(), "a task").and_then(|t| {
             state
                 .limits
-                .admit(t, now, tp.clone())
+                .admit(t, now, traceparent.clone())
                 .map_err(ApiError::from)
         });
         items.push(match admitted {
@@ -243,7 +237,7 @@ pub async fn submit_batch(
     path = "/v1/tasks/{id}",
     operation_id = "get_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id."), GetQuery),
+    params(TaskPath, GetQuery),
     responses(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
@@ -253,7 +247,7 @@ pub async fn submit_batch(
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
     QueryParams(q): QueryParams<GetQuery>,
     slot: Option<axum::Extension<crate::limit::Slot>>,
 ) -> Result<Json<TaskRecord>, ApiError> {
@@ -376,7 +370,7 @@ pub async fn list(
     path = "/v1/tasks/{id}/retry",
     operation_id = "retry_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id.")),
+    params(TaskPath),
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
         TaskIdErrors,
@@ -386,7 +380,7 @@ pub async fn list(
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_id(&id)?;
     match retry::retry(&state, vec![id]).await {
@@ -412,21 +406,21 @@ pub async fn retry(
     }
 }
 
+/// A task or flow id from the path (`invalid_id` when malformed).
 pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
         ApiError::bad_request(ErrorCode::InvalidId, e.to_string())
     })
 }
 
-/// The trace context stored with new tasks: the request span's when traces are
-/// exported (so attempts become its children), otherwise the caller's well-formed
-/// `traceparent`, passed through unchanged.
-pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
-    if let Some(tp) = taskq_telemetry::traceparent(&tracing::Span::current()) {
-        return Some(tp);
-    }
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    taskq_telemetry::well_formed_traceparent(v).map(str::to_owned)
+/// The path of the operations on one task, `/v1/tasks/{id}/...`. The id is taken as text
+/// and parsed by [`parse_id`], so that a malformed one is `invalid_id`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// The task's id.
+    #[param(value_type = TaskId)]
+    pub id: String,
 }
 
 /// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
@@ -437,7 +431,7 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     path = "/v1/tasks/{id}/cancel",
     operation_id = "cancel_task",
     tag = "tasks",
-    params(("id" = TaskId, Path, description = "The task's id.")),
+    params(TaskPath),
     responses(
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
@@ -448,7 +442,7 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(id): PathParam<String>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     Ok(match cancel::cancel(&state, id).await? {

@@ -1,8 +1,12 @@
 //! Process set-up shared by every taskq binary: logging (an `RUST_LOG` filter, default
 //! `info`, and with `TASKQ_LOG_FORMAT=json` one JSON object per line), OTLP tracing, the
-//! Prometheus [`metrics`], and shutdown on SIGTERM or SIGINT ([`cancel_on_signals`]).
+//! Prometheus [`metrics`], shutdown on SIGTERM or SIGINT ([`cancel_on_signals`]), and
+//! the W3C trace context carried by requests and tasks ([`trace_context`]).
 
 pub mod metrics;
+pub mod trace_context;
+
+pub use trace_context::TraceParent;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -213,54 +217,12 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
-/// `value` trimmed, when it is a well-formed W3C `traceparent` (version 00–fe, a
-/// non-zero trace id and parent id, flags; lowercase hex), else `None`.
-pub fn well_formed_traceparent(value: &str) -> Option<&str> {
-    let v = value.trim();
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let ok = parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2);
-    ok.then_some(v)
-}
-
-/// The trace id inside a W3C `traceparent`, when well-formed.
+/// The trace id inside a W3C `traceparent`, lowercased, when it is 32 hex digits (of
+/// either case) and not all zeros; the other fields are not checked (see
+/// [`TraceParent::parse`] for the strict reading).
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
     let mut parts = traceparent.trim().split('-');
     let (_version, id) = (parts.next()?, parts.next()?);
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
         .then(|| id.to_ascii_lowercase())
-}
-
-#[cfg(test)]
-mod traceparent_tests {
-    use super::well_formed_traceparent;
-
-    #[test]
-    fn only_well_formed_traceparents_pass() {
-        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(well_formed_traceparent(&format!(" {good} ")), Some(good));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
-        ] {
-            assert_eq!(well_formed_traceparent(bad), None, "{bad:?}");
-        }
-    }
 }

@@ -211,6 +211,26 @@ pub fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     html! { time datetime=(t.to_rfc3339()) title=(ago(t, now)) { (time(t)) } }
 }
 
+/// A page that lists things: its `heading`, then `empty` when there is nothing to list,
+/// else the table `id` with one column per entry of `columns` and `rows` as its body.
+pub fn listing(heading: &str, empty: &str, id: &str, columns: &[&str], rows: &[Markup]) -> Markup {
+    html! {
+        h1 { (heading) }
+        @if rows.is_empty() {
+            p class="muted" { (empty) }
+        } @else {
+            table id=(id) {
+                thead { tr {
+                    @for c in columns { th { (c) } }
+                } }
+                tbody {
+                    @for r in rows { (r) }
+                }
+            }
+        }
+    }
+}
+
 /// A status badge.
 pub fn status(s: TaskStatus) -> Markup {
     html! { span class=(format!("badge st-{}", s.as_str())) { (s.as_str()) } }

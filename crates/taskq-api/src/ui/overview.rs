@@ -505,7 +505,11 @@ pub async fn queue_action(
         ))
         .into_response()
     };
-    let path = || PathParam(queue.to_string());
+    let path = || {
+        PathParam(crate::queues::QueuePath {
+            name: queue.to_string(),
+        })
+    };
     match form.get("op").unwrap_or_default() {
         "pause" => {
             let _ = crate::queues::pause(State(state.clone()), path()).await?;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use maud::html;
+use maud::{Markup, html};
 use taskq_core::{QueueName, TaskRecord};
 
 use super::layout::{self, Nav, UiError, status, when};
@@ -67,37 +67,42 @@ pub async fn page(
             created,
         });
     }
-    let body = html! {
-        h1 { "Periodic schedules" }
-        @if rows.is_empty() {
-            p class="muted" { "No schedule is configured (TASKQ_PERIODIC, TASKQ_PERIODIC_FILE)." }
-        } @else {
-            table id="schedules" {
-                thead { tr {
-                    th { "Name" } th { "Cron (UTC, seconds first)" } th { "Type" } th { "Queue" }
-                    th { "Next run" } th { "Last run" } th { "Task it created" }
-                } }
-                tbody {
-                    @for r in &rows {
-                        tr {
-                            td { (r.name) }
-                            td class="mono" { (r.cron) }
-                            td { (r.kind) }
-                            td { (r.queue.as_str()) }
-                            td { @if let Some(n) = r.next { (when(n, now)) } @else { "never" } }
-                            td { @if let Some(l) = r.last { (when(l, now)) } @else { "—" } }
-                            td {
-                                @match &r.created {
-                                    Some(t) => { a class="mono" href=(format!("/ui/tasks/{}", t.id)) { (t.id.to_string()) } " " (status(t.status)) }
-                                    None => { span class="muted" { "none (no api ran at that tick, or it was purged)" } }
-                                }
-                            }
+    let rows: Vec<Markup> = rows
+        .iter()
+        .map(|r| {
+            html! {
+                tr {
+                    td { (r.name) }
+                    td class="mono" { (r.cron) }
+                    td { (r.kind) }
+                    td { (r.queue.as_str()) }
+                    td { @if let Some(n) = r.next { (when(n, now)) } @else { "never" } }
+                    td { @if let Some(l) = r.last { (when(l, now)) } @else { "—" } }
+                    td {
+                        @match &r.created {
+                            Some(t) => { a class="mono" href=(format!("/ui/tasks/{}", t.id)) { (t.id.to_string()) } " " (status(t.status)) }
+                            None => { span class="muted" { "none (no api ran at that tick, or it was purged)" } }
                         }
                     }
                 }
             }
-        }
-    };
+        })
+        .collect();
+    let body = layout::listing(
+        "Periodic schedules",
+        "No schedule is configured (TASKQ_PERIODIC, TASKQ_PERIODIC_FILE).",
+        "schedules",
+        &[
+            "Name",
+            "Cron (UTC, seconds first)",
+            "Type",
+            "Queue",
+            "Next run",
+            "Last run",
+            "Task it created",
+        ],
+        &rows,
+    );
     Ok(layout::page(&viewer, Nav::Periodic, "Periodic", body).into_response())
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::{Markup, html};
 use taskq_core::{TaskId, TaskRecord, TaskStatus};
 use taskq_store::Search;
+use taskq_telemetry::TraceParent;
 
 use super::layout::{self, Nav, UiError, status, when};
 use super::session::{SignedForm, Viewer, url_encode};
@@ -378,12 +379,6 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
-/// The trace id of a W3C `traceparent`.
-fn trace_id(tp: &str) -> Option<&str> {
-    let id = tp.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
 /// `GET /ui/tasks/{id}`.
 pub async fn detail(
     State(state): State<AppState>,
@@ -399,7 +394,11 @@ pub async fn detail(
     let t = stored.record;
     let now = Utc::now();
     let tries = attempts(&t);
-    let trace = t.traceparent.as_deref().and_then(trace_id);
+    let trace = t
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(TraceParent::trace_id);
     let trace_link = trace.and_then(|tid| {
         state
             .ui
@@ -842,14 +841,5 @@ mod tests {
             ..Filter::default()
         };
         assert!(ok.search().is_ok());
-    }
-
-    #[test]
-    fn trace_ids_come_from_traceparent() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id("garbage"), None);
     }
 }

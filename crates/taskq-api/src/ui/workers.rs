@@ -5,7 +5,7 @@
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use maud::html;
+use maud::{Markup, html};
 
 use super::layout::{self, Nav, UiError, when};
 use super::session::Viewer;
@@ -23,40 +23,49 @@ pub async fn page(
     viewer.require_queues()?;
     let workers = state.broker.workers().await?;
     let now = Utc::now();
-    let body = html! {
-        h1 { "Workers" }
-        @if workers.is_empty() {
-            p class="muted" { "No live worker." }
-        } @else {
-            table id="workers" {
-                thead { tr {
-                    th { "ID" } th { "Host / pod" } th { "Queues" } th { "Slots in use" }
-                    th { "Started" } th { "Current tasks" } th { "Last heartbeat" }
-                } }
-                tbody {
-                    @for w in &workers {
-                        @let used = if w.slots == 0 { 0.0 } else { 120.0 * f64::from(w.busy.min(w.slots)) / f64::from(w.slots) };
-                        tr data-worker=(w.id) {
-                            td class="mono" { (w.id) }
-                            td { (w.host) }
-                            td { (w.queues.join(", ")) }
-                            td {
-                                svg class="slots" viewBox="0 0 120 12" role="img" aria-label=(format!("{} of {} slots", w.busy, w.slots)) {
-                                    rect class="track" x="0" y="0" width="120" height="12" rx="3" {}
-                                    rect class="used" x="0" y="0" width=(format!("{used:.1}")) height="12" rx="3" {}
-                                }
-                                " " (w.busy) " / " (w.slots)
-                            }
-                            td { (when(at(w.started_ms), now)) }
-                            td class="mono" {
-                                @for t in &w.tasks { a href=(format!("/ui/tasks/{t}")) { (t) } br; }
-                            }
-                            td { (layout::ago(at(w.seen_ms), now)) }
+    let rows: Vec<Markup> = workers
+        .iter()
+        .map(|w| {
+            let used = if w.slots == 0 {
+                0.0
+            } else {
+                120.0 * f64::from(w.busy.min(w.slots)) / f64::from(w.slots)
+            };
+            html! {
+                tr data-worker=(w.id) {
+                    td class="mono" { (w.id) }
+                    td { (w.host) }
+                    td { (w.queues.join(", ")) }
+                    td {
+                        svg class="slots" viewBox="0 0 120 12" role="img" aria-label=(format!("{} of {} slots", w.busy, w.slots)) {
+                            rect class="track" x="0" y="0" width="120" height="12" rx="3" {}
+                            rect class="used" x="0" y="0" width=(format!("{used:.1}")) height="12" rx="3" {}
                         }
+                        " " (w.busy) " / " (w.slots)
                     }
+                    td { (when(at(w.started_ms), now)) }
+                    td class="mono" {
+                        @for t in &w.tasks { a href=(format!("/ui/tasks/{t}")) { (t) } br; }
+                    }
+                    td { (layout::ago(at(w.seen_ms), now)) }
                 }
             }
-        }
-    };
+        })
+        .collect();
+    let body = layout::listing(
+        "Workers",
+        "No live worker.",
+        "workers",
+        &[
+            "ID",
+            "Host / pod",
+            "Queues",
+            "Slots in use",
+            "Started",
+            "Current tasks",
+            "Last heartbeat",
+        ],
+        &rows,
+    );
     Ok(layout::page(&viewer, Nav::Workers, "Workers", body).into_response())
 }
