@@ -5,17 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Duration;
-use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde_json::json;
 use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
-    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, Store,
-    StoreOptions, TASKS, ensure_indexes_with_retry,
+    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, StoreOptions,
+    ensure_indexes_with_retry,
 };
+use taskq_testkit::{ChaosProxy, mongo_addr};
 
-use crate::common::{Must, TestDb, now, task, task_in, uri};
-use crate::proxy::{ChaosProxy, through, upstream};
+use crate::common::{Must, TestDb, now, task, task_in};
 
 /// A transition made by `worker-1`.
 fn transition(
@@ -61,9 +60,7 @@ async fn a_corrupt_document_is_an_error() {
     let db = TestDb::new().await;
     let rec = task("q", "t", json!(1));
     db.store.insert(&rec).await.must();
-    db.store
-        .database()
-        .collection::<Document>("tasks")
+    db.tasks()
         .update_one(
             doc! { "_id": rec.id.to_string() },
             doc! { "$set": { "payload": "{oops" } },
@@ -417,14 +414,7 @@ async fn the_live_state_is_one_subdocument() {
     db.store.insert(&rec).await.must();
     let u = transition(rec.id, 2, TaskStatus::Running, 1, now());
     db.store.apply(&[u]).await.must();
-    let raw = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .find_one(doc! { "_id": rec.id.to_string() })
-        .await
-        .must()
-        .must();
+    let raw = db.raw(rec.id).await;
     assert_eq!(
         raw.get_document("st").must(),
         &doc! { "seq": 2_i64, "status": "running", "attempts": 1_i64 }
@@ -556,14 +546,7 @@ async fn requeue_dead_outcomes() {
 
     // The live state keeps its field order and types, so later updates still compare
     // by seq: the late dead update of the old run loses, the next run wins.
-    let raw = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .find_one(doc! { "_id": rec.id.to_string() })
-        .await
-        .must()
-        .must();
+    let raw = db.raw(rec.id).await;
     assert_eq!(
         raw.get_document("st").must(),
         &doc! { "seq": 6_i64, "status": "queued", "attempts": 0_i64 }
@@ -591,15 +574,8 @@ async fn ensure_indexes_is_idempotent() {
     db.store.ensure_indexes().await.must();
     db.store.ensure_indexes().await.must();
     let names: HashSet<String> = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .list_indexes()
+        .indexes()
         .await
-        .must()
-        .try_collect::<Vec<_>>()
-        .await
-        .must()
         .into_iter()
         .filter_map(|ix| ix.options.and_then(|o| o.name))
         .collect();
@@ -612,17 +588,16 @@ async fn ensure_indexes_is_idempotent() {
 #[tokio::test]
 async fn index_creation_waits_for_the_server() {
     let db = TestDb::new().await;
-    let proxy = ChaosProxy::start(upstream(&uri())).await;
-    let proxied = Store::connect_with(
-        &through(&uri(), proxy.addr()),
-        &db.name,
-        &StoreOptions {
-            server_selection_timeout: std::time::Duration::from_millis(200),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .must();
+    let proxy = ChaosProxy::start(mongo_addr());
+    let proxied = db
+        .via(
+            &proxy,
+            StoreOptions {
+                server_selection_timeout: std::time::Duration::from_millis(200),
+                ..StoreOptions::default()
+            },
+        )
+        .await;
     proxy.cut();
     let ready = Arc::new(AtomicBool::new(false));
     let week = std::time::Duration::from_secs(7 * 86_400);
@@ -658,16 +633,7 @@ async fn the_retention_ttl_index_follows_the_setting() {
         .must();
     // One index, on `finished_at`, with the latest lifetime (servers without `collMod`
     // get it dropped and re-created).
-    let indexes: Vec<_> = db
-        .store
-        .database()
-        .collection::<Document>(TASKS)
-        .list_indexes()
-        .await
-        .must()
-        .try_collect()
-        .await
-        .must();
+    let indexes = db.indexes().await;
     let retention: Vec<_> = indexes
         .iter()
         .filter(|ix| {
@@ -686,16 +652,7 @@ async fn the_retention_ttl_index_follows_the_setting() {
     db.store.ensure_retention(Retention::Forever).await.must();
     assert_eq!(db.store.retention().await.must(), None);
     db.store.ensure_retention(Retention::Forever).await.must();
-    let left: Vec<_> = db
-        .store
-        .database()
-        .collection::<Document>(TASKS)
-        .list_indexes()
-        .await
-        .must()
-        .try_collect()
-        .await
-        .must();
+    let left = db.indexes().await;
     assert_eq!(left.len(), indexes.len() - 1, "{left:?}");
     db.drop().await;
 }

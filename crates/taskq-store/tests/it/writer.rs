@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use taskq_core::{TaskRecord, TaskStatus};
 use taskq_store::{StatusUpdate, Store, StoreOptions, UpdateWriter, WriterOptions};
+use taskq_testkit::{ChaosProxy, mongo_addr};
 
-use crate::common::{Must, TestDb, task, uri};
-use crate::proxy::{ChaosProxy, through, upstream};
+use crate::common::{Must, TestDb, task};
 
 fn running(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
     StatusUpdate::transition(r.id, 2, TaskStatus::Running, 1, at).by("w".to_owned())
@@ -149,18 +149,17 @@ async fn drops_only_what_the_server_keeps_refusing() {
 #[tokio::test]
 async fn loses_nothing_while_the_server_is_unreachable() {
     let db = TestDb::new().await;
-    let proxy = ChaosProxy::start(upstream(&uri())).await;
-    let proxied = Store::connect_with(
-        &through(&uri(), proxy.addr()),
-        &db.name,
-        &StoreOptions {
-            server_selection_timeout: Duration::from_millis(300),
-            connect_timeout: Duration::from_millis(300),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .must();
+    let proxy = ChaosProxy::start(mongo_addr());
+    let proxied = db
+        .via(
+            &proxy,
+            StoreOptions {
+                server_selection_timeout: Duration::from_millis(300),
+                connect_timeout: Duration::from_millis(300),
+                ..StoreOptions::default()
+            },
+        )
+        .await;
 
     let recs: Vec<TaskRecord> = (0..300).map(|_| task("q", "t", json!({}))).collect();
     db.store.insert_many(&recs).await.must();
