@@ -265,23 +265,12 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
         )
         .expect("valid");
     env.store.insert(&rec).await.expect("insert");
-    let (status, v) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "dead-api"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    let keyed = json!({"type": "noop", "idempotency_key": "dead-api"});
+    let v = env.submit_expect(keyed.clone(), StatusCode::OK).await;
     assert_eq!(v["id"], rec.id.to_string());
     env.wait_status(rec.id, TaskStatus::Cancelled, Duration::from_secs(30))
         .await;
-    let (status, v) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "dead-api"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    let v = env.submit_expect(keyed, StatusCode::OK).await;
     assert_eq!(
         (v["id"].clone(), v["status"].clone()),
         (json!(rec.id.to_string()), json!("cancelled"))

@@ -29,13 +29,12 @@ async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durabl
         let env = &env;
         async move {
             let queue = if i % 2 == 0 { "default" } else { "other" };
-            let (status, v) = env
-                .post(
-                    "/v1/tasks",
+            let v = env
+                .submit_expect(
                     json!({"type": "noop", "queue": queue, "payload": {"i": i}}),
+                    StatusCode::CREATED,
                 )
                 .await;
-            assert_eq!(status, StatusCode::CREATED, "{v}");
             let id: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
             // Answered: the record is in MongoDB and the task in Redis already.
             let rec = env.store.get(id).await.expect("get").expect("record");

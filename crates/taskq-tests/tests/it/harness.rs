@@ -142,16 +142,18 @@ impl Env {
         }
     }
 
+    /// Posts `body` as JSON to `path`; returns the answer's status and JSON body (`null`
+    /// when it has none).
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.post(format!("{}{path}", self.api)).json(&body)).await
+    }
+
+    /// Posts `body` as JSON to `path`, asserts the answer's status is `want`; returns its
+    /// JSON body.
+    pub async fn post_expect(&self, path: &str, body: Value, want: StatusCode) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, want, "POST {path}: {v}");
+        v
     }
 
     pub async fn post_raw(
@@ -164,32 +166,30 @@ impl Env {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(req).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.get(format!("{}{path}", self.api))).await
+    }
+
+    /// Puts `body` as JSON to `path`; returns the answer's status and JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        answer(self.http.put(format!("{}{path}", self.api)).json(body)).await
     }
 
     /// Sets every limit of `queue` (`PUT /v1/queues/{queue}/limits`); must be accepted.
     pub async fn set_limits(&self, queue: &str, limits: Value) {
-        let resp = self
-            .http
-            .put(format!("{}/v1/queues/{queue}/limits", self.api))
-            .json(&limits)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), StatusCode::OK, "{limits}");
+        let (status, v) = self
+            .put(&format!("/v1/queues/{queue}/limits"), &limits)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{limits}: {v}");
+    }
+
+    /// Submits one task (`POST /v1/tasks`), asserts the answer's status is `want`; returns
+    /// its JSON body.
+    pub async fn submit_expect(&self, body: Value, want: StatusCode) -> Value {
+        self.post_expect("/v1/tasks", body, want).await
     }
 
     /// Submits one task and returns its id.
@@ -229,7 +229,6 @@ impl Env {
         self.counts().await.values().sum()
     }
 
-    /// Tasks in Redis, all states of the default queue.
     /// Redis loses everything (`FLUSHALL` on the single server).
     pub async fn flush_redis(&self) {
         let mut c = redis::Client::open(self.redis.url())
@@ -243,6 +242,7 @@ impl Env {
             .expect("flush");
     }
 
+    /// Tasks in Redis in any state (queued, scheduled, retrying, running) of `queue`.
     pub async fn redis_total(&self, queue: &str) -> u64 {
         let c = self
             .broker
@@ -257,6 +257,27 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.api_stop.cancel();
     }
+}
+
+/// Sends `req`; returns the answer's status and JSON body (`null` when it has none).
+async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The string `field` of each element of the JSON array `list`, skipping elements
+/// without it.
+///
+/// # Panics
+///
+/// Panics if `list` is not an array.
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .filter_map(|e| e[field].as_str())
+        .collect()
 }
 
 /// Serves the api over `state` on a loopback port (a second api beside the [`Env`]'s,

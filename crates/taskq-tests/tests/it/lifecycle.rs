@@ -31,13 +31,12 @@ fn event_statuses(rec: &Value) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn submitted_task_is_durable_then_runs_and_is_recorded() {
     let env = Env::start().await;
-    let (status, body) = env
-        .post(
-            "/v1/tasks",
+    let body = env
+        .submit_expect(
             json!({"type": "echo", "payload": {"n": 1, "big": 18446744073709551615u64}}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["status"], "queued");
     let id: TaskId = body["id"]
         .as_str()
@@ -400,13 +399,12 @@ async fn concurrent_single_submits_each_get_their_own_durable_task() {
     let answers = futures::future::join_all((0..300).map(|i| {
         let env = &env;
         async move {
-            let (status, rec) = env
-                .post(
-                    "/v1/tasks",
+            let rec = env
+                .submit_expect(
                     json!({"type": "rec", "queue": format!("q{}", i % 3), "payload": {"i": i}}),
+                    StatusCode::CREATED,
                 )
                 .await;
-            assert_eq!(status, StatusCode::CREATED, "{rec}");
             assert_eq!(rec["payload"]["i"], i, "answered with another task: {rec}");
             assert_eq!(rec["queue"], format!("q{}", i % 3));
             rec["id"]

@@ -260,78 +260,51 @@ async fn metrics_move_as_tasks_run() {
     let worker = scrape(worker_url.clone()).await;
     let echo = "{queue=\"default\",type=\"echo\"}";
     let fail = "{queue=\"default\",type=\"fail\"}";
-    assert_eq!(
-        value(&api, &format!("taskq_tasks_submitted_total{echo}")),
-        1.0,
-        "{api}"
-    );
-    assert_eq!(
-        value(
-            &api,
-            "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"}"
-        ),
-        3.0,
-        "{api}"
+    let scheduled = "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}";
+    assert_values(
+        &api,
+        &[
+            (format!("taskq_tasks_submitted_total{echo}"), 1.0),
+            (
+                "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"}"
+                    .to_owned(),
+                3.0,
+            ),
+            (scheduled.to_owned(), 1.0),
+        ],
     );
     assert!(
         api.contains("taskq_http_request_duration_seconds_bucket{"),
         "{api}"
     );
-    assert_eq!(
-        value(
-            &api,
-            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
-        ),
-        1.0,
-        "{api}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_started_total{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_succeeded_total{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_failed_total{fail}")),
-        2.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_retried_total{fail}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_dead_total{fail}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_task_duration_seconds_count{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, "taskq_task_wait_seconds_count{queue=\"default\"}"),
-        3.0,
-        "{worker}"
+    assert_values(
+        &worker,
+        &[
+            (format!("taskq_tasks_started_total{echo}"), 1.0),
+            (format!("taskq_tasks_succeeded_total{echo}"), 1.0),
+            (format!("taskq_tasks_failed_total{fail}"), 2.0),
+            (format!("taskq_tasks_retried_total{fail}"), 1.0),
+            (format!("taskq_tasks_dead_total{fail}"), 1.0),
+            (format!("taskq_task_duration_seconds_count{echo}"), 1.0),
+            (
+                "taskq_task_wait_seconds_count{queue=\"default\"}".to_owned(),
+                3.0,
+            ),
+            (scheduled.to_owned(), 1.0),
+        ],
     );
     assert!(
         value(&worker, "taskq_store_flush_duration_seconds_count") > 0.0,
         "{worker}"
     );
-    assert_eq!(
-        value(
-            &worker,
-            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
-        ),
-        1.0
-    );
     w.shutdown().await;
+}
+
+/// Asserts that each series in `want` has its value in the Prometheus text `text`.
+fn assert_values(text: &str, want: &[(String, f64)]) {
+    for (series, value) in want {
+        assert_eq!(metric_value(text, series), *value, "{series} in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -379,23 +379,20 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
         .expect("submit");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let first: serde_json::Value = resp.json().await.expect("json");
-    let (status, again) = env
-        .post(
-            "/v1/tasks",
+    let again = env
+        .submit_expect(
             json!({"type": "noop", "idempotency_key": "order-42"}),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["idempotency_key"], "order-42");
     // The same key in another queue is another task.
-    let (status, other) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "queue": "b", "idempotency_key": "order-42"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{other}");
+    env.submit_expect(
+        json!({"type": "noop", "queue": "b", "idempotency_key": "order-42"}),
+        StatusCode::CREATED,
+    )
+    .await;
     // Header and field disagreeing is a client error.
     let resp = env
         .http
@@ -452,13 +449,13 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     assert_eq!(env.total_records().await, 3);
 
     // In a batch, a repeated key reports the original task.
-    let (status, body) = env
-        .post(
+    let body = env
+        .post_expect(
             "/v1/tasks/batch",
             json!({"tasks": [{"type": "noop", "idempotency_key": "race"}, {"type": "noop"}]}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["results"][0]["id"], answers[0].1.as_str());
     assert_eq!(body["results"][0]["duplicate"], true);
     assert_eq!(env.total_records().await, 4);
@@ -477,13 +474,12 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
         .await
         .expect("claim");
     assert_eq!(held, None);
-    let (status, body) = env
-        .post(
-            "/v1/tasks",
+    let body = env
+        .submit_expect(
             json!({"type": "noop", "idempotency_key": "held"}),
+            StatusCode::CONFLICT,
         )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "conflict", "{body}");
     assert_eq!(env.total_records().await, 0);
     assert_eq!(env.redis_total("default").await, 0);
@@ -494,13 +490,12 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
             .await
             .expect("drop")
     );
-    let (status, first) = env
-        .post(
-            "/v1/tasks",
+    let first = env
+        .submit_expect(
             json!({"type": "noop", "idempotency_key": "held"}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{first}");
     let id: TaskId = first["id"].as_str().expect("id").parse().expect("id");
     // The winner keeps its claim (for the retention window) ...
     let holder = env
@@ -513,13 +508,12 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
     // ... and when Redis loses every claim, MongoDB's unique index still answers with the
     // original task.
     env.flush_redis().await;
-    let (status, again) = env
-        .post(
-            "/v1/tasks",
+    let again = env
+        .submit_expect(
             json!({"type": "noop", "idempotency_key": "held"}),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"]);
     assert_eq!(env.total_records().await, 1);
     assert_eq!(env.redis_total("default").await, 0);

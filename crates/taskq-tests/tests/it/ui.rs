@@ -337,6 +337,18 @@ async fn until_page(c: &Client, url: &str, what: &str, check: impl AsyncFn(&Clie
     );
 }
 
+/// Polls the current page, without reloading it, until `check` holds; panics with `what`
+/// if it does not within `timeout`.
+async fn until_shown(
+    c: &Client,
+    what: &str,
+    timeout: Duration,
+    check: impl AsyncFn(&Client) -> bool,
+) {
+    let shown = wait_until(timeout, Duration::from_millis(100), || check(c)).await;
+    assert!(shown, "{what}");
+}
+
 /// `fetch` from inside the page (same origin, the session's cookie): the status of a
 /// POST of `body` to `path`.
 async fn page_post(c: &Client, path: &str, body: &str) -> u64 {
@@ -697,45 +709,33 @@ async fn dashboard_in_headless_chromium() {
     }
     c.goto(&ui("/ui")).await.expect("goto");
     let running = "tr[data-queue=emails] td[data-count=running]";
-    let mut seen_running = false;
-    for _ in 0..50 {
-        if text(&c, running).await.trim() != "0" {
-            seen_running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        seen_running,
-        "the overview never showed the emails tasks running"
-    );
+    until_shown(
+        &c,
+        "the overview never showed the emails tasks running",
+        Duration::from_secs(10),
+        async |c| text(c, running).await.trim() != "0",
+    )
+    .await;
     // (On the queue's page: the overview's rows are swapped every few seconds.)
     c.goto(&ui("/ui/queues/emails")).await.expect("goto");
     click(&c, "button[value=pause]").await;
-    let mut paused = false;
-    for _ in 0..100 {
-        if text(&c, "h1").await.contains("(paused)") {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(paused, "the queue's page does not say it is paused");
+    until_shown(
+        &c,
+        "the queue's page does not say it is paused",
+        Duration::from_secs(10),
+        async |c| text(c, "h1").await.contains("(paused)"),
+    )
+    .await;
     let later = s.submit(json!({"type": "noop", "queue": "emails"})).await;
     c.goto(&ui("/ui")).await.expect("goto");
-    let mut zero = false;
-    for _ in 0..100 {
-        // No reload: the live part is swapped in by htmx every 3 s.
-        if text(&c, running).await.trim() == "0" {
-            zero = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        zero,
-        "the running count of the paused queue never fell to 0"
-    );
+    // No reload: the live part is swapped in by htmx every 3 s.
+    until_shown(
+        &c,
+        "the running count of the paused queue never fell to 0",
+        Duration::from_secs(20),
+        async |c| text(c, running).await.trim() == "0",
+    )
+    .await;
     assert_eq!(
         s.status(&later).await,
         "queued",
