@@ -15,7 +15,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::Env;
+use crate::harness::{Env, serve_router};
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
 pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
@@ -42,11 +42,7 @@ pub(crate) async fn execution_log(delay: Duration) -> (String, Log) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", serve_router(app).await);
     (url, log)
 }
 
@@ -172,12 +168,8 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     let mut cfg = RedisConfig::from_urls(&format!("redis://{}", proxy.addr()), false);
     cfg.response_timeout = Duration::from_millis(500);
     let flaky = Broker::connect(&cfg).await.expect("broker via proxy");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api = format!("http://{}", listener.local_addr().expect("addr"));
     let state = taskq_api::AppState::new(flaky, env.store.clone());
-    tokio::spawn(async move { axum::serve(listener, taskq_api::app(state)).await });
+    let api = format!("http://{}", serve_router(taskq_api::app(state)).await);
 
     let mut settings = Env::settings("default");
     settings.submit_grace = Duration::from_secs(2);

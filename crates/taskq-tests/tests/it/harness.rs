@@ -342,6 +342,24 @@ pub async fn ready(http: &reqwest::Client, api: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Whether the service at `base` answers `/livez` with 200.
+pub async fn live(http: &reqwest::Client, base: &str) -> bool {
+    http.get(format!("{base}/livez"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns its address.
+pub async fn serve_router(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// A registry whose handlers record what ran, for order and exactly-once checks.
 #[derive(Clone, Default)]
 pub struct Recorder {

@@ -13,7 +13,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::otlp::{Receiver, Span};
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::{Env, metric_value, scrape_metrics};
+use crate::harness::{Env, live, metric_value, scrape_metrics, serve_router};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -95,11 +95,7 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook_addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let hook_addr = serve_router(hook).await;
 
     let env = Env::start().await;
     let otel = [
@@ -231,12 +227,8 @@ async fn metrics_move_as_tasks_run() {
     let env = Env::start().await;
     let w = env.worker(Env::settings("default"), Env::builtins());
     // The worker's own metrics server, as the binary serves it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = taskq_worker::health_router(w.worker.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let worker_url = format!("http://{}", serve_router(router).await);
 
     let scrape = |base: String| {
         let http = env.http.clone();
@@ -311,12 +303,8 @@ fn assert_values(text: &str, want: &[(String, f64)]) {
 async fn readiness_follows_redis() {
     let mut env = Env::start().await;
     let w = env.worker(Env::settings("default"), Env::builtins());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = taskq_worker::health_router(w.worker.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let worker_url = format!("http://{}", serve_router(router).await);
     let http = env.http.clone();
     let api = env.api.clone();
     for base in [&api, &worker_url] {
@@ -324,12 +312,7 @@ async fn readiness_follows_redis() {
             wait_until(T, Duration::from_millis(50), || ready(&http, base)).await,
             "{base}"
         );
-        let live = http
-            .get(format!("{base}/livez"))
-            .send()
-            .await
-            .expect("livez");
-        assert_eq!(live.status(), StatusCode::OK);
+        assert!(live(&http, base).await, "{base} is not live");
     }
     env.redis.stop();
     for base in [&api, &worker_url] {
@@ -341,12 +324,7 @@ async fn readiness_follows_redis() {
             "{base} stayed ready without Redis"
         );
         // Liveness does not depend on Redis.
-        let live = http
-            .get(format!("{base}/livez"))
-            .send()
-            .await
-            .expect("livez");
-        assert_eq!(live.status(), StatusCode::OK);
+        assert!(live(&http, base).await, "{base} is not live");
     }
     env.redis.restart();
     for base in [&api, &worker_url] {

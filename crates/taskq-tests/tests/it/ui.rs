@@ -14,9 +14,10 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use taskq_redis::WorkerInfo;
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::Env;
+use crate::harness::{Env, serve_router};
 
 const READ: &str = "read-token-0123456789abcdef";
 const SUBMIT: &str = "submit-token-0123456789abcdef";
@@ -55,11 +56,7 @@ async fn flaky_endpoint() -> (String, Arc<AtomicBool>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", serve_router(app).await);
     (url, failing)
 }
 
@@ -979,20 +976,15 @@ async fn dashboard_security_headers_csrf_and_roles() {
     }
 
     // The read role in the api: every GET, nothing else.
-    let get = http
-        .get(format!("{api}/v1/queues"))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(get.status(), StatusCode::OK);
-    let get = http
-        .get(format!("{api}/v1/tasks"))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(get.status(), StatusCode::OK);
+    for path in ["/v1/queues", "/v1/tasks"] {
+        let get = http
+            .get(format!("{api}{path}"))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(get.status(), StatusCode::OK, "{path}");
+    }
     for (path, body) in [
         ("/v1/tasks", json!({"type": "noop"})),
         ("/v1/queues/default/resume", json!({})),
@@ -1047,16 +1039,7 @@ async fn worker_registry_lists_live_workers_only() {
 
     // A worker that dies (no renewal) vanishes after its TTL.
     let now = taskq_core::now_ms();
-    let ghost = taskq_redis::WorkerInfo {
-        id: "ghost".into(),
-        host: "nowhere".into(),
-        queues: vec!["default".into()],
-        slots: 4,
-        busy: 1,
-        started_ms: now,
-        tasks: vec![],
-        seen_ms: now,
-    };
+    let ghost = worker_info("ghost".into(), "nowhere", 4, 1, now);
     env.broker
         .heartbeat_worker(&ghost, Duration::from_millis(300))
         .await
@@ -1087,54 +1070,35 @@ async fn throughput_history_keeps_rolled_up_minutes() {
     let keys = taskq_redis::QueueKeys::new(&q);
     let ok = keys.counter(taskq_redis::Counter::Succeeded, (m * 60 + 5) * 1000);
     let err = keys.counter(taskq_redis::Counter::Failed, (m * 60 + 59) * 1000);
-    let _: () = redis::pipe()
-        .set(&ok, 3)
-        .set(&err, 2)
-        .query_async(&mut c)
-        .await
-        .expect("counters");
+    let counters = redis::pipe().set(&ok, 3).set(&err, 2).clone();
+    let _: () = counters.query_async(&mut c).await.expect("counters");
+    let roll_up = async |at_ms: i64| env.broker.roll_up_minute(&q, at_ms).await.expect("roll up");
     // Not yet two seconds into the next minute: nothing is rolled up.
     let next = (m + 1) * 60_000;
-    env.broker
-        .roll_up_minute(&q, next + 1_000)
-        .await
-        .expect("roll up");
+    let history = async || {
+        env.broker
+            .throughput_history(&q, next + 3 * 60_000, 10)
+            .await
+            .expect("history")
+    };
+    roll_up(next + 1_000).await;
     let _: String = redis::cmd("FLUSHALL")
         .query_async(&mut c)
         .await
         .expect("flush");
-    let h = env
-        .broker
-        .throughput_history(&q, next + 3 * 60_000, 10)
-        .await
-        .expect("history");
+    let h = history().await;
     assert!(h.iter().all(|x| x.succeeded == 0 && x.failed == 0), "{h:?}");
-    let _: () = redis::pipe()
-        .set(&ok, 3)
-        .set(&err, 2)
-        .query_async(&mut c)
-        .await
-        .expect("counters");
-    env.broker
-        .roll_up_minute(&q, next + 2_500)
-        .await
-        .expect("roll up");
+    let _: () = counters.query_async(&mut c).await.expect("counters");
+    roll_up(next + 2_500).await;
     // A second roll-up (another worker) changes nothing.
-    env.broker
-        .roll_up_minute(&q, next + 4_000)
-        .await
-        .expect("roll up");
+    roll_up(next + 4_000).await;
     let _: i64 = redis::cmd("DEL")
         .arg(&ok)
         .arg(&err)
         .query_async(&mut c)
         .await
         .expect("del");
-    let h = env
-        .broker
-        .throughput_history(&q, next + 3 * 60_000, 10)
-        .await
-        .expect("history");
+    let h = history().await;
     assert_eq!(h.len(), 10);
     let minute = h
         .iter()
@@ -1326,6 +1290,21 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
     }
 }
 
+/// A worker of the `default` queue running no listed task, started and seen at `now_ms`,
+/// as its heartbeat reports it.
+fn worker_info(id: String, host: &str, slots: u32, busy: u32, now_ms: i64) -> WorkerInfo {
+    WorkerInfo {
+        id,
+        host: host.into(),
+        queues: vec!["default".into()],
+        slots,
+        busy,
+        started_ms: now_ms,
+        tasks: vec![],
+        seen_ms: now_ms,
+    }
+}
+
 /// The worker registry and the throughput history on a three-master Redis Cluster:
 /// every call stays within one slot.
 #[tokio::test(flavor = "multi_thread")]
@@ -1333,16 +1312,7 @@ async fn worker_registry_and_history_work_on_a_redis_cluster() {
     let env = Env::start_on_cluster().await;
     let now = taskq_core::now_ms();
     for i in 0..3 {
-        let w = taskq_redis::WorkerInfo {
-            id: format!("cluster-worker-{i}"),
-            host: "pod".into(),
-            queues: vec!["default".into()],
-            slots: 8,
-            busy: 0,
-            started_ms: now,
-            tasks: vec![],
-            seen_ms: now,
-        };
+        let w = worker_info(format!("cluster-worker-{i}"), "pod", 8, 0, now);
         env.broker
             .heartbeat_worker(&w, Duration::from_secs(30))
             .await
