@@ -156,13 +156,31 @@ impl Env {
         v
     }
 
+    /// Posts the raw `body` to `path` with an optional content type; returns the answer's
+    /// status and JSON body.
     pub async fn post_raw(
         &self,
         path: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.api)).body(body);
+        self.request(reqwest::Method::POST, path, content_type, body)
+            .await
+    }
+
+    /// Sends `method` to `path` with the raw `body` and an optional content type; returns
+    /// the answer's status and JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
