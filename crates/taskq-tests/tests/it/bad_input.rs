@@ -11,20 +11,7 @@ use taskq_api::AppState;
 use taskq_core::{Limits, TaskId};
 use taskq_testkit::wait_until;
 
-use crate::harness::{Env, serve_api, store_via_proxy};
-
-/// Asserts an error answer: `status`, `{"error": {"code": code, "message": <non-empty>}}`.
-#[track_caller]
-fn assert_error(what: &str, got: (StatusCode, &Value), status: u16, code: &str) {
-    let (got_status, body) = got;
-    assert_eq!(got_status.as_u16(), status, "{what}: status; body {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: code; body {body}");
-    let message = body["error"]["message"].as_str();
-    assert!(
-        message.is_some_and(|m| !m.trim().is_empty()),
-        "{what}: message must be a non-empty string; body {body}"
-    );
-}
+use crate::harness::{Env, assert_error, serve_api, store_via_proxy};
 
 /// Asserts that the store holds no record and that none of `queues` holds a task.
 async fn assert_nothing_written(env: &Env, what: &str, queues: &[&str]) {

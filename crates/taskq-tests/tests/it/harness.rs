@@ -368,6 +368,20 @@ pub async fn live(http: &reqwest::Client, base: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Asserts an error answer: `status`, `{"error": {"code": code, "message": <non-empty>}}`;
+/// `what` names the request in the failure message.
+#[track_caller]
+pub fn assert_error(what: &str, got: (StatusCode, &Value), status: u16, code: &str) {
+    let (got_status, body) = got;
+    assert_eq!(got_status.as_u16(), status, "{what}: status; body {body}");
+    assert_eq!(body["error"]["code"], code, "{what}: code; body {body}");
+    let message = body["error"]["message"].as_str();
+    assert!(
+        message.is_some_and(|m| !m.trim().is_empty()),
+        "{what}: message must be a non-empty string; body {body}"
+    );
+}
+
 /// Serves `app` on a free loopback port for the rest of the test; returns its address.
 pub async fn serve_router(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -401,6 +415,16 @@ impl Recorder {
     pub fn runs(&self) -> Vec<(TaskId, String, u32)> {
         self.runs.lock().expect("lock").clone()
     }
+}
+
+/// A broker of `env`'s Redis reached through a proxy that can cut it.
+pub async fn broker_via_proxy(env: &Env) -> (ChaosProxy, Broker) {
+    let proxy = ChaosProxy::start(env.redis.addr());
+    let config = RedisConfig::from_urls(&format!("redis://{}", proxy.addr()), false);
+    let broker = Broker::connect(&config)
+        .await
+        .expect("redis through the proxy");
+    (proxy, broker)
 }
 
 /// A store of `env`'s database reached through a proxy that can cut it, with short

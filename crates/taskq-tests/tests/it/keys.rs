@@ -327,15 +327,7 @@ async fn bad_keys_and_key_limits_are_refused() {
         json!({"max_dispatches_per_second_per_key": 2, "burst_per_key": 0}),
     ]);
     for bad in bad_limits {
-        let resp = env
-            .http
-            .put(format!("{}/v1/queues/default/limits", env.api))
-            .json(&bad)
-            .send()
-            .await
-            .expect("put");
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let (status, body) = env.put("/v1/queues/default/limits", &bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "limit {bad}: {body}");
         assert!(body["error"]["code"].is_string(), "limit {bad}: {body}");
     }

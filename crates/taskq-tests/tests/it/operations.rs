@@ -8,12 +8,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{TaskId, TaskStatus};
-use taskq_redis::{Broker, RedisConfig};
 use taskq_store::ListFilter;
-use taskq_testkit::{ChaosProxy, wait_until};
+use taskq_testkit::wait_until;
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, serve_api};
+use crate::harness::{Env, broker_via_proxy, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -214,13 +213,7 @@ async fn retry_dead_that_loses_redis_midway_leaves_the_rest_dead() {
     w.shutdown().await;
 
     // A second api whose Redis connection runs through a proxy.
-    let proxy = ChaosProxy::start(env.redis.addr());
-    let broker = Broker::connect(&RedisConfig::from_urls(
-        &format!("redis://{}", proxy.addr()),
-        false,
-    ))
-    .await
-    .expect("redis through the proxy");
+    let (proxy, broker) = broker_via_proxy(&env).await;
     let (api, stop) = serve_api(taskq_api::AppState::new(broker, env.store.clone())).await;
     let retry = tokio::spawn({
         let req = env.http.post(format!("{api}/v1/queues/a/retry-dead"));
@@ -556,24 +549,12 @@ async fn queue_limits_hold_across_workers() {
         json!({"burst": 3}),
         json!({"max_concurrency": 2}),
     ] {
-        let resp = env
-            .http
-            .put(format!("{}/v1/queues/limited/limits", env.api))
-            .json(&bad)
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let (status, body) = env.put("/v1/queues/limited/limits", &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
-    let resp = env
-        .http
-        .put(format!("{}/v1/queues/limited/limits", env.api))
-        .json(&json!({"max_concurrent": 2, "max_dispatches_per_second": 10, "burst": 1}))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: serde_json::Value = resp.json().await.expect("json");
+    let limits = json!({"max_concurrent": 2, "max_dispatches_per_second": 10, "burst": 1});
+    let (status, body) = env.put("/v1/queues/limited/limits", &limits).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["limits"]["max_concurrent"], 2);
 
     // Two workers with eight slots each still run at most two at a time.

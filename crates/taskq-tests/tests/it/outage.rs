@@ -15,10 +15,11 @@ use taskq_testkit::{
 };
 
 use taskq_api::AppState;
-use taskq_redis::{Broker, RedisConfig};
 
 use crate::crash::{Log, execution_log, worker_process_with};
-use crate::harness::{Env, Recorder, api_process, ready, serve_api, store_via_proxy};
+use crate::harness::{
+    Env, Recorder, api_process, broker_via_proxy, ready, serve_api, store_via_proxy,
+};
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
 async fn all_ready(http: &reqwest::Client, urls: &[String], what: &str) {
@@ -542,13 +543,7 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
 async fn a_lost_enqueue_reply_for_a_task_that_already_ran_keeps_its_record() {
     let env = Env::start().await;
     let (store_proxy, worker_store) = store_via_proxy(&env).await;
-    let redis_proxy = ChaosProxy::start(env.redis.addr());
-    let broker = Broker::connect(&RedisConfig::from_urls(
-        &format!("redis://{}", redis_proxy.addr()),
-        false,
-    ))
-    .await
-    .expect("redis via proxy");
+    let (redis_proxy, broker) = broker_via_proxy(&env).await;
     let (api, api_stop) = serve_api(AppState::new(broker, env.store.clone())).await;
 
     let recorder = Recorder::default();
