@@ -15,7 +15,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::{Env, serve_router};
+use crate::harness::{Env, answer, serve_router};
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
 pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
@@ -183,14 +183,12 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     // Redis goes away after the api's connection is up: the insert succeeds, the enqueue
     // and its undo fail.
     let http = reqwest::Client::new();
-    let warm = http
-        .post(format!("{api}/v1/tasks"))
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(warm.status(), StatusCode::CREATED);
-    let warm: serde_json::Value = warm.json().await.expect("body");
+    let (status, warm) = answer(
+        http.post(format!("{api}/v1/tasks"))
+            .json(&json!({"type": "noop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{warm}");
     let warm: TaskId = warm["id"].as_str().expect("id").parse().expect("id");
     env.wait_status(warm, TaskStatus::Succeeded, Duration::from_secs(30))
         .await;

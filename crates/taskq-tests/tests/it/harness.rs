@@ -278,7 +278,7 @@ impl Drop for Env {
 }
 
 /// Sends `req`; returns the answer's status and JSON body (`null` when it has none).
-async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+pub async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let resp = req.send().await.expect("request");
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))

@@ -14,7 +14,7 @@ use taskq_core::{TaskId, TaskRecord, TaskStatus};
 use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 
-use crate::harness::{Env, RunningWorker, strings};
+use crate::harness::{Env, RunningWorker, assert_error, strings};
 
 /// Sets the queue's `max_running_per_key` (and no other limit).
 async fn limit_per_key(env: &Env, queue: &str, n: u32) {
@@ -260,12 +260,12 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     w.shutdown().await;
 }
 
+/// Asserts a 400 error answer with `code`, whose message names the key unless the code is
+/// `invalid_request`.
 #[track_caller]
 fn assert_400(what: &str, (status, body): (StatusCode, &Value), code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    assert_error(what, (status, body), 400, code);
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(!message.trim().is_empty(), "{what}: {body}");
     if code != "invalid_request" {
         assert!(
             message.contains("key"),

@@ -12,7 +12,7 @@ use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, broker_via_proxy, serve_api};
+use crate::harness::{Env, answer, broker_via_proxy, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -362,16 +362,14 @@ async fn recovery_on_a_healthy_redis_duplicates_nothing() {
 async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     let env = Env::start().await;
     // Header or field, same effect.
-    let resp = env
-        .http
-        .post(format!("{}/v1/tasks", env.api))
-        .header("idempotency-key", "order-42")
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let first: serde_json::Value = resp.json().await.expect("json");
+    let (status, first) = answer(
+        env.http
+            .post(format!("{}/v1/tasks", env.api))
+            .header("idempotency-key", "order-42")
+            .json(&json!({"type": "noop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
     let again = env
         .submit_expect(
             json!({"type": "noop", "idempotency_key": "order-42"}),
