@@ -334,6 +334,18 @@ async fn until_page(c: &Client, url: &str, what: &str, check: impl AsyncFn(&Clie
     );
 }
 
+/// The value of the header `name` of `r`, when it is text.
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts that `r` redirects (303) to `location`; `what` names the case.
+#[track_caller]
+fn assert_redirect(r: &reqwest::Response, location: &str, what: &str) {
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{what}");
+    assert_eq!(header(r, "location"), Some(location), "{what}");
+}
+
 /// Polls the current page, without reloading it, until `check` holds; panics with `what`
 /// if it does not within `timeout`.
 async fn until_shown(
@@ -834,58 +846,33 @@ async fn dashboard_security_headers_csrf_and_roles() {
         .send()
         .await
         .expect("get");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers().get("location").and_then(|v| v.to_str().ok()),
-        Some("/ui/login?next=%2Fui%2Ftasks%3Fq%3Dx")
-    );
+    assert_redirect(&r, "/ui/login?next=%2Fui%2Ftasks%3Fq%3Dx", "signed out");
     let r = http
         .get(format!("{api}/ui/login"))
         .send()
         .await
         .expect("get");
-    let csp = r
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
+    let csp = header(&r, "content-security-policy")
         .unwrap_or_default()
         .to_owned();
     assert_eq!(csp, taskq_api::ui::CSP);
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
     assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
-    assert_eq!(
-        r.headers()
-            .get("x-frame-options")
-            .and_then(|v| v.to_str().ok()),
-        Some("DENY")
-    );
+    assert_eq!(header(&r, "x-frame-options"), Some("DENY"));
 
     // A wrong token is refused; a good one gets the strict cookie.
-    let r = http
-        .post(format!("{api}/ui/login"))
-        .form(&[("token", "not-a-valid-token-at-all")])
-        .send()
-        .await
-        .expect("post");
+    let sign_in = async |form: &[(&str, &str)]| {
+        http.post(format!("{api}/ui/login"))
+            .form(form)
+            .send()
+            .await
+            .expect("post")
+    };
+    let r = sign_in(&[("token", "not-a-valid-token-at-all")]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = http
-        .post(format!("{api}/ui/login"))
-        .form(&[("token", ADMIN), ("next", "https://evil.example/")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers().get("location").and_then(|v| v.to_str().ok()),
-        Some("/ui"),
-        "an outside `next` is not followed"
-    );
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let r = sign_in(&[("token", ADMIN), ("next", "https://evil.example/")]).await;
+    assert_redirect(&r, "/ui", "an outside `next` is not followed");
+    let cookie = header(&r, "set-cookie").unwrap_or_default().to_owned();
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(attr), "cookie without {attr}: {cookie}");
     }
@@ -1222,7 +1209,7 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
     .expect("post");
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     assert_eq!(
-        done.headers().get("location").and_then(|v| v.to_str().ok()),
+        header(&done, "location"),
         Some("/ui/tasks?queue=held&notice=cancelled&n=3")
     );
     let counts = env.counts().await;
