@@ -45,18 +45,11 @@ async fn every_operation_works_on_a_redis_cluster() {
         .map(id_of)
         .collect();
     assert_eq!(batch.len(), 13);
+    let welcome = json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"});
     let first = env
-        .submit_expect(
-            json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"}),
-            StatusCode::CREATED,
-        )
+        .submit_expect(welcome.clone(), StatusCode::CREATED)
         .await;
-    let again = env
-        .submit_expect(
-            json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"}),
-            StatusCode::OK,
-        )
-        .await;
+    let again = env.submit_expect(welcome, StatusCode::OK).await;
     assert_eq!(again["id"], first["id"]);
 
     // Cancel a scheduled task before any worker runs.

@@ -465,12 +465,8 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
         .await
         .expect("claim");
     assert_eq!(held, None);
-    let body = env
-        .submit_expect(
-            json!({"type": "noop", "idempotency_key": "held"}),
-            StatusCode::CONFLICT,
-        )
-        .await;
+    let keyed = json!({"type": "noop", "idempotency_key": "held"});
+    let body = env.submit_expect(keyed.clone(), StatusCode::CONFLICT).await;
     assert_eq!(body["error"]["code"], "conflict", "{body}");
     assert_eq!(env.total_records().await, 0);
     assert_eq!(env.redis_total("default").await, 0);
@@ -481,12 +477,7 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
             .await
             .expect("drop")
     );
-    let first = env
-        .submit_expect(
-            json!({"type": "noop", "idempotency_key": "held"}),
-            StatusCode::CREATED,
-        )
-        .await;
+    let first = env.submit_expect(keyed.clone(), StatusCode::CREATED).await;
     let id: TaskId = first["id"].as_str().expect("id").parse().expect("id");
     // The winner keeps its claim (for the retention window) ...
     let holder = env
@@ -499,12 +490,7 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
     // ... and when Redis loses every claim, MongoDB's unique index still answers with the
     // original task.
     env.flush_redis().await;
-    let again = env
-        .submit_expect(
-            json!({"type": "noop", "idempotency_key": "held"}),
-            StatusCode::OK,
-        )
-        .await;
+    let again = env.submit_expect(keyed, StatusCode::OK).await;
     assert_eq!(again["id"], first["id"]);
     assert_eq!(env.total_records().await, 1);
     assert_eq!(env.redis_total("default").await, 0);
