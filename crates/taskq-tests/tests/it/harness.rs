@@ -360,6 +360,11 @@ pub async fn ready(http: &reqwest::Client, api: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Whether the api at `api` answers `/readyz` with 200 within `timeout` (asked every 20 ms).
+pub async fn ready_within(http: &reqwest::Client, api: &str, timeout: Duration) -> bool {
+    taskq_testkit::wait_until(timeout, Duration::from_millis(20), || ready(http, api)).await
+}
+
 /// Whether the service at `base` answers `/livez` with 200.
 pub async fn live(http: &reqwest::Client, base: &str) -> bool {
     http.get(format!("{base}/livez"))

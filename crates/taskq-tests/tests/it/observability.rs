@@ -13,7 +13,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::otlp::{Receiver, Span};
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::{Env, live, metric_value, scrape_metrics, serve_router};
+use crate::harness::{Env, live, metric_value, ready_within, scrape_metrics, serve_router};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -110,14 +110,8 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
     ];
     let mut bins = spawn_binaries(&env, &otel, &mongo_uri());
     let http = reqwest::Client::new();
-    assert!(wait_until(T, Duration::from_millis(50), || ready(&http, &bins.api_url)).await);
-    assert!(
-        wait_until(T, Duration::from_millis(50), || ready(
-            &http,
-            &bins.worker_url
-        ))
-        .await
-    );
+    assert!(ready_within(&http, &bins.api_url, T).await);
+    assert!(ready_within(&http, &bins.worker_url, T).await);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -308,10 +302,7 @@ async fn readiness_follows_redis() {
     let http = env.http.clone();
     let api = env.api.clone();
     for base in [&api, &worker_url] {
-        assert!(
-            wait_until(T, Duration::from_millis(50), || ready(&http, base)).await,
-            "{base}"
-        );
+        assert!(ready_within(&http, base, T).await, "{base}");
         assert!(live(&http, base).await, "{base} is not live");
     }
     env.redis.stop();
@@ -328,10 +319,7 @@ async fn readiness_follows_redis() {
     }
     env.redis.restart();
     for base in [&api, &worker_url] {
-        assert!(
-            wait_until(T, Duration::from_millis(100), || ready(&http, base)).await,
-            "{base}"
-        );
+        assert!(ready_within(&http, base, T).await, "{base}");
     }
     // A draining worker is not ready.
     let worker = w.worker.clone();

@@ -18,7 +18,7 @@ use taskq_api::AppState;
 
 use crate::crash::{Log, execution_log, worker_process_with};
 use crate::harness::{
-    Env, Recorder, api_process, broker_via_proxy, ready, serve_api, store_via_proxy,
+    Env, Recorder, api_process, broker_via_proxy, ready, ready_within, serve_api, store_via_proxy,
 };
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
@@ -147,12 +147,7 @@ async fn outage(store: Outage) {
         .build()
         .expect("client");
     assert!(
-        wait_until(
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || ready(&http, &api)
-        )
-        .await,
+        ready_within(&http, &api, Duration::from_secs(30)).await,
         "the api never became ready"
     );
 
@@ -241,12 +236,7 @@ async fn outage(store: Outage) {
     proxy.thaw();
     let thawed = Instant::now();
     assert!(
-        wait_until(
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || ready(&http, &api)
-        )
-        .await,
+        ready_within(&http, &api, Duration::from_secs(10)).await,
         "the api was not ready again within 10 s of MongoDB answering"
     );
     let ready_after = thawed.elapsed();

@@ -20,7 +20,7 @@ use taskq_testkit::{free_port, mongo_uri, wait_until};
 use taskq_worker::TaskContext;
 use tokio::task::JoinHandle;
 
-use crate::harness::{Env, api_process, ready, serve_api};
+use crate::harness::{Env, api_process, ready_within, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 /// Well under the 60 s waits: an answer before it came from a wake-up.
@@ -346,7 +346,7 @@ async fn the_api_binary_answers_waiters_past_its_timeout_and_when_it_drains() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     assert!(
-        wait_until(T, Duration::from_millis(100), || ready(&http, &base)).await,
+        ready_within(&http, &base, T).await,
         "the api never became ready"
     );
     let id = env.submit(json!({"type": "noop", "queue": "idle"})).await;
