@@ -285,7 +285,7 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_whose_record_write_never_happened_still_ends_cancelled() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let id = env
         .submit(json!({"type": "noop", "delay_ms": 3_600_000}))
         .await;

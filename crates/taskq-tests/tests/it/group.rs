@@ -94,7 +94,7 @@ async fn a_submit_given_up_before_its_enqueue_never_runs() {
         .expect("request");
     assert_ne!(resp.status(), StatusCode::CREATED);
     proxy.thaw();
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     // The insert lands after the thaw; then the record goes again.
     let gone = wait_until(
         Duration::from_secs(10),

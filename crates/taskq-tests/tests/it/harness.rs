@@ -119,6 +119,11 @@ impl Env {
         r
     }
 
+    /// Starts an in-process worker of the `default` queue with the built-in handlers.
+    pub fn default_worker(&self) -> RunningWorker {
+        self.worker(Self::settings("default"), Self::builtins())
+    }
+
     /// Starts an in-process worker.
     pub fn worker(&self, settings: Settings, registry: Registry) -> RunningWorker {
         self.worker_with_store(settings, registry, self.store.clone())

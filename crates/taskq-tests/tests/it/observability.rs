@@ -219,7 +219,7 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_as_tasks_run() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     // The worker's own metrics server, as the binary serves it.
     let router = taskq_worker::health_router(w.worker.clone());
     let worker_url = format!("http://{}", serve_router(router).await);
@@ -296,7 +296,7 @@ fn assert_values(text: &str, want: &[(String, f64)]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_redis() {
     let mut env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let router = taskq_worker::health_router(w.worker.clone());
     let worker_url = format!("http://{}", serve_router(router).await);
     let http = env.http.clone();

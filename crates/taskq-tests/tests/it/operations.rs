@@ -90,7 +90,7 @@ async fn cancel_stops_waiting_and_running_tasks_but_not_finished_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_queue_keeps_accepting_but_runs_nothing_until_resumed() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let first = env.submit(json!({"type": "noop"})).await;
     env.wait_status(first, TaskStatus::Succeeded, T).await;
     let (status, body) = env.post("/v1/queues/default/pause", json!({})).await;
