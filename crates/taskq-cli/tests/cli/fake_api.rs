@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::support::{jsonl_file, path_str, taskq, taskq_with};
+use crate::support::{jsonl_file, path_str, submit_json, taskq, taskq_with};
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -833,20 +833,9 @@ async fn batch_chunks_the_file_and_reports_rejected_lines() {
 async fn batch_json_output_merges_the_chunks_with_line_numbers() {
     let api = FakeApi::start().await;
     let file = jsonl_file("{\"type\": \"a\"}\n{\"type\": \"b\"}\n\n{\"type\": \"c\"}\n");
-    let v = taskq(
-        &api.url,
-        &[
-            "submit",
-            "--file",
-            path_str(&file),
-            "--batch-size",
-            "2",
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
+    let v = submit_json(&api.url, &["--file", path_str(&file), "--batch-size", "2"])
+        .await
+        .json();
     assert_eq!(
         v,
         json!({

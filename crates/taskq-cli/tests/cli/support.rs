@@ -52,6 +52,17 @@ pub async fn taskq(api: &str, args: &[&str]) -> Run {
     taskq_with(Some(api), args, &[], None).await
 }
 
+/// Runs `taskq --api <api> submit <args…> -o json`.
+pub async fn submit_json(api: &str, args: &[&str]) -> Run {
+    let args: Vec<&str> = ["submit"]
+        .iter()
+        .chain(args)
+        .chain(&["-o", "json"])
+        .copied()
+        .collect();
+    taskq(api, &args).await
+}
+
 /// Runs `taskq` with `--api` when given, extra environment and optional stdin bytes
 /// (stdin is otherwise empty and never a terminal).
 pub async fn taskq_with(
