@@ -1,5 +1,7 @@
 //! Test helpers: a fresh database per test and task records to put in it.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
@@ -8,7 +10,9 @@ use serde_json::{Value, json};
 use taskq_core::task::NewTask;
 use taskq_core::{Limits, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{Store, StoreOptions, TASKS};
-use taskq_testkit::{ChaosProxy, MONGODB_URI_ENV, mongo_uri, mongo_uri_via, unique_db_name};
+use taskq_testkit::{
+    ChaosProxy, MONGODB_URI_ENV, mongo_addr, mongo_uri, mongo_uri_via, unique_db_name,
+};
 
 /// A database of its own for one test.
 pub struct TestDb {
@@ -24,7 +28,7 @@ impl TestDb {
             &mongo_uri(),
             &name,
             StoreOptions {
-                server_selection_timeout: std::time::Duration::from_secs(10),
+                server_selection_timeout: Duration::from_secs(10),
                 ..StoreOptions::default()
             },
         )
@@ -41,10 +45,18 @@ impl TestDb {
         TestDb { store, name }
     }
 
-    /// A second connection to this database, through `proxy` (whose upstream is the
-    /// server under test).
-    pub async fn via(&self, proxy: &ChaosProxy, options: StoreOptions) -> Store {
-        Self::connect(&mongo_uri_via(proxy.addr()), &self.name, options).await
+    /// A proxy in front of the server under test, and a second connection to this
+    /// database through it that gives up selecting a server or connecting after
+    /// `timeout`.
+    pub async fn proxied(&self, timeout: Duration) -> (ChaosProxy, Store) {
+        let options = StoreOptions {
+            server_selection_timeout: timeout,
+            connect_timeout: timeout,
+            ..StoreOptions::default()
+        };
+        let proxy = ChaosProxy::start(mongo_addr());
+        let store = Self::connect(&mongo_uri_via(proxy.addr()), &self.name, options).await;
+        (proxy, store)
     }
 
     async fn connect(uri: &str, name: &str, options: StoreOptions) -> Store {
@@ -56,6 +68,21 @@ impl TestDb {
     /// The tasks collection, untyped.
     pub fn tasks(&self) -> Collection<Document> {
         self.store.database().collection::<Document>(TASKS)
+    }
+
+    /// Sets `fields` in the stored document of task `id`, bypassing the store.
+    pub async fn set_raw(&self, id: TaskId, fields: Document) {
+        self.tasks()
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": fields })
+            .await
+            .must();
+    }
+
+    /// Inserts `n` fresh queued tasks of queue `q`; returns them.
+    pub async fn insert_queued(&self, n: usize) -> Vec<TaskRecord> {
+        let recs: Vec<TaskRecord> = (0..n).map(|_| task("q", "t", json!({}))).collect();
+        self.store.insert_many(&recs).await.must();
+        recs
     }
 
     /// The stored document of task `id`.
@@ -81,19 +108,9 @@ impl TestDb {
     /// Two queued records; the server refuses any status update of the second, whose
     /// history is not an array that can be appended to.
     pub async fn good_and_poisoned(&self) -> (TaskRecord, TaskRecord) {
-        let good = task("q", "t", json!({}));
-        let bad = task("q", "t", json!({}));
-        self.store
-            .insert_many(&[good.clone(), bad.clone()])
-            .await
-            .must();
-        self.tasks()
-            .update_one(
-                doc! { "_id": bad.id.to_string() },
-                doc! { "$set": { "events": "broken" } },
-            )
-            .await
-            .must();
+        let recs = self.insert_queued(2).await;
+        let (good, bad) = (recs[0].clone(), recs[1].clone());
+        self.set_raw(bad.id, doc! { "events": "broken" }).await;
         (good, bad)
     }
 
@@ -124,6 +141,11 @@ pub fn task(queue: &str, kind: &str, payload: Value) -> TaskRecord {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         )
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The statuses of `r`'s history, oldest first.
+pub fn history(r: &TaskRecord) -> Vec<TaskStatus> {
+    r.events.iter().map(|e| e.status).collect()
 }
 
 /// A task with the given status.

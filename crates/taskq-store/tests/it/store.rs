@@ -9,12 +9,11 @@ use mongodb::bson::doc;
 use serde_json::json;
 use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
-    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, StoreOptions,
+    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate,
     ensure_indexes_with_retry,
 };
-use taskq_testkit::{ChaosProxy, mongo_addr};
 
-use crate::common::{Must, TestDb, now, task, task_in};
+use crate::common::{Must, TestDb, history, now, task, task_in};
 
 /// A transition made by `worker-1`.
 fn transition(
@@ -60,13 +59,7 @@ async fn a_corrupt_document_is_an_error() {
     let db = TestDb::new().await;
     let rec = task("q", "t", json!(1));
     db.store.insert(&rec).await.must();
-    db.tasks()
-        .update_one(
-            doc! { "_id": rec.id.to_string() },
-            doc! { "$set": { "payload": "{oops" } },
-        )
-        .await
-        .must();
+    db.set_raw(rec.id, doc! { "payload": "{oops" }).await;
     match db.store.get(rec.id).await {
         Err(Error::Corrupt { id, reason }) => {
             assert_eq!(id, rec.id.to_string());
@@ -290,9 +283,8 @@ async fn apply_never_regresses_status_but_keeps_history() {
     // Dates only grow: the stale update's start time is news and is kept.
     assert_eq!(r.started_at, Some(t1));
     // ... and its history is added, in time order.
-    let statuses: Vec<TaskStatus> = r.events.iter().map(|e| e.status).collect();
     assert_eq!(
-        statuses,
+        history(&r),
         vec![
             TaskStatus::Queued,
             TaskStatus::Running,
@@ -428,8 +420,7 @@ async fn the_live_state_is_one_subdocument() {
 #[tokio::test]
 async fn apply_in_one_slice_in_any_order() {
     let db = TestDb::new().await;
-    let recs: Vec<TaskRecord> = (0..20).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(20).await;
     let mut updates = Vec::new();
     for r in &recs {
         let at = r.created_at + Duration::milliseconds(5);
@@ -455,8 +446,7 @@ async fn apply_splits_large_slices() {
     let db = TestDb::new().await;
     // 12,000 updates = 12,000 statements: more than one command. Every statement finds
     // its record through the `_id` index, so this stays fast on mongo-java-server too.
-    let recs: Vec<TaskRecord> = (0..12_000).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(12_000).await;
     let updates: Vec<StatusUpdate> = recs
         .iter()
         .map(|r| transition(r.id, 2, TaskStatus::Running, 1, r.created_at))
@@ -588,16 +578,7 @@ async fn ensure_indexes_is_idempotent() {
 #[tokio::test]
 async fn index_creation_waits_for_the_server() {
     let db = TestDb::new().await;
-    let proxy = ChaosProxy::start(mongo_addr());
-    let proxied = db
-        .via(
-            &proxy,
-            StoreOptions {
-                server_selection_timeout: std::time::Duration::from_millis(200),
-                ..StoreOptions::default()
-            },
-        )
-        .await;
+    let (proxy, proxied) = db.proxied(std::time::Duration::from_millis(200)).await;
     proxy.cut();
     let ready = Arc::new(AtomicBool::new(false));
     let week = std::time::Duration::from_secs(7 * 86_400);
