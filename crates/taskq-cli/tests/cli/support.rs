@@ -118,3 +118,11 @@ pub fn jsonl_file(content: &str) -> tempfile::TempPath {
 pub fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Asserts that `out` contains every one of `parts`.
+#[track_caller]
+pub fn assert_contains(out: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(out.contains(part), "{part:?} missing from:\n{out}");
+    }
+}
