@@ -15,7 +15,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::{Env, answer, serve_router};
+use crate::harness::{Env, answer, kill_in_turn, serve_router};
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
 pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
@@ -99,14 +99,10 @@ async fn records_match_the_executions_after_workers_are_killed_again_and_again()
     }
 
     // Kill a worker every 600 ms, ten times, and start a fresh one in its place.
-    let mut kills = 0;
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let i = round % workers.len();
-        workers[i].kill_9();
-        kills += 1;
-        workers[i] = worker_process(&env, &format!("taskq-worker-{i}-{round}"), &allow);
-    }
+    let kills = kill_in_turn(&mut workers, 10, Duration::from_millis(600), |i, round| {
+        worker_process(&env, &format!("taskq-worker-{i}-{round}"), &allow)
+    })
+    .await;
     let last_kill = Instant::now();
 
     // Every task runs, and every record reaches the state Redis decided within seconds

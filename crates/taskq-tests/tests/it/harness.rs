@@ -365,6 +365,22 @@ pub async fn ready(http: &reqwest::Client, api: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Every `period`, `rounds` times, kills (SIGKILL) the next of `procs` in turn and puts
+/// `respawn(index, round)` in its place; returns the number of kills.
+pub async fn kill_in_turn(
+    procs: &mut [ChildGuard],
+    rounds: u32,
+    period: Duration,
+    mut respawn: impl FnMut(usize, u32) -> ChildGuard,
+) -> u32 {
+    for (round, i) in (0..rounds).zip((0..procs.len()).cycle()) {
+        tokio::time::sleep(period).await;
+        procs[i].kill_9();
+        procs[i] = respawn(i, round);
+    }
+    rounds
+}
+
 /// Whether the api at `api` answers `/readyz` with 200 within `timeout` (asked every 20 ms).
 pub async fn ready_within(http: &reqwest::Client, api: &str, timeout: Duration) -> bool {
     taskq_testkit::wait_until(timeout, Duration::from_millis(20), || ready(http, api)).await

@@ -18,7 +18,8 @@ use taskq_api::AppState;
 
 use crate::crash::{Log, execution_log, worker_process_with};
 use crate::harness::{
-    Env, Recorder, api_process, broker_via_proxy, ready, ready_within, serve_api, store_via_proxy,
+    Env, Recorder, api_process, broker_via_proxy, kill_in_turn, ready, ready_within, serve_api,
+    store_via_proxy,
 };
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
@@ -447,14 +448,10 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
         })
         .collect();
 
-    let mut kills = 0;
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let i = round % apis.len();
-        apis[i].kill_9();
-        kills += 1;
-        apis[i] = api_process(&env, ports[i], &uri, &[]);
-    }
+    let kills = kill_in_turn(&mut apis, 10, Duration::from_millis(700), |i, _| {
+        api_process(&env, ports[i], &uri, &[])
+    })
+    .await;
     all_ready(&http, &urls, "did not come back").await;
     stop.cancel();
     for c in clients {
