@@ -44,6 +44,15 @@ etcd_flags() {
         --initial-cluster "$name=$peer" --unsafe-no-fsync
 }
 warn() { printf 'warning: %s\n' "$*" >&2; }
+# image_bins LIST: the comma-separated subset LIST of api,worker,controller (the images
+# of scripts/images/) as the array BINS; dies naming an entry that is none of them.
+image_bins() {
+    local b
+    IFS=, read -r -a BINS <<<"$1"
+    for b in "${BINS[@]}"; do
+        case "$b" in api | worker | controller) ;; *) die "--bins: '$b' is not api, worker or controller" ;; esac
+    done
+}
 die() {
     printf 'error: %s\n' "$*" >&2
     exit 1

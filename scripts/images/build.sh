@@ -94,10 +94,7 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-IFS=, read -r -a BINS <<<"$bins"
-for b in "${BINS[@]}"; do
-    case "$b" in api | worker | controller) ;; *) fail "--bins: '$b' is not api, worker or controller" ;; esac
-done
+image_bins "$bins"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (buildah's storage and debootstrap need it)"
 command -v buildah >/dev/null || fail "buildah not found (apt-get install buildah)"

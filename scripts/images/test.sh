@@ -50,7 +50,7 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-IFS=, read -r -a BINS <<<"$bins"
+image_bins "$bins"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (podman uses the root storage build.sh wrote)"
 command -v podman >/dev/null || fail "podman not found (apt-get install podman)"

@@ -82,11 +82,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         vec![false; 4]
     );
 
-    let leased = broker
-        .dequeue(&q(queue), 10, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let leased = lease_for(broker, &q(queue), 10, Duration::from_secs(30), "w1").await;
     let order: Vec<TaskId> = leased.iter().map(|l| l.msg.id).collect();
     assert_eq!(order, vec![recs[2].id, recs[1].id, recs[3].id, recs[0].id]);
     assert!(
@@ -99,35 +95,15 @@ async fn lifecycle(broker: &Broker, queue: &str) {
 
     // A stale token is refused; the right one acknowledges once.
     let first = &leased[0];
-    assert_eq!(
+    let ack_first = async |worker: &str, token: &str| {
         broker
-            .ack(&q(queue), "w9", &[(first.msg.id, "w9:1", None)])
+            .ack(&q(queue), worker, &[(first.msg.id, token, None)])
             .await
-            .expect("ack"),
-        vec![None]
-    );
-    assert_eq!(
-        broker
-            .ack(
-                &q(queue),
-                "w1",
-                &[(first.msg.id, first.token.as_str(), None)]
-            )
-            .await
-            .expect("ack"),
-        vec![Some(3)]
-    );
-    assert_eq!(
-        broker
-            .ack(
-                &q(queue),
-                "w1",
-                &[(first.msg.id, first.token.as_str(), None)]
-            )
-            .await
-            .expect("ack"),
-        vec![None]
-    );
+            .expect("ack")
+    };
+    assert_eq!(ack_first("w9", "w9:1").await, vec![None]);
+    assert_eq!(ack_first("w1", first.token.as_str()).await, vec![Some(3)]);
+    assert_eq!(ack_first("w1", first.token.as_str()).await, vec![None]);
 
     // Fail one into the retry set, kill another, release the last.
     let due = taskq_core::now_ms() + 50;
@@ -168,11 +144,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     assert_eq!((counts.queued, counts.retrying, counts.running), (1, 1, 0));
 
     // The released task comes back first and its attempt was not counted.
-    let again = broker
-        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let again = lease_for(broker, &q(queue), 1, Duration::from_secs(30), "w2").await;
     assert_eq!(again[0].msg.id, leased[3].msg.id);
     assert_eq!(again[0].attempt, 1);
 
@@ -184,11 +156,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     assert_eq!(promoted.len(), 1);
     assert!(promoted[0].from_retry);
     assert_eq!(promoted[0].id, leased[1].msg.id);
-    let retry = broker
-        .dequeue(&q(queue), 1, Duration::from_secs(30), "w2", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let retry = lease_for(broker, &q(queue), 1, Duration::from_secs(30), "w2").await;
     assert_eq!(retry[0].attempt, 2);
 
     // Running tasks are not removed (their attempts are under way): the remove reports
@@ -229,6 +197,17 @@ async fn lifecycle(broker: &Broker, queue: &str) {
     assert_eq!(present, vec![false]);
 }
 
+/// Runs `calls` concurrently; returns every item they returned, in call order.
+async fn gather<T, E: std::fmt::Debug>(
+    calls: impl IntoIterator<Item = impl Future<Output = Result<Vec<T>, E>>>,
+) -> Vec<T> {
+    let mut all = Vec::new();
+    for r in futures::future::join_all(calls).await {
+        all.extend(r.expect("a concurrent call"));
+    }
+    all
+}
+
 /// Many concurrent reapers and promoters each take a task at most once.
 async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     let recs: Vec<TaskRecord> = (0..300)
@@ -243,30 +222,18 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
     tokio::time::sleep(Duration::from_millis(350)).await;
     let now = taskq_core::now_ms();
     let qn = q(queue);
-    let promoters = (0..8).map(|_| broker.promote(&qn, now, 50));
-    let mut promoted = Vec::new();
-    for r in futures::future::join_all(promoters).await {
-        promoted.extend(r.expect("promote"));
-    }
+    let mut promoted = gather((0..8).map(|_| broker.promote(&qn, now, 50))).await;
     // Whatever is left after eight callers of 50 each.
     promoted.extend(broker.promote(&q(queue), now, 1000).await.expect("promote"));
     let ids: HashSet<TaskId> = promoted.iter().map(|p| p.id).collect();
     assert_eq!(promoted.len(), 300);
     assert_eq!(ids.len(), 300);
 
-    let leased = broker
-        .dequeue(&q(queue), 300, Duration::from_millis(1), "w", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let leased = lease_for(broker, &q(queue), 300, Duration::from_millis(1), "w").await;
     assert_eq!(leased.len(), 300);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let now = taskq_core::now_ms();
-    let reapers = (0..8).map(|_| broker.reap(&qn, now, 40));
-    let mut reaped = Vec::new();
-    for r in futures::future::join_all(reapers).await {
-        reaped.extend(r.expect("reap"));
-    }
+    let mut reaped = gather((0..8).map(|_| broker.reap(&qn, now, 40))).await;
     reaped.extend(broker.reap(&q(queue), now, 1000).await.expect("reap"));
     let ids: HashSet<TaskId> = reaped.iter().map(|r| r.id).collect();
     assert_eq!((reaped.len(), ids.len()), (300, 300));
@@ -285,11 +252,7 @@ async fn concurrent_maintenance(broker: &Broker, queue: &str) {
             .all(Option::is_none)
     );
     // Second expiry on the last attempt: dead, out of Redis.
-    let leased = broker
-        .dequeue(&q(queue), 300, Duration::from_millis(1), "w", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let leased = lease_for(broker, &q(queue), 300, Duration::from_millis(1), "w").await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     let reaped = broker
         .reap(&q(queue), taskq_core::now_ms(), 1000)
@@ -328,47 +291,33 @@ async fn idempotency_claims(broker: &Broker, queue: &str) {
         .find(|id| **id != winner)
         .copied()
         .expect("a loser");
-    assert!(
-        !broker
-            .drop_idempotency_claim(&qn, "k", loser)
+    let claim = async |id: TaskId| {
+        broker
+            .claim_idempotency_key(&qn, "k", id, Duration::from_secs(30))
+            .await
+            .expect("claim")
+    };
+    let drop_claim = async |id: TaskId| {
+        broker
+            .drop_idempotency_claim(&qn, "k", id)
             .await
             .expect("drop")
-    );
-    assert!(
-        !broker
-            .keep_idempotency_claim(&qn, "k", loser, Duration::from_secs(1))
-            .await
-            .expect("keep")
-    );
-    // The winner shortens its claim; it lapses and the key is free again.
-    assert!(
+    };
+    let keep_claim = async |id: TaskId, hold: Duration| {
         broker
-            .keep_idempotency_claim(&qn, "k", winner, Duration::from_millis(50))
+            .keep_idempotency_claim(&qn, "k", id, hold)
             .await
             .expect("keep")
-    );
+    };
+    assert!(!drop_claim(loser).await);
+    assert!(!keep_claim(loser, Duration::from_secs(1)).await);
+    // The winner shortens its claim; it lapses and the key is free again.
+    assert!(keep_claim(winner, Duration::from_millis(50)).await);
     tokio::time::sleep(Duration::from_millis(120)).await;
     let next = TaskId::new();
-    assert_eq!(
-        broker
-            .claim_idempotency_key(&qn, "k", next, Duration::from_secs(30))
-            .await
-            .expect("claim"),
-        None
-    );
-    assert!(
-        broker
-            .drop_idempotency_claim(&qn, "k", next)
-            .await
-            .expect("drop")
-    );
-    assert_eq!(
-        broker
-            .claim_idempotency_key(&qn, "k", winner, Duration::from_secs(30))
-            .await
-            .expect("claim"),
-        None
-    );
+    assert_eq!(claim(next).await, None);
+    assert!(drop_claim(next).await);
+    assert_eq!(claim(winner).await, None);
 }
 
 /// Every transition lands in the outbox in the same step; a writer that reads entries and
@@ -384,11 +333,7 @@ async fn outbox(broker: &Broker, queue: &str) {
     let recs: Vec<TaskRecord> = (0..4).map(|_| record(queue, "normal", None)).collect();
     let items = items(&recs);
     broker.enqueue(&items).await.expect("enqueue");
-    let leased = broker
-        .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let leased = lease_for(broker, &qn, 4, Duration::from_secs(30), "w1").await;
     let result = serde_json::json!({"n": 123456789012345678_u64});
     broker
         .ack(
@@ -456,11 +401,7 @@ async fn outbox(broker: &Broker, queue: &str) {
     assert_eq!(broker.outbox_len(&qn).await.expect("len"), 0);
 
     // A writer restarted under its name first re-reads what it had not acknowledged.
-    let again = broker
-        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let again = lease_for(broker, &qn, 1, Duration::from_secs(30), "w1").await;
     assert_eq!(again.len(), 1);
     let mut first = broker
         .outbox_reader(&qn, "restarted")
@@ -583,11 +524,7 @@ async fn task_hashes_hold_only_the_listed_fields() {
     recs[3].key = Some("customer-1".into());
     let items = items(&recs);
     broker.enqueue(&items).await.expect("enqueue");
-    let leased = broker
-        .dequeue(&qn, 4, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let leased = lease_for(&broker, &qn, 4, Duration::from_secs(30), "w1").await;
     assert_eq!(leased.len(), 4);
     // One stays running and is flagged, one retries, one is released, one stays running.
     assert_eq!(
@@ -697,23 +634,14 @@ async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
     assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
 
     let ok = |d| [(d, Finished::Succeeded)];
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
-        (0, 0)
-    );
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
-        (0, 0)
-    );
+    let settle = async |finished: &[(TaskId, Finished)]| {
+        broker.flow_settle(&dq, finished).await.expect("settle")
+    };
+    assert_eq!(settle(&ok(d1)).await, (0, 0));
+    assert_eq!(settle(&ok(d1)).await, (0, 0));
     let died = [(d3, Finished::Died(format!("dependency {d3} died")))];
-    assert_eq!(
-        broker.flow_settle(&dq, &died).await.expect("settle"),
-        (0, 1)
-    );
-    assert_eq!(
-        broker.flow_settle(&dq, &died).await.expect("settle"),
-        (0, 0)
-    );
+    assert_eq!(settle(&died).await, (0, 1));
+    assert_eq!(settle(&died).await, (0, 0));
     let (_, present) = broker
         .present(&qn, &[joined.id, doomed.id])
         .await
@@ -725,25 +653,12 @@ async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
         .await
         .expect("register again");
     assert_eq!(again, vec![false]);
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(d1)).await.expect("settle"),
-        (0, 0)
-    );
+    assert_eq!(settle(&ok(d1)).await, (0, 0));
     assert_eq!(broker.counts(&qn).await.expect("counts").queued, 0);
     // The last dependency succeeds: queued, once.
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
-        (1, 0)
-    );
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(d2)).await.expect("settle"),
-        (0, 0)
-    );
-    let leased = broker
-        .dequeue(&qn, 2, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    assert_eq!(settle(&ok(d2)).await, (1, 0));
+    assert_eq!(settle(&ok(d2)).await, (0, 0));
+    let leased = lease_for(broker, &qn, 2, Duration::from_secs(30), "w1").await;
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].msg.id, joined.id);
 
@@ -782,20 +697,11 @@ async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
         ])
         .await
         .expect("register handlers");
-    assert_eq!(
-        broker.flow_settle(&dq, &ok(e1)).await.expect("settle"),
-        (0, 1)
-    );
+    assert_eq!(settle(&ok(e1)).await, (0, 1));
     let why = format!("dependency {e2} died");
     let died = [(e2, Finished::Died(why.clone()))];
-    assert_eq!(
-        broker.flow_settle(&dq, &died).await.expect("settle"),
-        (1, 0)
-    );
-    assert_eq!(
-        broker.flow_settle(&dq, &died).await.expect("settle"),
-        (0, 0)
-    );
+    assert_eq!(settle(&died).await, (1, 0));
+    assert_eq!(settle(&died).await, (0, 0));
     let updates: Vec<(TaskId, TaskStatus, Option<String>)> = reader
         .read(100, false)
         .await
@@ -904,11 +810,7 @@ async fn remove_leaves_running_tasks_and_reports_them() {
     let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
     let recs: Vec<TaskRecord> = (0..2).map(|_| record("undo", "normal", None)).collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
-    let taken = broker
-        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let taken = lease_for(&broker, &qn, 1, Duration::from_secs(30), "w1").await;
     assert_eq!(taken.len(), 1);
     let running = taken[0].msg.id;
     let queued = recs
@@ -984,11 +886,7 @@ async fn the_outbox_is_empty_after_batches_are_acknowledged_out_of_order() {
                 .enqueue(&[EnqueueItem::from_record(&rec, 1)])
                 .await
                 .expect("enqueue");
-            let leased = broker
-                .dequeue(qn, 1, Duration::from_secs(30), "w", 0)
-                .await
-                .expect("dequeue")
-                .tasks;
+            let leased = lease_for(broker, qn, 1, Duration::from_secs(30), "w").await;
             assert_eq!(leased.len(), 1);
         }
     };
@@ -1000,31 +898,20 @@ async fn the_outbox_is_empty_after_batches_are_acknowledged_out_of_order() {
     batch().await; // delivered to nobody yet
     let ids = |es: &[OutboxEntry]| es.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     let (older, newer) = (ids(&older), ids(&newer));
-    broker
-        .outbox_ack(&qn, &refs(&newer))
-        .await
-        .expect("ack newer");
+    // Acknowledges `entries`; returns the outbox's length after.
+    let ack = async |entries: &[String], what: &str| {
+        broker.outbox_ack(&qn, &refs(entries)).await.expect(what);
+        broker.outbox_len(&qn).await.expect("len")
+    };
+    assert_eq!(ack(&newer, "ack newer").await, 3, "older still pending");
     assert_eq!(
-        broker.outbox_len(&qn).await.expect("len"),
-        3,
-        "older still pending"
-    );
-    broker
-        .outbox_ack(&qn, &refs(&older))
-        .await
-        .expect("ack older");
-    assert_eq!(
-        broker.outbox_len(&qn).await.expect("len"),
+        ack(&older, "ack older").await,
         1,
         "only the undelivered entry stays"
     );
     let last = reader.read(10, false).await.expect("read");
     assert_eq!(last.len(), 1);
-    broker
-        .outbox_ack(&qn, &refs(&ids(&last)))
-        .await
-        .expect("ack last");
-    assert_eq!(broker.outbox_len(&qn).await.expect("len"), 0);
+    assert_eq!(ack(&ids(&last), "ack last").await, 0);
 }
 
 // ---- Task keys: ordered and fair work per key ----
@@ -1045,13 +932,24 @@ async fn key_limit(broker: &Broker, queue: &QueueName, n: Option<u32>) {
     broker.set_limits(queue, &limits).await.expect("limits");
 }
 
-/// Leases up to `n` tasks of `queue` for a minute.
-async fn take(broker: &Broker, queue: &QueueName, n: usize) -> Vec<Leased> {
+/// Leases up to `n` tasks of `queue` to `worker` for `lease`.
+async fn lease_for(
+    broker: &Broker,
+    queue: &QueueName,
+    n: usize,
+    lease: Duration,
+    worker: &str,
+) -> Vec<Leased> {
     broker
-        .dequeue(queue, n, Duration::from_secs(60), "w1", 0)
+        .dequeue(queue, n, lease, worker, 0)
         .await
         .expect("dequeue")
         .tasks
+}
+
+/// Leases up to `n` tasks of `queue` to `w1` for a minute.
+async fn take(broker: &Broker, queue: &QueueName, n: usize) -> Vec<Leased> {
+    lease_for(broker, queue, n, Duration::from_secs(60), "w1").await
 }
 
 async fn ack(broker: &Broker, queue: &QueueName, l: &Leased) {
@@ -1237,11 +1135,7 @@ async fn release_reap_cancel_and_remove_free_the_key(broker: &Broker, qn: &Queue
     let l = take(broker, qn, 10).await;
     assert_eq!(ids(&l), vec![t[0].id]);
     release(broker, qn, &l[0]).await;
-    let l = broker
-        .dequeue(qn, 10, Duration::from_millis(1), "w1", 0)
-        .await
-        .expect("dequeue")
-        .tasks;
+    let l = lease_for(broker, qn, 10, Duration::from_millis(1), "w1").await;
     assert_eq!(ids(&l), vec![t[0].id], "the released task runs first");
     tokio::time::sleep(Duration::from_millis(10)).await;
     let reaped = broker

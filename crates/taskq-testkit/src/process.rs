@@ -363,22 +363,23 @@ mod tests {
 
     #[test]
     fn bin_path_is_next_to_the_deps_dir() {
-        let exe = Path::new("/w/target/debug/deps/it-0123abcd");
-        assert_eq!(
-            bin_path_next_to(exe, "taskq-api"),
-            PathBuf::from(format!(
-                "/w/target/debug/taskq-api{}",
-                std::env::consts::EXE_SUFFIX
-            ))
-        );
-        let exe = Path::new("/w/target/release/examples/demo");
-        assert_eq!(
-            bin_path_next_to(exe, "x"),
-            PathBuf::from(format!(
-                "/w/target/release/examples/x{}",
-                std::env::consts::EXE_SUFFIX
-            ))
-        );
+        for (exe, name, expected) in [
+            (
+                "/w/target/debug/deps/it-0123abcd",
+                "taskq-api",
+                "/w/target/debug/taskq-api",
+            ),
+            (
+                "/w/target/release/examples/demo",
+                "x",
+                "/w/target/release/examples/x",
+            ),
+        ] {
+            assert_eq!(
+                bin_path_next_to(Path::new(exe), name),
+                PathBuf::from(format!("{expected}{}", std::env::consts::EXE_SUFFIX))
+            );
+        }
     }
 
     #[test]

@@ -45,7 +45,6 @@ enum SpawnError {
 /// answers. `extra` is appended to the standard arguments.
 fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<ChildGuard, SpawnError> {
     let log_path = dir.join(format!("redis-{port}.log"));
-    let (stdout, stderr) = log_stdio(&log_path);
     let mut command = Command::new("redis-server");
     command
         .arg("--port")
@@ -53,10 +52,7 @@ fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<ChildGuard, Sp
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+        .args(extra);
     let mut guard = spawn(
         &mut command,
         "redis-server",
@@ -309,16 +305,12 @@ impl RedisCluster {
     /// Runs `redis-cli --cluster create` and waits for it (60 s at most).
     fn create(&self) {
         let log_path = self.dir.path().join("cluster-create.log");
-        let (stdout, stderr) = log_stdio(&log_path);
         let mut command = Command::new("redis-cli");
         command
             .arg("--cluster")
             .arg("create")
             .args(self.addrs().iter().map(ToString::to_string))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+            .args(["--cluster-replicas", "0", "--cluster-yes"]);
         let mut guard = spawn(
             &mut command,
             "redis-cli",
@@ -393,10 +385,12 @@ impl RedisCluster {
     }
 }
 
-/// Spawns `command`, which runs the Redis program `program`, as a child named `name`
-/// whose output goes to `log_path`. Panics saying how to install the program when it is
-/// not on PATH.
+/// Spawns `command`, which runs the Redis program `program`, as a child named `name`,
+/// with stdin closed and its output going to `log_path`. Panics saying how to install the
+/// program when it is not on PATH.
 fn spawn(command: &mut Command, program: &str, name: String, log_path: PathBuf) -> ChildGuard {
+    let (stdout, stderr) = log_stdio(&log_path);
+    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

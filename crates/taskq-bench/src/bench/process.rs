@@ -192,6 +192,17 @@ impl Bench {
         }
     }
 
+    /// The queue's tasks in Redis in any state (queued, running, scheduled, retrying),
+    /// with the counts they add up from.
+    async fn live(&self) -> anyhow::Result<(u64, taskq_redis::QueueCounts)> {
+        let c = self
+            .broker
+            .counts(&self.queue)
+            .await
+            .context("counting tasks")?;
+        Ok((c.queued + c.running + c.scheduled + c.retrying, c))
+    }
+
     /// Waits until Redis holds no live task of the queue and its outbox is empty;
     /// returns when it saw that.
     async fn wait_applied(&self) -> anyhow::Result<Instant> {
@@ -199,17 +210,12 @@ impl Bench {
         let mut moved = Instant::now();
         loop {
             let asked = Instant::now();
-            let c = self
-                .broker
-                .counts(&self.queue)
-                .await
-                .context("counting tasks")?;
+            let (live, c) = self.live().await?;
             let outbox = self
                 .broker
                 .outbox_len(&self.queue)
                 .await
                 .context("reading the outbox length")?;
-            let live = c.queued + c.running + c.scheduled + c.retrying;
             if live == 0 && outbox == 0 {
                 return Ok(asked);
             }
@@ -229,12 +235,7 @@ impl Bench {
         let mut last = u64::MAX;
         let mut moved = Instant::now();
         loop {
-            let c = self
-                .broker
-                .counts(&self.queue)
-                .await
-                .context("counting tasks")?;
-            let live = c.queued + c.running + c.scheduled + c.retrying;
+            let (live, c) = self.live().await?;
             if live == 0 {
                 return Ok(());
             }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::support::{jsonl_file, path_str, taskq, taskq_with};
+use crate::support::{assert_contains, jsonl_file, path_str, submit_json, taskq, taskq_with};
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -324,8 +324,13 @@ async fn submit_sends_every_option_and_the_token() {
     .await;
     let out = run.ok();
     assert!(out.starts_with("task new-1 submitted\n"), "{out}");
-    assert!(out.contains("\nstatus           queued\n"), "{out}");
-    assert!(out.contains("\nqueue            critical\n"), "{out}");
+    assert_contains(
+        out,
+        &[
+            "\nstatus           queued\n",
+            "\nqueue            critical\n",
+        ],
+    );
     assert!(!out.contains("s3cret") && !run.stderr.contains("s3cret"));
     let seen = api.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -571,10 +576,12 @@ async fn get_shows_fields_and_events() {
         out.starts_with("id               t-9\ntype             email\n"),
         "{out}"
     );
-    assert!(out.contains("\nlast error       boom\n"), "{out}");
-    assert!(
-        out.contains("\ncreated (UTC)    2026-03-21 10:00:00\n"),
-        "{out}"
+    assert_contains(
+        &out,
+        &[
+            "\nlast error       boom\n",
+            "\ncreated (UTC)    2026-03-21 10:00:00\n",
+        ],
     );
     assert!(
         out.ends_with(
@@ -833,20 +840,9 @@ async fn batch_chunks_the_file_and_reports_rejected_lines() {
 async fn batch_json_output_merges_the_chunks_with_line_numbers() {
     let api = FakeApi::start().await;
     let file = jsonl_file("{\"type\": \"a\"}\n{\"type\": \"b\"}\n\n{\"type\": \"c\"}\n");
-    let v = taskq(
-        &api.url,
-        &[
-            "submit",
-            "--file",
-            path_str(&file),
-            "--batch-size",
-            "2",
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
+    let v = submit_json(&api.url, &["--file", path_str(&file), "--batch-size", "2"])
+        .await
+        .json();
     assert_eq!(
         v,
         json!({

@@ -13,7 +13,7 @@ use taskq_testkit::{RedisServer, mongo_uri, unique_db_name};
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{jsonl_file, path_str, taskq};
+use crate::support::{jsonl_file, path_str, submit_json, taskq};
 
 struct RealApi {
     url: String,
@@ -95,10 +95,9 @@ fn ids(list: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_get_and_list_against_the_api() {
     let api = RealApi::start().await;
-    let first = taskq(
+    let first = submit_json(
         &api.url,
         &[
-            "submit",
             "noop",
             "--payload",
             r#"{"n": 1}"#,
@@ -110,8 +109,6 @@ async fn submit_get_and_list_against_the_api() {
             "2",
             "--timeout-ms",
             "1500",
-            "-o",
-            "json",
         ],
     )
     .await
@@ -141,17 +138,14 @@ async fn submit_get_and_list_against_the_api() {
         .find_map(|l| l.strip_prefix("id "))
         .map(|s| s.trim().to_owned())
         .expect("id line");
-    let run_at = taskq(
+    let run_at = submit_json(
         &api.url,
         &[
-            "submit",
             "noop",
             "--queue",
             "cli",
             "--run-at",
             "2020-01-01T02:00:00+02:00",
-            "-o",
-            "json",
         ],
     )
     .await
@@ -232,14 +226,9 @@ async fn keys_limits_and_the_busiest_keys() {
     );
     let mut ids = Vec::new();
     for key in ["acme", "acme", "zeta"] {
-        let t = taskq(
-            &api.url,
-            &[
-                "submit", "noop", "--queue", "keyed", "--key", key, "-o", "json",
-            ],
-        )
-        .await
-        .json();
+        let t = submit_json(&api.url, &["noop", "--queue", "keyed", "--key", key])
+            .await
+            .json();
         assert_eq!(t["key"], key);
         ids.push(t["id"].as_str().expect("id").to_owned());
     }
@@ -312,19 +301,9 @@ async fn errors_of_the_api_are_one_line() {
 async fn retry_runs_a_dead_task_again_and_refuses_others() {
     let api = RealApi::start().await;
     let (stop, worker) = api.worker();
-    let rec = taskq(
-        &api.url,
-        &[
-            "submit",
-            "fail",
-            "--payload",
-            r#"{"permanent": true}"#,
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
+    let rec = submit_json(&api.url, &["fail", "--payload", r#"{"permanent": true}"#])
+        .await
+        .json();
     let id = rec["id"].as_str().expect("id").to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while api.record(&id).await["status"] != "dead" {
@@ -358,19 +337,7 @@ async fn batch_reports_rejected_items_by_line() {
          {\"type\": \"noop\", \"qeue\": \"typo\"}\n\
          {\"type\": \"noop\", \"delay_ms\": 60000}\n",
     );
-    let run = taskq(
-        &api.url,
-        &[
-            "submit",
-            "--file",
-            path_str(&file),
-            "--batch-size",
-            "2",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    let run = submit_json(&api.url, &["--file", path_str(&file), "--batch-size", "2"]).await;
     assert_eq!(run.error_line(), "error: 2 of 5 tasks were rejected");
     let v: Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(v["accepted"], 3);
@@ -426,18 +393,9 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     let api = RealApi::start().await;
     let (stop, worker) = api.worker();
     // The finished task with its result; exit 0.
-    let done = taskq(
+    let done = submit_json(
         &api.url,
-        &[
-            "submit",
-            "echo",
-            "--payload",
-            r#"{"answer": 42}"#,
-            "--wait",
-            "50s",
-            "-o",
-            "json",
-        ],
+        &["echo", "--payload", r#"{"answer": 42}"#, "--wait", "50s"],
     )
     .await
     .json();
@@ -454,17 +412,14 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     assert!(out.contains("\nresult           7\n"), "{out}");
 
     // A task that dies: printed, then exit 1 saying how it ended.
-    let run = taskq(
+    let run = submit_json(
         &api.url,
         &[
-            "submit",
             "fail",
             "--payload",
             r#"{"permanent": true}"#,
             "--wait",
             "50s",
-            "-o",
-            "json",
         ],
     )
     .await;
@@ -478,12 +433,9 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     assert_eq!(dead["status"], "dead");
 
     // One that does not finish within the wait: exit 1, the record as it stands.
-    let idle = taskq(
-        &api.url,
-        &["submit", "noop", "--queue", "idle", "-o", "json"],
-    )
-    .await
-    .json();
+    let idle = submit_json(&api.url, &["noop", "--queue", "idle"])
+        .await
+        .json();
     let idle_id = idle["id"].as_str().expect("id").to_owned();
     let run = taskq(&api.url, &["get", &idle_id, "--wait", "1500ms"]).await;
     assert_eq!(

@@ -52,6 +52,17 @@ pub async fn taskq(api: &str, args: &[&str]) -> Run {
     taskq_with(Some(api), args, &[], None).await
 }
 
+/// Runs `taskq --api <api> submit <args…> -o json`.
+pub async fn submit_json(api: &str, args: &[&str]) -> Run {
+    let args: Vec<&str> = ["submit"]
+        .iter()
+        .chain(args)
+        .chain(&["-o", "json"])
+        .copied()
+        .collect();
+    taskq(api, &args).await
+}
+
 /// Runs `taskq` with `--api` when given, extra environment and optional stdin bytes
 /// (stdin is otherwise empty and never a terminal).
 pub async fn taskq_with(
@@ -106,4 +117,12 @@ pub fn jsonl_file(content: &str) -> tempfile::TempPath {
 /// A path as `&str`.
 pub fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// Asserts that `out` contains every one of `parts`.
+#[track_caller]
+pub fn assert_contains(out: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(out.contains(part), "{part:?} missing from:\n{out}");
+    }
 }

@@ -34,6 +34,14 @@ struct Fixture {
     metrics: Arc<Metrics>,
 }
 
+impl Fixture {
+    /// Puts the Deployment with `replicas` (paused or not) in the watched cache.
+    fn has_deployment(&mut self, replicas: i32, paused: bool) {
+        self.deployments
+            .apply_watcher_event(&watcher::Event::Apply(deployment(replicas, paused)));
+    }
+}
+
 fn fixture(leadership: Leadership) -> Fixture {
     fixture_with(leadership, OtherAutoscalers::default())
 }
@@ -157,6 +165,27 @@ fn respond(
 }
 
 /// Nothing else reaches the API server.
+/// Expects the Warning Event `reason` (its note containing `note`) and accepts it, then
+/// the status patch that follows it, answered with `scaler`; returns the patched status.
+async fn expect_warning(
+    api: &mut ApiHandle,
+    reason: &str,
+    note: &str,
+    scaler: &impl serde::Serialize,
+) -> Value {
+    let (event, send) = expect(api, Method::POST, EVENTS_PATH).await;
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["reason"], reason, "{event}");
+    assert!(
+        event["note"].as_str().unwrap_or_default().contains(note),
+        "{event}"
+    );
+    respond(send, StatusCode::CREATED, &event);
+    let (apply, send) = expect(api, Method::PATCH, STATUS_PATH).await;
+    respond(send, StatusCode::OK, scaler);
+    apply["status"].clone()
+}
+
 async fn expect_nothing_more(api: &mut ApiHandle) {
     if let Ok(Some((request, _))) =
         tokio::time::timeout(Duration::from_millis(200), api.next_request()).await
@@ -195,8 +224,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
 #[tokio::test]
 async fn scale_up_patches_the_scale_subresource_then_records_an_event_then_applies_status() {
     let mut f = fixture(Leadership::always());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(1, false)));
+    f.has_deployment(1, false);
     f.depth.set("default", 30);
     f.depth.set("emails", 15);
     let s = Arc::new(scaler(spec()));
@@ -267,8 +295,7 @@ async fn scale_up_patches_the_scale_subresource_then_records_an_event_then_appli
 #[tokio::test]
 async fn steady_state_writes_status_once_and_then_nothing() {
     let mut f = fixture(Leadership::always());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(2, false)));
+    f.has_deployment(2, false);
     f.depth.set("default", 15);
     let s = Arc::new(scaler(spec()));
     let task = tokio::spawn(reconcile::reconcile(s.clone(), f.ctx.clone()));
@@ -294,8 +321,7 @@ async fn steady_state_writes_status_once_and_then_nothing() {
 #[tokio::test]
 async fn invalid_spec_is_reported_by_condition_and_one_warning_event_and_never_scales() {
     let mut f = fixture(Leadership::always());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(1, false)));
+    f.has_deployment(1, false);
     f.depth.set("default", 500);
     let bad = Arc::new(scaler(TaskQueueScalerSpec {
         min_replicas: 5,
@@ -303,23 +329,16 @@ async fn invalid_spec_is_reported_by_condition_and_one_warning_event_and_never_s
         ..spec()
     }));
     let task = tokio::spawn(reconcile::reconcile(bad.clone(), f.ctx.clone()));
-    let (event, send) = expect(&mut f.api, Method::POST, EVENTS_PATH).await;
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "InvalidSpec");
-    assert!(
-        event["note"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("spec.minReplicas (5) must not exceed spec.maxReplicas (2)"),
-        "{event}"
-    );
-    respond(send, StatusCode::CREATED, &event);
-    let (apply, send) = expect(&mut f.api, Method::PATCH, STATUS_PATH).await;
-    let status = apply["status"].clone();
+    let status = expect_warning(
+        &mut f.api,
+        "InvalidSpec",
+        "spec.minReplicas (5) must not exceed spec.maxReplicas (2)",
+        &*bad,
+    )
+    .await;
     assert_eq!(condition(&status, "Ready"), ("False", "InvalidSpec"));
     assert_eq!(condition(&status, "Error"), ("True", "InvalidSpec"));
     assert_eq!(condition(&status, "Active"), ("Unknown", "DepthUnknown"));
-    respond(send, StatusCode::OK, &*bad);
     let action = task
         .await
         .expect("join")
@@ -359,18 +378,8 @@ async fn missing_deployment_is_confirmed_with_a_get_then_reported() {
         &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                 "message": "deployments.apps \"worker\" not found", "reason": "NotFound", "code": 404}),
     );
-    let (event, send) = expect(&mut f.api, Method::POST, EVENTS_PATH).await;
-    assert_eq!(
-        (event["type"].as_str(), event["reason"].as_str()),
-        (Some("Warning"), Some("DeploymentNotFound"))
-    );
-    respond(send, StatusCode::CREATED, &event);
-    let (apply, send) = expect(&mut f.api, Method::PATCH, STATUS_PATH).await;
-    assert_eq!(
-        condition(&apply["status"], "Ready"),
-        ("False", "DeploymentNotFound")
-    );
-    respond(send, StatusCode::OK, &*s);
+    let status = expect_warning(&mut f.api, "DeploymentNotFound", "", &*s).await;
+    assert_eq!(condition(&status, "Ready"), ("False", "DeploymentNotFound"));
     let action = task.await.expect("join").expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(7)));
     expect_nothing_more(&mut f.api).await;
@@ -379,8 +388,7 @@ async fn missing_deployment_is_confirmed_with_a_get_then_reported() {
 #[tokio::test]
 async fn paused_deployment_gets_a_status_and_no_scale() {
     let mut f = fixture(Leadership::always());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(1, true)));
+    f.has_deployment(1, true);
     f.depth.set("default", 500);
     let s = Arc::new(scaler(spec()));
     let task = tokio::spawn(reconcile::reconcile(s.clone(), f.ctx.clone()));
@@ -398,8 +406,7 @@ async fn paused_deployment_gets_a_status_and_no_scale() {
 #[tokio::test]
 async fn redis_failure_is_reported_and_retried_with_backoff() {
     let mut f = fixture(Leadership::always());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(2, false)));
+    f.has_deployment(2, false);
     f.depth.fail("emails", "connection refused");
     let s = Arc::new(scaler(spec()));
     let task = tokio::spawn(reconcile::reconcile(s.clone(), f.ctx.clone()));
@@ -445,8 +452,7 @@ async fn redis_failure_is_reported_and_retried_with_backoff() {
 #[tokio::test]
 async fn a_controller_that_is_not_leader_makes_no_call() {
     let mut f = fixture(Leadership::new());
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(1, false)));
+    f.has_deployment(1, false);
     f.depth.set("default", 500);
     let err = within(reconcile::reconcile(
         Arc::new(scaler(spec())),
@@ -476,27 +482,13 @@ async fn a_deployment_an_hpa_also_scales_is_reported_as_conflict_and_never_scale
         scaled_objects: None,
     };
     let mut f = fixture_with(Leadership::always(), others);
-    f.deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment(1, false)));
+    f.has_deployment(1, false);
     f.depth.set("default", 500);
     let s = Arc::new(scaler(spec()));
     let task = tokio::spawn(reconcile::reconcile(s.clone(), f.ctx.clone()));
-    let (event, send) = expect(&mut f.api, Method::POST, EVENTS_PATH).await;
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "Conflict");
-    assert!(
-        event["note"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("HorizontalPodAutoscaler/cpu"),
-        "{event}"
-    );
-    respond(send, StatusCode::CREATED, &event);
-    let (apply, send) = expect(&mut f.api, Method::PATCH, STATUS_PATH).await;
-    let status = apply["status"].clone();
+    let status = expect_warning(&mut f.api, "Conflict", "HorizontalPodAutoscaler/cpu", &*s).await;
     assert_eq!(condition(&status, "Ready"), ("False", "Conflict"));
     assert_eq!(condition(&status, "Error"), ("True", "Conflict"));
-    respond(send, StatusCode::OK, &*s);
     let action = task
         .await
         .expect("join")

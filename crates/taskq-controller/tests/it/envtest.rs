@@ -257,6 +257,12 @@ impl Kube {
             .expect("create deployment");
     }
 
+    /// Creates Deployment `worker` with one replica and a scaler `worker` with `spec`.
+    async fn create_worker_and_scaler(&self, spec: serde_json::Value) {
+        self.create_deployment("worker", 1).await;
+        self.create_scaler("worker", spec).await;
+    }
+
     async fn create_scaler(&self, name: &str, spec: serde_json::Value) {
         self.try_create_scaler(name, spec)
             .await
@@ -360,6 +366,13 @@ impl Kube {
                 self.status(name).await
             ),
         }
+    }
+
+    /// Polls the Deployment until it has `replicas`, at most `timeout` from now, or panics
+    /// with `what`.
+    async fn wait_replicas_eq(&self, name: &str, replicas: i32, timeout: Duration, what: &str) {
+        self.wait_replicas(name, Instant::now(), timeout, what, |r| r == replicas)
+            .await;
     }
 
     /// Asserts the replicas stay `expected` for `period`.
@@ -601,21 +614,17 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
     let b = broker(&redis.url()).await;
     let polling = Duration::from_secs(1);
     let window = Duration::from_secs(4);
-    kube.create_deployment("worker", 1).await;
-    kube.create_scaler(
-        "worker",
-        json!({
-            "deployment": "worker",
-            "queues": ["default", "emails"],
-            "minReplicas": 1,
-            "maxReplicas": 6,
-            "targetTasksPerReplica": 10,
-            "activationTasks": 1,
-            "pollingInterval": 1,
-            "scaleDownStabilization": 4,
-            "maxScaleUpStep": 2,
-        }),
-    )
+    kube.create_worker_and_scaler(json!({
+        "deployment": "worker",
+        "queues": ["default", "emails"],
+        "minReplicas": 1,
+        "maxReplicas": 6,
+        "targetTasksPerReplica": 10,
+        "activationTasks": 1,
+        "pollingInterval": 1,
+        "scaleDownStabilization": 4,
+        "maxScaleUpStep": 2,
+    }))
     .await;
     let controller = InProcess::start(&kube, &redis.url(), "ctl-scale").await;
     kube.wait_condition(
@@ -893,12 +902,11 @@ async fn invalid_specs_and_missing_deployments_are_reported_not_fatal() {
 
     // The good scaler still works.
     push(&b, "default", 12, None).await;
-    kube.wait_replicas(
+    kube.wait_replicas_eq(
         "worker",
-        Instant::now(),
+        3,
         Duration::from_secs(3),
         "the valid scaler scales",
-        |r| r == 3,
     )
     .await;
 
@@ -907,12 +915,11 @@ async fn invalid_specs_and_missing_deployments_are_reported_not_fatal() {
     kube.create_deployment("later", 1).await;
     kube.wait_condition("no-deployment", "Ready", "True", "ScalerReady", t)
         .await;
-    kube.wait_replicas(
+    kube.wait_replicas_eq(
         "later",
-        Instant::now(),
+        3,
         Duration::from_secs(5),
         "the late Deployment scales",
-        |r| r == 3,
     )
     .await;
 
@@ -934,9 +941,7 @@ async fn redis_outage_is_reported_and_recovered() {
     let redis = RedisServer::start();
     let proxy = ChaosProxy::start(redis.addr());
     let b = broker(&redis.url()).await;
-    kube.create_deployment("worker", 1).await;
-    kube.create_scaler(
-        "worker",
+    kube.create_worker_and_scaler(
         json!({"deployment": "worker", "queues": ["default"], "maxReplicas": 4,
                "targetTasksPerReplica": 5, "pollingInterval": 1, "scaleDownStabilization": 60}),
     )
@@ -952,14 +957,8 @@ async fn redis_outage_is_reported_and_recovered() {
     )
     .await;
     push(&b, "default", 10, None).await;
-    kube.wait_replicas(
-        "worker",
-        Instant::now(),
-        Duration::from_secs(3),
-        "scale-up",
-        |r| r == 2,
-    )
-    .await;
+    kube.wait_replicas_eq("worker", 2, Duration::from_secs(3), "scale-up")
+        .await;
 
     proxy.cut();
     kube.wait_condition(
@@ -1006,12 +1005,11 @@ async fn redis_outage_is_reported_and_recovered() {
         Duration::from_secs(30),
     )
     .await;
-    kube.wait_replicas(
+    kube.wait_replicas_eq(
         "worker",
-        Instant::now(),
+        4,
         Duration::from_secs(5),
         "scale-up after recovery",
-        |r| r == 4,
     )
     .await;
     controller.stop().await;
@@ -1026,9 +1024,7 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
     };
     let redis = RedisServer::start();
     let b = broker(&redis.url()).await;
-    kube.create_deployment("worker", 1).await;
-    kube.create_scaler(
-        "worker",
+    kube.create_worker_and_scaler(
         json!({"deployment": "worker", "queues": ["default"], "maxReplicas": 8,
                "targetTasksPerReplica": 10, "pollingInterval": 1, "scaleDownStabilization": 60,
                "maxScaleUpStep": 8}),
@@ -1091,21 +1087,24 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
     let fi = 1 - li;
     eprintln!("leader: {leader}, standby: {}", ids[fi]);
 
-    let t = Instant::now();
-    push(&b, "default", 30, None).await;
-    let (_, took) = kube
-        .wait_replicas(
-            "worker",
-            t,
-            Duration::from_secs(3),
-            "the leader scales",
-            |r| r == 3,
-        )
-        .await;
-    report(
+    // Pushes `n` tasks and waits until the workers are scaled to `replicas` within
+    // `timeout`; reports how long that took.
+    let scale_up = async |n: usize, replicas: i32, timeout: Duration, what: &str, how: &str| {
+        let t = Instant::now();
+        push(&b, "default", n, None).await;
+        let (_, took) = kube
+            .wait_replicas("worker", t, timeout, what, |r| r == replicas)
+            .await;
+        report(how, took);
+    };
+    scale_up(
+        30,
+        3,
+        Duration::from_secs(3),
+        "the leader scales",
         "scale-up by the leader process (30 tasks → replicas patched)",
-        took,
-    );
+    )
+    .await;
     let leader_metrics = get(ports[li], "/metrics").await.expect("metrics").1;
     let standby_metrics = get(ports[fi], "/metrics").await.expect("metrics").1;
     assert!(
@@ -1158,21 +1157,14 @@ async fn two_controllers_only_the_leader_acts_and_the_standby_takes_over() {
         "the Lease was released, not left to expire"
     );
 
-    let t = Instant::now();
-    push(&b, "default", 40, None).await;
-    let (_, took) = kube
-        .wait_replicas(
-            "worker",
-            t,
-            Duration::from_secs(5),
-            "the new leader scales",
-            |r| r == 7,
-        )
-        .await;
-    report(
+    scale_up(
+        40,
+        7,
+        Duration::from_secs(5),
+        "the new leader scales",
         "scale-up by the new leader (40 more tasks → replicas patched)",
-        took,
-    );
+    )
+    .await;
     let metrics = get(ports[fi], "/metrics").await.expect("metrics").1;
     assert!(metrics.contains("taskq_controller_leader 1"), "{metrics}");
     children[fi].terminate();
@@ -1306,12 +1298,11 @@ async fn a_second_autoscaler_on_the_deployment_is_a_conflict() {
     kube.delete_dynamic(&hpa, "cpu").await;
     kube.wait_condition("hpa", "Ready", "True", "ScalerReady", t)
         .await;
-    kube.wait_replicas(
+    kube.wait_replicas_eq(
         "with-hpa",
-        Instant::now(),
+        4,
         Duration::from_secs(5),
         "scales once the HPA is gone",
-        |r| r == 4,
     )
     .await;
     assert_eq!(

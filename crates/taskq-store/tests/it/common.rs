@@ -1,26 +1,18 @@
 //! Test helpers: a fresh database per test and task records to put in it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::{Collection, IndexModel};
 use serde_json::{Value, json};
 use taskq_core::task::NewTask;
-use taskq_core::{Limits, TaskRecord, TaskStatus};
-use taskq_store::{Store, StoreOptions};
-
-/// The server under test.
-pub fn uri() -> String {
-    std::env::var("TASKQ_TEST_MONGODB_URI").unwrap_or_else(|_| {
-        panic!(
-            "TASKQ_TEST_MONGODB_URI is not set. Start a MongoDB-compatible server and point \
-             the variable at it, e.g. from the repository root\n  \
-             java -cp '<dir of the mongo-java-server jars>/*' scripts/mongo-test-server/MongoTestServer.java 27017 &\n  \
-             export TASKQ_TEST_MONGODB_URI=mongodb://127.0.0.1:27017\n\
-             or `docker run -d -p 27017:27017 mongo:7`."
-        )
-    })
-}
+use taskq_core::{Limits, TaskId, TaskRecord, TaskStatus};
+use taskq_store::{Store, StoreOptions, TASKS};
+use taskq_testkit::{
+    ChaosProxy, MONGODB_URI_ENV, mongo_addr, mongo_uri, mongo_uri_via, unique_db_name,
+};
 
 /// A database of its own for one test.
 pub struct TestDb {
@@ -29,62 +21,100 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Connects to a fresh database on the server under test.
     pub async fn new() -> TestDb {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let name = format!(
-            "t_store_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let uri = uri();
-        let store = Store::connect_with(
-            &uri,
+        let name = unique_db_name("store");
+        let store = Self::connect(
+            &mongo_uri(),
             &name,
-            &StoreOptions {
-                server_selection_timeout: std::time::Duration::from_secs(10),
+            StoreOptions {
+                server_selection_timeout: Duration::from_secs(10),
                 ..StoreOptions::default()
             },
         )
-        .await
-        .unwrap_or_else(|e| panic!("bad TASKQ_TEST_MONGODB_URI `{uri}`: {e}"));
+        .await;
         if let Err(e) = store.ping().await {
             panic!(
-                "cannot use the MongoDB server at TASKQ_TEST_MONGODB_URI=`{uri}`: {e}\n\
+                "cannot use the MongoDB server at {MONGODB_URI_ENV}=`{}`: {e}\n\
                  (mongo-java-server must advertise wire version >= 9, which the Rust driver \
                  requires: pass `new MemoryBackend().version(v)` a MongoVersion whose \
-                 getWireVersion() returns 9 or more)"
+                 getWireVersion() returns 9 or more)",
+                mongo_uri()
             );
         }
         TestDb { store, name }
     }
 
-    /// Drops the database (best effort).
+    /// A proxy in front of the server under test, and a second connection to this
+    /// database through it that gives up selecting a server or connecting after
+    /// `timeout`.
+    pub async fn proxied(&self, timeout: Duration) -> (ChaosProxy, Store) {
+        let options = StoreOptions {
+            server_selection_timeout: timeout,
+            connect_timeout: timeout,
+            ..StoreOptions::default()
+        };
+        let proxy = ChaosProxy::start(mongo_addr());
+        let store = Self::connect(&mongo_uri_via(proxy.addr()), &self.name, options).await;
+        (proxy, store)
+    }
+
+    async fn connect(uri: &str, name: &str, options: StoreOptions) -> Store {
+        Store::connect_with(uri, name, &options)
+            .await
+            .unwrap_or_else(|e| panic!("bad MongoDB URI `{uri}`: {e}"))
+    }
+
+    /// The tasks collection, untyped.
+    pub fn tasks(&self) -> Collection<Document> {
+        self.store.database().collection::<Document>(TASKS)
+    }
+
+    /// Sets `fields` in the stored document of task `id`, bypassing the store.
+    pub async fn set_raw(&self, id: TaskId, fields: Document) {
+        self.tasks()
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": fields })
+            .await
+            .must();
+    }
+
+    /// Inserts `n` fresh queued tasks of queue `q`; returns them.
+    pub async fn insert_queued(&self, n: usize) -> Vec<TaskRecord> {
+        let recs: Vec<TaskRecord> = (0..n).map(|_| task("q", "t", json!({}))).collect();
+        self.store.insert_many(&recs).await.must();
+        recs
+    }
+
+    /// The stored document of task `id`.
+    pub async fn raw(&self, id: TaskId) -> Document {
+        self.tasks()
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .must()
+            .must()
+    }
+
+    /// The indexes of the tasks collection.
+    pub async fn indexes(&self) -> Vec<IndexModel> {
+        self.tasks()
+            .list_indexes()
+            .await
+            .must()
+            .try_collect()
+            .await
+            .must()
+    }
+
     /// Two queued records; the server refuses any status update of the second, whose
     /// history is not an array that can be appended to.
     pub async fn good_and_poisoned(&self) -> (TaskRecord, TaskRecord) {
-        let good = task("q", "t", json!({}));
-        let bad = task("q", "t", json!({}));
-        self.store
-            .insert_many(&[good.clone(), bad.clone()])
-            .await
-            .must();
-        self.store
-            .database()
-            .collection::<mongodb::bson::Document>(taskq_store::TASKS)
-            .update_one(
-                mongodb::bson::doc! { "_id": bad.id.to_string() },
-                mongodb::bson::doc! { "$set": { "events": "broken" } },
-            )
-            .await
-            .must();
+        let recs = self.insert_queued(2).await;
+        let (good, bad) = (recs[0].clone(), recs[1].clone());
+        self.set_raw(bad.id, doc! { "events": "broken" }).await;
         (good, bad)
     }
 
+    /// Drops the database (best effort).
     pub async fn drop(self) {
         let _ = self.store.database().drop().await;
     }
@@ -111,6 +141,11 @@ pub fn task(queue: &str, kind: &str, payload: Value) -> TaskRecord {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         )
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The statuses of `r`'s history, oldest first.
+pub fn history(r: &TaskRecord) -> Vec<TaskStatus> {
+    r.events.iter().map(|e| e.status).collect()
 }
 
 /// A task with the given status.

@@ -3,6 +3,5 @@
 //! Every test uses its own database. One test binary, so linking happens once.
 
 mod common;
-mod proxy;
 mod store;
 mod writer;

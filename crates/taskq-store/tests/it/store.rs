@@ -5,17 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Duration;
-use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde_json::json;
 use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
-    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate, Store,
-    StoreOptions, TASKS, ensure_indexes_with_retry,
+    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate,
+    ensure_indexes_with_retry,
 };
 
-use crate::common::{Must, TestDb, now, task, task_in, uri};
-use crate::proxy::{ChaosProxy, through, upstream};
+use crate::common::{Must, TestDb, history, now, task, task_in};
 
 /// A transition made by `worker-1`.
 fn transition(
@@ -61,15 +59,7 @@ async fn a_corrupt_document_is_an_error() {
     let db = TestDb::new().await;
     let rec = task("q", "t", json!(1));
     db.store.insert(&rec).await.must();
-    db.store
-        .database()
-        .collection::<Document>("tasks")
-        .update_one(
-            doc! { "_id": rec.id.to_string() },
-            doc! { "$set": { "payload": "{oops" } },
-        )
-        .await
-        .must();
+    db.set_raw(rec.id, doc! { "payload": "{oops" }).await;
     match db.store.get(rec.id).await {
         Err(Error::Corrupt { id, reason }) => {
             assert_eq!(id, rec.id.to_string());
@@ -293,9 +283,8 @@ async fn apply_never_regresses_status_but_keeps_history() {
     // Dates only grow: the stale update's start time is news and is kept.
     assert_eq!(r.started_at, Some(t1));
     // ... and its history is added, in time order.
-    let statuses: Vec<TaskStatus> = r.events.iter().map(|e| e.status).collect();
     assert_eq!(
-        statuses,
+        history(&r),
         vec![
             TaskStatus::Queued,
             TaskStatus::Running,
@@ -417,14 +406,7 @@ async fn the_live_state_is_one_subdocument() {
     db.store.insert(&rec).await.must();
     let u = transition(rec.id, 2, TaskStatus::Running, 1, now());
     db.store.apply(&[u]).await.must();
-    let raw = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .find_one(doc! { "_id": rec.id.to_string() })
-        .await
-        .must()
-        .must();
+    let raw = db.raw(rec.id).await;
     assert_eq!(
         raw.get_document("st").must(),
         &doc! { "seq": 2_i64, "status": "running", "attempts": 1_i64 }
@@ -438,8 +420,7 @@ async fn the_live_state_is_one_subdocument() {
 #[tokio::test]
 async fn apply_in_one_slice_in_any_order() {
     let db = TestDb::new().await;
-    let recs: Vec<TaskRecord> = (0..20).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(20).await;
     let mut updates = Vec::new();
     for r in &recs {
         let at = r.created_at + Duration::milliseconds(5);
@@ -465,8 +446,7 @@ async fn apply_splits_large_slices() {
     let db = TestDb::new().await;
     // 12,000 updates = 12,000 statements: more than one command. Every statement finds
     // its record through the `_id` index, so this stays fast on mongo-java-server too.
-    let recs: Vec<TaskRecord> = (0..12_000).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(12_000).await;
     let updates: Vec<StatusUpdate> = recs
         .iter()
         .map(|r| transition(r.id, 2, TaskStatus::Running, 1, r.created_at))
@@ -556,14 +536,7 @@ async fn requeue_dead_outcomes() {
 
     // The live state keeps its field order and types, so later updates still compare
     // by seq: the late dead update of the old run loses, the next run wins.
-    let raw = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .find_one(doc! { "_id": rec.id.to_string() })
-        .await
-        .must()
-        .must();
+    let raw = db.raw(rec.id).await;
     assert_eq!(
         raw.get_document("st").must(),
         &doc! { "seq": 6_i64, "status": "queued", "attempts": 0_i64 }
@@ -591,15 +564,8 @@ async fn ensure_indexes_is_idempotent() {
     db.store.ensure_indexes().await.must();
     db.store.ensure_indexes().await.must();
     let names: HashSet<String> = db
-        .store
-        .database()
-        .collection::<Document>("tasks")
-        .list_indexes()
+        .indexes()
         .await
-        .must()
-        .try_collect::<Vec<_>>()
-        .await
-        .must()
         .into_iter()
         .filter_map(|ix| ix.options.and_then(|o| o.name))
         .collect();
@@ -612,17 +578,7 @@ async fn ensure_indexes_is_idempotent() {
 #[tokio::test]
 async fn index_creation_waits_for_the_server() {
     let db = TestDb::new().await;
-    let proxy = ChaosProxy::start(upstream(&uri())).await;
-    let proxied = Store::connect_with(
-        &through(&uri(), proxy.addr()),
-        &db.name,
-        &StoreOptions {
-            server_selection_timeout: std::time::Duration::from_millis(200),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .must();
+    let (proxy, proxied) = db.proxied(std::time::Duration::from_millis(200)).await;
     proxy.cut();
     let ready = Arc::new(AtomicBool::new(false));
     let week = std::time::Duration::from_secs(7 * 86_400);
@@ -658,16 +614,7 @@ async fn the_retention_ttl_index_follows_the_setting() {
         .must();
     // One index, on `finished_at`, with the latest lifetime (servers without `collMod`
     // get it dropped and re-created).
-    let indexes: Vec<_> = db
-        .store
-        .database()
-        .collection::<Document>(TASKS)
-        .list_indexes()
-        .await
-        .must()
-        .try_collect()
-        .await
-        .must();
+    let indexes = db.indexes().await;
     let retention: Vec<_> = indexes
         .iter()
         .filter(|ix| {
@@ -686,16 +633,7 @@ async fn the_retention_ttl_index_follows_the_setting() {
     db.store.ensure_retention(Retention::Forever).await.must();
     assert_eq!(db.store.retention().await.must(), None);
     db.store.ensure_retention(Retention::Forever).await.must();
-    let left: Vec<_> = db
-        .store
-        .database()
-        .collection::<Document>(TASKS)
-        .list_indexes()
-        .await
-        .must()
-        .try_collect()
-        .await
-        .must();
+    let left = db.indexes().await;
     assert_eq!(left.len(), indexes.len() - 1, "{left:?}");
     db.drop().await;
 }

@@ -5,10 +5,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use taskq_core::{TaskRecord, TaskStatus};
-use taskq_store::{StatusUpdate, Store, StoreOptions, UpdateWriter, WriterOptions};
+use taskq_store::{StatusUpdate, Store, UpdateWriter, WriterOptions};
 
-use crate::common::{Must, TestDb, task, uri};
-use crate::proxy::{ChaosProxy, through, upstream};
+use crate::common::{Must, TestDb, history, task};
 
 fn running(r: &TaskRecord, at: DateTime<Utc>) -> StatusUpdate {
     StatusUpdate::transition(r.id, 2, TaskStatus::Running, 1, at).by("w".to_owned())
@@ -29,9 +28,8 @@ async fn assert_succeeded(store: &Store, r: &TaskRecord) {
     assert_eq!(rec.attempts, 1);
     assert!(rec.started_at.is_some() && rec.finished_at.is_some());
     assert_eq!(rec.result, Some(json!({ "ok": r.id.to_string() })));
-    let statuses: Vec<TaskStatus> = rec.events.iter().map(|e| e.status).collect();
     assert_eq!(
-        statuses,
+        history(&rec),
         vec![
             TaskStatus::Queued,
             TaskStatus::Running,
@@ -89,8 +87,7 @@ async fn coalesces_updates_of_one_task_into_one_write() {
 #[tokio::test]
 async fn flushes_and_ends_when_every_handle_is_dropped() {
     let db = TestDb::new().await;
-    let recs: Vec<TaskRecord> = (0..100).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(100).await;
     let (writer, task) = UpdateWriter::spawn(
         db.store.clone(),
         WriterOptions {
@@ -149,21 +146,9 @@ async fn drops_only_what_the_server_keeps_refusing() {
 #[tokio::test]
 async fn loses_nothing_while_the_server_is_unreachable() {
     let db = TestDb::new().await;
-    let proxy = ChaosProxy::start(upstream(&uri())).await;
-    let proxied = Store::connect_with(
-        &through(&uri(), proxy.addr()),
-        &db.name,
-        &StoreOptions {
-            server_selection_timeout: Duration::from_millis(300),
-            connect_timeout: Duration::from_millis(300),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .must();
+    let (proxy, proxied) = db.proxied(Duration::from_millis(300)).await;
 
-    let recs: Vec<TaskRecord> = (0..300).map(|_| task("q", "t", json!({}))).collect();
-    db.store.insert_many(&recs).await.must();
+    let recs = db.insert_queued(300).await;
     let capacity = 50;
     let max_batch = 20;
     let (writer, task) = UpdateWriter::spawn(

@@ -9,23 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use taskq_api::AppState;
 use taskq_core::{Limits, TaskId};
-use taskq_store::{Store, StoreOptions};
-use taskq_testkit::{ChaosProxy, mongo_addr, mongo_uri_via, wait_until};
+use taskq_testkit::wait_until;
 
-use crate::harness::{Env, serve_api};
-
-/// Asserts an error answer: `status`, `{"error": {"code": code, "message": <non-empty>}}`.
-#[track_caller]
-fn assert_error(what: &str, got: (StatusCode, &Value), status: u16, code: &str) {
-    let (got_status, body) = got;
-    assert_eq!(got_status.as_u16(), status, "{what}: status; body {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: code; body {body}");
-    let message = body["error"]["message"].as_str();
-    assert!(
-        message.is_some_and(|m| !m.trim().is_empty()),
-        "{what}: message must be a non-empty string; body {body}"
-    );
-}
+use crate::harness::{Env, assert_error, serve_api, store_via_proxy};
 
 /// Asserts that the store holds no record and that none of `queues` holds a task.
 async fn assert_nothing_written(env: &Env, what: &str, queues: &[&str]) {
@@ -37,26 +23,6 @@ async fn assert_nothing_written(env: &Env, what: &str, queues: &[&str]) {
             "{what}: tasks in Redis queue {q}"
         );
     }
-}
-
-/// Sends any method with an optional body.
-async fn send(
-    env: &Env,
-    method: Method,
-    path: &str,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> (StatusCode, Value) {
-    let mut req = env
-        .http
-        .request(method, format!("{}{path}", env.api))
-        .body(body);
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 const JSON: Option<&str> = Some("application/json");
@@ -78,14 +44,7 @@ fn case(
     status: u16,
     code: &'static str,
 ) -> Case {
-    Case {
-        what,
-        path,
-        content_type: JSON,
-        body: body.to_string(),
-        status,
-        code,
-    }
+    raw(what, path, JSON, &body.to_string(), status, code)
 }
 
 fn raw(
@@ -527,7 +486,7 @@ async fn bad_ids_routes_and_methods_get_a_json_4xx() {
         ),
     ];
     for (what, method, path, status, code) in cases {
-        let got = send(&env, method, &path, None, Vec::new()).await;
+        let got = env.request(method, &path, None, Vec::new()).await;
         assert_error(&what, (got.0, &got.1), status, code);
         assert_nothing_written(&env, &what, &["default"]).await;
     }
@@ -760,15 +719,7 @@ async fn mongodb_down_makes_submit_503_and_leaves_nothing_in_redis() {
     // Redis and a direct store come from the Env; the api under test reaches the same
     // database through a proxy that we cut.
     let env = Env::start().await;
-    let proxy = ChaosProxy::start(mongo_addr());
-    let opts = StoreOptions {
-        server_selection_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..StoreOptions::default()
-    };
-    let store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
-        .await
-        .expect("store via proxy");
+    let (proxy, store) = store_via_proxy(&env).await;
     store.ping().await.expect("mongodb through the proxy");
     let (api, stop) = serve_api(AppState::new(env.broker.clone(), store)).await;
     let post = |path: &'static str, body: Value| {

@@ -11,7 +11,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::wait_until;
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::Env;
+use crate::harness::{Env, strings};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -45,20 +45,11 @@ async fn every_operation_works_on_a_redis_cluster() {
         .map(id_of)
         .collect();
     assert_eq!(batch.len(), 13);
-    let (status, first) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"}),
-        )
+    let welcome = json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"});
+    let first = env
+        .submit_expect(welcome.clone(), StatusCode::CREATED)
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{first}");
-    let (status, again) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "queue": "emails", "idempotency_key": "welcome-7"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
+    let again = env.submit_expect(welcome, StatusCode::OK).await;
     assert_eq!(again["id"], first["id"]);
 
     // Cancel a scheduled task before any worker runs.
@@ -146,12 +137,7 @@ async fn every_operation_works_on_a_redis_cluster() {
     // Queue overview, and a recovery that finds nothing to add.
     let (status, body) = env.get("/v1/queues").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let listed: Vec<&str> = body["queues"]
-        .as_array()
-        .expect("queues")
-        .iter()
-        .filter_map(|q| q["name"].as_str())
-        .collect();
+    let listed: Vec<&str> = strings(&body["queues"], "name");
     for q in queues {
         assert!(listed.contains(&q), "{q} missing from {body}");
     }

@@ -15,7 +15,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_redis::{Broker, RedisConfig};
 use taskq_testkit::{ChaosProxy, ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::Env;
+use crate::harness::{Env, answer, kill_in_turn, serve_router};
 
 /// Executions per task id, as the `http` handler's calls reached the test's server.
 pub(crate) type Log = Arc<Mutex<HashMap<TaskId, u32>>>;
@@ -42,11 +42,7 @@ pub(crate) async fn execution_log(delay: Duration) -> (String, Log) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", serve_router(app).await);
     (url, log)
 }
 
@@ -103,14 +99,10 @@ async fn records_match_the_executions_after_workers_are_killed_again_and_again()
     }
 
     // Kill a worker every 600 ms, ten times, and start a fresh one in its place.
-    let mut kills = 0;
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let i = round % workers.len();
-        workers[i].kill_9();
-        kills += 1;
-        workers[i] = worker_process(&env, &format!("taskq-worker-{i}-{round}"), &allow);
-    }
+    let kills = kill_in_turn(&mut workers, 10, Duration::from_millis(600), |i, round| {
+        worker_process(&env, &format!("taskq-worker-{i}-{round}"), &allow)
+    })
+    .await;
     let last_kill = Instant::now();
 
     // Every task runs, and every record reaches the state Redis decided within seconds
@@ -172,12 +164,8 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     let mut cfg = RedisConfig::from_urls(&format!("redis://{}", proxy.addr()), false);
     cfg.response_timeout = Duration::from_millis(500);
     let flaky = Broker::connect(&cfg).await.expect("broker via proxy");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let api = format!("http://{}", listener.local_addr().expect("addr"));
     let state = taskq_api::AppState::new(flaky, env.store.clone());
-    tokio::spawn(async move { axum::serve(listener, taskq_api::app(state)).await });
+    let api = format!("http://{}", serve_router(taskq_api::app(state)).await);
 
     let mut settings = Env::settings("default");
     settings.submit_grace = Duration::from_secs(2);
@@ -191,14 +179,12 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     // Redis goes away after the api's connection is up: the insert succeeds, the enqueue
     // and its undo fail.
     let http = reqwest::Client::new();
-    let warm = http
-        .post(format!("{api}/v1/tasks"))
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(warm.status(), StatusCode::CREATED);
-    let warm: serde_json::Value = warm.json().await.expect("body");
+    let (status, warm) = answer(
+        http.post(format!("{api}/v1/tasks"))
+            .json(&json!({"type": "noop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{warm}");
     let warm: TaskId = warm["id"].as_str().expect("id").parse().expect("id");
     env.wait_status(warm, TaskStatus::Succeeded, Duration::from_secs(30))
         .await;
@@ -265,23 +251,12 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
         )
         .expect("valid");
     env.store.insert(&rec).await.expect("insert");
-    let (status, v) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "dead-api"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    let keyed = json!({"type": "noop", "idempotency_key": "dead-api"});
+    let v = env.submit_expect(keyed.clone(), StatusCode::OK).await;
     assert_eq!(v["id"], rec.id.to_string());
     env.wait_status(rec.id, TaskStatus::Cancelled, Duration::from_secs(30))
         .await;
-    let (status, v) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "dead-api"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    let v = env.submit_expect(keyed, StatusCode::OK).await;
     assert_eq!(
         (v["id"].clone(), v["status"].clone()),
         (json!(rec.id.to_string()), json!("cancelled"))
@@ -306,7 +281,7 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_whose_record_write_never_happened_still_ends_cancelled() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let id = env
         .submit(json!({"type": "noop", "delay_ms": 3_600_000}))
         .await;

@@ -12,7 +12,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::{ChildGuard, mongo_uri, wait_until, workspace_bin};
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, store_via_proxy};
+use crate::harness::{Env, serve_router, store_via_proxy, strings};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -313,11 +313,7 @@ async fn http_handler_maps_status_codes_to_outcomes() {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let addr = serve_router(hook).await;
 
     let env = Env::start().await;
     let allow = format!("http://127.0.0.1:{}/hook/", addr.port());
@@ -450,12 +446,7 @@ async fn the_submit_check_leaves_tasks_whose_updates_wait_in_the_outbox() {
     proxy.restore();
     env.wait_status(id, TaskStatus::Succeeded, T).await;
     let rec = env.record(id).await;
-    let statuses: Vec<&str> = rec["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["status"].as_str())
-        .collect();
+    let statuses: Vec<&str> = strings(&rec["events"], "status");
     assert_eq!(statuses, ["queued", "running", "succeeded"], "{rec:#}");
     checker.shutdown().await;
     runner.shutdown().await;

@@ -12,7 +12,7 @@ use taskq_testkit::{ChildGuard, wait_until};
 use taskq_worker::{Registry, TaskContext};
 
 use crate::crash::worker_process_with;
-use crate::harness::Env;
+use crate::harness::{Env, strings};
 
 /// The built-ins plus `collect`: returns `{"name": <payload.name>, "deps": [the
 /// dependencies' results, ordered by name]}`, read through `dependency_results`.
@@ -131,12 +131,7 @@ async fn a_chain_runs_in_order_and_each_task_reads_its_dependencys_result() {
         json!({"name": "c", "deps": [{"name": "b", "deps": [{"name": "a", "deps": []}]}]})
     );
     // The record shows the whole way: waiting, then queued, running, succeeded.
-    let statuses: Vec<&str> = c["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["status"].as_str())
-        .collect();
+    let statuses: Vec<&str> = strings(&c["events"], "status");
     assert_eq!(statuses, ["waiting", "queued", "running", "succeeded"]);
     w.shutdown().await;
 }
@@ -156,12 +151,7 @@ async fn a_fan_out_and_fan_in_joins_every_branch() {
     wait_flow(&env, id, "succeeded", Duration::from_secs(30)).await;
     assert_eq!(assert_order(&env, id).await, 40);
     let c = env.record(names["c"]).await;
-    let got: Vec<&str> = c["result"]["deps"]
-        .as_array()
-        .expect("deps")
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .collect();
+    let got: Vec<&str> = strings(&c["result"]["deps"], "name");
     assert_eq!(got, refs);
     w.shutdown().await;
 }
@@ -277,12 +267,7 @@ async fn retrying_one_dead_task_puts_back_the_tasks_its_death_cancelled() {
         c["result"],
         json!({"name": "c", "deps": [{"name": "b", "deps": [{"name": "a"}]}]})
     );
-    let history: Vec<&str> = c["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["status"].as_str())
-        .collect();
+    let history: Vec<&str> = strings(&c["events"], "status");
     assert_eq!(
         history,
         [
@@ -311,17 +296,7 @@ async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does
     let env = Env::start().await;
     let w = env.worker(Env::settings("default"), registry());
     let handler = json!({"type": "collect", "payload": {"name": "handler"}});
-    let (status, v) = env
-        .post(
-            "/v1/flows",
-            json!({"tasks": [
-                collect("a", &[]),
-                {"name": "boom", "type": "fail", "payload": {"permanent": true}, "depends_on": ["a"]},
-                collect("c", &["boom"]),
-            ], "on_failure": handler}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let v = env.post_expect("/v1/flows", json!({"tasks": [ collect("a", &[]), {"name": "boom", "type": "fail", "payload": {"permanent": true}, "depends_on": ["a"]}, collect("c", &["boom"]), ], "on_failure": handler}), StatusCode::CREATED).await;
     let failing: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
     assert_eq!(v["tasks"][3]["on_failure"], true, "{v:#}");
     assert_eq!(
@@ -357,13 +332,13 @@ async fn a_failure_handler_runs_when_a_task_dies_and_is_cancelled_when_none_does
         "{v:#}"
     );
 
-    let (status, v) = env
-        .post(
+    let v = env
+        .post_expect(
             "/v1/flows",
             json!({"tasks": [collect("a", &[]), collect("b", &["a"])], "on_failure": handler}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
     let fine: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
     let v = wait_flow(&env, fine, "succeeded", Duration::from_secs(30)).await;
     let handler = &v["tasks"][2];
@@ -673,13 +648,13 @@ async fn bad_flows_are_refused_and_nothing_is_written() {
         assert_eq!(v["error"]["code"], "invalid_flow", "{what}: {v}");
     }
     // A bad task inside a flow has the codes of a single submit, with its place.
-    let (status, v) = env
-        .post(
+    let v = env
+        .post_expect(
             "/v1/flows",
             json!({"tasks": [{"type": "noop"}, {"type": "noop", "max_attempts": 0}]}),
+            StatusCode::BAD_REQUEST,
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "invalid_field", "{v}");
     assert!(
         v["error"]["message"]
@@ -687,21 +662,15 @@ async fn bad_flows_are_refused_and_nothing_is_written() {
             .is_some_and(|m| m.starts_with("tasks[1]")),
         "{v}"
     );
-    let (status, v) = env
-        .post(
+    let v = env
+        .post_expect(
             "/v1/flows",
             json!({"tasks": [{"type": "noop", "nmae": "a"}]}),
+            StatusCode::BAD_REQUEST,
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "invalid_request", "{v}");
-    let (status, v) = env
-        .post(
-            "/v1/flows",
-            json!({"tasks": [{"type": "noop", "name": "a"}, {"type": "noop", "depends_on": ["a"], "delay_ms": 10}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let v = env.post_expect("/v1/flows", json!({"tasks": [{"type": "noop", "name": "a"}, {"type": "noop", "depends_on": ["a"], "delay_ms": 10}]}), StatusCode::BAD_REQUEST).await;
     assert_eq!(v["error"]["code"], "invalid_flow", "{v}");
     assert_eq!(env.total_records().await, 0);
     assert_eq!(env.redis_total("default").await, 0);

@@ -29,13 +29,12 @@ async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durabl
         let env = &env;
         async move {
             let queue = if i % 2 == 0 { "default" } else { "other" };
-            let (status, v) = env
-                .post(
-                    "/v1/tasks",
+            let v = env
+                .submit_expect(
                     json!({"type": "noop", "queue": queue, "payload": {"i": i}}),
+                    StatusCode::CREATED,
                 )
                 .await;
-            assert_eq!(status, StatusCode::CREATED, "{v}");
             let id: TaskId = v["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
             // Answered: the record is in MongoDB and the task in Redis already.
             let rec = env.store.get(id).await.expect("get").expect("record");
@@ -95,7 +94,7 @@ async fn a_submit_given_up_before_its_enqueue_never_runs() {
         .expect("request");
     assert_ne!(resp.status(), StatusCode::CREATED);
     proxy.thaw();
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     // The insert lands after the thaw; then the record goes again.
     let gone = wait_until(
         Duration::from_secs(10),

@@ -119,6 +119,11 @@ impl Env {
         r
     }
 
+    /// Starts an in-process worker of the `default` queue with the built-in handlers.
+    pub fn default_worker(&self) -> RunningWorker {
+        self.worker(Self::settings("default"), Self::builtins())
+    }
+
     /// Starts an in-process worker.
     pub fn worker(&self, settings: Settings, registry: Registry) -> RunningWorker {
         self.worker_with_store(settings, registry, self.store.clone())
@@ -142,54 +147,72 @@ impl Env {
         }
     }
 
+    /// Posts `body` as JSON to `path`; returns the answer's status and JSON body (`null`
+    /// when it has none).
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.post(format!("{}{path}", self.api)).json(&body)).await
     }
 
+    /// Posts `body` as JSON to `path`, asserts the answer's status is `want`; returns its
+    /// JSON body.
+    pub async fn post_expect(&self, path: &str, body: Value, want: StatusCode) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, want, "POST {path}: {v}");
+        v
+    }
+
+    /// Posts the raw `body` to `path` with an optional content type; returns the answer's
+    /// status and JSON body.
     pub async fn post_raw(
         &self,
         path: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.api)).body(body);
+        self.request(reqwest::Method::POST, path, content_type, body)
+            .await
+    }
+
+    /// Sends `method` to `path` with the raw `body` and an optional content type; returns
+    /// the answer's status and JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(req).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(self.http.get(format!("{}{path}", self.api))).await
+    }
+
+    /// Puts `body` as JSON to `path`; returns the answer's status and JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        answer(self.http.put(format!("{}{path}", self.api)).json(body)).await
     }
 
     /// Sets every limit of `queue` (`PUT /v1/queues/{queue}/limits`); must be accepted.
     pub async fn set_limits(&self, queue: &str, limits: Value) {
-        let resp = self
-            .http
-            .put(format!("{}/v1/queues/{queue}/limits", self.api))
-            .json(&limits)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), StatusCode::OK, "{limits}");
+        let (status, v) = self
+            .put(&format!("/v1/queues/{queue}/limits"), &limits)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{limits}: {v}");
+    }
+
+    /// Submits one task (`POST /v1/tasks`), asserts the answer's status is `want`; returns
+    /// its JSON body.
+    pub async fn submit_expect(&self, body: Value, want: StatusCode) -> Value {
+        self.post_expect("/v1/tasks", body, want).await
     }
 
     /// Submits one task and returns its id.
@@ -229,7 +252,6 @@ impl Env {
         self.counts().await.values().sum()
     }
 
-    /// Tasks in Redis, all states of the default queue.
     /// Redis loses everything (`FLUSHALL` on the single server).
     pub async fn flush_redis(&self) {
         let mut c = redis::Client::open(self.redis.url())
@@ -243,6 +265,7 @@ impl Env {
             .expect("flush");
     }
 
+    /// Tasks in Redis in any state (queued, scheduled, retrying, running) of `queue`.
     pub async fn redis_total(&self, queue: &str) -> u64 {
         let c = self
             .broker
@@ -257,6 +280,27 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.api_stop.cancel();
     }
+}
+
+/// Sends `req`; returns the answer's status and JSON body (`null` when it has none).
+pub async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The string `field` of each element of the JSON array `list`, skipping elements
+/// without it.
+///
+/// # Panics
+///
+/// Panics if `list` is not an array.
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .filter_map(|e| e[field].as_str())
+        .collect()
 }
 
 /// Serves the api over `state` on a loopback port (a second api beside the [`Env`]'s,
@@ -321,6 +365,59 @@ pub async fn ready(http: &reqwest::Client, api: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Every `period`, `rounds` times, kills (SIGKILL) the next of `procs` in turn and puts
+/// `respawn(index, round)` in its place; returns the number of kills.
+pub async fn kill_in_turn(
+    procs: &mut [ChildGuard],
+    rounds: u32,
+    period: Duration,
+    mut respawn: impl FnMut(usize, u32) -> ChildGuard,
+) -> u32 {
+    for (round, i) in (0..rounds).zip((0..procs.len()).cycle()) {
+        tokio::time::sleep(period).await;
+        procs[i].kill_9();
+        procs[i] = respawn(i, round);
+    }
+    rounds
+}
+
+/// Whether the api at `api` answers `/readyz` with 200 within `timeout` (asked every 20 ms).
+pub async fn ready_within(http: &reqwest::Client, api: &str, timeout: Duration) -> bool {
+    taskq_testkit::wait_until(timeout, Duration::from_millis(20), || ready(http, api)).await
+}
+
+/// Whether the service at `base` answers `/livez` with 200.
+pub async fn live(http: &reqwest::Client, base: &str) -> bool {
+    http.get(format!("{base}/livez"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Asserts an error answer: `status`, `{"error": {"code": code, "message": <non-empty>}}`;
+/// `what` names the request in the failure message.
+#[track_caller]
+pub fn assert_error(what: &str, got: (StatusCode, &Value), status: u16, code: &str) {
+    let (got_status, body) = got;
+    assert_eq!(got_status.as_u16(), status, "{what}: status; body {body}");
+    assert_eq!(body["error"]["code"], code, "{what}: code; body {body}");
+    let message = body["error"]["message"].as_str();
+    assert!(
+        message.is_some_and(|m| !m.trim().is_empty()),
+        "{what}: message must be a non-empty string; body {body}"
+    );
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns its address.
+pub async fn serve_router(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// A registry whose handlers record what ran, for order and exactly-once checks.
 #[derive(Clone, Default)]
 pub struct Recorder {
@@ -344,6 +441,16 @@ impl Recorder {
     pub fn runs(&self) -> Vec<(TaskId, String, u32)> {
         self.runs.lock().expect("lock").clone()
     }
+}
+
+/// A broker of `env`'s Redis reached through a proxy that can cut it.
+pub async fn broker_via_proxy(env: &Env) -> (ChaosProxy, Broker) {
+    let proxy = ChaosProxy::start(env.redis.addr());
+    let config = RedisConfig::from_urls(&format!("redis://{}", proxy.addr()), false);
+    let broker = Broker::connect(&config)
+        .await
+        .expect("redis through the proxy");
+    (proxy, broker)
 }
 
 /// A store of `env`'s database reached through a proxy that can cut it, with short

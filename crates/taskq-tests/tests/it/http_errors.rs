@@ -101,76 +101,86 @@ fn get(path: &str, extra: &str) -> Vec<u8> {
 async fn errors_of_the_http_layer_are_json() {
     let env = Env::start().await;
 
-    // Answered by hyper before routing.
     let big = format!("x-big: {}\r\n", "a".repeat(1024 * 1024));
-    let got = raw(&env, get("/v1/tasks", &big)).await;
-    assert_json_error("a 1 MB header", &got, 431, "headers_too_large");
-
     let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let got = raw(&env, get("/v1/tasks", &many)).await;
-    assert_json_error("101 header fields", &got, 431, "headers_too_large");
-
     let cursor = "c".repeat(100 * 1024);
-    let got = raw(&env, get(&format!("/v1/tasks?cursor={cursor}"), "")).await;
-    assert_json_error("a 100 kB URI", &got, 414, "uri_too_long");
-
-    let got = raw(&env, get("/v1/tasks", "x-nul: a\0b\r\n")).await;
-    assert_json_error("a NUL byte in a header", &got, 400, "malformed_request");
-
-    let got = raw(&env, b"GET /livez HTTP/9.9\r\nhost: taskq\r\n\r\n".to_vec()).await;
-    assert_json_error("an unknown version", &got, 400, "malformed_request");
-
-    let got = raw(
-        &env,
-        b"GE(T /livez HTTP/1.1\r\nhost: taskq\r\n\r\n".to_vec(),
-    )
-    .await;
-    assert_json_error("a bad method token", &got, 400, "malformed_request");
-
-    let got = raw(
-        &env,
-        b"POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-length: 12x\r\n\r\n".to_vec(),
-    )
-    .await;
-    assert_json_error("a malformed content-length", &got, 400, "malformed_request");
-
-    // Answered by the router.
-    let got = raw(&env, get("/nowhere", "")).await;
-    assert_json_error("an unknown route", &got, 404, "not_found");
-
-    let got = raw(
-        &env,
-        b"DELETE /v1/tasks HTTP/1.1\r\nhost: taskq\r\n\r\n".to_vec(),
-    )
-    .await;
-    assert_json_error("a wrong method", &got, 405, "method_not_allowed");
-
     let body = "x".repeat(17 * 1024 * 1024);
-    let got = raw(
-        &env,
-        format!(
-            "POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
-    .await;
-    assert_json_error("a body over the limit", &got, 413, "payload_too_large");
-
-    let got = raw(
-        &env,
-        b"POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-type: text/plain\r\n\
-          content-length: 2\r\n\r\n{}"
-            .to_vec(),
-    )
-    .await;
-    assert_json_error(
-        "a body that is not JSON",
-        &got,
-        415,
-        "unsupported_media_type",
+    let over_limit = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
     );
+    let cases: [(&str, Vec<u8>, u16, &str); 11] = [
+        // Answered by hyper before routing.
+        (
+            "a 1 MB header",
+            get("/v1/tasks", &big),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "101 header fields",
+            get("/v1/tasks", &many),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a 100 kB URI",
+            get(&format!("/v1/tasks?cursor={cursor}"), ""),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "a NUL byte in a header",
+            get("/v1/tasks", "x-nul: a\0b\r\n"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "an unknown version",
+            b"GET /livez HTTP/9.9\r\nhost: taskq\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a bad method token",
+            b"GE(T /livez HTTP/1.1\r\nhost: taskq\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a malformed content-length",
+            b"POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-length: 12x\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        // Answered by the router.
+        ("an unknown route", get("/nowhere", ""), 404, "not_found"),
+        (
+            "a wrong method",
+            b"DELETE /v1/tasks HTTP/1.1\r\nhost: taskq\r\n\r\n".to_vec(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "a body over the limit",
+            over_limit.into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "a body that is not JSON",
+            b"POST /v1/tasks HTTP/1.1\r\nhost: taskq\r\ncontent-type: text/plain\r\n\
+              content-length: 2\r\n\r\n{}"
+                .to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let got = raw(&env, request).await;
+        assert_json_error(what, &got, status, code);
+    }
 
     // The api still serves normally afterwards.
     let got = raw(&env, get("/livez", "")).await;

@@ -14,7 +14,7 @@ use taskq_core::{TaskId, TaskRecord, TaskStatus};
 use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 
-use crate::harness::{Env, RunningWorker};
+use crate::harness::{Env, RunningWorker, assert_error, strings};
 
 /// Sets the queue's `max_running_per_key` (and no other limit).
 async fn limit_per_key(env: &Env, queue: &str, n: u32) {
@@ -160,12 +160,7 @@ async fn one_per_key(env: &Env, queue: &str, keys: usize, rounds: usize, w: usiz
     // `?key=` lists one key's tasks.
     let (status, page) = env.get("/v1/tasks?key=k-7&limit=100").await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let listed: Vec<&str> = page["tasks"]
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .map(|t| t["key"].as_str().unwrap_or_default())
-        .collect();
+    let listed: Vec<&str> = strings(&page["tasks"], "key");
     assert_eq!(listed, vec!["k-7"; rounds]);
 }
 
@@ -213,13 +208,12 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     limit_per_key(&env, "orders", 1).await;
     let mut ids = Vec::new();
     for n in 0..2 {
-        let (status, body) = env
-            .post(
-                "/v1/tasks",
+        let body = env
+            .submit_expect(
                 json!({"type": "noop", "queue": "orders", "key": "k", "payload": {"n": n}}),
+                StatusCode::CREATED,
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
         ids.push(
             body["id"]
                 .as_str()
@@ -266,12 +260,12 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     w.shutdown().await;
 }
 
+/// Asserts a 400 error answer with `code`, whose message names the key unless the code is
+/// `invalid_request`.
 #[track_caller]
 fn assert_400(what: &str, (status, body): (StatusCode, &Value), code: &str) {
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    assert_error(what, (status, body), 400, code);
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(!message.trim().is_empty(), "{what}: {body}");
     if code != "invalid_request" {
         assert!(
             message.contains("key"),
@@ -333,15 +327,7 @@ async fn bad_keys_and_key_limits_are_refused() {
         json!({"max_dispatches_per_second_per_key": 2, "burst_per_key": 0}),
     ]);
     for bad in bad_limits {
-        let resp = env
-            .http
-            .put(format!("{}/v1/queues/default/limits", env.api))
-            .json(&bad)
-            .send()
-            .await
-            .expect("put");
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let (status, body) = env.put("/v1/queues/default/limits", &bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "limit {bad}: {body}");
         assert!(body["error"]["code"].is_string(), "limit {bad}: {body}");
     }

@@ -31,13 +31,12 @@ fn event_statuses(rec: &Value) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn submitted_task_is_durable_then_runs_and_is_recorded() {
     let env = Env::start().await;
-    let (status, body) = env
-        .post(
-            "/v1/tasks",
+    let body = env
+        .submit_expect(
             json!({"type": "echo", "payload": {"n": 1, "big": 18446744073709551615u64}}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["status"], "queued");
     let id: TaskId = body["id"]
         .as_str()
@@ -48,7 +47,7 @@ async fn submitted_task_is_durable_then_runs_and_is_recorded() {
     assert_eq!(stored.record.status, TaskStatus::Queued);
     assert_eq!(env.redis_total("default").await, 1);
 
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let rec = env.wait_status(id, TaskStatus::Succeeded, T).await;
     assert_eq!(
         rec["result"],
@@ -78,7 +77,7 @@ async fn batch_submit_accepts_valid_items_in_order() {
     }
     assert_eq!(env.total_records().await, 250);
     assert_eq!(env.redis_total("default").await, 250);
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let ids: Vec<TaskId> = results
         .iter()
         .filter_map(|r| r["id"].as_str()?.parse().ok())
@@ -96,7 +95,7 @@ async fn batch_submit_accepts_valid_items_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn delayed_and_scheduled_tasks_run_at_their_time() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let delayed = env.submit(json!({"type": "noop", "delay_ms": 1500})).await;
     let at = (Utc::now() + chrono::Duration::milliseconds(1200)).to_rfc3339();
     let scheduled = env.submit(json!({"type": "noop", "run_at": at})).await;
@@ -291,7 +290,7 @@ async fn failures_retry_with_backoff_then_die_and_can_be_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn non_retryable_errors_die_at_once() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let id = env
         .submit(json!({"type": "fail", "payload": {"permanent": true}, "max_attempts": 5}))
         .await;
@@ -318,7 +317,7 @@ async fn non_retryable_errors_die_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn payload_numbers_come_back_exactly_or_are_refused() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let payload = r#"{"u64": 18446744073709551615, "i64": -9223372036854775808,
         "tenth": 0.1, "huge": 1e308, "tiny": 5e-324, "third": 0.3333333333333333,
         "nested": [9007199254740993, -0.5]}"#;
@@ -400,13 +399,12 @@ async fn concurrent_single_submits_each_get_their_own_durable_task() {
     let answers = futures::future::join_all((0..300).map(|i| {
         let env = &env;
         async move {
-            let (status, rec) = env
-                .post(
-                    "/v1/tasks",
+            let rec = env
+                .submit_expect(
                     json!({"type": "rec", "queue": format!("q{}", i % 3), "payload": {"i": i}}),
+                    StatusCode::CREATED,
                 )
                 .await;
-            assert_eq!(status, StatusCode::CREATED, "{rec}");
             assert_eq!(rec["payload"]["i"], i, "answered with another task: {rec}");
             assert_eq!(rec["queue"], format!("q{}", i % 3));
             rec["id"]

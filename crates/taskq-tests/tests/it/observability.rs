@@ -13,7 +13,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::otlp::{Receiver, Span};
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::{Env, metric_value, scrape_metrics};
+use crate::harness::{Env, live, metric_value, ready_within, scrape_metrics, serve_router};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -95,11 +95,7 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook_addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let hook_addr = serve_router(hook).await;
 
     let env = Env::start().await;
     let otel = [
@@ -114,14 +110,8 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
     ];
     let mut bins = spawn_binaries(&env, &otel, &mongo_uri());
     let http = reqwest::Client::new();
-    assert!(wait_until(T, Duration::from_millis(50), || ready(&http, &bins.api_url)).await);
-    assert!(
-        wait_until(T, Duration::from_millis(50), || ready(
-            &http,
-            &bins.worker_url
-        ))
-        .await
-    );
+    assert!(ready_within(&http, &bins.api_url, T).await);
+    assert!(ready_within(&http, &bins.worker_url, T).await);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -229,14 +219,10 @@ async fn one_trace_runs_from_the_submit_request_through_every_attempt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_as_tasks_run() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     // The worker's own metrics server, as the binary serves it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = taskq_worker::health_router(w.worker.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let worker_url = format!("http://{}", serve_router(router).await);
 
     let scrape = |base: String| {
         let http = env.http.clone();
@@ -260,103 +246,64 @@ async fn metrics_move_as_tasks_run() {
     let worker = scrape(worker_url.clone()).await;
     let echo = "{queue=\"default\",type=\"echo\"}";
     let fail = "{queue=\"default\",type=\"fail\"}";
-    assert_eq!(
-        value(&api, &format!("taskq_tasks_submitted_total{echo}")),
-        1.0,
-        "{api}"
-    );
-    assert_eq!(
-        value(
-            &api,
-            "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"}"
-        ),
-        3.0,
-        "{api}"
+    let scheduled = "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}";
+    assert_values(
+        &api,
+        &[
+            (format!("taskq_tasks_submitted_total{echo}"), 1.0),
+            (
+                "taskq_http_requests_total{method=\"POST\",route=\"/v1/tasks\",status=\"201\"}"
+                    .to_owned(),
+                3.0,
+            ),
+            (scheduled.to_owned(), 1.0),
+        ],
     );
     assert!(
         api.contains("taskq_http_request_duration_seconds_bucket{"),
         "{api}"
     );
-    assert_eq!(
-        value(
-            &api,
-            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
-        ),
-        1.0,
-        "{api}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_started_total{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_succeeded_total{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_failed_total{fail}")),
-        2.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_retried_total{fail}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_tasks_dead_total{fail}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, &format!("taskq_task_duration_seconds_count{echo}")),
-        1.0,
-        "{worker}"
-    );
-    assert_eq!(
-        value(&worker, "taskq_task_wait_seconds_count{queue=\"default\"}"),
-        3.0,
-        "{worker}"
+    assert_values(
+        &worker,
+        &[
+            (format!("taskq_tasks_started_total{echo}"), 1.0),
+            (format!("taskq_tasks_succeeded_total{echo}"), 1.0),
+            (format!("taskq_tasks_failed_total{fail}"), 2.0),
+            (format!("taskq_tasks_retried_total{fail}"), 1.0),
+            (format!("taskq_tasks_dead_total{fail}"), 1.0),
+            (format!("taskq_task_duration_seconds_count{echo}"), 1.0),
+            (
+                "taskq_task_wait_seconds_count{queue=\"default\"}".to_owned(),
+                3.0,
+            ),
+            (scheduled.to_owned(), 1.0),
+        ],
     );
     assert!(
         value(&worker, "taskq_store_flush_duration_seconds_count") > 0.0,
         "{worker}"
     );
-    assert_eq!(
-        value(
-            &worker,
-            "taskq_queue_depth{queue=\"default\",state=\"scheduled\"}"
-        ),
-        1.0
-    );
     w.shutdown().await;
+}
+
+/// Asserts that each series in `want` has its value in the Prometheus text `text`.
+fn assert_values(text: &str, want: &[(String, f64)]) {
+    for (series, value) in want {
+        assert_eq!(metric_value(text, series), *value, "{series} in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_redis() {
     let mut env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let w = env.default_worker();
     let router = taskq_worker::health_router(w.worker.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let worker_url = format!("http://{}", serve_router(router).await);
     let http = env.http.clone();
     let api = env.api.clone();
     for base in [&api, &worker_url] {
-        assert!(
-            wait_until(T, Duration::from_millis(50), || ready(&http, base)).await,
-            "{base}"
-        );
-        let live = http
-            .get(format!("{base}/livez"))
-            .send()
-            .await
-            .expect("livez");
-        assert_eq!(live.status(), StatusCode::OK);
+        assert!(ready_within(&http, base, T).await, "{base}");
+        assert!(live(&http, base).await, "{base} is not live");
     }
     env.redis.stop();
     for base in [&api, &worker_url] {
@@ -368,19 +315,11 @@ async fn readiness_follows_redis() {
             "{base} stayed ready without Redis"
         );
         // Liveness does not depend on Redis.
-        let live = http
-            .get(format!("{base}/livez"))
-            .send()
-            .await
-            .expect("livez");
-        assert_eq!(live.status(), StatusCode::OK);
+        assert!(live(&http, base).await, "{base} is not live");
     }
     env.redis.restart();
     for base in [&api, &worker_url] {
-        assert!(
-            wait_until(T, Duration::from_millis(100), || ready(&http, base)).await,
-            "{base}"
-        );
+        assert!(ready_within(&http, base, T).await, "{base}");
     }
     // A draining worker is not ready.
     let worker = w.worker.clone();
@@ -413,22 +352,19 @@ async fn secrets_never_reach_the_logs() {
     // The right token passes authentication and the submit reaches MongoDB, which
     // refuses the credentials: 503. The wrong one stops at authentication: 401. Either
     // answer proves the request went through the layers that log it.
-    let accepted = http
-        .post(format!("{}/v1/tasks", bins.api_url))
-        .bearer_auth(token)
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("the api answers a submit");
-    assert_eq!(accepted.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let refused = http
-        .post(format!("{}/v1/tasks", bins.api_url))
-        .bearer_auth(wrong_token)
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("the api answers a submit");
-    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    for (bearer, status) in [
+        (token, StatusCode::SERVICE_UNAVAILABLE),
+        (wrong_token, StatusCode::UNAUTHORIZED),
+    ] {
+        let answer = http
+            .post(format!("{}/v1/tasks", bins.api_url))
+            .bearer_auth(bearer)
+            .json(&json!({"type": "noop"}))
+            .send()
+            .await
+            .expect("the api answers a submit");
+        assert_eq!(answer.status(), status);
+    }
     bins.api.terminate();
     bins.worker.terminate();
     bins.api.wait_timeout(T);

@@ -8,12 +8,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{TaskId, TaskStatus};
-use taskq_redis::{Broker, RedisConfig};
 use taskq_store::ListFilter;
-use taskq_testkit::{ChaosProxy, wait_until};
+use taskq_testkit::wait_until;
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, serve_api};
+use crate::harness::{Env, answer, broker_via_proxy, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -91,7 +90,7 @@ async fn cancel_stops_waiting_and_running_tasks_but_not_finished_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_queue_keeps_accepting_but_runs_nothing_until_resumed() {
     let env = Env::start().await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let first = env.submit(json!({"type": "noop"})).await;
     env.wait_status(first, TaskStatus::Succeeded, T).await;
     let (status, body) = env.post("/v1/queues/default/pause", json!({})).await;
@@ -214,13 +213,7 @@ async fn retry_dead_that_loses_redis_midway_leaves_the_rest_dead() {
     w.shutdown().await;
 
     // A second api whose Redis connection runs through a proxy.
-    let proxy = ChaosProxy::start(env.redis.addr());
-    let broker = Broker::connect(&RedisConfig::from_urls(
-        &format!("redis://{}", proxy.addr()),
-        false,
-    ))
-    .await
-    .expect("redis through the proxy");
+    let (proxy, broker) = broker_via_proxy(&env).await;
     let (api, stop) = serve_api(taskq_api::AppState::new(broker, env.store.clone())).await;
     let retry = tokio::spawn({
         let req = env.http.post(format!("{api}/v1/queues/a/retry-dead"));
@@ -369,33 +362,28 @@ async fn recovery_on_a_healthy_redis_duplicates_nothing() {
 async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     let env = Env::start().await;
     // Header or field, same effect.
-    let resp = env
-        .http
-        .post(format!("{}/v1/tasks", env.api))
-        .header("idempotency-key", "order-42")
-        .json(&json!({"type": "noop"}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let first: serde_json::Value = resp.json().await.expect("json");
-    let (status, again) = env
-        .post(
-            "/v1/tasks",
+    let (status, first) = answer(
+        env.http
+            .post(format!("{}/v1/tasks", env.api))
+            .header("idempotency-key", "order-42")
+            .json(&json!({"type": "noop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let again = env
+        .submit_expect(
             json!({"type": "noop", "idempotency_key": "order-42"}),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["idempotency_key"], "order-42");
     // The same key in another queue is another task.
-    let (status, other) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "queue": "b", "idempotency_key": "order-42"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{other}");
+    env.submit_expect(
+        json!({"type": "noop", "queue": "b", "idempotency_key": "order-42"}),
+        StatusCode::CREATED,
+    )
+    .await;
     // Header and field disagreeing is a client error.
     let resp = env
         .http
@@ -452,13 +440,13 @@ async fn an_idempotency_key_returns_the_original_task_even_under_a_race() {
     assert_eq!(env.total_records().await, 3);
 
     // In a batch, a repeated key reports the original task.
-    let (status, body) = env
-        .post(
+    let body = env
+        .post_expect(
             "/v1/tasks/batch",
             json!({"tasks": [{"type": "noop", "idempotency_key": "race"}, {"type": "noop"}]}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["results"][0]["id"], answers[0].1.as_str());
     assert_eq!(body["results"][0]["duplicate"], true);
     assert_eq!(env.total_records().await, 4);
@@ -477,13 +465,8 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
         .await
         .expect("claim");
     assert_eq!(held, None);
-    let (status, body) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "held"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let keyed = json!({"type": "noop", "idempotency_key": "held"});
+    let body = env.submit_expect(keyed.clone(), StatusCode::CONFLICT).await;
     assert_eq!(body["error"]["code"], "conflict", "{body}");
     assert_eq!(env.total_records().await, 0);
     assert_eq!(env.redis_total("default").await, 0);
@@ -494,13 +477,7 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
             .await
             .expect("drop")
     );
-    let (status, first) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "held"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first = env.submit_expect(keyed.clone(), StatusCode::CREATED).await;
     let id: TaskId = first["id"].as_str().expect("id").parse().expect("id");
     // The winner keeps its claim (for the retention window) ...
     let holder = env
@@ -513,13 +490,7 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
     // ... and when Redis loses every claim, MongoDB's unique index still answers with the
     // original task.
     env.flush_redis().await;
-    let (status, again) = env
-        .post(
-            "/v1/tasks",
-            json!({"type": "noop", "idempotency_key": "held"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
+    let again = env.submit_expect(keyed, StatusCode::OK).await;
     assert_eq!(again["id"], first["id"]);
     assert_eq!(env.total_records().await, 1);
     assert_eq!(env.redis_total("default").await, 0);
@@ -562,24 +533,12 @@ async fn queue_limits_hold_across_workers() {
         json!({"burst": 3}),
         json!({"max_concurrency": 2}),
     ] {
-        let resp = env
-            .http
-            .put(format!("{}/v1/queues/limited/limits", env.api))
-            .json(&bad)
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let (status, body) = env.put("/v1/queues/limited/limits", &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
-    let resp = env
-        .http
-        .put(format!("{}/v1/queues/limited/limits", env.api))
-        .json(&json!({"max_concurrent": 2, "max_dispatches_per_second": 10, "burst": 1}))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: serde_json::Value = resp.json().await.expect("json");
+    let limits = json!({"max_concurrent": 2, "max_dispatches_per_second": 10, "burst": 1});
+    let (status, body) = env.put("/v1/queues/limited/limits", &limits).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["limits"]["max_concurrent"], 2);
 
     // Two workers with eight slots each still run at most two at a time.

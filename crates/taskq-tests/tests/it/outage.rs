@@ -15,10 +15,12 @@ use taskq_testkit::{
 };
 
 use taskq_api::AppState;
-use taskq_redis::{Broker, RedisConfig};
 
 use crate::crash::{Log, execution_log, worker_process_with};
-use crate::harness::{Env, Recorder, api_process, ready, serve_api, store_via_proxy};
+use crate::harness::{
+    Env, Recorder, api_process, broker_via_proxy, kill_in_turn, ready, ready_within, serve_api,
+    store_via_proxy,
+};
 
 /// Waits until every api of `urls` is ready; fails with `what` otherwise.
 async fn all_ready(http: &reqwest::Client, urls: &[String], what: &str) {
@@ -146,12 +148,7 @@ async fn outage(store: Outage) {
         .build()
         .expect("client");
     assert!(
-        wait_until(
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || ready(&http, &api)
-        )
-        .await,
+        ready_within(&http, &api, Duration::from_secs(30)).await,
         "the api never became ready"
     );
 
@@ -240,12 +237,7 @@ async fn outage(store: Outage) {
     proxy.thaw();
     let thawed = Instant::now();
     assert!(
-        wait_until(
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || ready(&http, &api)
-        )
-        .await,
+        ready_within(&http, &api, Duration::from_secs(10)).await,
         "the api was not ready again within 10 s of MongoDB answering"
     );
     let ready_after = thawed.elapsed();
@@ -456,14 +448,10 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
         })
         .collect();
 
-    let mut kills = 0;
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let i = round % apis.len();
-        apis[i].kill_9();
-        kills += 1;
-        apis[i] = api_process(&env, ports[i], &uri, &[]);
-    }
+    let kills = kill_in_turn(&mut apis, 10, Duration::from_millis(700), |i, _| {
+        api_process(&env, ports[i], &uri, &[])
+    })
+    .await;
     all_ready(&http, &urls, "did not come back").await;
     stop.cancel();
     for c in clients {
@@ -542,13 +530,7 @@ async fn records_match_the_executions_after_apis_are_killed_again_and_again() {
 async fn a_lost_enqueue_reply_for_a_task_that_already_ran_keeps_its_record() {
     let env = Env::start().await;
     let (store_proxy, worker_store) = store_via_proxy(&env).await;
-    let redis_proxy = ChaosProxy::start(env.redis.addr());
-    let broker = Broker::connect(&RedisConfig::from_urls(
-        &format!("redis://{}", redis_proxy.addr()),
-        false,
-    ))
-    .await
-    .expect("redis via proxy");
+    let (redis_proxy, broker) = broker_via_proxy(&env).await;
     let (api, api_stop) = serve_api(AppState::new(broker, env.store.clone())).await;
 
     let recorder = Recorder::default();

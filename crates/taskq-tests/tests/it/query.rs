@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskq_core::TaskId;
 
-use crate::harness::Env;
+use crate::harness::{Env, assert_error};
 
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str()
@@ -217,14 +217,7 @@ async fn unknown_task_is_404() {
     let env = Env::start().await;
     env.submit(json!({"type": "x"})).await;
     let (status, body) = env.get(&format!("/v1/tasks/{}", TaskId::new())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(body["error"]["code"], "not_found", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert_error("an unknown task", (status, &body), 404, "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -367,13 +360,6 @@ async fn bad_list_queries_are_400_invalid_query() {
     ];
     for query in cases {
         let (status, body) = env.get(&format!("/v1/tasks?{query}")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "?{query}: {body}");
-        assert_eq!(body["error"]["code"], "invalid_query", "?{query}: {body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "?{query}: {body}"
-        );
+        assert_error(&format!("?{query}"), (status, &body), 400, "invalid_query");
     }
 }

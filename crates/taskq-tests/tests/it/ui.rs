@@ -14,9 +14,10 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use taskq_redis::WorkerInfo;
 use taskq_testkit::{ChildGuard, free_port, mongo_uri, wait_until, workspace_bin};
 
-use crate::harness::Env;
+use crate::harness::{Env, serve_router};
 
 const READ: &str = "read-token-0123456789abcdef";
 const SUBMIT: &str = "submit-token-0123456789abcdef";
@@ -55,11 +56,7 @@ async fn flaky_endpoint() -> (String, Arc<AtomicBool>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", serve_router(app).await);
     (url, failing)
 }
 
@@ -335,6 +332,30 @@ async fn until_page(c: &Client, url: &str, what: &str, check: impl AsyncFn(&Clie
         "{what}: never seen at {url}; page:\n{}",
         c.source().await.unwrap_or_default()
     );
+}
+
+/// The value of the header `name` of `r`, when it is text.
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts that `r` redirects (303) to `location`; `what` names the case.
+#[track_caller]
+fn assert_redirect(r: &reqwest::Response, location: &str, what: &str) {
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{what}");
+    assert_eq!(header(r, "location"), Some(location), "{what}");
+}
+
+/// Polls the current page, without reloading it, until `check` holds; panics with `what`
+/// if it does not within `timeout`.
+async fn until_shown(
+    c: &Client,
+    what: &str,
+    timeout: Duration,
+    check: impl AsyncFn(&Client) -> bool,
+) {
+    let shown = wait_until(timeout, Duration::from_millis(100), || check(c)).await;
+    assert!(shown, "{what}");
 }
 
 /// `fetch` from inside the page (same origin, the session's cookie): the status of a
@@ -697,45 +718,33 @@ async fn dashboard_in_headless_chromium() {
     }
     c.goto(&ui("/ui")).await.expect("goto");
     let running = "tr[data-queue=emails] td[data-count=running]";
-    let mut seen_running = false;
-    for _ in 0..50 {
-        if text(&c, running).await.trim() != "0" {
-            seen_running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        seen_running,
-        "the overview never showed the emails tasks running"
-    );
+    until_shown(
+        &c,
+        "the overview never showed the emails tasks running",
+        Duration::from_secs(10),
+        async |c| text(c, running).await.trim() != "0",
+    )
+    .await;
     // (On the queue's page: the overview's rows are swapped every few seconds.)
     c.goto(&ui("/ui/queues/emails")).await.expect("goto");
     click(&c, "button[value=pause]").await;
-    let mut paused = false;
-    for _ in 0..100 {
-        if text(&c, "h1").await.contains("(paused)") {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(paused, "the queue's page does not say it is paused");
+    until_shown(
+        &c,
+        "the queue's page does not say it is paused",
+        Duration::from_secs(10),
+        async |c| text(c, "h1").await.contains("(paused)"),
+    )
+    .await;
     let later = s.submit(json!({"type": "noop", "queue": "emails"})).await;
     c.goto(&ui("/ui")).await.expect("goto");
-    let mut zero = false;
-    for _ in 0..100 {
-        // No reload: the live part is swapped in by htmx every 3 s.
-        if text(&c, running).await.trim() == "0" {
-            zero = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        zero,
-        "the running count of the paused queue never fell to 0"
-    );
+    // No reload: the live part is swapped in by htmx every 3 s.
+    until_shown(
+        &c,
+        "the running count of the paused queue never fell to 0",
+        Duration::from_secs(20),
+        async |c| text(c, running).await.trim() == "0",
+    )
+    .await;
     assert_eq!(
         s.status(&later).await,
         "queued",
@@ -837,58 +846,33 @@ async fn dashboard_security_headers_csrf_and_roles() {
         .send()
         .await
         .expect("get");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers().get("location").and_then(|v| v.to_str().ok()),
-        Some("/ui/login?next=%2Fui%2Ftasks%3Fq%3Dx")
-    );
+    assert_redirect(&r, "/ui/login?next=%2Fui%2Ftasks%3Fq%3Dx", "signed out");
     let r = http
         .get(format!("{api}/ui/login"))
         .send()
         .await
         .expect("get");
-    let csp = r
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
+    let csp = header(&r, "content-security-policy")
         .unwrap_or_default()
         .to_owned();
     assert_eq!(csp, taskq_api::ui::CSP);
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
     assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
-    assert_eq!(
-        r.headers()
-            .get("x-frame-options")
-            .and_then(|v| v.to_str().ok()),
-        Some("DENY")
-    );
+    assert_eq!(header(&r, "x-frame-options"), Some("DENY"));
 
     // A wrong token is refused; a good one gets the strict cookie.
-    let r = http
-        .post(format!("{api}/ui/login"))
-        .form(&[("token", "not-a-valid-token-at-all")])
-        .send()
-        .await
-        .expect("post");
+    let sign_in = async |form: &[(&str, &str)]| {
+        http.post(format!("{api}/ui/login"))
+            .form(form)
+            .send()
+            .await
+            .expect("post")
+    };
+    let r = sign_in(&[("token", "not-a-valid-token-at-all")]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = http
-        .post(format!("{api}/ui/login"))
-        .form(&[("token", ADMIN), ("next", "https://evil.example/")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        r.headers().get("location").and_then(|v| v.to_str().ok()),
-        Some("/ui"),
-        "an outside `next` is not followed"
-    );
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let r = sign_in(&[("token", ADMIN), ("next", "https://evil.example/")]).await;
+    assert_redirect(&r, "/ui", "an outside `next` is not followed");
+    let cookie = header(&r, "set-cookie").unwrap_or_default().to_owned();
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(attr), "cookie without {attr}: {cookie}");
     }
@@ -979,20 +963,15 @@ async fn dashboard_security_headers_csrf_and_roles() {
     }
 
     // The read role in the api: every GET, nothing else.
-    let get = http
-        .get(format!("{api}/v1/queues"))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(get.status(), StatusCode::OK);
-    let get = http
-        .get(format!("{api}/v1/tasks"))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(get.status(), StatusCode::OK);
+    for path in ["/v1/queues", "/v1/tasks"] {
+        let get = http
+            .get(format!("{api}{path}"))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(get.status(), StatusCode::OK, "{path}");
+    }
     for (path, body) in [
         ("/v1/tasks", json!({"type": "noop"})),
         ("/v1/queues/default/resume", json!({})),
@@ -1047,16 +1026,7 @@ async fn worker_registry_lists_live_workers_only() {
 
     // A worker that dies (no renewal) vanishes after its TTL.
     let now = taskq_core::now_ms();
-    let ghost = taskq_redis::WorkerInfo {
-        id: "ghost".into(),
-        host: "nowhere".into(),
-        queues: vec!["default".into()],
-        slots: 4,
-        busy: 1,
-        started_ms: now,
-        tasks: vec![],
-        seen_ms: now,
-    };
+    let ghost = worker_info("ghost".into(), "nowhere", 4, 1, now);
     env.broker
         .heartbeat_worker(&ghost, Duration::from_millis(300))
         .await
@@ -1087,54 +1057,35 @@ async fn throughput_history_keeps_rolled_up_minutes() {
     let keys = taskq_redis::QueueKeys::new(&q);
     let ok = keys.counter(taskq_redis::Counter::Succeeded, (m * 60 + 5) * 1000);
     let err = keys.counter(taskq_redis::Counter::Failed, (m * 60 + 59) * 1000);
-    let _: () = redis::pipe()
-        .set(&ok, 3)
-        .set(&err, 2)
-        .query_async(&mut c)
-        .await
-        .expect("counters");
+    let counters = redis::pipe().set(&ok, 3).set(&err, 2).clone();
+    let _: () = counters.query_async(&mut c).await.expect("counters");
+    let roll_up = async |at_ms: i64| env.broker.roll_up_minute(&q, at_ms).await.expect("roll up");
     // Not yet two seconds into the next minute: nothing is rolled up.
     let next = (m + 1) * 60_000;
-    env.broker
-        .roll_up_minute(&q, next + 1_000)
-        .await
-        .expect("roll up");
+    let history = async || {
+        env.broker
+            .throughput_history(&q, next + 3 * 60_000, 10)
+            .await
+            .expect("history")
+    };
+    roll_up(next + 1_000).await;
     let _: String = redis::cmd("FLUSHALL")
         .query_async(&mut c)
         .await
         .expect("flush");
-    let h = env
-        .broker
-        .throughput_history(&q, next + 3 * 60_000, 10)
-        .await
-        .expect("history");
+    let h = history().await;
     assert!(h.iter().all(|x| x.succeeded == 0 && x.failed == 0), "{h:?}");
-    let _: () = redis::pipe()
-        .set(&ok, 3)
-        .set(&err, 2)
-        .query_async(&mut c)
-        .await
-        .expect("counters");
-    env.broker
-        .roll_up_minute(&q, next + 2_500)
-        .await
-        .expect("roll up");
+    let _: () = counters.query_async(&mut c).await.expect("counters");
+    roll_up(next + 2_500).await;
     // A second roll-up (another worker) changes nothing.
-    env.broker
-        .roll_up_minute(&q, next + 4_000)
-        .await
-        .expect("roll up");
+    roll_up(next + 4_000).await;
     let _: i64 = redis::cmd("DEL")
         .arg(&ok)
         .arg(&err)
         .query_async(&mut c)
         .await
         .expect("del");
-    let h = env
-        .broker
-        .throughput_history(&q, next + 3 * 60_000, 10)
-        .await
-        .expect("history");
+    let h = history().await;
     assert_eq!(h.len(), 10);
     let minute = h
         .iter()
@@ -1258,7 +1209,7 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
     .expect("post");
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     assert_eq!(
-        done.headers().get("location").and_then(|v| v.to_str().ok()),
+        header(&done, "location"),
         Some("/ui/tasks?queue=held&notice=cancelled&n=3")
     );
     let counts = env.counts().await;
@@ -1326,6 +1277,21 @@ async fn bulk_actions_keep_to_the_confirmed_count_and_ui_modes_hold() {
     }
 }
 
+/// A worker of the `default` queue running no listed task, started and seen at `now_ms`,
+/// as its heartbeat reports it.
+fn worker_info(id: String, host: &str, slots: u32, busy: u32, now_ms: i64) -> WorkerInfo {
+    WorkerInfo {
+        id,
+        host: host.into(),
+        queues: vec!["default".into()],
+        slots,
+        busy,
+        started_ms: now_ms,
+        tasks: vec![],
+        seen_ms: now_ms,
+    }
+}
+
 /// The worker registry and the throughput history on a three-master Redis Cluster:
 /// every call stays within one slot.
 #[tokio::test(flavor = "multi_thread")]
@@ -1333,16 +1299,7 @@ async fn worker_registry_and_history_work_on_a_redis_cluster() {
     let env = Env::start_on_cluster().await;
     let now = taskq_core::now_ms();
     for i in 0..3 {
-        let w = taskq_redis::WorkerInfo {
-            id: format!("cluster-worker-{i}"),
-            host: "pod".into(),
-            queues: vec!["default".into()],
-            slots: 8,
-            busy: 0,
-            started_ms: now,
-            tasks: vec![],
-            seen_ms: now,
-        };
+        let w = worker_info(format!("cluster-worker-{i}"), "pod", 8, 0, now);
         env.broker
             .heartbeat_worker(&w, Duration::from_secs(30))
             .await

@@ -20,7 +20,7 @@ use taskq_testkit::{free_port, mongo_uri, wait_until};
 use taskq_worker::TaskContext;
 use tokio::task::JoinHandle;
 
-use crate::harness::{Env, api_process, ready, serve_api};
+use crate::harness::{Env, api_process, ready_within, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 /// Well under the 60 s waits: an answer before it came from a wake-up.
@@ -93,7 +93,7 @@ async fn a_waiter_gets_the_result_as_soon_as_the_task_succeeds() {
         .await;
     let req = get_waiting(&env.api, id, "60s");
     until_waiting(&waits, 1).await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let rec = woken(req).await;
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert_eq!(rec["result"], payload, "the result round-trips");
@@ -116,7 +116,7 @@ async fn a_waiter_wakes_when_the_task_dies_or_is_cancelled() {
     let on_dead = get_waiting(&env.api, dies, "60s");
     let on_cancel = get_waiting(&env.api, cancelled, "60000ms");
     until_waiting(&waits, 2).await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let rec = woken(on_dead).await;
     assert_eq!(rec["status"], "dead", "{rec}");
     assert_eq!(rec["last_error"], "fail handler failed attempt 1");
@@ -139,7 +139,7 @@ async fn an_unfinished_task_is_answered_at_the_deadline_as_it_stands() {
         .expect("request");
     assert_eq!(status, StatusCode::OK, "{rec}");
     assert_eq!(rec["status"], "queued");
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     let running = env
         .submit(json!({"type": "sleep", "payload": {"ms": 60000}}))
         .await;
@@ -216,7 +216,7 @@ async fn waiters_on_another_api_wake_for_the_worker_and_for_a_cancel() {
     let on_a_runs = get_waiting(&env.api, runs, "60s");
     until_waiting(&waits_b, 2).await;
     until_waiting(&waits_a, 1).await;
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     for req in [on_b_runs, on_a_runs] {
         let rec = woken(req).await;
         assert_eq!(
@@ -289,7 +289,7 @@ async fn waiters_wake_on_a_redis_cluster_whatever_node_they_listen_on() {
         reqs.push(get_waiting(url, id, "60s"));
         until_waiting(waits, 1).await;
     }
-    let w = env.worker(Env::settings("default"), Env::builtins());
+    let w = env.default_worker();
     for req in reqs {
         let rec = woken(req).await;
         assert_eq!(
@@ -346,7 +346,7 @@ async fn the_api_binary_answers_waiters_past_its_timeout_and_when_it_drains() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     assert!(
-        wait_until(T, Duration::from_millis(100), || ready(&http, &base)).await,
+        ready_within(&http, &base, T).await,
         "the api never became ready"
     );
     let id = env.submit(json!({"type": "noop", "queue": "idle"})).await;
