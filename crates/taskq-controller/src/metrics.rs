@@ -87,47 +87,17 @@ impl Metrics {
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
         };
-        registry.register(
-            "desired_replicas",
-            "Replicas each scaler wants",
-            m.desired.clone(),
-        );
-        registry.register(
-            "current_replicas",
-            "Replicas each scaled Deployment asks for (spec.replicas)",
-            m.current.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Pending tasks (queued, due scheduled, retrying, running) per queue of each scaler",
-            m.depth.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed, by condition reason",
-            m.reconcile_errors.clone(),
-        );
-        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one reconcile takes",
-            m.reconcile_duration.clone(),
-        );
-        registry.register(
-            "scale_operations",
-            "Replica changes made through the scale subresource",
-            m.scale_operations.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this controller holds the leader Lease",
-            m.leader.clone(),
-        );
-        registry.register(
-            "leader_transitions",
-            "Times this controller became the leader",
-            m.leader_transitions.clone(),
-        );
+        taskq_telemetry::register_metrics! { registry;
+            "desired_replicas" => m.desired, "Replicas each scaler wants";
+            "current_replicas" => m.current, "Replicas each scaled Deployment asks for (spec.replicas)";
+            "queue_depth" => m.depth, "Pending tasks (queued, due scheduled, retrying, running) per queue of each scaler";
+            "reconcile_errors" => m.reconcile_errors, "Reconciles that failed, by condition reason";
+            "reconciles" => m.reconciles, "Reconciles run";
+            "reconcile_duration_seconds" => m.reconcile_duration, "Time one reconcile takes";
+            "scale_operations" => m.scale_operations, "Replica changes made through the scale subresource";
+            "leader" => m.leader, "1 while this controller holds the leader Lease";
+            "leader_transitions" => m.leader_transitions, "Times this controller became the leader";
+        }
         Self { registry, ..m }
     }
 

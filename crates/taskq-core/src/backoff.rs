@@ -61,15 +61,20 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    /// A policy and a seeded random source.
+    fn policy(initial_ms: u64, max_ms: u64, multiplier: f64, jitter: f64) -> (Backoff, StdRng) {
+        let b = Backoff {
+            initial_ms,
+            max_ms,
+            multiplier,
+            jitter,
+        };
+        (b, StdRng::seed_from_u64(initial_ms))
+    }
+
     #[test]
     fn grows_exponentially_up_to_the_cap() {
-        let b = Backoff {
-            initial_ms: 100,
-            max_ms: 1_000,
-            multiplier: 2.0,
-            jitter: 0.0,
-        };
-        let mut rng = StdRng::seed_from_u64(1);
+        let (b, mut rng) = policy(100, 1_000, 2.0, 0.0);
         let ms: Vec<u128> = (1..=6).map(|n| b.delay(n, &mut rng).as_millis()).collect();
         assert_eq!(ms, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.delay(u32::MAX, &mut rng).as_millis(), 1000);
@@ -77,13 +82,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_fraction() {
-        let b = Backoff {
-            initial_ms: 1_000,
-            max_ms: 10_000,
-            multiplier: 3.0,
-            jitter: 0.5,
-        };
-        let mut rng = StdRng::seed_from_u64(7);
+        let (b, mut rng) = policy(1_000, 10_000, 3.0, 0.5);
         let samples: Vec<u128> = (0..500).map(|_| b.delay(2, &mut rng).as_millis()).collect();
         assert!(samples.iter().all(|&d| (1_500..=3_000).contains(&d)));
         // Jitter actually spreads the delays.

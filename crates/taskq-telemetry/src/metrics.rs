@@ -91,6 +91,16 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 21))
 }
 
+/// Registers metrics in a `prometheus_client` registry, one line each:
+/// `"name" => metric, "help";` (a clone of each metric is registered, so the caller
+/// keeps its handle).
+#[macro_export]
+macro_rules! register_metrics {
+    ($registry:expr; $($name:literal => $metric:expr, $help:literal;)*) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Arc<Self> {
@@ -121,114 +131,32 @@ impl Metrics {
         // 1 to 1,024 submits.
         let submit_group_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let r = &mut registry;
-        r.register(
-            "api_submit_group_size",
-            "Single submits written together by one group commit",
-            submit_group_size.clone(),
-        );
-        r.register(
-            "api_waiting_requests",
-            "Api requests waiting for their task to finish (?wait=)",
-            api_waiting.clone(),
-        );
-        r.register(
-            "api_wait_reads",
-            "MongoDB reads of records made by waiting requests",
-            api_wait_reads.clone(),
-        );
-        r.register(
-            "tasks_submitted",
-            "Tasks accepted by the api",
-            submitted.clone(),
-        );
-        r.register("tasks_started", "Attempts started", started.clone());
-        r.register("tasks_succeeded", "Tasks that succeeded", succeeded.clone());
-        r.register(
-            "tasks_failed",
-            "Attempts that failed (retried or not)",
-            failed.clone(),
-        );
-        r.register(
-            "tasks_retried",
-            "Failed attempts scheduled for a retry",
-            retried.clone(),
-        );
-        r.register(
-            "tasks_dead",
-            "Tasks moved to the dead-letter queue",
-            dead.clone(),
-        );
-        r.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
-        r.register(
-            "task_duration_seconds",
-            "Handler run time of one attempt",
-            duration.clone(),
-        );
-        r.register(
-            "task_wait_seconds",
-            "Time from runnable (submitted, due or requeued) to started",
-            wait.clone(),
-        );
-        r.register(
-            "queue_depth",
-            "Tasks per queue and live state, as Redis holds them",
-            depth.clone(),
-        );
-        r.register(
-            "lease_expirations",
-            "Leases that expired and were reaped (a worker died or stalled)",
-            lease_expirations.clone(),
-        );
-        r.register(
-            "queue_active_keys",
-            "Task keys with tasks in Redis, per queue",
-            active_keys.clone(),
-        );
-        r.register(
-            "key_limit_holds",
-            "Times a key's next task waited for the queue's max_running_per_key",
-            key_limit_holds.clone(),
-        );
-        r.register(
-            "heartbeats_missed",
-            "Heartbeats that failed or found the lease lost",
-            heartbeats_missed.clone(),
-        );
-        r.register(
-            "store_write_buffer_depth",
-            "Status updates waiting for MongoDB",
-            write_buffer_depth.clone(),
-        );
-        r.register(
-            "store_flush_duration_seconds",
-            "Time of one batched MongoDB write",
-            flush_duration.clone(),
-        );
-        r.register(
-            "store_flush_errors",
-            "Batched MongoDB writes that failed and were retried",
-            flush_errors.clone(),
-        );
-        r.register(
-            "worker_inflight",
-            "Attempts running in this worker",
-            inflight.clone(),
-        );
-        r.register(
-            "worker_slots",
-            "Attempts this worker may run at once (TASKQ_CONCURRENCY)",
-            slots.clone(),
-        );
-        r.register(
-            "http_requests",
-            "HTTP requests served",
-            http_requests.clone(),
-        );
-        r.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            http_duration.clone(),
-        );
+        crate::register_metrics! { r;
+            "api_submit_group_size" => submit_group_size, "Single submits written together by one group commit";
+            "api_waiting_requests" => api_waiting, "Api requests waiting for their task to finish (?wait=)";
+            "api_wait_reads" => api_wait_reads, "MongoDB reads of records made by waiting requests";
+            "tasks_submitted" => submitted, "Tasks accepted by the api";
+            "tasks_started" => started, "Attempts started";
+            "tasks_succeeded" => succeeded, "Tasks that succeeded";
+            "tasks_failed" => failed, "Attempts that failed (retried or not)";
+            "tasks_retried" => retried, "Failed attempts scheduled for a retry";
+            "tasks_dead" => dead, "Tasks moved to the dead-letter queue";
+            "tasks_cancelled" => cancelled, "Tasks cancelled";
+            "task_duration_seconds" => duration, "Handler run time of one attempt";
+            "task_wait_seconds" => wait, "Time from runnable (submitted, due or requeued) to started";
+            "queue_depth" => depth, "Tasks per queue and live state, as Redis holds them";
+            "lease_expirations" => lease_expirations, "Leases that expired and were reaped (a worker died or stalled)";
+            "queue_active_keys" => active_keys, "Task keys with tasks in Redis, per queue";
+            "key_limit_holds" => key_limit_holds, "Times a key's next task waited for the queue's max_running_per_key";
+            "heartbeats_missed" => heartbeats_missed, "Heartbeats that failed or found the lease lost";
+            "store_write_buffer_depth" => write_buffer_depth, "Status updates waiting for MongoDB";
+            "store_flush_duration_seconds" => flush_duration, "Time of one batched MongoDB write";
+            "store_flush_errors" => flush_errors, "Batched MongoDB writes that failed and were retried";
+            "worker_inflight" => inflight, "Attempts running in this worker";
+            "worker_slots" => slots, "Attempts this worker may run at once (TASKQ_CONCURRENCY)";
+            "http_requests" => http_requests, "HTTP requests served";
+            "http_request_duration_seconds" => http_duration, "HTTP request latency";
+        }
         Arc::new(Self {
             registry,
             submitted,
