@@ -49,26 +49,46 @@ impl Ctx {
                 Ok(self.show(&ans.body, flow_detail))
             }
             FlowCommand::Cancel { id } => {
-                self.act(&["v1", "flows", id, "cancel"], |v| {
-                    format!(
-                        "flow {id}: {} tasks cancelled, {} running tasks signalled\n",
-                        text(&v["cancelled"]),
-                        text(&v["signalled"])
-                    )
-                })
+                self.flow_act(
+                    id,
+                    "cancel",
+                    [
+                        ("cancelled", "tasks cancelled"),
+                        ("signalled", "running tasks signalled"),
+                    ],
+                )
                 .await
             }
             FlowCommand::Retry { id } => {
-                self.act(&["v1", "flows", id, "retry"], |v| {
-                    format!(
-                        "flow {id}: {} dead tasks queued again, {} tasks waiting again\n",
-                        text(&v["requeued"]),
-                        text(&v["waiting"])
-                    )
-                })
+                self.flow_act(
+                    id,
+                    "retry",
+                    [
+                        ("requeued", "dead tasks queued again"),
+                        ("waiting", "tasks waiting again"),
+                    ],
+                )
                 .await
             }
         }
+    }
+
+    /// `POST /v1/flows/{id}/{action}`, told as `flow <id>: <n> <words>, …` from the
+    /// answer's count fields.
+    async fn flow_act(
+        &self,
+        id: &str,
+        action: &str,
+        counts: [(&str, &str); 2],
+    ) -> Result<String, Error> {
+        self.act(&["v1", "flows", id, action], |v| {
+            let told: Vec<String> = counts
+                .iter()
+                .map(|(field, words)| format!("{} {words}", text(&v[*field])))
+                .collect();
+            format!("flow {id}: {}\n", told.join(", "))
+        })
+        .await
     }
 
     async fn flow_submit(&self, file: &Path) -> Result<String, Error> {

@@ -404,59 +404,50 @@ mod tests {
     #[test]
     fn submit_options_are_checked_before_anything_is_sent() {
         use clap::error::ErrorKind;
-        let kind = |args: &[&str]| parse(args).map(|_| ()).map_err(|e| e.kind());
-        assert_eq!(kind(&["submit", "noop"]), Ok(()));
-        assert_eq!(kind(&["submit", "--file", "x.jsonl"]), Ok(()));
-        assert_eq!(kind(&["submit"]), Err(ErrorKind::MissingRequiredArgument));
-        assert_eq!(
-            kind(&["submit", "noop", "--payload", "{nope"]),
-            Err(ErrorKind::ValueValidation)
-        );
-        assert_eq!(
-            kind(&[
-                "submit",
-                "noop",
-                "--delay-ms",
-                "1",
-                "--run-at",
-                "2030-01-01T00:00:00Z"
-            ]),
-            Err(ErrorKind::ArgumentConflict)
-        );
-        assert_eq!(
-            kind(&["submit", "noop", "--run-at", "tomorrow"]),
-            Err(ErrorKind::ValueValidation)
-        );
-        assert_eq!(
-            kind(&["submit", "noop", "--priority", "urgent"]),
-            Err(ErrorKind::InvalidValue)
-        );
-        assert_eq!(
-            kind(&["submit", "noop", "--file", "x"]),
-            Err(ErrorKind::ArgumentConflict)
-        );
-        assert_eq!(
-            kind(&["submit", "--file", "x", "--batch-size", "1001"]),
-            Err(ErrorKind::ValueValidation)
-        );
-        assert_eq!(
-            kind(&["submit", "noop", "--idempotency-key", "a\u{7}b"]),
-            Err(ErrorKind::ValueValidation)
-        );
-        assert_eq!(kind(&["get", ".."]), Err(ErrorKind::ValueValidation));
-        assert_eq!(kind(&["get", "x", "--wait", "1500ms"]), Ok(()));
-        assert_eq!(
-            kind(&["get", "x", "--wait", "61s"]),
-            Err(ErrorKind::ValueValidation)
-        );
-        assert_eq!(
-            kind(&["submit", "--file", "x", "--wait", "5s"]),
-            Err(ErrorKind::ArgumentConflict)
-        );
-        assert_eq!(
-            kind(&["--api", "ftp://x", "recover"]),
-            Err(ErrorKind::ValueValidation)
-        );
+        // Arguments separated by single spaces.
+        let cases: &[(&str, Result<(), ErrorKind>)] = &[
+            ("submit noop", Ok(())),
+            ("submit --file x.jsonl", Ok(())),
+            ("submit", Err(ErrorKind::MissingRequiredArgument)),
+            (
+                "submit noop --payload {nope",
+                Err(ErrorKind::ValueValidation),
+            ),
+            (
+                "submit noop --delay-ms 1 --run-at 2030-01-01T00:00:00Z",
+                Err(ErrorKind::ArgumentConflict),
+            ),
+            (
+                "submit noop --run-at tomorrow",
+                Err(ErrorKind::ValueValidation),
+            ),
+            (
+                "submit noop --priority urgent",
+                Err(ErrorKind::InvalidValue),
+            ),
+            ("submit noop --file x", Err(ErrorKind::ArgumentConflict)),
+            (
+                "submit --file x --batch-size 1001",
+                Err(ErrorKind::ValueValidation),
+            ),
+            (
+                "submit noop --idempotency-key a\u{7}b",
+                Err(ErrorKind::ValueValidation),
+            ),
+            ("get ..", Err(ErrorKind::ValueValidation)),
+            ("get x --wait 1500ms", Ok(())),
+            ("get x --wait 61s", Err(ErrorKind::ValueValidation)),
+            (
+                "submit --file x --wait 5s",
+                Err(ErrorKind::ArgumentConflict),
+            ),
+            ("--api ftp://x recover", Err(ErrorKind::ValueValidation)),
+        ];
+        for (args, expected) in cases {
+            let args: Vec<&str> = args.split(' ').collect();
+            let kind = parse(&args).map(|_| ()).map_err(|e| e.kind());
+            assert_eq!(&kind, expected, "{args:?}");
+        }
     }
 
     #[test]

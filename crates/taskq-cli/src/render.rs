@@ -109,16 +109,23 @@ fn attempts(t: &Value) -> String {
 /// and cancel, under `headline`.
 pub fn task_summary(headline: &str, t: &Value) -> String {
     let mut out = format!("{}\n", one_line(headline));
-    out.push_str(&fields(vec![
+    let mut rows = standing(t);
+    rows.push(("scheduled (UTC)", time(&t["scheduled_at"])));
+    out.push_str(&fields(rows));
+    out
+}
+
+/// A task's identity and where it stands: the first rows of [`task_summary`] and
+/// [`task_detail`].
+fn standing(t: &Value) -> Vec<(&'static str, String)> {
+    vec![
         ("id", text(&t["id"])),
-        ("status", text(&t["status"])),
         ("type", text(&t["type"])),
         ("queue", text(&t["queue"])),
+        ("status", text(&t["status"])),
         ("priority", text(&t["priority"])),
         ("attempts", attempts(t)),
-        ("scheduled (UTC)", time(&t["scheduled_at"])),
-    ]));
-    out
+    ]
 }
 
 /// One task in full, then its history.
@@ -127,13 +134,8 @@ pub fn task_detail(t: &Value) -> String {
         Some(n) => format!("{n} ms"),
         None => text(v),
     };
-    let mut out = fields(vec![
-        ("id", text(&t["id"])),
-        ("type", text(&t["type"])),
-        ("queue", text(&t["queue"])),
-        ("status", text(&t["status"])),
-        ("priority", text(&t["priority"])),
-        ("attempts", attempts(t)),
+    let mut rows = standing(t);
+    rows.extend([
         ("timeout", ms(&t["timeout_ms"])),
         ("backoff", text(&t["backoff"])),
         ("created (UTC)", time(&t["created_at"])),
@@ -145,6 +147,7 @@ pub fn task_detail(t: &Value) -> String {
         ("payload", text(&t["payload"])),
         ("result", text(&t["result"])),
     ]);
+    let mut out = fields(rows);
     let events = t["events"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if events.is_empty() {
         out.push_str("\nno events\n");

@@ -32,6 +32,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tracing::field::Empty;
 
 use crate::crd::{PAUSED_ANNOTATION, Settings, TaskQueueScaler, TaskQueueScalerStatus};
@@ -671,11 +673,7 @@ impl<'a> Run<'a> {
             .unwrap_or(1);
         self.status.current_replicas = Some(current);
         self.span.record("current", current);
-        self.ctx
-            .metrics
-            .current
-            .get_or_create(&self.labels)
-            .set(i64::from(current));
+        set_replicas(&self.ctx.metrics.current, &self.labels, current);
         current
     }
 
@@ -718,11 +716,7 @@ impl<'a> Run<'a> {
         self.status.desired_replicas = Some(desired);
         self.span.record("desired", desired);
         self.span.record("decision", decision);
-        self.ctx
-            .metrics
-            .desired
-            .get_or_create(&self.labels)
-            .set(i64::from(desired));
+        set_replicas(&self.ctx.metrics.desired, &self.labels, desired);
     }
 
     /// Writes the status as working, with `reason` and `message`.
@@ -881,6 +875,11 @@ impl<'a> Run<'a> {
 
 /// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter); see
 /// [`retry_delay`].
+/// Sets a scaler's series of a replica-count gauge.
+fn set_replicas(gauge: &Family<ScalerLabels, Gauge>, labels: &ScalerLabels, replicas: i32) {
+    gauge.get_or_create(labels).set(i64::from(replicas));
+}
+
 pub fn error_policy(scaler: Arc<TaskQueueScaler>, error: &Error, ctx: Arc<Context>) -> Action {
     match retry_delay(&scaler, error, &ctx) {
         Some(delay) => Action::requeue(delay),
