@@ -36,39 +36,34 @@ script!(
     lua_fns!(),
     key_fns!(),
     r"
-local pfx, now = ARGV[1], tonumber(ARGV[2])
+local now = tonumber(ARGV[2])
 local q = kq(1, 7)
-local out, now_due = {}, {{}, {}, {}}
+local now_due = {{}, {}, {}}
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
-for i = 3, #ARGV, 8 do
-  local id = ARGV[i]
-  local k = pfx .. id
-  if redis.call('EXISTS', k) == 1 then
-    out[#out + 1] = 0
+local out = each_task(3, 8, function(i, id, k)
+  if redis.call('EXISTS', k) == 1 then return 0 end
+  local prio, due = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local state = 'queued'
+  if due > now then state = 'scheduled' end
+  local uk = ARGV[i + 7]
+  if uk ~= '' then
+    redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
+      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now, 'key', uk)
+    kjoin(q, uk)
   else
-    local prio, due = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    local state = 'queued'
-    if due > now then state = 'scheduled' end
-    local uk = ARGV[i + 7]
-    if uk ~= '' then
-      redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
-        'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now, 'key', uk)
-      kjoin(q, uk)
-    else
-      redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
-        'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
-    end
-    if due > now then
-      redis.call('ZADD', KEYS[4], due, id)
-    elseif uk ~= '' then
-      kqueue(q, uk, id, prio, false)
-    else
-      local ids = now_due[1 + prio]
-      ids[#ids + 1] = id
-    end
-    out[#out + 1] = 1
+    redis.call('HSET', k, 'msg', ARGV[i + 6], 'state', state, 'prio', prio,
+      'seq', ARGV[i + 3], 'attempts', ARGV[i + 4], 'max', ARGV[i + 5], 'qat', now)
   end
-end
+  if due > now then
+    redis.call('ZADD', KEYS[4], due, id)
+  elseif uk ~= '' then
+    kqueue(q, uk, id, prio, false)
+  else
+    local ids = now_due[1 + prio]
+    ids[#ids + 1] = id
+  end
+  return 1
+end)
 -- One LPUSH per pending list, in the order given (as one LPUSH per task would).
 local woke = q.woke
 for p = 1, 3 do

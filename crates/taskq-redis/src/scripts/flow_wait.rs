@@ -22,37 +22,32 @@ use std::collections::BTreeMap;
 
 use taskq_core::QueueName;
 
-use super::{invocation, script};
+use super::{invocation, lua_fns, script};
 use crate::keys::{self, QueueKeys};
 use crate::{Broker, BrokerError, EnqueueItem, Result};
 
 script!(
+    lua_fns!(),
     r"
-local pfx, upfx, now = ARGV[1], ARGV[2], ARGV[3]
+local upfx, now = ARGV[2], ARGV[3]
 redis.call('SET', KEYS[1], now, 'NX')
-local out = {}
-for i = 4, #ARGV, 8 do
-  local id = ARGV[i]
-  local k = pfx .. id
-  if redis.call('EXISTS', k) == 1 then
-    out[#out + 1] = 0
-  else
-    redis.call('HSET', k, 'msg', ARGV[i + 4], 'state', 'waiting', 'prio', ARGV[i + 1],
-      'seq', ARGV[i + 2], 'attempts', 0, 'max', ARGV[i + 3], 'qat', now)
-    if ARGV[i + 6] == 'fail' then redis.call('HSET', k, 'mode', 'fail') end
-    local uk = ARGV[i + 7]
-    if uk ~= '' then
-      redis.call('HSET', k, 'key', uk)
-      redis.call('ZINCRBY', KEYS[2], 1, uk)
-    end
-    local u = upfx .. id
-    redis.call('DEL', u)
-    for dep in string.gmatch(ARGV[i + 5], '[^,]+') do
-      redis.call('SADD', u, dep)
-    end
-    out[#out + 1] = 1
+local out = each_task(4, 8, function(i, id, k)
+  if redis.call('EXISTS', k) == 1 then return 0 end
+  redis.call('HSET', k, 'msg', ARGV[i + 4], 'state', 'waiting', 'prio', ARGV[i + 1],
+    'seq', ARGV[i + 2], 'attempts', 0, 'max', ARGV[i + 3], 'qat', now)
+  if ARGV[i + 6] == 'fail' then redis.call('HSET', k, 'mode', 'fail') end
+  local uk = ARGV[i + 7]
+  if uk ~= '' then
+    redis.call('HSET', k, 'key', uk)
+    redis.call('ZINCRBY', KEYS[2], 1, uk)
   end
-end
+  local u = upfx .. id
+  redis.call('DEL', u)
+  for dep in string.gmatch(ARGV[i + 5], '[^,]+') do
+    redis.call('SADD', u, dep)
+  end
+  return 1
+end)
 return out
 "
 );
