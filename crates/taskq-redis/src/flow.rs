@@ -4,14 +4,18 @@
 //! members `<queue> <id>`, dependents may live in any queue). Every script touches one
 //! queue's keys, so flows spanning queues work on Redis Cluster.
 //!
-//! - [`Broker::flow_register`]: the dependents sets first (per dependency queue,
-//!   `FLOW_LINK`), then the waiting tasks (per queue, `FLOW_WAIT`). Linking first means a
-//!   dependency that finishes at any moment after the call finds its dependents.
+//! - [`Broker::flow_register`]: the waiting tasks first (per queue, `FLOW_WAIT`), then
+//!   the dependents sets (per dependency queue, `FLOW_LINK`). A dependency that finishes
+//!   after the call finds its dependents waiting; one whose final update reached MongoDB
+//!   before the link may have been settled without them, so the caller reads the
+//!   dependencies' records afterwards and settles those that finished (taskq-api's
+//!   `transitions::flow::wait_for`).
 //! - [`Broker::flow_settle`]: once a task's final update is in MongoDB, its dependents
 //!   are read (`FLOW_CHILDREN`), told (`FLOW_RELEASE`, per dependent queue: the last
-//!   dependency to succeed queues the task; one that died cancels it) and the
-//!   dependents set is deleted. Each step is idempotent, so a caller that fails half-way
-//!   simply calls again (the workers' outbox writers acknowledge an entry only after).
+//!   dependency to succeed queues the task; one that died cancels it) and the members
+//!   told are taken out of its dependents set (one linked meanwhile stays for the next
+//!   settle). Each step is idempotent, so a caller that fails half-way simply calls again
+//!   (the workers' outbox writers acknowledge an entry only after).
 
 use std::str::FromStr;
 
@@ -67,9 +71,19 @@ fn parse_member(m: &str) -> Option<(QueueName, TaskId)> {
 }
 
 impl Broker {
-    /// Registers waiting tasks, linking them first (see the module documentation). Per
-    /// task in order, whether it was registered (false: Redis holds it already).
+    /// Registers waiting tasks, then links them to their dependencies (see the module
+    /// documentation). Per task in order, whether it was registered (false: Redis holds
+    /// it already).
     pub async fn flow_register(&self, waiting: &[Waiting]) -> Result<Vec<bool>> {
+        let items: Vec<WaitItem> = waiting
+            .iter()
+            .map(|w| WaitItem {
+                item: w.item.clone(),
+                unmet: w.deps.iter().map(|(_, id)| *id).collect(),
+                on_failure: w.on_failure,
+            })
+            .collect();
+        let registered = self.flow_wait(&items).await?;
         let mut links: std::collections::BTreeMap<&QueueName, Vec<(String, String)>> =
             Default::default();
         for w in waiting {
@@ -87,15 +101,7 @@ impl Broker {
                 .map(|(q, ls)| async move { self.flow_link(q, ls).await }),
         )
         .await?;
-        let items: Vec<WaitItem> = waiting
-            .iter()
-            .map(|w| WaitItem {
-                item: w.item.clone(),
-                unmet: w.deps.iter().map(|(_, id)| *id).collect(),
-                on_failure: w.on_failure,
-            })
-            .collect();
-        self.flow_wait(&items).await
+        Ok(registered)
     }
 
     /// Tells the dependents of `finished` tasks of `queue` how they ended, then forgets
@@ -107,16 +113,13 @@ impl Broker {
         finished: &[(TaskId, Finished)],
     ) -> Result<(usize, usize)> {
         let ids: Vec<TaskId> = finished.iter().map(|(id, _)| *id).collect();
-        let children = self.flow_children(queue, &ids, false).await?;
+        let children = self.flow_children(queue, &ids).await?;
         let mut releases = Vec::new();
-        let mut parents = Vec::new();
-        for ((dep, how), members) in finished.iter().zip(children) {
-            if members.is_empty() {
-                continue;
-            }
-            parents.push(*dep);
+        let mut told: Vec<(TaskId, &str)> = Vec::new();
+        for ((dep, how), members) in finished.iter().zip(&children) {
             for m in members {
-                let Some((q, id)) = parse_member(&m) else {
+                told.push((*dep, m));
+                let Some((q, id)) = parse_member(m) else {
                     tracing::warn!(member = %m, "unreadable member of a dependents set");
                     continue;
                 };
@@ -131,11 +134,11 @@ impl Broker {
                 });
             }
         }
-        if parents.is_empty() {
+        if told.is_empty() {
             return Ok((0, 0));
         }
         let counts = self.flow_release(&releases).await?;
-        self.flow_children(queue, &parents, true).await?;
+        self.flow_forget(queue, &told).await?;
         Ok(counts)
     }
 }

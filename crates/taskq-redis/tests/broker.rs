@@ -721,6 +721,47 @@ async fn flow(broker: &Broker, deps_queue: &str, queue: &str) {
             (runs.id, TaskStatus::Queued, Some(why)),
         ]
     );
+
+    // A dependency that finishes while its dependent registers: whichever of the two
+    // runs first, settling the dependency again once the registration returned (as the
+    // api does) queues the dependent.
+    let taken = lease_for(broker, &qn, 10, Duration::from_secs(30), "w1").await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    for _ in 0..50 {
+        let dep = TaskId::new();
+        let late = record(queue, "normal", None);
+        let (waiting, finished) = ([wait(&late, vec![(dq.clone(), dep)], false)], ok(dep));
+        let (registered, _) = tokio::join!(broker.flow_register(&waiting), settle(&finished));
+        assert_eq!(registered.expect("register"), vec![true]);
+        settle(&ok(dep)).await;
+        let taken = lease_for(broker, &qn, 10, Duration::from_secs(30), "w1").await;
+        let ids: Vec<TaskId> = taken.iter().map(|l| l.msg.id).collect();
+        assert_eq!(
+            ids,
+            vec![late.id],
+            "the dependent of a settled dependency waits"
+        );
+    }
+
+    // A settle forgets the members it told, not one linked after its read.
+    let dep = TaskId::new();
+    let member = |id: TaskId| format!("{queue} {id}");
+    let (told, linked) = (TaskId::new(), TaskId::new());
+    broker
+        .flow_link(&dq, &[(dep.to_string(), member(told))])
+        .await
+        .expect("link");
+    let read = broker.flow_children(&dq, &[dep]).await.expect("children");
+    broker
+        .flow_link(&dq, &[(dep.to_string(), member(linked))])
+        .await
+        .expect("link");
+    let read: Vec<(TaskId, &str)> = read[0].iter().map(|m| (dep, m.as_str())).collect();
+    broker.flow_forget(&dq, &read).await.expect("forget");
+    assert_eq!(
+        broker.flow_children(&dq, &[dep]).await.expect("children"),
+        vec![vec![member(linked)]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -70,7 +70,7 @@ pub(crate) async fn submit_flow(state: &AppState, plan: &FlowPlan) -> Result<(),
 }
 
 /// The Redis step of a flow's submit, once its records are in MongoDB: the waiting
-/// tasks are registered (linked first), then the roots enqueued, then the dependencies
+/// tasks are registered (then linked to their dependencies), then the roots enqueued, then the dependencies
 /// outside the flow checked ([`wait_for`]).
 pub(crate) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(), ApiError> {
     let queues: HashMap<TaskId, QueueName> = recs.iter().map(|r| (r.id, r.queue.clone())).collect();

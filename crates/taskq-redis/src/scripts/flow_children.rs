@@ -1,12 +1,14 @@
-//! FLOW_CHILDREN: the dependents of finished tasks of one queue (see [`crate::flow`]),
-//! read, or with `forget` read and deleted (once every dependent was told).
+//! FLOW_CHILDREN: the dependents of finished tasks of one queue (see [`crate::flow`]):
+//! `read` returns each task's dependents set; `forget` takes out of the sets the members
+//! that were read and told (a member linked after the read stays, so the next settle of
+//! that task tells it).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:epoch (routes the call to the queue's slot; not read)
 //! ARGV[1]    -> dependents set prefix
-//! ARGV[2]    -> `read` or `forget`
-//! ARGV[3..]  -> task ids
-//! reply      -> per task, its dependents' members `<queue> <id>` (empty: none)
+//! ARGV[2]    -> `read`, then task ids;
+//!               or `forget`, then pairs: task id, member
+//! reply      -> `read`: per task, its dependents' members `<queue> <id>` (empty: none)
 //! ```
 
 use taskq_core::{QueueName, TaskId};
@@ -18,35 +20,48 @@ use crate::{Broker, Result};
 script!(
     r"
 local out = {}
-for i = 3, #ARGV, 1 do
-  local key = ARGV[1] .. ARGV[i]
-  out[#out + 1] = redis.call('SMEMBERS', key)
-  if ARGV[2] == 'forget' then redis.call('DEL', key) end
+if ARGV[2] == 'forget' then
+  for i = 3, #ARGV, 2 do redis.call('SREM', ARGV[1] .. ARGV[i], ARGV[i + 1]) end
+else
+  for i = 3, #ARGV, 1 do out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. ARGV[i]) end
 end
 return out
 "
 );
 
 impl Broker {
-    /// Per task of `ids` (tasks of `queue`) in order, the members of its dependents set;
-    /// with `forget` the sets are deleted too.
+    /// Per task of `ids` (tasks of `queue`) in order, the members of its dependents set.
     pub async fn flow_children(
         &self,
         queue: &QueueName,
         ids: &[TaskId],
-        forget: bool,
     ) -> Result<Vec<Vec<String>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let k = QueueKeys::new(queue);
         let mut inv = invocation(&SCRIPT, &keys(&k));
-        inv.arg(k.dependents_prefix())
-            .arg(if forget { "forget" } else { "read" });
+        inv.arg(k.dependents_prefix()).arg("read");
         for id in ids {
             inv.arg(id.to_string());
         }
         self.run(inv).await
+    }
+
+    /// Takes the given members (as [`Broker::flow_children`] read them) out of the
+    /// dependents sets of tasks of `queue`.
+    pub async fn flow_forget(&self, queue: &QueueName, told: &[(TaskId, &str)]) -> Result<()> {
+        if told.is_empty() {
+            return Ok(());
+        }
+        let k = QueueKeys::new(queue);
+        let mut inv = invocation(&SCRIPT, &keys(&k));
+        inv.arg(k.dependents_prefix()).arg("forget");
+        for (id, member) in told {
+            inv.arg(id.to_string()).arg(*member);
+        }
+        let _: Vec<String> = self.run(inv).await?;
+        Ok(())
     }
 }
 

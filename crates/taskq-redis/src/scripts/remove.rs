@@ -11,7 +11,7 @@
 //! next task is not held back by a task that no longer exists. A flow task's set of unmet
 //! dependencies and its own set of dependents go with it; the member naming it in the
 //! dependents set of a dependency in another queue (a flow that depends on an existing
-//! task) stays until that dependency finishes and its set is forgotten (releasing a task
+//! task) stays until that dependency finishes and its settle takes it out (releasing a task
 //! that is gone does nothing).
 //!
 //! ```text
