@@ -313,14 +313,16 @@ pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    // The store circuits, probed as `taskq-api` probes them (faster, for tests).
+    // The store circuits, probed as `taskq-api` probes them: more often, each probe
+    // allowed the binary's default second (a shared MongoDB under the heaviest tests
+    // can take half of one to answer).
     tokio::spawn(taskq_api::health::probe(
         state.health.clone(),
         state.broker.clone(),
         state.store.clone(),
         taskq_api::health::ProbeSettings {
             interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
         },
         stop.clone(),
     ));
