@@ -39,9 +39,7 @@ pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Spa
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
     taskq_telemetry::set_parent(&span, parent);
-    if let Some(id) =
-        taskq_telemetry::trace_id(&span).or_else(|| parent.and_then(taskq_telemetry::trace_id_of))
-    {
+    if let Some(id) = taskq_telemetry::trace_context::trace_id(&span, parent) {
         span.record("trace_id", id);
     }
     span

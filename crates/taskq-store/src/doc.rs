@@ -200,15 +200,31 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
     Ok(d)
 }
 
+/// A task's id and result from a document holding (at least) those two fields.
+pub(crate) fn id_and_result(doc: &Document) -> Result<(TaskId, Option<Value>)> {
+    let label = label(doc);
+    let r = Reader {
+        doc,
+        label: &label,
+        path: "",
+    };
+    Ok((r.parse(f::ID)?, r.opt_json(f::RESULT)?))
+}
+
+/// How errors name a document: its `_id`, shortened.
+fn label(doc: &Document) -> String {
+    match doc.get(f::ID) {
+        Some(Bson::String(s)) => s.chars().take(64).collect(),
+        Some(other) => other.to_string().chars().take(64).collect(),
+        None => "<no _id>".to_owned(),
+    }
+}
+
 /// Reads a stored document back. History is returned oldest first: events are sorted
 /// by time (stably), because updates from different processes may append them out of
 /// order.
 pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
-    let label = match doc.get(f::ID) {
-        Some(Bson::String(s)) => s.chars().take(64).collect(),
-        Some(other) => other.to_string().chars().take(64).collect(),
-        None => "<no _id>".to_owned(),
-    };
+    let label = label(doc);
     let r = Reader {
         doc,
         label: &label,

@@ -124,30 +124,41 @@ impl Store {
     }
 
     /// The result of each of `ids` (`None` for a task without one); tasks without a
-    /// record are left out. One query per thousand ids.
+    /// record are left out. One query per thousand ids, reading only ids and results.
     pub async fn results(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, Option<Value>>> {
-        Ok(self
-            .get_many(ids)
-            .await?
-            .into_iter()
-            .map(|t| (t.record.id, t.record.result))
-            .collect())
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let keys: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
+            let docs: Vec<Document> = self
+                .flow_collection()
+                .find(doc! { f::ID: { "$in": keys } })
+                .projection(doc! { f::ID: 1, f::RESULT: 1 })
+                .await?
+                .try_collect()
+                .await?;
+            for d in &docs {
+                let (id, result) = crate::doc::id_and_result(d)?;
+                out.insert(id, result);
+            }
+        }
+        Ok(out)
     }
 
     /// The result of every task of flow `flow` but `except` (its failure handler), by id
-    /// (`None` for a task without one). One query.
+    /// (`None` for a task without one). One query, reading only ids and results.
     pub async fn flow_results(
         &self,
         flow: TaskId,
         except: TaskId,
     ) -> Result<HashMap<TaskId, Option<Value>>> {
-        Ok(self
-            .flow_tasks(flow)
+        let docs: Vec<Document> = self
+            .flow_collection()
+            .find(doc! { f::FLOW_ID: flow.to_string(), f::ID: { "$ne": except.to_string() } })
+            .projection(doc! { f::ID: 1, f::RESULT: 1 })
             .await?
-            .into_iter()
-            .filter(|t| t.record.id != except)
-            .map(|t| (t.record.id, t.record.result))
-            .collect())
+            .try_collect()
+            .await?;
+        docs.iter().map(crate::doc::id_and_result).collect()
     }
 
     /// Up to `limit` `waiting` tasks with ids above `after`, oldest first: what recovery

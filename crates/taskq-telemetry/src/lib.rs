@@ -216,13 +216,3 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
-
-/// The trace id inside a W3C `traceparent`, lowercased, when it is 32 hex digits (of
-/// either case) and not all zeros; the other fields are not checked (see
-/// [`TraceParent::parse`] for the strict reading).
-pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
-        .then(|| id.to_ascii_lowercase())
-}

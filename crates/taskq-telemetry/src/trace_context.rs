@@ -74,6 +74,16 @@ pub fn carried(span: &tracing::Span, incoming: Option<&str>) -> Option<String> {
         .map(|tp| tp.as_str().to_owned())
 }
 
+/// The trace id to log for work in `span`: the span's own when it is being traced,
+/// otherwise the one in `incoming` (the caller's `traceparent`) when well-formed.
+pub fn trace_id(span: &tracing::Span, incoming: Option<&str>) -> Option<String> {
+    crate::trace_id(span).or_else(|| {
+        incoming
+            .and_then(TraceParent::parse)
+            .map(|tp| tp.trace_id().to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +163,17 @@ mod tests {
                 assert_eq!(TraceParent::parse(bad), None, "{why}: {bad:?}");
             }
         }
+    }
+
+    #[test]
+    fn without_a_traced_span_the_incoming_trace_id_is_logged() {
+        let span = tracing::Span::none();
+        assert_eq!(trace_id(&span, None), None);
+        assert_eq!(trace_id(&span, Some("garbage")), None);
+        assert_eq!(
+            trace_id(&span, Some(GOOD)).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]

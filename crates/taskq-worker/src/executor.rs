@@ -69,11 +69,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         trace_id = tracing::field::Empty,
     );
     taskq_telemetry::set_parent(&span, msg.traceparent.as_deref());
-    if let Some(id) = taskq_telemetry::trace_id(&span).or_else(|| {
-        msg.traceparent
-            .as_deref()
-            .and_then(taskq_telemetry::trace_id_of)
-    }) {
+    if let Some(id) = taskq_telemetry::trace_context::trace_id(&span, msg.traceparent.as_deref()) {
         span.record("trace_id", id);
     }
     let cancel = ctx.hard_stop.child_token();

@@ -25,6 +25,7 @@
 //! submit that was interrupted). Single submits without one are written in groups
 //! ([`super::group`]): the same two steps for every submit that arrived meanwhile.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use taskq_core::{TaskId, TaskRecord};
@@ -481,9 +482,15 @@ pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(),
         // end already: its record is cancelled, not deleted, so that its own status
         // updates (later in seq) can still land on it.
         cancel_unsubmitted(state, &removed.unknown).await;
+        let stay: HashSet<TaskId> = removed
+            .running
+            .iter()
+            .chain(&removed.unknown)
+            .copied()
+            .collect();
         let recs: Vec<TaskRecord> = recs
             .iter()
-            .filter(|r| !removed.running.contains(&r.id) && !removed.unknown.contains(&r.id))
+            .filter(|r| !stay.contains(&r.id))
             .cloned()
             .collect();
         if let Err(undo) = unsubmit(state, &recs).await {
