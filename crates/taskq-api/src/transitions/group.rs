@@ -14,8 +14,10 @@
 //! - a submit whose request was given up (its answer can no longer be sent) before its
 //!   group's insert is not written; one given up between its group's insert and enqueue
 //!   is left out of the enqueue and its record removed (once the insert returned: until
-//!   then the record may show, as a failed single submit's may): like a single submit
-//!   that failed, it never runs;
+//!   then the record may show, as a failed single submit's may); one given up while its
+//!   enqueue ran is taken back out of Redis, then its record removed, as a failed
+//!   enqueue is: like a single submit that failed, it never runs unless a worker took
+//!   it first;
 //! - when the group's insert fails for anything but an unreachable MongoDB, the group's
 //!   submits are written again one by one, so a record the server refuses fails only its
 //!   own submit. An unreachable MongoDB, or a failed enqueue (undone as for a single
@@ -209,7 +211,8 @@ async fn write(state: &AppState, group: Group) {
 }
 
 /// After the insert of `group`: the submits still waiting are enqueued, the records of
-/// those given up meanwhile are removed, and every submit is answered.
+/// those given up meanwhile are removed, those given up during their enqueue are taken
+/// back out of both stores, and every submit still waiting is answered.
 async fn finish(state: &AppState, group: Group) {
     let (waiting, given_up) = group.split_given_up();
     if given_up.len() > 0 {
@@ -221,8 +224,18 @@ async fn finish(state: &AppState, group: Group) {
             tracing::warn!(error = %e, count = given_up.len(), "could not remove the records of given-up submits; the submit check cancels them");
         }
     }
-    match submit::enqueue(state, &waiting.recs).await {
-        Ok(()) => waiting.answer_ok(),
-        Err(e) => waiting.answer_err(&e),
+    if let Err(e) = submit::enqueue(state, &waiting.recs).await {
+        return waiting.answer_err(&e);
     }
+    // A submit given up while its enqueue ran was answered with an error: its task is
+    // taken back out as for a failed enqueue (unless a worker took it already).
+    let (enqueued, given_up) = waiting.split_given_up();
+    if given_up.len() > 0 {
+        tracing::info!(
+            submits = given_up.len(),
+            "submits given up while they were enqueued; taking them back"
+        );
+        submit::take_back(state, &given_up.recs).await;
+    }
+    enqueued.answer_ok();
 }

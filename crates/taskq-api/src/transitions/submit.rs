@@ -422,6 +422,54 @@ async fn cancel_unsubmitted(state: &AppState, ids: &[TaskId]) {
     }
 }
 
+/// Takes back submits whose enqueue failed or whose answer was given up while it ran:
+/// their tasks out of Redis first, so nothing answered with an error runs, then their
+/// records (see the module documentation for what stays).
+pub(super) async fn take_back(state: &AppState, recs: &[TaskRecord]) {
+    // Part of the batch may be in Redis (another queue's script, or a lost reply):
+    // take it out before the records go, so nothing answered with an error runs.
+    let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
+    let removed = match state.broker.remove(&tasks).await {
+        Ok(removed) => removed,
+        Err(undo) => {
+            // Redis may hold some of the tasks (a lost reply): keep their records but
+            // cancel them (submit_failed), so recovery never runs them. A task that
+            // does run after all overrides that with its own, later status updates.
+            let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
+            tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
+            cancel_unsubmitted(state, &ids).await;
+            return;
+        }
+    };
+    // A task a worker took already did reach Redis (the reply was lost): it runs, so
+    // its record stays and follows it.
+    if !removed.running.is_empty() {
+        tracing::warn!(
+            count = removed.running.len(),
+            "tasks whose enqueue reported an error are already running; their records stay"
+        );
+    }
+    // A task absent while its queue's outbox is not yet applied may have run to its
+    // end already: its record is cancelled, not deleted, so that its own status
+    // updates (later in seq) can still land on it.
+    cancel_unsubmitted(state, &removed.unknown).await;
+    let stay: HashSet<TaskId> = removed
+        .running
+        .iter()
+        .chain(&removed.unknown)
+        .copied()
+        .collect();
+    let recs: Vec<TaskRecord> = recs
+        .iter()
+        .filter(|r| !stay.contains(&r.id))
+        .cloned()
+        .collect();
+    if let Err(undo) = unsubmit(state, &recs).await {
+        // Nothing of them is in Redis: the submit check cancels these records.
+        tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");
+    }
+}
+
 /// Step 2 of [`persist`], once the records are in MongoDB: the tasks, unless the
 /// enqueue deadline passed; undone (Redis, then the records) on a failure.
 pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
@@ -455,48 +503,8 @@ pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(),
             .map_err(Into::into)
     };
     if let Err(e) = enqueued {
-        // Part of the batch may be in Redis (another queue's script, or a lost reply):
-        // take it out before the records go, so nothing answered with an error runs.
-        let tasks: Vec<_> = recs.iter().map(|r| (r.queue.clone(), r.id)).collect();
-        let removed = match state.broker.remove(&tasks).await {
-            Ok(removed) => removed,
-            Err(undo) => {
-                // Redis may hold some of the tasks (a lost reply): keep their records but
-                // cancel them (submit_failed), so recovery never runs them. A task that
-                // does run after all overrides that with its own, later status updates.
-                let ids: Vec<TaskId> = recs.iter().map(|r| r.id).collect();
-                tracing::error!(error = %undo, count = ids.len(), "could not remove tasks whose enqueue failed; cancelling their records");
-                cancel_unsubmitted(state, &ids).await;
-                return Err(PersistError::Api(e));
-            }
-        };
-        // A task a worker took already did reach Redis (the reply was lost): it runs, so
-        // its record stays and follows it.
-        if !removed.running.is_empty() {
-            tracing::warn!(
-                count = removed.running.len(),
-                "tasks whose enqueue reported an error are already running; their records stay"
-            );
-        }
-        // A task absent while its queue's outbox is not yet applied may have run to its
-        // end already: its record is cancelled, not deleted, so that its own status
-        // updates (later in seq) can still land on it.
-        cancel_unsubmitted(state, &removed.unknown).await;
-        let stay: HashSet<TaskId> = removed
-            .running
-            .iter()
-            .chain(&removed.unknown)
-            .copied()
-            .collect();
-        let recs: Vec<TaskRecord> = recs
-            .iter()
-            .filter(|r| !stay.contains(&r.id))
-            .cloned()
-            .collect();
-        if let Err(undo) = unsubmit(state, &recs).await {
-            // Nothing of them is in Redis: the submit check cancels these records.
-            tracing::error!(error = %undo, count = recs.len(), "could not remove records whose enqueue failed; the submit check cancels them");
-        }
+        // Part of the batch may be in Redis (another queue's script, or a lost reply).
+        take_back(state, recs).await;
         return Err(PersistError::Api(e));
     }
     for r in recs {

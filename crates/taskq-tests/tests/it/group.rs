@@ -11,7 +11,9 @@ use taskq_api::AppState;
 use taskq_core::{QueueName, TaskId, TaskStatus};
 use taskq_testkit::wait_until;
 
-use crate::harness::{Env, metric_value, scrape_metrics, serve_api, store_via_proxy};
+use crate::harness::{
+    Env, broker_via_proxy, metric_value, ready_within, scrape_metrics, serve_api, store_via_proxy,
+};
 
 /// `taskq_api_submit_group_size` `_count` and `_sum` from the api's metrics.
 async fn group_sizes(env: &Env) -> (f64, f64) {
@@ -129,6 +131,53 @@ async fn a_submit_given_up_before_its_enqueue_never_runs() {
             .sum::<u64>(),
         0
     );
+    w.shutdown().await;
+    stop.cancel();
+}
+
+/// A submit whose request times out while its enqueue waits on Redis (the api's Redis
+/// held after the group's insert) is answered with an error; when the enqueue then
+/// lands, the task is taken back out of Redis and its record removed, so it never runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_given_up_during_its_enqueue_never_runs() {
+    let env = Env::start().await;
+    let (proxy, broker) = broker_via_proxy(&env).await;
+    let state = AppState {
+        request_timeout: Duration::from_millis(800),
+        ..AppState::new(broker, env.store.clone())
+    };
+    let (api, stop) = serve_api(state).await;
+    assert!(ready_within(&env.http, &api, Duration::from_secs(10)).await);
+    proxy.freeze();
+    let resp = env
+        .http
+        .post(format!("{api}/v1/tasks"))
+        .json(&json!({"type": "noop", "payload": {"given": "up"}}))
+        .send()
+        .await
+        .expect("request");
+    assert_ne!(resp.status(), StatusCode::CREATED);
+    // The record was written before the enqueue was held.
+    assert_eq!(env.total_records().await, 1);
+    proxy.thaw();
+    let gone = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { env.total_records().await == 0 },
+    )
+    .await;
+    let counts = env.store.count_by_status(None).await.expect("counts");
+    assert!(gone, "the given-up submit's record stayed: {counts:?}");
+    // Its task left Redis too: a worker started now finds nothing to run.
+    let w = env.default_worker();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = env
+        .broker
+        .counts(&"default".parse().expect("queue"))
+        .await
+        .expect("counts");
+    assert_eq!(c.queued + c.running, 0, "{c:?}");
+    assert_eq!(env.total_records().await, 0);
     w.shutdown().await;
     stop.cancel();
 }
