@@ -123,8 +123,8 @@ impl QueueKeys {
     }
 
     /// The state of one task key (a hash: `pend`, the id of its task in a pending list;
-    /// `run`, how many of its tasks run; `tok` and `ts`, its rate bucket). Deleted with
-    /// the key's last task.
+    /// `run`, how many of its tasks run; `tok` and `ts`, its rate bucket; `b0`..`b2`, the
+    /// sizes of its backlogs). Deleted with the key's last task.
     pub fn key_state(&self, key: &str) -> String {
         format!("{}kh:{key}", self.base)
     }

@@ -469,13 +469,21 @@ async fn scripts_on_a_single_redis() {
     let (server, broker) = single().await;
     task_keys(&broker, "keyed", &[server.url()]).await;
     a_lost_head_does_not_block_its_key(&broker, &server.url()).await;
+    a_key_with_lost_or_wrong_backlog_sizes_keeps_its_order(&broker, &server.url()).await;
     lifecycle(&broker, "default").await;
     outbox(&broker, "outbox").await;
     concurrent_maintenance(&broker, "bulk").await;
     idempotency_claims(&broker, "default").await;
     assert_eq!(
         broker.queues().await.expect("queues"),
-        vec![q("bulk"), q("default"), q("keyed"), q("lost"), q("outbox")]
+        vec![
+            q("bulk"),
+            q("default"),
+            q("keyed"),
+            q("lost"),
+            q("outbox"),
+            q("sizes")
+        ]
     );
 }
 
@@ -1383,6 +1391,74 @@ async fn a_lost_head_does_not_block_its_key(broker: &Broker, url: &str) {
     broker.enqueue(&items(&t[1..])).await.expect("enqueue");
     let l = take(broker, &qn, 10).await;
     assert_eq!(ids(&l), vec![t[1].id]);
+}
+
+/// A key's backlog sizes (kept in its hash) that Redis lost or that went wrong never
+/// reorder or lose its tasks: a lost hash has them read from the lists again, a size
+/// above the truth is corrected when its list turns out empty, and one below it (tasks
+/// stranded in the backlog) is corrected by the recount recovery runs.
+async fn a_key_with_lost_or_wrong_backlog_sizes_keeps_its_order(broker: &Broker, url: &str) {
+    let qn = q("sizes");
+    key_limit(broker, &qn, Some(1)).await;
+    let t: Vec<TaskRecord> = (0..6).map(|_| keyed("sizes", "k", "normal")).collect();
+    broker.enqueue(&items(&t)).await.expect("enqueue");
+    let client = redis::Client::open(url).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let state = QueueKeys::new(&qn).key_state("k");
+    let mut next = |l: Vec<Leased>| {
+        assert_eq!(l.len(), 1, "one task of the key at a time: {:?}", ids(&l));
+        l.into_iter().next().expect("one")
+    };
+
+    let first = next(take(broker, &qn, 10).await);
+    assert_eq!(first.msg.id, t[0].id);
+    let _: i64 = redis::cmd("DEL")
+        .arg(&state)
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    ack(broker, &qn, &first).await;
+    let second = next(take(broker, &qn, 10).await);
+    assert_eq!(second.msg.id, t[1].id, "after the key's hash was lost");
+
+    let _: i64 = redis::cmd("HSET")
+        .arg(&state)
+        .arg("b1")
+        .arg(99)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    ack(broker, &qn, &second).await;
+    let third = next(take(broker, &qn, 10).await);
+    assert_eq!(third.msg.id, t[2].id, "with a backlog size too high");
+
+    let _: i64 = redis::cmd("HSET")
+        .arg(&state)
+        .arg("b1")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    ack(broker, &qn, &third).await;
+    assert!(
+        take(broker, &qn, 10).await.is_empty(),
+        "a size of 0 leaves the backlog to the recount"
+    );
+    assert_eq!(broker.key_recount(&qn).await.expect("recount"), 0);
+    let mut order = Vec::new();
+    let mut current = Some(next(take(broker, &qn, 10).await));
+    while let Some(l) = current {
+        order.push(l.msg.id);
+        ack(broker, &qn, &l).await;
+        let more = take(broker, &qn, 10).await;
+        current = (!more.is_empty()).then(|| next(more));
+    }
+    assert_eq!(order, vec![t[3].id, t[4].id, t[5].id], "after the recount");
+    let left = key_leftovers(&[url.to_owned()], "sizes").await;
+    assert!(left.is_empty(), "a key with no tasks left {left:?}");
 }
 
 /// The finished-task subscription on a cluster outlives its seed: given one seed (a

@@ -78,10 +78,11 @@ impl Bench {
     /// Starts a worker and waits until MongoDB counts `n` more tasks `succeeded`; stops
     /// the worker. Returns tasks/s from the worker's spawn.
     async fn run_to_settled(&mut self, n: usize, phase: &str) -> anyhow::Result<f64> {
-        let snap = self.snapshot();
         let start = Instant::now();
         let worker = self.env.spawn_worker()?;
         self.worker = Some(worker);
+        // After the spawn, so the worker's CPU is in the phase's figures.
+        let snap = self.snapshot();
         self.succeeded += n as u64;
         let done = self.wait_settled().await?;
         let elapsed = done.saturating_duration_since(start);

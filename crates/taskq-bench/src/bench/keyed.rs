@@ -46,6 +46,7 @@ impl Bench {
         self.per_task_cpu(&p.cpu, n, "_keyed", ", keyed");
         self.succeeded += n as u64;
         self.wait_settled().await?;
+        self.writer_figures(p.depth, n, "_keyed", ", keyed").await;
         self.broker
             .set_limits(&self.queue, &QueueLimits::default())
             .await

@@ -57,10 +57,7 @@ local function queue(id, prio, uk)
 end
 -- The waiting task left Redis: its key (if any) counts one task less.
 local function leave(uk)
-  if uk then
-    kleave(q, uk)
-    kpump(q, uk)
-  end
+  if uk then kleave(q, uk) end
 end
 for i = 4, #ARGV, 3 do
   local id, dep, why = ARGV[i], ARGV[i + 1], ARGV[i + 2]

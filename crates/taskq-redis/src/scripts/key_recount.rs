@@ -1,6 +1,6 @@
 //! KEY_RECOUNT: sets every active key's running count to the number of its tasks that
-//! are running in Redis (leased, hash present, state `running`), then pumps each key it
-//! changed. Recovery (`POST /v1/admin/recover`) runs it after Redis lost part of its
+//! are running in Redis (leased, hash present, state `running`), has its backlog sizes
+//! read again from its lists, then pumps it. Recovery (`POST /v1/admin/recover`) runs it after Redis lost part of its
 //! data: a running task whose hash was lost never stops in its key, and with
 //! `max_running_per_key` its key's next task would wait for it for ever.
 //!
@@ -42,10 +42,12 @@ for _, uk in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
   local h = kname('kh', uk)
   local want = running[uk] or 0
   if (tonumber(redis.call('HGET', h, 'run')) or 0) ~= want then
-    if want > 0 then redis.call('HSET', h, 'run', want) else redis.call('HDEL', h, 'run') end
+    redis.call('HSET', h, 'run', want)
     fixed = fixed + 1
-    kpump(q, uk)
   end
+  -- The pump reads the backlog sizes from the lists again.
+  redis.call('HDEL', h, 'b0', 'b1', 'b2')
+  kpump(q, uk)
 end
 if q.woke then wake(KEYS[4]) end
 return fixed

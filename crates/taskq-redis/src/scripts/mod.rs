@@ -141,20 +141,31 @@ pub(crate) use lua_fns;
 /// empty is parked in `park`, scored by when its next token is due, and PROMOTE pumps
 /// it again then. The key's hash and its place in `park` go with its last task.
 ///
+/// The key's hash holds `pend` (its head's id, empty for none), `run` (its running
+/// tasks), `tok` and `ts` (its rate bucket) and `b0`..`b2`, the sizes of its three
+/// backlogs, so a pump reads one hash instead of probing lists. A hash without sizes
+/// (Redis lost it, or a path that cannot keep them exact dropped them) has them read
+/// from the lists by the next pump; a size above its list's length is corrected when
+/// the pop finds the list empty.
+///
 /// - `kq(p, l)`: the table `q` the others take: the pending lists at `KEYS[p..p+2]`,
 ///   the [`key_keys`] at `KEYS[l..l+3]`;
-/// - `kjoin(q, uk)` / `kleave(q, uk)`: a task of key `uk` enters / leaves Redis (the
-///   key's score in `act`; the key leaves `act` with its last task);
+/// - `kread(h)`: the key hash's fields in the order `st` holds them (`pend`, `run`,
+///   `tok`, `ts`, `b0`, `b1`, `b2`); `kset(set, f, v)` adds a field to a pending write;
+/// - `kjoin(q, uk)`: a task of key `uk` enters Redis (the key's score in `act`);
+///   `kgone(q, uk)`: one leaves, and true when it was the key's last (the key leaves
+///   `act` and its hash goes); `kleave(q, uk)`: `kgone`, then `kpump` if the key stays;
 /// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
 ///   the front when `front`: a retry or a returned task keeps its place), then `kpump`;
-/// - `kpump(q, uk, head, st)`: see above (`head`: to the front of the pending list;
-///   `st`: the key hash's `pend`, `run`, `tok` and `ts` when the caller has them);
+/// - `kpump(q, uk, head, st, set)`: see above (`head`: to the front of the pending
+///   list; `st`: the caller's `kread` of the key hash, changed to what it will hold;
+///   `set`: the caller's changes to the hash, written with the pump's own in one `HSET`);
 /// - `rnow()`: Redis's clock (ms); `ktoken(...)`: takes a token of the key's bucket or
 ///   parks the key;
 /// - `kstart(q, uk, id)`: DEQUEUE took the key's head: one more running, next head;
 /// - `kstop(q, uk)`: a task of the key stopped running (the caller pumps or leaves);
-/// - `kdone(q, uk)`: a running task of the key left Redis (ack, dead): `kstop`,
-///   `kleave`, `kpump`;
+/// - `kdone(q, uk)`: a running task of the key left Redis (ack, dead): `kgone`, then
+///   one running less and `kpump` if the key stays;
 /// - `kto_head(q, k, id, prio, uk, now)`: a taken task is queued again to run next
 ///   (release, reap): [`lua_fns`]'s `to_head` for a task without key (`uk` nil), else
 ///   `kstop` and `kqueue` at the front of its backlog and of its pending list;
@@ -171,6 +182,11 @@ local function kq(p, l)
   return {pend = {KEYS[p], KEYS[p + 1], KEYS[p + 2]}, lim = KEYS[l], act = KEYS[l + 1], nb = KEYS[l + 2], park = KEYS[l + 3]}
 end
 local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
+local function kread(h) return redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts', 'b0', 'b1', 'b2') end
+local function kset(set, f, v)
+  set[#set + 1] = f
+  set[#set + 1] = v
+end
 local function nbdec(q)
   if redis.call('DECR', q.nb) <= 0 then redis.call('DEL', q.nb) end
 end
@@ -191,57 +207,82 @@ local function ktoken(q, uk, h, st, rate, burst)
   redis.call('HSET', h, 'tok', tostring(tok - 1), 'ts', now)
   return true
 end
-local function kpump(q, uk, head, st)
+local function kpump(q, uk, head, st, set)
   local h = kname('kh', uk)
-  st = st or redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
-  if st[1] then
-    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return end
+  st = st or kread(h)
+  set = set or {}
+  local function done()
+    if #set > 0 then redis.call('HSET', h, unpack(set)) end
+  end
+  if st[1] and st[1] ~= '' then
+    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return done() end
     -- The head no longer exists (Redis lost it): the key must not wait for it.
-    redis.call('HDEL', h, 'pend')
+    kset(set, 'pend', '')
+  end
+  if not (st[5] or st[6] or st[7]) then
+    -- No backlog sizes (a hash Redis lost, or none yet): read them from the lists.
+    for p = 0, 2 do
+      st[5 + p] = redis.call('LLEN', kname('kb' .. p, uk))
+      kset(set, 'b' .. p, st[5 + p])
+    end
   end
   -- The limits hold for the whole call: read once.
   q.limv = q.limv or redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
   local lim = q.limv
   local conc, rate = tonumber(lim[1]), tonumber(lim[2])
   for p = 0, 2 do
-    local l = kname('kb' .. p, uk)
-    if redis.call('EXISTS', l) == 1 then
+    local n = tonumber(st[5 + p]) or 0
+    if n > 0 then
       if (conc and (tonumber(st[2]) or 0) >= conc) or (rate and not ktoken(q, uk, h, st, rate, lim[3])) then
         q.held = (q.held or 0) + 1
-        return
+        return done()
       end
-      local id = redis.call('RPOP', l)
-      nbdec(q)
-      if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
-      redis.call('HSET', h, 'pend', id)
-      q.woke = true
-      return
+      local id = redis.call('RPOP', kname('kb' .. p, uk))
+      if id then
+        nbdec(q)
+        if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
+        kset(set, 'pend', id)
+        kset(set, 'b' .. p, n - 1)
+        q.woke = true
+        return done()
+      end
+      -- The size was wrong: the list is empty.
+      kset(set, 'b' .. p, 0)
     end
   end
+  done()
 end
 local function kjoin(q, uk) redis.call('ZINCRBY', q.act, 1, uk) end
+local function kgone(q, uk)
+  if tonumber(redis.call('ZINCRBY', q.act, -1, uk)) > 0 then return false end
+  redis.call('ZREM', q.act, uk)
+  redis.call('ZREM', q.park, uk)
+  redis.call('DEL', kname('kh', uk))
+  return true
+end
 local function kleave(q, uk)
-  if tonumber(redis.call('ZINCRBY', q.act, -1, uk)) <= 0 then
-    redis.call('ZREM', q.act, uk)
-    redis.call('ZREM', q.park, uk)
-    redis.call('DEL', kname('kh', uk))
-  end
+  if not kgone(q, uk) then kpump(q, uk) end
 end
 local function kqueue(q, uk, id, prio, front, head)
   local l = kname('kb' .. prio, uk)
   if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
   redis.call('INCR', q.nb)
-  kpump(q, uk, head)
+  local st, set = kread(kname('kh', uk)), {}
+  if st[5] or st[6] or st[7] then
+    st[5 + prio] = (tonumber(st[5 + prio]) or 0) + 1
+    kset(set, 'b' .. prio, st[5 + prio])
+  end
+  kpump(q, uk, head, st, set)
 end
 local function kstart(q, uk, id)
-  local h = kname('kh', uk)
-  local st = redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts')
+  local st, set = kread(kname('kh', uk)), {}
   if st[1] == id then
-    redis.call('HDEL', h, 'pend')
     st[1] = false
+    kset(set, 'pend', '')
   end
-  st[2] = redis.call('HINCRBY', h, 'run', 1)
-  kpump(q, uk, nil, st)
+  st[2] = (tonumber(st[2]) or 0) + 1
+  kset(set, 'run', st[2])
+  kpump(q, uk, nil, st, set)
 end
 local function kstop(q, uk)
   local h = kname('kh', uk)
@@ -255,17 +296,20 @@ local function kto_head(q, k, id, prio, uk, now)
   kqueue(q, uk, id, prio, true, true)
 end
 local function kdone(q, uk)
-  kstop(q, uk)
-  kleave(q, uk)
-  kpump(q, uk)
+  if kgone(q, uk) then return end
+  local st = kread(kname('kh', uk))
+  st[2] = math.max(0, (tonumber(st[2]) or 0) - 1)
+  kpump(q, uk, nil, st, {'run', st[2]})
 end
 local function kunqueue(q, uk, id, prio)
   local h = kname('kh', uk)
   if redis.call('HGET', h, 'pend') == id then
     redis.call('LREM', q.pend[prio + 1], 1, id)
-    redis.call('HDEL', h, 'pend')
+    redis.call('HSET', h, 'pend', '')
   elseif redis.call('LREM', kname('kb' .. prio, uk), 1, id) > 0 then
     nbdec(q)
+    -- The next pump reads the backlog sizes from the lists again.
+    redis.call('HDEL', h, 'b0', 'b1', 'b2')
   end
 end
 local function kdrop(q, k, id, state, prio, uk, zsets)
@@ -274,10 +318,7 @@ local function kdrop(q, k, id, state, prio, uk, zsets)
   end
   for _, z in ipairs(zsets) do redis.call('ZREM', z, id) end
   redis.call('DEL', k)
-  if uk then
-    kleave(q, uk)
-    kpump(q, uk)
-  end
+  if uk then kleave(q, uk) end
 end
 "
     };
