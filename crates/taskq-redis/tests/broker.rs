@@ -1408,7 +1408,7 @@ async fn a_key_with_lost_or_wrong_backlog_sizes_keeps_its_order(broker: &Broker,
         .await
         .expect("connection");
     let state = QueueKeys::new(&qn).key_state("k");
-    let mut next = |l: Vec<Leased>| {
+    let next = |l: Vec<Leased>| {
         assert_eq!(l.len(), 1, "one task of the key at a time: {:?}", ids(&l));
         l.into_iter().next().expect("one")
     };
