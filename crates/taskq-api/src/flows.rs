@@ -16,9 +16,7 @@ use taskq_store::StoredTask;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{
-    ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors, RecordsUnavailable,
-};
+use crate::error::{ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors};
 use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
 use crate::tasks::parse_id;
 use crate::transitions::cancel::{self, Cancelled};
@@ -264,7 +262,6 @@ impl FlowPath {
     responses(
         (status = 200, description = "The flow with every task's state.", body = Flow),
         FlowIdErrors,
-        RecordsUnavailable,
     ),
 )]
 pub async fn get(

@@ -1,8 +1,9 @@
 //! The api's OpenAPI 3.1 document, generated from the code and served at
 //! `GET /openapi.json` (no token needed).
 //!
-//! Each handler's `#[utoipa::path]` beside it lists every status it can answer, and each
-//! route is registered together with that operation ([`crate::routes`], utoipa-axum's
+//! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; the
+//! answers of its route group's guards (a token's 401 and 403, a store's or the timeout's
+//! 503) are added per group ([`guarded`], [`unavailable`]). Each route is registered together with that operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
 //! check that every `$ref` resolves and that request bodies reject unknown fields as the
@@ -15,11 +16,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, AuthErrors, TimedOut};
+use crate::error::{
+    AdminAuthErrors, ApiError, AuthErrors, RecordsUnavailable, StoresUnavailable, TimedOut,
+};
 use utoipa_axum::router::OpenApiRouter;
 
 /// The document's frame (info, tags, security); the operations come from the routes
@@ -76,10 +80,16 @@ fn render() -> Result<Bytes, String> {
         open,
     } = crate::routes();
     let openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(guarded::<AuthErrors>(submits))
-        .merge(guarded::<AuthErrors>(reads))
-        .merge(guarded::<AdminAuthErrors>(admin))
-        .merge(open)
+        .merge(guarded::<AuthErrors>(unavailable::<StoresUnavailable>(
+            submits,
+        )))
+        .merge(guarded::<AuthErrors>(unavailable::<RecordsUnavailable>(
+            reads,
+        )))
+        .merge(guarded::<AdminAuthErrors>(
+            unavailable::<StoresUnavailable>(admin),
+        ))
+        .merge(unavailable::<TimedOut>(open))
         .into_openapi();
     let mut doc = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
     add_cross_field_rules(&mut doc);
@@ -93,20 +103,46 @@ fn render() -> Result<Bytes, String> {
 /// restates them and none can be left out.
 fn guarded<E: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     let answers = E::responses();
-    for item in group.get_openapi_mut().paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for op in operations.into_iter().flatten() {
-            op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
-            op.responses.responses.extend(answers.clone());
+    for op in operations(&mut group) {
+        op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
+        op.responses.responses.extend(answers.clone());
+    }
+    group
+}
+
+/// Documents the 503 `U` of a route group's store guard and of the request timeout (see
+/// [`crate::app`]) on each operation of the group that does not say more about its own
+/// 503 (what it kept, whether calling again is safe).
+fn unavailable<U: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let answers = U::responses();
+    for op in operations(&mut group) {
+        for (status, answer) in &answers {
+            op.responses
+                .responses
+                .entry(status.clone())
+                .or_insert_with(|| answer.clone());
         }
     }
     group
+}
+
+/// Every operation of `group`.
+fn operations(group: &mut OpenApiRouter<AppState>) -> impl Iterator<Item = &mut Operation> {
+    group
+        .get_openapi_mut()
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(|item| {
+            [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+        })
+        .flatten()
 }
 
 /// Rules between two fields, which `#[schema]` attributes cannot state, added as
@@ -171,7 +207,6 @@ fn add_cross_field_rules(doc: &mut Value) {
     tag = "observability",
     responses(
         (status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"),
-        TimedOut,
     ),
 )]
 pub async fn document() -> Response {
