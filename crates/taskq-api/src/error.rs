@@ -308,8 +308,7 @@ pub enum StoresUnavailable {
 }
 
 /// The 503 of an operation that needs no store: only the request timeout answers it
-/// (added by [`crate::openapi`] to each route of the open group that does not document
-/// its own).
+/// (added by [`crate::openapi`] to each operation that does not document its own 503).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum TimedOut {

@@ -1,9 +1,10 @@
 //! The api's OpenAPI 3.1 document, generated from the code and served at
 //! `GET /openapi.json` (no token needed).
 //!
-//! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; the
-//! answers of its route group's guards (a token's 401 and 403, a store's or the timeout's
-//! 503) are added per group ([`guarded`], [`unavailable`]). Each route is registered together with that operation ([`crate::routes`], utoipa-axum's
+//! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; what
+//! its route group's guards answer (a token's 401 and 403, a store's 503) and the request
+//! timeout's 503 are added to every operation they apply to when the document is rendered.
+//! Each route is registered together with its operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
 //! check that every `$ref` resolves and that request bodies reject unknown fields as the
@@ -16,6 +17,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use utoipa::openapi::Paths;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
@@ -79,18 +81,15 @@ fn render() -> Result<Bytes, String> {
         admin,
         open,
     } = crate::routes();
-    let openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(guarded::<AuthErrors>(unavailable::<StoresUnavailable>(
-            submits,
-        )))
-        .merge(guarded::<AuthErrors>(unavailable::<RecordsUnavailable>(
-            reads,
-        )))
-        .merge(guarded::<AdminAuthErrors>(
-            unavailable::<StoresUnavailable>(admin),
-        ))
-        .merge(unavailable::<TimedOut>(open))
+    let mut openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(guarded::<AuthErrors, StoresUnavailable>(submits))
+        .merge(guarded::<AuthErrors, RecordsUnavailable>(reads))
+        .merge(guarded::<AdminAuthErrors, StoresUnavailable>(admin))
+        .merge(open)
         .into_openapi();
+    // The request timeout answers every route (see [`crate::app`]); the store guards' 503s
+    // above say so too.
+    operations(&mut openapi.paths).for_each(add_missing::<TimedOut>);
     let mut doc = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
     add_cross_field_rules(&mut doc);
     serde_json::to_vec(&doc)
@@ -98,51 +97,42 @@ fn render() -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Documents a token guard on every operation of its route group (see [`crate::app`]):
-/// the `bearer` security requirement and the guard's answers `E`, so that no handler
-/// restates them and none can be left out.
-fn guarded<E: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+/// Documents the guards of a route group on each of its operations (see [`crate::app`]):
+/// the `bearer` security requirement and the token guard's answers `E`, and the store
+/// guard's 503 `U` where the operation does not say more about its own 503 (what it kept,
+/// whether calling again is safe). So no handler restates them and none can be left out.
+fn guarded<E: IntoResponses, U: IntoResponses>(
+    mut group: OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     let answers = E::responses();
-    for op in operations(&mut group) {
+    for op in operations(&mut group.get_openapi_mut().paths) {
         op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
         op.responses.responses.extend(answers.clone());
+        add_missing::<U>(op);
     }
     group
 }
 
-/// Documents the 503 `U` of a route group's store guard and of the request timeout (see
-/// [`crate::app`]) on each operation of the group that does not say more about its own
-/// 503 (what it kept, whether calling again is safe).
-fn unavailable<U: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    let answers = U::responses();
-    for op in operations(&mut group) {
-        for (status, answer) in &answers {
-            op.responses
-                .responses
-                .entry(status.clone())
-                .or_insert_with(|| answer.clone());
-        }
+/// Adds the answers `A` to `op`, each unless `op` documents that status itself.
+fn add_missing<A: IntoResponses>(op: &mut Operation) {
+    for (status, answer) in A::responses() {
+        op.responses.responses.entry(status).or_insert(answer);
     }
-    group
 }
 
-/// Every operation of `group`.
-fn operations(group: &mut OpenApiRouter<AppState>) -> impl Iterator<Item = &mut Operation> {
-    group
-        .get_openapi_mut()
-        .paths
-        .paths
-        .values_mut()
-        .flat_map(|item| {
-            [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-        })
+/// Every operation of `paths`.
+fn operations(paths: &mut Paths) -> impl Iterator<Item = &mut Operation> {
+    paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
         .flatten()
+    })
 }
 
 /// Rules between two fields, which `#[schema]` attributes cannot state, added as
