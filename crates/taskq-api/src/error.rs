@@ -282,7 +282,8 @@ pub enum JsonBodyErrors {
     NotJson(ErrorBody),
 }
 
-/// The 503 of a read of records (see [`crate::health`]).
+/// The 503 of a read of records (see [`crate::health`]; added by [`crate::openapi`] to
+/// each route of the reads group that does not document its own).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum RecordsUnavailable {
@@ -293,7 +294,9 @@ pub enum RecordsUnavailable {
     Unavailable(ErrorBody),
 }
 
-/// The 503 of an operation on both stores that leaves nothing to say about what it kept.
+/// The 503 of an operation on both stores that leaves nothing to say about what it kept
+/// (added by [`crate::openapi`] to each route of the submit and admin groups that does
+/// not document its own).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum StoresUnavailable {
@@ -304,7 +307,8 @@ pub enum StoresUnavailable {
     Unavailable(ErrorBody),
 }
 
-/// The 503 of an operation that needs no store: only the request timeout answers it.
+/// The 503 of an operation that needs no store: only the request timeout answers it
+/// (added by [`crate::openapi`] to each operation that does not document its own 503).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum TimedOut {

@@ -16,13 +16,10 @@ use taskq_store::StoredTask;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{
-    ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors, RecordsUnavailable,
-};
+use crate::error::{ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors};
 use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
 use crate::tasks::parse_id;
-use crate::transitions::cancel::{self, Cancelled};
-use crate::transitions::flow;
+use crate::transitions::flow::{self, FlowCancelled, FlowRetried};
 
 /// One task of a flow request: a task as `POST /v1/tasks` takes it (without `run_at`,
 /// `delay_ms` on a task with dependencies, and without `idempotency_key`), plus its
@@ -264,7 +261,6 @@ impl FlowPath {
     responses(
         (status = 200, description = "The flow with every task's state.", body = Flow),
         FlowIdErrors,
-        RecordsUnavailable,
     ),
 )]
 pub async fn get(
@@ -273,15 +269,6 @@ pub async fn get(
 ) -> Result<Json<Flow>, ApiError> {
     let (id, tasks) = flow.tasks(&state).await?;
     Ok(Json(Flow::of(id, tasks)))
-}
-
-/// What `POST /v1/flows/{id}/cancel` did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct FlowCancelled {
-    /// Tasks that were waiting, queued, scheduled or retrying and are now cancelled.
-    pub cancelled: u64,
-    /// Running tasks whose handlers were signalled (they end `cancelled` shortly).
-    pub signalled: u64,
 }
 
 /// `POST /v1/flows/{id}/cancel`: cancels every unfinished task of the flow.
@@ -302,34 +289,7 @@ pub async fn cancel(
     PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowCancelled>, ApiError> {
     let (_, tasks) = flow.tasks(&state).await?;
-    let mut out = FlowCancelled {
-        cancelled: 0,
-        signalled: 0,
-    };
-    // Dependents first: a dependency's cancel would otherwise cascade to them too,
-    // racing this loop (harmless, but noisier).
-    for t in tasks.iter().rev() {
-        if t.record.status.is_final() {
-            continue;
-        }
-        match cancel::cancel(&state, t.record.id).await {
-            Ok(Cancelled::Now(_)) => out.cancelled += 1,
-            Ok(Cancelled::Signalled(_)) => out.signalled += 1,
-            // Finished meanwhile.
-            Err(e) if e.status == StatusCode::CONFLICT => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Json(out))
-}
-
-/// What `POST /v1/flows/{id}/retry` did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct FlowRetried {
-    /// Dead tasks queued again.
-    pub requeued: u64,
-    /// Tasks that had been cancelled because a dependency died, waiting again.
-    pub waiting: u64,
+    Ok(Json(flow::cancel_flow(&state, tasks).await?))
 }
 
 /// `POST /v1/flows/{id}/retry`: retries every dead task of the flow and puts the tasks
@@ -352,9 +312,5 @@ pub async fn retry(
     PathParam(flow): PathParam<FlowPath>,
 ) -> Result<Json<FlowRetried>, ApiError> {
     let (_, tasks) = flow.tasks(&state).await?;
-    let r = flow::retry_flow(&state, tasks).await?;
-    Ok(Json(FlowRetried {
-        requeued: r.requeued,
-        waiting: r.rewaiting,
-    }))
+    Ok(Json(flow::retry_flow(&state, tasks).await?))
 }

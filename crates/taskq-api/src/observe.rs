@@ -14,7 +14,7 @@ use taskq_telemetry::metrics::{CONTENT_TYPE, Metrics};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::{ErrorBody, TimedOut};
+use crate::error::ErrorBody;
 use crate::health::StoreKind;
 
 /// The span of one request: named after its route, a child of the caller's
@@ -72,7 +72,6 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     responses(
         (status = 200, description = "Prometheus metrics in the OpenMetrics text format.",
             body = String, content_type = "application/openmetrics-text"),
-        TimedOut,
     ),
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -145,7 +144,6 @@ pub enum NotReady {
     tag = "observability",
     responses(
         (status = 200, description = "The process serves.", body = Liveness),
-        TimedOut,
     ),
 )]
 pub async fn livez() -> Json<Liveness> {

@@ -1,8 +1,10 @@
 //! The api's OpenAPI 3.1 document, generated from the code and served at
 //! `GET /openapi.json` (no token needed).
 //!
-//! Each handler's `#[utoipa::path]` beside it lists every status it can answer, and each
-//! route is registered together with that operation ([`crate::routes`], utoipa-axum's
+//! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; what
+//! its route group's guards answer (a token's 401 and 403, a store's 503) and the request
+//! timeout's 503 are added to every operation they apply to when the document is rendered.
+//! Each route is registered together with its operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
 //! check that every `$ref` resolves and that request bodies reject unknown fields as the
@@ -15,11 +17,15 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use utoipa::openapi::Paths;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
-use crate::error::{AdminAuthErrors, ApiError, AuthErrors, TimedOut};
+use crate::error::{
+    AdminAuthErrors, ApiError, AuthErrors, RecordsUnavailable, StoresUnavailable, TimedOut,
+};
 use utoipa_axum::router::OpenApiRouter;
 
 /// The document's frame (info, tags, security); the operations come from the routes
@@ -75,12 +81,15 @@ fn render() -> Result<Bytes, String> {
         admin,
         open,
     } = crate::routes();
-    let openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(guarded::<AuthErrors>(submits))
-        .merge(guarded::<AuthErrors>(reads))
-        .merge(guarded::<AdminAuthErrors>(admin))
+    let mut openapi = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(guarded::<AuthErrors, StoresUnavailable>(submits))
+        .merge(guarded::<AuthErrors, RecordsUnavailable>(reads))
+        .merge(guarded::<AdminAuthErrors, StoresUnavailable>(admin))
         .merge(open)
         .into_openapi();
+    // The request timeout answers every route (see [`crate::app`]); the store guards' 503s
+    // above say so too.
+    operations(&mut openapi.paths).for_each(add_missing::<TimedOut>);
     let mut doc = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
     add_cross_field_rules(&mut doc);
     serde_json::to_vec(&doc)
@@ -88,25 +97,42 @@ fn render() -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Documents a token guard on every operation of its route group (see [`crate::app`]):
-/// the `bearer` security requirement and the guard's answers `E`, so that no handler
-/// restates them and none can be left out.
-fn guarded<E: IntoResponses>(mut group: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+/// Documents the guards of a route group on each of its operations (see [`crate::app`]):
+/// the `bearer` security requirement and the token guard's answers `E`, and the store
+/// guard's 503 `U` where the operation does not say more about its own 503 (what it kept,
+/// whether calling again is safe). So no handler restates them and none can be left out.
+fn guarded<E: IntoResponses, U: IntoResponses>(
+    mut group: OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     let answers = E::responses();
-    for item in group.get_openapi_mut().paths.paths.values_mut() {
-        let operations = [
+    for op in operations(&mut group.get_openapi_mut().paths) {
+        op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
+        op.responses.responses.extend(answers.clone());
+        add_missing::<U>(op);
+    }
+    group
+}
+
+/// Adds the answers `A` to `op`, each unless `op` documents that status itself.
+fn add_missing<A: IntoResponses>(op: &mut Operation) {
+    for (status, answer) in A::responses() {
+        op.responses.responses.entry(status).or_insert(answer);
+    }
+}
+
+/// Every operation of `paths`.
+fn operations(paths: &mut Paths) -> impl Iterator<Item = &mut Operation> {
+    paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.put,
             &mut item.post,
             &mut item.delete,
             &mut item.patch,
-        ];
-        for op in operations.into_iter().flatten() {
-            op.security = Some(vec![SecurityRequirement::new::<_, _, String>("bearer", [])]);
-            op.responses.responses.extend(answers.clone());
-        }
-    }
-    group
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 /// Rules between two fields, which `#[schema]` attributes cannot state, added as
@@ -171,7 +197,6 @@ fn add_cross_field_rules(doc: &mut Value) {
     tag = "observability",
     responses(
         (status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"),
-        TimedOut,
     ),
 )]
 pub async fn document() -> Response {

@@ -13,9 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{JsonBody, PathParam};
 
 use crate::AppState;
-use crate::error::{
-    ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors, StoresUnavailable,
-};
+use crate::error::{ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors};
 use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
@@ -183,7 +181,6 @@ pub struct Recovered {
     tag = "queues",
     responses(
         (status = 200, description = "Every queue that has received a task (or limits).", body = QueueList),
-        StoresUnavailable,
     ),
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
@@ -202,7 +199,6 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
     responses(
         (status = 200, description = "The queue.", body = QueueInfo),
         QueueNameErrors,
-        StoresUnavailable,
     ),
 )]
 pub async fn get(
@@ -223,7 +219,6 @@ pub async fn get(
     responses(
         (status = 200, description = "The queue, now paused.", body = QueueInfo),
         QueueNameErrors,
-        StoresUnavailable,
     ),
 )]
 pub async fn pause(
@@ -243,7 +238,6 @@ pub async fn pause(
     responses(
         (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
         QueueNameErrors,
-        StoresUnavailable,
     ),
 )]
 pub async fn resume(
@@ -266,7 +260,6 @@ pub async fn resume(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
         JsonBodyErrors,
-        StoresUnavailable,
     ),
 )]
 pub async fn set_limits(
@@ -359,7 +352,6 @@ pub async fn retry_dead(
     responses(
         (status = 200, description = "How many dead tasks were deleted.", body = Purged),
         QueueNameErrors,
-        StoresUnavailable,
     ),
 )]
 pub async fn purge_dead(

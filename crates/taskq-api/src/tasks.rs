@@ -1,7 +1,8 @@
 //! Task endpoints: submit (single and batch), get, list, retry and cancel.
 //!
 //! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`: every status it
-//! can answer, with the body each carries (see [`crate::openapi`]).
+//! answers itself, with the body each carries; its route group's guards add theirs (see
+//! [`crate::openapi`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -14,10 +15,7 @@ use taskq_store::ListFilter;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{
-    ApiError, ErrorBody, ErrorCode, ErrorDetail, RecordsUnavailable, StoresUnavailable,
-    TaskIdErrors,
-};
+use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail, TaskIdErrors};
 use crate::extract::{JsonBody, PathParam, QueryParams, TraceContext, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
@@ -141,7 +139,6 @@ pub struct BatchResponse {
         (status = 409, description = "A concurrent submit holds an item's idempotency key; retry.", body = ErrorBody),
         (status = 413, description = "More tasks than `TASKQ_MAX_BATCH`, or a body over `TASKQ_MAX_BODY_BYTES`.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
-        StoresUnavailable,
     ),
 )]
 pub async fn submit_batch(
@@ -242,7 +239,6 @@ pub async fn submit_batch(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
         (status = 404, description = "No such task.", body = ErrorBody),
-        RecordsUnavailable,
     ),
 )]
 pub async fn get(
@@ -308,7 +304,6 @@ const DEFAULT_PAGE: u32 = 50;
     responses(
         (status = 200, description = "One page of tasks, newest first.", body = TaskList),
         (status = 400, description = "An unknown or malformed query parameter (`invalid_query`).", body = ErrorBody),
-        RecordsUnavailable,
     ),
 )]
 pub async fn list(
@@ -437,7 +432,6 @@ pub struct TaskPath {
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
         TaskIdErrors,
         (status = 409, description = "The task already finished.", body = ErrorBody),
-        StoresUnavailable,
     ),
 )]
 pub async fn cancel(

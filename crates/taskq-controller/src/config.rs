@@ -1,11 +1,9 @@
 //! Command line and environment of `taskq-controller`: every flag is also a `TASKQ_…`
 //! variable.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use taskq_telemetry::LogFormat;
 
 use crate::leader::LeaseConfig;
 
@@ -17,9 +15,8 @@ use crate::leader::LeaseConfig;
     about = "Scales Deployments from the depth of taskq queues (TaskQueueScaler resources)"
 )]
 pub struct Args {
-    /// Address of the health and metrics server.
-    #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub process: taskq_telemetry::ProcessArgs,
     #[command(flatten)]
     pub redis: taskq_redis::RedisArgs,
     /// Namespace whose TaskQueueScalers and Deployments are watched, and where the Lease
@@ -45,9 +42,6 @@ pub struct Args {
     /// Pause between attempts to acquire or renew the Lease.
     #[arg(long, env = "TASKQ_LEASE_RETRY_PERIOD_MS", default_value_t = 2_000)]
     pub lease_retry_period_ms: u64,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 impl Args {

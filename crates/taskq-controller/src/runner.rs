@@ -319,11 +319,11 @@ pub async fn serve(args: Args, shutdown: CancellationToken) -> anyhow::Result<()
             .as_ref()
             .map(|l| (l.lease_duration * 2).max(Duration::from_secs(30))),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.process.listen)
         .await
-        .with_context(|| format!("binding {} (TASKQ_LISTEN)", args.listen))?;
+        .with_context(|| format!("binding {} (TASKQ_LISTEN)", args.process.listen))?;
     tracing::info!(
-        listen = %args.listen,
+        listen = %args.process.listen,
         %namespace,
         %identity,
         leader_election = lease.is_some(),

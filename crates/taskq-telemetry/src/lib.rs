@@ -9,6 +9,7 @@ pub mod trace_context;
 pub use trace_context::TraceParent;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -24,6 +25,18 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// The flags of a background process (the worker, the controller): where its health
+/// and metrics server listens, and how it logs. Every flag is also a `TASKQ_…` variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProcessArgs {
+    /// Address of the health and metrics server (`/livez`, `/readyz`, `/metrics`).
+    #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -49,7 +49,7 @@ async fn thumbnail(ctx: TaskContext) -> Result<Option<serde_json::Value>, Handle
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    let _telemetry = taskq_telemetry::init("taskq-worker", args.log_format);
+    let _telemetry = taskq_telemetry::init("taskq-worker", args.process.log_format);
     let mut registry = Registry::new();
     // Keep the built-in handlers (http, noop, sleep, fail, echo) too.
     let allow = UrlAllowList::parse(&args.http_allow).map_err(anyhow::Error::msg)?;

@@ -1,12 +1,10 @@
 //! The worker's settings: a clap struct whose every flag is also a `TASKQ_*` variable,
 //! validated at start-up.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use taskq_core::{QueueSelection, QueueWeights};
-use taskq_telemetry::LogFormat;
 
 /// Command line and environment of `taskq-worker`.
 #[derive(Debug, Clone, Parser)]
@@ -16,9 +14,8 @@ use taskq_telemetry::LogFormat;
     about = "Runs taskq tasks from Redis and records them in MongoDB"
 )]
 pub struct WorkerArgs {
-    /// Address of the health and metrics server (`/livez`, `/readyz`, `/metrics`).
-    #[arg(long, env = "TASKQ_LISTEN", default_value = "0.0.0.0:8081")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub process: taskq_telemetry::ProcessArgs,
     #[command(flatten)]
     pub redis: taskq_redis::RedisArgs,
     #[command(flatten)]
@@ -75,9 +72,6 @@ pub struct WorkerArgs {
     /// Identity of this worker in leases and records; defaults to host name and pid.
     #[arg(long, env = "TASKQ_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "TASKQ_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 /// `TASKQ_MAX_RESULT_BYTES` by default: 1 MiB, as the api's payload limit.

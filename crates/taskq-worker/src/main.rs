@@ -8,7 +8,7 @@ use taskq_worker::{HttpHandler, Registry, UrlAllowList, WorkerArgs, register_bui
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    let _telemetry = taskq_telemetry::init("taskq-worker", args.log_format);
+    let _telemetry = taskq_telemetry::init("taskq-worker", args.process.log_format);
     let allow = UrlAllowList::parse(&args.http_allow).map_err(anyhow::Error::msg)?;
     // Registered even with an empty allow-list, so `http` tasks fail with a clear
     // message instead of "no handler".

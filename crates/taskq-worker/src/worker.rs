@@ -264,10 +264,10 @@ pub async fn run(args: WorkerArgs, registry: Registry) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     taskq_telemetry::cancel_on_signals(shutdown.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.process.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %args.listen, "health server listening");
+        .with_context(|| format!("binding {}", args.process.listen))?;
+    tracing::info!(addr = %args.process.listen, "health server listening");
     let server_stop = CancellationToken::new();
     let server = {
         let app = crate::health::router(worker.clone());

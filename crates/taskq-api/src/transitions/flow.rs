@@ -37,13 +37,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 use taskq_core::{FlowPlan, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_redis::flow::{Finished, Waiting};
 use taskq_store::{StatusUpdate, StoredTask};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::transitions::cancel::Cancelled;
 use crate::transitions::submit;
 
 /// Submits a checked flow: its dependencies on existing tasks must exist (else `400`
@@ -182,13 +186,46 @@ pub(crate) async fn recover_waiting(state: &AppState) -> Result<u64, ApiError> {
     Ok(read)
 }
 
-/// What a flow's retry did.
-#[derive(Debug, Default)]
-pub(crate) struct Retried {
+/// What `POST /v1/flows/{id}/cancel` did.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct FlowCancelled {
+    /// Tasks that were waiting, queued, scheduled or retrying and are now cancelled.
+    pub cancelled: u64,
+    /// Running tasks whose handlers were signalled (they end `cancelled` shortly).
+    pub signalled: u64,
+}
+
+/// Cancels every unfinished task of flow `tasks` (all of one flow, in the order of the
+/// flow request) through [`super::cancel`]; a task that finishes meanwhile is skipped.
+pub(crate) async fn cancel_flow(
+    state: &AppState,
+    tasks: Vec<StoredTask>,
+) -> Result<FlowCancelled, ApiError> {
+    let mut out = FlowCancelled::default();
+    // Dependents first: a dependency's cancel would otherwise cascade to them too,
+    // racing this loop (harmless, but noisier).
+    for t in tasks.iter().rev() {
+        if t.record.status.is_final() {
+            continue;
+        }
+        match super::cancel::cancel(state, t.record.id).await {
+            Ok(Cancelled::Now(_)) => out.cancelled += 1,
+            Ok(Cancelled::Signalled(_)) => out.signalled += 1,
+            // Finished meanwhile.
+            Err(e) if e.status == StatusCode::CONFLICT => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What `POST /v1/flows/{id}/retry` did.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct FlowRetried {
     /// Dead tasks queued again.
     pub requeued: u64,
-    /// Tasks cancelled because of a dependency, waiting again.
-    pub rewaiting: u64,
+    /// Tasks that had been cancelled because a dependency died, waiting again.
+    pub waiting: u64,
 }
 
 /// Retries flow `tasks` (all of one flow): every dead task is retried
@@ -199,8 +236,8 @@ pub(crate) struct Retried {
 pub(crate) async fn retry_flow(
     state: &AppState,
     tasks: Vec<StoredTask>,
-) -> Result<Retried, ApiError> {
-    let mut out = Retried::default();
+) -> Result<FlowRetried, ApiError> {
+    let mut out = FlowRetried::default();
     let dead: Vec<TaskId> = tasks
         .iter()
         .filter(|t| t.record.status == TaskStatus::Dead)
@@ -215,7 +252,7 @@ pub(crate) async fn retry_flow(
             .filter(|o| matches!(o, super::retry::Outcome::Queued(_)))
             .count() as u64;
     }
-    out.rewaiting = rewait(state, tasks, |reason| reason.starts_with("dependency ")).await?;
+    out.waiting = rewait(state, tasks, |reason| reason.starts_with("dependency ")).await?;
     Ok(out)
 }
 

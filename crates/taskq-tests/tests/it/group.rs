@@ -73,6 +73,43 @@ async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durabl
     w.shutdown().await;
 }
 
+/// Sends a submit to the api at `api` that must be given up (answered with an error).
+async fn submit_given_up(env: &Env, api: &str) {
+    let resp = env
+        .http
+        .post(format!("{api}/v1/tasks"))
+        .json(&json!({"type": "noop", "payload": {"given": "up"}}))
+        .send()
+        .await
+        .expect("request");
+    assert_ne!(resp.status(), StatusCode::CREATED);
+}
+
+/// Waits (at most 10 s) until the given-up submit's record is removed.
+async fn record_removed(env: &Env) {
+    let gone = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { env.total_records().await == 0 },
+    )
+    .await;
+    let counts = env.counts().await;
+    assert!(gone, "the given-up submit's record stayed: {counts:?}");
+}
+
+/// A second later, the given-up submit's task is in Redis neither queued nor running,
+/// and no record came back.
+async fn nothing_left(env: &Env) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = env
+        .broker
+        .counts(&"default".parse().expect("queue"))
+        .await
+        .expect("counts");
+    assert_eq!(c.queued + c.running, 0, "{c:?}");
+    assert_eq!(env.total_records().await, 0);
+}
+
 /// A submit whose request times out while MongoDB holds its group's insert (the store
 /// frozen) is answered with an error; when the insert then completes, the submit is
 /// left out of the enqueue and its record removed, so it never runs.
@@ -87,50 +124,13 @@ async fn a_submit_given_up_before_its_enqueue_never_runs() {
     };
     let (api, stop) = serve_api(state).await;
     proxy.freeze();
-    let resp = env
-        .http
-        .post(format!("{api}/v1/tasks"))
-        .json(&json!({"type": "noop", "payload": {"given": "up"}}))
-        .send()
-        .await
-        .expect("request");
-    assert_ne!(resp.status(), StatusCode::CREATED);
+    submit_given_up(&env, &api).await;
     proxy.thaw();
     let w = env.default_worker();
     // The insert lands after the thaw; then the record goes again.
-    let gone = wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            env.store
-                .count_by_status(None)
-                .await
-                .expect("counts")
-                .values()
-                .sum::<u64>()
-                == 0
-        },
-    )
-    .await;
-    let counts = env.store.count_by_status(None).await.expect("counts");
-    assert!(gone, "the given-up submit's record stayed: {counts:?}");
-    // Nothing reached Redis: a second later still nothing ran or exists.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let c = env
-        .broker
-        .counts(&"default".parse().expect("queue"))
-        .await
-        .expect("counts");
-    assert_eq!(c.queued + c.running, 0, "{c:?}");
-    assert_eq!(
-        env.store
-            .count_by_status(None)
-            .await
-            .expect("counts")
-            .values()
-            .sum::<u64>(),
-        0
-    );
+    record_removed(&env).await;
+    // Nothing reached Redis: nothing ran or exists.
+    nothing_left(&env).await;
     w.shutdown().await;
     stop.cancel();
 }
@@ -149,35 +149,14 @@ async fn a_submit_given_up_during_its_enqueue_never_runs() {
     let (api, stop) = serve_api(state).await;
     assert!(ready_within(&env.http, &api, Duration::from_secs(10)).await);
     proxy.freeze();
-    let resp = env
-        .http
-        .post(format!("{api}/v1/tasks"))
-        .json(&json!({"type": "noop", "payload": {"given": "up"}}))
-        .send()
-        .await
-        .expect("request");
-    assert_ne!(resp.status(), StatusCode::CREATED);
+    submit_given_up(&env, &api).await;
     // The record was written before the enqueue was held.
     assert_eq!(env.total_records().await, 1);
     proxy.thaw();
-    let gone = wait_until(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async { env.total_records().await == 0 },
-    )
-    .await;
-    let counts = env.store.count_by_status(None).await.expect("counts");
-    assert!(gone, "the given-up submit's record stayed: {counts:?}");
+    record_removed(&env).await;
     // Its task left Redis too: a worker started now finds nothing to run.
     let w = env.default_worker();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let c = env
-        .broker
-        .counts(&"default".parse().expect("queue"))
-        .await
-        .expect("counts");
-    assert_eq!(c.queued + c.running, 0, "{c:?}");
-    assert_eq!(env.total_records().await, 0);
+    nothing_left(&env).await;
     w.shutdown().await;
     stop.cancel();
 }
