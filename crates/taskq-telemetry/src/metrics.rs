@@ -43,6 +43,13 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+/// Labels of the submit-stage histogram: `wait` (from the request's record to its
+/// group's write), `insert` (the group's MongoDB insert) or `enqueue` (its Redis enqueue).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric taskq exports.
@@ -84,6 +91,8 @@ pub struct Metrics {
     pub api_wait_reads: Counter,
     /// Single submits written together by one group commit (one insert, one enqueue).
     pub submit_group_size: Histogram,
+    /// Time of each stage of a single submit (see [`StageLabels`]), once per submit.
+    pub submit_stage: HistFamily<StageLabels>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -130,9 +139,12 @@ impl Metrics {
         let api_wait_reads = Counter::default();
         // 1 to 1,024 submits.
         let submit_group_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        let submit_stage: HistFamily<StageLabels> =
+            Family::new_with_constructor(seconds_histogram);
         let r = &mut registry;
         crate::register_metrics! { r;
             "api_submit_group_size" => submit_group_size, "Single submits written together by one group commit";
+            "api_submit_stage_seconds" => submit_stage, "Time of each stage of a single submit: wait (for its group's write), insert (MongoDB), enqueue (Redis)";
             "api_waiting_requests" => api_waiting, "Api requests waiting for their task to finish (?wait=)";
             "api_wait_reads" => api_wait_reads, "MongoDB reads of records made by waiting requests";
             "tasks_submitted" => submitted, "Tasks accepted by the api";
@@ -183,6 +195,7 @@ impl Metrics {
             api_waiting,
             api_wait_reads,
             submit_group_size,
+            submit_stage,
         })
     }
 

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use futures::FutureExt;
 use taskq_core::TaskRecord;
+use taskq_telemetry::metrics::StageLabels;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::submit::{self, PersistError};
 use crate::AppState;
@@ -187,7 +189,19 @@ async fn write(state: &AppState, group: Group) {
         return;
     }
     state.metrics.submit_group_size.observe(group.len() as f64);
-    match submit::insert(state, &group.recs).await {
+    let now = chrono::Utc::now();
+    let waited = group.recs.iter().map(|r| {
+        (now - r.created_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64()
+    });
+    observe_stage(state, "wait", waited);
+    let started = Instant::now();
+    let inserted = submit::insert(state, &group.recs).await;
+    let took = started.elapsed().as_secs_f64();
+    observe_stage(state, "insert", std::iter::repeat_n(took, group.len()));
+    match inserted {
         Ok(()) => finish(state, group).await,
         Err(PersistError::Api(e))
             if group.len() > 1 && e.status != StatusCode::SERVICE_UNAVAILABLE =>
@@ -224,7 +238,11 @@ async fn finish(state: &AppState, group: Group) {
             tracing::warn!(error = %e, count = given_up.len(), "could not remove the records of given-up submits; the submit check cancels them");
         }
     }
-    if let Err(e) = submit::enqueue(state, &waiting.recs).await {
+    let started = Instant::now();
+    let enqueued = submit::enqueue(state, &waiting.recs).await;
+    let took = started.elapsed().as_secs_f64();
+    observe_stage(state, "enqueue", std::iter::repeat_n(took, waiting.len()));
+    if let Err(e) = enqueued {
         return waiting.answer_err(&e);
     }
     // A submit given up while its enqueue ran was answered with an error: its task is
@@ -238,4 +256,14 @@ async fn finish(state: &AppState, group: Group) {
         submit::take_back(state, &given_up.recs).await;
     }
     enqueued.answer_ok();
+}
+
+/// Records one duration per submit in the `stage` series of the submit-stage histogram.
+fn observe_stage(state: &AppState, stage: &str, seconds: impl Iterator<Item = f64>) {
+    let h = state.metrics.submit_stage.get_or_create(&StageLabels {
+        stage: stage.to_owned(),
+    });
+    for s in seconds {
+        h.observe(s);
+    }
 }

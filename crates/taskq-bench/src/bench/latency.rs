@@ -1,5 +1,6 @@
 //! Phase 6: submit→start latency at a steady, open-loop rate with the worker running.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use taskq_core::TaskId;
 
+use super::metrics::bucket_quantile;
 use super::submit::submit_one;
 use super::{Bench, TARGET_P99_MS, ms};
 use crate::report::{Metric, Target, percentile};
@@ -71,6 +73,8 @@ impl Bench {
     pub(super) async fn latency(&mut self, insert_one_p99: f64) -> anyhow::Result<()> {
         let url = self.api_url("/v1/tasks")?;
         let body = Bytes::from(json!({"type": "noop", "queue": self.queue.as_str()}).to_string());
+        let metrics_url = self.api_url("/metrics")?;
+        let api_before = super::metrics::scrape(&self.http, &metrics_url).await.ok();
         let snap = self.snapshot();
         let run = open_loop(self.cfg.rate, self.cfg.latency_seconds, |_| {
             let (http, url, body) = (self.http.clone(), url.clone(), body.clone());
@@ -97,6 +101,13 @@ impl Bench {
         self.report
             .cpu
             .push(snap.until(&self.snapshot(), "latency (steady rate)"));
+        let api_after = super::metrics::scrape(&self.http, &metrics_url).await.ok();
+        match (api_before, api_after) {
+            (Some(before), Some(after)) => self.submit_stages(&before, &after),
+            _ => self
+                .report
+                .note(format!("could not read the api's {metrics_url}")),
+        }
         self.succeeded += ids.len() as u64;
         self.wait_idle().await?;
         self.wait_settled().await?;
@@ -182,5 +193,53 @@ impl Bench {
             ));
         }
         Ok(())
+    }
+
+    /// Where the api spent a submit's time in the latency phase, from its histograms
+    /// (scraped `before` and `after` the phase): its whole answer (the HTTP request
+    /// duration of `POST /v1/tasks`), the wait for its group's write, the group's MongoDB
+    /// insert and its Redis enqueue; p50 and p99 each, as bucket bounds.
+    fn submit_stages(&mut self, before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
+        let series: [(&str, &str, &[&str]); 4] = [
+            (
+                "api_answer",
+                "api: answer of a submit",
+                &[
+                    "taskq_http_request_duration_seconds",
+                    "method=\"POST\"",
+                    "route=\"/v1/tasks\"",
+                ],
+            ),
+            (
+                "api_wait",
+                "api: wait for the group's write",
+                &["taskq_api_submit_stage_seconds", "stage=\"wait\""],
+            ),
+            (
+                "api_insert",
+                "api: group's MongoDB insert",
+                &["taskq_api_submit_stage_seconds", "stage=\"insert\""],
+            ),
+            (
+                "api_enqueue",
+                "api: group's Redis enqueue",
+                &["taskq_api_submit_stage_seconds", "stage=\"enqueue\""],
+            ),
+        ];
+        for (key, label, names) in series {
+            for (p, pct) in [(0.5, "p50"), (0.99, "p99")] {
+                match bucket_quantile(before, after, names, p) {
+                    Some(s) => self.report.push(Metric::new(
+                        &format!("latency_{key}_{pct}_ms"),
+                        &format!("{label} {pct} (at most)"),
+                        s * 1e3,
+                        "ms",
+                    )),
+                    None => self
+                        .report
+                        .note(format!("the api's {} had no samples", names[0])),
+                }
+            }
+        }
     }
 }

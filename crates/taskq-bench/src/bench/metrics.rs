@@ -70,6 +70,44 @@ pub(super) async fn scrape(
     Ok(parse_metrics(&text))
 }
 
+/// The `q` quantile of what a histogram observed between the scrapes `before` and
+/// `after`, in its unit: the upper bound of the bucket that holds it (the buckets double,
+/// so the true value lies between half of it and it). `series` picks the histogram's
+/// `_bucket` samples: its name, then label pairs (`key="value"`) they must carry.
+pub(super) fn bucket_quantile(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    series: &[&str],
+    q: f64,
+) -> Option<f64> {
+    let [name, labels @ ..] = series else {
+        return None;
+    };
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix) && labels.iter().all(|l| k.contains(l)))
+        .filter_map(|(k, v)| {
+            let le = k.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .into_iter()
+        .find(|(_, cumulative)| *cumulative >= q * total)
+        .map(|(le, _)| le)
+}
+
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -156,6 +194,31 @@ impl Bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        let sample = |counts: [f64; 4]| {
+            parse_metrics(&format!(
+                "h_bucket{{stage=\"a\",le=\"0.001\"}} {}\n\
+                 h_bucket{{stage=\"a\",le=\"0.002\"}} {}\n\
+                 h_bucket{{stage=\"a\",le=\"0.004\"}} {}\n\
+                 h_bucket{{stage=\"a\",le=\"+Inf\"}} {}\n\
+                 h_bucket{{stage=\"b\",le=\"+Inf\"}} 7\n",
+                counts[0], counts[1], counts[2], counts[3]
+            ))
+        };
+        // Between the scrapes: 90 in the first bucket, 8 in the second, 2 in the third.
+        let before = sample([10.0, 10.0, 10.0, 10.0]);
+        let after = sample([100.0, 108.0, 110.0, 110.0]);
+        let q = |p| bucket_quantile(&before, &after, &["h", "stage=\"a\""], p);
+        assert_eq!(q(0.5), Some(0.001));
+        assert_eq!(q(0.95), Some(0.002));
+        assert_eq!(q(0.99), Some(0.004));
+        assert_eq!(
+            bucket_quantile(&before, &before, &["h", "stage=\"a\""], 0.5),
+            None
+        );
+    }
 
     #[test]
     fn reads_prometheus_samples() {

@@ -59,6 +59,12 @@ async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durabl
         groups < 200.0,
         "no two of 200 concurrent submits shared a write ({groups} groups)"
     );
+    // Each submit's stages are timed once each.
+    let text = scrape_metrics(&env.http, &env.api).await;
+    for stage in ["wait", "insert", "enqueue"] {
+        let series = format!("taskq_api_submit_stage_seconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(metric_value(&text, &series), 200.0, "{series}");
+    }
     let w = env.worker(Env::settings("default,other"), Env::builtins());
     let done = wait_until(
         Duration::from_secs(30),
