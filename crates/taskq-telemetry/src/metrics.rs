@@ -139,8 +139,7 @@ impl Metrics {
         let api_wait_reads = Counter::default();
         // 1 to 1,024 submits.
         let submit_group_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        let submit_stage: HistFamily<StageLabels> =
-            Family::new_with_constructor(seconds_histogram);
+        let submit_stage: HistFamily<StageLabels> = Family::new_with_constructor(seconds_histogram);
         let r = &mut registry;
         crate::register_metrics! { r;
             "api_submit_group_size" => submit_group_size, "Single submits written together by one group commit";
