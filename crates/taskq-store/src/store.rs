@@ -30,11 +30,6 @@ pub const MAX_LIST_LIMIT: u32 = 1_000;
 /// Most statements sent in one `update` command.
 const MAX_STATEMENTS: usize = 10_000;
 
-/// Most records one `update` command changes: bounds how long one command keeps the
-/// server busy and how large a command it decodes, at the cost of one round trip per
-/// this many records (a batch of 2,000 updates takes about eight).
-const MAX_COMMAND_RECORDS: usize = 256;
-
 /// Budget for the statements of one `update` command: the server accepts a command of
 /// up to 16 MiB + 16 KiB; the rest of the command (name, flags, session, cluster time)
 /// fits comfortably in what is left.
@@ -687,10 +682,7 @@ impl Store {
                     continue;
                 }
             };
-            if chunk.len() == MAX_STATEMENTS
-                || chunk.bytes + size > MAX_STATEMENT_BYTES
-                || (chunk.records > 0 && chunk.records + ids.len() > MAX_COMMAND_RECORDS)
-            {
+            if chunk.len() == MAX_STATEMENTS || chunk.bytes + size > MAX_STATEMENT_BYTES {
                 self.send_updates(std::mem::take(&mut chunk), &mut rejected)
                     .await?;
             }
@@ -732,9 +724,7 @@ impl Store {
                 let statement =
                     RawDocumentBuf::from_document(&statement).map_err(|e| encode_id(*id, e))?;
                 let size = statement.as_bytes().len();
-                if singles.len() == MAX_STATEMENTS.min(MAX_COMMAND_RECORDS)
-                    || singles.bytes + size > MAX_STATEMENT_BYTES
-                {
+                if singles.len() == MAX_STATEMENTS || singles.bytes + size > MAX_STATEMENT_BYTES {
                     Box::pin(self.send_updates(std::mem::take(&mut singles), rejected)).await?;
                 }
                 singles.push(vec![*id], u, statement, size);
@@ -915,8 +905,6 @@ struct Chunk {
     ids: Vec<Vec<TaskId>>,
     docs: Vec<Document>,
     bytes: usize,
-    /// Records the statements address.
-    records: usize,
 }
 
 impl Chunk {
@@ -926,7 +914,6 @@ impl Chunk {
 
     fn push(&mut self, ids: Vec<TaskId>, u: Document, statement: RawDocumentBuf, size: usize) {
         self.statements.push(statement);
-        self.records += ids.len();
         self.ids.push(ids);
         self.docs.push(u);
         // Element overhead in the array: type byte, decimal index, NUL.
