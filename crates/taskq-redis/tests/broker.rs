@@ -1403,11 +1403,18 @@ async fn a_key_with_lost_or_wrong_backlog_sizes_keeps_its_order(broker: &Broker,
     let t: Vec<TaskRecord> = (0..6).map(|_| keyed("sizes", "k", "normal")).collect();
     broker.enqueue(&items(&t)).await.expect("enqueue");
     let client = redis::Client::open(url).expect("client");
-    let mut c = client
+    let c = client
         .get_multiplexed_async_connection()
         .await
         .expect("connection");
     let state = QueueKeys::new(&qn).key_state("k");
+    // Changes the key's hash behind the scripts' back.
+    let damage = |cmd: &mut redis::Cmd| {
+        let (cmd, mut c) = (cmd.clone(), c.clone());
+        async move {
+            let _: i64 = cmd.query_async(&mut c).await.expect("damage");
+        }
+    };
     let next = |l: Vec<Leased>| {
         assert_eq!(l.len(), 1, "one task of the key at a time: {:?}", ids(&l));
         l.into_iter().next().expect("one")
@@ -1415,33 +1422,17 @@ async fn a_key_with_lost_or_wrong_backlog_sizes_keeps_its_order(broker: &Broker,
 
     let first = next(take(broker, &qn, 10).await);
     assert_eq!(first.msg.id, t[0].id);
-    let _: i64 = redis::cmd("DEL")
-        .arg(&state)
-        .query_async(&mut c)
-        .await
-        .expect("del");
+    damage(redis::cmd("DEL").arg(&state)).await;
     ack(broker, &qn, &first).await;
     let second = next(take(broker, &qn, 10).await);
     assert_eq!(second.msg.id, t[1].id, "after the key's hash was lost");
 
-    let _: i64 = redis::cmd("HSET")
-        .arg(&state)
-        .arg("b1")
-        .arg(99)
-        .query_async(&mut c)
-        .await
-        .expect("hset");
+    damage(redis::cmd("HSET").arg(&state).arg("b1").arg(99)).await;
     ack(broker, &qn, &second).await;
     let third = next(take(broker, &qn, 10).await);
     assert_eq!(third.msg.id, t[2].id, "with a backlog size too high");
 
-    let _: i64 = redis::cmd("HSET")
-        .arg(&state)
-        .arg("b1")
-        .arg(0)
-        .query_async(&mut c)
-        .await
-        .expect("hset");
+    damage(redis::cmd("HSET").arg(&state).arg("b1").arg(0)).await;
     ack(broker, &qn, &third).await;
     assert!(
         take(broker, &qn, 10).await.is_empty(),
