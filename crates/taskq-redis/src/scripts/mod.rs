@@ -146,7 +146,8 @@ pub(crate) use lua_fns;
 /// backlogs, so a pump reads one hash instead of probing lists. A hash without sizes
 /// (Redis lost it, or a path that cannot keep them exact dropped them) has them read
 /// from the lists by the next pump; a size above its list's length is corrected when
-/// the pop finds the list empty.
+/// the pop finds the list empty; sizes of 0 are read again from the lists when the key
+/// holds more tasks (its score in `act`) than it runs.
 ///
 /// - `kq(p, l)`: the table `q` the others take: the pending lists at `KEYS[p..p+2]`,
 ///   the [`key_keys`] at `KEYS[l..l+3]`;
@@ -219,36 +220,49 @@ local function kpump(q, uk, head, st, set)
     -- The head no longer exists (Redis lost it): the key must not wait for it.
     kset(set, 'pend', '')
   end
-  if not (st[5] or st[6] or st[7]) then
-    -- No backlog sizes (a hash Redis lost, or none yet): read them from the lists.
+  local function count()
     for p = 0, 2 do
       st[5 + p] = redis.call('LLEN', kname('kb' .. p, uk))
       kset(set, 'b' .. p, st[5 + p])
     end
   end
+  local counted = not (st[5] or st[6] or st[7])
+  -- No backlog sizes (a hash Redis lost, or none yet): read them from the lists.
+  if counted then count() end
   -- The limits hold for the whole call: read once.
   q.limv = q.limv or redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
   local lim = q.limv
   local conc, rate = tonumber(lim[1]), tonumber(lim[2])
-  for p = 0, 2 do
-    local n = tonumber(st[5 + p]) or 0
-    if n > 0 then
-      if (conc and (tonumber(st[2]) or 0) >= conc) or (rate and not ktoken(q, uk, h, st, rate, lim[3])) then
-        q.held = (q.held or 0) + 1
-        return done()
+  local function pop()
+    for p = 0, 2 do
+      local n = tonumber(st[5 + p]) or 0
+      if n > 0 then
+        if (conc and (tonumber(st[2]) or 0) >= conc) or (rate and not ktoken(q, uk, h, st, rate, lim[3])) then
+          q.held = (q.held or 0) + 1
+          return true
+        end
+        local id = redis.call('RPOP', kname('kb' .. p, uk))
+        if id then
+          nbdec(q)
+          if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
+          kset(set, 'pend', id)
+          kset(set, 'b' .. p, n - 1)
+          q.woke = true
+          return true
+        end
+        -- The size was wrong: the list is empty.
+        st[5 + p] = 0
+        kset(set, 'b' .. p, 0)
       end
-      local id = redis.call('RPOP', kname('kb' .. p, uk))
-      if id then
-        nbdec(q)
-        if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
-        kset(set, 'pend', id)
-        kset(set, 'b' .. p, n - 1)
-        q.woke = true
-        return done()
-      end
-      -- The size was wrong: the list is empty.
-      kset(set, 'b' .. p, 0)
     end
+    return false
+  end
+  -- Sizes of 0 while the key holds more tasks than it runs may be wrong (a task pushed
+  -- by a script that does not keep them, e.g. an older version's during an upgrade):
+  -- read them from the lists. Its scheduled and waiting tasks cost that read too.
+  if not pop() and not counted and (tonumber(redis.call('ZSCORE', q.act, uk)) or 0) > (tonumber(st[2]) or 0) then
+    count()
+    pop()
   end
   done()
 end
