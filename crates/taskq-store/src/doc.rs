@@ -200,6 +200,11 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
     Ok(d)
 }
 
+/// The projection reading only a record's id and result (see [`id_and_result`]).
+pub(crate) fn id_and_result_fields() -> Document {
+    doc! { f::ID: 1, f::RESULT: 1 }
+}
+
 /// A task's id and result from a document holding (at least) those two fields.
 pub(crate) fn id_and_result(doc: &Document) -> Result<(TaskId, Option<Value>)> {
     let label = label(doc);

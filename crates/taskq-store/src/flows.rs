@@ -12,7 +12,7 @@ use mongodb::options::IndexOptions;
 use serde_json::Value;
 use taskq_core::{FlowLink, TaskId, TaskStatus};
 
-use crate::doc::{f, stored_task};
+use crate::doc::{f, id_and_result, id_and_result_fields, stored_task};
 use crate::{Error, Result, Store, StoredTask, TASKS};
 
 /// Most ids asked for in one `$in` query.
@@ -107,41 +107,21 @@ impl Store {
 
     /// The records of `ids` that exist, in no particular order.
     pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<StoredTask>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(IDS_PER_QUERY) {
-            let keys: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
-            let docs: Vec<Document> = self
-                .flow_collection()
-                .find(doc! { f::ID: { "$in": keys } })
-                .await?
-                .try_collect()
-                .await?;
-            for d in &docs {
-                out.push(stored_task(d)?);
-            }
-        }
-        Ok(out)
+        self.docs_of(ids, None)
+            .await?
+            .iter()
+            .map(stored_task)
+            .collect()
     }
 
     /// The result of each of `ids` (`None` for a task without one); tasks without a
     /// record are left out. One query per thousand ids, reading only ids and results.
     pub async fn results(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, Option<Value>>> {
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(IDS_PER_QUERY) {
-            let keys: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
-            let docs: Vec<Document> = self
-                .flow_collection()
-                .find(doc! { f::ID: { "$in": keys } })
-                .projection(doc! { f::ID: 1, f::RESULT: 1 })
-                .await?
-                .try_collect()
-                .await?;
-            for d in &docs {
-                let (id, result) = crate::doc::id_and_result(d)?;
-                out.insert(id, result);
-            }
-        }
-        Ok(out)
+        self.docs_of(ids, Some(id_and_result_fields()))
+            .await?
+            .iter()
+            .map(id_and_result)
+            .collect()
     }
 
     /// The result of every task of flow `flow` but `except` (its failure handler), by id
@@ -151,14 +131,40 @@ impl Store {
         flow: TaskId,
         except: TaskId,
     ) -> Result<HashMap<TaskId, Option<Value>>> {
-        let docs: Vec<Document> = self
-            .flow_collection()
-            .find(doc! { f::FLOW_ID: flow.to_string(), f::ID: { "$ne": except.to_string() } })
-            .projection(doc! { f::ID: 1, f::RESULT: 1 })
+        let filter = doc! { f::FLOW_ID: flow.to_string(), f::ID: { "$ne": except.to_string() } };
+        self.find_docs(filter, Some(id_and_result_fields()))
             .await?
-            .try_collect()
-            .await?;
-        docs.iter().map(crate::doc::id_and_result).collect()
+            .iter()
+            .map(id_and_result)
+            .collect()
+    }
+
+    /// The documents of `ids` that exist, one query per [`IDS_PER_QUERY`] ids, with only
+    /// the fields of `projection` when given.
+    async fn docs_of(&self, ids: &[TaskId], projection: Option<Document>) -> Result<Vec<Document>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let keys: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
+            out.extend(
+                self.find_docs(doc! { f::ID: { "$in": keys } }, projection.clone())
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every document matching `filter`, with only the fields of `projection` when given.
+    async fn find_docs(
+        &self,
+        filter: Document,
+        projection: Option<Document>,
+    ) -> Result<Vec<Document>> {
+        let tasks = self.flow_collection();
+        let mut find = tasks.find(filter);
+        if let Some(p) = projection {
+            find = find.projection(p);
+        }
+        Ok(find.await?.try_collect().await?)
     }
 
     /// Up to `limit` `waiting` tasks with ids above `after`, oldest first: what recovery

@@ -47,7 +47,7 @@ pub struct HttpLabels {
 /// group's write), `insert` (the group's MongoDB insert) or `enqueue` (its Redis enqueue).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    pub stage: String,
+    pub stage: &'static str,
 }
 
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;

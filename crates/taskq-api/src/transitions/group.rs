@@ -255,14 +255,16 @@ async fn finish(state: &AppState, group: Group) {
         );
         submit::take_back(state, &given_up.recs).await;
     }
+    submit::count_submitted(state, &enqueued.recs);
     enqueued.answer_ok();
 }
 
 /// Records one duration per submit in the `stage` series of the submit-stage histogram.
-fn observe_stage(state: &AppState, stage: &str, seconds: impl Iterator<Item = f64>) {
-    let h = state.metrics.submit_stage.get_or_create(&StageLabels {
-        stage: stage.to_owned(),
-    });
+fn observe_stage(state: &AppState, stage: &'static str, seconds: impl Iterator<Item = f64>) {
+    let h = state
+        .metrics
+        .submit_stage
+        .get_or_create(&StageLabels { stage });
     for s in seconds {
         h.observe(s);
     }

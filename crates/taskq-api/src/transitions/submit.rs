@@ -379,7 +379,21 @@ pub(super) async fn unsubmit(state: &AppState, recs: &[TaskRecord]) -> taskq_sto
 
 async fn persist_inner(state: &AppState, recs: &[TaskRecord]) -> Result<(), PersistError> {
     insert(state, recs).await?;
-    enqueue(state, recs).await
+    enqueue(state, recs).await?;
+    count_submitted(state, recs);
+    Ok(())
+}
+
+/// Counts `recs` in `taskq_tasks_submitted_total`: submits accepted, once they are in
+/// both stores and will be answered as such.
+pub(super) fn count_submitted(state: &AppState, recs: &[TaskRecord]) {
+    for r in recs {
+        state
+            .metrics
+            .submitted
+            .get_or_create(&Metrics::task(r.queue.as_str(), &r.kind))
+            .inc();
+    }
 }
 
 /// Step 1 of [`persist`]: the records, marked submit-pending. On a failure nothing of
@@ -503,16 +517,8 @@ pub(super) async fn enqueue(state: &AppState, recs: &[TaskRecord]) -> Result<(),
             .map_err(Into::into)
     };
     if let Err(e) = enqueued {
-        // Part of the batch may be in Redis (another queue's script, or a lost reply).
         take_back(state, recs).await;
         return Err(PersistError::Api(e));
-    }
-    for r in recs {
-        state
-            .metrics
-            .submitted
-            .get_or_create(&Metrics::task(r.queue.as_str(), &r.kind))
-            .inc();
     }
     Ok(())
 }

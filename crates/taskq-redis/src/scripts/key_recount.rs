@@ -1,8 +1,9 @@
 //! KEY_RECOUNT: sets every active key's running count to the number of its tasks that
 //! are running in Redis (leased, hash present, state `running`), has its backlog sizes
-//! read again from its lists, then pumps it. Recovery (`POST /v1/admin/recover`) runs it after Redis lost part of its
-//! data: a running task whose hash was lost never stops in its key, and with
-//! `max_running_per_key` its key's next task would wait for it for ever.
+//! read again from its lists, then pumps it. Recovery (`POST /v1/admin/recover`) runs
+//! it after Redis lost part of its data: a running task whose hash was lost never stops
+//! in its key, and with `max_running_per_key` its key's next task would wait for it for
+//! ever.
 //!
 //! One call reads the whole lease set and every active key of the queue: meant for the
 //! rare recovery, not for a hot path.

@@ -152,7 +152,8 @@ pub(crate) use lua_fns;
 /// - `kq(p, l)`: the table `q` the others take: the pending lists at `KEYS[p..p+2]`,
 ///   the [`key_keys`] at `KEYS[l..l+3]`;
 /// - `kread(h)`: the key hash's fields in the order `st` holds them (`pend`, `run`,
-///   `tok`, `ts`, `b0`, `b1`, `b2`); `kset(set, f, v)` adds a field to a pending write;
+///   `tok`, `ts`, `b0`, `b1`, `b2`); `ksized(st)`: whether it holds backlog sizes;
+///   `kset(set, f, v)` adds a field to a pending write;
 /// - `kjoin(q, uk)`: a task of key `uk` enters Redis (the key's score in `act`);
 ///   `kgone(q, uk)`: one leaves, and true when it was the key's last (the key leaves
 ///   `act` and its hash goes); `kleave(q, uk)`: `kgone`, then `kpump` if the key stays;
@@ -184,6 +185,7 @@ local function kq(p, l)
 end
 local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
 local function kread(h) return redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts', 'b0', 'b1', 'b2') end
+local function ksized(st) return st[5] or st[6] or st[7] end
 local function kset(set, f, v)
   set[#set + 1] = f
   set[#set + 1] = v
@@ -226,7 +228,7 @@ local function kpump(q, uk, head, st, set)
       kset(set, 'b' .. p, st[5 + p])
     end
   end
-  local counted = not (st[5] or st[6] or st[7])
+  local counted = not ksized(st)
   -- No backlog sizes (a hash Redis lost, or none yet): read them from the lists.
   if counted then count() end
   -- The limits hold for the whole call: read once.
@@ -282,7 +284,7 @@ local function kqueue(q, uk, id, prio, front, head)
   if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
   redis.call('INCR', q.nb)
   local st, set = kread(kname('kh', uk)), {}
-  if st[5] or st[6] or st[7] then
+  if ksized(st) then
     st[5 + prio] = (tonumber(st[5 + prio]) or 0) + 1
     kset(set, 'b' .. prio, st[5 + prio])
   end

@@ -15,6 +15,9 @@ use crate::harness::{
     Env, broker_via_proxy, metric_value, ready_within, scrape_metrics, serve_api, store_via_proxy,
 };
 
+/// The api's count of accepted `noop` submits to queue `default`.
+const SUBMITTED_NOOP: &str = "taskq_tasks_submitted_total{queue=\"default\",type=\"noop\"}";
+
 /// `taskq_api_submit_group_size` `_count` and `_sum` from the api's metrics.
 async fn group_sizes(env: &Env) -> (f64, f64) {
     let text = scrape_metrics(&env.http, &env.api).await;
@@ -59,8 +62,9 @@ async fn concurrent_single_submits_share_writes_and_each_is_answered_once_durabl
         groups < 200.0,
         "no two of 200 concurrent submits shared a write ({groups} groups)"
     );
-    // Each submit's stages are timed once each.
+    // Each submit's stages are timed once each, and each accepted submit counted.
     let text = scrape_metrics(&env.http, &env.api).await;
+    assert_eq!(metric_value(&text, SUBMITTED_NOOP), 100.0);
     for stage in ["wait", "insert", "enqueue"] {
         let series = format!("taskq_api_submit_stage_seconds_count{{stage=\"{stage}\"}}");
         assert_eq!(metric_value(&text, &series), 200.0, "{series}");
@@ -160,6 +164,9 @@ async fn a_submit_given_up_during_its_enqueue_never_runs() {
     assert_eq!(env.total_records().await, 1);
     proxy.thaw();
     record_removed(&env).await;
+    // Answered with an error, so not counted as accepted.
+    let text = scrape_metrics(&env.http, &api).await;
+    assert_eq!(metric_value(&text, SUBMITTED_NOOP), 0.0);
     // Its task left Redis too: a worker started now finds nothing to run.
     let w = env.default_worker();
     nothing_left(&env).await;
