@@ -23,6 +23,12 @@ MONGO_LAUNCHER="$TASKQ_ROOT/scripts/mongo-test-server/MongoTestServer.java"
 # Where built tools and downloads are cached between runs, outside the repository.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 TASKQ_CACHE_DIR="${TASKQ_CACHE:-$HOME/.cache/taskq}"
+# The JVM options of mongo-java-server. ZGC, because the JVM's default collector (G1,
+# aiming at 200 ms pauses) stopped the server for 60-130 ms about once a second under
+# taskq-bench's write rate: a raw insert_one's p99 at 2,000/s was 65-133 ms with G1 and
+# 2.3-5.0 ms with ZGC (README, Benchmark). A real MongoDB has no such pauses, so they
+# would only hide taskq's own latency. The heap bound keeps several servers side by side.
+MONGO_JAVA_OPTS="${TASKQ_MONGO_JAVA_OPTS:--XX:+UseZGC -Xmx4g}"
 # Seconds a service may take to answer after it was started.
 SERVICE_TIMEOUT="${TASKQ_SERVICE_TIMEOUT:-60}"
 
@@ -191,7 +197,8 @@ mongo_start() {
     logfile="$(mongo_logfile "$port")"
     # Run from the cache so the single-file launcher's compilation touches nothing in the
     # repository; stdin/stdout/stderr are detached so callers may capture our output.
-    (cd "$MONGO_CACHE" && exec nohup java -cp "$MONGO_LIB/*" "$MONGO_LAUNCHER" "$port") \
+    # shellcheck disable=SC2086 # MONGO_JAVA_OPTS holds several words
+    (cd "$MONGO_CACHE" && exec nohup java $MONGO_JAVA_OPTS -cp "$MONGO_LIB/*" "$MONGO_LAUNCHER" "$port") \
         </dev/null >"$logfile" 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"

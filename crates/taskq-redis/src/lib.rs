@@ -31,6 +31,7 @@ pub mod scripts;
 mod wake;
 pub mod workers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use taskq_core::{TaskMessage, TaskRecord};
@@ -93,7 +94,8 @@ impl EnqueueItem {
 #[derive(Clone)]
 pub struct Broker {
     conn: Conn,
-    source: Source,
+    /// Shared: every handler clones the broker, and a client holds its settings.
+    source: Arc<Source>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -107,7 +109,10 @@ impl Broker {
     /// process can start while Redis is still coming up) or to a Redis Cluster.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         let (conn, source) = conn::open(config).await?;
-        Ok(Self { conn, source })
+        Ok(Self {
+            conn,
+            source: Arc::new(source),
+        })
     }
 
     /// Checks that Redis answers.

@@ -52,7 +52,7 @@ impl Broker {
     pub fn finished_subscription(&self) -> FinishedSubscription {
         FinishedSubscription {
             clients: self.source.pubsub_clients(),
-            cluster: matches!(self.source, crate::conn::Source::Cluster(..)),
+            cluster: matches!(*self.source, crate::conn::Source::Cluster(..)),
             next_client: 0,
             conn: None,
         }
