@@ -346,6 +346,7 @@ impl Bench {
             "ms",
         ));
         self.writer_figures(p.depth, n, "", "").await;
+        self.clear_settled().await?;
 
         if self.cfg.keys > 0 {
             self.keyed(processed).await?;
@@ -370,12 +371,14 @@ impl Bench {
         // write of earlier phases still queued in the worker.
         self.wait_idle().await?;
         self.wait_settled().await?;
+        self.clear_settled().await?;
 
         progress(&format!(
             "phase 6: latency at {}/s for {}s",
             self.cfg.rate, self.cfg.latency_seconds
         ));
         self.latency(ceilings.insert_one_p99).await?;
+        self.clear_settled().await?;
 
         self.worker_rss("worker_peak_rss_mib", "peak RSS (VmHWM) taskq-worker");
 

@@ -62,6 +62,7 @@ impl Bench {
             let processed = n as f64 / p.elapsed.as_secs_f64();
             self.succeeded += n as u64;
             self.wait_settled().await?;
+            self.clear_settled().await?;
             if let Some(d) = p.depth {
                 d.finish().await;
             }

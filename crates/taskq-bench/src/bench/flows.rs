@@ -90,6 +90,7 @@ impl Bench {
         if let Some((w, _)) = self.worker.take() {
             w.stop(STOP_GRACE).await?;
         }
+        self.clear_settled().await?;
         Ok(n as f64 / elapsed.as_secs_f64())
     }
 

@@ -47,14 +47,14 @@ impl Bench {
         self.succeeded += n as u64;
         self.wait_settled().await?;
         self.writer_figures(p.depth, n, "_keyed", ", keyed").await;
+        self.clear_settled().await?;
         self.broker
             .set_limits(&self.queue, &QueueLimits::default())
             .await
             .context("clearing the limits")?;
 
         // The plain phase again, so the keyed one is compared with plain processing on
-        // the same store (twice the records by now) and the same warmed-up servers: the
-        // mean of the plain runs before and after it.
+        // the same warmed-up servers: the mean of the plain runs before and after it.
         if let Some((w, _)) = self.worker.take() {
             w.stop(STOP_GRACE).await?;
         }
@@ -70,6 +70,7 @@ impl Bench {
         ));
         self.succeeded += n as u64;
         self.wait_settled().await?;
+        self.clear_settled().await?;
         self.report.push(
             Metric::new(
                 "processed_keyed_tasks_per_s",
