@@ -80,6 +80,7 @@ impl Bench {
             .target(Target::FractionAtLeast(TARGET_BACKLOG_FRACTION)),
         );
         self.per_task_cpu(&p.cpu, n, "_backlog", ", backlog");
+        progress("phase 7: records settled (the worker runs the backlog meanwhile)");
         self.succeeded += n as u64;
         let settled = self.wait_settled().await?;
         let settle = settled.saturating_duration_since(p.first);
