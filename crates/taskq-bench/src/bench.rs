@@ -198,7 +198,6 @@ pub async fn run(cfg: Config, names: &RunNames) -> anyhow::Result<Report> {
         api: None,
         worker: None,
         report,
-        succeeded: 0,
     };
     let outcome = bench.phases().await;
     let cleanup = bench.cleanup().await;
@@ -271,8 +270,6 @@ struct Bench {
     api: Option<(Proc, SocketAddr)>,
     worker: Option<(Proc, SocketAddr)>,
     report: Report,
-    /// Tasks that should be `succeeded` in MongoDB once everything settles.
-    succeeded: u64,
 }
 
 impl Bench {
@@ -327,8 +324,7 @@ impl Bench {
         self.per_task_cpu(&p.cpu, n, "", "");
 
         progress("phase 4: records settled");
-        self.succeeded += n as u64;
-        let settled = self.wait_settled().await?;
+        let settled = self.settle(n).await?;
         let settle = settled.saturating_duration_since(p.first);
         self.report.push(
             Metric::new(
@@ -346,7 +342,6 @@ impl Bench {
             "ms",
         ));
         self.writer_figures(p.depth, n, "", "").await;
-        self.clear_settled().await?;
 
         if self.cfg.keys > 0 {
             self.keyed(processed).await?;
@@ -366,19 +361,16 @@ impl Bench {
             )
             .of("mongo insert_many", mongo_ceiling),
         );
-        self.succeeded += self.cfg.single_tasks as u64;
         // The latency phase starts from a quiet system: no task in Redis and no status
         // write of earlier phases still queued in the worker.
         self.wait_idle().await?;
-        self.wait_settled().await?;
-        self.clear_settled().await?;
+        self.settle(self.cfg.single_tasks).await?;
 
         progress(&format!(
             "phase 6: latency at {}/s for {}s",
             self.cfg.rate, self.cfg.latency_seconds
         ));
         self.latency(ceilings.insert_one_p99).await?;
-        self.clear_settled().await?;
 
         self.worker_rss("worker_peak_rss_mib", "peak RSS (VmHWM) taskq-worker");
 

@@ -81,8 +81,7 @@ impl Bench {
         );
         self.per_task_cpu(&p.cpu, n, "_backlog", ", backlog");
         progress("phase 7: records settled (the worker runs the backlog meanwhile)");
-        self.succeeded += n as u64;
-        let settled = self.wait_settled().await?;
+        let settled = self.wait_settled(n as u64).await?;
         let settle = settled.saturating_duration_since(p.first);
         self.report.push(Metric::new(
             "settled_backlog_tasks_per_s",

@@ -60,9 +60,7 @@ impl Bench {
             ));
             let p = self.process(&ids, &format!("processing, {label}")).await?;
             let processed = n as f64 / p.elapsed.as_secs_f64();
-            self.succeeded += n as u64;
-            self.wait_settled().await?;
-            self.clear_settled().await?;
+            self.settle(n).await?;
             if let Some(d) = p.depth {
                 d.finish().await;
             }

@@ -75,22 +75,22 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts a worker and waits until MongoDB counts `n` more tasks `succeeded`; stops
-    /// the worker. Returns tasks/s from the worker's spawn.
+    /// Starts a worker and waits until MongoDB counts the `n` tasks `succeeded`; stops
+    /// the worker and deletes the records (see [`Bench::delete_settled`]). Returns
+    /// tasks/s from the worker's spawn.
     async fn run_to_settled(&mut self, n: usize, phase: &str) -> anyhow::Result<f64> {
         let start = Instant::now();
         let worker = self.env.spawn_worker()?;
         self.worker = Some(worker);
         // After the spawn, so the worker's CPU is in the phase's figures.
         let snap = self.snapshot();
-        self.succeeded += n as u64;
-        let done = self.wait_settled().await?;
+        let done = self.wait_settled(n as u64).await?;
         let elapsed = done.saturating_duration_since(start);
         self.report.cpu.push(snap.until(&self.snapshot(), phase));
         if let Some((w, _)) = self.worker.take() {
             w.stop(STOP_GRACE).await?;
         }
-        self.clear_settled().await?;
+        self.delete_settled().await?;
         Ok(n as f64 / elapsed.as_secs_f64())
     }
 

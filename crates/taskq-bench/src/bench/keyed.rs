@@ -44,10 +44,8 @@ impl Bench {
         let p = self.process(&ids, "processing, keyed").await?;
         let processed = n as f64 / p.elapsed.as_secs_f64();
         self.per_task_cpu(&p.cpu, n, "_keyed", ", keyed");
-        self.succeeded += n as u64;
-        self.wait_settled().await?;
+        self.settle(n).await?;
         self.writer_figures(p.depth, n, "_keyed", ", keyed").await;
-        self.clear_settled().await?;
         self.broker
             .set_limits(&self.queue, &QueueLimits::default())
             .await
@@ -68,9 +66,7 @@ impl Bench {
             plain_again,
             "tasks/s",
         ));
-        self.succeeded += n as u64;
-        self.wait_settled().await?;
-        self.clear_settled().await?;
+        self.settle(n).await?;
         self.report.push(
             Metric::new(
                 "processed_keyed_tasks_per_s",

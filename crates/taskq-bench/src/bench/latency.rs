@@ -108,9 +108,8 @@ impl Bench {
                 .report
                 .note(format!("could not read the api's {metrics_url}")),
         }
-        self.succeeded += ids.len() as u64;
         self.wait_idle().await?;
-        self.wait_settled().await?;
+        self.wait_settled(ids.len() as u64).await?;
 
         let store = self.store.clone();
         let mut lat: Vec<f64> = futures::stream::iter(ids)
@@ -135,6 +134,7 @@ impl Bench {
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
             .await?;
+        self.delete_settled().await?;
         lat.sort_by(f64::total_cmp);
         client.sort_by(f64::total_cmp);
 

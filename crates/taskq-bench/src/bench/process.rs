@@ -150,8 +150,8 @@ impl Bench {
         }
     }
 
-    /// Waits until MongoDB counts `self.succeeded` tasks of the queue `succeeded`;
-    /// returns when they were all applied.
+    /// Waits until MongoDB counts `expected` tasks of the queue `succeeded`; returns when
+    /// they were all applied.
     ///
     /// Counting in MongoDB scans the records on mongo-java-server and would take the
     /// server's time from the writes being measured, so the wait watches Redis instead:
@@ -159,7 +159,7 @@ impl Bench {
     /// applied and acknowledged; a waiting flow task is always behind a live task or an
     /// outbox entry). Only then does it count in MongoDB, to confirm; a short count goes
     /// back to watching (counting at most as often as a count takes).
-    pub(super) async fn wait_settled(&self) -> anyhow::Result<Instant> {
+    pub(super) async fn wait_settled(&self, expected: u64) -> anyhow::Result<Instant> {
         let mut last = 0;
         let mut moved = Instant::now();
         loop {
@@ -172,7 +172,7 @@ impl Bench {
                 .context("counting records")?;
             let done = Instant::now();
             let ok = counts.get(&TaskStatus::Succeeded).copied().unwrap_or(0);
-            if ok >= self.succeeded {
+            if ok >= expected {
                 return Ok(applied);
             }
             let dead = counts.get(&TaskStatus::Dead).copied().unwrap_or(0);
@@ -182,28 +182,31 @@ impl Bench {
             if ok != last {
                 (last, moved) = (ok, done);
             } else if moved.elapsed() > STALL {
-                bail!(
-                    "records stopped settling at {ok} of {} succeeded: {counts:?}",
-                    self.succeeded
-                );
+                bail!("records stopped settling at {ok} of {expected} succeeded: {counts:?}");
             }
             let took = done.saturating_duration_since(asked);
             tokio::time::sleep(took.max(Duration::from_millis(50))).await;
         }
     }
 
-    /// Deletes the records of the tasks settled so far, so that the next phase starts on
-    /// an empty collection. mongo-java-server serves only `_id` lookups from an index: any
-    /// other query scans every record with the collection locked. The worker's submit
-    /// check (a sparse-index lookup on MongoDB) took 90 ms there at 200,000 records and
-    /// held up every write meanwhile, so without this each phase would pay for the records
-    /// the phases before it left.
-    pub(super) async fn clear_settled(&mut self) -> anyhow::Result<()> {
+    /// [`Self::wait_settled`] for the `n` tasks of a phase, then [`Self::delete_settled`].
+    pub(super) async fn settle(&self, n: usize) -> anyhow::Result<Instant> {
+        let settled = self.wait_settled(n as u64).await?;
+        self.delete_settled().await?;
+        Ok(settled)
+    }
+
+    /// Deletes the `succeeded` records, so that the next phase starts on an empty
+    /// collection. mongo-java-server serves only `_id` lookups from an index: any other
+    /// query scans every record with the collection locked. The worker's submit check (a
+    /// sparse-index lookup on MongoDB) took 90 ms there at 200,000 records and held up
+    /// every write meanwhile, so without this each phase would pay for the records the
+    /// phases before it left.
+    pub(super) async fn delete_settled(&self) -> anyhow::Result<()> {
         self.store
             .delete_by_status(&self.queue, TaskStatus::Succeeded)
             .await
             .context("deleting the settled records")?;
-        self.succeeded = 0;
         Ok(())
     }
 
