@@ -78,17 +78,17 @@ pub struct BackoffOverride {
     pub jitter: Option<f64>,
 }
 
-/// One state change, as kept in the record's history.
+/// One state change, as kept in the record's history. Absent optional fields are left
+/// out.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskEvent {
     pub status: TaskStatus,
     pub at: DateTime<Utc>,
     /// The attempt this change belongs to (0 before the first start).
     pub attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The worker that made the change, when a worker made it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
 }
 
@@ -175,7 +175,9 @@ impl TaskRecord {
 }
 
 /// What travels through Redis: everything a worker needs to run an attempt. The
-/// broker keeps the mutable parts (attempts, lease) beside it.
+/// broker keeps the mutable parts (attempts, lease) beside it. Absent optional fields
+/// are left out.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
     pub id: TaskId,
@@ -187,7 +189,6 @@ pub struct TaskMessage {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub backoff: Backoff,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     pub created_at_ms: i64,
     /// The tasks of its flow this one waited for (their results are readable by its
@@ -196,9 +197,7 @@ pub struct TaskMessage {
     pub depends_on: Vec<TaskId>,
     /// Set on a flow's failure handler: the flow's id. Its dependencies are every other
     /// task of that flow.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_handler_of: Option<TaskId>,
     /// The task's key (see [`NewTask::key`]), if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }

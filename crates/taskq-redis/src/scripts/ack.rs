@@ -21,13 +21,11 @@
 
 use taskq_core::{QueueName, TaskId, TaskStatus};
 
-use super::{invocation, key_fns, key_keys, key_list, lua_fns, script, seqs};
+use super::{invocation, key_keys, key_list, keyed_script, seqs};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, BrokerError, Result, outbox};
 
-script!(
-    lua_fns!(),
-    key_fns!(),
+keyed_script!(
     r"
 local q = kq(4, 7)
 local ent = ob_new(ARGV[2], ARGV[3])

@@ -34,14 +34,12 @@ use std::time::Duration;
 use redis::Value;
 use taskq_core::{QueueName, TaskMessage};
 
-use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
+use super::{invocation, key_keys, key_list, keyed_script};
 use crate::keys::QueueKeys;
 use crate::reply::{bytes, int, string};
 use crate::{Broker, BrokerError, Result};
 
-script!(
-    lua_fns!(),
-    key_fns!(),
+keyed_script!(
     r"
 local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local q = kq(1, 8)

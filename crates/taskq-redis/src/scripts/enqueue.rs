@@ -28,13 +28,11 @@ use std::collections::BTreeMap;
 use redis::AsyncCommands;
 use taskq_core::QueueName;
 
-use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
+use super::{invocation, key_keys, key_list, keyed_script};
 use crate::keys::{self, QueueKeys};
 use crate::{Broker, BrokerError, EnqueueItem, Result};
 
-script!(
-    lua_fns!(),
-    key_fns!(),
+keyed_script!(
     r"
 local now = tonumber(ARGV[2])
 local q = kq(1, 7)

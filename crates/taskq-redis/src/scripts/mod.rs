@@ -150,7 +150,9 @@ pub(crate) use lua_fns;
 /// holds more tasks (its score in `act`) than it runs.
 ///
 /// - `kq(p, l)`: the table `q` the others take: the pending lists at `KEYS[p..p+2]`,
-///   the [`key_keys`] at `KEYS[l..l+3]`;
+///   the [`key_keys`] at `KEYS[l..l+3]`, and `nbd`, the change to the backlog counter
+///   not yet written; `kflush()` writes it (one `INCRBY`; the counter goes when it
+///   reaches 0), and [`keyed_script`] calls it when the script's body returns;
 /// - `kread(h)`: the key hash's fields in the order `st` holds them (`pend`, `run`,
 ///   `tok`, `ts`, `b0`, `b1`, `b2`); `ksized(st)`: whether it holds backlog sizes;
 ///   `kset(set, f, v)` adds a field to a pending write;
@@ -180,18 +182,26 @@ pub(crate) use lua_fns;
 macro_rules! key_fns {
     () => {
         r"
+local KP = string.sub(ARGV[1], 1, -3)
+local KBL, KBF = {[0] = 'kb0', 'kb1', 'kb2'}, {[0] = 'b0', 'b1', 'b2'}
+local KQ
 local function kq(p, l)
-  return {pend = {KEYS[p], KEYS[p + 1], KEYS[p + 2]}, lim = KEYS[l], act = KEYS[l + 1], nb = KEYS[l + 2], park = KEYS[l + 3]}
+  KQ = {pend = {KEYS[p], KEYS[p + 1], KEYS[p + 2]}, lim = KEYS[l], act = KEYS[l + 1], nb = KEYS[l + 2], park = KEYS[l + 3], nbd = 0}
+  return KQ
 end
-local function kname(kind, uk) return string.sub(ARGV[1], 1, -3) .. kind .. ':' .. uk end
+local function kname(kind, uk) return KP .. kind .. ':' .. uk end
+local function kflush()
+  local q = KQ
+  if not q or q.nbd == 0 then return end
+  local d = q.nbd
+  q.nbd = 0
+  if redis.call('INCRBY', q.nb, d) <= 0 then redis.call('DEL', q.nb) end
+end
 local function kread(h) return redis.call('HMGET', h, 'pend', 'run', 'tok', 'ts', 'b0', 'b1', 'b2') end
 local function ksized(st) return st[5] or st[6] or st[7] end
 local function kset(set, f, v)
   set[#set + 1] = f
   set[#set + 1] = v
-end
-local function nbdec(q)
-  if redis.call('DECR', q.nb) <= 0 then redis.call('DEL', q.nb) end
 end
 local function rnow()
   local t = redis.call('TIME')
@@ -224,8 +234,8 @@ local function kpump(q, uk, head, st, set)
   end
   local function count()
     for p = 0, 2 do
-      st[5 + p] = redis.call('LLEN', kname('kb' .. p, uk))
-      kset(set, 'b' .. p, st[5 + p])
+      st[5 + p] = redis.call('LLEN', kname(KBL[p], uk))
+      kset(set, KBF[p], st[5 + p])
     end
   end
   local counted = not ksized(st)
@@ -243,18 +253,17 @@ local function kpump(q, uk, head, st, set)
           q.held = (q.held or 0) + 1
           return true
         end
-        local id = redis.call('RPOP', kname('kb' .. p, uk))
+        local id = redis.call('LMOVE', kname(KBL[p], uk), q.pend[p + 1], 'RIGHT', head and 'RIGHT' or 'LEFT')
         if id then
-          nbdec(q)
-          if head then redis.call('RPUSH', q.pend[p + 1], id) else redis.call('LPUSH', q.pend[p + 1], id) end
+          q.nbd = q.nbd - 1
           kset(set, 'pend', id)
-          kset(set, 'b' .. p, n - 1)
+          kset(set, KBF[p], n - 1)
           q.woke = true
           return true
         end
         -- The size was wrong: the list is empty.
         st[5 + p] = 0
-        kset(set, 'b' .. p, 0)
+        kset(set, KBF[p], 0)
       end
     end
     return false
@@ -280,13 +289,13 @@ local function kleave(q, uk)
   if not kgone(q, uk) then kpump(q, uk) end
 end
 local function kqueue(q, uk, id, prio, front, head)
-  local l = kname('kb' .. prio, uk)
+  local l = kname(KBL[prio], uk)
   if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
-  redis.call('INCR', q.nb)
+  q.nbd = q.nbd + 1
   local st, set = kread(kname('kh', uk)), {}
   if ksized(st) then
     st[5 + prio] = (tonumber(st[5 + prio]) or 0) + 1
-    kset(set, 'b' .. prio, st[5 + prio])
+    kset(set, KBF[prio], st[5 + prio])
   end
   kpump(q, uk, head, st, set)
 end
@@ -322,8 +331,8 @@ local function kunqueue(q, uk, id, prio)
   if redis.call('HGET', h, 'pend') == id then
     redis.call('LREM', q.pend[prio + 1], 1, id)
     redis.call('HSET', h, 'pend', '')
-  elseif redis.call('LREM', kname('kb' .. prio, uk), 1, id) > 0 then
-    nbdec(q)
+  elseif redis.call('LREM', kname(KBL[prio], uk), 1, id) > 0 then
+    q.nbd = q.nbd - 1
     -- The next pump reads the backlog sizes from the lists again.
     redis.call('HDEL', h, 'b0', 'b1', 'b2')
   end
@@ -351,6 +360,23 @@ macro_rules! script {
     };
 }
 pub(crate) use script;
+
+/// Declares the Lua of a script that moves keyed tasks, like [`script`]: [`lua_fns`]
+/// and [`key_fns`] in front of `body`. The body runs as a function, so that however it
+/// returns, the change it made to the backlog counter is written once, after it
+/// (`kflush`), instead of one `INCR`/`DECR` per task.
+macro_rules! keyed_script {
+    ($body:expr $(,)?) => {
+        $crate::scripts::script!(
+            $crate::scripts::lua_fns!(),
+            $crate::scripts::key_fns!(),
+            "local function main()\n",
+            $body,
+            "\nend\nlocal r = main()\nkflush()\nreturn r\n"
+        );
+    };
+}
+pub(crate) use keyed_script;
 
 /// The queue keys the [`key_fns`] helpers need, in the order the scripts give them
 /// after their own: the limits hash, the active keys, the backlog counter, the parked

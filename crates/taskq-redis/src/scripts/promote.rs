@@ -21,14 +21,12 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
+use super::{invocation, key_keys, key_list, keyed_script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result};
 
-script!(
-    lua_fns!(),
-    key_fns!(),
+keyed_script!(
     r"
 local q = kq(3, 8)
 local out = {}

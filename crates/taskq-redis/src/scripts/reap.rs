@@ -20,7 +20,7 @@
 use redis::Value;
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_fns, key_keys, key_list, lua_fns, script};
+use super::{invocation, key_keys, key_list, keyed_script};
 use crate::keys::QueueKeys;
 use crate::reply::{int, per_task};
 use crate::{Broker, Result, outbox};
@@ -30,9 +30,7 @@ pub const LEASE_EXPIRED_REQUEUED: &str = "lease expired: the worker stopped hear
 /// The error recorded when an expired lease was the task's last attempt.
 pub const LEASE_EXPIRED_DEAD: &str = "lease expired on the last attempt";
 
-script!(
-    lua_fns!(),
-    key_fns!(),
+keyed_script!(
     r"
 local q = kq(2, 7)
 local out, woke = {}, false
