@@ -1,6 +1,6 @@
-//! The fetch loop: leases as many tasks as there are free slots, in one script call,
-//! from the first queue (in weighted or strict order) that has work, and blocks on the
-//! queues' wake lists when all are empty.
+//! The fetch loops: each leases as many tasks as there are free slots, in one script
+//! call, from the first queue (in weighted or strict order) that has work, and blocks on
+//! the queues' wake lists (a connection of its own) when all are empty.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,18 @@ const LIMITED_WAIT: Duration = Duration::from_millis(50);
 /// Pause after a Redis error, so an outage does not become a busy loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 
+/// Fetch loops per worker, sharing the slots. A loop holds the slots it took while its
+/// dequeue is in flight, and slots that free up meanwhile wait for its next round; a
+/// second loop takes them while the first one waits, so at a high rate of short tasks
+/// fewer slots sit idle.
+const LOOPS: usize = 2;
+
 pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(ctx.shared.settings.concurrency));
+    futures::future::join_all((0..LOOPS).map(|_| fetch_loop(&ctx, &slots, &shutdown))).await;
+}
+
+async fn fetch_loop(ctx: &Arc<RunCtx>, slots: &Arc<Semaphore>, shutdown: &CancellationToken) {
     let shared = &ctx.shared;
     let settings = &shared.settings;
     let queues: Vec<_> = settings.queues.weights().names().cloned().collect();
@@ -38,7 +49,6 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
             }
         }
     };
-    let slots = Arc::new(Semaphore::new(settings.concurrency));
     let mut rng = SmallRng::from_os_rng();
     loop {
         let first = tokio::select! {
