@@ -51,6 +51,40 @@ async fn a_panicking_handler_fails_only_its_attempt() {
     w.shutdown().await;
 }
 
+/// The worker's fetch loops share its slots: however many tasks are queued, no more
+/// attempts run at once than `concurrency`, and every slot is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_runs_at_most_its_slots_at_once_and_fills_them() {
+    let env = Env::start().await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut registry = Env::builtins();
+    let (r, p) = (running.clone(), peak.clone());
+    registry.register("hold", move |_ctx: TaskContext| {
+        let (r, p) = (r.clone(), p.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok(None)
+        }
+    });
+    let mut settings = Env::settings("default");
+    settings.concurrency = 3;
+    let w = env.worker(settings, registry);
+    let tasks: Vec<_> = (0..200).map(|_| json!({"type": "hold"})).collect();
+    let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(all_succeeded(&env, 200, T).await);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "at most 3 at once, and 3 reached"
+    );
+    w.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_attempt_is_cancelled_and_fails() {
     let env = Env::start().await;
