@@ -445,6 +445,37 @@ impl Recorder {
     }
 }
 
+/// A handler that holds each attempt for a while and counts how many run at once, for
+/// checks of concurrency limits (one `Overlap` may be registered on several workers).
+#[derive(Clone, Default)]
+pub struct Overlap {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Overlap {
+    /// Registers handler `kind`, which holds each attempt for `hold`.
+    pub fn register(&self, registry: &mut Registry, kind: &str, hold: Duration) {
+        use std::sync::atomic::Ordering;
+        let this = self.clone();
+        registry.register(kind, move |_ctx: taskq_worker::TaskContext| {
+            let this = this.clone();
+            async move {
+                let now = this.running.fetch_add(1, Ordering::SeqCst) + 1;
+                this.peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(hold).await;
+                this.running.fetch_sub(1, Ordering::SeqCst);
+                Ok(None)
+            }
+        });
+    }
+
+    /// The most attempts that ran at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A broker of `env`'s Redis reached through a proxy that can cut it.
 pub async fn broker_via_proxy(env: &Env) -> (ChaosProxy, Broker) {
     let proxy = ChaosProxy::start(env.redis.addr());

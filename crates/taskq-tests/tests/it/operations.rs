@@ -12,7 +12,7 @@ use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, answer, broker_via_proxy, serve_api};
+use crate::harness::{Env, Overlap, answer, broker_via_proxy, serve_api};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -524,7 +524,6 @@ async fn an_idempotency_key_is_free_again_after_its_retention() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_limits_hold_across_workers() {
-    use std::sync::atomic::AtomicUsize;
     let env = Env::start().await;
     // Bad limits are refused.
     for bad in [
@@ -542,23 +541,12 @@ async fn queue_limits_hold_across_workers() {
     assert_eq!(body["limits"]["max_concurrent"], 2);
 
     // Two workers with eight slots each still run at most two at a time.
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let overlap = Overlap::default();
     let mut workers = Vec::new();
     for _ in 0..2 {
         let mut registry = Env::builtins();
-        let (r, p) = (running.clone(), peak.clone());
-        registry.register("hold", move |_ctx: TaskContext| {
-            let (r, p) = (r.clone(), p.clone());
-            async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                // Longer than the rate's spacing, so only the concurrency limit caps overlap.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                Ok(None)
-            }
-        });
+        // Longer than the rate's spacing, so only the concurrency limit caps overlap.
+        overlap.register(&mut registry, "hold", Duration::from_millis(300));
         let mut settings = Env::settings("limited");
         settings.concurrency = 8;
         workers.push(env.worker(settings, registry));
@@ -574,11 +562,7 @@ async fn queue_limits_hold_across_workers() {
         })
         .await
     );
-    assert_eq!(
-        peak.load(Ordering::SeqCst),
-        2,
-        "the concurrency limit held and was used"
-    );
+    assert_eq!(overlap.peak(), 2, "the concurrency limit held and was used");
     // 10 dispatches per second with a burst of 1: no second holds more than 11 starts.
     let (_, page) = env.get("/v1/tasks?queue=limited&limit=100").await;
     let mut starts: Vec<chrono::DateTime<chrono::Utc>> = page["tasks"]
