@@ -12,7 +12,7 @@ use taskq_core::{TaskId, TaskStatus};
 use taskq_testkit::{ChildGuard, mongo_uri, wait_until, workspace_bin};
 use taskq_worker::{HandlerError, TaskContext};
 
-use crate::harness::{Env, serve_router, store_via_proxy, strings};
+use crate::harness::{Env, Overlap, serve_router, store_via_proxy, strings};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -56,20 +56,9 @@ async fn a_panicking_handler_fails_only_its_attempt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_runs_at_most_its_slots_at_once_and_fills_them() {
     let env = Env::start().await;
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
+    let overlap = Overlap::default();
     let mut registry = Env::builtins();
-    let (r, p) = (running.clone(), peak.clone());
-    registry.register("hold", move |_ctx: TaskContext| {
-        let (r, p) = (r.clone(), p.clone());
-        async move {
-            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-            p.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            r.fetch_sub(1, Ordering::SeqCst);
-            Ok(None)
-        }
-    });
+    overlap.register(&mut registry, "hold", Duration::from_millis(20));
     let mut settings = Env::settings("default");
     settings.concurrency = 3;
     let w = env.worker(settings, registry);
@@ -77,11 +66,7 @@ async fn a_worker_runs_at_most_its_slots_at_once_and_fills_them() {
     let (status, body) = env.post("/v1/tasks/batch", json!({"tasks": tasks})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(all_succeeded(&env, 200, T).await);
-    assert_eq!(
-        peak.load(Ordering::SeqCst),
-        3,
-        "at most 3 at once, and 3 reached"
-    );
+    assert_eq!(overlap.peak(), 3, "at most 3 at once, and 3 reached");
     w.shutdown().await;
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -449,14 +450,13 @@ impl Recorder {
 /// checks of concurrency limits (one `Overlap` may be registered on several workers).
 #[derive(Clone, Default)]
 pub struct Overlap {
-    running: Arc<std::sync::atomic::AtomicUsize>,
-    peak: Arc<std::sync::atomic::AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
 impl Overlap {
     /// Registers handler `kind`, which holds each attempt for `hold`.
     pub fn register(&self, registry: &mut Registry, kind: &str, hold: Duration) {
-        use std::sync::atomic::Ordering;
         let this = self.clone();
         registry.register(kind, move |_ctx: taskq_worker::TaskContext| {
             let this = this.clone();
@@ -472,7 +472,7 @@ impl Overlap {
 
     /// The most attempts that ran at once.
     pub fn peak(&self) -> usize {
-        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+        self.peak.load(Ordering::SeqCst)
     }
 }
 
