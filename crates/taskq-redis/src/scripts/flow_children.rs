@@ -23,16 +23,16 @@ local out = {}
 if ARGV[2] == 'forget' then
   for i = 3, #ARGV, 2 do redis.call('SREM', ARGV[1] .. ARGV[i], ARGV[i + 1]) end
 else
+  local sets = {}
+  for i = 3, #ARGV, 1 do sets[#sets + 1] = ARGV[1] .. ARGV[i] end
   -- Most finished tasks have no dependents: one EXISTS per thousand tasks finds that.
   local any = 0
-  for i = 3, #ARGV, 1000 do
-    local sets = {}
-    for j = i, math.min(i + 999, #ARGV) do sets[#sets + 1] = ARGV[1] .. ARGV[j] end
-    any = any + redis.call('EXISTS', unpack(sets))
+  for i = 1, #sets, 1000 do
+    any = any + redis.call('EXISTS', unpack(sets, i, math.min(i + 999, #sets)))
     if any > 0 then break end
   end
-  for i = 3, #ARGV, 1 do
-    out[#out + 1] = any > 0 and redis.call('SMEMBERS', ARGV[1] .. ARGV[i]) or {}
+  for i, set in ipairs(sets) do
+    out[i] = any > 0 and redis.call('SMEMBERS', set) or {}
   end
 end
 return out
