@@ -431,7 +431,8 @@ pub struct TaskPath {
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
         TaskIdErrors,
-        (status = 409, description = "The task already finished.", body = ErrorBody),
+        (status = 409, description = "The task already finished (or has just finished and its record is being updated).", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the task is not in Redis and its queue's outbox is too far behind to tell whether it ran; nothing changed, call again.", body = ErrorBody),
     ),
 )]
 pub async fn cancel(

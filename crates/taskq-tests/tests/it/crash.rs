@@ -306,3 +306,72 @@ async fn a_cancel_whose_record_write_never_happened_still_ends_cancelled() {
     assert_eq!(env.redis_total("default").await, 0);
     w.shutdown().await;
 }
+
+/// A task that ran to its end in Redis while its record still says `queued` (its
+/// updates wait in the queue's outbox: no worker's writer runs) cannot be cancelled:
+/// the cancel is a conflict, and the record ends `succeeded` once the outbox is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_of_a_task_that_finished_before_its_record_is_a_conflict() {
+    let env = Env::start().await;
+    let queue = "default".parse().expect("queue");
+    let id = env.submit(json!({"type": "noop"})).await;
+    let leased = env
+        .broker
+        .dequeue(&queue, 1, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue");
+    let [task] = leased.tasks.as_slice() else {
+        panic!("dequeued {:?}", leased.tasks);
+    };
+    assert_eq!(task.msg.id, id);
+    let acked = env
+        .broker
+        .ack(&queue, "w1", &[(id, task.token.as_str(), None)])
+        .await
+        .expect("ack");
+    assert_eq!(acked, vec![Some(3)]);
+    assert_eq!(env.record(id).await["status"], "queued");
+
+    let (status, body) = env.post(&format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    crate::harness::assert_error("cancel", (status, &body), 409, "conflict");
+
+    let w = env.default_worker();
+    env.wait_status(id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    w.shutdown().await;
+}
+
+/// A cancel of a task Redis does not hold (here: Redis lost it) wins over an enqueue of
+/// it that was on its way (a recovery or retry that read MongoDB before the cancel): the
+/// enqueue skips the task, which never runs, and the record stays `cancelled`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_of_a_task_absent_from_redis_wins_over_an_enqueue_on_its_way() {
+    let env = Env::start().await;
+    let id = env
+        .submit(json!({"type": "noop", "delay_ms": 3_600_000}))
+        .await;
+    let before = env.store.get(id).await.expect("get").expect("record");
+    env.flush_redis().await;
+
+    let v = env
+        .post_expect(&format!("/v1/tasks/{id}/cancel"), json!({}), StatusCode::OK)
+        .await;
+    assert_eq!(v["status"], "cancelled", "{v:#}");
+
+    let mut late = taskq_redis::EnqueueItem::from_record(&before.record, before.seq + 1);
+    late.due_ms = taskq_core::now_ms();
+    let added = env.broker.enqueue(&[late]).await.expect("enqueue");
+    assert_eq!(
+        added,
+        vec![false],
+        "the late enqueue must skip the cancelled task"
+    );
+    assert_eq!(env.redis_total("default").await, 0);
+
+    let w = env.default_worker();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rec = env.record(id).await;
+    assert_eq!(rec["status"], "cancelled", "{rec:#}");
+    assert_eq!(rec["attempts"], 0, "{rec:#}");
+    w.shutdown().await;
+}
