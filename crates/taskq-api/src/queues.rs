@@ -171,6 +171,9 @@ pub struct Recovered {
     pub enqueued: u64,
     /// Unfinished tasks Redis still held (left alone).
     pub already_present: u64,
+    /// Unfinished records whose tasks had just run to their end in Redis, their final
+    /// updates on their way to MongoDB (left alone).
+    pub finishing: u64,
 }
 
 /// `GET /v1/queues`: every queue that has received a task.
@@ -367,8 +370,9 @@ pub async fn purge_dead(
 }
 
 /// `POST /v1/admin/recover`: rebuilds Redis from MongoDB after Redis lost its data. Every
-/// unfinished task is enqueued again with its schedule; tasks Redis still holds are left
-/// alone, so running it twice, or on a healthy Redis, duplicates nothing.
+/// unfinished task is enqueued again with its schedule; tasks Redis still holds, and
+/// those that just ran to their end there (their final updates on the way to MongoDB),
+/// are left alone, so running it twice, or on a healthy Redis, duplicates nothing.
 #[utoipa::path(
     post,
     path = "/v1/admin/recover",
@@ -376,13 +380,14 @@ pub async fn purge_dead(
     tag = "admin",
     responses(
         (status = 200, description = "What was enqueued again.", body = Recovered),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; calling again is safe.", body = ErrorBody),
+        (status = 503, description = "Redis or MongoDB is unavailable, a queue's outbox holds more updates than can be read to tell which tasks ran, or the request timed out; calling again is safe.", body = ErrorBody),
     ),
 )]
 pub async fn recover(State(state): State<AppState>) -> Result<Json<Recovered>, ApiError> {
-    let (enqueued, already_present) = recover::recover(&state).await?;
+    let done = recover::recover(&state).await?;
     Ok(Json(Recovered {
-        enqueued,
-        already_present,
+        enqueued: done.enqueued,
+        already_present: done.present,
+        finishing: done.finishing,
     }))
 }

@@ -340,6 +340,49 @@ async fn recovery_rebuilds_redis_after_it_lost_everything_mid_run() {
     w.shutdown().await;
 }
 
+/// A task that ran to its end in Redis while its record still says `queued` (its
+/// updates wait in the queue's outbox: no worker's writer runs) is not enqueued again by
+/// a recovery: it runs once, and its record ends `succeeded` after one attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_leaves_a_task_whose_final_update_is_on_its_way() {
+    let env = Env::start().await;
+    let queue = "default".parse().expect("queue");
+    let id = env.submit(json!({"type": "noop"})).await;
+    let leased = env
+        .broker
+        .dequeue(&queue, 1, Duration::from_secs(30), "w1", 0)
+        .await
+        .expect("dequeue");
+    let [task] = leased.tasks.as_slice() else {
+        panic!("dequeued {:?}", leased.tasks);
+    };
+    let acked = env
+        .broker
+        .ack(&queue, "w1", &[(id, task.token.as_str(), None)])
+        .await
+        .expect("ack");
+    assert_eq!(acked, vec![Some(3)]);
+
+    let (status, body) = env.post("/v1/admin/recover", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"enqueued": 0, "already_present": 0, "finishing": 1})
+    );
+    assert_eq!(env.redis_total("default").await, 0);
+
+    let w = env.default_worker();
+    let rec = env
+        .wait_status(id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rec_later = env.record(id).await;
+    assert_eq!(rec_later["status"], "succeeded", "{rec_later:#}");
+    assert_eq!(rec["attempts"], 1, "{rec:#}");
+    assert_eq!(rec_later["attempts"], 1, "{rec_later:#}");
+    w.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_on_a_healthy_redis_duplicates_nothing() {
     let env = Env::start().await;
@@ -349,7 +392,10 @@ async fn recovery_on_a_healthy_redis_duplicates_nothing() {
     }
     let (status, body) = env.post("/v1/admin/recover", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"enqueued": 0, "already_present": 50}));
+    assert_eq!(
+        body,
+        json!({"enqueued": 0, "already_present": 50, "finishing": 0})
+    );
     let c = env
         .broker
         .counts(&"default".parse().expect("q"))
