@@ -22,7 +22,9 @@
 # 6. without arguments: scripts/schemathesis.sh against the same MongoDB server, then
 #    scripts/chart/test.sh (helm, kubeconform and a real kube-apiserver), then
 #    scripts/cluster/test.sh (images built with buildah, a single-node Kubernetes from
-#    real components, the chart installed and exercised end to end).
+#    real components, the chart installed and exercised end to end); on CI (CI=true)
+#    the debug build is removed first, to leave the disk room for the release build
+#    and the images.
 #
 # Tests start their own redis-server processes (taskq-testkit). The mongo-java-server
 # and the kube-apiserver started here are stopped on exit, whatever the outcome.
@@ -79,6 +81,12 @@ if [ "$#" -eq 0 ]; then
     kube_test_env_stop
     log "Helm chart (scripts/chart/test.sh)"
     bash scripts/chart/test.sh
+    # A CI machine's disk is shared and can run short: the cargo tests' build (about
+    # 4.5 GB) is not used by the cluster test, which builds release binaries and images.
+    if [ "${CI:-}" = true ] && [ -d target/debug ]; then
+        log "CI: removing target/debug ($(du -sh target/debug | cut -f1)) before the cluster test"
+        rm -rf target/debug
+    fi
     log "Helm chart on a real single-node cluster (scripts/cluster/test.sh)"
     bash scripts/cluster/test.sh
 fi
