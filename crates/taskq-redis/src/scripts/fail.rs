@@ -1,10 +1,15 @@
 //! FAIL: fails attempts whose lease the worker still holds: each task either waits in
 //! the retry set until its due time (`retrying`) or dies and leaves Redis (`dead`; its
-//! record in the store is the dead letter). The updates go to the outbox, and the
-//! failures are counted in the current second's counter (see [`Counter`]). A task with a
-//! key frees its running slot in the key either way, so the key's next task may run
-//! (see the `key_fns` of [`scripts`](super)); a retry returns to the front of its key's backlog
-//! when due (PROMOTE).
+//! record in the store is the dead letter). A task a user asked to cancel while it ran
+//! (its hash's `cancel` field, set by [`super::cancel`]) is not retried: it ends
+//! `cancelled` the way ACK ends a cancelled attempt (it leaves Redis, with no error and
+//! uncounted), so a cancel the worker had not noticed yet is never lost to a retry; one
+//! that dies stays `dead`, its error kept in the dead letter. The
+//! updates go to the outbox, and the failures that are not cancellations are counted in
+//! the current second's counter (see [`Counter`]). A task with a key frees its running
+//! slot in the key either way, so the key's next task may run (see the `key_fns` of
+//! [`scripts`](super)); a retry returns to the front of its key's backlog when due
+//! (PROMOTE).
 //!
 //! ```text
 //! KEYS[1]    -> taskq:{<queue>}:lease
@@ -19,12 +24,13 @@
 //! KEYS[12]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! ARGV    -> task hash prefix, now (ms), worker id,
 //!            then per task: id, lease token, due (ms; -1: dead), extras
-//! reply   -> per task, the new seq, or 0 when the lease was no longer held
+//! reply   -> per task, the new seq (negated when the task ended cancelled instead of
+//!            being retried), or 0 when the lease was no longer held
 //! ```
 
 use taskq_core::{QueueName, TaskId};
 
-use super::{invocation, key_keys, key_list, keyed_script, seqs};
+use super::{invocation, key_keys, key_list, keyed_script};
 use crate::keys::{Counter, QueueKeys};
 use crate::{Broker, Result, outbox};
 
@@ -32,14 +38,21 @@ keyed_script!(
     r"
 local q = kq(6, 9)
 local ent = ob_new(ARGV[2], ARGV[3])
+local failed = 0
 local out = each_task(4, 4, function(i, id, k)
   local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])
   if not seq then return nil end
   local due = tonumber(ARGV[i + 2])
-  if due < 0 then
+  local cancelled = due >= 0 and redis.call('HGET', k, 'cancel') == '1'
+  if due < 0 or cancelled then
     redis.call('DEL', k)
     if uk then kdone(q, uk) end
+    if cancelled then
+      ob_add(ent, id, seq, 'cancelled', attempts, '')
+      return -seq
+    end
     ob_add(ent, id, seq, 'dead', attempts, ARGV[i + 3])
+    failed = failed + 1
     return seq
   end
   if uk then
@@ -50,13 +63,37 @@ local out = each_task(4, 4, function(i, id, k)
   redis.call('HDEL', k, 'lease')
   redis.call('ZADD', KEYS[2], due, id)
   ob_add(ent, id, seq, 'retrying', attempts, ARGV[i + 3])
+  failed = failed + 1
   return seq
 end)
-ob_flush(KEYS[4], ent, KEYS[3])
+ob_flush(KEYS[4], ent)
+count(KEYS[3], failed)
 if q.woke then wake(KEYS[5]) end
 return out
 ",
 );
+
+/// What [`Broker::fail_ends`] did with one attempt whose lease was still held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failed {
+    /// The task's new transition counter.
+    pub seq: u64,
+    /// The task had been asked to cancel and was not retried: it ended `cancelled`.
+    pub cancelled: bool,
+}
+
+/// The script's reply: per task, the seq (negated for a cancellation), or 0.
+fn parse(reply: Vec<i64>) -> Vec<Option<Failed>> {
+    reply
+        .into_iter()
+        .map(|s| {
+            (s != 0).then(|| Failed {
+                seq: s.unsigned_abs(),
+                cancelled: s < 0,
+            })
+        })
+        .collect()
+}
 
 /// How a failed attempt ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,13 +124,28 @@ impl FailOutcome {
 
 impl Broker {
     /// Fails attempts of `worker`, each with its error: each is retried at its time or
-    /// dies. Returns the new seq per item, or `None` where the lease was no longer held.
+    /// dies (a retry of a task asked to cancel ends it cancelled, see
+    /// [`Broker::fail_ends`]). Returns the new seq per item, or `None` where the lease
+    /// was no longer held.
     pub async fn fail(
         &self,
         queue: &QueueName,
         worker: &str,
         items: &[(TaskId, &str, FailOutcome, &str)],
     ) -> Result<Vec<Option<u64>>> {
+        let ends = self.fail_ends(queue, worker, items).await?;
+        Ok(ends.into_iter().map(|e| e.map(|f| f.seq)).collect())
+    }
+
+    /// [`Broker::fail`], saying per item whether the task ended `cancelled` instead of
+    /// being retried (see the module documentation); `None` where the lease was no
+    /// longer held.
+    pub async fn fail_ends(
+        &self,
+        queue: &QueueName,
+        worker: &str,
+        items: &[(TaskId, &str, FailOutcome, &str)],
+    ) -> Result<Vec<Option<Failed>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -108,7 +160,7 @@ impl Broker {
                 .arg(outcome.due_arg())
                 .arg(extras);
         }
-        Ok(seqs(self.run(inv).await?))
+        Ok(parse(self.run(inv).await?))
     }
 }
 
@@ -131,6 +183,24 @@ pub(crate) fn keys(k: &QueueKeys, now_ms: i64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_seq_is_a_cancellation() {
+        assert_eq!(
+            parse(vec![4, 0, -7]),
+            vec![
+                Some(Failed {
+                    seq: 4,
+                    cancelled: false
+                }),
+                None,
+                Some(Failed {
+                    seq: 7,
+                    cancelled: true
+                }),
+            ]
+        );
+    }
 
     #[test]
     fn a_retry_time_is_never_the_dead_marker() {
