@@ -1,7 +1,9 @@
 //! The completion loop: acknowledges finished attempts in Redis in batches (one script
 //! call per queue and outcome kind for everything that finished since the last call).
 //! Each script records the attempts' status updates in the queue's outbox in the same
-//! atomic step; the outbox writers ([`crate::outbox`]) take them to the store.
+//! atomic step; the outbox writers ([`crate::outbox`]) take them to the store. Each
+//! attempt stays in the in-flight map, its lease heartbeated, until the call that
+//! acknowledges it has returned.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskq_core::{Backoff, QueueName, TaskId};
+use taskq_redis::scripts::fail::Failed;
 use taskq_redis::{BrokerError, FailOutcome};
 use taskq_telemetry::metrics::{Metrics, TaskLabels};
 use tokio::sync::mpsc;
 
 use crate::executor::Outcome;
 use crate::handler::HandlerError;
-use crate::worker::Shared;
+use crate::worker::{Shared, Tracked};
 
 /// Most outcomes acknowledged in one round.
 const MAX_BATCH: usize = 512;
@@ -31,6 +34,9 @@ pub(crate) struct Done {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub outcome: Outcome,
+    /// The attempt's in-flight entry; dropped once the outcome is acknowledged.
+    #[expect(dead_code, reason = "held only for its drop")]
+    pub tracked: Tracked,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Done>) {
@@ -80,6 +86,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
             }
             shared.metrics.succeeded.get_or_create(&labels(d)).inc();
         }
+        drop(ok);
     }
 
     if !failed.is_empty() {
@@ -109,22 +116,35 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
             .zip(&plans)
             .map(|(d, (o, e))| (d.id, d.token.as_str(), *o, e.as_str()))
             .collect();
-        let seqs = retrying(shared, "fail", || shared.broker.fail(queue, worker, &items)).await;
-        for ((d, (outcome, _)), seq) in failed.iter().zip(&plans).zip(seqs) {
-            if seq.is_none() {
-                continue;
-            }
-            shared.metrics.failed.get_or_create(&labels(d)).inc();
-            match outcome {
-                FailOutcome::RetryAt(_) => {
-                    shared.metrics.retried.get_or_create(&labels(d)).inc();
+        let ends = retrying(shared, "fail", || {
+            shared.broker.fail_ends(queue, worker, &items)
+        })
+        .await;
+        for ((d, (outcome, _)), end) in failed.iter().zip(&plans).zip(ends) {
+            match end {
+                None => {}
+                // Cancelled while it ran: its retry ended the task instead.
+                Some(Failed {
+                    cancelled: true, ..
+                }) => {
+                    shared.metrics.cancelled.get_or_create(&labels(d)).inc();
+                    tracing::debug!(task = %d.id, attempt = d.attempt, "attempt failed; the task was cancelled");
                 }
-                FailOutcome::Dead => {
-                    shared.metrics.dead.get_or_create(&labels(d)).inc();
+                Some(_) => {
+                    shared.metrics.failed.get_or_create(&labels(d)).inc();
+                    match outcome {
+                        FailOutcome::RetryAt(_) => {
+                            shared.metrics.retried.get_or_create(&labels(d)).inc();
+                        }
+                        FailOutcome::Dead => {
+                            shared.metrics.dead.get_or_create(&labels(d)).inc();
+                        }
+                    }
+                    tracing::debug!(task = %d.id, attempt = d.attempt, outcome = ?outcome, "attempt failed");
                 }
             }
-            tracing::debug!(task = %d.id, attempt = d.attempt, outcome = ?outcome, "attempt failed");
         }
+        drop(failed);
     }
 
     if !cancelled.is_empty() {
@@ -139,6 +159,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
                 shared.metrics.cancelled.get_or_create(&labels(d)).inc();
             }
         }
+        drop(cancelled);
     }
 
     if !released.is_empty() {
@@ -155,8 +176,9 @@ fn labels(d: &Done) -> TaskLabels {
     Metrics::task(d.queue.as_str(), &d.kind)
 }
 
-/// Runs a broker call until it succeeds or the leases it concerns have surely expired
-/// (then the reaper owns those tasks and the attempt's outcome is dropped: at-least-once).
+/// Runs a broker call until it succeeds or a lease has passed. Then the attempts'
+/// outcomes are dropped with their in-flight entries: their leases are no longer
+/// extended, expire, and the reaper returns the tasks (at-least-once).
 async fn retrying<T, F, Fut>(shared: &Shared, what: &str, mut call: F) -> Vec<Option<T>>
 where
     F: FnMut() -> Fut,

@@ -1,11 +1,12 @@
 //! One attempt (its `running` update was recorded in the outbox by the dequeue script):
-//! runs the handler in its own task (so a panic fails
-//! only this attempt) inside a `task.process` span that continues the submit's trace,
-//! enforces the task's timeout, and hands the outcome to the completer. When the grace
-//! period of a shutdown ends, the attempt is cancelled and released instead.
+//! runs the handler in its own task, both its `call` and the future that returns (so a
+//! panic in either fails only this attempt), inside a `task.process` span that continues
+//! the submit's trace, enforces the task's timeout, and hands the outcome to the
+//! completer together with the attempt's in-flight entry, which keeps the lease
+//! heartbeated until the outcome is acknowledged. When the grace period of a shutdown
+//! ends, the attempt is cancelled and released instead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,7 +17,7 @@ use tracing::Instrument;
 
 use crate::completer::Done;
 use crate::handler::{HandlerError, TaskContext};
-use crate::worker::{InFlight, RunCtx};
+use crate::worker::{InFlight, Phase, RunCtx};
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -73,17 +74,14 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         span.record("trace_id", id);
     }
     let cancel = ctx.hard_stop.child_token();
-    let cancelled = Arc::new(AtomicBool::new(false));
-    shared.inflight().insert(
-        msg.id,
-        InFlight {
-            queue: msg.queue.clone(),
-            token: task.token.clone(),
-            cancel: cancel.clone(),
-            cancelled: cancelled.clone(),
-        },
-    );
-    shared.metrics.inflight.inc();
+    let phase = Arc::new(Phase::default());
+    let tracked = shared.track(InFlight {
+        id: msg.id,
+        queue: msg.queue.clone(),
+        token: task.token.clone(),
+        cancel: cancel.clone(),
+        phase: phase.clone(),
+    });
     let started = Instant::now();
     let outcome = match shared.registry.get(&msg.kind) {
         None => Outcome::Failed(HandlerError::retry(format!(
@@ -106,7 +104,10 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                 cancel: cancel.clone(),
                 store: Some(shared.store.clone()),
             };
-            let mut handle = tokio::spawn(handler.call(hctx).instrument(span.clone()));
+            // `call` runs inside the task too: a panic before it returns its future is
+            // contained like one while the future runs.
+            let run = async move { handler.call(hctx).await };
+            let mut handle = tokio::spawn(run.instrument(span.clone()));
             let timeout = Duration::from_millis(msg.timeout_ms);
             tokio::select! {
                 r = tokio::time::timeout(timeout, &mut handle) => match r {
@@ -122,7 +123,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                     }
                 },
                 _ = cancel.cancelled() => {
-                    if cancelled.load(Ordering::SeqCst) {
+                    if phase.is_cancelled() {
                         // Cancelled by a user: a cooperative handler may stop by itself.
                         let _ = tokio::time::timeout(CANCEL_GRACE, &mut handle).await;
                         handle.abort();
@@ -136,19 +137,18 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
             }
         }
     };
-    // A cancelled task ends cancelled, however its handler returned. An attempt that
-    // failed once the shutdown's grace period was over is released, not counted: the
-    // handler may have seen the stop signal and returned an error before the select above
-    // noticed the signal itself.
-    let outcome = if cancelled.load(Ordering::SeqCst) {
+    // A task cancelled before its handler finished ends cancelled, however the handler
+    // returned (one cancelled later and failing retryably is ended cancelled by FAIL).
+    // An attempt that failed once the shutdown's grace period was over is released, not
+    // counted: the handler may have seen the stop signal and returned an error before the
+    // select above noticed the signal itself.
+    let outcome = if phase.finish() {
         Outcome::Cancelled
     } else if ctx.hard_stop.is_cancelled() && matches!(outcome, Outcome::Failed(_)) {
         Outcome::Released
     } else {
         outcome
     };
-    shared.inflight().remove(&msg.id);
-    shared.metrics.inflight.dec();
     shared
         .metrics
         .duration
@@ -169,6 +169,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         max_attempts: msg.max_attempts,
         backoff: msg.backoff,
         outcome,
+        tracked,
     };
     if ctx.done.send(done).await.is_err() {
         tracing::error!(task = %msg.id, "completer closed; the lease will expire and the task rerun");

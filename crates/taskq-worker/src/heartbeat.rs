@@ -1,11 +1,10 @@
-//! The heartbeat loop: extends the lease of every running attempt every third of the
-//! lease, so a task runs as long as its handler needs while a dead worker's tasks come
-//! back within one lease. A faster tick signals the handlers of running tasks that a
-//! user cancelled.
+//! The heartbeat loop: extends the lease of every attempt in the in-flight map (running,
+//! or finished and waiting for its acknowledgement) every third of the lease, so a task
+//! runs as long as its handler needs while a dead worker's tasks come back within one
+//! lease. A faster tick signals the handlers of running tasks that a user cancelled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use taskq_core::{QueueName, TaskId};
 use tokio_util::sync::CancellationToken;
@@ -29,16 +28,18 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
         let mut by_queue: BTreeMap<QueueName, Vec<(TaskId, String)>> = BTreeMap::new();
-        for (id, f) in shared.inflight().iter() {
+        for f in shared.inflight().values() {
             by_queue
                 .entry(f.queue.clone())
                 .or_default()
-                .push((*id, f.token.clone()));
+                .push((f.id, f.token.clone()));
         }
         for (queue, held) in by_queue {
             match shared.broker.extend(&queue, &held, lease).await {
                 Ok(lost) => {
-                    for id in lost {
+                    // An attempt acknowledged since the map was read no longer holds its
+                    // lease either, and is no longer in the map: that is no loss.
+                    for id in lost.into_iter().filter(|id| shared.holds(&queue, *id)) {
                         shared.metrics.heartbeats_missed.inc();
                         tracing::warn!(task = %id, %queue, "lease lost; another worker may run this task");
                     }
@@ -55,22 +56,27 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// How often running tasks are checked for a cancellation request.
 const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Signals the handlers of running tasks that a user cancelled.
+/// Signals the handlers of running tasks that a user cancelled. (A handler that finished
+/// meanwhile is not signalled; a retry of its task ends it cancelled, see FAIL.)
 async fn signal_cancellations(shared: &Shared) {
     let mut by_queue: BTreeMap<QueueName, Vec<TaskId>> = BTreeMap::new();
-    for (id, f) in shared.inflight().iter() {
-        if !f.cancelled.load(Ordering::SeqCst) {
-            by_queue.entry(f.queue.clone()).or_default().push(*id);
+    for f in shared.inflight().values() {
+        if f.phase.is_running() {
+            by_queue.entry(f.queue.clone()).or_default().push(f.id);
         }
     }
     for (queue, ids) in by_queue {
         match shared.broker.cancel_requested(&queue, &ids).await {
+            Ok(cancelled) if cancelled.is_empty() => {}
             Ok(cancelled) => {
+                let cancelled: HashSet<TaskId> = cancelled.into_iter().collect();
                 let inflight = shared.inflight();
-                for id in cancelled {
-                    if let Some(f) = inflight.get(&id) {
-                        tracing::info!(task = %id, %queue, "cancelled while running; signalling the handler");
-                        f.cancelled.store(true, Ordering::SeqCst);
+                let flagged = inflight
+                    .values()
+                    .filter(|f| f.queue == queue && cancelled.contains(&f.id));
+                for f in flagged {
+                    if f.phase.cancel() {
+                        tracing::info!(task = %f.id, %queue, "cancelled while running; signalling the handler");
                         f.cancel.cancel();
                     }
                 }

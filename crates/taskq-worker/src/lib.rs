@@ -15,8 +15,10 @@
 //! Redis), `registration` (the worker registry the dashboard lists) and `health` (probes).
 //!
 //! Shutdown order: stop fetching; let running attempts finish within the grace period;
-//! cancel and release the rest back to their queues; acknowledge everything; apply what
-//! the outbox holds for this worker (bounded; the rest stays for the other writers).
+//! cancel and release the rest back to their queues; acknowledge everything (the
+//! heartbeat keeps every lease until its attempt is acknowledged), then stop the other
+//! loops; apply what the outbox holds for this worker (bounded; the rest stays for the
+//! other writers).
 
 mod builtin;
 mod completer;

@@ -35,7 +35,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let tasks: Vec<String> = shared.inflight().keys().map(|id| id.to_string()).collect();
+        // Two attempts of one task may be held at once (see `worker::AttemptKey`).
+        let mut ids: Vec<_> = shared.inflight().values().map(|f| f.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let tasks: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
         let now = taskq_core::now_ms();
         let info = WorkerInfo {
             id: settings.worker_id.clone(),

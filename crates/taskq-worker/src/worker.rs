@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,14 +22,87 @@ use crate::{fetcher, heartbeat, maintenance, outbox, registration, submits};
 /// Longest time a stopping worker keeps applying its queues' outboxes.
 const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
 
-/// One running attempt, as the heartbeat and cancellation see it.
+/// One attempt this worker holds the lease of, as the heartbeat and cancellation see
+/// it: from its dequeue until its outcome was acknowledged in Redis.
 pub(crate) struct InFlight {
+    pub id: TaskId,
     pub queue: QueueName,
     pub token: String,
     /// The handler's cancellation signal.
     pub cancel: CancellationToken,
-    /// Set when a user cancelled the task (rather than shutdown stopping it).
-    pub cancelled: Arc<AtomicBool>,
+    pub phase: Arc<Phase>,
+}
+
+/// The key of one attempt in the in-flight map, unique within the process. Two attempts
+/// of one task can both be held here (the first lost its lease, and this worker took
+/// the next one while the first was still running); each only ever touches its own
+/// entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct AttemptKey(u64);
+
+/// Where an attempt's handler is, as the executor and the cancellation check share it.
+/// It moves from running to cancelled (a user cancelled the task) or to finished, and
+/// from cancelled to finished; whichever of the cancellation and the end of the
+/// handler comes first decides whether the attempt ends `cancelled`.
+#[derive(Debug, Default)]
+pub(crate) struct Phase(AtomicU8);
+
+impl Phase {
+    const RUNNING: u8 = 0;
+    const CANCELLED: u8 = 1;
+    const FINISHED: u8 = 2;
+
+    /// Marks a running handler as cancelled by a user. False when it was cancelled
+    /// already or has finished (its outcome is then settled without this signal).
+    pub fn cancel(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::RUNNING,
+                Self::CANCELLED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// Whether a user cancelled the handler before it finished.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::CANCELLED
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::RUNNING
+    }
+
+    /// Marks the handler finished; returns whether a user had cancelled it before.
+    pub fn finish(&self) -> bool {
+        self.0.swap(Self::FINISHED, Ordering::SeqCst) == Self::CANCELLED
+    }
+}
+
+/// An attempt's entry in the in-flight map, removed (and the in-flight gauge lowered)
+/// when this is dropped. The executor hands it to the completer with the outcome, so
+/// the heartbeat keeps extending the lease until the acknowledging call has returned:
+/// a finished attempt waits for the completer (behind other batches, or while a call
+/// is retried for up to a lease), and an expired lease would have the reaper run the
+/// task again. The only cost on the hot path is the map insert and remove.
+pub(crate) struct Tracked {
+    shared: Arc<Shared>,
+    key: AttemptKey,
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Tracked").field(&self.key).finish()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.shared.inflight().remove(&self.key).is_some() {
+            self.shared.metrics.inflight.dec();
+        }
+    }
 }
 
 /// State shared by the worker's loops.
@@ -38,17 +111,37 @@ pub(crate) struct Shared {
     pub broker: Broker,
     pub store: Store,
     pub registry: Registry,
-    pub inflight: std::sync::Mutex<HashMap<TaskId, InFlight>>,
+    pub inflight: std::sync::Mutex<HashMap<AttemptKey, InFlight>>,
+    /// The next [`AttemptKey`].
+    next_attempt: AtomicU64,
     /// Set once shutdown begins; readiness reports it.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, InFlight>> {
+    pub fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, InFlight>> {
         // A poisoned lock only means a panic elsewhere while holding it; the map is
         // still consistent (every operation on it is a single insert or remove).
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `attempt` to the in-flight map until the returned entry is dropped.
+    pub fn track(self: &Arc<Self>, attempt: InFlight) -> Tracked {
+        let key = AttemptKey(self.next_attempt.fetch_add(1, Ordering::Relaxed));
+        self.inflight().insert(key, attempt);
+        self.metrics.inflight.inc();
+        Tracked {
+            shared: self.clone(),
+            key,
+        }
+    }
+
+    /// Whether an attempt of task `id` of `queue` is still in the in-flight map.
+    pub fn holds(&self, queue: &QueueName, id: TaskId) -> bool {
+        self.inflight()
+            .values()
+            .any(|f| f.id == id && &f.queue == queue)
     }
 }
 
@@ -88,6 +181,7 @@ impl Worker {
                 store,
                 registry,
                 inflight: Default::default(),
+                next_attempt: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 metrics,
             }),
@@ -121,7 +215,7 @@ impl Worker {
         &self.shared.settings
     }
 
-    /// Attempts running right now.
+    /// Attempts held right now: running, or finished and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.shared.inflight().len()
     }
@@ -204,10 +298,14 @@ impl Worker {
             ctx.hard_stop.cancel();
             ctx.tracker.wait().await;
         }
-        loops_stop.cancel();
+        // The completer ends once it acknowledged every outcome (`ctx` holds the last
+        // sender); the heartbeat keeps those attempts' leases until then.
         drop(ctx);
+        if let Err(e) = completer.await {
+            tracing::error!(error = %e, "completer loop ended abnormally");
+        }
+        loops_stop.cancel();
         for (name, handle) in [
-            ("completer", completer),
             ("maintenance", maintenance),
             ("submit check", submit_checks),
             ("heartbeat", heartbeat),

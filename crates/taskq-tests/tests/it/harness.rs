@@ -253,13 +253,37 @@ impl Env {
         self.counts().await.values().sum()
     }
 
-    /// Redis loses everything (`FLUSHALL` on the single server).
-    pub async fn flush_redis(&self) {
-        let mut c = redis::Client::open(self.redis.url())
+    /// A connection of the test's own to the single Redis server, for reading and
+    /// changing keys behind the worker's back.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
             .expect("client")
             .get_multiplexed_async_connection()
             .await
-            .expect("conn");
+            .expect("conn")
+    }
+
+    /// Waits until the task's record is in a final status; returns the record.
+    pub async fn wait_final(&self, id: TaskId, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.record(id).await;
+            let status = v["status"]
+                .as_str()
+                .and_then(|s| s.parse::<TaskStatus>().ok());
+            if status.is_some_and(TaskStatus::is_final) {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("task {id} did not finish within {timeout:?}; record: {v:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Redis loses everything (`FLUSHALL` on the single server).
+    pub async fn flush_redis(&self) {
+        let mut c = self.redis_conn().await;
         let _: () = redis::cmd("FLUSHALL")
             .query_async(&mut c)
             .await

@@ -22,3 +22,4 @@ mod query;
 mod slow_clients;
 mod ui;
 mod wait;
+mod worker_faults;
