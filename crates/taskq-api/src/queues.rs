@@ -153,7 +153,7 @@ pub struct QueueList {
 /// The answer of `POST /v1/queues/{name}/retry-dead`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Retried {
-    /// Dead tasks queued again.
+    /// Dead tasks queued again (each at most once per call).
     pub retried: u64,
 }
 
@@ -323,7 +323,8 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
     )
 }
 
-/// `POST /v1/queues/{name}/retry-dead`: runs every dead task of the queue again.
+/// `POST /v1/queues/{name}/retry-dead`: runs every dead task of the queue again, each
+/// once: a task that dies again while the call runs stays dead.
 #[utoipa::path(
     post,
     path = "/v1/queues/{name}/retry-dead",
@@ -331,7 +332,7 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
     tag = "queues",
     params(QueuePath),
     responses(
-        (status = 200, description = "How many dead tasks were queued again.", body = Retried),
+        (status = 200, description = "How many dead tasks were queued again: each task dead when the call began at most once (one that dies again while the call runs stays dead).", body = Retried),
         QueueNameErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. The message says how many tasks were queued again; the others stay dead, so calling again retries the rest.", body = ErrorBody),
     ),

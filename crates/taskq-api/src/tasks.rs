@@ -93,8 +93,8 @@ pub struct BatchRequest {
     pub tasks: Vec<Box<RawValue>>,
 }
 
-/// One item's outcome in a batch answer: `id` and `status` when it was accepted, `error`
-/// when it was not.
+/// One item's outcome in a batch answer: `id` and `status` when it was accepted (it is in
+/// both stores), `error` when it was not.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItem {
     /// The item's position in `tasks`.
@@ -103,6 +103,14 @@ pub struct BatchItem {
     pub id: Option<TaskId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
+    /// Why the item was not accepted; nothing of it runs, and no other item is affected.
+    /// An invalid item carries the code a single submit of it would be answered with
+    /// (`invalid_request`, `invalid_field`, `inexact_number`, `payload_too_large`) and was
+    /// never written. A valid item that could not be submitted carries `conflict` (a
+    /// concurrent submit holds its idempotency key, or that key's task is still being
+    /// submitted: submit the item again), `unavailable` (Redis or MongoDB failed while it
+    /// was written, and it was undone as a single submit's `503` is: submit it again) or,
+    /// for a bug, `internal`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
     /// Set when an idempotency key matched an earlier task, whose id is reported.
@@ -117,14 +125,21 @@ pub struct BatchResponse {
     pub rejected: usize,
     /// One per item, in request order.
     pub results: Vec<BatchItem>,
-    /// Only when no item was accepted (the 400 answer).
+    /// Only when no item was accepted (the 400, 409 and 503 answers): `invalid_request`
+    /// when every item is invalid, otherwise the failure of the items that could not be
+    /// submitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
 
-/// `POST /v1/tasks/batch`: every valid item is accepted (one `insert_many`, one enqueue
-/// script call per queue), every invalid one is reported by index. 201 when all were
-/// accepted, 207 when some were, 400 when none was.
+/// `POST /v1/tasks/batch`: every valid item is submitted (those without an idempotency
+/// key in one `insert_many` and one enqueue script call per queue, keyed ones one by
+/// one); each item that is invalid or could not be submitted is reported in its own
+/// result. 201 when all were accepted, 207 when some were; when none was, 400 if every
+/// item is invalid, otherwise the status of the items' failures (503 before 409), so an
+/// error answer with `results` means no item was accepted. An answer the request timeout
+/// or a store outage cuts short (a 503 without `results`) says nothing of the items
+/// written before it.
 #[utoipa::path(
     post,
     path = "/v1/tasks/batch",
@@ -134,9 +149,10 @@ pub struct BatchResponse {
     params(TraceContext),
     responses(
         (status = 201, description = "Every item was accepted.", body = BatchResponse),
-        (status = 207, description = "Some items were accepted; `results` says which were not and why.", body = BatchResponse),
-        (status = 400, description = "No item is valid (the body is a batch answer with `error` set), or the request itself is malformed or empty.", body = ErrorBody),
-        (status = 409, description = "A concurrent submit holds an item's idempotency key; retry.", body = ErrorBody),
+        (status = 207, description = "Some items were accepted; each other item's `error` in `results` says why it was not (invalid, or a keyed item that could not be submitted: `conflict`, `unavailable`). Submit those again; the accepted ones are in both stores.", body = BatchResponse),
+        (status = 400, description = "No item is valid (the body is a batch answer with `error` set), or the request itself is malformed or empty. Nothing was written.", body = ErrorBody),
+        (status = 409, description = "No item was accepted, and an item could not be submitted because a concurrent submit holds its idempotency key (or that key's task is still being submitted); the others are invalid or failed alike. A batch answer with `error` set; nothing of the batch runs; retry.", body = BatchResponse),
+        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. With `results` (a batch answer with `error` set): no item was accepted because a store failed while they were written, each undone as a single submit's `503` is; retry. Without: refused at once while a store is down, or cut short by the request timeout or a store going down mid-way, when items written before may have been submitted.", body = ErrorBody),
         (status = 413, description = "More tasks than `TASKQ_MAX_BATCH`, or a body over `TASKQ_MAX_BODY_BYTES`.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
     ),
@@ -164,7 +180,8 @@ pub async fn submit_batch(
         ));
     }
     let now = taskq_core::now();
-    let mut accepted = Vec::new();
+    // Admitted items, each beside its index.
+    let mut admitted_items = Vec::new();
     let mut items = Vec::with_capacity(req.tasks.len());
     for (index, raw) in req.tasks.into_iter().enumerate() {
         // Parsed from its own text by the rules of a single submit (duplicate keys and
@@ -175,56 +192,81 @@ pub async fn submit_batch(
                 .admit(t, now, traceparent.clone())
                 .map_err(ApiError::from)
         });
-        items.push(match admitted {
-            Ok(rec) => {
-                let item = BatchItem {
-                    index,
-                    id: Some(rec.id),
-                    status: Some(rec.status),
-                    error: None,
-                    duplicate: None,
-                };
-                accepted.push(rec);
-                item
-            }
-            Err(e) => BatchItem {
-                index,
-                id: None,
-                status: None,
-                error: Some(e.detail()),
-                duplicate: None,
-            },
-        });
+        let mut item = BatchItem {
+            index,
+            id: None,
+            status: None,
+            error: None,
+            duplicate: None,
+        };
+        match admitted {
+            Ok(rec) => admitted_items.push((index, rec)),
+            Err(e) => item.error = Some(e.detail()),
+        }
+        items.push(item);
     }
-    let ids: Vec<TaskId> = accepted.iter().map(|r| r.id).collect();
-    let accepted = submit::submit_batch(&state, accepted).await?;
-    for (id, outcome) in ids.into_iter().zip(&accepted) {
-        let stored = outcome.record();
-        if stored.id != id {
-            // A repeat: report the original task in place of the new id.
-            if let Some(item) = items.iter_mut().find(|i| i.id == Some(id)) {
-                item.id = Some(stored.id);
-                item.status = Some(stored.status);
+    let (indexes, recs): (Vec<usize>, Vec<TaskRecord>) = admitted_items.into_iter().unzip();
+    let outcomes = submit::submit_batch(&state, recs).await;
+    // The item failure that speaks for the whole answer when no item was accepted.
+    let mut failed: Option<ApiError> = None;
+    for (index, outcome) in indexes.into_iter().zip(outcomes) {
+        let Some(item) = items.get_mut(index) else {
+            continue;
+        };
+        match outcome {
+            Ok(Submitted::Created(r)) => {
+                item.id = Some(r.id);
+                item.status = Some(r.status);
+            }
+            // A repeat of an idempotency key: the original task.
+            Ok(Submitted::Existing(r)) => {
+                item.id = Some(r.id);
+                item.status = Some(r.status);
                 item.duplicate = Some(true);
+            }
+            Err(e) => {
+                item.error = Some(e.detail());
+                if failed
+                    .as_ref()
+                    .is_none_or(|f| e.status.as_u16() > f.status.as_u16())
+                {
+                    failed = Some(e);
+                }
             }
         }
     }
-    let rejected = items.len() - accepted.len();
-    let status = match (accepted.len(), rejected) {
-        (_, 0) => StatusCode::CREATED,
-        (0, _) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::MULTI_STATUS,
+    let accepted = items.iter().filter(|i| i.error.is_none()).count();
+    let rejected = items.len() - accepted;
+    let (status, error) = match (accepted, rejected, failed) {
+        (_, 0, _) => (StatusCode::CREATED, None),
+        (1.., _, _) => (StatusCode::MULTI_STATUS, None),
+        (0, _, None) => (
+            StatusCode::BAD_REQUEST,
+            Some(ErrorDetail {
+                code: ErrorCode::InvalidRequest,
+                message: "no task in the batch is valid; see `results`".into(),
+            }),
+        ),
+        (0, _, Some(e)) => (
+            e.status,
+            Some(ErrorDetail {
+                code: e.code,
+                message: format!(
+                    "no task of the batch was accepted: {}; see `results`",
+                    e.message
+                ),
+            }),
+        ),
     };
     let body = BatchResponse {
-        accepted: accepted.len(),
+        accepted,
         rejected,
         results: items,
-        error: accepted.is_empty().then(|| ErrorDetail {
-            code: ErrorCode::InvalidRequest,
-            message: "no task in the batch is valid; see `results`".into(),
-        }),
+        error,
     };
-    Ok((status, Json(body)).into_response())
+    Ok(crate::health::with_retry_after(
+        (status, Json(body)).into_response(),
+    ))
 }
 
 /// `GET /v1/tasks/{id}`, with `?wait=` answered once the task finished (see

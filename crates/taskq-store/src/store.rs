@@ -85,6 +85,18 @@ pub struct StoredTask {
     pub submit_pending: Option<DateTime<Utc>>,
 }
 
+impl StoredTask {
+    /// Whether the record is that of a failed submit: cancelled as [`SUBMIT_FAILED`] by
+    /// [`Store::settle_submits`] and not moved on since by a status update of its task
+    /// (it is still at `seq` 1).
+    pub fn is_failed_submit(&self) -> bool {
+        self.seq == 1
+            && self.submit_pending.is_none()
+            && self.record.status == TaskStatus::Cancelled
+            && self.record.last_error.as_deref() == Some(SUBMIT_FAILED_ERROR)
+    }
+}
+
 /// A record still marked submit-pending (see [`Store::pending_submits`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingSubmit {
@@ -440,6 +452,34 @@ impl Store {
         Ok(res.modified_count > 0)
     }
 
+    /// Frees idempotency key `key` of `queue` from record `id` if that record is a failed
+    /// submit ([`StoredTask::is_failed_submit`]) whose task the caller found to have never
+    /// reached Redis, so a repeat of the key can submit the task anew. Conditional on the
+    /// record still being such a record and still holding the key (the unique index on the
+    /// key is sparse: a record without it is not indexed). Returns whether it was freed.
+    pub async fn release_failed_submit_key(
+        &self,
+        id: TaskId,
+        queue: &QueueName,
+        key: &str,
+    ) -> Result<bool> {
+        let res = self
+            .tasks
+            .update_one(
+                doc! {
+                    f::ID: id.to_string(),
+                    f::IDEM: crate::doc::idem(queue.as_str(), key),
+                    f::SUBMIT_PENDING: { "$exists": false },
+                    f::ST_SEQ: 1_i64,
+                    f::ST_STATUS: TaskStatus::Cancelled.as_str(),
+                    f::LAST_ERROR: SUBMIT_FAILED_ERROR,
+                },
+                doc! { "$unset": { f::IDEM: "" } },
+            )
+            .await?;
+        Ok(res.modified_count > 0)
+    }
+
     /// Up to `limit` records still marked submit-pending that were created before
     /// `before`: tasks whose status never changed since the api wrote them, and of which
     /// no submit check has yet seen in Redis. Served by a sparse index on the mark, which
@@ -489,7 +529,9 @@ impl Store {
     /// changed meanwhile, i.e. their task did reach Redis — and every record of both
     /// lists loses its mark. Each write is conditional on the mark, so any number of
     /// callers may settle the same records at once. The cancellation keeps `seq` 1, so a
-    /// status update from Redis (a task that did run after all) still overrides it.
+    /// status update from Redis (a task that did run after all) still overrides it. A
+    /// cancelled record keeps its idempotency key until a repeat of the key has made sure
+    /// its task never reached Redis ([`Store::release_failed_submit_key`]).
     /// Returns how many records were cancelled.
     pub async fn settle_submits(
         &self,

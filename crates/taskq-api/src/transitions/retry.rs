@@ -1,5 +1,7 @@
 //! Manual retry of dead tasks (`dead → queued`) across both stores, for
-//! `POST /v1/tasks/{id}/retry` and `POST /v1/queues/{name}/retry-dead` alike.
+//! `POST /v1/tasks/{id}/retry` and `POST /v1/queues/{name}/retry-dead` alike. A queue's
+//! dead tasks are retried a page at a time, each page below the last one's ids, so one
+//! call retries each task at most once, however soon it dies again ([`retry_queue`]).
 //!
 //! Write order, per call:
 //!
@@ -70,9 +72,12 @@ pub(crate) async fn retry(state: &AppState, ids: Vec<TaskId>) -> Result<Vec<Outc
 /// Dead tasks retried per MongoDB page and Redis script call.
 const RETRY_PAGE: u32 = 500;
 
-/// Retries every dead task of queue `name`, a page at a time ([`retry`] per page).
-/// Returns how many were queued again. On a failure the error's message says how many
-/// were queued again before it; the others stay dead, so calling again retries the rest.
+/// Retries every dead task of queue `name`, a page at a time ([`retry`] per page), newest
+/// first. Returns how many were queued again. Each page continues below the previous
+/// one's last id, so a call retries each task at most once: one that dies again while
+/// the call runs stays dead (its id is above the pages still to come). On a failure the
+/// error's message says how many were queued again before it; the others stay dead, so
+/// calling again retries the rest.
 pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64, ApiError> {
     let filter = ListFilter {
         status: Some(TaskStatus::Dead),
@@ -93,11 +98,11 @@ pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64
         }
         error.with_outcome(&outcome)
     };
+    let mut cursor = None;
     loop {
-        // Each retried task leaves the dead set, so the first page is always the next one.
         let page = state
             .store
-            .list(&filter, RETRY_PAGE, None)
+            .list(&filter, RETRY_PAGE, cursor)
             .await
             .map_err(|e| partial(e.into(), retried, 0))?;
         if page.tasks.is_empty() {
@@ -115,15 +120,14 @@ pub(crate) async fn retry_queue(state: &AppState, name: QueueName) -> Result<u64
                     .collect();
                 retried += queued.len() as u64;
                 super::flow::rewait_dependents(state, &queued).await?;
-                let queued = queued.len();
-                if queued == 0 {
-                    // Every task of the page changed under us: none is left to retry.
-                    break;
-                }
             }
             Err(failed) => {
                 return Err(partial(failed.error, retried + failed.queued, failed.stuck));
             }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
         }
     }
     Ok(retried)

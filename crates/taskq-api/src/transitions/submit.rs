@@ -18,18 +18,25 @@
 //! records are cancelled the same way; when the delete fails, the workers' submit check
 //! cancels them once they are older than its grace period. What the caller sees: `503`,
 //! and the task never runs unless Redis did get it (a lost reply), in which case its own
-//! status updates override the cancellation.
+//! status updates override the cancellation. A repeat of the failed submit's idempotency
+//! key answers `409` (retry) within its enqueue deadline, then `201` with a new task, or
+//! `200` with the original if Redis did get it.
 //!
 //! With an idempotency key ([`submit_idempotent`]) a claim in Redis comes first, and a
-//! repeat of the key finds the original (see [`repeat_pending`] for a repeat of a
-//! submit that was interrupted). Single submits without one are written in groups
-//! ([`super::group`]): the same two steps for every submit that arrived meanwhile.
+//! repeat of the key finds the original ([`key_holder`]): a submit still in flight is a
+//! conflict, an interrupted one is completed by the repeat ([`repeat_pending`]), and a
+//! failed one (cancelled, `submit_failed`) gives the key up once it is sure its task
+//! never reached Redis, so the repeat submits the task anew ([`repeat_failed`]). A batch
+//! ([`submit_batch`]) reports each task's outcome on its own. Single submits without a
+//! key are written in groups ([`super::group`]): the same two steps for every submit
+//! that arrived meanwhile.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use taskq_core::{TaskId, TaskRecord};
 use taskq_redis::EnqueueItem;
+use taskq_store::StoredTask;
 use taskq_telemetry::metrics::Metrics;
 use tracing::Instrument;
 
@@ -44,14 +51,6 @@ pub(crate) enum Submitted {
     /// The idempotency key repeats one used within its retention window: the key's task
     /// as it stands; nothing new was written.
     Existing(TaskRecord),
-}
-
-impl Submitted {
-    pub(crate) fn record(&self) -> &TaskRecord {
-        match self {
-            Self::Created(r) | Self::Existing(r) => r,
-        }
-    }
 }
 
 /// Submits one admitted task (through [`submit_idempotent`] when it has a key).
@@ -72,27 +71,29 @@ pub(crate) async fn submit(state: &AppState, rec: TaskRecord) -> Result<Submitte
 
 /// Submits admitted tasks of one batch: those without an idempotency key together (one
 /// `insert_many`, one enqueue script call per queue), those with one each on its own so
-/// every key is checked. One outcome per task, in order. The first failure fails the
-/// call; the tasks submitted before it stay submitted.
+/// every key is checked. One outcome per task, in order: a failure is that task's own
+/// (the keyless tasks share theirs, as they share their writes) and undoes no other
+/// task, so a task reported submitted is in both stores whatever became of the others,
+/// and a task reported failed is undone as a single submit's failure is.
 pub(crate) async fn submit_batch(
     state: &AppState,
     recs: Vec<TaskRecord>,
-) -> Result<Vec<Submitted>, ApiError> {
+) -> Vec<Result<Submitted, ApiError>> {
     let plain: Vec<TaskRecord> = recs
         .iter()
         .filter(|r| r.idempotency_key.is_none())
         .cloned()
         .collect();
-    persist(state, &plain).await?;
+    let plain_outcome = persist(state, &plain).await.map_err(ApiError::from);
     let mut out = Vec::with_capacity(recs.len());
     for rec in recs {
-        if rec.idempotency_key.is_some() {
-            out.push(submit_idempotent(state, rec).await?);
+        out.push(if rec.idempotency_key.is_some() {
+            submit_idempotent(state, rec).await
         } else {
-            out.push(Submitted::Created(rec));
-        }
+            plain_outcome.clone().map(|()| Submitted::Created(rec))
+        });
     }
-    Ok(out)
+    out
 }
 
 /// Submits a task with an idempotency key, deduplicated twice over:
@@ -130,14 +131,19 @@ pub(crate) async fn submit_idempotent(
             break;
         };
         match state.store.get(holder).await? {
-            Some(t) if t.record.created_at >= expired_before => match t.submit_pending {
-                None => return Ok(Submitted::Existing(t.record)),
-                Some(mark) => {
-                    if let Some(answer) = repeat_pending(state, t.record, mark).await? {
-                        return Ok(answer);
+            Some(t) if t.record.created_at >= expired_before => {
+                match key_holder(state, t, &key).await? {
+                    Holder::Answer(answer) => return Ok(*answer),
+                    // A failed submit gave the key up: so does its claim.
+                    Holder::Freed => {
+                        state
+                            .broker
+                            .drop_idempotency_claim(&rec.queue, &key, holder)
+                            .await?;
                     }
+                    Holder::Undecided => {}
                 }
-            },
+            }
             // A claim that outlived its task's retention: no longer binding.
             Some(_) => {
                 state
@@ -207,6 +213,75 @@ fn submit_age(started: chrono::DateTime<chrono::Utc>) -> Duration {
     (taskq_core::now() - started).to_std().unwrap_or_default()
 }
 
+/// What a repeat of an idempotency key makes of the record that holds the key.
+enum Holder {
+    /// The key is bound to this task: the repeat's answer.
+    Answer(Box<Submitted>),
+    /// The record was a failed submit and gave the key up: the repeat submits anew.
+    Freed,
+    /// Not decided yet (a submit in flight, or a task whose updates are still on their
+    /// way to MongoDB): the repeat waits, or answers 409 (retry).
+    Undecided,
+}
+
+/// A repeat of idempotency key `key` found `t`, the record holding it within the key's
+/// retention window:
+/// - submit-pending: nothing has shown yet that its task reached Redis
+///   ([`repeat_pending`]);
+/// - a failed submit (cancelled, `submit_failed`, at `seq` 1): [`repeat_failed`];
+/// - otherwise its task is under way or finished: the answer.
+async fn key_holder(state: &AppState, t: StoredTask, key: &str) -> Result<Holder, ApiError> {
+    if let Some(mark) = t.submit_pending {
+        return Ok(match repeat_pending(state, t.record, mark).await? {
+            Some(answer) => Holder::Answer(Box::new(answer)),
+            None => Holder::Undecided,
+        });
+    }
+    if t.is_failed_submit() {
+        return repeat_failed(state, t.record, key).await;
+    }
+    Ok(Holder::Answer(Box::new(Submitted::Existing(t.record))))
+}
+
+/// Most outbox entries read to tell whether a task absent from Redis ran (a longer
+/// outbox leaves the decision to a later repeat).
+const OUTBOX_SCAN: usize = 2_000;
+
+/// A repeat of idempotency key `key` of a failed submit `rec` (its record cancelled as
+/// `submit_failed` at `seq` 1: no status update of its task has arrived):
+/// - Redis holds the task: the enqueue did land (only its reply was lost); the task runs
+///   and its own updates override the cancellation. The answer is the task.
+/// - Not in Redis, within the original submit's enqueue deadline: its enqueue may still
+///   be on its way; undecided.
+/// - Not in Redis, past it, and no update of the task in the queue's outbox (read after
+///   the look at Redis: a task that ran to its end is absent too, its updates unapplied):
+///   the task never reached Redis and never will. The record gives the key up (only if it
+///   is still such a record: had the task run, its updates would have moved it on), and
+///   the repeat submits the task anew. With updates of it in the outbox, or an outbox
+///   too long to read, undecided: once they are applied the record says what ran.
+async fn repeat_failed(state: &AppState, rec: TaskRecord, key: &str) -> Result<Holder, ApiError> {
+    let (_, present) = state.broker.present(&rec.queue, &[rec.id]).await?;
+    if present.first().copied().unwrap_or(false) {
+        return Ok(Holder::Answer(Box::new(Submitted::Existing(rec))));
+    }
+    if submit_age(rec.created_at) <= ENQUEUE_DEADLINE + CLAIM_TAKEOVER_MARGIN {
+        return Ok(Holder::Undecided);
+    }
+    match state.broker.outbox_tasks(&rec.queue, OUTBOX_SCAN).await? {
+        Some(updated) if !updated.contains(&rec.id) => {}
+        _ => return Ok(Holder::Undecided),
+    }
+    if !state
+        .store
+        .release_failed_submit_key(rec.id, &rec.queue, key)
+        .await?
+    {
+        return Ok(Holder::Undecided);
+    }
+    tracing::info!(task = %rec.id, queue = %rec.queue, "a failed submit gave its idempotency key up to a repeat");
+    Ok(Holder::Freed)
+}
+
 /// A repeat of an idempotency key whose task's record is still submit-pending (marked
 /// `mark`): nothing has shown yet that the task reached Redis.
 /// - Redis holds the task: it was enqueued; the answer is the task.
@@ -238,8 +313,12 @@ async fn repeat_pending(
     }
     match state.store.get(rec.id).await? {
         Some(t) if t.submit_pending == Some(mark) => take_over(state, rec, mark).await.map(Some),
-        Some(t) => Ok(Some(Submitted::Existing(t.record))),
-        None => Ok(None),
+        // Its task's first update arrived meanwhile: the task as it stands.
+        Some(t) if t.submit_pending.is_none() && !t.is_failed_submit() => {
+            Ok(Some(Submitted::Existing(t.record)))
+        }
+        // Taken over by another repeat, settled as failed, or removed: decided later.
+        _ => Ok(None),
     }
 }
 
@@ -259,9 +338,9 @@ async fn take_over(
             .get(rec.id)
             .await?
             .ok_or_else(|| ApiError::conflict("the task's submit failed meanwhile; retry"))?;
-        if current.submit_pending.is_some() {
+        if current.submit_pending.is_some() || current.is_failed_submit() {
             return Err(ApiError::conflict(
-                "a concurrent repeat is completing this task's submit; retry",
+                "a concurrent repeat is completing this task's submit, or it failed; retry",
             ));
         }
         return Ok(Submitted::Existing(current.record));
@@ -292,8 +371,19 @@ async fn insert_idempotent(
             Err(PersistError::Duplicate) => {}
         }
         match state.store.find_by_idempotency_key(&rec.queue, key).await? {
+            // The same rules as for a claim's holder: a task whose submit is still in
+            // flight may yet fail and be removed, so it is no answer (409, retry).
             Some(existing) if existing.record.created_at >= expired_before => {
-                return Ok(Submitted::Existing(existing.record));
+                match key_holder(state, existing, key).await? {
+                    Holder::Answer(answer) => return Ok(*answer),
+                    // A failed submit gave the key up: insert again.
+                    Holder::Freed => {}
+                    Holder::Undecided => {
+                        return Err(ApiError::conflict(
+                            "the task of this idempotency key is still being submitted; retry",
+                        ));
+                    }
+                }
             }
             // Its retention is over: the key may be used again.
             Some(_) => {

@@ -155,7 +155,7 @@ async fn records_match_the_executions_after_workers_are_killed_again_and_again()
 /// failed too, keeps its record cancelled with reason `submit_failed`. A record whose
 /// api died right after inserting it (the record is inserted here as the api does: the
 /// exact moment cannot be hit from outside) is found by the workers' submit check and
-/// cancelled the same way, and a repeat of its idempotency key answers that task.
+/// cancelled the same way, and a repeat of its idempotency key then submits the task.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     let env = Env::start().await;
@@ -240,7 +240,9 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
         started.elapsed()
     );
     // A phantom left by an api that died after its insert, with an idempotency key: a
-    // repeat of the key answers that task, as it stands, before and after the check.
+    // repeat of the key within the enqueue deadline is a conflict (the submit may still
+    // be under way); once the check cancelled the record and the deadline is past, a
+    // repeat submits the task anew, and it runs.
     proxy.restore();
     let rec = taskq_core::Limits::default()
         .admit(
@@ -252,15 +254,24 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
         .expect("valid");
     env.store.insert(&rec).await.expect("insert");
     let keyed = json!({"type": "noop", "idempotency_key": "dead-api"});
-    let v = env.submit_expect(keyed.clone(), StatusCode::OK).await;
-    assert_eq!(v["id"], rec.id.to_string());
+    env.submit_expect(keyed.clone(), StatusCode::CONFLICT).await;
     env.wait_status(rec.id, TaskStatus::Cancelled, Duration::from_secs(30))
         .await;
-    let v = env.submit_expect(keyed, StatusCode::OK).await;
-    assert_eq!(
-        (v["id"].clone(), v["status"].clone()),
-        (json!(rec.id.to_string()), json!("cancelled"))
-    );
+    let anew = taskq_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(250), || {
+        let env = &env;
+        let keyed = keyed.clone();
+        async move {
+            let (status, v) = env.post("/v1/tasks", keyed).await;
+            (status != StatusCode::CONFLICT).then_some((status, v))
+        }
+    })
+    .await;
+    let (status, v) = anew.expect("every repeat was a conflict");
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id: TaskId = v["id"].as_str().expect("id").parse().expect("id");
+    assert_ne!(id, rec.id);
+    env.wait_status(id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
     // Tasks that did reach Redis are never touched: the warm-up task and later ones run.
     let later = env.submit(json!({"type": "noop"})).await;
     env.wait_status(later, TaskStatus::Succeeded, Duration::from_secs(30))

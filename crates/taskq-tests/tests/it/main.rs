@@ -20,6 +20,7 @@ mod outage;
 mod periodic;
 mod query;
 mod slow_clients;
+mod submit_faults;
 mod ui;
 mod wait;
 mod worker_faults;

@@ -534,7 +534,12 @@ async fn idempotency_claims_live_in_redis_and_mongodb_backs_them_up() {
     assert_eq!(holder, Some(id));
 
     // ... and when Redis loses every claim, MongoDB's unique index still answers with the
-    // original task.
+    // original task (one that has run: a task whose submit may still be in flight is no
+    // answer).
+    let w = env.default_worker();
+    env.wait_status(id, TaskStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    w.shutdown().await;
     env.flush_redis().await;
     let again = env.submit_expect(keyed, StatusCode::OK).await;
     assert_eq!(again["id"], first["id"]);
