@@ -123,7 +123,7 @@ async fn complete(shared: &Shared, queue: &QueueName, done: Vec<Done>) {
         for ((d, (outcome, _)), end) in failed.iter().zip(&plans).zip(ends) {
             match end {
                 None => {}
-                // Cancelled while it ran: its retry ended the task instead.
+                // Asked to cancel while it ran: the failure ended the task cancelled.
                 Some(Failed {
                     cancelled: true, ..
                 }) => {

@@ -1,10 +1,10 @@
 //! FAIL: fails attempts whose lease the worker still holds: each task either waits in
 //! the retry set until its due time (`retrying`) or dies and leaves Redis (`dead`; its
 //! record in the store is the dead letter). A task a user asked to cancel while it ran
-//! (its hash's `cancel` field, set by [`super::cancel`]) is not retried: it ends
-//! `cancelled` the way ACK ends a cancelled attempt (it leaves Redis, with no error and
-//! uncounted), so a cancel the worker had not noticed yet is never lost to a retry; one
-//! that dies stays `dead`, its error kept in the dead letter. The
+//! (its hash's `cancel` field, set by [`super::cancel`]) is neither retried nor dead: it
+//! ends `cancelled` the way ACK ends a cancelled attempt (it leaves Redis, with no error
+//! and uncounted), so a cancel the worker had not noticed yet holds whatever the handler
+//! returned, as one it noticed does. The
 //! updates go to the outbox, and the failures that are not cancellations are counted in
 //! the current second's counter (see [`Counter`]). A task with a key frees its running
 //! slot in the key either way, so the key's next task may run (see the `key_fns` of
@@ -25,7 +25,7 @@
 //! ARGV    -> task hash prefix, now (ms), worker id,
 //!            then per task: id, lease token, due (ms; -1: dead), extras
 //! reply   -> per task, the new seq (negated when the task ended cancelled instead of
-//!            being retried), or 0 when the lease was no longer held
+//!            retried or dead), or 0 when the lease was no longer held
 //! ```
 
 use taskq_core::{QueueName, TaskId};
@@ -43,7 +43,7 @@ local out = each_task(4, 4, function(i, id, k)
   local seq, attempts, uk = unlease(k, id, ARGV[i + 1], KEYS[1])
   if not seq then return nil end
   local due = tonumber(ARGV[i + 2])
-  local cancelled = due >= 0 and redis.call('HGET', k, 'cancel') == '1'
+  local cancelled = redis.call('HGET', k, 'cancel') == '1'
   if due < 0 or cancelled then
     redis.call('DEL', k)
     if uk then kdone(q, uk) end
@@ -78,7 +78,8 @@ return out
 pub struct Failed {
     /// The task's new transition counter.
     pub seq: u64,
-    /// The task had been asked to cancel and was not retried: it ended `cancelled`.
+    /// The task had been asked to cancel: it ended `cancelled` instead of `retrying` or
+    /// `dead`.
     pub cancelled: bool,
 }
 
@@ -138,7 +139,7 @@ impl Broker {
     }
 
     /// [`Broker::fail`], saying per item whether the task ended `cancelled` instead of
-    /// being retried (see the module documentation); `None` where the lease was no
+    /// `retrying` or `dead` (see the module documentation); `None` where the lease was no
     /// longer held.
     pub async fn fail_ends(
         &self,
