@@ -138,7 +138,7 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
         }
     };
     // A task cancelled before its handler finished ends cancelled, however the handler
-    // returned (one cancelled later and failing retryably is ended cancelled by FAIL).
+    // returned (one cancelled later whose attempt failed is ended cancelled by FAIL).
     // An attempt that failed once the shutdown's grace period was over is released, not
     // counted: the handler may have seen the stop signal and returned an error before the
     // select above noticed the signal itself.
