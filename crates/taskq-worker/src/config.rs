@@ -76,8 +76,11 @@ pub struct WorkerArgs {
 
 /// `TASKQ_MAX_RESULT_BYTES` by default: 1 MiB, as the api's payload limit.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
-/// The highest `TASKQ_MAX_RESULT_BYTES` accepted: 16 MiB, MongoDB's document limit.
-const MAX_RESULT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+/// The highest `TASKQ_MAX_RESULT_BYTES` accepted: 8 MiB, half of MongoDB's 16 MiB
+/// document limit. The record keeps its payload and history beside the result, and the
+/// update that carries it must fit in one command too; a result that does not fit would
+/// have its whole update refused, leaving the record `running`.
+const MAX_RESULT_BYTES_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// Validated runtime settings of a [`crate::Worker`].
 #[derive(Debug, Clone)]
@@ -222,4 +225,25 @@ pub(crate) fn hostname() -> Option<String> {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        WorkerArgs::try_parse_from(std::iter::once("taskq-worker").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .settings()
+    }
+
+    #[test]
+    fn a_result_limit_leaves_the_record_room_in_its_document() {
+        let limit = settings(&["--max-result-bytes", "8388608"]).expect("8 MiB");
+        assert_eq!(limit.max_result_bytes, 8 * 1024 * 1024);
+        let err = settings(&["--max-result-bytes", "8388609"]).expect_err("over 8 MiB");
+        assert!(err.contains("TASKQ_MAX_RESULT_BYTES"), "{err}");
+    }
 }

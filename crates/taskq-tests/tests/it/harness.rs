@@ -290,6 +290,28 @@ impl Env {
             .expect("flush");
     }
 
+    /// Runs task `id`, the next task of `queue`, to success in Redis alone, as a worker
+    /// whose writer never ran would: its `running` and `succeeded` updates stay in the
+    /// queue's outbox and its record still says `queued`.
+    pub async fn succeed_in_redis_only(&self, queue: &str, id: TaskId) {
+        let queue = queue.parse().expect("queue");
+        let leased = self
+            .broker
+            .dequeue(&queue, 1, Duration::from_secs(30), "w1", 0)
+            .await
+            .expect("dequeue");
+        let [task] = leased.tasks.as_slice() else {
+            panic!("dequeued {:?}", leased.tasks);
+        };
+        assert_eq!(task.msg.id, id);
+        let acked = self
+            .broker
+            .ack(&queue, "w1", &[(id, task.token.as_str(), None)])
+            .await
+            .expect("ack");
+        assert_eq!(acked, vec![Some(3)]);
+    }
+
     /// Tasks in Redis in any state (queued, scheduled, retrying, running) of `queue`.
     pub async fn redis_total(&self, queue: &str) -> u64 {
         let c = self
