@@ -40,7 +40,8 @@ trap cleanup EXIT
 
 # What the image build and the end-to-end driver need (up.sh installs the node's own).
 missing=()
-for pair in buildah:buildah podman:podman debootstrap:debootstrap jq:jq curl:curl; do
+# buildah runs its RUN steps with runc (podman alone brings crun).
+for pair in buildah:buildah podman:podman runc:runc debootstrap:debootstrap jq:jq curl:curl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

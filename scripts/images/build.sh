@@ -99,6 +99,7 @@ image_bins "$bins"
 [ "$(id -u)" -eq 0 ] || fail "run as root (buildah's storage and debootstrap need it)"
 command -v buildah >/dev/null || fail "buildah not found (apt-get install buildah)"
 command -v podman >/dev/null || fail "podman not found (apt-get install podman)"
+command -v runc >/dev/null || fail "runc not found (apt-get install runc)"
 
 # Arguments every buildah build gets: this machine's runc, its network for apt and cargo,
 # and never a registry pull (every base image is present or made locally first).
