@@ -179,6 +179,18 @@ impl ApiError {
         )
     }
 
+    /// 503 when whether a task absent from Redis ran cannot be told yet: `queue`'s outbox
+    /// holds more updates than can be read (its writers are behind).
+    pub fn outbox_behind(queue: &taskq_core::QueueName) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "queue {queue}'s outbox holds more updates than can be read to tell whether a task ran; retry once the workers applied them"
+            ),
+        )
+    }
+
     /// A bug or corrupt data: 500, detail logged only.
     pub fn internal(err: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");

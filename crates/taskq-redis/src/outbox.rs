@@ -29,6 +29,10 @@ use crate::conn::{BLOCK_SECONDS, Conn};
 use crate::keys::OUTBOX_GROUP;
 use crate::{Broker, BrokerError, QueueKeys, Result};
 
+/// Most outbox entries [`Broker::outbox_tasks`] reads (a few milliseconds of Redis time);
+/// a longer outbox is a writer far behind, and the question waits until it caught up.
+pub const OUTBOX_SCAN: usize = 10_000;
+
 /// One task's status update as a script recorded it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxUpdate {
@@ -345,13 +349,11 @@ impl Broker {
     }
 
     /// The tasks with updates in `queue`'s outbox (an entry leaves only once it was
-    /// applied), or `None` when the outbox holds more than `limit` entries or one that
-    /// cannot be read (then nothing can be said of a task's updates).
-    pub async fn outbox_tasks(
-        &self,
-        queue: &QueueName,
-        limit: usize,
-    ) -> Result<Option<HashSet<TaskId>>> {
+    /// applied), or `None` when the outbox holds more than [`OUTBOX_SCAN`] entries or one
+    /// that cannot be read (then nothing can be said of a task's updates). Whoever asks
+    /// whether a task absent from Redis ran to its end reads it after that look.
+    pub async fn outbox_tasks(&self, queue: &QueueName) -> Result<Option<HashSet<TaskId>>> {
+        let limit = OUTBOX_SCAN;
         let mut c = self.conn.clone();
         let v: Value = redis::cmd("XRANGE")
             .arg(QueueKeys::new(queue).outbox())

@@ -33,9 +33,6 @@ use crate::worker::Shared;
 const PAGE: u32 = 1_000;
 /// Pages per round, so one round stays short.
 const MAX_PAGES: usize = 20;
-/// Most outbox entries read to tell whether a task absent from Redis ran (a longer
-/// outbox postpones the decision to a later round).
-const OUTBOX_SCAN: usize = 2_000;
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.settings.submit_check_interval);
@@ -97,7 +94,7 @@ async fn settle(
         // slow or a writer is behind. Read after that look, an outbox without an update
         // of the task means it never reached Redis (an entry leaves only once applied, and
         // the cancel below is conditional on the mark); otherwise a later round decides.
-        match shared.broker.outbox_tasks(queue, OUTBOX_SCAN).await? {
+        match shared.broker.outbox_tasks(queue).await? {
             Some(in_outbox) => never.retain(|id| !in_outbox.contains(id)),
             None => never.clear(),
         }

@@ -33,14 +33,12 @@ use taskq_store::StatusUpdate;
 use taskq_telemetry::metrics::Metrics;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 
 /// How long the tombstone of a task cancelled while absent from Redis stays: longer than
 /// any enqueue can lag behind its MongoDB write (a submit gives up after 5 s, a retry or
 /// recovery call at its request timeout).
 const TOMBSTONE: std::time::Duration = std::time::Duration::from_secs(600);
-/// Most outbox entries read to tell whether a task absent from Redis ran to its end.
-const OUTBOX_SCAN: usize = 10_000;
 
 /// What a cancel did.
 #[derive(Debug)]
@@ -102,22 +100,14 @@ async fn cancel_absent(
     // Read after the cancel found nothing: a task that ran to its end before it has its
     // final update either still in the outbox (an entry leaves only once applied) or
     // already in MongoDB, read next.
-    match state.broker.outbox_tasks(queue, OUTBOX_SCAN).await? {
+    match state.broker.outbox_tasks(queue).await? {
         Some(ran) if ran.contains(&id) => {
             return Err(ApiError::conflict(format!(
                 "task {id} has finished; its record is being updated"
             )));
         }
         Some(_) => {}
-        None => {
-            return Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!(
-                    "task {id} is not in Redis and queue {queue}'s outbox holds more updates than can be read to tell whether it ran; retry once the workers applied them"
-                ),
-            ));
-        }
+        None => return Err(ApiError::outbox_behind(queue)),
     }
     let Some(stored) = state.store.get(id).await? else {
         return Err(ApiError::not_found(format!("no task {id}")));

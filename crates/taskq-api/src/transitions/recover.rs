@@ -25,16 +25,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use axum::http::StatusCode;
 use taskq_core::{QueueName, TaskId, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_store::StoredTask;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 
-/// Most outbox entries read to tell whether a task absent from Redis ran to its end.
-const OUTBOX_SCAN: usize = 10_000;
 /// Records read from MongoDB at once.
 const PAGE: u32 = 1000;
 
@@ -81,14 +78,8 @@ pub(crate) async fn recover(state: &AppState) -> Result<Recovery, ApiError> {
             if absent.is_empty() {
                 continue;
             }
-            let Some(ran) = state.broker.outbox_tasks(queue, OUTBOX_SCAN).await? else {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    format!(
-                        "queue {queue}'s outbox holds more updates than can be read to tell which tasks ran; call again once the workers applied them"
-                    ),
-                ));
+            let Some(ran) = state.broker.outbox_tasks(queue).await? else {
+                return Err(ApiError::outbox_behind(queue));
             };
             for id in absent {
                 if ran.contains(&id) {

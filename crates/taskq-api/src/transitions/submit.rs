@@ -243,10 +243,6 @@ async fn key_holder(state: &AppState, t: StoredTask, key: &str) -> Result<Holder
     Ok(Holder::Answer(Box::new(Submitted::Existing(t.record))))
 }
 
-/// Most outbox entries read to tell whether a task absent from Redis ran (a longer
-/// outbox leaves the decision to a later repeat).
-const OUTBOX_SCAN: usize = 2_000;
-
 /// A repeat of idempotency key `key` of a failed submit `rec` (its record cancelled as
 /// `submit_failed` at `seq` 1: no status update of its task has arrived):
 /// - Redis holds the task: the enqueue did land (only its reply was lost); the task runs
@@ -267,7 +263,7 @@ async fn repeat_failed(state: &AppState, rec: TaskRecord, key: &str) -> Result<H
     if submit_age(rec.created_at) <= ENQUEUE_DEADLINE + CLAIM_TAKEOVER_MARGIN {
         return Ok(Holder::Undecided);
     }
-    match state.broker.outbox_tasks(&rec.queue, OUTBOX_SCAN).await? {
+    match state.broker.outbox_tasks(&rec.queue).await? {
         Some(updated) if !updated.contains(&rec.id) => {}
         _ => return Ok(Holder::Undecided),
     }
