@@ -16,7 +16,7 @@ use taskq_redis::{Broker, RedisConfig};
 use taskq_store::Store;
 use taskq_testkit::{
     ChaosProxy, ChildGuard, RedisCluster, RedisServer, mongo_addr, mongo_uri, mongo_uri_via,
-    unique_db_name, workspace_bin,
+    unique_db_name, wait_until, workspace_bin,
 };
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio::task::JoinHandle;
@@ -432,7 +432,7 @@ pub async fn kill_in_turn(
 
 /// Whether the api at `api` answers `/readyz` with 200 within `timeout` (asked every 20 ms).
 pub async fn ready_within(http: &reqwest::Client, api: &str, timeout: Duration) -> bool {
-    taskq_testkit::wait_until(timeout, Duration::from_millis(20), || ready(http, api)).await
+    wait_until(timeout, Duration::from_millis(20), || ready(http, api)).await
 }
 
 /// Whether the service at `base` answers `/livez` with 200.
@@ -544,6 +544,16 @@ pub async fn store_via_proxy(env: &Env) -> (ChaosProxy, Store) {
     let store = Store::connect_with(&mongo_uri_via(proxy.addr()), &env.db, &opts)
         .await
         .expect("store via proxy");
+    // The short selection timeout is for the outages the tests cause; the driver's
+    // first discovery of the server through the proxy can take longer on a busy
+    // machine, so the store is handed out only once it has answered.
+    let up = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { store.ping().await.is_ok() },
+    )
+    .await;
+    assert!(up, "mongodb never answered through the proxy");
     (proxy, store)
 }
 
