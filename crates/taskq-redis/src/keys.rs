@@ -117,6 +117,13 @@ impl QueueKeys {
         format!("{}stats:m:{}:{minute}", self.base, kind.as_str())
     }
 
+    /// What one named dequeue call leased (a list: task id, lease token, …), kept for
+    /// the length of the lease so that a repeat of the call after a lost reply answers
+    /// with the same tasks (see [`crate::scripts::dequeue`]).
+    pub fn dequeue_call(&self, call: u64) -> String {
+        format!("{}call:{call}", self.base)
+    }
+
     /// The claim on one idempotency key of the queue: the id of the task that holds it.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.base)
@@ -242,6 +249,7 @@ mod tests {
             k.parked_keys(),
             k.key_state("customer:{7}"),
             k.key_backlog("customer:{7}", Priority::Low),
+            k.dequeue_call(42),
         ];
         keys.extend(k.pending_all());
         let pattern = k.pattern();

@@ -45,7 +45,7 @@ pub use notify::{Finished, FinishedSubscription};
 pub use outbox::{OutboxEntry, OutboxReader, OutboxUpdate};
 pub use queue::{KeyLoad, QueueCounts, QueueLimits};
 pub use scripts::cancel::CancelOutcome;
-pub use scripts::dequeue::{Dequeued, Leased};
+pub use scripts::dequeue::{CallId, Dequeued, Leased};
 pub use scripts::fail::FailOutcome;
 pub use scripts::promote::Promoted;
 pub use scripts::reap::{LEASE_EXPIRED_DEAD, LEASE_EXPIRED_REQUEUED, Reaped};

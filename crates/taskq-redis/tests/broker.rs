@@ -6,7 +6,8 @@ use std::time::Duration;
 use taskq_core::{Limits, NewTask, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::keys::task_hash;
 use taskq_redis::{
-    Broker, EnqueueItem, FailOutcome, Leased, OutboxEntry, QueueKeys, QueueLimits, RedisConfig,
+    Broker, CallId, EnqueueItem, FailOutcome, Leased, OutboxEntry, QueueKeys, QueueLimits,
+    RedisConfig,
 };
 use taskq_testkit::{RedisCluster, RedisServer};
 
@@ -464,6 +465,51 @@ async fn outbox(broker: &Broker, queue: &str) {
     assert_eq!(present, vec![true, false, false]);
 }
 
+/// A dequeue call repeated under its name (its reply was lost) answers with the tasks
+/// the first run leased and still holds, and leases nothing more.
+async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
+    let qn = q(queue);
+    let recs: Vec<TaskRecord> = (0..3).map(|_| record(queue, "normal", None)).collect();
+    broker.enqueue(&items(&recs)).await.expect("enqueue");
+    let call = CallId::new();
+    let lease = Duration::from_secs(30);
+    let first = broker
+        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .await
+        .expect("dequeue");
+    assert_eq!(first.tasks.len(), 2);
+    let same = |d: &taskq_redis::Dequeued| -> Vec<(TaskId, u32, u64, String)> {
+        d.tasks
+            .iter()
+            .map(|l| (l.msg.id, l.attempt, l.seq, l.token.clone()))
+            .collect()
+    };
+    let again = broker
+        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .await
+        .expect("repeat");
+    assert_eq!(same(&again), same(&first));
+    let counts = broker.counts(&qn).await.expect("counts");
+    assert_eq!((counts.queued, counts.running), (1, 2));
+    // A task acknowledged since is no longer the call's.
+    let done = &first.tasks[0];
+    broker
+        .ack(&qn, "w1", &[(done.msg.id, done.token.as_str(), None)])
+        .await
+        .expect("ack");
+    let after_ack = broker
+        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .await
+        .expect("repeat");
+    assert_eq!(same(&after_ack), same(&first)[1..].to_vec());
+    // Another call takes the rest.
+    let rest = broker
+        .dequeue_as(CallId::new(), &qn, 2, lease, "w1", 0)
+        .await
+        .expect("dequeue");
+    assert_eq!(rest.tasks.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scripts_on_a_single_redis() {
     let (server, broker) = single().await;
@@ -474,10 +520,12 @@ async fn scripts_on_a_single_redis() {
     outbox(&broker, "outbox").await;
     concurrent_maintenance(&broker, "bulk").await;
     idempotency_claims(&broker, "default").await;
+    repeated_dequeue_calls(&broker, "calls").await;
     assert_eq!(
         broker.queues().await.expect("queues"),
         vec![
             q("bulk"),
+            q("calls"),
             q("default"),
             q("keyed"),
             q("lost"),
@@ -503,6 +551,7 @@ async fn scripts_on_a_redis_cluster() {
     }
     for name in ["default", "emails", "critical"] {
         idempotency_claims(&broker, name).await;
+        repeated_dequeue_calls(&broker, &format!("calls-{name}")).await;
     }
     // A batch across queues goes to several nodes in one call.
     let recs: Vec<TaskRecord> = ["a", "b", "c", "d", "e"]

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use taskq_core::QueueName;
+use taskq_redis::{CallId, Dequeued};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use taskq_telemetry::metrics::Metrics;
@@ -70,17 +73,7 @@ async fn fetch_loop(ctx: &Arc<RunCtx>, slots: &Arc<Semaphore>, shutdown: &Cancel
         let mut failed = false;
         let mut limited = false;
         for queue in settings.queues.order(&mut rng) {
-            match shared
-                .broker
-                .dequeue(
-                    queue,
-                    permits.len(),
-                    settings.lease,
-                    &settings.worker_id,
-                    settings.write_buffer,
-                )
-                .await
-            {
+            match dequeue(ctx, queue, permits.len(), shutdown).await {
                 Ok(d) if d.tasks.is_empty() => {
                     limited |= d.limited;
                     continue;
@@ -118,6 +111,46 @@ async fn fetch_loop(ctx: &Arc<RunCtx>, slots: &Arc<Semaphore>, shutdown: &Cancel
             // The script never returns more tasks than permits were asked for.
             let Some(permit) = permits.pop() else { break };
             ctx.tracker.spawn(executor::run(ctx.clone(), task, permit));
+        }
+    }
+}
+
+/// Leases up to `n` tasks of `queue`. A failed call is repeated under the same
+/// [`CallId`] while the lease lasts (every [`ERROR_PAUSE`]): if the first run took tasks
+/// and only its reply was lost, the repeat answers with them, so they run now instead of
+/// waiting, leased to nobody, for the reaper to count an attempt they never ran. The
+/// last error is returned when the lease has passed (its tasks are the reaper's then)
+/// or at shutdown.
+async fn dequeue(
+    ctx: &RunCtx,
+    queue: &QueueName,
+    n: usize,
+    shutdown: &CancellationToken,
+) -> taskq_redis::Result<Dequeued> {
+    let settings = &ctx.shared.settings;
+    let call = CallId::new();
+    let give_up = Instant::now() + settings.lease;
+    loop {
+        let result = ctx
+            .shared
+            .broker
+            .dequeue_as(
+                call,
+                queue,
+                n,
+                settings.lease,
+                &settings.worker_id,
+                settings.write_buffer,
+            )
+            .await;
+        let Err(e) = result else { return result };
+        if Instant::now() + ERROR_PAUSE >= give_up || shutdown.is_cancelled() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, %queue, "dequeue failed; repeating the call in case it leased tasks");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(e),
+            _ = tokio::time::sleep(ERROR_PAUSE) => {}
         }
     }
 }

@@ -7,6 +7,12 @@
 //! the key reached the queue's `max_running_per_key`; so keys are served round robin and
 //! a busy key never holds back the others.
 //!
+//! The call is named (a [`CallId`]) and remembers what it leased for the length of the
+//! lease: a call repeated under the same name (its reply was lost: a timeout, a cut
+//! connection) answers with the tasks the first run leased and still holds, instead of
+//! leasing more, so a lost reply does not leave tasks leased to nobody until the reaper
+//! counts an attempt they never ran.
+//!
 //! Records each task's `running` update in the outbox. While the outbox holds `max
 //! outbox` entries or more (MongoDB is behind), nothing is taken: the store's lag stays
 //! bounded. Leaves a wake token when work remains, so the next idle worker picks it up.
@@ -22,8 +28,9 @@
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
 //! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
+//! KEYS[12]   -> taskq:{<queue>}:call:<call id>   (what the call leased: id, token, …)
 //! ARGV       -> task hash prefix, n, lease deadline (ms), worker id, now (ms),
-//!               max outbox entries (0: no limit)
+//!               max outbox entries (0: no limit), how long the call is remembered (ms)
 //! reply      -> a flag (1 when a queue limit held tasks back), how many keys' next
 //!               task waits for their running limit, then per task 6 values:
 //!               id, message JSON, attempts, seq, lease token, queued-at (ms)
@@ -44,6 +51,24 @@ keyed_script!(
 local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local q = kq(1, 8)
 local out, got = {0, 0}, 0
+local call = redis.call('LRANGE', KEYS[12], 0, -1)
+if #call > 0 then
+  -- A repeat: the tasks the first run leased, those whose lease it still holds.
+  for i = 1, #call - 1, 2 do
+    local id, token = call[i], call[i + 1]
+    local vals = redis.call('HMGET', pfx .. id, 'msg', 'state', 'qat', 'lease', 'attempts', 'seq')
+    if vals[1] and vals[2] == 'running' and vals[4] == token then
+      local b = #out
+      out[b + 1] = id
+      out[b + 2] = vals[1]
+      out[b + 3] = tonumber(vals[5])
+      out[b + 4] = tonumber(vals[6])
+      out[b + 5] = token
+      out[b + 6] = tonumber(vals[3]) or 0
+    end
+  end
+  return out
+end
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
 local cap = tonumber(ARGV[6])
 if cap > 0 and redis.call('XLEN', KEYS[7]) >= cap then
@@ -86,6 +111,8 @@ for p = 1, 3 do
         out[b + 5] = token
         out[b + 6] = tonumber(vals[3]) or 0
         ob_add(ent, id, seq, 'running', attempts, '')
+        call[#call + 1] = id
+        call[#call + 1] = token
         got = got + 1
         if vals[4] then kstart(q, vals[4], id) end
       end
@@ -96,6 +123,10 @@ if rate then
   redis.call('HSET', KEYS[8], 'tokens', tostring(tokens - got), 'ts', now)
 end
 ob_flush(KEYS[7], ent)
+if got > 0 then
+  redis.call('RPUSH', KEYS[12], unpack(call))
+  redis.call('PEXPIRE', KEYS[12], ARGV[7])
+end
 out[2] = q.held or 0
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
   wake(KEYS[5])
@@ -154,6 +185,24 @@ fn parse(reply: &[Value]) -> Result<Dequeued> {
     })
 }
 
+/// The name of one dequeue call: a call repeated under the same name answers with what
+/// the first run leased (see the [module](self) documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallId(u64);
+
+impl CallId {
+    /// A fresh, random name.
+    pub fn new() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl Default for CallId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Broker {
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
     /// `now + lease`, within the queue's [`QueueLimits`](crate::QueueLimits), and records
@@ -167,24 +216,42 @@ impl Broker {
         worker_id: &str,
         max_outbox: usize,
     ) -> Result<Dequeued> {
+        self.dequeue_as(CallId::new(), queue, n, lease, worker_id, max_outbox)
+            .await
+    }
+
+    /// [`Broker::dequeue`] under the name `call`: when this call's reply is lost, calling
+    /// again with the same `call` (within `lease`) answers with the tasks the lost reply
+    /// carried, those still leased by it, and leases nothing more.
+    pub async fn dequeue_as(
+        &self,
+        call: CallId,
+        queue: &QueueName,
+        n: usize,
+        lease: Duration,
+        worker_id: &str,
+        max_outbox: usize,
+    ) -> Result<Dequeued> {
         let k = QueueKeys::new(queue);
-        let mut inv = invocation(&SCRIPT, &keys(&k));
+        let mut inv = invocation(&SCRIPT, &keys(&k, call));
         inv.arg(k.task_prefix())
             .arg(n)
             .arg(crate::deadline(lease))
             .arg(worker_id)
             .arg(taskq_core::now_ms())
-            .arg(max_outbox);
+            .arg(max_outbox)
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
         let reply: Vec<Value> = self.run(inv).await?;
         parse(&reply)
     }
 }
 
 /// The KEYS of [`LUA`], in the order of the table above.
-pub(crate) fn keys(k: &QueueKeys) -> Vec<String> {
+pub(crate) fn keys(k: &QueueKeys, call: CallId) -> Vec<String> {
     key_list![
         k.pending_all(),
         [k.lease(), k.wake(), k.paused(), k.outbox()],
-        key_keys(k)
+        key_keys(k),
+        [k.dequeue_call(call.0)]
     ]
 }

@@ -467,7 +467,11 @@ mod tests {
             ("ack", ack::LUA, ack::keys(&k, counted).len()),
             ("cancel", cancel::LUA, cancel::keys(&k).len()),
             ("claim", claim::LUA, claim::keys(&k, "x").len()),
-            ("dequeue", dequeue::LUA, dequeue::keys(&k).len()),
+            (
+                "dequeue",
+                dequeue::LUA,
+                dequeue::keys(&k, dequeue::CallId::new()).len(),
+            ),
             ("enqueue", enqueue::LUA, enqueue::keys(&k).len()),
             ("extend", extend::LUA, extend::keys(&k).len()),
             ("fail", fail::LUA, fail::keys(&k, 0).len()),

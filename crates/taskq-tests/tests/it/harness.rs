@@ -136,7 +136,18 @@ impl Env {
         registry: Registry,
         store: Store,
     ) -> RunningWorker {
-        let worker = Worker::new(settings, self.broker.clone(), store, registry);
+        self.worker_with(settings, registry, self.broker.clone(), store)
+    }
+
+    /// Starts an in-process worker on `broker` and `store` (e.g. reached through a proxy).
+    pub fn worker_with(
+        &self,
+        settings: Settings,
+        registry: Registry,
+        broker: Broker,
+        store: Store,
+    ) -> RunningWorker {
+        let worker = Worker::new(settings, broker, store, registry);
         let stop = CancellationToken::new();
         let w = worker.clone();
         let s = stop.clone();

@@ -1,9 +1,10 @@
 //! The worker when an attempt goes wrong around its handler: a handler that panics
 //! before it returns its future, an attempt that lost its lease finishing while the
 //! same worker runs the task's next attempt, a cancel that arrives just before a
-//! retryable failure, and finished attempts that wait for a slow acknowledgement. Each
-//! test drives the exact interleaving with signals from its handlers and checks the
-//! records and the handler runs.
+//! retryable failure, finished attempts that wait for a slow acknowledgement, and a
+//! dequeue whose reply is lost. Each test drives the exact interleaving with signals
+//! from its handlers (or a proxy in front of Redis) and checks the records and the
+//! handler runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use taskq_testkit::wait_until;
 use taskq_worker::{Handler, HandlerError, HandlerFuture, Registry, TaskContext};
 use tokio::sync::{Notify, mpsc};
 
-use crate::harness::Env;
+use crate::harness::{Env, broker_via_proxy};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -294,5 +295,65 @@ async fn a_finished_attempt_keeps_its_lease_while_it_waits_for_its_acknowledgeme
     assert_eq!(rec["status"], "succeeded", "{rec:#}");
     assert_eq!(rec["attempts"], 1, "{rec:#}");
     assert_eq!(waiting_runs.load(Ordering::SeqCst), 1);
+    w.shutdown().await;
+}
+
+/// A dequeue that leased a task but whose reply was lost (held by a proxy, then the
+/// connection cut) is repeated under its name and answers with that task: it runs at
+/// once on its only attempt, instead of staying leased to nobody until the reaper
+/// counts an attempt it never ran and it ends dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dequeue_whose_reply_is_lost_still_runs_the_tasks_it_leased() {
+    let env = Env::start().await;
+    // The dequeue script is loaded first, so the worker's first call runs it (a call
+    // answered NOSCRIPT would lease nothing).
+    let other: QueueName = "elsewhere".parse().expect("queue");
+    env.broker
+        .dequeue(&other, 1, Duration::from_secs(1), "loader", 0)
+        .await
+        .expect("load the dequeue script");
+    let id = env.submit(json!({"type": "noop", "max_attempts": 1})).await;
+    let (proxy, broker) = broker_via_proxy(&env).await;
+    proxy.hold_replies_after(b":call:");
+    let mut settings = Env::settings("default");
+    settings.lease = Duration::from_secs(2);
+    let w = env.worker_with(settings, Env::builtins(), broker, env.store.clone());
+    // Leased in Redis (read directly), its reply held by the proxy.
+    let mut conn = env.redis_conn().await;
+    let key = task_key("default", id);
+    let leased = wait_until(T, Duration::from_millis(10), || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("state")
+                .query_async(&mut conn)
+                .await
+                .expect("state");
+            state.as_deref() == Some("running")
+        }
+    })
+    .await;
+    assert!(leased, "the worker's dequeue never leased the task");
+    proxy.sever();
+    proxy.thaw();
+    let rec = env.wait_final(id, T).await;
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    assert_eq!(rec["attempts"], 1, "{rec:#}");
+    // The call's record of what it leased expires with the lease.
+    let calls: Vec<String> = redis::cmd("KEYS")
+        .arg("taskq:{default}:call:*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    for call in calls {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&call)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        assert!((0..=2_000).contains(&ttl), "{call} kept for {ttl} ms");
+    }
     w.shutdown().await;
 }
