@@ -166,7 +166,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
         .remove(&[(q(queue), retry[0].msg.id), (q(queue), again[0].msg.id)])
         .await
         .expect("remove")
-        .running;
+        .taken;
     left.sort();
     let mut running = vec![retry[0].msg.id, again[0].msg.id];
     running.sort();
@@ -188,7 +188,7 @@ async fn lifecycle(broker: &Broker, queue: &str) {
             .remove(&[(q(queue), gone.id)])
             .await
             .expect("remove")
-            .running
+            .taken
             .is_empty()
     );
     let (_, present) = broker
@@ -901,37 +901,44 @@ async fn removing_flow_tasks_removes_their_flow_sets() {
 /// finished is absent; REMOVE reports it as unknown while the outbox still holds its
 /// updates (MongoDB does not know yet that it ran), and not once they were applied.
 #[tokio::test(flavor = "multi_thread")]
-async fn remove_leaves_running_tasks_and_reports_them() {
+async fn remove_leaves_tasks_a_worker_took_and_reports_them() {
     let (_server, broker) = single().await;
     let qn = q("undo");
     broker.outbox_join(&qn).await.expect("join");
     let mut reader = broker.outbox_reader(&qn, "w").await.expect("reader");
-    let recs: Vec<TaskRecord> = (0..2).map(|_| record("undo", "normal", None)).collect();
+    let recs: Vec<TaskRecord> = (0..3).map(|_| record("undo", "normal", None)).collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
-    let taken = lease_for(&broker, &qn, 1, Duration::from_secs(30), "w1").await;
-    assert_eq!(taken.len(), 1);
+    let taken = lease_for(&broker, &qn, 2, Duration::from_secs(30), "w1").await;
+    assert_eq!(taken.len(), 2);
     let running = taken[0].msg.id;
+    // The other one ran and failed: it waits in the retry set, not running.
+    let retrying = taken[1].msg.id;
+    retry_later(&broker, &qn, &taken[1], "boom").await;
     let queued = recs
         .iter()
         .map(|r| r.id)
-        .find(|id| *id != running)
+        .find(|id| *id != running && *id != retrying)
         .expect("other");
     let left = broker
-        .remove(&[(qn.clone(), queued), (qn.clone(), running)])
+        .remove(&[
+            (qn.clone(), queued),
+            (qn.clone(), running),
+            (qn.clone(), retrying),
+        ])
         .await
         .expect("remove");
     assert_eq!(
         left,
         taskq_redis::Removed {
-            running: vec![running],
+            taken: vec![running, retrying],
             unknown: Vec::new()
         }
     );
     let (_, present) = broker
-        .present(&qn, &[queued, running])
+        .present(&qn, &[queued, running, retrying])
         .await
         .expect("present");
-    assert_eq!(present, vec![false, true]);
+    assert_eq!(present, vec![false, true, true]);
     ack(&broker, &qn, &taken[0]).await;
 
     // Finished, its updates still in the outbox: the absence proves nothing.
@@ -940,7 +947,7 @@ async fn remove_leaves_running_tasks_and_reports_them() {
         .remove(&[(qn.clone(), running), (qn.clone(), never)])
         .await
         .expect("remove");
-    assert_eq!(left.running, Vec::<TaskId>::new());
+    assert_eq!(left.taken, Vec::<TaskId>::new());
     let mut unknown = left.unknown;
     unknown.sort();
     let mut both = vec![running, never];
@@ -1270,7 +1277,7 @@ async fn release_reap_cancel_and_remove_free_the_key(broker: &Broker, qn: &Queue
         .remove(&[(qn.clone(), t[4].id)])
         .await
         .expect("remove");
-    assert_eq!(left.running, vec![t[4].id]);
+    assert_eq!(left.taken, vec![t[4].id]);
     assert!(take(broker, qn, 10).await.is_empty());
     ack(broker, qn, &l[0]).await;
     let l = take(broker, qn, 10).await;

@@ -11,8 +11,8 @@
 //!
 //! Undo: when the enqueue fails its outcome is unknown (a lost reply may hide a success),
 //! so the tasks are removed from Redis (best effort; a dead task is never in Redis, so
-//! nothing else goes; one a worker already took stays, and so does its record, which its
-//! own updates then move on), then every other record is put back to `dead` with `seq` S+1, the
+//! nothing else goes; one a worker already took stays, running or waiting for its retry,
+//! and so does its record, which its own updates then move on), then every other record is put back to `dead` with `seq` S+1, the
 //! attempts and finish time of the death the retry undid, and a `dead` event that says
 //! why. The records then say what Redis holds, and the caller may simply call again.
 //!
@@ -194,19 +194,20 @@ async fn undo(state: &AppState, moved: Vec<StoredTask>) -> u64 {
         .collect();
     // A task absent from Redis (never enqueued, or already run) goes back to `dead` at a
     // seq its own updates override if it ran (see `back_to_dead`).
-    let running = match state.broker.remove(&tasks).await {
-        Ok(removed) => removed.running,
+    let taken = match state.broker.remove(&tasks).await {
+        Ok(removed) => removed.taken,
         Err(e) => {
             tracing::warn!(error = %e, count = tasks.len(), "could not remove tasks whose retry enqueue failed");
             Vec::new()
         }
     };
-    // A task a worker took already did reach Redis (the reply was lost): it runs, so its
-    // record is left to follow it instead of going back to `dead`.
+    // A task a worker took already did reach Redis (the reply was lost): it runs (or
+    // waits for its retry), so its record is left to follow it instead of going back to
+    // `dead`.
     let now = taskq_core::now();
     let reverts: Vec<StatusUpdate> = moved
         .iter()
-        .filter(|t| !running.contains(&t.record.id))
+        .filter(|t| !taken.contains(&t.record.id))
         .map(|t| back_to_dead(t, now))
         .collect();
     match state.store.apply(&reverts).await {

@@ -543,10 +543,10 @@ pub(super) async fn take_back(state: &AppState, recs: &[TaskRecord]) {
     };
     // A task a worker took already did reach Redis (the reply was lost): it runs, so
     // its record stays and follows it.
-    if !removed.running.is_empty() {
+    if !removed.taken.is_empty() {
         tracing::warn!(
-            count = removed.running.len(),
-            "tasks whose enqueue reported an error are already running; their records stay"
+            count = removed.taken.len(),
+            "tasks whose enqueue reported an error were already taken by a worker; their records stay"
         );
     }
     // A task absent while its queue's outbox is not yet applied may have run to its
@@ -554,7 +554,7 @@ pub(super) async fn take_back(state: &AppState, recs: &[TaskRecord]) {
     // updates (later in seq) can still land on it.
     cancel_unsubmitted(state, &removed.unknown).await;
     let stay: HashSet<TaskId> = removed
-        .running
+        .taken
         .iter()
         .chain(&removed.unknown)
         .copied()

@@ -1,7 +1,9 @@
 //! REMOVE: takes tasks out of Redis, without an outbox entry: undoes an enqueue whose
-//! outcome is unknown (an error or a lost reply) when a submit or a retry fails. A task
-//! a worker has already taken (`running`) is left alone and reported: the enqueue did
-//! land, the attempt is under way, and its own status updates will say so. A task that
+//! outcome is unknown (an error or a lost reply) when a submit or a retry fails; both
+//! enqueue their tasks with 0 attempts. A task a worker has already taken (`running`, or
+//! any state with an attempt counted: waiting for a retry after an attempt failed) is
+//! left alone and reported: the enqueue did land, the task is under way, and its own
+//! status updates will say so. A task that
 //! is absent either never arrived or already ran to its end; while the queue's outbox
 //! holds updates not yet applied to MongoDB, it is reported as one of those two (the
 //! caller must not treat its record as never enqueued). The hashes of the others go, and
@@ -29,7 +31,7 @@
 //! ARGV[2]    -> unmet set prefix
 //! ARGV[3]    -> dependents set prefix
 //! ARGV[4..]  -> ids
-//! reply      -> {the ids left because they were running,
+//! reply      -> {the ids left because a worker took them,
 //!                the absent ids when the outbox is not empty}
 //! ```
 
@@ -44,14 +46,14 @@ use crate::{Broker, Result};
 keyed_script!(
     r"
 local q = kq(1, 5)
-local running, absent = {}, {}
+local taken, absent = {}, {}
 for i = 4, #ARGV do
   local id = ARGV[i]
   local k = ARGV[1] .. id
-  local vals = redis.call('HMGET', k, 'state', 'prio', 'key')
+  local vals = redis.call('HMGET', k, 'state', 'prio', 'key', 'attempts')
   local state, uk = vals[1], vals[3]
-  if state == 'running' then
-    running[#running + 1] = id
+  if state == 'running' or (tonumber(vals[4]) or 0) > 0 then
+    taken[#taken + 1] = id
   else
     if not state then absent[#absent + 1] = id end
     redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
@@ -60,15 +62,16 @@ for i = 4, #ARGV do
 end
 if q.woke then wake(KEYS[4]) end
 if #absent > 0 and redis.call('XLEN', KEYS[12]) == 0 then absent = {} end
-return {running, absent}
+return {taken, absent}
 "
 );
 
 /// What [`Broker::remove`] could not take out of Redis.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
-    /// Tasks a worker had taken already: their enqueue landed and they run.
-    pub running: Vec<TaskId>,
+    /// Tasks a worker had taken already (running, or waiting for a retry): their
+    /// enqueue landed and they run.
+    pub taken: Vec<TaskId>,
     /// Tasks absent from Redis while their queue's outbox held updates not yet applied:
     /// never enqueued, or already run to their end with their updates still on the way
     /// to MongoDB. (Absent tasks of a queue whose outbox was empty are not listed: had
@@ -79,7 +82,7 @@ pub struct Removed {
 impl Broker {
     /// Removes tasks from Redis unless a worker took them already (see the module
     /// documentation): one script call per queue, issued concurrently. Returns the tasks
-    /// left because they were running, and those whose absence proves nothing.
+    /// left because a worker took them, and those whose absence proves nothing.
     pub async fn remove(&self, tasks: &[(QueueName, TaskId)]) -> Result<Removed> {
         let mut by_queue: BTreeMap<&QueueName, Vec<String>> = BTreeMap::new();
         for (q, id) in tasks {
@@ -97,8 +100,8 @@ impl Broker {
         let replies = futures::future::try_join_all(calls).await?;
         let ids = |v: Vec<String>| v.into_iter().filter_map(|id| id.parse::<TaskId>().ok());
         let mut out = Removed::default();
-        for (running, unknown) in replies {
-            out.running.extend(ids(running));
+        for (taken, unknown) in replies {
+            out.taken.extend(ids(taken));
             out.unknown.extend(ids(unknown));
         }
         Ok(out)
