@@ -29,7 +29,7 @@
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
 //! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
 //! KEYS[12]   -> taskq:{<queue>}:call:<call id>   (what the call leased: id, token, …)
-//! ARGV       -> task hash prefix, n, lease deadline (ms), worker id, now (ms),
+//! ARGV       -> task hash prefix, n, lease deadline (ms), worker id,
 //!               max outbox entries (0: no limit), how long the call is remembered (ms)
 //! reply      -> a flag (1 when a queue limit held tasks back), how many keys' next
 //!               task waits for their running limit, then per task 6 values:
@@ -48,7 +48,10 @@ use crate::{Broker, BrokerError, Result};
 
 keyed_script!(
     r"
-local pfx, n, deadline, wid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local pfx, n, deadline, wid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- Redis's clock, not the caller's: the `running` time is when the lease was taken, so it
+-- never precedes the end of an attempt that Redis completed before this call ran.
+local now = rnow()
 local q = kq(1, 8)
 local out, got = {0, 0}, 0
 local call = redis.call('LRANGE', KEYS[12], 0, -1)
@@ -70,12 +73,12 @@ if #call > 0 then
   return out
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then return out end
-local cap = tonumber(ARGV[6])
+local cap = tonumber(ARGV[5])
 if cap > 0 and redis.call('XLEN', KEYS[7]) >= cap then
   out[1] = 1
   return out
 end
-local ent = ob_new(ARGV[5], wid)
+local ent = ob_new(now, wid)
 local lim = redis.call('HMGET', KEYS[8], 'rate', 'burst', 'concurrency', 'tokens', 'ts')
 local allow = n
 if lim[3] then
@@ -125,7 +128,7 @@ end
 ob_flush(KEYS[7], ent)
 if got > 0 then
   redis.call('RPUSH', KEYS[12], unpack(call))
-  redis.call('PEXPIRE', KEYS[12], ARGV[7])
+  redis.call('PEXPIRE', KEYS[12], ARGV[6])
 end
 out[2] = q.held or 0
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
@@ -238,7 +241,6 @@ impl Broker {
             .arg(n)
             .arg(crate::deadline(lease))
             .arg(worker_id)
-            .arg(taskq_core::now_ms())
             .arg(max_outbox)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
         let reply: Vec<Value> = self.run(inv).await?;
