@@ -116,11 +116,12 @@ async fn fetch_loop(ctx: &Arc<RunCtx>, slots: &Arc<Semaphore>, shutdown: &Cancel
 }
 
 /// Leases up to `n` tasks of `queue`. A failed call is repeated under the same
-/// [`CallId`] while the lease lasts (every [`ERROR_PAUSE`]): if the first run took tasks
+/// [`CallId`] for up to half a lease (every [`ERROR_PAUSE`]): if the first run took tasks
 /// and only its reply was lost, the repeat answers with them, so they run now instead of
-/// waiting, leased to nobody, for the reaper to count an attempt they never ran. The
-/// last error is returned when the lease has passed (its tasks are the reaper's then)
-/// or at shutdown.
+/// waiting, leased to nobody, for the reaper to count an attempt they never ran. Half,
+/// so that an attempt begun from a repeat is heartbeated (every third of a lease) before
+/// the lease the first run took expires. The last error is returned after that (the
+/// tasks are then the reaper's) or at shutdown.
 async fn dequeue(
     ctx: &RunCtx,
     queue: &QueueName,
@@ -129,7 +130,7 @@ async fn dequeue(
 ) -> taskq_redis::Result<Dequeued> {
     let settings = &ctx.shared.settings;
     let call = CallId::new();
-    let give_up = Instant::now() + settings.lease;
+    let give_up = Instant::now() + settings.lease / 2;
     loop {
         let result = ctx
             .shared
