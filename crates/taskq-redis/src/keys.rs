@@ -117,7 +117,7 @@ impl QueueKeys {
         format!("{}stats:m:{}:{minute}", self.base, kind.as_str())
     }
 
-    /// What one named dequeue call leased (a list: task id, lease token, …), kept for
+    /// What one named dequeue call leased (a string: `<task id>=<attempt>,…`), kept for
     /// the length of the lease so that a repeat of the call after a lost reply answers
     /// with the same tasks (see [`crate::scripts::dequeue`]).
     pub fn dequeue_call(&self, call: u64) -> String {

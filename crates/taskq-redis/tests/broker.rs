@@ -471,10 +471,10 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
     let qn = q(queue);
     let recs: Vec<TaskRecord> = (0..3).map(|_| record(queue, "normal", None)).collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
-    let call = CallId::new();
+    let mut call = CallId::new();
     let lease = Duration::from_secs(30);
     let first = broker
-        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("dequeue");
     assert_eq!(first.tasks.len(), 2);
@@ -485,7 +485,7 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
             .collect()
     };
     let again = broker
-        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("repeat");
     assert_eq!(same(&again), same(&first));
@@ -498,13 +498,13 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
         .await
         .expect("ack");
     let after_ack = broker
-        .dequeue_as(call, &qn, 2, lease, "w1", 0)
+        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("repeat");
     assert_eq!(same(&after_ack), same(&first)[1..].to_vec());
     // Another call takes the rest.
     let rest = broker
-        .dequeue_as(CallId::new(), &qn, 2, lease, "w1", 0)
+        .dequeue_as(&mut CallId::new(), &qn, 2, lease, "w1", 0)
         .await
         .expect("dequeue");
     assert_eq!(rest.tasks.len(), 1);

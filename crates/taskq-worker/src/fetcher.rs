@@ -129,14 +129,14 @@ async fn dequeue(
     shutdown: &CancellationToken,
 ) -> taskq_redis::Result<Dequeued> {
     let settings = &ctx.shared.settings;
-    let call = CallId::new();
+    let mut call = CallId::new();
     let give_up = Instant::now() + settings.lease / 2;
     loop {
         let result = ctx
             .shared
             .broker
             .dequeue_as(
-                call,
+                &mut call,
                 queue,
                 n,
                 settings.lease,

@@ -28,9 +28,11 @@
 //! KEYS[9]    -> taskq:{<queue>}:keys     (active task keys)
 //! KEYS[10]   -> taskq:{<queue>}:keyed    (tasks in key backlogs)
 //! KEYS[11]   -> taskq:{<queue>}:kpark    (keys waiting for their rate)
-//! KEYS[12]   -> taskq:{<queue>}:call:<call id>   (what the call leased: id, token, …)
+//! KEYS[12]   -> taskq:{<queue>}:call:<call id>   (what the call leased, a string:
+//!                                                  `<id>=<attempt>,…`)
 //! ARGV       -> task hash prefix, n, lease deadline (ms), worker id,
-//!               max outbox entries (0: no limit), how long the call is remembered (ms)
+//!               max outbox entries (0: no limit), how long the call is remembered (ms),
+//!               1 when the call is a repeat (0 for its first run)
 //! reply      -> a flag (1 when a queue limit held tasks back), how many keys' next
 //!               task waits for their running limit, then per task 6 values:
 //!               id, message JSON, attempts, seq, lease token, queued-at (ms)
@@ -54,11 +56,13 @@ local pfx, n, deadline, wid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now = rnow()
 local q = kq(1, 8)
 local out, got = {0, 0}, 0
-local call = redis.call('LRANGE', KEYS[12], 0, -1)
-if #call > 0 then
-  -- A repeat: the tasks the first run leased, those whose lease it still holds.
-  for i = 1, #call - 1, 2 do
-    local id, token = call[i], call[i + 1]
+local call = {}
+local first = ARGV[7] == '1' and redis.call('GET', KEYS[12])
+if first then
+  -- A repeat whose first run leased tasks: those whose lease it still holds, and
+  -- nothing more.
+  for id, attempt in string.gmatch(first, '([^=,]+)=(%d+)') do
+    local token = wid .. ':' .. attempt
     local vals = redis.call('HMGET', pfx .. id, 'msg', 'state', 'qat', 'lease', 'attempts', 'seq')
     if vals[1] and vals[2] == 'running' and vals[4] == token then
       local b = #out
@@ -114,8 +118,7 @@ for p = 1, 3 do
         out[b + 5] = token
         out[b + 6] = tonumber(vals[3]) or 0
         ob_add(ent, id, seq, 'running', attempts, '')
-        call[#call + 1] = id
-        call[#call + 1] = token
+        call[#call + 1] = id .. '=' .. attempts
         got = got + 1
         if vals[4] then kstart(q, vals[4], id) end
       end
@@ -126,10 +129,7 @@ if rate then
   redis.call('HSET', KEYS[8], 'tokens', tostring(tokens - got), 'ts', now)
 end
 ob_flush(KEYS[7], ent)
-if got > 0 then
-  redis.call('RPUSH', KEYS[12], unpack(call))
-  redis.call('PEXPIRE', KEYS[12], ARGV[6])
-end
+if got > 0 then redis.call('SET', KEYS[12], table.concat(call, ','), 'PX', ARGV[6]) end
 out[2] = q.held or 0
 if got > 0 and redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) > 0 then
   wake(KEYS[5])
@@ -189,14 +189,21 @@ fn parse(reply: &[Value]) -> Result<Dequeued> {
 }
 
 /// The name of one dequeue call: a call repeated under the same name answers with what
-/// the first run leased (see the [module](self) documentation).
+/// the first run leased (see the [module](self) documentation). It knows whether it was
+/// sent already, so only a repeat looks up what the first run leased.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallId(u64);
+pub struct CallId {
+    id: u64,
+    sent: bool,
+}
 
 impl CallId {
     /// A fresh, random name.
     pub fn new() -> Self {
-        Self(rand::random())
+        Self {
+            id: rand::random(),
+            sent: false,
+        }
     }
 }
 
@@ -219,7 +226,7 @@ impl Broker {
         worker_id: &str,
         max_outbox: usize,
     ) -> Result<Dequeued> {
-        self.dequeue_as(CallId::new(), queue, n, lease, worker_id, max_outbox)
+        self.dequeue_as(&mut CallId::new(), queue, n, lease, worker_id, max_outbox)
             .await
     }
 
@@ -228,7 +235,7 @@ impl Broker {
     /// carried, those still leased by it, and leases nothing more.
     pub async fn dequeue_as(
         &self,
-        call: CallId,
+        call: &mut CallId,
         queue: &QueueName,
         n: usize,
         lease: Duration,
@@ -236,13 +243,15 @@ impl Broker {
         max_outbox: usize,
     ) -> Result<Dequeued> {
         let k = QueueKeys::new(queue);
-        let mut inv = invocation(&SCRIPT, &keys(&k, call));
+        let mut inv = invocation(&SCRIPT, &keys(&k, *call));
         inv.arg(k.task_prefix())
             .arg(n)
             .arg(crate::deadline(lease))
             .arg(worker_id)
             .arg(max_outbox)
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(u8::from(call.sent));
+        call.sent = true;
         let reply: Vec<Value> = self.run(inv).await?;
         parse(&reply)
     }
@@ -254,6 +263,6 @@ pub(crate) fn keys(k: &QueueKeys, call: CallId) -> Vec<String> {
         k.pending_all(),
         [k.lease(), k.wake(), k.paused(), k.outbox()],
         key_keys(k),
-        [k.dequeue_call(call.0)]
+        [k.dequeue_call(call.id)]
     ]
 }
