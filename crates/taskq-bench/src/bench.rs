@@ -422,9 +422,10 @@ impl Bench {
         }
         self.report.note(
             "latency = record.started_at - record.created_at: both are stamped by the servers \
-             at millisecond precision (created_at before the MongoDB insert), so each sample is \
-             off by up to 1 ms; `client` latency is the submit's HTTP round trip measured from \
-             its scheduled send time",
+             at millisecond precision (created_at by the api before the MongoDB insert, \
+             started_at by Redis when a worker leases the task), so each sample is off by up to \
+             1 ms; `client` latency is the submit's HTTP round trip measured from its scheduled \
+             send time",
         );
         self.report.note(
             "CPU in cores (1.00 = one core for the whole phase); `other` is machine CPU outside \
