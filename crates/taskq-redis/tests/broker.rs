@@ -444,14 +444,28 @@ async fn outbox(broker: &Broker, queue: &str) {
         .await
         .expect("enqueue");
     let taken = broker
-        .dequeue(&qn, 1, Duration::from_secs(30), "w1", 0)
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            &qn,
+            1,
+            Duration::from_secs(30),
+            "w1",
+            0,
+        )
         .await
         .expect("dequeue");
     assert_eq!(taken.tasks.len(), 1);
     let len = broker.outbox_len(&qn).await.expect("len") as usize;
     assert!(len >= 1);
     let held = broker
-        .dequeue(&qn, 1, Duration::from_secs(30), "w1", len.max(1))
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            &qn,
+            1,
+            Duration::from_secs(30),
+            "w1",
+            len.max(1),
+        )
         .await
         .expect("dequeue");
     assert!(held.tasks.is_empty() && held.limited);
@@ -474,7 +488,7 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
     let mut call = CallId::new();
     let lease = Duration::from_secs(30);
     let first = broker
-        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
+        .dequeue(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("dequeue");
     assert_eq!(first.tasks.len(), 2);
@@ -485,7 +499,7 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
             .collect()
     };
     let again = broker
-        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
+        .dequeue(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("repeat");
     assert_eq!(same(&again), same(&first));
@@ -498,13 +512,13 @@ async fn repeated_dequeue_calls(broker: &Broker, queue: &str) {
         .await
         .expect("ack");
     let after_ack = broker
-        .dequeue_as(&mut call, &qn, 2, lease, "w1", 0)
+        .dequeue(&mut call, &qn, 2, lease, "w1", 0)
         .await
         .expect("repeat");
     assert_eq!(same(&after_ack), same(&first)[1..].to_vec());
     // Another call takes the rest.
     let rest = broker
-        .dequeue_as(&mut CallId::new(), &qn, 2, lease, "w1", 0)
+        .dequeue(&mut CallId::new(), &qn, 2, lease, "w1", 0)
         .await
         .expect("dequeue");
     assert_eq!(rest.tasks.len(), 1);
@@ -1046,7 +1060,7 @@ async fn lease_for(
     worker: &str,
 ) -> Vec<Leased> {
     broker
-        .dequeue(queue, n, lease, worker, 0)
+        .dequeue(&mut taskq_redis::CallId::new(), queue, n, lease, worker, 0)
         .await
         .expect("dequeue")
         .tasks
@@ -1127,7 +1141,14 @@ async fn limit_one_runs_one_per_key_in_order(broker: &Broker, qn: &QueueName) {
     assert_eq!((busiest[0].tasks, busiest[1].tasks), (5, 2));
 
     let d = broker
-        .dequeue(qn, 100, Duration::from_secs(60), "w1", 0)
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            qn,
+            100,
+            Duration::from_secs(60),
+            "w1",
+            0,
+        )
         .await
         .expect("dequeue");
     let got: HashSet<TaskId> = ids(&d.tasks).into_iter().collect();
@@ -1359,7 +1380,14 @@ async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
         .collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
     let d = broker
-        .dequeue(qn, 100, Duration::from_secs(60), "w1", 0)
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            qn,
+            100,
+            Duration::from_secs(60),
+            "w1",
+            0,
+        )
         .await
         .expect("dequeue");
     assert_eq!(

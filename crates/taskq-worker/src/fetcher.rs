@@ -135,7 +135,7 @@ async fn dequeue(
         let result = ctx
             .shared
             .broker
-            .dequeue_as(
+            .dequeue(
                 &mut call,
                 queue,
                 n,

@@ -525,7 +525,14 @@ async fn drain(broker: &Broker, queues: &[&str]) {
             .expect("promote");
         loop {
             let taken = broker
-                .dequeue(&queue, 100, Duration::from_secs(60), "test-drain", 0)
+                .dequeue(
+                    &mut taskq_redis::CallId::new(),
+                    &queue,
+                    100,
+                    Duration::from_secs(60),
+                    "test-drain",
+                    0,
+                )
                 .await
                 .expect("dequeue")
                 .tasks;

@@ -217,23 +217,11 @@ impl Broker {
     /// Leases up to `n` runnable tasks of `queue`, highest priority first, until
     /// `now + lease`, within the queue's [`QueueLimits`](crate::QueueLimits), and records
     /// them as `running` in the outbox. Takes nothing (and reports `limited`) while the
-    /// queue's outbox holds `max_outbox` entries or more; 0 means no such limit.
+    /// queue's outbox holds `max_outbox` entries or more; 0 means no such limit. The call
+    /// is named `call`: when its reply is lost, calling again with the same `call` (within
+    /// `lease`) answers with the tasks the lost reply carried, those still leased by it,
+    /// and leases nothing more; a caller that never repeats passes `&mut CallId::new()`.
     pub async fn dequeue(
-        &self,
-        queue: &QueueName,
-        n: usize,
-        lease: Duration,
-        worker_id: &str,
-        max_outbox: usize,
-    ) -> Result<Dequeued> {
-        self.dequeue_as(&mut CallId::new(), queue, n, lease, worker_id, max_outbox)
-            .await
-    }
-
-    /// [`Broker::dequeue`] under the name `call`: when this call's reply is lost, calling
-    /// again with the same `call` (within `lease`) answers with the tasks the lost reply
-    /// carried, those still leased by it, and leases nothing more.
-    pub async fn dequeue_as(
         &self,
         call: &mut CallId,
         queue: &QueueName,

@@ -308,7 +308,14 @@ impl Env {
         let queue = queue.parse().expect("queue");
         let leased = self
             .broker
-            .dequeue(&queue, 1, Duration::from_secs(30), "w1", 0)
+            .dequeue(
+                &mut taskq_redis::CallId::new(),
+                &queue,
+                1,
+                Duration::from_secs(30),
+                "w1",
+                0,
+            )
             .await
             .expect("dequeue");
         let [task] = leased.tasks.as_slice() else {

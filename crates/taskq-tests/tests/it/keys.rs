@@ -226,7 +226,14 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     let queue = "orders".parse().expect("queue");
     let taken = env
         .broker
-        .dequeue(&queue, 1, Duration::from_secs(60), "gone", 0)
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            &queue,
+            1,
+            Duration::from_secs(60),
+            "gone",
+            0,
+        )
         .await
         .expect("dequeue")
         .tasks;

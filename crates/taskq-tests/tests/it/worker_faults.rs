@@ -309,7 +309,14 @@ async fn a_dequeue_whose_reply_is_lost_still_runs_the_tasks_it_leased() {
     // answered NOSCRIPT would lease nothing).
     let other: QueueName = "elsewhere".parse().expect("queue");
     env.broker
-        .dequeue(&other, 1, Duration::from_secs(1), "loader", 0)
+        .dequeue(
+            &mut taskq_redis::CallId::new(),
+            &other,
+            1,
+            Duration::from_secs(1),
+            "loader",
+            0,
+        )
         .await
         .expect("load the dequeue script");
     let id = env.submit(json!({"type": "noop", "max_attempts": 1})).await;
