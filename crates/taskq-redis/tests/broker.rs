@@ -444,14 +444,7 @@ async fn outbox(broker: &Broker, queue: &str) {
         .await
         .expect("enqueue");
     let taken = broker
-        .dequeue(
-            &mut taskq_redis::CallId::new(),
-            &qn,
-            1,
-            Duration::from_secs(30),
-            "w1",
-            0,
-        )
+        .dequeue(&mut CallId::new(), &qn, 1, Duration::from_secs(30), "w1", 0)
         .await
         .expect("dequeue");
     assert_eq!(taken.tasks.len(), 1);
@@ -459,7 +452,7 @@ async fn outbox(broker: &Broker, queue: &str) {
     assert!(len >= 1);
     let held = broker
         .dequeue(
-            &mut taskq_redis::CallId::new(),
+            &mut CallId::new(),
             &qn,
             1,
             Duration::from_secs(30),
@@ -1051,6 +1044,22 @@ async fn key_limit(broker: &Broker, queue: &QueueName, n: Option<u32>) {
     broker.set_limits(queue, &limits).await.expect("limits");
 }
 
+/// Leases as many runnable tasks of `queue` as it may (up to 100) to `w1` for a minute;
+/// the whole answer, limits included.
+async fn dequeue_all(broker: &Broker, queue: &QueueName) -> taskq_redis::Dequeued {
+    broker
+        .dequeue(
+            &mut CallId::new(),
+            queue,
+            100,
+            Duration::from_secs(60),
+            "w1",
+            0,
+        )
+        .await
+        .expect("dequeue")
+}
+
 /// Leases up to `n` tasks of `queue` to `worker` for `lease`.
 async fn lease_for(
     broker: &Broker,
@@ -1060,7 +1069,7 @@ async fn lease_for(
     worker: &str,
 ) -> Vec<Leased> {
     broker
-        .dequeue(&mut taskq_redis::CallId::new(), queue, n, lease, worker, 0)
+        .dequeue(&mut CallId::new(), queue, n, lease, worker, 0)
         .await
         .expect("dequeue")
         .tasks
@@ -1140,17 +1149,7 @@ async fn limit_one_runs_one_per_key_in_order(broker: &Broker, qn: &QueueName) {
     assert_eq!(busiest[0].key, "a");
     assert_eq!((busiest[0].tasks, busiest[1].tasks), (5, 2));
 
-    let d = broker
-        .dequeue(
-            &mut taskq_redis::CallId::new(),
-            qn,
-            100,
-            Duration::from_secs(60),
-            "w1",
-            0,
-        )
-        .await
-        .expect("dequeue");
+    let d = dequeue_all(broker, qn).await;
     let got: HashSet<TaskId> = ids(&d.tasks).into_iter().collect();
     assert_eq!(got, HashSet::from([a[0].id, b[0].id, plain.id]));
     assert_eq!(d.key_held, 2, "both keys' next tasks wait for their limit");
@@ -1379,17 +1378,7 @@ async fn the_rate_per_key_holds(broker: &Broker, qn: &QueueName) {
         })
         .collect();
     broker.enqueue(&items(&recs)).await.expect("enqueue");
-    let d = broker
-        .dequeue(
-            &mut taskq_redis::CallId::new(),
-            qn,
-            100,
-            Duration::from_secs(60),
-            "w1",
-            0,
-        )
-        .await
-        .expect("dequeue");
+    let d = dequeue_all(broker, qn).await;
     assert_eq!(
         d.tasks.len(),
         2,

@@ -35,7 +35,7 @@ use taskq_controller::leader::{Leadership, LeaseConfig};
 use taskq_controller::metrics::Metrics;
 use taskq_controller::runner::{RunOptions, run};
 use taskq_core::{Limits, NewTask, QueueName, TaskId};
-use taskq_redis::{Broker, EnqueueItem, RedisConfig};
+use taskq_redis::{Broker, CallId, EnqueueItem, RedisConfig};
 use taskq_testkit::{ChaosProxy, ChildGuard, RedisServer, free_port, wait_for, wait_until};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -526,7 +526,7 @@ async fn drain(broker: &Broker, queues: &[&str]) {
         loop {
             let taken = broker
                 .dequeue(
-                    &mut taskq_redis::CallId::new(),
+                    &mut CallId::new(),
                     &queue,
                     100,
                     Duration::from_secs(60),

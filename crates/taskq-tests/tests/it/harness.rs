@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use taskq_api::AppState;
 use taskq_core::{QueueSelection, TaskId, TaskStatus};
-use taskq_redis::{Broker, RedisConfig};
+use taskq_redis::{Broker, CallId, RedisConfig};
 use taskq_store::Store;
 use taskq_testkit::{
     ChaosProxy, ChildGuard, RedisCluster, RedisServer, mongo_addr, mongo_uri, mongo_uri_via,
@@ -309,7 +309,7 @@ impl Env {
         let leased = self
             .broker
             .dequeue(
-                &mut taskq_redis::CallId::new(),
+                &mut CallId::new(),
                 &queue,
                 1,
                 Duration::from_secs(30),

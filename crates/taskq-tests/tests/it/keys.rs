@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskq_core::{TaskId, TaskRecord, TaskStatus};
+use taskq_redis::CallId;
 use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 
@@ -227,7 +228,7 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     let taken = env
         .broker
         .dequeue(
-            &mut taskq_redis::CallId::new(),
+            &mut CallId::new(),
             &queue,
             1,
             Duration::from_secs(60),

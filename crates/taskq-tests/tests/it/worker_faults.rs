@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{QueueName, TaskId, TaskStatus};
-use taskq_redis::QueueKeys;
+use taskq_redis::{CallId, QueueKeys};
 use taskq_testkit::wait_until;
 use taskq_worker::{Handler, HandlerError, HandlerFuture, Registry, TaskContext};
 use tokio::sync::{Notify, mpsc};
@@ -310,7 +310,7 @@ async fn a_dequeue_whose_reply_is_lost_still_runs_the_tasks_it_leased() {
     let other: QueueName = "elsewhere".parse().expect("queue");
     env.broker
         .dequeue(
-            &mut taskq_redis::CallId::new(),
+            &mut CallId::new(),
             &other,
             1,
             Duration::from_secs(1),
