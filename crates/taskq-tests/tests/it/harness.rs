@@ -11,8 +11,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use taskq_api::AppState;
-use taskq_core::{QueueSelection, TaskId, TaskStatus};
-use taskq_redis::{Broker, CallId, RedisConfig};
+use taskq_core::{QueueName, QueueSelection, TaskId, TaskStatus};
+use taskq_redis::{Broker, CallId, Leased, RedisConfig};
 use taskq_store::Store;
 use taskq_testkit::{
     ChaosProxy, ChildGuard, RedisCluster, RedisServer, mongo_addr, mongo_uri, mongo_uri_via,
@@ -301,25 +301,30 @@ impl Env {
             .expect("flush");
     }
 
+    /// Leases up to `n` tasks of `queue` to `worker` for `lease`, straight from Redis (as
+    /// a worker's dequeue does).
+    pub async fn lease(
+        &self,
+        queue: &QueueName,
+        n: usize,
+        lease: Duration,
+        worker: &str,
+    ) -> Vec<Leased> {
+        self.broker
+            .dequeue(&mut CallId::new(), queue, n, lease, worker, 0)
+            .await
+            .expect("dequeue")
+            .tasks
+    }
+
     /// Runs task `id`, the next task of `queue`, to success in Redis alone, as a worker
     /// whose writer never ran would: its `running` and `succeeded` updates stay in the
     /// queue's outbox and its record still says `queued`.
     pub async fn succeed_in_redis_only(&self, queue: &str, id: TaskId) {
         let queue = queue.parse().expect("queue");
-        let leased = self
-            .broker
-            .dequeue(
-                &mut CallId::new(),
-                &queue,
-                1,
-                Duration::from_secs(30),
-                "w1",
-                0,
-            )
-            .await
-            .expect("dequeue");
-        let [task] = leased.tasks.as_slice() else {
-            panic!("dequeued {:?}", leased.tasks);
+        let leased = self.lease(&queue, 1, Duration::from_secs(30), "w1").await;
+        let [task] = leased.as_slice() else {
+            panic!("dequeued {leased:?}");
         };
         assert_eq!(task.msg.id, id);
         let acked = self

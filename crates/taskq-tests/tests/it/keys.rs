@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskq_core::{TaskId, TaskRecord, TaskStatus};
-use taskq_redis::CallId;
 use taskq_store::ListFilter;
 use taskq_testkit::wait_until;
 
@@ -225,19 +224,7 @@ async fn recovery_after_a_partial_loss_frees_a_key_held_by_a_lost_running_task()
     }
     // A worker that then vanished took the first task; Redis then lost that task's hash.
     let queue = "orders".parse().expect("queue");
-    let taken = env
-        .broker
-        .dequeue(
-            &mut CallId::new(),
-            &queue,
-            1,
-            Duration::from_secs(60),
-            "gone",
-            0,
-        )
-        .await
-        .expect("dequeue")
-        .tasks;
+    let taken = env.lease(&queue, 1, Duration::from_secs(60), "gone").await;
     assert_eq!(
         taken.iter().map(|t| t.msg.id).collect::<Vec<_>>(),
         vec![ids[0]]

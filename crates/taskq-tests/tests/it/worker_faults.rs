@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use taskq_core::{QueueName, TaskId, TaskStatus};
-use taskq_redis::{CallId, QueueKeys};
+use taskq_redis::QueueKeys;
 use taskq_testkit::wait_until;
 use taskq_worker::{Handler, HandlerError, HandlerFuture, Registry, TaskContext};
 use tokio::sync::{Notify, mpsc};
@@ -308,17 +308,7 @@ async fn a_dequeue_whose_reply_is_lost_still_runs_the_tasks_it_leased() {
     // The dequeue script is loaded first, so the worker's first call runs it (a call
     // answered NOSCRIPT would lease nothing).
     let other: QueueName = "elsewhere".parse().expect("queue");
-    env.broker
-        .dequeue(
-            &mut CallId::new(),
-            &other,
-            1,
-            Duration::from_secs(1),
-            "loader",
-            0,
-        )
-        .await
-        .expect("load the dequeue script");
+    env.lease(&other, 1, Duration::from_secs(1), "loader").await;
     let id = env.submit(json!({"type": "noop", "max_attempts": 1})).await;
     let (proxy, broker) = broker_via_proxy(&env).await;
     proxy.hold_replies_after(b":call:");
