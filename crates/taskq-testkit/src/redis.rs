@@ -176,6 +176,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (`None` while stopped), e.g. to read its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::id)
+    }
+
     /// The server's data directory (also holds its log, `redis-<port>.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()

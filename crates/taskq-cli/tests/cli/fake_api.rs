@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::support::{assert_contains, jsonl_file, path_str, submit_json, taskq, taskq_with};
+use crate::support::{
+    assert_contains, jsonl_file, path_str, submit_json, taskq, taskq_line, taskq_out, taskq_with,
+};
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -300,24 +302,12 @@ async fn submit_sends_every_option_and_the_token() {
     .await;
     let run = taskq_with(
         Some(&api.url),
-        &[
-            "submit",
-            "email",
-            "--payload",
-            r#"{"to": "a@example.test"}"#,
-            "--queue",
-            "critical",
-            "--priority",
-            "high",
-            "--delay-ms",
-            "5000",
-            "--max-attempts",
-            "3",
-            "--timeout-ms",
-            "1000",
-            "--idempotency-key",
-            "k-1",
-        ],
+        &concat!(
+            r#"submit email --payload {"to":"a@example.test"} --queue critical --priority high"#,
+            " --delay-ms 5000 --max-attempts 3 --timeout-ms 1000 --idempotency-key k-1",
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
         &[("TASKQ_TOKEN", "s3cret")],
         None,
     )
@@ -418,14 +408,9 @@ async fn submit_reads_the_payload_from_a_file_or_stdin() {
     )
     .await;
     assert!(run.error_line().contains("is not valid JSON"), "{run:?}");
-    let run = taskq(
+    let run = taskq_line(
         &api.url,
-        &[
-            "submit",
-            "noop",
-            "--payload-file",
-            "/nonexistent/payload.json",
-        ],
+        "submit noop --payload-file /nonexistent/payload.json",
     )
     .await;
     assert!(
@@ -571,7 +556,7 @@ async fn an_answer_that_is_not_the_apis_is_one_line() {
 #[tokio::test]
 async fn get_shows_fields_and_events() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["get", "t-9"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "get t-9").await;
     assert!(
         out.starts_with("id               t-9\ntype             email\n"),
         "{out}"
@@ -600,15 +585,11 @@ async fn get_shows_fields_and_events() {
 #[tokio::test]
 async fn list_passes_filters_and_shows_the_next_cursor() {
     let api = FakeApi::start().await;
-    let out = taskq(
+    let out = taskq_out(
         &api.url,
-        &[
-            "list", "--status", "dead", "--type", "email", "--queue", "critical", "--limit", "2",
-        ],
+        "list --status dead --type email --queue critical --limit 2",
     )
-    .await
-    .ok()
-    .to_owned();
+    .await;
     assert_eq!(
         api.seen()[0].target,
         "/v1/tasks?status=dead&type=email&queue=critical&limit=2"
@@ -652,7 +633,7 @@ async fn list_all_follows_the_cursors() {
         targets,
         ["/v1/tasks", "/v1/tasks?cursor=2", "/v1/tasks?cursor=4"]
     );
-    let out = taskq(&api.url, &["list", "--all"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "list --all").await;
     assert_eq!(out.lines().count(), 6, "{out}");
     assert!(!out.contains("more tasks"), "{out}");
 }
@@ -660,7 +641,7 @@ async fn list_all_follows_the_cursors() {
 #[tokio::test]
 async fn retry_and_its_conflict() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["retry", "d-1"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "retry d-1").await;
     assert!(
         out.starts_with("task d-1 will run again from attempt 1\n"),
         "{out}"
@@ -678,13 +659,10 @@ async fn retry_and_its_conflict() {
 #[tokio::test]
 async fn cancel_tells_cancelled_from_signalled() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["cancel", "q-1"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "cancel q-1").await;
     assert!(out.starts_with("task q-1 cancelled\n"), "{out}");
     assert!(out.contains("\nstatus           cancelled\n"), "{out}");
-    let out = taskq(&api.url, &["cancel", "running"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "cancel running").await;
     assert!(
         out.starts_with("task running is running: its worker was asked to stop it"),
         "{out}"
@@ -700,14 +678,14 @@ async fn cancel_tells_cancelled_from_signalled() {
 #[tokio::test]
 async fn queues_are_listed_and_shown() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["queues"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "queues").await;
     assert_eq!(
         out,
         "NAME      PAUSED  SCHEDULED  QUEUED  RUNNING  RETRYING  DEAD  PROCESSED/1M  FAILED/1M  KEYS\n\
          default   no      1          20      3        4         5     600           7          2\n\
          critical  yes     1          20      3        4         5     600           7          2\n"
     );
-    let out = taskq(&api.url, &["queues", "low"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "queues low").await;
     assert!(
         out.ends_with(
             "limits: max_concurrent=4 max_running_per_key=1\n\
@@ -739,16 +717,10 @@ async fn queues_are_listed_and_shown() {
 #[tokio::test]
 async fn pause_and_resume() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["pause", "critical"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "pause critical").await;
     assert!(out.starts_with("queue critical paused\nNAME"), "{out}");
     assert!(out.contains("\ncritical  yes"), "{out}");
-    let out = taskq(&api.url, &["resume", "critical"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "resume critical").await;
     assert!(out.starts_with("queue critical resumed\n"), "{out}");
     let targets: Vec<(Method, String)> = api
         .seen()
@@ -767,19 +739,13 @@ async fn pause_and_resume() {
 #[tokio::test]
 async fn retry_dead_and_purge_dead() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["retry-dead", "critical"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "retry-dead critical").await;
     assert_eq!(out, "3 dead tasks of queue critical will run again\n");
     // Without a terminal to ask on, purging needs --yes and sends nothing otherwise.
     let run = taskq(&api.url, &["purge-dead", "critical"]).await;
     assert!(run.error_line().contains("pass --yes"), "{run:?}");
     assert_eq!(api.seen().len(), 1);
-    let out = taskq(&api.url, &["purge-dead", "critical", "--yes"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "purge-dead critical --yes").await;
     assert_eq!(out, "2 dead tasks of queue critical deleted\n");
     let v = taskq(&api.url, &["purge-dead", "critical", "-y", "-o", "json"])
         .await
@@ -799,7 +765,7 @@ async fn retry_dead_and_purge_dead() {
 #[tokio::test]
 async fn recover_reports_counts() {
     let api = FakeApi::start().await;
-    let out = taskq(&api.url, &["recover"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "recover").await;
     assert_eq!(out, "4 tasks put back into Redis, 1 were already there\n");
     assert_eq!(api.seen()[0].target, "/v1/admin/recover");
     let v = taskq(&api.url, &["recover", "-o", "json"]).await.json();

@@ -13,7 +13,9 @@ use taskq_testkit::{RedisServer, mongo_uri, unique_db_name};
 use taskq_worker::{HttpHandler, Registry, Settings, UrlAllowList, Worker, register_builtins};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{jsonl_file, path_str, submit_json, taskq};
+use crate::support::{
+    jsonl_file, path_str, submit_json, submit_line, taskq, taskq_line, taskq_out,
+};
 
 struct RealApi {
     url: String,
@@ -95,21 +97,9 @@ fn ids(list: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_get_and_list_against_the_api() {
     let api = RealApi::start().await;
-    let first = submit_json(
+    let first = submit_line(
         &api.url,
-        &[
-            "noop",
-            "--payload",
-            r#"{"n": 1}"#,
-            "--queue",
-            "cli",
-            "--priority",
-            "high",
-            "--max-attempts",
-            "2",
-            "--timeout-ms",
-            "1500",
-        ],
+        r#"noop --payload {"n":1} --queue cli --priority high --max-attempts 2 --timeout-ms 1500"#,
     )
     .await
     .json();
@@ -121,13 +111,7 @@ async fn submit_get_and_list_against_the_api() {
     assert_eq!(first["timeout_ms"], 1500);
     let first_id = first["id"].as_str().expect("id").to_owned();
 
-    let out = taskq(
-        &api.url,
-        &["submit", "echo", "--queue", "cli", "--delay-ms", "60000"],
-    )
-    .await
-    .ok()
-    .to_owned();
+    let out = taskq_out(&api.url, "submit echo --queue cli --delay-ms 60000").await;
     assert!(
         out.starts_with("task ") && out.contains(" submitted\n"),
         "{out}"
@@ -138,15 +122,9 @@ async fn submit_get_and_list_against_the_api() {
         .find_map(|l| l.strip_prefix("id "))
         .map(|s| s.trim().to_owned())
         .expect("id line");
-    let run_at = submit_json(
+    let run_at = submit_line(
         &api.url,
-        &[
-            "noop",
-            "--queue",
-            "cli",
-            "--run-at",
-            "2020-01-01T02:00:00+02:00",
-        ],
+        "noop --queue cli --run-at 2020-01-01T02:00:00+02:00",
     )
     .await
     .json();
@@ -168,37 +146,19 @@ async fn submit_get_and_list_against_the_api() {
         .json();
     assert_eq!(ids(&list).len(), 3);
     assert!(ids(&list).contains(&first_id) && ids(&list).contains(&second_id));
-    let list = taskq(
+    let list = taskq_line(
         &api.url,
-        &[
-            "list",
-            "--queue",
-            "cli",
-            "--type",
-            "echo",
-            "--status",
-            "scheduled",
-            "-o",
-            "json",
-        ],
+        "list --queue cli --type echo --status scheduled -o json",
     )
     .await
     .json();
     assert_eq!(ids(&list), [second_id.as_str()]);
-    let out = taskq(&api.url, &["list", "--queue", "cli", "--limit", "1"])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, "list --queue cli --limit 1").await;
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains("\nmore tasks: add --cursor "), "{out}");
-    let all = taskq(
-        &api.url,
-        &[
-            "list", "--queue", "cli", "--limit", "1", "--all", "-o", "json",
-        ],
-    )
-    .await
-    .json();
+    let all = taskq_line(&api.url, "list --queue cli --limit 1 --all -o json")
+        .await
+        .json();
     assert_eq!(ids(&all), ids(&list_all(&api).await));
     assert_eq!(all["next_cursor"], Value::Null);
 }
@@ -206,20 +166,11 @@ async fn submit_get_and_list_against_the_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_limits_and_the_busiest_keys() {
     let api = RealApi::start().await;
-    let out = taskq(
+    let out = taskq_out(
         &api.url,
-        &[
-            "limits",
-            "keyed",
-            "--max-running-per-key",
-            "1",
-            "--max-concurrent",
-            "8",
-        ],
+        "limits keyed --max-running-per-key 1 --max-concurrent 8",
     )
-    .await
-    .ok()
-    .to_owned();
+    .await;
     assert!(
         out.contains("max_running_per_key=1") && out.contains("max_concurrent=8"),
         "{out}"
@@ -238,7 +189,7 @@ async fn keys_limits_and_the_busiest_keys() {
     let mut acme = vec![ids[0].clone(), ids[1].clone()];
     acme.reverse();
     assert_eq!(self::ids(&list), acme, "newest first");
-    let out = taskq(&api.url, &["queues", "keyed"]).await.ok().to_owned();
+    let out = taskq_out(&api.url, "queues keyed").await;
     assert!(out.contains("busiest keys:\nKEY"), "{out}");
     let acme_row = out.lines().position(|l| l.starts_with("acme "));
     let zeta_row = out.lines().position(|l| l.starts_with("zeta "));
@@ -401,13 +352,7 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     .json();
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"], json!({"answer": 42}));
-    let out = taskq(
-        &api.url,
-        &["submit", "echo", "--payload", "7", "--wait", "50s"],
-    )
-    .await
-    .ok()
-    .to_owned();
+    let out = taskq_out(&api.url, "submit echo --payload 7 --wait 50s").await;
     assert!(out.contains("\nstatus           succeeded\n"), "{out}");
     assert!(out.contains("\nresult           7\n"), "{out}");
 
@@ -433,9 +378,7 @@ async fn submit_and_get_wait_for_the_task_to_finish() {
     assert_eq!(dead["status"], "dead");
 
     // One that does not finish within the wait: exit 1, the record as it stands.
-    let idle = submit_json(&api.url, &["noop", "--queue", "idle"])
-        .await
-        .json();
+    let idle = submit_line(&api.url, "noop --queue idle").await.json();
     let idle_id = idle["id"].as_str().expect("id").to_owned();
     let run = taskq(&api.url, &["get", &idle_id, "--wait", "1500ms"]).await;
     assert_eq!(

@@ -52,6 +52,23 @@ pub async fn taskq(api: &str, args: &[&str]) -> Run {
     taskq_with(Some(api), args, &[], None).await
 }
 
+/// Runs `taskq --api <api> <line>`, `line` split at whitespace (no quoting: for
+/// arguments that hold no spaces).
+pub async fn taskq_line(api: &str, line: &str) -> Run {
+    taskq(api, &line.split_whitespace().collect::<Vec<_>>()).await
+}
+
+/// Runs `taskq --api <api> <line>` as [`taskq_line`] does, asserts it succeeded and
+/// returns its stdout.
+pub async fn taskq_out(api: &str, line: &str) -> String {
+    taskq_line(api, line).await.ok().to_owned()
+}
+
+/// Runs `taskq --api <api> submit <line> -o json`, `line` split as by [`taskq_line`].
+pub async fn submit_line(api: &str, line: &str) -> Run {
+    submit_json(api, &line.split_whitespace().collect::<Vec<_>>()).await
+}
+
 /// Runs `taskq --api <api> submit <args…> -o json`.
 pub async fn submit_json(api: &str, args: &[&str]) -> Run {
     let args: Vec<&str> = ["submit"]

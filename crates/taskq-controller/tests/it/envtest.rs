@@ -45,6 +45,9 @@ const SKIP_ENV: &str = "TASKQ_TEST_SKIP_KUBE";
 const SA: &str = "taskq-controller";
 const LEASE: &str = "taskq-controller";
 const POLL: Duration = Duration::from_millis(50);
+/// How long a scaler's condition may take to show (a bound for a failing test, not a
+/// measured reaction time: those are the `REACTION TIME` lines).
+const CONDITION_WAIT: Duration = Duration::from_secs(30);
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -634,22 +637,10 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
     }))
     .await;
     let controller = InProcess::start(&kube, &redis.url(), "ctl-scale").await;
-    kube.wait_condition(
-        "worker",
-        "Ready",
-        "True",
-        "ScalerReady",
-        Duration::from_secs(20),
-    )
-    .await;
-    kube.wait_condition(
-        "worker",
-        "Active",
-        "False",
-        "QueuesIdle",
-        Duration::from_secs(5),
-    )
-    .await;
+    kube.wait_condition("worker", "Ready", "True", "ScalerReady", CONDITION_WAIT)
+        .await;
+    kube.wait_condition("worker", "Active", "False", "QueuesIdle", CONDITION_WAIT)
+        .await;
     assert_eq!(kube.replicas("worker").await, 1);
 
     // Up: 40 queued + 5 scheduled that fall due in 300 ms; 100 scheduled an hour out
@@ -695,7 +686,7 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
         "Active",
         "True",
         "QueuesHaveTasks",
-        Duration::from_secs(3),
+        CONDITION_WAIT,
     )
     .await;
     let up = kube
@@ -756,14 +747,8 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
     .await;
     let status = kube.status("worker").await.expect("status");
     assert_eq!(status.depth, Some(3));
-    kube.wait_condition(
-        "worker",
-        "Active",
-        "False",
-        "QueuesIdle",
-        Duration::from_secs(3),
-    )
-    .await;
+    kube.wait_condition("worker", "Active", "False", "QueuesIdle", CONDITION_WAIT)
+        .await;
     // At the threshold it starts: from zero within two polling intervals.
     let t = Instant::now();
     push(&b, "default", 2, None).await;
@@ -785,7 +770,7 @@ async fn scales_with_queue_depth_through_the_scale_subresource() {
         "Ready",
         "True",
         "AutoscalingPaused",
-        Duration::from_secs(5),
+        CONDITION_WAIT,
     )
     .await;
     let paused_at = kube.replicas("worker").await;
@@ -955,14 +940,8 @@ async fn redis_outage_is_reported_and_recovered() {
     .await;
     let via_proxy = format!("redis://{}", proxy.addr());
     let controller = InProcess::start(&kube, &via_proxy, "ctl-redis").await;
-    kube.wait_condition(
-        "worker",
-        "Ready",
-        "True",
-        "ScalerReady",
-        Duration::from_secs(20),
-    )
-    .await;
+    kube.wait_condition("worker", "Ready", "True", "ScalerReady", CONDITION_WAIT)
+        .await;
     push(&b, "default", 10, None).await;
     kube.wait_replicas_eq("worker", 2, Duration::from_secs(3), "scale-up")
         .await;
@@ -973,7 +952,7 @@ async fn redis_outage_is_reported_and_recovered() {
         "Error",
         "True",
         "RedisUnavailable",
-        Duration::from_secs(20),
+        CONDITION_WAIT,
     )
     .await;
     kube.wait_condition(
@@ -981,7 +960,7 @@ async fn redis_outage_is_reported_and_recovered() {
         "Active",
         "Unknown",
         "DepthUnknown",
-        Duration::from_secs(5),
+        CONDITION_WAIT,
     )
     .await;
     kube.wait_event("worker", "RedisUnavailable", Duration::from_secs(5))
@@ -1004,14 +983,8 @@ async fn redis_outage_is_reported_and_recovered() {
 
     proxy.restore();
     // Backoff is at most a few seconds after this short outage.
-    kube.wait_condition(
-        "worker",
-        "Error",
-        "False",
-        "NoError",
-        Duration::from_secs(30),
-    )
-    .await;
+    kube.wait_condition("worker", "Error", "False", "NoError", CONDITION_WAIT)
+        .await;
     kube.wait_replicas_eq(
         "worker",
         4,

@@ -83,14 +83,11 @@ async fn every_operation_works_on_a_redis_cluster() {
     let mut registry = Env::builtins();
     let h = healed.clone();
     registry.register("flaky", move |_ctx: TaskContext| {
-        let h = h.clone();
-        async move {
-            if h.load(Ordering::SeqCst) {
-                Ok(None)
-            } else {
-                Err(HandlerError::retry("not yet"))
-            }
-        }
+        let outcome = match h.load(Ordering::SeqCst) {
+            true => Ok(None),
+            false => Err(HandlerError::retry("not yet")),
+        };
+        async move { outcome }
     });
     let w = env.worker(
         Env::settings("critical=6,default=3,emails=1,reports=1"),

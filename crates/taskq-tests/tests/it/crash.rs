@@ -244,16 +244,8 @@ async fn a_record_whose_task_never_reached_redis_ends_cancelled() {
     // be under way); once the check cancelled the record and the deadline is past, a
     // repeat submits the task anew, and it runs.
     proxy.restore();
-    let rec = taskq_core::Limits::default()
-        .admit(
-            serde_json::from_value(json!({"type": "noop", "idempotency_key": "dead-api"}))
-                .expect("task"),
-            taskq_core::now(),
-            None,
-        )
-        .expect("valid");
-    env.store.insert(&rec).await.expect("insert");
     let keyed = json!({"type": "noop", "idempotency_key": "dead-api"});
+    let rec = env.insert_record_only(&keyed).await;
     env.submit_expect(keyed.clone(), StatusCode::CONFLICT).await;
     env.wait_status(rec.id, TaskStatus::Cancelled, Duration::from_secs(30))
         .await;

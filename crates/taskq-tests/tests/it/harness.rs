@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use taskq_api::AppState;
-use taskq_core::{QueueName, QueueSelection, TaskId, TaskStatus};
+use taskq_core::{QueueName, QueueSelection, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::{Broker, CallId, Leased, RedisConfig};
 use taskq_store::Store;
 use taskq_testkit::{
@@ -333,6 +333,17 @@ impl Env {
             .await
             .expect("ack");
         assert_eq!(acked, vec![Some(3)]);
+    }
+
+    /// Writes the record of submit `body` to MongoDB alone, as an api that died between
+    /// its insert and its enqueue leaves it: submit-pending, with no task in Redis.
+    pub async fn insert_record_only(&self, body: &Value) -> TaskRecord {
+        let task = serde_json::from_value(body.clone()).expect("task");
+        let rec = taskq_core::Limits::default()
+            .admit(task, taskq_core::now(), None)
+            .expect("valid");
+        self.store.insert(&rec).await.expect("insert");
+        rec
     }
 
     /// Tasks in Redis in any state (queued, scheduled, retrying, running) of `queue`.

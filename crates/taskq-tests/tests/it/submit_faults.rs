@@ -206,16 +206,8 @@ async fn a_submit_whose_undo_failed_too_frees_its_key_unless_redis_has_the_task(
 async fn a_repeat_of_a_key_whose_submit_is_in_flight_is_a_conflict() {
     let env = Env::start().await;
     let queue: QueueName = "default".parse().expect("queue");
-    let rec = taskq_core::Limits::default()
-        .admit(
-            serde_json::from_value(json!({"type": "noop", "idempotency_key": "in-flight"}))
-                .expect("task"),
-            taskq_core::now(),
-            None,
-        )
-        .expect("valid");
-    env.store.insert(&rec).await.expect("insert");
     let body = json!({"type": "noop", "idempotency_key": "in-flight"});
+    let rec = env.insert_record_only(&body).await;
     let v = env.submit_expect(body.clone(), StatusCode::CONFLICT).await;
     assert_eq!(v["error"]["code"], "conflict", "{v}");
     assert_eq!(env.total_records().await, 1);
