@@ -66,14 +66,19 @@ pub struct NewTask {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffOverride {
+    /// Delay after the first failure (default 1 s).
     #[serde(default, deserialize_with = "crate::wire::opt_int")]
     #[schema(minimum = 1, maximum = 604_800_000)]
     pub initial_ms: Option<i64>,
+    /// Upper bound of any delay (default 10 min).
     #[serde(default, deserialize_with = "crate::wire::opt_int")]
     #[schema(minimum = 1, maximum = 604_800_000)]
     pub max_ms: Option<i64>,
+    /// Growth of the delay per failed attempt (default 2).
     #[schema(minimum = 1, maximum = 10)]
     pub multiplier: Option<f64>,
+    /// Fraction of each delay that is randomised away, so retries of tasks that failed
+    /// together spread out (default 0.2).
     #[schema(minimum = 0, maximum = 1)]
     pub jitter: Option<f64>,
 }

@@ -131,7 +131,7 @@ async fn submit_get_and_list_against_the_api() {
     // A past time means now.
     assert_eq!(run_at["status"], "queued");
 
-    let out = taskq(&api.url, &["get", &first_id]).await.ok().to_owned();
+    let out = taskq_out(&api.url, &format!("get {first_id}")).await;
     assert!(
         out.starts_with(&format!("id               {first_id}\n")),
         "{out}"
@@ -264,7 +264,7 @@ async fn retry_runs_a_dead_task_again_and_refuses_others() {
     stop.cancel();
     worker.await.expect("worker");
 
-    let out = taskq(&api.url, &["retry", &id]).await.ok().to_owned();
+    let out = taskq_out(&api.url, &format!("retry {id}")).await;
     assert!(
         out.starts_with(&format!("task {id} will run again from attempt 1\n")),
         "{out}"
@@ -307,25 +307,21 @@ async fn batch_reports_rejected_items_by_line() {
 
     let run = taskq(&api.url, &["submit", "--file", path_str(&file)]).await;
     run.error_line();
-    let mut table = run.stdout.lines();
-    assert_eq!(table.next(), Some("3 of 5 tasks accepted, 2 rejected"));
+    // The summary, then a table of the rejected lines: its header and one row a line,
+    // each starting with the line's number and the error's code.
+    let (summary, table) = run.stdout.split_once('\n').expect("a summary line");
+    assert_eq!(summary, "3 of 5 tasks accepted, 2 rejected");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
     assert_eq!(
-        table
-            .next()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
-        Some(vec!["LINE", "CODE", "ERROR"])
-    );
-    assert!(
-        table
-            .next()
-            .is_some_and(|l| l.starts_with("3     invalid_field    ")),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        table
-            .next()
-            .is_some_and(|l| l.starts_with("5     invalid_request  ")),
+        rows,
+        [
+            ["LINE", "CODE"],
+            ["3", "invalid_field"],
+            ["5", "invalid_request"]
+        ],
         "{}",
         run.stdout
     );
@@ -437,7 +433,7 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
     let id = flow["id"].as_str().expect("flow id").to_owned();
 
     // The table names dependencies by name.
-    let out = taskq(&api.url, &["flow", "get", &id]).await.ok().to_owned();
+    let out = taskq_out(&api.url, &format!("flow get {id}")).await;
     assert!(out.contains(&id), "{out}");
     let join = out
         .lines()
@@ -465,10 +461,7 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
     worker.await.expect("worker");
 
     // Nothing left to cancel in a finished flow; a waiting one is cancelled whole.
-    let out = taskq(&api.url, &["flow", "cancel", &id])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, &format!("flow cancel {id}")).await;
     assert_eq!(
         out,
         format!("flow {id}: 0 tasks cancelled, 0 running tasks signalled\n")
@@ -483,10 +476,7 @@ async fn flow_submit_get_cancel_and_a_refused_flow() {
     .await
     .json();
     let id = flow["id"].as_str().expect("flow id").to_owned();
-    let out = taskq(&api.url, &["flow", "cancel", &id])
-        .await
-        .ok()
-        .to_owned();
+    let out = taskq_out(&api.url, &format!("flow cancel {id}")).await;
     assert_eq!(
         out,
         format!("flow {id}: 2 tasks cancelled, 0 running tasks signalled\n")
