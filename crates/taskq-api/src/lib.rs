@@ -148,6 +148,13 @@ pub struct ApiArgs {
     pub ui: ui::UiArgs,
 }
 
+/// The highest `TASKQ_MAX_PAYLOAD_BYTES` accepted: 7 MiB. A task's record holds its
+/// payload, its result (up to the workers' `TASKQ_MAX_RESULT_BYTES`, at most 8 MiB) and
+/// its history in one MongoDB document of at most 16 MiB. A larger payload would make
+/// MongoDB refuse the record's insert, which the api can only report as the store
+/// failing, for every submit written with it.
+pub const MAX_PAYLOAD_BYTES_LIMIT: usize = 7 * 1024 * 1024;
+
 impl ApiArgs {
     /// The tokens to check, or `None` when authentication is off. Says what to fix.
     pub fn tokens(&self) -> Result<Option<Tokens>, String> {
@@ -189,11 +196,12 @@ impl ApiArgs {
                 d.max_timeout_ms
             ));
         }
-        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_body_bytes {
-            return Err(
-                "TASKQ_MAX_PAYLOAD_BYTES must be at least 1 and at most TASKQ_MAX_BODY_BYTES"
-                    .into(),
-            );
+        if !(1..=MAX_PAYLOAD_BYTES_LIMIT).contains(&self.max_payload_bytes)
+            || self.max_payload_bytes > self.max_body_bytes
+        {
+            return Err(format!(
+                "TASKQ_MAX_PAYLOAD_BYTES must be 1 to {MAX_PAYLOAD_BYTES_LIMIT} (7 MiB) and at most TASKQ_MAX_BODY_BYTES"
+            ));
         }
         if !(1..=100_000).contains(&self.max_batch) {
             return Err("TASKQ_MAX_BATCH must be 1 to 100000".into());
@@ -532,6 +540,31 @@ mod tests {
         let mut argv = vec!["taskq-api"];
         argv.extend_from_slice(env);
         ApiArgs::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_payload_limit_must_leave_the_record_room_in_a_mongodb_document() {
+        let limit = MAX_PAYLOAD_BYTES_LIMIT.to_string();
+        let over = (MAX_PAYLOAD_BYTES_LIMIT + 1).to_string();
+        let big_body = ["--max-body-bytes", "33554432"];
+        let max = args(&[&big_body[..], &["--max-payload-bytes", &limit]].concat()).limits();
+        assert_eq!(
+            max.map(|l| l.max_payload_bytes),
+            Ok(MAX_PAYLOAD_BYTES_LIMIT)
+        );
+        for bad in [
+            args(&[&big_body[..], &["--max-payload-bytes", &over]].concat()),
+            args(&["--max-payload-bytes", "0"]),
+            args(&["--max-body-bytes", "1000", "--max-payload-bytes", "1001"]),
+        ] {
+            let e = bad.limits().map(|_| ());
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains(
+                    "TASKQ_MAX_PAYLOAD_BYTES must be 1 to 7340032 (7 MiB) and at most TASKQ_MAX_BODY_BYTES"
+                )),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]
