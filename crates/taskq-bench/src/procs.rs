@@ -1,4 +1,5 @@
-//! Child processes of the bench: its own `redis-server`, `taskq-api` and `taskq-worker`.
+//! Child processes of the bench: `taskq-api` and `taskq-worker` (its own `redis-server` is
+//! taskq-testkit's [`RedisServer`](taskq_testkit::RedisServer)).
 //!
 //! Every child writes stdout and stderr to a log file in the run's directory and is
 //! killed (SIGKILL) if its [`Proc`] is dropped; [`Proc::stop`] is the graceful way
