@@ -18,10 +18,11 @@
 //!   enqueue ran is taken back out of Redis, then its record removed, as a failed
 //!   enqueue is: like a single submit that failed, it never runs unless a worker took
 //!   it first;
-//! - when the group's insert fails for anything but an unreachable MongoDB, the group's
-//!   submits are written again one by one, so a record the server refuses fails only its
-//!   own submit. An unreachable MongoDB, or a failed enqueue (undone as for a single
-//!   submit), fails the whole group with that error.
+//! - when the group's insert fails before MongoDB is reached (a record that cannot be
+//!   encoded), the group's submits are written again one by one, so that record fails
+//!   only its own submit. Any error of MongoDB's (unreachable, timed out, or refusing a
+//!   record), or a failed enqueue (undone as for a single submit), fails the whole group
+//!   with that error (`503`: the submits may be sent again).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
