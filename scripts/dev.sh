@@ -7,7 +7,9 @@
 # 2. redis-server on 127.0.0.1:${TASKQ_DEV_REDIS_PORT:-6379} and mongo-java-server on
 #    127.0.0.1:${TASKQ_DEV_MONGO_PORT:-27017}, unless something already listens there
 #    (then that server is used and left alone);
-# 3. cargo build --release -p taskq-api -p taskq-worker;
+# 3. cargo build --release of taskq-api and taskq-worker, with the controller and the CLI
+#    (lib.sh's RELEASE_PACKAGES: the set scripts/cluster/test.sh builds, so either
+#    script reuses the other's build);
 # 4. taskq-api on ${TASKQ_DEV_API_LISTEN:-127.0.0.1:8080} and taskq-worker (health on
 #    ${TASKQ_DEV_WORKER_LISTEN:-127.0.0.1:8081}, queue "default"), logs in
 #    .tmp/dev-api.log and .tmp/dev-worker.log;
@@ -94,8 +96,8 @@ else
     started_mongo="$mongo_port"
 fi
 
-log "cargo build --release -p taskq-api -p taskq-worker"
-cargo build --release -p taskq-api -p taskq-worker
+log "cargo build --release --locked ${RELEASE_PACKAGES[*]}"
+cargo build --release --locked "${RELEASE_PACKAGES[@]}"
 
 for listen in "$api_listen" "$worker_listen"; do
     if port_open "${listen%:*}" "${listen##*:}"; then

@@ -63,6 +63,11 @@ die() {
     printf 'error: %s\n' "$*" >&2
     exit 1
 }
+# The release binaries, built in one `cargo build --release --locked "${RELEASE_PACKAGES[@]}"`
+# by every script that needs any of them (dev.sh, cluster/test.sh): cargo unifies the
+# features of shared crates over the packages of one build, so a build of a smaller set
+# would compile those crates again instead of reusing the artefacts.
+RELEASE_PACKAGES=(-p taskq-api -p taskq-worker -p taskq-controller -p taskq-cli)
 # need COMMAND[:PACKAGE]...: dies naming the first COMMAND not on PATH and the Debian
 # package that has it (PACKAGE, or COMMAND itself when no package is named).
 need() {

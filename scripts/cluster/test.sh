@@ -51,8 +51,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${missing[@]}" >/dev/null
 fi
 
-timed "release binaries" cargo build --release --locked \
-    -p taskq-api -p taskq-worker -p taskq-controller -p taskq-cli
+timed "release binaries" cargo build --release --locked "${RELEASE_PACKAGES[@]}"
 if [ "${TASKQ_E2E_IMAGES:-prebuilt}" = full ]; then
     timed "images (full multi-stage build)" bash scripts/images/build.sh
 else

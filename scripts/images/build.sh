@@ -383,7 +383,7 @@ build_prebuilt() {
     local b t0 name bin holder ctr
     for b in "${BINS[@]}"; do
         bin="$TASKQ_ROOT/target/release/taskq-$b"
-        [ -x "$bin" ] || fail "$bin is missing: run cargo build --release --locked -p taskq-api -p taskq-worker -p taskq-controller"
+        [ -x "$bin" ] || fail "$bin is missing: run cargo build --release --locked ${RELEASE_PACKAGES[*]}"
         if [ -n "$(find "$TASKQ_ROOT/crates" "$TASKQ_ROOT/Cargo.lock" -newer "$bin" -type f -print -quit)" ]; then
             say "warning: $bin is older than the sources; the image holds the old build"
         fi
