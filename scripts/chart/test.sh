@@ -110,6 +110,11 @@ run_static() {
     helm template t "$CHART" --set-string worker.concurrency=8
   expect_fail "out-of-range concurrency" "maximum" \
     helm template t "$CHART" --set worker.concurrency=20000
+  expect_fail "a store probe timeout of 0" "api/storeProbe/timeoutMs.*minimum" \
+    helm template t "$CHART" --set api.storeProbe.timeoutMs=0
+  expect_ok "api.storeProbe reaches the api as TASKQ_STORE_PROBE_*" bash -c '
+    helm template t "$1" --set api.storeProbe.intervalMs=250,api.storeProbe.timeoutMs=5000 --show-only templates/api/deployment.yaml |
+      grep -A1 -E "name: TASKQ_STORE_PROBE_(INTERVAL|TIMEOUT)_MS" | grep -cE "value: \"(250|5000)\"" | grep -qx 2' _ "$CHART"
   expect_fail "unknown OTLP protocol" "otel/protocol" \
     helm template t "$CHART" --set otel.protocol=udp
   expect_fail "external Redis without a URL" "set redis.external.url" \
@@ -286,7 +291,7 @@ PY
   step "Grafana dashboard"
   # The metric names themselves are checked against the registry by taskq-telemetry's
   # `dashboard_queries_only_exported_metrics` test.
-  expect_ok "dashboards/taskq.json has queries and unique panel ids" python3 - "$CHART/dashboards/taskq.json" <<'PY'
+  expect_ok "dashboards/taskq.json has queries, unique panel ids and no overlapping panels" python3 - "$CHART/dashboards/taskq.json" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
@@ -294,7 +299,16 @@ used = {m for e in exprs for m in re.findall(r"\btaskq_[a-z_]+", e)}
 assert exprs and used, "no queries"
 ids = [p["id"] for p in d["panels"]]
 assert len(ids) == len(set(ids)), "duplicate panel ids"
-print(f"{len(exprs)} queries over {len(used)} metrics")
+# Grafana's grid is 24 columns wide; two panels on the same cells hide each other.
+cells = {}
+for p in d["panels"]:
+    g = p["gridPos"]
+    assert g["x"] >= 0 and g["x"] + g["w"] <= 24, f"panel {p['id']} leaves the grid: {g}"
+    for x in range(g["x"], g["x"] + g["w"]):
+        for y in range(g["y"], g["y"] + g["h"]):
+            assert (x, y) not in cells, f"panels {cells[(x, y)]} and {p['id']} overlap at column {x}, row {y}"
+            cells[(x, y)] = p["id"]
+print(f"{len(exprs)} queries over {len(used)} metrics; {len(ids)} panels, none overlapping")
 PY
 
   step "k8s/manifests in sync with the chart"

@@ -56,6 +56,9 @@ diagnostics() {
         say "--- logs of $p (last 15 lines)"
         kubectl -n "$NS" logs "$p" --all-containers --tail=15 >&2 2>/dev/null || true
     done
+    if [ -n "$API" ]; then
+        say "--- the api's store probes (count, > 0.2 s, > 0.8 s): redis $(probes redis 2>/dev/null), mongodb $(probes mongodb 2>/dev/null)"
+    fi
 }
 now_ms() { date +%s%3N; }
 record() { # name value: one line of the report
@@ -115,6 +118,19 @@ wait_running() {
         [ "$SECONDS" -lt "$deadline" ] || fail "$what never started"
         sleep 0.5
     done
+}
+
+# probes STORE: the api's background probes of STORE so far, as "count, over 0.2 s,
+# over 0.8 s" (from taskq_api_store_probe_seconds; a probe over its timeout opens the
+# store's circuit after a second one).
+probes() {
+    curl -fsS --max-time 10 "$API/metrics" | awk -v s="store=\"$1\"" '
+        index($0, "taskq_api_store_probe_seconds_bucket{") == 1 && index($0, s) {
+            if (index($0, "le=\"0.2048\"")) fast = $NF
+            if (index($0, "le=\"0.8192\"")) mid = $NF
+        }
+        index($0, "taskq_api_store_probe_seconds_count{") == 1 && index($0, s) { n = $NF }
+        END { printf "%d, %d, %d\n", n, n - fast, n - mid }'
 }
 
 # records QUEUE: every record of the queue, one compact JSON object per line.
@@ -295,6 +311,7 @@ record "backlog → scale-up decision (s)" "$first_decision"
 record "backlog → first new worker Ready (s)" "$first_ready"
 record "backlog → 3 workers Ready (s)" "$three_ready"
 record "backlog (20,000 × 100 ms) → drained (s), most workers" "$drain, $max_ready"
+record "api's MongoDB probes so far: count, > 0.2 s, > 0.8 s" "$(probes mongodb)"
 t1="$(now_ms)"
 deadline=$((SECONDS + 240))
 until [ "$(worker_spec_replicas)" = 0 ]; do

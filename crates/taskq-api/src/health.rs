@@ -7,6 +7,9 @@
 //!   answer under load therefore never refuses traffic.
 //! - Probes run every `interval` while the store is up, and four times as often while it
 //!   is down, so recovery is noticed within a fraction of the interval.
+//! - Each probe's time is exported (`taskq_api_store_probe_seconds`), with the circuit's
+//!   state (`taskq_api_store_up`), so how close a store comes to the timeout is visible
+//!   before a circuit opens.
 //! - [`guard`] refuses requests while a store they need is down and, for requests that
 //!   may be dropped safely (submits, see `transitions::submit`), answers them shortly
 //!   ([`ABANDON_GRACE`]) after a store they wait on goes down. `/readyz` reports the same state.
@@ -21,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use taskq_redis::Broker;
 use taskq_store::Store;
+use taskq_telemetry::metrics::{Metrics, StoreLabels};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -123,20 +127,24 @@ impl Health {
         .map(|(_, store)| store)
     }
 
-    /// Records a probe's verdict; logs and wakes waiters when the circuit changes.
-    fn set(&self, store: StoreKind, up: bool) {
+    /// Records a probe's verdict (`Err` with why the last probe failed); logs and wakes
+    /// waiters when the circuit changes.
+    fn set(&self, store: StoreKind, verdict: Result<(), &str>) {
+        let up = verdict.is_ok();
         if self.flag(store).swap(up, Ordering::AcqRel) != up {
-            if up {
-                tracing::info!(
+            match verdict {
+                Ok(()) => tracing::info!(
                     store = store.as_str(),
                     "store reachable again; circuit closed"
-                );
-            } else {
-                tracing::warn!(
-                    store = store.as_str(),
-                    "store unreachable; circuit open: requests that need it are refused until a probe succeeds"
-                );
-                self.opened.send_modify(|n| *n += 1);
+                ),
+                Err(why) => {
+                    tracing::warn!(
+                        store = store.as_str(),
+                        last_probe = why,
+                        "store unreachable; circuit open: requests that need it are refused until a probe succeeds"
+                    );
+                    self.opened.send_modify(|n| *n += 1);
+                }
             }
         }
     }
@@ -173,64 +181,94 @@ impl Default for ProbeSettings {
     }
 }
 
-/// Probes both stores until `stop`, updating `health`.
+/// Probes both stores until `stop`, updating `health` and the probe metrics.
 pub async fn probe(
     health: Health,
     broker: Broker,
     store: Store,
+    metrics: Arc<Metrics>,
     settings: ProbeSettings,
     stop: CancellationToken,
 ) {
-    let redis = probe_one(health.clone(), StoreKind::Redis, settings, stop.clone(), {
-        move || {
-            let broker = broker.clone();
-            async move { broker.ping().await.map_err(|e| e.to_string()) }
-        }
+    let probes = Probes {
+        health,
+        metrics,
+        settings,
+        stop,
+    };
+    let redis = probes.clone().run(StoreKind::Redis, move || {
+        let broker = broker.clone();
+        async move { broker.ping().await.map_err(|e| e.to_string()) }
     });
-    let mongodb = probe_one(health, StoreKind::Mongodb, settings, stop, move || {
+    let mongodb = probes.run(StoreKind::Mongodb, move || {
         let store = store.clone();
         async move { store.ping().await.map_err(|e| e.to_string()) }
     });
     tokio::join!(redis, mongodb);
 }
 
-async fn probe_one<F, Fut>(
+/// What one store's probe loop updates and how it runs.
+#[derive(Clone)]
+struct Probes {
     health: Health,
-    kind: StoreKind,
+    metrics: Arc<Metrics>,
     settings: ProbeSettings,
     stop: CancellationToken,
-    ping: F,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let mut failures = 0u32;
-    loop {
-        let ok = match tokio::time::timeout(settings.timeout, ping()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::debug!(store = kind.as_str(), error = %e, "probe failed");
-                false
-            }
-            Err(_) => {
-                tracing::debug!(store = kind.as_str(), "probe timed out");
-                false
-            }
+}
+
+impl Probes {
+    async fn run<F, Fut>(self, kind: StoreKind, ping: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let Self {
+            health,
+            metrics,
+            settings,
+            stop,
+        } = self;
+        let labels = StoreLabels {
+            store: kind.as_str(),
         };
-        failures = if ok { 0 } else { failures.saturating_add(1) };
-        if ok {
-            health.set(kind, true);
-        } else if failures >= FAILURES_TO_OPEN {
-            health.set(kind, false);
-        }
-        let pause = if health.is_up(kind) {
-            settings.interval
-        } else {
-            settings.interval / 4
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        let mut failures = 0u32;
+        loop {
+            let started = std::time::Instant::now();
+            let verdict = match tokio::time::timeout(settings.timeout, ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!(
+                    "no answer within {} ms",
+                    settings.timeout.as_millis()
+                )),
+            };
+            metrics
+                .store_probe
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            match &verdict {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(store = kind.as_str(), error = %e, failures, "probe failed");
+                }
+            }
+            if verdict.is_ok() || failures >= FAILURES_TO_OPEN {
+                health.set(kind, verdict.as_ref().copied().map_err(String::as_str));
+            }
+            metrics
+                .store_up
+                .get_or_create(&labels)
+                .set(i64::from(health.is_up(kind)));
+            let pause = if health.is_up(kind) {
+                settings.interval
+            } else {
+                settings.interval / 4
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
         }
     }
 }
@@ -292,11 +330,11 @@ mod tests {
     fn a_circuit_opens_and_closes_per_store() {
         let h = Health::default();
         assert_eq!(h.down(Needs::BOTH), None);
-        h.set(StoreKind::Mongodb, false);
+        h.set(StoreKind::Mongodb, Err("down"));
         assert_eq!(h.down(Needs::BOTH), Some(StoreKind::Mongodb));
         assert_eq!(h.down(Needs::RECORDS), Some(StoreKind::Mongodb));
-        h.set(StoreKind::Mongodb, true);
-        h.set(StoreKind::Redis, false);
+        h.set(StoreKind::Mongodb, Ok(()));
+        h.set(StoreKind::Redis, Err("down"));
         assert_eq!(h.down(Needs::RECORDS), None, "reads need MongoDB only");
         assert_eq!(h.down(Needs::SUBMIT), Some(StoreKind::Redis));
     }
@@ -309,7 +347,7 @@ mod tests {
             async move { h.wait_down(Needs::SUBMIT).await }
         });
         tokio::task::yield_now().await;
-        h.set(StoreKind::Redis, false);
+        h.set(StoreKind::Redis, Err("down"));
         let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
         assert!(
             matches!(woke, Ok(Ok(StoreKind::Redis))),
@@ -326,22 +364,32 @@ mod tests {
             interval: Duration::from_millis(20),
             timeout: Duration::from_millis(200),
         };
-        let task = tokio::spawn(probe_one(
-            h.clone(),
-            StoreKind::Redis,
+        let metrics = Metrics::new();
+        let probes = Probes {
+            health: h.clone(),
+            metrics: metrics.clone(),
             settings,
-            stop.clone(),
-            {
-                let up = up.clone();
-                move || {
-                    let up = up.load(Ordering::Acquire);
-                    async move { if up { Ok(()) } else { Err("down".to_owned()) } }
-                }
-            },
-        ));
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(probes.run(StoreKind::Redis, {
+            let up = up.clone();
+            move || {
+                let up = up.load(Ordering::Acquire);
+                async move { if up { Ok(()) } else { Err("down".to_owned()) } }
+            }
+        }));
         up.store(false, Ordering::Release);
         let opened = tokio::time::timeout(Duration::from_secs(5), h.wait_down(Needs::BOTH)).await;
         assert!(opened.is_ok(), "the circuit never opened");
+        let exported = metrics.encode();
+        assert!(
+            exported.contains("taskq_api_store_up{store=\"redis\"} 0"),
+            "the open circuit is not exported: {exported}"
+        );
+        assert!(
+            exported.contains("taskq_api_store_probe_seconds_count{store=\"redis\"}"),
+            "the probes' times are not exported: {exported}"
+        );
         up.store(true, Ordering::Release);
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             while !h.is_up(StoreKind::Redis) {
@@ -351,6 +399,17 @@ mod tests {
         .await
         .is_ok();
         assert!(closed, "the circuit never closed");
+        let closed_exported = tokio::time::timeout(Duration::from_secs(5), async {
+            while !metrics
+                .encode()
+                .contains("taskq_api_store_up{store=\"redis\"} 1")
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok();
+        assert!(closed_exported, "the closed circuit is not exported");
         stop.cancel();
         assert!(task.await.is_ok());
     }

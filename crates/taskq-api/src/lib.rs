@@ -494,6 +494,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         state.health.clone(),
         state.broker.clone(),
         state.store.clone(),
+        state.metrics.clone(),
         health::ProbeSettings {
             interval: Duration::from_millis(args.store_probe_interval_ms.max(10)),
             timeout: Duration::from_millis(args.store_probe_timeout_ms.max(10)),

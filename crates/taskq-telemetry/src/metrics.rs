@@ -50,6 +50,12 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// Labels of the api's store-probe metrics: `redis` or `mongodb`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: &'static str,
+}
+
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric taskq exports.
@@ -93,6 +99,11 @@ pub struct Metrics {
     pub submit_group_size: Histogram,
     /// Time of each stage of a single submit (see [`StageLabels`]), once per submit.
     pub submit_stage: HistFamily<StageLabels>,
+    /// Time each background probe of a store took (a probe that timed out counts as its
+    /// timeout).
+    pub store_probe: HistFamily<StoreLabels>,
+    /// 1 while a store's circuit is closed, 0 while it is open.
+    pub store_up: Family<StoreLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -140,12 +151,16 @@ impl Metrics {
         // 1 to 1,024 submits.
         let submit_group_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let submit_stage: HistFamily<StageLabels> = Family::new_with_constructor(seconds_histogram);
+        let store_probe: HistFamily<StoreLabels> = Family::new_with_constructor(seconds_histogram);
+        let store_up = Family::default();
         let r = &mut registry;
         crate::register_metrics! { r;
             "api_submit_group_size" => submit_group_size, "Single submits written together by one group commit";
             "api_submit_stage_seconds" => submit_stage, "Time of each stage of a single submit: wait (for its group's write), insert (MongoDB), enqueue (Redis)";
             "api_waiting_requests" => api_waiting, "Api requests waiting for their task to finish (?wait=)";
             "api_wait_reads" => api_wait_reads, "MongoDB reads of records made by waiting requests";
+            "api_store_probe_seconds" => store_probe, "Time a background probe of a store took to answer (a timed-out probe counts as the probe timeout)";
+            "api_store_up" => store_up, "1 while the api's circuit for a store is closed, 0 while it is open (requests that need the store are refused)";
             "tasks_submitted" => submitted, "Tasks accepted by the api";
             "tasks_started" => started, "Attempts started";
             "tasks_succeeded" => succeeded, "Tasks that succeeded";
@@ -195,6 +210,8 @@ impl Metrics {
             api_wait_reads,
             submit_group_size,
             submit_stage,
+            store_probe,
+            store_up,
         })
     }
 
@@ -296,6 +313,9 @@ mod tests {
         }
         m.set_depth("q", &[("queued", 1)]);
         m.observe_http("GET", "/", 200, Duration::from_millis(1));
+        let store = StoreLabels { store: "redis" };
+        m.store_probe.get_or_create(&store).observe(0.001);
+        m.store_up.get_or_create(&store).set(1);
         let exported = exported_names(&m.encode());
         let used: std::collections::BTreeSet<String> = rule
             .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
@@ -371,6 +391,9 @@ mod tests {
             .inc();
         m.set_depth("q", &[("queued", 1)]);
         m.observe_http("GET", "/", 200, Duration::from_millis(1));
+        let store = StoreLabels { store: "redis" };
+        m.store_probe.get_or_create(&store).observe(0.001);
+        m.store_up.get_or_create(&store).set(1);
         let exported = exported_names(&m.encode());
         assert!(
             exported.contains("taskq_tasks_submitted_total"),

@@ -401,6 +401,7 @@ pub async fn serve_api(state: AppState) -> (String, CancellationToken) {
         state.health.clone(),
         state.broker.clone(),
         state.store.clone(),
+        state.metrics.clone(),
         taskq_api::health::ProbeSettings {
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
