@@ -57,7 +57,7 @@ diagnostics() {
         kubectl -n "$NS" logs "$p" --all-containers --tail=15 >&2 2>/dev/null || true
     done
     if [ -n "$API" ]; then
-        say "--- the api's store probes (count, > 0.2 s, > 0.8 s, > 3.2 s): redis $(probes redis 2>/dev/null), mongodb $(probes mongodb 2>/dev/null)"
+        say "--- the api's store probes (count, > 0.2 s, > 0.8 s, > 3.2 s, > 6.5 s): redis $(probes redis 2>/dev/null), mongodb $(probes mongodb 2>/dev/null)"
     fi
 }
 now_ms() { date +%s%3N; }
@@ -121,17 +121,18 @@ wait_running() {
 }
 
 # probes STORE: the api's background probes of STORE so far, as "count, over 0.2 s,
-# over 0.8 s, over 3.2 s" (from taskq_api_store_probe_seconds; two probes in a row over
-# the timeout, api.storeProbe.timeoutMs, open the store's circuit).
+# over 0.8 s, over 3.2 s, over 6.5 s" (from taskq_api_store_probe_seconds; two probes
+# in a row over the timeout, api.storeProbe.timeoutMs, open the store's circuit).
 probes() {
     curl -fsS --max-time 10 "$API/metrics" | awk -v s="store=\"$1\"" '
         index($0, "taskq_api_store_probe_seconds_bucket{") == 1 && index($0, s) {
             if (index($0, "le=\"0.2048\"")) fast = $NF
             if (index($0, "le=\"0.8192\"")) mid = $NF
             if (index($0, "le=\"3.2768\"")) slow = $NF
+            if (index($0, "le=\"6.5536\"")) slower = $NF
         }
         index($0, "taskq_api_store_probe_seconds_count{") == 1 && index($0, s) { n = $NF }
-        END { printf "%d, %d, %d, %d\n", n, n - fast, n - mid, n - slow }'
+        END { printf "%d, %d, %d, %d, %d\n", n, n - fast, n - mid, n - slow, n - slower }'
 }
 
 # records QUEUE: every record of the queue, one compact JSON object per line.
@@ -312,7 +313,7 @@ record "backlog → scale-up decision (s)" "$first_decision"
 record "backlog → first new worker Ready (s)" "$first_ready"
 record "backlog → 3 workers Ready (s)" "$three_ready"
 record "backlog (20,000 × 100 ms) → drained (s), most workers" "$drain, $max_ready"
-record "api's MongoDB probes: count, > 0.2 s, > 0.8 s, > 3.2 s" "$(probes mongodb)"
+record "api's MongoDB probes: count, > 0.2 s, > 0.8 s, > 3.2 s, > 6.5 s" "$(probes mongodb)"
 t1="$(now_ms)"
 deadline=$((SECONDS + 240))
 until [ "$(worker_spec_replicas)" = 0 ]; do
