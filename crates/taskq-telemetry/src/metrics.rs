@@ -313,9 +313,6 @@ mod tests {
         }
         m.set_depth("q", &[("queued", 1)]);
         m.observe_http("GET", "/", 200, Duration::from_millis(1));
-        let store = StoreLabels { store: "redis" };
-        m.store_probe.get_or_create(&store).observe(0.001);
-        m.store_up.get_or_create(&store).set(1);
         let exported = exported_names(&m.encode());
         let used: std::collections::BTreeSet<String> = rule
             .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
