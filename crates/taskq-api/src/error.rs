@@ -140,6 +140,9 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// What a handler answering with a JSON body returns.
+pub type Answer<T> = Result<Json<T>, ApiError>;
+
 /// An error answer.
 #[derive(Clone, Debug)]
 pub struct ApiError {

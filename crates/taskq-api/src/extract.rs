@@ -1,11 +1,15 @@
 //! Extractors whose rejections use the api's error format.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::fmt::Display;
+use std::str::FromStr;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use taskq_core::NewTask;
+use taskq_core::{NewTask, QueueName, TaskId};
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorCode};
@@ -204,23 +208,38 @@ fn decimal(token: &str) -> (bool, String, i64) {
     (negative, significant.to_owned(), exponent)
 }
 
-/// A path parameter; one that is not valid percent-encoded UTF-8 is `invalid_path` (axum's
-/// own rejection would answer in plain text).
+/// A value a route's path parameter names, and the code a malformed one answers with.
+pub trait PathValue: FromStr<Err: Display> + Send {
+    const INVALID: ErrorCode;
+}
+
+impl PathValue for TaskId {
+    const INVALID: ErrorCode = ErrorCode::InvalidId;
+}
+
+impl PathValue for QueueName {
+    const INVALID: ErrorCode = ErrorCode::InvalidQueue;
+}
+
+/// A route's one path parameter, parsed: one that is not valid percent-encoded UTF-8 is
+/// `invalid_path` (axum's own rejection would answer in plain text), a malformed value
+/// is its type's [`PathValue::INVALID`].
 #[derive(Debug)]
 pub struct PathParam<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for PathParam<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Send,
-{
+impl<S: Send + Sync, T: PathValue> FromRequestParts<S> for PathParam<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid_path =
+            |rej: PathRejection| ApiError::bad_request(ErrorCode::InvalidPath, rej.body_text());
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|p| PathParam(p.0))
-            .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidPath, rej.body_text()))
+            .map_err(invalid_path)?;
+        let value = text
+            .parse()
+            .map_err(|e: T::Err| ApiError::bad_request(T::INVALID, e.to_string()))?;
+        Ok(PathParam(value))
     }
 }
 
@@ -254,18 +273,14 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceContext {
 #[derive(Debug)]
 pub struct QueryParams<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for QueryParams<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<T>::from_request_parts(parts, state)
             .await
-            .map(|q| QueryParams(q.0))
-            .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidQuery, rej.body_text()))
+            .map_err(|rej| ApiError::bad_request(ErrorCode::InvalidQuery, rej.body_text()))?;
+        Ok(QueryParams(query))
     }
 }
 

@@ -16,9 +16,8 @@ use taskq_store::StoredTask;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors};
+use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors};
 use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
-use crate::tasks::parse_id;
 use crate::transitions::flow::{self, FlowCancelled, FlowRetried};
 
 /// One task of a flow request: a task as `POST /v1/tasks` takes it (without `run_at`,
@@ -158,10 +157,7 @@ impl Flow {
 /// `POST /v1/flows`: checks the whole flow (names, dependencies, cycles, size), writes
 /// every task in one go (all or nothing) and answers 201 with the flow.
 #[utoipa::path(
-    post,
-    path = "/v1/flows",
-    operation_id = "submit_flow",
-    tag = "flows",
+    post, path = "/v1/flows", operation_id = "submit_flow",
     request_body = FlowRequest,
     params(TraceContext),
     responses(
@@ -229,55 +225,40 @@ pub async fn submit(
         .into_response())
 }
 
-/// The path of the operations on one flow, `/v1/flows/{id}/...`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// The path of the operations on one flow, `/v1/flows/{id}/...` (the document's
+/// parameter; handlers take [`PathParam`]`<TaskId>`).
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Path)]
+#[allow(
+    dead_code,
+    reason = "only documents the parameter the handlers extract"
+)]
 pub struct FlowPath {
     /// The flow's id.
-    #[param(value_type = TaskId)]
-    pub id: String,
+    pub id: TaskId,
 }
 
-impl FlowPath {
-    /// The flow's id (`invalid_id` when malformed) and its tasks in the order of the flow
-    /// request (404 when it has none).
-    async fn tasks(&self, state: &AppState) -> Result<(TaskId, Vec<StoredTask>), ApiError> {
-        let id = parse_id(&self.id)?;
-        let tasks = state.store.flow_tasks(id).await?;
-        if tasks.is_empty() {
-            return Err(ApiError::not_found(format!("no flow {id}")));
-        }
-        Ok((id, tasks))
+/// The tasks of flow `id` in the order of the flow request (404 when it has none).
+async fn flow_tasks(state: &AppState, id: TaskId) -> Result<Vec<StoredTask>, ApiError> {
+    let tasks = state.store.flow_tasks(id).await?;
+    if tasks.is_empty() {
+        return Err(ApiError::not_found(format!("no flow {id}")));
     }
+    Ok(tasks)
 }
 
 /// `GET /v1/flows/{id}`.
 #[utoipa::path(
-    get,
-    path = "/v1/flows/{id}",
-    operation_id = "get_flow",
-    tag = "flows",
-    params(FlowPath),
-    responses(
-        (status = 200, description = "The flow with every task's state.", body = Flow),
-        FlowIdErrors,
-    ),
+    get, path = "/v1/flows/{id}", operation_id = "get_flow", params(FlowPath),
+    responses((status = 200, description = "The flow with every task's state.", body = Flow), FlowIdErrors),
 )]
-pub async fn get(
-    State(state): State<AppState>,
-    PathParam(flow): PathParam<FlowPath>,
-) -> Result<Json<Flow>, ApiError> {
-    let (id, tasks) = flow.tasks(&state).await?;
-    Ok(Json(Flow::of(id, tasks)))
+pub async fn get(State(state): State<AppState>, PathParam(id): PathParam<TaskId>) -> Answer<Flow> {
+    Ok(Json(Flow::of(id, flow_tasks(&state, id).await?)))
 }
 
 /// `POST /v1/flows/{id}/cancel`: cancels every unfinished task of the flow.
 #[utoipa::path(
-    post,
-    path = "/v1/flows/{id}/cancel",
-    operation_id = "cancel_flow",
-    tag = "flows",
-    params(FlowPath),
+    post, path = "/v1/flows/{id}/cancel", operation_id = "cancel_flow", params(FlowPath),
     responses(
         (status = 200, description = "What was cancelled.", body = FlowCancelled),
         FlowIdErrors,
@@ -286,9 +267,9 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(flow): PathParam<FlowPath>,
-) -> Result<Json<FlowCancelled>, ApiError> {
-    let (_, tasks) = flow.tasks(&state).await?;
+    PathParam(id): PathParam<TaskId>,
+) -> Answer<FlowCancelled> {
+    let tasks = flow_tasks(&state, id).await?;
     Ok(Json(flow::cancel_flow(&state, tasks).await?))
 }
 
@@ -296,11 +277,7 @@ pub async fn cancel(
 /// cancelled because of a dependency back to `waiting`. Tasks cancelled by a user stay
 /// cancelled.
 #[utoipa::path(
-    post,
-    path = "/v1/flows/{id}/retry",
-    operation_id = "retry_flow",
-    tag = "flows",
-    params(FlowPath),
+    post, path = "/v1/flows/{id}/retry", operation_id = "retry_flow", params(FlowPath),
     responses(
         (status = 200, description = "What was retried.", body = FlowRetried),
         FlowIdErrors,
@@ -309,8 +286,8 @@ pub async fn cancel(
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(flow): PathParam<FlowPath>,
-) -> Result<Json<FlowRetried>, ApiError> {
-    let (_, tasks) = flow.tasks(&state).await?;
+    PathParam(id): PathParam<TaskId>,
+) -> Answer<FlowRetried> {
+    let tasks = flow_tasks(&state, id).await?;
     Ok(Json(flow::retry_flow(&state, tasks).await?))
 }

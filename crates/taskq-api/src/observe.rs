@@ -65,10 +65,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 
 /// `GET /metrics`: refreshes the queue-depth gauges from Redis, then encodes everything.
 #[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "observability",
+    get, path = "/metrics", operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus metrics in the OpenMetrics text format.",
             body = String, content_type = "application/openmetrics-text"),
@@ -138,13 +135,8 @@ pub enum NotReady {
 
 /// `GET /livez`: the process serves.
 #[utoipa::path(
-    get,
-    path = "/livez",
-    operation_id = "livez",
-    tag = "observability",
-    responses(
-        (status = 200, description = "The process serves.", body = Liveness),
-    ),
+    get, path = "/livez", operation_id = "livez",
+    responses((status = 200, description = "The process serves.", body = Liveness)),
 )]
 pub async fn livez() -> Json<Liveness> {
     Json(Liveness {
@@ -155,10 +147,7 @@ pub async fn livez() -> Json<Liveness> {
 /// `GET /readyz`: Redis and MongoDB answer (their circuits are closed, see
 /// [`crate::health`]), the indexes exist, and the process is not draining.
 #[utoipa::path(
-    get,
-    path = "/readyz",
-    operation_id = "readyz",
-    tag = "observability",
+    get, path = "/readyz", operation_id = "readyz",
     responses(
         (status = 200, description = "Ready to serve.", body = Readiness),
         (status = 503, description = "Not ready: draining, creating indexes, or Redis or MongoDB is unreachable (a `Readiness` body); or the request timed out (an error body).",

@@ -3,7 +3,8 @@
 //!
 //! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; what
 //! its route group's guards answer (a token's 401 and 403, a store's 503) and the request
-//! timeout's 503 are added to every operation they apply to when the document is rendered.
+//! timeout's 503 are added to every operation they apply to when the document is rendered,
+//! and so is each operation's tag, the resource its path names ([`tag`]).
 //! Each route is registered together with its operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use utoipa::openapi::Paths;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
@@ -90,6 +91,12 @@ fn render() -> Result<Bytes, String> {
     // The request timeout answers every route (see [`crate::app`]); the store guards' 503s
     // above say so too.
     operations(&mut openapi.paths).for_each(add_missing::<TimedOut>);
+    for (path, item) in &mut openapi.paths.paths {
+        let tag = tag(path);
+        for op in operations_of(item) {
+            op.tags = Some(vec![tag.to_owned()]);
+        }
+    }
     let mut doc = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
     add_cross_field_rules(&mut doc);
     serde_json::to_vec(&doc)
@@ -122,17 +129,31 @@ fn add_missing<A: IntoResponses>(op: &mut Operation) {
 
 /// Every operation of `paths`.
 fn operations(paths: &mut Paths) -> impl Iterator<Item = &mut Operation> {
-    paths.paths.values_mut().flat_map(|item| {
-        [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-    })
+    paths.paths.values_mut().flat_map(operations_of)
+}
+
+/// Every operation of one path.
+fn operations_of(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// An operation's tag (one of [`ApiDoc`]'s): the resource its path names
+/// (`/v1/{tasks,flows,queues,admin}/...`); the paths outside `/v1` (probes, metrics, this
+/// document) are `observability`. So the document groups operations as the paths do and
+/// no handler states its group.
+fn tag(path: &str) -> &str {
+    match path.strip_prefix("/v1/") {
+        Some(rest) => rest.split('/').next().unwrap_or(rest),
+        None => "observability",
+    }
 }
 
 /// Rules between two fields, which `#[schema]` attributes cannot state, added as
@@ -191,13 +212,8 @@ fn add_cross_field_rules(doc: &mut Value) {
 
 /// `GET /openapi.json`.
 #[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "openapi",
-    tag = "observability",
-    responses(
-        (status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json"),
-    ),
+    get, path = "/openapi.json", operation_id = "openapi",
+    responses((status = 200, description = "This document (OpenAPI 3.1).", body = Object, content_type = "application/json")),
 )]
 pub async fn document() -> Response {
     match &*DOCUMENT {
@@ -235,7 +251,14 @@ mod tests {
         assert!(v["info"]["version"].is_string());
         let paths = v["paths"].as_object().map(|p| p.len()).unwrap_or(0);
         assert!(paths >= 15, "{paths} paths");
-        // Every operation has a unique id and JSON bodies for its JSON answers.
+        // Every operation has a unique id, one of the declared tags, and JSON bodies for
+        // its JSON answers.
+        let tags: BTreeSet<&str> = v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
         let mut ids = BTreeSet::new();
         for (path, item) in v["paths"].as_object().into_iter().flatten() {
             for (method, op) in item.as_object().into_iter().flatten() {
@@ -243,6 +266,11 @@ mod tests {
                 assert!(
                     ids.insert(id),
                     "{method} {path}: duplicate or missing operationId"
+                );
+                let tag = op["tags"].as_array().map(Vec::as_slice);
+                assert!(
+                    matches!(tag, Some([t]) if t.as_str().is_some_and(|t| tags.contains(t))),
+                    "{method} {path}: tags {tag:?}, want one of {tags:?}"
                 );
                 let responses = op["responses"].as_object();
                 assert!(responses.is_some_and(|r| !r.is_empty()), "{method} {path}");

@@ -4,8 +4,9 @@
 //! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`.
 
 use axum::Json;
-use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use serde::Serialize;
 use taskq_core::{QueueName, TaskStatus};
 use taskq_redis::{Broker, BrokerError, KeyLoad, QueueLimits};
 use utoipa::{IntoParams, ToSchema};
@@ -13,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{JsonBody, PathParam};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors};
+use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors};
 use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
@@ -102,45 +103,51 @@ async fn info(state: &AppState, name: QueueName) -> Result<QueueInfo, ApiError> 
     })
 }
 
-/// The path of the operations on one queue, `/v1/queues/{name}/...`. The name is taken
-/// as text and parsed by [`QueuePath::parse`], so that a malformed one is `invalid_queue`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// The path of the operations on one queue, `/v1/queues/{name}/...` (the document's
+/// parameter; handlers take [`KnownQueue`] or [`PathParam`]`<QueueName>`).
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Path)]
+#[allow(
+    dead_code,
+    reason = "only documents the parameter the handlers extract"
+)]
 pub struct QueuePath {
     /// The queue's name.
-    #[param(value_type = QueueName)]
-    pub name: String,
+    pub name: QueueName,
 }
 
-impl QueuePath {
-    /// The queue's name (`invalid_queue` when malformed).
-    fn parse(&self) -> Result<QueueName, ApiError> {
-        self.name
-            .parse()
-            .map_err(|e: taskq_core::queue::InvalidQueueName| {
-                ApiError::bad_request(ErrorCode::InvalidQueue, e.to_string())
-            })
-    }
+/// The queue the path names, which must have received a task: `invalid_queue` when the
+/// name is malformed, 404 when it is unknown.
+#[derive(Debug)]
+pub struct KnownQueue(pub QueueName);
 
-    /// The queue's name, which must name a known queue (404 otherwise).
-    async fn known(&self, state: &AppState) -> Result<QueueName, ApiError> {
-        let name = self.parse()?;
+impl KnownQueue {
+    /// `name`, when it is a known queue (404 otherwise).
+    pub async fn check(state: &AppState, name: QueueName) -> Result<Self, ApiError> {
         if state.broker.queues().await?.contains(&name) {
-            Ok(name)
+            Ok(KnownQueue(name))
         } else {
             Err(ApiError::not_found(format!("no queue {name}")))
         }
     }
 
-    /// Runs `change` on the known queue, then answers with the queue as it is after it.
+    /// Runs `change` on the queue, then answers with the queue as it is after it.
     async fn apply(
-        &self,
+        self,
         state: &AppState,
         change: impl AsyncFnOnce(&Broker, &QueueName) -> Result<(), BrokerError>,
-    ) -> Result<Json<QueueInfo>, ApiError> {
-        let name = self.known(state).await?;
-        change(&state.broker, &name).await?;
-        Ok(Json(info(state, name).await?))
+    ) -> Answer<QueueInfo> {
+        change(&state.broker, &self.0).await?;
+        Ok(Json(info(state, self.0).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for KnownQueue {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let PathParam(name) = PathParam::from_request_parts(parts, state).await?;
+        KnownQueue::check(state, name).await
     }
 }
 
@@ -178,15 +185,10 @@ pub struct Recovered {
 
 /// `GET /v1/queues`: every queue that has received a task.
 #[utoipa::path(
-    get,
-    path = "/v1/queues",
-    operation_id = "list_queues",
-    tag = "queues",
-    responses(
-        (status = 200, description = "Every queue that has received a task (or limits).", body = QueueList),
-    ),
+    get, path = "/v1/queues", operation_id = "list_queues",
+    responses((status = 200, description = "Every queue that has received a task (or limits).", body = QueueList)),
 )]
-pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
+pub async fn list(State(state): State<AppState>) -> Answer<QueueList> {
     let names = state.broker.queues().await?;
     let queues = futures::future::try_join_all(names.into_iter().map(|n| info(&state, n))).await?;
     Ok(Json(QueueList { queues }))
@@ -194,70 +196,35 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueList>, ApiE
 
 /// `GET /v1/queues/{name}`.
 #[utoipa::path(
-    get,
-    path = "/v1/queues/{name}",
-    operation_id = "get_queue",
-    tag = "queues",
-    params(QueuePath),
-    responses(
-        (status = 200, description = "The queue.", body = QueueInfo),
-        QueueNameErrors,
-    ),
+    get, path = "/v1/queues/{name}", operation_id = "get_queue", params(QueuePath),
+    responses((status = 200, description = "The queue.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn get(
-    State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
-) -> Result<Json<QueueInfo>, ApiError> {
-    let name = queue.known(&state).await?;
+pub async fn get(State(state): State<AppState>, KnownQueue(name): KnownQueue) -> Answer<QueueInfo> {
     Ok(Json(info(&state, name).await?))
 }
 
 /// `POST /v1/queues/{name}/pause`: workers stop taking its tasks; submissions continue.
 #[utoipa::path(
-    post,
-    path = "/v1/queues/{name}/pause",
-    operation_id = "pause_queue",
-    tag = "queues",
-    params(QueuePath),
-    responses(
-        (status = 200, description = "The queue, now paused.", body = QueueInfo),
-        QueueNameErrors,
-    ),
+    post, path = "/v1/queues/{name}/pause", operation_id = "pause_queue", params(QueuePath),
+    responses((status = 200, description = "The queue, now paused.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn pause(
-    State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
-) -> Result<Json<QueueInfo>, ApiError> {
+pub async fn pause(State(state): State<AppState>, queue: KnownQueue) -> Answer<QueueInfo> {
     queue.apply(&state, Broker::pause).await
 }
 
 /// `POST /v1/queues/{name}/resume`.
 #[utoipa::path(
-    post,
-    path = "/v1/queues/{name}/resume",
-    operation_id = "resume_queue",
-    tag = "queues",
-    params(QueuePath),
-    responses(
-        (status = 200, description = "The queue, no longer paused.", body = QueueInfo),
-        QueueNameErrors,
-    ),
+    post, path = "/v1/queues/{name}/resume", operation_id = "resume_queue", params(QueuePath),
+    responses((status = 200, description = "The queue, no longer paused.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn resume(
-    State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
-) -> Result<Json<QueueInfo>, ApiError> {
+pub async fn resume(State(state): State<AppState>, queue: KnownQueue) -> Answer<QueueInfo> {
     queue.apply(&state, Broker::resume).await
 }
 
 /// `PUT /v1/queues/{name}/limits`: sets the queue's dispatch limits (`null` or absent
 /// fields clear them). The queue need not have tasks yet.
 #[utoipa::path(
-    put,
-    path = "/v1/queues/{name}/limits",
-    operation_id = "set_queue_limits",
-    tag = "queues",
-    params(QueuePath),
+    put, path = "/v1/queues/{name}/limits", operation_id = "set_queue_limits", params(QueuePath),
     request_body = QueueLimits,
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
@@ -267,10 +234,9 @@ pub async fn resume(
 )]
 pub async fn set_limits(
     State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
+    PathParam(name): PathParam<QueueName>,
     JsonBody(limits): JsonBody<QueueLimits>,
-) -> Result<Json<QueueInfo>, ApiError> {
-    let name = queue.parse()?;
+) -> Answer<QueueInfo> {
     check_limits(&limits).map_err(|m| ApiError::bad_request(ErrorCode::InvalidField, m))?;
     state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))
@@ -326,11 +292,7 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
 /// `POST /v1/queues/{name}/retry-dead`: runs every dead task of the queue again, each
 /// once: a task that dies again while the call runs stays dead.
 #[utoipa::path(
-    post,
-    path = "/v1/queues/{name}/retry-dead",
-    operation_id = "retry_dead",
-    tag = "queues",
-    params(QueuePath),
+    post, path = "/v1/queues/{name}/retry-dead", operation_id = "retry_dead", params(QueuePath),
     responses(
         (status = 200, description = "How many dead tasks were queued again: each task dead when the call began at most once (one that dies again while the call runs stays dead).", body = Retried),
         QueueNameErrors,
@@ -339,30 +301,21 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
 )]
 pub async fn retry_dead(
     State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
-) -> Result<Json<Retried>, ApiError> {
-    let name = queue.known(&state).await?;
+    KnownQueue(name): KnownQueue,
+) -> Answer<Retried> {
     let retried = retry::retry_queue(&state, name).await?;
     Ok(Json(Retried { retried }))
 }
 
 /// `POST /v1/queues/{name}/purge-dead`: deletes every dead task of the queue.
 #[utoipa::path(
-    post,
-    path = "/v1/queues/{name}/purge-dead",
-    operation_id = "purge_dead",
-    tag = "queues",
-    params(QueuePath),
-    responses(
-        (status = 200, description = "How many dead tasks were deleted.", body = Purged),
-        QueueNameErrors,
-    ),
+    post, path = "/v1/queues/{name}/purge-dead", operation_id = "purge_dead", params(QueuePath),
+    responses((status = 200, description = "How many dead tasks were deleted.", body = Purged), QueueNameErrors),
 )]
 pub async fn purge_dead(
     State(state): State<AppState>,
-    PathParam(queue): PathParam<QueuePath>,
-) -> Result<Json<Purged>, ApiError> {
-    let name = queue.known(&state).await?;
+    KnownQueue(name): KnownQueue,
+) -> Answer<Purged> {
     let purged = state
         .store
         .delete_by_status(&name, TaskStatus::Dead)
@@ -375,16 +328,13 @@ pub async fn purge_dead(
 /// those that just ran to their end there (their final updates on the way to MongoDB),
 /// are left alone, so running it twice, or on a healthy Redis, duplicates nothing.
 #[utoipa::path(
-    post,
-    path = "/v1/admin/recover",
-    operation_id = "recover",
-    tag = "admin",
+    post, path = "/v1/admin/recover", operation_id = "recover",
     responses(
         (status = 200, description = "What was enqueued again.", body = Recovered),
         (status = 503, description = "Redis or MongoDB is unavailable, a queue's outbox holds more updates than can be read to tell which tasks ran, or the request timed out; calling again is safe.", body = ErrorBody),
     ),
 )]
-pub async fn recover(State(state): State<AppState>) -> Result<Json<Recovered>, ApiError> {
+pub async fn recover(State(state): State<AppState>) -> Answer<Recovered> {
     let done = recover::recover(&state).await?;
     Ok(Json(Recovered {
         enqueued: done.enqueued,

@@ -15,7 +15,7 @@ use taskq_store::ListFilter;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail, TaskIdErrors};
+use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, ErrorDetail, TaskIdErrors};
 use crate::extract::{JsonBody, PathParam, QueryParams, TraceContext, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
@@ -27,10 +27,7 @@ use crate::wait::GetQuery;
 /// idempotency key (the `Idempotency-Key` header or the `idempotency_key` field) a repeat
 /// within the retention window answers 200 with the original task and writes nothing.
 #[utoipa::path(
-    post,
-    path = "/v1/tasks",
-    operation_id = "submit_task",
-    tag = "tasks",
+    post, path = "/v1/tasks", operation_id = "submit_task",
     request_body = NewTask,
     params(
         ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,256}$",
@@ -141,10 +138,7 @@ pub struct BatchResponse {
 /// or a store outage cuts short (a 503 without `results`) says nothing of the items
 /// written before it.
 #[utoipa::path(
-    post,
-    path = "/v1/tasks/batch",
-    operation_id = "submit_batch",
-    tag = "tasks",
+    post, path = "/v1/tasks/batch", operation_id = "submit_batch",
     request_body = BatchRequest,
     params(TraceContext),
     responses(
@@ -272,11 +266,7 @@ pub async fn submit_batch(
 /// `GET /v1/tasks/{id}`, with `?wait=` answered once the task finished (see
 /// [`crate::wait`]).
 #[utoipa::path(
-    get,
-    path = "/v1/tasks/{id}",
-    operation_id = "get_task",
-    tag = "tasks",
-    params(TaskPath, GetQuery),
+    get, path = "/v1/tasks/{id}", operation_id = "get_task", params(TaskPath, GetQuery),
     responses(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
         (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
@@ -285,11 +275,10 @@ pub async fn submit_batch(
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathParam(TaskPath { id }): PathParam<TaskPath>,
+    PathParam(id): PathParam<TaskId>,
     QueryParams(q): QueryParams<GetQuery>,
     slot: Option<axum::Extension<crate::limit::Slot>>,
-) -> Result<Json<TaskRecord>, ApiError> {
-    let id = parse_id(&id)?;
+) -> Answer<TaskRecord> {
     let wait = q.wait()?.unwrap_or_default();
     let slot = slot.as_ref().map(|s| &s.0);
     crate::wait::record(&state, id, wait, slot).await.map(Json)
@@ -338,11 +327,7 @@ const DEFAULT_PAGE: u32 = 50;
 
 /// `GET /v1/tasks`: newest first, filtered, paginated by an opaque cursor.
 #[utoipa::path(
-    get,
-    path = "/v1/tasks",
-    operation_id = "list_tasks",
-    tag = "tasks",
-    params(ListQuery),
+    get, path = "/v1/tasks", operation_id = "list_tasks", params(ListQuery),
     responses(
         (status = 200, description = "One page of tasks, newest first.", body = TaskList),
         (status = 400, description = "An unknown or malformed query parameter (`invalid_query`).", body = ErrorBody),
@@ -351,7 +336,7 @@ const DEFAULT_PAGE: u32 = 50;
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<TaskList>, ApiError> {
+) -> Answer<TaskList> {
     let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidQuery, m);
     let status = q
         .status
@@ -403,11 +388,7 @@ pub async fn list(
 /// `POST /v1/tasks/{id}/retry`: runs a dead task again from its first attempt; the tasks
 /// of its flow cancelled because it died wait again.
 #[utoipa::path(
-    post,
-    path = "/v1/tasks/{id}/retry",
-    operation_id = "retry_task",
-    tag = "tasks",
-    params(TaskPath),
+    post, path = "/v1/tasks/{id}/retry", operation_id = "retry_task", params(TaskPath),
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
         TaskIdErrors,
@@ -417,9 +398,8 @@ pub async fn list(
 )]
 pub async fn retry(
     State(state): State<AppState>,
-    PathParam(TaskPath { id }): PathParam<TaskPath>,
-) -> Result<Json<TaskRecord>, ApiError> {
-    let id = parse_id(&id)?;
+    PathParam(id): PathParam<TaskId>,
+) -> Answer<TaskRecord> {
     match retry::retry(&state, vec![id]).await {
         Ok(outcomes) => match outcomes.into_iter().next() {
             Some(Outcome::Queued(record)) => {
@@ -443,32 +423,24 @@ pub async fn retry(
     }
 }
 
-/// A task or flow id from the path (`invalid_id` when malformed).
-pub(crate) fn parse_id(s: &str) -> Result<TaskId, ApiError> {
-    s.parse().map_err(|e: taskq_core::id::InvalidTaskId| {
-        ApiError::bad_request(ErrorCode::InvalidId, e.to_string())
-    })
-}
-
-/// The path of the operations on one task, `/v1/tasks/{id}/...`. The id is taken as text
-/// and parsed by [`parse_id`], so that a malformed one is `invalid_id`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// The path of the operations on one task, `/v1/tasks/{id}/...` (the document's
+/// parameter; handlers take [`PathParam`]`<TaskId>`).
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Path)]
+#[allow(
+    dead_code,
+    reason = "only documents the parameter the handlers extract"
+)]
 pub struct TaskPath {
     /// The task's id.
-    #[param(value_type = TaskId)]
-    pub id: String,
+    pub id: TaskId,
 }
 
 /// `POST /v1/tasks/{id}/cancel`: a waiting task is cancelled at once (200); a running
 /// one has its handler signalled and ends `cancelled` shortly (202); a finished one is a
 /// conflict (409).
 #[utoipa::path(
-    post,
-    path = "/v1/tasks/{id}/cancel",
-    operation_id = "cancel_task",
-    tag = "tasks",
-    params(TaskPath),
+    post, path = "/v1/tasks/{id}/cancel", operation_id = "cancel_task", params(TaskPath),
     responses(
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
@@ -479,9 +451,8 @@ pub struct TaskPath {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    PathParam(TaskPath { id }): PathParam<TaskPath>,
+    PathParam(id): PathParam<TaskId>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
     Ok(match cancel::cancel(&state, id).await? {
         Cancelled::Now(record) => (StatusCode::OK, Json(record)).into_response(),
         Cancelled::Signalled(record) => (StatusCode::ACCEPTED, Json(record)).into_response(),

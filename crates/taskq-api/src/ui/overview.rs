@@ -505,18 +505,14 @@ pub async fn queue_action(
         ))
         .into_response()
     };
-    let path = || {
-        PathParam(crate::queues::QueuePath {
-            name: queue.to_string(),
-        })
-    };
+    let known = || crate::queues::KnownQueue::check(&state, queue.clone());
     match form.get("op").unwrap_or_default() {
         "pause" => {
-            let _ = crate::queues::pause(State(state.clone()), path()).await?;
+            let _ = crate::queues::pause(State(state.clone()), known().await?).await?;
             Ok(back("paused"))
         }
         "resume" => {
-            let _ = crate::queues::resume(State(state.clone()), path()).await?;
+            let _ = crate::queues::resume(State(state.clone()), known().await?).await?;
             Ok(back("resumed"))
         }
         "limits" => {
@@ -528,8 +524,12 @@ pub async fn queue_action(
                 max_dispatches_per_second_per_key: parse_opt(&form, "key_rate")?,
                 burst_per_key: parse_opt(&form, "key_burst")?,
             };
-            let _ =
-                crate::queues::set_limits(State(state.clone()), path(), JsonBody(limits)).await?;
+            let _ = crate::queues::set_limits(
+                State(state.clone()),
+                PathParam(queue.clone()),
+                JsonBody(limits),
+            )
+            .await?;
             Ok(back("limits"))
         }
         "purge-dead" => {
@@ -540,7 +540,7 @@ pub async fn queue_action(
                     .await?;
                 return Ok(confirm_purge(&form.viewer, &queue, n).into_response());
             }
-            let purged = crate::queues::purge_dead(State(state.clone()), path()).await?;
+            let purged = crate::queues::purge_dead(State(state.clone()), known().await?).await?;
             state.ui.counts.clear();
             Ok(back(&format!("purged&n={}", purged.0.purged)))
         }
