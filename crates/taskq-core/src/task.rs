@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::wire::WireInt;
 use crate::{Backoff, Priority, QueueName, TaskId, TaskStatus};
 
 /// A submit request as it arrives over HTTP. Unknown fields are rejected so that a
@@ -35,17 +36,14 @@ pub struct NewTask {
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
     /// Earliest start relative to now. Exclusive with `run_at`.
-    #[serde(default, deserialize_with = "crate::wire::opt_int")]
-    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
-    pub delay_ms: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 31_622_400_000_i64)]
+    pub delay_ms: Option<WireInt>,
     /// Attempts before the task is dead; the api's default (5) when absent.
-    #[serde(default, deserialize_with = "crate::wire::opt_int")]
-    #[schema(minimum = 1, maximum = 100)]
-    pub max_attempts: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub max_attempts: Option<WireInt>,
     /// Per-attempt handler timeout; the api's default (10 min) when absent.
-    #[serde(default, deserialize_with = "crate::wire::opt_int")]
-    #[schema(minimum = 1, maximum = 86_400_000)]
-    pub timeout_ms: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 86_400_000)]
+    pub timeout_ms: Option<WireInt>,
     /// Overrides of the default backoff; omitted fields keep their defaults.
     #[serde(default)]
     pub backoff: Option<BackoffOverride>,
@@ -67,13 +65,11 @@ pub struct NewTask {
 #[serde(deny_unknown_fields)]
 pub struct BackoffOverride {
     /// Delay after the first failure (default 1 s).
-    #[serde(default, deserialize_with = "crate::wire::opt_int")]
-    #[schema(minimum = 1, maximum = 604_800_000)]
-    pub initial_ms: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604_800_000)]
+    pub initial_ms: Option<WireInt>,
     /// Upper bound of any delay (default 10 min).
-    #[serde(default, deserialize_with = "crate::wire::opt_int")]
-    #[schema(minimum = 1, maximum = 604_800_000)]
-    pub max_ms: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604_800_000)]
+    pub max_ms: Option<WireInt>,
     /// Growth of the delay per failed attempt (default 2).
     #[schema(minimum = 1, maximum = 10)]
     pub multiplier: Option<f64>,

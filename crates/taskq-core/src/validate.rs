@@ -4,6 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::task::{BackoffOverride, NewTask};
+use crate::wire::WireInt;
 use crate::{Backoff, QueueName, TaskEvent, TaskId, TaskRecord, TaskStatus};
 
 /// Longest accepted task type.
@@ -117,7 +118,7 @@ impl Limits {
                 limit: self.max_payload_bytes,
             });
         }
-        let max_attempts = match req.max_attempts {
+        let max_attempts = match req.max_attempts.map(i64::from) {
             None => self.default_max_attempts,
             Some(n) if n >= 1 && n <= i64::from(self.max_attempts) => n as u32,
             Some(_) => {
@@ -127,11 +128,11 @@ impl Limits {
                 ));
             }
         };
-        let timeout_ms = match req.timeout_ms {
+        let timeout_ms = match req.timeout_ms.map(i64::from) {
             None => self.default_timeout_ms,
             Some(n) => in_range("timeout_ms", n, 1, self.max_timeout_ms)?,
         };
-        let scheduled_at = match (req.run_at, req.delay_ms) {
+        let scheduled_at = match (req.run_at, req.delay_ms.map(i64::from)) {
             (Some(_), Some(_)) => {
                 return Err(ValidationError::field(
                     "delay_ms",
@@ -236,10 +237,10 @@ const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
 fn merge_backoff(base: Backoff, o: Option<BackoffOverride>) -> Result<Backoff, ValidationError> {
     let Some(o) = o else { return Ok(base) };
     let mut b = base;
-    if let Some(v) = o.initial_ms {
+    if let Some(WireInt(v)) = o.initial_ms {
         b.initial_ms = in_range("backoff.initial_ms", v, 1, MAX_BACKOFF_MS)?;
     }
-    if let Some(v) = o.max_ms {
+    if let Some(WireInt(v)) = o.max_ms {
         b.max_ms = in_range("backoff.max_ms", v, 1, MAX_BACKOFF_MS)?;
     }
     if let Some(v) = o.multiplier {
