@@ -287,7 +287,9 @@ pub enum FlowIdErrors {
     Unknown(ErrorBody),
 }
 
-/// The 413 and 415 answers of the operations that take a JSON body ([`crate::extract`]).
+/// The 413 and 415 answers of the operations that take a JSON body ([`crate::extract`];
+/// added by [`crate::openapi`] to each operation with a request body, unless it documents
+/// its own).
 #[derive(IntoResponses)]
 #[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
 pub enum JsonBodyErrors {

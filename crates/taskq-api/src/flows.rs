@@ -16,7 +16,7 @@ use taskq_store::StoredTask;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonBodyErrors};
+use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, FlowIdErrors};
 use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
 use crate::transitions::flow::{self, FlowCancelled, FlowRetried};
 
@@ -164,7 +164,6 @@ impl Flow {
         (status = 201, description = "Created: the flow, its roots `queued`, the others `waiting`.", body = Flow,
             headers(("Location" = String, description = "`/v1/flows/{id}`"))),
         (status = 400, description = "A task is invalid (the codes of `POST /v1/tasks`), or the flow is (`invalid_flow`: a cycle, an unknown name or task id, a self-dependency, a duplicate name or dependency, more than 10,000 tasks); nothing was written.", body = ErrorBody),
-        JsonBodyErrors,
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
     ),
 )]

@@ -25,7 +25,8 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
 use crate::error::{
-    AdminAuthErrors, ApiError, AuthErrors, RecordsUnavailable, StoresUnavailable, TimedOut,
+    AdminAuthErrors, ApiError, AuthErrors, JsonBodyErrors, RecordsUnavailable, StoresUnavailable,
+    TimedOut,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -91,6 +92,11 @@ fn render() -> Result<Bytes, String> {
     // The request timeout answers every route (see [`crate::app`]); the store guards' 503s
     // above say so too.
     operations(&mut openapi.paths).for_each(add_missing::<TimedOut>);
+    // Every JSON body is read by [`crate::extract::JsonBody`], which answers 413 and 415;
+    // an operation that says more of its 413 keeps its own.
+    operations(&mut openapi.paths)
+        .filter(|op| op.request_body.is_some())
+        .for_each(add_missing::<JsonBodyErrors>);
     for (path, item) in &mut openapi.paths.paths {
         let tag = tag(path);
         for op in operations_of(item) {

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{JsonBody, PathParam};
 
 use crate::AppState;
-use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, JsonBodyErrors, QueueNameErrors};
+use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, QueueNameErrors};
 use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
@@ -229,7 +229,6 @@ pub async fn resume(State(state): State<AppState>, queue: KnownQueue) -> Answer<
     responses(
         (status = 200, description = "The queue with its new limits.", body = QueueInfo),
         (status = 400, description = "An invalid queue name (`invalid_queue`), malformed JSON (`invalid_json`), wrong shape (`invalid_request`) or a value out of range (`invalid_field`).", body = ErrorBody),
-        JsonBodyErrors,
     ),
 )]
 pub async fn set_limits(

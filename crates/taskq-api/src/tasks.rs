@@ -42,7 +42,6 @@ use crate::wait::GetQuery;
         (status = 400, description = "Malformed JSON (`invalid_json`), wrong shape or unknown field (`invalid_request`), a value out of range (`invalid_field`).", body = ErrorBody),
         (status = 409, description = "A concurrent submit holds the same idempotency key; retry.", body = ErrorBody),
         (status = 413, description = "The payload or the body is larger than the api accepts.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; nothing was kept.", body = ErrorBody),
     ),
 )]
@@ -148,7 +147,6 @@ pub struct BatchResponse {
         (status = 409, description = "No item was accepted, and an item could not be submitted because a concurrent submit holds its idempotency key (or that key's task is still being submitted); the others are invalid or failed alike. A batch answer with `error` set; nothing of the batch runs; retry.", body = BatchResponse),
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. With `results` (a batch answer with `error` set): no item was accepted because a store failed while they were written, each undone as a single submit's `503` is; retry. Without: refused at once while a store is down, or cut short by the request timeout or a store going down mid-way, when items written before may have been submitted.", body = ErrorBody),
         (status = 413, description = "More tasks than `TASKQ_MAX_BATCH`, or a body over `TASKQ_MAX_BODY_BYTES`.", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
     ),
 )]
 pub async fn submit_batch(
