@@ -433,7 +433,7 @@ pub fn app(state: AppState) -> Router {
                 ))
                 // A request slot and the request timeout (lengthened by a read's `wait`).
                 .layer(axum::middleware::from_fn_with_state(
-                    limit::Limits::new(timeout, state.max_concurrent_requests),
+                    limit::RequestLimits::new(timeout, state.max_concurrent_requests),
                     limit::limit,
                 )),
         )

@@ -23,12 +23,12 @@ use crate::wait::GetQuery;
 
 /// What [`limit`] enforces.
 #[derive(Clone, Debug)]
-pub(crate) struct Limits {
+pub(crate) struct RequestLimits {
     pub timeout: Duration,
     pub slots: Arc<Semaphore>,
 }
 
-impl Limits {
+impl RequestLimits {
     pub(crate) fn new(timeout: Duration, max_concurrent_requests: usize) -> Self {
         Self {
             timeout,
@@ -66,7 +66,11 @@ impl Slot {
 }
 
 /// Middleware: a slot, then the request, within the (lengthened) request timeout.
-pub(crate) async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn limit(
+    State(limits): State<RequestLimits>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let wait = if req.method() == Method::GET {
         axum::extract::Query::<GetQuery>::try_from_uri(req.uri())
             .ok()
@@ -119,7 +123,7 @@ mod tests {
                 }),
             )
             .layer(axum::middleware::from_fn_with_state(
-                Limits::new(Duration::from_millis(200), 1),
+                RequestLimits::new(Duration::from_millis(200), 1),
                 limit,
             ))
     }
