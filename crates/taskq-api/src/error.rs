@@ -141,7 +141,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// What a handler answering with a JSON body returns.
-pub type Answer<T> = Result<Json<T>, ApiError>;
+pub type JsonResult<T> = Result<Json<T>, ApiError>;
 
 /// An error answer.
 #[derive(Clone, Debug)]

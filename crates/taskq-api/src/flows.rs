@@ -16,7 +16,7 @@ use taskq_store::StoredTask;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, FlowIdErrors};
+use crate::error::{ApiError, ErrorBody, ErrorCode, FlowIdErrors, JsonResult};
 use crate::extract::{JsonBody, PathParam, TraceContext, parse_flow_task};
 use crate::transitions::flow::{self, FlowCancelled, FlowRetried};
 
@@ -251,7 +251,10 @@ async fn flow_tasks(state: &AppState, id: TaskId) -> Result<Vec<StoredTask>, Api
     get, path = "/v1/flows/{id}", operation_id = "get_flow", params(FlowPath),
     responses((status = 200, description = "The flow with every task's state.", body = Flow), FlowIdErrors),
 )]
-pub async fn get(State(state): State<AppState>, PathParam(id): PathParam<TaskId>) -> Answer<Flow> {
+pub async fn get(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<TaskId>,
+) -> JsonResult<Flow> {
     Ok(Json(Flow::of(id, flow_tasks(&state, id).await?)))
 }
 
@@ -267,7 +270,7 @@ pub async fn get(State(state): State<AppState>, PathParam(id): PathParam<TaskId>
 pub async fn cancel(
     State(state): State<AppState>,
     PathParam(id): PathParam<TaskId>,
-) -> Answer<FlowCancelled> {
+) -> JsonResult<FlowCancelled> {
     let tasks = flow_tasks(&state, id).await?;
     Ok(Json(flow::cancel_flow(&state, tasks).await?))
 }
@@ -286,7 +289,7 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<AppState>,
     PathParam(id): PathParam<TaskId>,
-) -> Answer<FlowRetried> {
+) -> JsonResult<FlowRetried> {
     let tasks = flow_tasks(&state, id).await?;
     Ok(Json(flow::retry_flow(&state, tasks).await?))
 }

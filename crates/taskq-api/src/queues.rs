@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{JsonBody, PathParam};
 
 use crate::AppState;
-use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, QueueNameErrors};
+use crate::error::{ApiError, ErrorBody, ErrorCode, JsonResult, QueueNameErrors};
 use crate::transitions::{recover, retry};
 
 /// Tasks per state in one queue.
@@ -136,7 +136,7 @@ impl KnownQueue {
         self,
         state: &AppState,
         change: impl AsyncFnOnce(&Broker, &QueueName) -> Result<(), BrokerError>,
-    ) -> Answer<QueueInfo> {
+    ) -> JsonResult<QueueInfo> {
         change(&state.broker, &self.0).await?;
         Ok(Json(info(state, self.0).await?))
     }
@@ -188,7 +188,7 @@ pub struct Recovered {
     get, path = "/v1/queues", operation_id = "list_queues",
     responses((status = 200, description = "Every queue that has received a task (or limits).", body = QueueList)),
 )]
-pub async fn list(State(state): State<AppState>) -> Answer<QueueList> {
+pub async fn list(State(state): State<AppState>) -> JsonResult<QueueList> {
     let names = state.broker.queues().await?;
     let queues = futures::future::try_join_all(names.into_iter().map(|n| info(&state, n))).await?;
     Ok(Json(QueueList { queues }))
@@ -199,7 +199,10 @@ pub async fn list(State(state): State<AppState>) -> Answer<QueueList> {
     get, path = "/v1/queues/{name}", operation_id = "get_queue", params(QueuePath),
     responses((status = 200, description = "The queue.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn get(State(state): State<AppState>, KnownQueue(name): KnownQueue) -> Answer<QueueInfo> {
+pub async fn get(
+    State(state): State<AppState>,
+    KnownQueue(name): KnownQueue,
+) -> JsonResult<QueueInfo> {
     Ok(Json(info(&state, name).await?))
 }
 
@@ -208,7 +211,7 @@ pub async fn get(State(state): State<AppState>, KnownQueue(name): KnownQueue) ->
     post, path = "/v1/queues/{name}/pause", operation_id = "pause_queue", params(QueuePath),
     responses((status = 200, description = "The queue, now paused.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn pause(State(state): State<AppState>, queue: KnownQueue) -> Answer<QueueInfo> {
+pub async fn pause(State(state): State<AppState>, queue: KnownQueue) -> JsonResult<QueueInfo> {
     queue.apply(&state, Broker::pause).await
 }
 
@@ -217,7 +220,7 @@ pub async fn pause(State(state): State<AppState>, queue: KnownQueue) -> Answer<Q
     post, path = "/v1/queues/{name}/resume", operation_id = "resume_queue", params(QueuePath),
     responses((status = 200, description = "The queue, no longer paused.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn resume(State(state): State<AppState>, queue: KnownQueue) -> Answer<QueueInfo> {
+pub async fn resume(State(state): State<AppState>, queue: KnownQueue) -> JsonResult<QueueInfo> {
     queue.apply(&state, Broker::resume).await
 }
 
@@ -235,7 +238,7 @@ pub async fn set_limits(
     State(state): State<AppState>,
     PathParam(name): PathParam<QueueName>,
     JsonBody(limits): JsonBody<QueueLimits>,
-) -> Answer<QueueInfo> {
+) -> JsonResult<QueueInfo> {
     check_limits(&limits).map_err(|m| ApiError::bad_request(ErrorCode::InvalidField, m))?;
     state.broker.set_limits(&name, &limits).await?;
     Ok(Json(info(&state, name).await?))
@@ -301,7 +304,7 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
 pub async fn retry_dead(
     State(state): State<AppState>,
     KnownQueue(name): KnownQueue,
-) -> Answer<Retried> {
+) -> JsonResult<Retried> {
     let retried = retry::retry_queue(&state, name).await?;
     Ok(Json(Retried { retried }))
 }
@@ -314,7 +317,7 @@ pub async fn retry_dead(
 pub async fn purge_dead(
     State(state): State<AppState>,
     KnownQueue(name): KnownQueue,
-) -> Answer<Purged> {
+) -> JsonResult<Purged> {
     let purged = state
         .store
         .delete_by_status(&name, TaskStatus::Dead)
@@ -333,7 +336,7 @@ pub async fn purge_dead(
         (status = 503, description = "Redis or MongoDB is unavailable, a queue's outbox holds more updates than can be read to tell which tasks ran, or the request timed out; calling again is safe.", body = ErrorBody),
     ),
 )]
-pub async fn recover(State(state): State<AppState>) -> Answer<Recovered> {
+pub async fn recover(State(state): State<AppState>) -> JsonResult<Recovered> {
     let done = recover::recover(&state).await?;
     Ok(Json(Recovered {
         enqueued: done.enqueued,

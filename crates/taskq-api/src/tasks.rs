@@ -15,7 +15,7 @@ use taskq_store::ListFilter;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{Answer, ApiError, ErrorBody, ErrorCode, ErrorDetail, TaskIdErrors};
+use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail, JsonResult, TaskIdErrors};
 use crate::extract::{JsonBody, PathParam, QueryParams, TraceContext, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
 use crate::transitions::flow;
@@ -276,7 +276,7 @@ pub async fn get(
     PathParam(id): PathParam<TaskId>,
     QueryParams(q): QueryParams<GetQuery>,
     slot: Option<axum::Extension<crate::limit::Slot>>,
-) -> Answer<TaskRecord> {
+) -> JsonResult<TaskRecord> {
     let wait = q.wait()?.unwrap_or_default();
     let slot = slot.as_ref().map(|s| &s.0);
     crate::wait::record(&state, id, wait, slot).await.map(Json)
@@ -334,7 +334,7 @@ const DEFAULT_PAGE: u32 = 50;
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Answer<TaskList> {
+) -> JsonResult<TaskList> {
     let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidQuery, m);
     let status = q
         .status
@@ -397,7 +397,7 @@ pub async fn list(
 pub async fn retry(
     State(state): State<AppState>,
     PathParam(id): PathParam<TaskId>,
-) -> Answer<TaskRecord> {
+) -> JsonResult<TaskRecord> {
     match retry::retry(&state, vec![id]).await {
         Ok(outcomes) => match outcomes.into_iter().next() {
             Some(Outcome::Queued(record)) => {
