@@ -352,6 +352,7 @@ pub(crate) fn routes() -> Routes {
         admin: OpenApiRouter::new()
             .routes(routes!(tasks::retry))
             .routes(routes!(tasks::cancel))
+            .routes(routes!(tasks::delete))
             .routes(routes!(flows::cancel))
             .routes(routes!(flows::retry))
             .routes(routes!(queues::list))

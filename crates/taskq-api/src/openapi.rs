@@ -302,6 +302,7 @@ mod tests {
             "GET /v1/tasks",
             "POST /v1/tasks/batch",
             "GET /v1/tasks/{id}",
+            "DELETE /v1/tasks/{id}",
             "POST /v1/tasks/{id}/retry",
             "POST /v1/tasks/{id}/cancel",
             "POST /v1/flows",

@@ -1,4 +1,4 @@
-//! Task endpoints: submit (single and batch), get, list, retry and cancel.
+//! Task endpoints: submit (single and batch), get, list, retry, cancel and delete.
 //!
 //! Each handler's `#[utoipa::path]` is its contract in `/openapi.json`: every status it
 //! answers itself, with the body each carries; its route group's guards add theirs (see
@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail, JsonResult, TaskIdErrors};
 use crate::extract::{JsonBody, PathParam, QueryParams, TraceContext, parse_task};
 use crate::transitions::cancel::{self, Cancelled};
+use crate::transitions::delete::{self, Deletion};
 use crate::transitions::flow;
 use crate::transitions::retry::{self, Outcome};
 use crate::transitions::submit::{self, Submitted};
@@ -455,4 +456,28 @@ pub async fn cancel(
         Cancelled::Now(record) => (StatusCode::OK, Json(record)).into_response(),
         Cancelled::Signalled(record) => (StatusCode::ACCEPTED, Json(record)).into_response(),
     })
+}
+
+/// `DELETE /v1/tasks/{id}`: deletes a finished task's record (succeeded, dead or
+/// cancelled); an unfinished task is a conflict.
+#[utoipa::path(
+    delete, path = "/v1/tasks/{id}", operation_id = "delete_task", params(TaskPath),
+    responses(
+        (status = 204, description = "The task's record was deleted."),
+        TaskIdErrors,
+        (status = 409, description = "The task has not finished (cancel it first); nothing was deleted.", body = ErrorBody),
+    ),
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<TaskId>,
+) -> Result<StatusCode, ApiError> {
+    match delete::delete(&state, id).await? {
+        Deletion::Done => Ok(StatusCode::NO_CONTENT),
+        Deletion::NotFound => Err(ApiError::not_found(format!("no task {id}"))),
+        Deletion::Unfinished(status) => Err(ApiError::conflict(format!(
+            "task {id} is {status}; only finished tasks (succeeded, dead, cancelled) can be \
+             deleted: cancel it first"
+        ))),
+    }
 }

@@ -148,6 +148,14 @@ impl Client {
         self.succeeded(answer)
     }
 
+    /// `DELETE` of a resource.
+    pub async fn delete(&self, segments: &[&str]) -> Result<Answer, Error> {
+        let answer = self
+            .send(Method::DELETE, segments, &[], None, HeaderMap::new())
+            .await?;
+        self.succeeded(answer)
+    }
+
     /// `answer` when its status is 2xx, otherwise the error it stands for.
     fn succeeded(&self, answer: Answer) -> Result<Answer, Error> {
         if (200..300).contains(&answer.status) {

@@ -387,6 +387,14 @@ impl Ctx {
         }))
     }
 
+    /// `delete ID`: `DELETE /v1/tasks/{id}` (no body on success; `-o json` prints the id).
+    pub async fn delete(&self, id: &str) -> Result<String, Error> {
+        self.client.delete(&["v1", "tasks", id]).await?;
+        Ok(self.show(&json!({ "deleted": id }), |_| {
+            format!("task {id} deleted\n")
+        }))
+    }
+
     /// `queues [NAME]`: `GET /v1/queues` or `GET /v1/queues/{name}`.
     pub async fn queues(&self, name: Option<&str>) -> Result<String, Error> {
         let Some(name) = name else {

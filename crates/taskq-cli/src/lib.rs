@@ -113,6 +113,12 @@ pub enum Command {
         #[arg(value_parser = path_segment)]
         id: String,
     },
+    /// Delete a finished task's record (succeeded, dead or cancelled).
+    Delete {
+        /// Task id.
+        #[arg(value_parser = path_segment)]
+        id: String,
+    },
     /// Show every queue with its counts, or one queue.
     Queues {
         /// Show only this queue.
@@ -334,6 +340,7 @@ pub async fn run(cli: Cli, token: Option<&str>) -> Result<Report, Error> {
         Command::List(args) => ctx.list(&args).await.map(Report::ok),
         Command::Retry { id } => ctx.retry(&id).await.map(Report::ok),
         Command::Cancel { id } => ctx.cancel(&id).await.map(Report::ok),
+        Command::Delete { id } => ctx.delete(&id).await.map(Report::ok),
         Command::Queues { name } => ctx.queues(name.as_deref()).await.map(Report::ok),
         Command::Limits(args) => ctx.limits(&args).await.map(Report::ok),
         Command::Pause { queue } => ctx.pause(&queue, true).await.map(Report::ok),

@@ -17,6 +17,7 @@
 //! | repeat of a failed submit (its record cancelled `submit_failed`, its task in neither Redis nor the queue's outbox) | [`submit`] | MongoDB: the failed record gives its key up, then as a submit with an idempotency key | as a submit (the failed record stays cancelled) |
 //! | retry a dead task (one, or a queue's) | [`retry`] | MongoDB `dead → queued` (`seq` S), Redis enqueue at S | Redis remove, MongoDB back to `dead` at S+1 |
 //! | cancel | [`cancel`] | Redis decides (the `CANCEL` script, `seq` S, its update in the outbox), then MongoDB at S, then the id published on `taskq:finished` (wakes `?wait=` readers) | none needed: MongoDB only follows Redis; a lost publish delays waiters to their deadline |
+//! | delete a finished task | [`delete`] | MongoDB only: the record, if its status is final (Redis holds nothing of a finished task) | none |
 //! | recover after Redis lost its data | [`recover`] | MongoDB read in id (submit) order, Redis enqueue of what Redis lacks (`seq` + 1), so each key keeps its order, then every `waiting` record registered again ([`flow`]), then every key's running count recounted from Redis (`KEY_RECOUNT`) | none: idempotent, call again |
 //! | submit a flow | [`flow`] | as a batch submit: MongoDB insert (roots `queued`, dependents `waiting`), then Redis: dependents sets, waiting tasks, roots' enqueue | as a batch submit |
 //! | waiting → queued / cancelled (a dependency finished) | [`flow`] (run by the workers' outbox writers) | MongoDB has the dependency's final update, then the `FLOW_RELEASE` script (the dependent's update in its queue's outbox), then the outbox entry is acknowledged | none: repeated until acknowledged |
@@ -33,6 +34,7 @@
 //! transition is as durable as its Redis write.
 
 pub(crate) mod cancel;
+pub(crate) mod delete;
 pub(crate) mod flow;
 pub(crate) mod group;
 pub(crate) mod recover;

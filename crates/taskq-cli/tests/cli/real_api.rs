@@ -278,6 +278,43 @@ async fn retry_runs_a_dead_task_again_and_refuses_others() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn delete_removes_a_finished_task_and_refuses_an_unfinished_one() {
+    let api = RealApi::start().await;
+    let rec = submit_json(&api.url, &["noop"]).await.json();
+    let id = rec["id"].as_str().expect("id").to_owned();
+    let run = taskq(&api.url, &["delete", &id]).await;
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: task {id} is queued; only finished tasks (succeeded, dead, cancelled) can \
+             be deleted: cancel it first (conflict, HTTP 409)"
+        )
+    );
+    assert_eq!(api.record(&id).await["status"], "queued");
+
+    taskq_out(&api.url, &format!("cancel {id}")).await;
+    let out = taskq_out(&api.url, &format!("delete {id}")).await;
+    assert_eq!(out, format!("task {id} deleted\n"));
+    let run = taskq(&api.url, &["get", &id]).await;
+    assert_eq!(
+        run.error_line(),
+        format!("error: no task {id} (not_found, HTTP 404)")
+    );
+    let run = taskq(&api.url, &["delete", &id, "-o", "json"]).await;
+    assert_eq!(
+        run.error_line(),
+        format!("error: no task {id} (not_found, HTTP 404)")
+    );
+
+    let rec = submit_json(&api.url, &["noop"]).await.json();
+    let id = rec["id"].as_str().expect("id").to_owned();
+    taskq_out(&api.url, &format!("cancel {id}")).await;
+    let out = taskq_out(&api.url, &format!("delete {id} -o json")).await;
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v, json!({ "deleted": id }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn batch_reports_rejected_items_by_line() {
     let api = RealApi::start().await;
     let file = jsonl_file(

@@ -20,6 +20,7 @@ async fn call(
     let url = format!("{}{path}", env.api);
     let mut req = match method {
         "GET" => env.http.get(url),
+        "DELETE" => env.http.delete(url),
         _ => env.http.post(url).json(&json!({"type": "noop"})),
     };
     if let Some(t) = token {
@@ -66,6 +67,7 @@ async fn tokens_and_roles_guard_every_endpoint() {
     for (method, path) in [
         ("POST", format!("/v1/tasks/{id}/cancel")),
         ("POST", format!("/v1/tasks/{id}/retry")),
+        ("DELETE", format!("/v1/tasks/{id}")),
         ("GET", "/v1/queues".to_owned()),
         ("POST", "/v1/queues/default/pause".to_owned()),
         ("POST", "/v1/queues/default/purge-dead".to_owned()),
@@ -83,6 +85,14 @@ async fn tokens_and_roles_guard_every_endpoint() {
     let (status, body, _) =
         call(&env, "POST", &format!("/v1/tasks/{id}/cancel"), Some(ADMIN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, _) = call(&env, "DELETE", &format!("/v1/tasks/{id}"), Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _, _) = call(&env, "GET", &format!("/v1/tasks/{id}"), Some(SUBMIT)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the deleted task is gone for readers too"
+    );
     let (status, _, _) = call(&env, "POST", "/v1/tasks", Some(ADMIN)).await;
     assert_eq!(status, StatusCode::CREATED);
     // Probes and metrics need no token.

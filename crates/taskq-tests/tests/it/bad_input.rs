@@ -449,6 +449,13 @@ async fn bad_ids_routes_and_methods_get_a_json_4xx() {
             "not_found",
         ),
         (
+            "delete garbage id".into(),
+            Method::DELETE,
+            "/v1/tasks/not-an-id".into(),
+            400,
+            "invalid_id",
+        ),
+        (
             "get a path that is not UTF-8".into(),
             Method::GET,
             "/v1/tasks/%FF".into(),

@@ -1,15 +1,15 @@
-//! Operating taskq: cancel, queue stats, pause and resume, dead-letter operations and
+//! Operating taskq: cancel, delete, queue stats, pause and resume, dead-letter operations and
 //! recovery after Redis lost everything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 use taskq_core::{TaskId, TaskStatus};
 use taskq_store::ListFilter;
-use taskq_testkit::wait_until;
+use taskq_testkit::{wait_for, wait_until};
 use taskq_worker::{HandlerError, TaskContext};
 
 use crate::harness::{Env, Overlap, answer, broker_via_proxy, serve_api};
@@ -85,6 +85,80 @@ async fn cancel_stops_waiting_and_running_tasks_but_not_finished_ones() {
     let (status, _) = env.post("/v1/tasks/nope/cancel", json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_removes_finished_tasks_and_refuses_unfinished_ones() {
+    let env = Env::start().await;
+    let delete = |id: TaskId| {
+        let env = &env;
+        async move {
+            env.request(Method::DELETE, &format!("/v1/tasks/{id}"), None, Vec::new())
+                .await
+        }
+    };
+    // Unfinished tasks (queued, scheduled) are a conflict and stay in both stores.
+    let queued = env.submit(json!({"type": "noop"})).await;
+    let scheduled = env.submit(json!({"type": "noop", "delay_ms": 60000})).await;
+    for id in [queued, scheduled] {
+        let (status, body) = delete(id).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+    assert_eq!(env.record(queued).await["status"], "queued");
+    assert_eq!(env.record(scheduled).await["status"], "scheduled");
+    assert_eq!(env.redis_total("default").await, 2);
+
+    // Finished tasks are deleted: cancelled, succeeded and dead alike.
+    let (status, body) = env
+        .post(&format!("/v1/tasks/{queued}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w = env.worker(Env::settings("default"), Env::builtins());
+    let done = env.submit(json!({"type": "noop"})).await;
+    let dead = env.submit(json!({"type": "fail", "max_attempts": 1})).await;
+    env.wait_status(done, TaskStatus::Succeeded, T).await;
+    env.wait_status(dead, TaskStatus::Dead, T).await;
+    for id in [queued, done, dead] {
+        let (status, body) = delete(id).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert_eq!(body, Value::Null, "a 204 has no body");
+        let (status, _) = env.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // A second delete finds nothing.
+        let (status, body) = delete(id).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    w.shutdown().await;
+    // Only the scheduled task is left, in both stores.
+    assert_eq!(env.total_records().await, 1);
+    assert_eq!(env.record(scheduled).await["status"], "scheduled");
+    assert_eq!(env.redis_total("default").await, 1);
+    let (status, _) = delete(TaskId::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Deleting frees the task's idempotency key: once its submit is past the enqueue
+    // deadline, a repeat of the key submits a new task (a conflict until then).
+    let task = json!({"type": "noop", "idempotency_key": "delete-me"});
+    let first = env.submit(task.clone()).await;
+    let (status, body) = env
+        .post(&format!("/v1/tasks/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = delete(first).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let again = wait_for(T, Duration::from_millis(250), || async {
+        let (status, body) = env.post("/v1/tasks", task.clone()).await;
+        match status {
+            StatusCode::CREATED => Some(body),
+            StatusCode::CONFLICT => None,
+            other => panic!("a repeat of a deleted task's key: {other} {body}"),
+        }
+    })
+    .await
+    .expect("a repeat of the deleted task's key was never accepted");
+    assert_ne!(again["id"], first.to_string(), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
