@@ -4,7 +4,8 @@
 //! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; what
 //! its route group's guards answer (a token's 401 and 403, a store's 503) and the request
 //! timeout's 503 are added to every operation they apply to when the document is rendered,
-//! and so is each operation's tag, the resource its path names ([`tag`]).
+//! and so are the body reader's 413 and 415 (to each operation with a request body) and
+//! each operation's tag, the resource its path names ([`tag`]).
 //! Each route is registered together with its operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
