@@ -142,16 +142,18 @@ impl Client {
 
     /// `POST` without a body, as the api's actions (retry, cancel, pause, …) take.
     pub async fn post_action(&self, segments: &[&str]) -> Result<Answer, Error> {
-        let answer = self
-            .send(Method::POST, segments, &[], None, HeaderMap::new())
-            .await?;
-        self.succeeded(answer)
+        self.without_body(Method::POST, segments).await
     }
 
     /// `DELETE` of a resource.
     pub async fn delete(&self, segments: &[&str]) -> Result<Answer, Error> {
+        self.without_body(Method::DELETE, segments).await
+    }
+
+    /// A request without a body or query; any status but 2xx is an error.
+    async fn without_body(&self, method: Method, segments: &[&str]) -> Result<Answer, Error> {
         let answer = self
-            .send(Method::DELETE, segments, &[], None, HeaderMap::new())
+            .send(method, segments, &[], None, HeaderMap::new())
             .await?;
         self.succeeded(answer)
     }

@@ -27,20 +27,15 @@ pub(crate) enum Deletion {
 
 /// Deletes the record of task `id` if the task has finished.
 pub(crate) async fn delete(state: &AppState, id: TaskId) -> Result<Deletion, ApiError> {
-    // Twice at most: a task that finishes between the delete and the read is deleted by
-    // the second round.
-    for _ in 0..2 {
-        if state.store.delete_finished(&[id]).await? > 0 {
-            return Ok(Deletion::Done);
-        }
-        match state.store.get(id).await? {
-            None => return Ok(Deletion::NotFound),
-            Some(t) if !t.record.status.is_final() => {
-                return Ok(Deletion::Unfinished(t.record.status));
-            }
-            Some(_) => {}
-        }
+    if state.store.delete_finished(&[id]).await? > 0 {
+        return Ok(Deletion::Done);
     }
-    // Finished, yet not deleted twice: deleted by another call in between.
-    Ok(Deletion::NotFound)
+    Ok(match state.store.get(id).await? {
+        None => Deletion::NotFound,
+        Some(t) if !t.record.status.is_final() => Deletion::Unfinished(t.record.status),
+        // It finished between the two statements: delete it now (none deleted: another
+        // call did).
+        Some(_) if state.store.delete_finished(&[id]).await? > 0 => Deletion::Done,
+        Some(_) => Deletion::NotFound,
+    })
 }
