@@ -199,11 +199,8 @@ pub async fn list(State(state): State<AppState>) -> JsonResult<QueueList> {
     get, path = "/v1/queues/{name}", operation_id = "get_queue", params(QueuePath),
     responses((status = 200, description = "The queue.", body = QueueInfo), QueueNameErrors),
 )]
-pub async fn get(
-    State(state): State<AppState>,
-    KnownQueue(name): KnownQueue,
-) -> JsonResult<QueueInfo> {
-    Ok(Json(info(&state, name).await?))
+pub async fn get(State(state): State<AppState>, queue: KnownQueue) -> JsonResult<QueueInfo> {
+    Ok(Json(info(&state, queue.0).await?))
 }
 
 /// `POST /v1/queues/{name}/pause`: workers stop taking its tasks; submissions continue.
@@ -301,11 +298,8 @@ fn check_limits(limits: &QueueLimits) -> Result<(), String> {
         (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out. The message says how many tasks were queued again; the others stay dead, so calling again retries the rest.", body = ErrorBody),
     ),
 )]
-pub async fn retry_dead(
-    State(state): State<AppState>,
-    KnownQueue(name): KnownQueue,
-) -> JsonResult<Retried> {
-    let retried = retry::retry_queue(&state, name).await?;
+pub async fn retry_dead(State(state): State<AppState>, queue: KnownQueue) -> JsonResult<Retried> {
+    let retried = retry::retry_queue(&state, queue.0).await?;
     Ok(Json(Retried { retried }))
 }
 
@@ -314,13 +308,10 @@ pub async fn retry_dead(
     post, path = "/v1/queues/{name}/purge-dead", operation_id = "purge_dead", params(QueuePath),
     responses((status = 200, description = "How many dead tasks were deleted.", body = Purged), QueueNameErrors),
 )]
-pub async fn purge_dead(
-    State(state): State<AppState>,
-    KnownQueue(name): KnownQueue,
-) -> JsonResult<Purged> {
+pub async fn purge_dead(State(state): State<AppState>, queue: KnownQueue) -> JsonResult<Purged> {
     let purged = state
         .store
-        .delete_by_status(&name, TaskStatus::Dead)
+        .delete_by_status(&queue.0, TaskStatus::Dead)
         .await?;
     Ok(Json(Purged { purged }))
 }

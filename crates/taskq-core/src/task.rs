@@ -96,12 +96,18 @@ pub struct TaskEvent {
 /// The full record of a task: what the store keeps and what the api returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskRecord {
+    /// Assigned by the api at submit; sorts by creation time.
     pub id: TaskId,
+    /// The submit's queue (`default` when it named none).
     pub queue: QueueName,
+    /// The handler name the worker dispatches on.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The JSON handed to the handler, as submitted.
     pub payload: Value,
+    /// The submit's priority (`normal` when it named none).
     pub priority: Priority,
+    /// Where the task is in its lifecycle (see the README's "Task lifecycle").
     pub status: TaskStatus,
     /// Attempts started so far.
     pub attempts: u32,
