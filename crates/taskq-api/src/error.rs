@@ -299,6 +299,19 @@ pub enum JsonBodyErrors {
     NotJson(ErrorBody),
 }
 
+/// The 400 of the operations that take query parameters ([`crate::extract::QueryParams`];
+/// added by [`crate::openapi`] to each operation with a query parameter, unless it
+/// documents its own 400).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub enum QueryErrors {
+    #[response(
+        status = 400,
+        description = "An unknown or malformed query parameter (`invalid_query`)."
+    )]
+    Invalid(ErrorBody),
+}
+
 /// The 503 of a read of records (see [`crate::health`]; added by [`crate::openapi`] to
 /// each route of the reads group that does not document its own).
 #[derive(IntoResponses)]

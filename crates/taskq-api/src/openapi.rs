@@ -4,8 +4,9 @@
 //! Each handler's `#[utoipa::path]` beside it lists the statuses it answers itself; what
 //! its route group's guards answer (a token's 401 and 403, a store's 503) and the request
 //! timeout's 503 are added to every operation they apply to when the document is rendered,
-//! and so are the body reader's 413 and 415 (to each operation with a request body) and
-//! each operation's tag, the resource its path names ([`tag`]).
+//! and so are the body reader's 413 and 415 (to each operation with a request body), the
+//! query reader's 400 (to each operation with query parameters) and each operation's
+//! tag, the resource its path names ([`tag`]).
 //! Each route is registered together with its operation ([`crate::routes`], utoipa-axum's
 //! `routes!`), so the document lists exactly what is served; the wire types derive
 //! `ToSchema` where they are defined (taskq-core, taskq-redis, here). The tests below
@@ -20,14 +21,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use utoipa::openapi::Paths;
-use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
 use crate::error::{
-    AdminAuthErrors, ApiError, AuthErrors, JsonBodyErrors, RecordsUnavailable, StoresUnavailable,
-    TimedOut,
+    AdminAuthErrors, ApiError, AuthErrors, JsonBodyErrors, QueryErrors, RecordsUnavailable,
+    StoresUnavailable, TimedOut,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -98,6 +99,16 @@ fn render() -> Result<Bytes, String> {
     operations(&mut openapi.paths)
         .filter(|op| op.request_body.is_some())
         .for_each(add_missing::<JsonBodyErrors>);
+    // Every query is read by [`crate::extract::QueryParams`], which answers 400
+    // `invalid_query`; an operation with more 400s of its own keeps its description.
+    operations(&mut openapi.paths)
+        .filter(|op| {
+            op.parameters
+                .iter()
+                .flatten()
+                .any(|p| p.parameter_in == ParameterIn::Query)
+        })
+        .for_each(add_missing::<QueryErrors>);
     for (path, item) in &mut openapi.paths.paths {
         let tag = tag(path);
         for op in operations_of(item) {
@@ -356,6 +367,10 @@ mod tests {
                     for code in ["400", "413", "415"] {
                         assert!(responses.get(code).is_some(), "{method} {path}: no {code}");
                     }
+                }
+                let query = op["parameters"].as_array().into_iter().flatten();
+                if query.into_iter().any(|p| p["in"] == "query") {
+                    assert!(responses.get("400").is_some(), "{method} {path}: no 400");
                 }
             }
         }
