@@ -146,6 +146,7 @@ pub fn task_detail(t: &Value) -> String {
         ("last error", text(&t["last_error"])),
         ("payload", text(&t["payload"])),
         ("result", text(&t["result"])),
+        ("progress", progress(&t["progress"])),
     ]);
     let mut out = fields(rows);
     let events = t["events"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -166,6 +167,19 @@ pub fn task_detail(t: &Value) -> String {
         ));
     }
     out
+}
+
+/// A handler's progress report: its value, then the attempt that made it and when.
+fn progress(p: &Value) -> String {
+    if p.is_null() {
+        return text(p);
+    }
+    format!(
+        "{} (attempt {}, {} UTC)",
+        text(&p["value"]),
+        text(&p["attempt"]),
+        time(&p["at"])
+    )
 }
 
 /// A page (or all pages) of tasks, with how to get the next page.
@@ -431,9 +445,18 @@ mod tests {
             ),
             "{out}"
         );
+        assert!(out.contains("\nprogress         -\n"), "{out}");
         let mut bare = record();
         bare["events"] = json!([]);
         assert!(task_detail(&bare).ends_with("\nno events\n"));
+        let mut reported = record();
+        reported["progress"] =
+            json!({"attempt": 2, "value": {"done": 40}, "at": "2026-03-21T10:00:30Z"});
+        let out = task_detail(&reported);
+        assert!(
+            out.contains("\nprogress         {\"done\":40} (attempt 2, 2026-03-21 10:00:30 UTC)\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use flow::{FlowLink, FlowPlan, FlowRef, MAX_FLOW_TASKS};
 pub use id::TaskId;
 pub use queue::{QueueName, QueueSelection, QueueWeights};
 pub use status::{Priority, TaskStatus};
-pub use task::{NewTask, TaskEvent, TaskMessage, TaskRecord};
+pub use task::{NewTask, Progress, TaskEvent, TaskMessage, TaskRecord};
 pub use validate::{Limits, ValidationError};
 
 /// The current time at millisecond precision, the precision every store keeps, so a

@@ -151,6 +151,31 @@ pub struct TaskRecord {
     /// The task's key (see [`NewTask::key`]), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The latest progress its handler reported while an attempt ran; absent until a
+    /// handler reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// What a handler reported of its attempt's progress: any JSON value (a percentage, or
+/// `{"done": 40, "total": 100}`), at most 16 KiB of compact JSON ([`Progress::MAX_BYTES`]).
+/// Reports are best effort and the latest one wins; one never lands once its attempt
+/// ended in the record (a retry, death or success moves the record past it), so a
+/// finished task keeps the last report written while it ran. A later attempt's reports
+/// replace an earlier one's: compare `attempt` with the record's `attempts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// The attempt that reported it.
+    pub attempt: u32,
+    /// The value the handler reported.
+    pub value: Value,
+    /// When the handler reported it.
+    pub at: DateTime<Utc>,
+}
+
+impl Progress {
+    /// The largest progress value, in bytes of compact JSON.
+    pub const MAX_BYTES: usize = 16 * 1024;
 }
 
 impl TaskRecord {

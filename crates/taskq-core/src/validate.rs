@@ -205,6 +205,7 @@ impl Limits {
             idempotency_key: req.idempotency_key,
             flow: None,
             key: req.key,
+            progress: None,
         })
     }
 }

@@ -11,6 +11,8 @@
 //!   created_at, scheduled_at, started_at|null, finished_at|null, updated_at,
 //!   traceparent: string|null,
 //!   key?: string,               (the task's key, when it has one)
+//!   progress?: { attempt: Int64, value: "<JSON text>", at },   (the handler's latest
+//!                                report: see `Store::set_progress`)
 //!   events: [ { status, at, attempt, error?, worker? } ],
 //!   sp?: date,                  (submit pending: see `f::SUBMIT_PENDING`)
 //!   flow?: { id, name?, depends_on: [ids] } }   (a flow's task: see `crate::flows`)
@@ -33,7 +35,7 @@
 use chrono::{DateTime, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
 use serde_json::Value;
-use taskq_core::{Backoff, Priority, QueueName, TaskEvent, TaskId, TaskRecord};
+use taskq_core::{Backoff, Priority, Progress, QueueName, TaskEvent, TaskId, TaskRecord};
 
 use crate::{Error, Result, StoredTask};
 
@@ -79,6 +81,8 @@ pub(crate) mod f {
     pub const SUBMIT_PENDING: &str = "sp";
     /// A flow's task: `{ id, name?, depends_on }` (see `crate::flows`).
     pub const FLOW: &str = "flow";
+    /// The handler's latest progress report (see `Store::set_progress`).
+    pub const PROGRESS: &str = "progress";
     pub const FLOW_ID: &str = "flow.id";
 }
 
@@ -155,6 +159,15 @@ pub(crate) fn event_doc(e: &TaskEvent) -> Document {
     d
 }
 
+/// A progress report, as the record keeps it.
+pub(crate) fn progress_doc(id: TaskId, p: &Progress) -> Result<Document> {
+    Ok(doc! {
+        "attempt": i64::from(p.attempt),
+        "value": json_text(id, "progress.value", &p.value)?,
+        "at": date(p.at),
+    })
+}
+
 /// The document of a new record with the given `seq`.
 pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
     let id = rec.id;
@@ -196,6 +209,9 @@ pub(crate) fn record_doc(rec: &TaskRecord, seq: u64) -> Result<Document> {
     }
     if let Some(key) = &rec.key {
         d.insert(f::KEY, key.as_str());
+    }
+    if let Some(p) = &rec.progress {
+        d.insert(f::PROGRESS, progress_doc(id, p)?);
     }
     Ok(d)
 }
@@ -296,6 +312,17 @@ pub(crate) fn stored_task(doc: &Document) -> Result<StoredTask> {
             Some(_) => Some(crate::flows::read_link(r.doc(f::FLOW)?, &label)?),
         },
         key: r.opt_str(f::KEY)?,
+        progress: match doc.get(f::PROGRESS) {
+            None | Some(Bson::Null) => None,
+            Some(_) => {
+                let p = r.nested(f::PROGRESS, r.doc(f::PROGRESS)?);
+                Some(Progress {
+                    attempt: p.uint("attempt")?,
+                    value: p.json("value")?,
+                    at: p.date("at")?,
+                })
+            }
+        },
         events,
     };
     let seq = st.uint(f::SEQ)?;
@@ -517,6 +544,11 @@ mod tests {
             idempotency_key: Some("order-42".into()),
             flow: None,
             key: Some("customer-7".into()),
+            progress: Some(Progress {
+                attempt: 2,
+                value: serde_json::json!({"$done": 40, "total": 100}),
+                at: ms(1_700_000_001_200),
+            }),
             events: vec![
                 TaskEvent {
                     status: TaskStatus::Queued,

@@ -16,6 +16,7 @@ mod cli;
 mod doc;
 mod error;
 mod flows;
+mod progress;
 mod store;
 mod update;
 mod writer;
@@ -24,6 +25,7 @@ pub use browse::Search;
 #[cfg(feature = "cli")]
 pub use cli::MongoArgs;
 pub use error::{Error, Rejection, Result};
+pub use progress::ProgressReport;
 pub use store::{
     ListFilter, MAX_LIST_LIMIT, Page, PendingSubmit, RETENTION_INDEX, RequeueOutcome, Retention,
     SUBMIT_FAILED, Store, StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,

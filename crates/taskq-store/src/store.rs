@@ -974,7 +974,7 @@ fn new_record_doc(rec: &TaskRecord) -> Result<Document> {
 /// `writeErrors` becomes a [`Rejection`] (of the first task its statement addresses),
 /// with the statement's index; a `writeConcernError` fails the whole command
 /// (retryable).
-fn check_write_reply(
+pub(crate) fn check_write_reply(
     reply: &Document,
     ids: &[Vec<TaskId>],
     rejected: &mut Vec<(usize, Rejection)>,

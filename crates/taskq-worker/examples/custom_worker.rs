@@ -36,6 +36,11 @@ async fn thumbnail(ctx: TaskContext) -> Result<Option<serde_json::Value>, Handle
             job.width
         )));
     }
+    // Progress shows in the record (`GET /v1/tasks/<id>`) while the task runs; a report
+    // too large to keep is refused, and the work goes on.
+    if let Err(e) = ctx.report_progress(json!({"step": "resizing"})) {
+        tracing::warn!(error = %e, "progress not reported");
+    }
     // Long work should watch for cancellation (shutdown after the grace period).
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -28,14 +28,40 @@ pub fn register_builtins(registry: &mut Registry, http: HttpHandler) {
 #[serde(deny_unknown_fields)]
 struct SleepArgs {
     ms: u64,
+    /// Report `{"slept_ms", "ms"}` as progress every this many milliseconds.
+    progress_every_ms: Option<u64>,
 }
 
-/// `sleep`: waits `{"ms": N}` milliseconds, or until the worker cancels the attempt.
+/// `sleep`: waits `{"ms": N}` milliseconds, or until the worker cancels the attempt;
+/// with `"progress_every_ms": M` it reports `{"slept_ms": …, "ms": N}` as its progress
+/// every M milliseconds.
 async fn sleep(ctx: TaskContext) -> HandlerResult {
     let args: SleepArgs = ctx.payload_as()?;
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(args.ms)) => Ok(None),
-        _ = ctx.cancelled() => Err(HandlerError::retry("cancelled while sleeping")),
+    let total = Duration::from_millis(args.ms);
+    let every = match args.progress_every_ms {
+        Some(0) => {
+            return Err(HandlerError::permanent(
+                "`progress_every_ms` must be above 0",
+            ));
+        }
+        Some(m) => Duration::from_millis(m),
+        None => total,
+    };
+    let start = tokio::time::Instant::now();
+    loop {
+        let slept = start.elapsed().min(total);
+        if args.progress_every_ms.is_some() {
+            let report = json!({"slept_ms": slept.as_millis() as u64, "ms": args.ms});
+            ctx.report_progress(report)
+                .map_err(|e| HandlerError::permanent(e.to_string()))?;
+        }
+        if slept >= total {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every.min(total - slept)) => {}
+            _ = ctx.cancelled() => return Err(HandlerError::retry("cancelled while sleeping")),
+        }
     }
 }
 
@@ -218,6 +244,7 @@ fn redact(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::ProgressError;
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -239,6 +266,45 @@ mod tests {
             UrlAllowList::parse("")
                 .map(|a| a.is_empty())
                 .unwrap_or(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn sleep_reports_its_progress_when_asked() {
+        let ctx = TaskContext::for_test("sleep", json!({"ms": 250, "progress_every_ms": 100}));
+        assert_eq!(sleep(ctx.clone()).await, Ok(None));
+        assert_eq!(
+            ctx.unwritten_progress(),
+            Some(json!({"slept_ms": 250, "ms": 250}))
+        );
+        let quiet = TaskContext::for_test("sleep", json!({"ms": 10}));
+        assert_eq!(sleep(quiet.clone()).await, Ok(None));
+        assert_eq!(quiet.unwritten_progress(), None);
+        let zero = TaskContext::for_test("sleep", json!({"ms": 10, "progress_every_ms": 0}));
+        assert!(matches!(sleep(zero).await, Err(HandlerError::Permanent(_))));
+    }
+
+    #[test]
+    fn progress_reports_are_bounded_json() {
+        let ctx = TaskContext::for_test("t", Value::Null);
+        assert_eq!(ctx.report_progress(json!({"done": 1})), Ok(()));
+        assert_eq!(ctx.report_progress(40), Ok(()));
+        assert_eq!(ctx.unwritten_progress(), Some(json!(40)), "the latest wins");
+        let big = "x".repeat(taskq_core::Progress::MAX_BYTES);
+        assert!(matches!(
+            ctx.report_progress(&big),
+            Err(ProgressError::TooLarge { bytes, .. }) if bytes == taskq_core::Progress::MAX_BYTES + 2
+        ));
+        let mut not_json = std::collections::HashMap::new();
+        not_json.insert((1, 2), 3);
+        assert!(matches!(
+            ctx.report_progress(not_json),
+            Err(ProgressError::NotJson(_))
+        ));
+        assert_eq!(
+            ctx.unwritten_progress(),
+            Some(json!(40)),
+            "refused reports change nothing"
         );
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::completer::Done;
-use crate::handler::{HandlerError, TaskContext};
+use crate::handler::{HandlerError, ProgressSink, TaskContext};
 use crate::worker::{InFlight, Phase, RunCtx};
 
 /// How an attempt ended.
@@ -103,6 +103,10 @@ pub(crate) async fn run(ctx: Arc<RunCtx>, task: Leased, _slot: OwnedSemaphorePer
                 failure_handler_of: msg.failure_handler_of,
                 cancel: cancel.clone(),
                 store: Some(shared.store.clone()),
+                progress: ProgressSink {
+                    reports: shared.progress.clone(),
+                    seq: task.seq,
+                },
             };
             // `call` runs inside the task too: a panic before it returns its future is
             // contained like one while the future runs.

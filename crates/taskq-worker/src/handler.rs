@@ -29,10 +29,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use taskq_core::{QueueName, TaskId};
+use taskq_core::{Progress, QueueName, TaskId};
+use taskq_store::ProgressReport;
 use tokio_util::sync::CancellationToken;
+
+use crate::progress::Reports;
 
 /// How an attempt failed. The worker turns it into a retry or a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +99,27 @@ pub struct TaskContext {
     pub(crate) cancel: CancellationToken,
     /// Where the dependencies' results are read from (none in [`TaskContext::for_test`]).
     pub(crate) store: Option<taskq_store::Store>,
+    /// Where progress reports go (see [`TaskContext::report_progress`]).
+    pub(crate) progress: ProgressSink,
+}
+
+/// Where an attempt's progress reports go: the worker's waiting reports, and the `seq` of
+/// the attempt's `running` transition (a report lands only while the record has not
+/// moved past it).
+#[derive(Clone, Debug)]
+pub(crate) struct ProgressSink {
+    pub reports: Arc<Reports>,
+    pub seq: u64,
+}
+
+/// Why [`TaskContext::report_progress`] refused a report. Nothing was reported; the
+/// attempt goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgressError {
+    #[error("progress report of {bytes} bytes; at most {max} bytes of compact JSON")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("progress report is not JSON: {0}")]
+    NotJson(String),
 }
 
 impl TaskContext {
@@ -132,6 +157,46 @@ impl TaskContext {
         read.map_err(|e| HandlerError::retry(format!("reading the dependencies' results: {e}")))
     }
 
+    /// Reports this attempt's progress: any JSON value, such as `json!(40)` or
+    /// `json!({"done": 40, "total": 100})`, at most [`Progress::MAX_BYTES`] (16 KiB) of
+    /// compact JSON. Returns at once: the worker writes the latest report of each task
+    /// to its record's `progress` (with this attempt's number and the time of the
+    /// report) about twice a second, so call it as often as is convenient; clients read
+    /// it with `GET /v1/tasks/{id}`, the CLI's `taskq get` and the dashboard. Best
+    /// effort: a report superseded before the next write is never written, and none
+    /// lands once the attempt ended in the record, so a finished task keeps the last
+    /// report written while it ran.
+    pub fn report_progress(&self, value: impl Serialize) -> Result<(), ProgressError> {
+        let value =
+            serde_json::to_value(value).map_err(|e| ProgressError::NotJson(e.to_string()))?;
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|e| ProgressError::NotJson(e.to_string()))?
+            .len();
+        if bytes > Progress::MAX_BYTES {
+            return Err(ProgressError::TooLarge {
+                bytes,
+                max: Progress::MAX_BYTES,
+            });
+        }
+        self.progress.reports.put(ProgressReport {
+            id: self.id,
+            seq: self.progress.seq,
+            progress: Progress {
+                attempt: self.attempt,
+                value,
+                at: taskq_core::now(),
+            },
+        });
+        Ok(())
+    }
+
+    /// The latest progress this attempt reported that is not written yet (in a
+    /// [`TaskContext::for_test`] context, where nothing is written: the latest one).
+    pub fn unwritten_progress(&self) -> Option<Value> {
+        let report = self.progress.reports.get(self.id)?;
+        (report.seq == self.progress.seq).then_some(report.progress.value)
+    }
+
     /// A context for calling a handler outside a worker, e.g. in a unit test.
     pub fn for_test(kind: &str, payload: Value) -> Self {
         Self {
@@ -146,6 +211,10 @@ impl TaskContext {
             failure_handler_of: None,
             cancel: CancellationToken::new(),
             store: None,
+            progress: ProgressSink {
+                reports: Arc::default(),
+                seq: 0,
+            },
         }
     }
 }

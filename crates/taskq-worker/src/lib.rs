@@ -32,12 +32,15 @@ mod heartbeat;
 mod maintenance;
 mod notify;
 mod outbox;
+mod progress;
 mod registration;
 mod submits;
 mod worker;
 
 pub use builtin::{HttpHandler, UrlAllowList, register_builtins};
 pub use config::{Settings, WorkerArgs, default_worker_id};
-pub use handler::{Handler, HandlerError, HandlerFuture, HandlerResult, Registry, TaskContext};
+pub use handler::{
+    Handler, HandlerError, HandlerFuture, HandlerResult, ProgressError, Registry, TaskContext,
+};
 pub use health::router as health_router;
 pub use worker::{Worker, run};

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::completer::{self, Done};
 use crate::config::{Settings, WorkerArgs};
 use crate::handler::Registry;
-use crate::{fetcher, heartbeat, maintenance, outbox, registration, submits};
+use crate::{fetcher, heartbeat, maintenance, outbox, progress, registration, submits};
 
 /// Longest time a stopping worker keeps applying its queues' outboxes.
 const OUTBOX_DRAIN: Duration = Duration::from_secs(10);
@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     /// Set once shutdown begins; readiness reports it.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// Handlers' progress reports waiting to be written ([`crate::progress`]).
+    pub progress: Arc<crate::progress::Reports>,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ impl Worker {
                 next_attempt: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 metrics,
+                progress: Arc::default(),
             }),
         }
     }
@@ -275,6 +278,7 @@ impl Worker {
         let submit_checks = tokio::spawn(submits::run(shared.clone(), loops_stop.clone()));
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), loops_stop.clone()));
         let registration = tokio::spawn(registration::run(shared.clone(), loops_stop.clone()));
+        let progress = tokio::spawn(progress::run(shared.clone(), loops_stop.clone()));
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
         fetcher::run(ctx.clone(), shutdown).await;
@@ -310,6 +314,7 @@ impl Worker {
             ("submit check", submit_checks),
             ("heartbeat", heartbeat),
             ("registration", registration),
+            ("progress", progress),
         ] {
             if let Err(e) = handle.await {
                 tracing::error!(error = %e, "{name} loop ended abnormally");

@@ -455,6 +455,11 @@ pub async fn detail(
                 h2 { "Payload" }
                 pre id="payload" { (pretty(&t.payload)) }
                 @if let Some(r) = &t.result { h2 { "Result" } pre id="result" { (pretty(r)) } }
+                @if let Some(prog) = &t.progress {
+                    h2 { "Progress" }
+                    p class="muted" { "reported by attempt " (prog.attempt) ", " (when(prog.at, now)) }
+                    pre id="progress" { (pretty(&prog.value)) }
+                }
             }
         }
         h2 { "Attempts" }

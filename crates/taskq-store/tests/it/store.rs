@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::Duration;
 use mongodb::bson::doc;
 use serde_json::json;
-use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
+use taskq_core::{Progress, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_store::{
-    Error, ListFilter, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate,
+    Error, ListFilter, ProgressReport, RETENTION_INDEX, RequeueOutcome, Retention, StatusUpdate,
     ensure_indexes_with_retry,
 };
 
@@ -313,6 +313,99 @@ async fn apply_never_regresses_status_but_keeps_history() {
         )])
         .await
         .must();
+    db.drop().await;
+}
+
+/// A progress report lands while its attempt runs (whether or not the record already
+/// shows it running) and never once the record moved past the attempt.
+#[tokio::test]
+async fn progress_lands_only_while_its_attempt_runs() {
+    let db = TestDb::new().await;
+    let rec = task("q", "t", json!(null));
+    db.store.insert(&rec).await.must();
+    let t = |n: i64| rec.created_at + Duration::milliseconds(n);
+    let report = |seq: u64, attempt: u32, value: serde_json::Value, at| ProgressReport {
+        id: rec.id,
+        seq,
+        progress: Progress { attempt, value, at },
+    };
+    let progress = |db: &TestDb| {
+        let id = rec.id;
+        let store = db.store.clone();
+        async move { store.get(id).await.must().must().record.progress }
+    };
+
+    // Attempt 1 started at seq 2; its `running` update is not in the record yet.
+    let first = report(
+        2,
+        1,
+        json!({"$done": 1, "total.n": 18446744073709551615u64}),
+        t(5),
+    );
+    assert_eq!(
+        db.store
+            .set_progress(std::slice::from_ref(&first))
+            .await
+            .must(),
+        1
+    );
+    assert_eq!(progress(&db).await, Some(first.progress.clone()));
+    db.store
+        .apply(&[transition(rec.id, 2, TaskStatus::Running, 1, t(1))])
+        .await
+        .must();
+    let second = report(2, 1, json!(50), t(10));
+    assert_eq!(
+        db.store
+            .set_progress(std::slice::from_ref(&second))
+            .await
+            .must(),
+        1
+    );
+    let got = db.store.get(rec.id).await.must().must();
+    assert_eq!(got.record.progress, Some(second.progress.clone()));
+    assert_eq!(
+        got.record.status,
+        TaskStatus::Running,
+        "a report moves no state"
+    );
+    assert_eq!(got.seq, 2);
+
+    // The attempt failed (seq 3): its late report is dropped, the last one stays.
+    db.store
+        .apply(&[transition(rec.id, 3, TaskStatus::Retrying, 1, t(20))])
+        .await
+        .must();
+    let late = report(2, 1, json!(90), t(15));
+    assert_eq!(db.store.set_progress(&[late]).await.must(), 0);
+    assert_eq!(progress(&db).await, Some(second.progress.clone()));
+
+    // Attempt 2 (seq 4) replaces it; after its success (seq 5) nothing lands.
+    let retry = report(4, 2, json!(10), t(30));
+    assert_eq!(
+        db.store
+            .set_progress(std::slice::from_ref(&retry))
+            .await
+            .must(),
+        1
+    );
+    db.store
+        .apply(&[
+            transition(rec.id, 4, TaskStatus::Running, 2, t(25)),
+            transition(rec.id, 5, TaskStatus::Succeeded, 2, t(40)),
+        ])
+        .await
+        .must();
+    let after = report(4, 2, json!(100), t(35));
+    let unknown = ProgressReport {
+        id: TaskId::new(),
+        ..after.clone()
+    };
+    assert_eq!(db.store.set_progress(&[after, unknown]).await.must(), 0);
+    let done = db.store.get(rec.id).await.must().must().record;
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.progress, Some(retry.progress));
+    db.store.set_progress(&[]).await.must();
     db.drop().await;
 }
 

@@ -51,6 +51,85 @@ async fn a_panicking_handler_fails_only_its_attempt() {
     w.shutdown().await;
 }
 
+/// A handler's progress reports reach its record while it runs, readable through the
+/// api; a retry's reports replace the failed attempt's; a finished task keeps the last
+/// report written while it ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_is_readable_while_a_task_runs() {
+    let env = Env::start().await;
+    let mut registry = Env::builtins();
+    registry.register("steps", |ctx: TaskContext| async move {
+        ctx.report_progress(json!({"attempt": ctx.attempt}))
+            .map_err(|e| HandlerError::permanent(e.to_string()))?;
+        // Past the worker's next progress write.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        if ctx.attempt == 1 {
+            return Err(HandlerError::retry("first attempt fails"));
+        }
+        Ok(None)
+    });
+    let w = env.worker(Env::settings("default"), registry);
+    let sleeper = env
+        .submit(json!({"type": "sleep", "payload": {"ms": 3000, "progress_every_ms": 100}}))
+        .await;
+    // Two different reports seen while the task runs: the record follows the handler.
+    let deadline = tokio::time::Instant::now() + T;
+    let mut seen: Vec<u64> = Vec::new();
+    while seen.len() < 2 {
+        let rec = env.record(sleeper).await;
+        assert_ne!(
+            rec["status"], "succeeded",
+            "finished before two reports were seen: {rec}"
+        );
+        if rec["status"] == "running" {
+            let p = &rec["progress"];
+            if let Some(slept) = p["value"]["slept_ms"].as_u64() {
+                assert_eq!(p["attempt"], 1, "{rec}");
+                assert_eq!(p["value"]["ms"], 3000, "{rec}");
+                if seen.last() != Some(&slept) {
+                    seen.push(slept);
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen[0] < seen[1], "{seen:?}");
+    let done = env.wait_status(sleeper, TaskStatus::Succeeded, T).await;
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("not a time: {v}"))
+    };
+    assert!(
+        at(&done["progress"]["at"]) <= at(&done["finished_at"]),
+        "{done}"
+    );
+    assert!(
+        done["progress"]["value"]["slept_ms"].as_u64() >= seen.last().copied(),
+        "{done}"
+    );
+
+    let steps = env
+        .submit(json!({"type": "steps", "max_attempts": 2, "backoff": {"initial_ms": 1500, "jitter": 0.0}}))
+        .await;
+    let first = env.wait_status(steps, TaskStatus::Retrying, T).await;
+    assert_eq!(
+        first["progress"],
+        json!({"attempt": 1, "value": {"attempt": 1}, "at": first["progress"]["at"]})
+    );
+    let done = env.wait_status(steps, TaskStatus::Succeeded, T).await;
+    assert_eq!(done["progress"]["attempt"], 2, "{done}");
+    assert_eq!(done["progress"]["value"], json!({"attempt": 2}), "{done}");
+    // No report after the end: the record stays as it is.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(env.record(steps).await["progress"], done["progress"]);
+    w.shutdown().await;
+}
+
 /// The worker's fetch loops share its slots: however many tasks are queued, no more
 /// attempts run at once than `concurrency`, and every slot is used.
 #[tokio::test(flavor = "multi_thread")]

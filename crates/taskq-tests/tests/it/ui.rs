@@ -518,7 +518,7 @@ async fn dashboard_in_headless_chromium() {
         .await;
     let sleeper = s
         .submit(
-            json!({"type": "sleep", "payload": {"ms": 120000}, "queue": "slow", "key": "tenant-9"}),
+            json!({"type": "sleep", "payload": {"ms": 120000, "progress_every_ms": 200}, "queue": "slow", "key": "tenant-9"}),
         )
         .await;
     for id in dead_http.iter().chain(&dead_fail) {
@@ -697,10 +697,16 @@ async fn dashboard_in_headless_chromium() {
         Some(acme.as_str())
     );
 
-    // Cancel a running task.
-    c.goto(&ui(&format!("/ui/tasks/{sleeper}")))
-        .await
-        .expect("goto");
+    // A running task's page shows its handler's latest progress; cancel it.
+    until_page(
+        &c,
+        &ui(&format!("/ui/tasks/{sleeper}")),
+        "the running task's progress",
+        async |c| {
+            count(c, "#progress").await == 1 && text(c, "#progress").await.contains("\"slept_ms\"")
+        },
+    )
+    .await;
     click(&c, "button[value=cancel]").await;
     until_page(
         &c,
