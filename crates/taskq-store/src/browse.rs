@@ -17,7 +17,7 @@ use mongodb::options::IndexOptions;
 use taskq_core::{QueueName, TaskId, TaskStatus};
 
 use crate::doc::f;
-use crate::{Result, Store, TASKS};
+use crate::{Result, Store};
 
 /// Which records [`Store::search`] returns; `None` fields match everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,14 +118,10 @@ impl Search {
 }
 
 impl Store {
-    fn collection(&self) -> mongodb::Collection<Document> {
-        self.database().collection(TASKS)
-    }
-
     /// The indexes [`Store::search`] relies on beyond the ones every query needs:
     /// (type, status, `_id`) for "every dead task of type X".
     pub async fn ensure_browse_indexes(&self) -> Result<()> {
-        self.collection()
+        self.tasks
             .create_index(
                 IndexModel::builder()
                     .keys(doc! { f::TYPE: 1, f::ST_STATUS: 1, f::ID: -1 })
@@ -161,7 +157,7 @@ impl Store {
         cursor: Option<TaskId>,
     ) -> Result<Vec<TaskId>> {
         let docs: Vec<Document> = self
-            .collection()
+            .tasks
             .find(search.filter(cursor))
             .sort(search.sort())
             .projection(doc! { f::ID: 1 })
@@ -184,10 +180,7 @@ impl Store {
 
     /// How many records match `search`.
     pub async fn count_matching(&self, search: &Search) -> Result<u64> {
-        Ok(self
-            .collection()
-            .count_documents(search.filter(None))
-            .await?)
+        Ok(self.tasks.count_documents(search.filter(None)).await?)
     }
 
     /// How many records of `queue` are in `status`, counting at most `cap` (a count on
@@ -200,7 +193,7 @@ impl Store {
         cap: u64,
     ) -> Result<u64> {
         Ok(self
-            .collection()
+            .tasks
             .count_documents(doc! { f::QUEUE: queue.as_str(), f::ST_STATUS: status.as_str() })
             .limit(cap)
             .await?)
@@ -220,7 +213,7 @@ impl Store {
             .map(TaskStatus::as_str)
             .collect();
         Ok(self
-            .collection()
+            .tasks
             .delete_many(doc! { f::ID: { "$in": ids }, f::ST_STATUS: { "$in": finished } })
             .await?
             .deleted_count)

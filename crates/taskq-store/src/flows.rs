@@ -13,7 +13,7 @@ use serde_json::Value;
 use taskq_core::{FlowLink, TaskId, TaskStatus};
 
 use crate::doc::{f, id_and_result, id_and_result_fields, stored_task};
-use crate::{Error, Result, Store, StoredTask, TASKS};
+use crate::{Error, Result, Store, StoredTask};
 
 /// Most ids asked for in one `$in` query.
 const IDS_PER_QUERY: usize = 1_000;
@@ -71,13 +71,9 @@ pub(crate) fn read_link(d: &Document, label: &str) -> Result<FlowLink> {
 }
 
 impl Store {
-    fn flow_collection(&self) -> mongodb::Collection<Document> {
-        self.database().collection(TASKS)
-    }
-
     /// The index [`Store::flow_tasks`] relies on. Idempotent.
     pub(crate) async fn ensure_flow_indexes(&self) -> Result<()> {
-        self.flow_collection()
+        self.tasks
             .create_index(
                 IndexModel::builder()
                     .keys(doc! { f::FLOW_ID: 1, f::ID: 1 })
@@ -96,7 +92,7 @@ impl Store {
     /// Every task of flow `flow`, oldest first (the order of the flow request).
     pub async fn flow_tasks(&self, flow: TaskId) -> Result<Vec<StoredTask>> {
         let docs: Vec<Document> = self
-            .flow_collection()
+            .tasks
             .find(doc! { f::FLOW_ID: flow.to_string() })
             .sort(doc! { f::ID: 1 })
             .await?
@@ -159,8 +155,7 @@ impl Store {
         filter: Document,
         projection: Option<Document>,
     ) -> Result<Vec<Document>> {
-        let tasks = self.flow_collection();
-        let mut find = tasks.find(filter);
+        let mut find = self.tasks.find(filter);
         if let Some(p) = projection {
             find = find.projection(p);
         }

@@ -10,26 +10,32 @@
 //! The document layout is described in `doc.rs`; the ordering rule for status updates
 //! (a per-task `seq`) in [`StatusUpdate`].
 
+mod apply;
 mod browse;
 #[cfg(feature = "cli")]
 mod cli;
+mod dead;
 mod doc;
 mod error;
 mod flows;
 mod progress;
+mod read;
 mod store;
+mod submits;
 mod update;
 mod writer;
 
 pub use browse::Search;
 #[cfg(feature = "cli")]
 pub use cli::MongoArgs;
+pub use dead::RequeueOutcome;
 pub use error::{Error, Rejection, Result};
 pub use progress::ProgressReport;
+pub use read::{ListFilter, MAX_LIST_LIMIT, Page};
 pub use store::{
-    ListFilter, MAX_LIST_LIMIT, Page, PendingSubmit, RETENTION_INDEX, RequeueOutcome, Retention,
-    SUBMIT_FAILED, Store, StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,
+    RETENTION_INDEX, Retention, Store, StoreOptions, StoredTask, TASKS, ensure_indexes_with_retry,
 };
+pub use submits::{PendingSubmit, SUBMIT_FAILED};
 pub use update::StatusUpdate;
 pub use writer::{
     FlushObserver, Unflushed, UpdateWriter, WriterClosed, WriterOptions, WriterStats, WriterTask,

@@ -13,8 +13,9 @@
 use mongodb::bson::{Bson, Document, doc};
 use taskq_core::{Progress, TaskId};
 
+use crate::apply::check_write_reply;
 use crate::doc::{f, progress_doc};
-use crate::store::{TASKS, check_write_reply};
+use crate::store::TASKS;
 use crate::{Error, Rejection, Result, Store};
 
 /// One handler's latest report for the attempt whose `running` transition had `seq`.
