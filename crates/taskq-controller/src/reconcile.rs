@@ -873,13 +873,13 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter); see
-/// [`retry_delay`].
 /// Sets a scaler's series of a replica-count gauge.
 fn set_replicas(gauge: &Family<ScalerLabels, Gauge>, labels: &ScalerLabels, replicas: i32) {
     gauge.get_or_create(labels).set(i64::from(replicas));
 }
 
+/// Retries a failed reconcile after 1 s, 2 s, 4 s, … up to a minute (with jitter); see
+/// [`retry_delay`].
 pub fn error_policy(scaler: Arc<TaskQueueScaler>, error: &Error, ctx: Arc<Context>) -> Action {
     match retry_delay(&scaler, error, &ctx) {
         Some(delay) => Action::requeue(delay),
