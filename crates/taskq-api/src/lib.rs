@@ -36,15 +36,15 @@ use clap::Parser;
 use taskq_core::Limits;
 use taskq_redis::Broker;
 use taskq_store::Store;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-use crate::health::Needs;
 use taskq_telemetry::LogFormat;
 use taskq_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::health::Needs;
 
 pub use auth::{Role, Tokens};
 pub use body::BodyLimits;

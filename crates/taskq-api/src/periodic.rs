@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::transitions::submit::{self, Submitted};
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use taskq_core::{Limits, NewTask};
 use tokio::task::JoinHandle;
@@ -35,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::transitions::submit::{self, Submitted};
 
 /// How long after its fire time a tick may still be submitted (if the schedule's next
 /// tick does not come sooner). Bounds retries and keeps a late replica from submitting
