@@ -328,7 +328,7 @@ impl Bench {
         self.per_task_cpu(&p.cpu, n, "", "");
 
         progress("phase 4: records settled");
-        let settled = self.settle(n).await?;
+        let settled = self.settle_counting(&p, n, "", "").await?;
         let settle = settled.saturating_duration_since(p.first);
         self.report.push(
             Metric::new(

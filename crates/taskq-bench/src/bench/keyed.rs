@@ -44,7 +44,7 @@ impl Bench {
         let p = self.process(&ids, "processing, keyed").await?;
         let processed = n as f64 / p.elapsed.as_secs_f64();
         self.per_task_cpu(&p.cpu, n, "_keyed", ", keyed");
-        self.settle(n).await?;
+        self.settle_counting(&p, n, "_keyed", ", keyed").await?;
         self.writer_figures(p.depth, n, "_keyed", ", keyed").await;
         self.broker
             .set_limits(&self.queue, &QueueLimits::default())

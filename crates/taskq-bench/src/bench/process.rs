@@ -10,7 +10,7 @@ use taskq_core::{Priority, TaskId, TaskStatus};
 
 use super::metrics::DepthWatch;
 use super::{Bench, POLL, STALL};
-use crate::cpu::PhaseCpu;
+use crate::cpu::{PhaseCpu, Snapshot};
 use crate::report::Metric;
 
 /// What a timed processing phase observed.
@@ -23,6 +23,8 @@ pub(super) struct Processing {
     pub cpu: PhaseCpu,
     /// Samples the worker's write-buffer depth until the records settle.
     pub depth: Option<DepthWatch>,
+    /// CPU times when the first task left the queue.
+    pub start: Snapshot,
 }
 
 impl Bench {
@@ -118,6 +120,7 @@ impl Bench {
                 self.report.cpu.push(cpu.clone());
                 cpu
             },
+            start: start_snap,
         })
     }
 
@@ -192,6 +195,34 @@ impl Bench {
     /// [`Self::wait_settled`] for the `n` tasks of a phase, then [`Self::delete_settled`].
     pub(super) async fn settle(&self, n: usize) -> anyhow::Result<Instant> {
         let settled = self.wait_settled(n as u64).await?;
+        self.delete_settled().await?;
+        Ok(settled)
+    }
+
+    /// [`Self::settle`] for the `n` tasks of processing phase `p`, adding the MongoDB
+    /// server's CPU per task from the phase's first dequeue until its records were
+    /// settled (before they are deleted): the server's whole cost of the tasks' status
+    /// updates. The processing window's own figure leaves out what the server applied
+    /// after the last completion and counts whatever it did meanwhile, so it grows as
+    /// processing slows while the server lags behind; this one is what sizes a server.
+    /// `key` and `label` tell the phase apart (empty for the plain one).
+    pub(super) async fn settle_counting(
+        &mut self,
+        p: &Processing,
+        n: usize,
+        key: &str,
+        label: &str,
+    ) -> anyhow::Result<Instant> {
+        let settled = self.wait_settled(n as u64).await?;
+        let cpu = p.start.until(&self.snapshot(), "processing to settled");
+        if let Some(s) = cpu.cpu_seconds("mongodb") {
+            self.report.push(Metric::new(
+                &format!("mongodb_cpu_us_per_task_settled{key}"),
+                &format!("mongodb CPU per task, first dequeue to settled{label}"),
+                s * 1e6 / n as f64,
+                "us",
+            ));
+        }
         self.delete_settled().await?;
         Ok(settled)
     }
