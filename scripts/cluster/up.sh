@@ -18,7 +18,10 @@
 # imagePullPolicy IfNotPresent or Never.
 #
 # Idempotent: when the cluster is healthy, a second call only imports taskq images that
-# changed. Otherwise it (re)starts what is not running and waits until the node is Ready,
+# changed. When some components still run, it restarts the others and keeps the state;
+# when none does (state left by a run that was killed with its machine, or copied with
+# it), that state is stale (pid files, containers, mounts of a boot that is gone): it is
+# removed with down.sh and the cluster starts cold. Either way it waits until the node is Ready,
 # CoreDNS is Ready, a restricted pod resolves kubernetes.default.svc.cluster.local and
 # reaches a ClusterIP Service and writes to a PVC that binds; the host reaches the
 # ClusterIPs too. When something cannot start it fails with the component's log tail.
@@ -209,6 +212,19 @@ start() {
   printf '\n=== %s started by up.sh\n' "$(date -u +%FT%TZ)" >> "$(logfile "$name")"
   setsid "$bin" "$@" >> "$(logfile "$name")" 2>&1 < /dev/null &
   echo "$! $(readlink -f "$bin")" > "$(pidfile "$name")"
+}
+
+# remove_stale_state: when the state dir exists but no component recorded in it runs,
+# nothing in it can be repaired (its pid files would read as components that died while
+# this run waited): down.sh removes it so that the start is cold.
+remove_stale_state() {
+  [[ -d "$STATE" ]] || return 0
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    running "$c" && return 0
+  done
+  log "no component of the cluster in $STATE runs: removing its stale state (down.sh)"
+  bash "$(dirname "${BASH_SOURCE[0]}")/down.sh" || fail "" "down.sh could not remove the stale state in $STATE"
 }
 
 api_ready() { kubectl_ get --raw /readyz >/dev/null 2>&1; }
@@ -602,6 +618,7 @@ cmd_up() {
     wait_images
     return 0
   fi
+  remove_stale_state
   install_packages
   prepare_kernel
   ensure_binaries
