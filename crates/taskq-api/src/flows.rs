@@ -264,7 +264,7 @@ pub async fn get(
     responses(
         (status = 200, description = "What was cancelled.", body = FlowCancelled),
         FlowIdErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable; the tasks cancelled before it stay cancelled; call again.", body = ErrorBody),
+        flow::CancelFlowErrors,
     ),
 )]
 pub async fn cancel(
@@ -283,7 +283,7 @@ pub async fn cancel(
     responses(
         (status = 200, description = "What was retried.", body = FlowRetried),
         FlowIdErrors,
-        (status = 503, description = "Redis or MongoDB is unavailable part-way; call again (tasks already waiting again are completed by `POST /v1/admin/recover`).", body = ErrorBody),
+        flow::RetryFlowErrors,
     ),
 )]
 pub async fn retry(

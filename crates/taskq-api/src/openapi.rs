@@ -20,9 +20,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use utoipa::openapi::Paths;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Paths, RefOr};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::AppState;
@@ -100,7 +100,7 @@ fn render() -> Result<Bytes, String> {
         .filter(|op| op.request_body.is_some())
         .for_each(add_missing::<JsonBodyErrors>);
     // Every query is read by [`crate::extract::QueryParams`], which answers 400
-    // `invalid_query`; an operation with more 400s of its own keeps its description.
+    // `invalid_query`: said alone, or after the operation's own 400s.
     operations(&mut openapi.paths)
         .filter(|op| {
             op.parameters
@@ -108,7 +108,7 @@ fn render() -> Result<Bytes, String> {
                 .flatten()
                 .any(|p| p.parameter_in == ParameterIn::Query)
         })
-        .for_each(add_missing::<QueryErrors>);
+        .for_each(add_or_append::<QueryErrors>);
     for (path, item) in &mut openapi.paths.paths {
         let tag = tag(path);
         for op in operations_of(item) {
@@ -142,6 +142,24 @@ fn guarded<E: IntoResponses, U: IntoResponses>(
 fn add_missing<A: IntoResponses>(op: &mut Operation) {
     for (status, answer) in A::responses() {
         op.responses.responses.entry(status).or_insert(answer);
+    }
+}
+
+/// Adds the answers `A` to `op`; where `op` documents a status itself and does not name
+/// `A`'s error code there, `A`'s description is appended to its own.
+fn add_or_append<A: IntoResponses>(op: &mut Operation) {
+    for (status, answer) in A::responses() {
+        let Some(own) = op.responses.responses.get_mut(&status) else {
+            op.responses.responses.insert(status, answer);
+            continue;
+        };
+        let (RefOr::T(own), RefOr::T(answer)) = (own, answer) else {
+            continue;
+        };
+        let code = answer.description.split('`').nth(1).unwrap_or_default();
+        if !own.description.contains(code) {
+            own.description = format!("{} Or: {}", own.description, answer.description);
+        }
     }
 }
 
@@ -370,11 +388,36 @@ mod tests {
                 }
                 let query = op["parameters"].as_array().into_iter().flatten();
                 if query.into_iter().any(|p| p["in"] == "query") {
-                    assert!(responses.get("400").is_some(), "{method} {path}: no 400");
+                    let bad = responses["400"]["description"].as_str().unwrap_or_default();
+                    assert!(
+                        bad.contains("`invalid_query`"),
+                        "{method} {path}: 400 {bad:?}"
+                    );
                 }
             }
         }
         assert!(v["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+    }
+
+    #[test]
+    fn an_operations_own_answers_come_before_the_rules() {
+        let v = doc();
+        let get = &v["paths"]["/v1/tasks/{id}"]["get"]["responses"];
+        let bad = get["400"]["description"].as_str().unwrap_or_default();
+        assert!(
+            bad.starts_with("`id` is not a task id (`invalid_id`).")
+                && bad.contains("`invalid_query`"),
+            "{bad:?}"
+        );
+        let retry = &v["paths"]["/v1/tasks/{id}/retry"]["post"]["responses"];
+        let unavailable = retry["503"]["description"].as_str().unwrap_or_default();
+        assert!(
+            unavailable.contains("the task stays dead"),
+            "{unavailable:?}"
+        );
+        let cancel = &v["paths"]["/v1/flows/{id}/cancel"]["post"]["responses"];
+        let unavailable = cancel["503"]["description"].as_str().unwrap_or_default();
+        assert!(unavailable.contains("stay cancelled"), "{unavailable:?}");
     }
 
     #[test]

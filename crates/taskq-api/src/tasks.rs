@@ -268,8 +268,7 @@ pub async fn submit_batch(
     get, path = "/v1/tasks/{id}", operation_id = "get_task", params(TaskPath, GetQuery),
     responses(
         (status = 200, description = "The task's full record. With `wait`: as soon as the task is `succeeded` (with its `result`), `dead` or `cancelled`, or at the deadline (or when the api shuts down) as it stands then; `status` says whether it finished.", body = TaskRecord),
-        (status = 400, description = "`id` is not a task id (`invalid_id`), or `wait` is malformed or over 60 s, or another query parameter is given (`invalid_query`).", body = ErrorBody),
-        (status = 404, description = "No such task.", body = ErrorBody),
+        TaskIdErrors,
     ),
 )]
 pub async fn get(
@@ -388,8 +387,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The task, queued again.", body = TaskRecord),
         TaskIdErrors,
-        (status = 409, description = "The task is not dead.", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead (the message says otherwise in the rare case it could not be put back).", body = ErrorBody),
+        retry::RetryErrors,
     ),
 )]
 pub async fn retry(
@@ -441,8 +439,7 @@ pub struct TaskPath {
         (status = 200, description = "The task was waiting and is now `cancelled`.", body = TaskRecord),
         (status = 202, description = "The task is running: its handler was signalled and the attempt ends `cancelled` shortly. The record as it was.", body = TaskRecord),
         TaskIdErrors,
-        (status = 409, description = "The task already finished (or has just finished and its record is being updated).", body = ErrorBody),
-        (status = 503, description = "Redis or MongoDB is unavailable, or the task is not in Redis and its queue's outbox is too far behind to tell whether it ran; nothing changed, call again.", body = ErrorBody),
+        cancel::CancelErrors,
     ),
 )]
 pub async fn cancel(

@@ -32,8 +32,27 @@ use taskq_redis::CancelOutcome;
 use taskq_store::StatusUpdate;
 use taskq_telemetry::metrics::Metrics;
 
+use utoipa::IntoResponses;
+
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+
+/// The failures of `POST /v1/tasks/{id}/cancel` and where each leaves the task, as the
+/// OpenAPI document lists them (beside the task-id answers).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub(crate) enum CancelErrors {
+    #[response(
+        status = 409,
+        description = "The task already finished (or has just finished and its record is being updated)."
+    )]
+    Finished(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Redis or MongoDB is unavailable, or the task is not in Redis and its queue's outbox is too far behind to tell whether it ran; nothing changed, call again."
+    )]
+    Unavailable(ErrorBody),
+}
 
 /// How long the tombstone of a task cancelled while absent from Redis stays: longer than
 /// any enqueue can lag behind its MongoDB write (a submit gives up after 5 s, a retry or

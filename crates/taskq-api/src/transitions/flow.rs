@@ -43,10 +43,10 @@ use taskq_core::{FlowPlan, QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_redis::flow::{Finished, Waiting};
 use taskq_store::{StatusUpdate, StoredTask};
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::transitions::cancel::Cancelled;
 use crate::transitions::submit;
 
@@ -195,6 +195,17 @@ pub struct FlowCancelled {
     pub signalled: u64,
 }
 
+/// How a failed [`cancel_flow`] leaves the flow, as the OpenAPI document lists it.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub(crate) enum CancelFlowErrors {
+    #[response(
+        status = 503,
+        description = "Redis or MongoDB is unavailable; the tasks cancelled before it stay cancelled; call again."
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// Cancels every unfinished task of flow `tasks` (all of one flow, in the order of the
 /// flow request) through [`super::cancel`]; a task that finishes meanwhile is skipped.
 pub(crate) async fn cancel_flow(
@@ -226,6 +237,17 @@ pub struct FlowRetried {
     pub requeued: u64,
     /// Tasks that had been cancelled because a dependency died, waiting again.
     pub waiting: u64,
+}
+
+/// How a failed [`retry_flow`] leaves the flow, as the OpenAPI document lists it.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub(crate) enum RetryFlowErrors {
+    #[response(
+        status = 503,
+        description = "Redis or MongoDB is unavailable part-way; call again (tasks already waiting again are completed by `POST /v1/admin/recover`)."
+    )]
+    Unavailable(ErrorBody),
 }
 
 /// Retries flow `tasks` (all of one flow): every dead task is retried

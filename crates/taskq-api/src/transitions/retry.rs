@@ -31,8 +31,24 @@ use taskq_core::{QueueName, TaskId, TaskRecord, TaskStatus};
 use taskq_redis::EnqueueItem;
 use taskq_store::{ListFilter, RequeueOutcome, StatusUpdate, StoredTask};
 
+use utoipa::IntoResponses;
+
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+
+/// The failures of `POST /v1/tasks/{id}/retry` and where each leaves the task, as the
+/// OpenAPI document lists them (beside the task-id answers).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "only documents answers that `ApiError` produces")]
+pub(crate) enum RetryErrors {
+    #[response(status = 409, description = "The task is not dead.")]
+    NotDead(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Redis or MongoDB is unavailable, or the request timed out; the task stays dead (the message says otherwise in the rare case it could not be put back)."
+    )]
+    Unavailable(ErrorBody),
+}
 
 /// What became of one task of a [`retry`] call.
 #[derive(Debug)]
