@@ -161,9 +161,12 @@ pub(crate) use lua_fns;
 ///   `act` and its hash goes); `kleave(q, uk)`: `kgone`, then `kpump` if the key stays;
 /// - `kqueue(q, uk, id, prio, front, head)`: a task becomes queued: into its backlog (at
 ///   the front when `front`: a retry or a returned task keeps its place), then `kpump`;
-/// - `kpump(q, uk, head, st, set)`: see above (`head`: to the front of the pending
+/// - `kpump(q, uk, head, st, set, h)`: see above (`head`: to the front of the pending
 ///   list; `st`: the caller's `kread` of the key hash, changed to what it will hold;
-///   `set`: the caller's changes to the hash, written with the pump's own in one `HSET`);
+///   `set`: the caller's changes to the hash, written with the pump's own in one `HSET`;
+///   `h`: the key hash's name, when the caller has it); `kpop` is its push, `klimits(q)`
+///   the queue's key limits, parsed once a call; no helper makes a closure, since a
+///   call of a keyed script may pump thousands of keys;
 /// - `rnow()`: Redis's clock (ms); `ktoken(...)`: takes a token of the key's bucket or
 ///   parks the key;
 /// - `kstart(q, uk, id)`: DEQUEUE took the key's head: one more running, next head;
@@ -220,62 +223,69 @@ local function ktoken(q, uk, h, st, rate, burst)
   redis.call('HSET', h, 'tok', tostring(tok - 1), 'ts', now)
   return true
 end
-local function kpump(q, uk, head, st, set)
-  local h = kname('kh', uk)
+local function kwrite(h, set)
+  if #set > 0 then redis.call('HSET', h, unpack(set)) end
+end
+local function kcount(uk, st, set)
+  for p = 0, 2 do
+    st[5 + p] = redis.call('LLEN', kname(KBL[p], uk))
+    kset(set, KBF[p], st[5 + p])
+  end
+end
+local function klimits(q)
+  if not q.limv then
+    local lim = redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
+    q.limv = {conc = tonumber(lim[1]), rate = tonumber(lim[2]), burst = lim[3]}
+  end
+  return q.limv
+end
+-- Pushes the key's next head (highest priority first) unless the key's limits hold it
+-- back; true when it pushed or held, false when the backlog sizes say nothing waits.
+local function kpop(q, uk, h, head, st, set, lim)
+  for p = 0, 2 do
+    local n = tonumber(st[5 + p]) or 0
+    if n > 0 then
+      if (lim.conc and (tonumber(st[2]) or 0) >= lim.conc) or (lim.rate and not ktoken(q, uk, h, st, lim.rate, lim.burst)) then
+        q.held = (q.held or 0) + 1
+        return true
+      end
+      local id = redis.call('LMOVE', kname(KBL[p], uk), q.pend[p + 1], 'RIGHT', head and 'RIGHT' or 'LEFT')
+      if id then
+        q.nbd = q.nbd - 1
+        kset(set, 'pend', id)
+        kset(set, KBF[p], n - 1)
+        q.woke = true
+        return true
+      end
+      -- The size was wrong: the list is empty.
+      st[5 + p] = 0
+      kset(set, KBF[p], 0)
+    end
+  end
+  return false
+end
+local function kpump(q, uk, head, st, set, h)
+  h = h or kname('kh', uk)
   st = st or kread(h)
   set = set or {}
-  local function done()
-    if #set > 0 then redis.call('HSET', h, unpack(set)) end
-  end
   if st[1] and st[1] ~= '' then
-    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return done() end
+    if redis.call('HGET', ARGV[1] .. st[1], 'state') == 'queued' then return kwrite(h, set) end
     -- The head no longer exists (Redis lost it): the key must not wait for it.
     kset(set, 'pend', '')
   end
-  local function count()
-    for p = 0, 2 do
-      st[5 + p] = redis.call('LLEN', kname(KBL[p], uk))
-      kset(set, KBF[p], st[5 + p])
-    end
-  end
   local counted = not ksized(st)
   -- No backlog sizes (a hash Redis lost, or none yet): read them from the lists.
-  if counted then count() end
+  if counted then kcount(uk, st, set) end
   -- The limits hold for the whole call: read once.
-  q.limv = q.limv or redis.call('HMGET', q.lim, 'key_conc', 'key_rate', 'key_burst')
-  local lim = q.limv
-  local conc, rate = tonumber(lim[1]), tonumber(lim[2])
-  local function pop()
-    for p = 0, 2 do
-      local n = tonumber(st[5 + p]) or 0
-      if n > 0 then
-        if (conc and (tonumber(st[2]) or 0) >= conc) or (rate and not ktoken(q, uk, h, st, rate, lim[3])) then
-          q.held = (q.held or 0) + 1
-          return true
-        end
-        local id = redis.call('LMOVE', kname(KBL[p], uk), q.pend[p + 1], 'RIGHT', head and 'RIGHT' or 'LEFT')
-        if id then
-          q.nbd = q.nbd - 1
-          kset(set, 'pend', id)
-          kset(set, KBF[p], n - 1)
-          q.woke = true
-          return true
-        end
-        -- The size was wrong: the list is empty.
-        st[5 + p] = 0
-        kset(set, KBF[p], 0)
-      end
-    end
-    return false
-  end
+  local lim = klimits(q)
   -- Sizes of 0 while the key holds more tasks than it runs may be wrong (a task pushed
   -- by a script that does not keep them, e.g. an older version's during an upgrade):
   -- read them from the lists. Its scheduled and waiting tasks cost that read too.
-  if not pop() and not counted and (tonumber(redis.call('ZSCORE', q.act, uk)) or 0) > (tonumber(st[2]) or 0) then
-    count()
-    pop()
+  if not kpop(q, uk, h, head, st, set, lim) and not counted and (tonumber(redis.call('ZSCORE', q.act, uk)) or 0) > (tonumber(st[2]) or 0) then
+    kcount(uk, st, set)
+    kpop(q, uk, h, head, st, set, lim)
   end
-  done()
+  kwrite(h, set)
 end
 local function kjoin(q, uk) redis.call('ZINCRBY', q.act, 1, uk) end
 local function kgone(q, uk)
@@ -292,22 +302,24 @@ local function kqueue(q, uk, id, prio, front, head)
   local l = kname(KBL[prio], uk)
   if front then redis.call('RPUSH', l, id) else redis.call('LPUSH', l, id) end
   q.nbd = q.nbd + 1
-  local st, set = kread(kname('kh', uk)), {}
+  local h = kname('kh', uk)
+  local st, set = kread(h), {}
   if ksized(st) then
     st[5 + prio] = (tonumber(st[5 + prio]) or 0) + 1
     kset(set, KBF[prio], st[5 + prio])
   end
-  kpump(q, uk, head, st, set)
+  kpump(q, uk, head, st, set, h)
 end
 local function kstart(q, uk, id)
-  local st, set = kread(kname('kh', uk)), {}
+  local h = kname('kh', uk)
+  local st, set = kread(h), {}
   if st[1] == id then
     st[1] = false
     kset(set, 'pend', '')
   end
   st[2] = (tonumber(st[2]) or 0) + 1
   kset(set, 'run', st[2])
-  kpump(q, uk, nil, st, set)
+  kpump(q, uk, nil, st, set, h)
 end
 local function kstop(q, uk)
   local h = kname('kh', uk)
@@ -322,9 +334,10 @@ local function kto_head(q, k, id, prio, uk, now)
 end
 local function kdone(q, uk)
   if kgone(q, uk) then return end
-  local st = kread(kname('kh', uk))
+  local h = kname('kh', uk)
+  local st = kread(h)
   st[2] = math.max(0, (tonumber(st[2]) or 0) - 1)
-  kpump(q, uk, nil, st, {'run', st[2]})
+  kpump(q, uk, nil, st, {'run', st[2]}, h)
 end
 local function kunqueue(q, uk, id, prio)
   local h = kname('kh', uk)
